@@ -6,7 +6,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <string_view>
 
 namespace strata::kvstore {
 
@@ -33,7 +32,8 @@ constexpr size_t DTypeSize(DType d) {
 
 constexpr bool IsValidDType(uint8_t raw) { return raw >= 1 && raw <= 4; }
 
-constexpr std::string_view DTypeName(DType d) {
+// A C string because Debian's Abseil has its own absl::string_view.
+constexpr const char* DTypeName(DType d) {
   switch (d) {
     case DType::kFloat16:
       return "fp16";

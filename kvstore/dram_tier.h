@@ -1,0 +1,61 @@
+// DramTier: blocks in a preallocated host-memory arena (see dram_arena.h).
+//
+// Capacity is the arena size and is never exceeded: a Write that does not fit
+// fails with RESOURCE_EXHAUSTED and the caller evicts. Erased blocks still
+// referenced by a reader keep their arena range until the last BlockBytes
+// drops, so those bytes stay charged (and valid) until then.
+//
+// Thread safety: thread-safe (see Tier).
+#ifndef STRATA_KVSTORE_DRAM_TIER_H_
+#define STRATA_KVSTORE_DRAM_TIER_H_
+
+#include <memory>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "kvstore/dram_arena.h"
+#include "kvstore/tier.h"
+
+namespace strata::kvstore {
+
+class DramTier final : public Tier {
+ public:
+  // INVALID_ARGUMENT naming "dram_capacity_bytes" for a bad capacity;
+  // RESOURCE_EXHAUSTED if the memory cannot be reserved.
+  static absl::StatusOr<std::unique_ptr<DramTier>> Create(
+      uint64_t capacity_bytes);
+  ~DramTier() override;
+
+  TierKind kind() const override { return TierKind::kDram; }
+  bool persistent() const override { return false; }
+  uint64_t capacity_bytes() const override;
+  uint64_t used_bytes() const override;
+  uint64_t Charge(uint64_t block_size) const override;
+
+  absl::Status Write(const BlockKey& key,
+                     absl::Span<const uint8_t> block) override;
+  absl::StatusOr<BlockBytes> Read(const BlockKey& key) override;
+  absl::Status Erase(const BlockKey& key) override;
+  absl::StatusOr<std::vector<std::pair<BlockKey, uint64_t>>> ListBlocks()
+      override {
+    return std::vector<std::pair<BlockKey, uint64_t>>{};
+  }
+
+  // The arena, for registering its memory with a GPU runtime.
+  DramArena& arena() { return *arena_; }
+
+ private:
+  struct Allocation;
+  explicit DramTier(std::shared_ptr<DramArena> arena);
+
+  // Shared with every Allocation so the arena outlives late readers.
+  const std::shared_ptr<DramArena> arena_;
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<BlockKey, std::shared_ptr<const Allocation>> blocks_
+      ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace strata::kvstore
+
+#endif  // STRATA_KVSTORE_DRAM_TIER_H_

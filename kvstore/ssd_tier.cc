@@ -1,0 +1,251 @@
+#include "kvstore/ssd_tier.h"
+
+#include <cstring>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "rocksdb/db.h"
+#include "rocksdb/env.h"
+#include "rocksdb/file_system.h"
+#include "rocksdb/options.h"
+#include "rocksdb/slice.h"
+#include "rocksdb/write_batch.h"
+
+namespace strata::kvstore {
+namespace {
+
+constexpr char kSizesFamily[] = "sizes";
+
+// Maps a RocksDB status to the canonical code a Strata caller acts on.
+absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
+  if (s.ok()) return absl::OkStatus();
+  std::string msg = absl::StrCat("ssd tier: ", what, ": ", s.ToString());
+  if (s.IsNotFound()) return absl::NotFoundError(msg);
+  if (s.IsCorruption()) return absl::DataLossError(msg);
+  if (s.IsNoSpace()) return absl::ResourceExhaustedError(msg);
+  if (s.IsIOError()) return absl::UnavailableError(msg);
+  if (s.IsInvalidArgument()) return absl::InvalidArgumentError(msg);
+  return absl::InternalError(msg);
+}
+
+rocksdb::Slice KeySlice(const std::string& bytes) {
+  return rocksdb::Slice(bytes.data(), bytes.size());
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Open(
+    const SsdTierOptions& options) {
+  if (options.path.empty()) {
+    return absl::InvalidArgumentError("ssd_path: must not be empty");
+  }
+  if (options.capacity_bytes == 0) {
+    return absl::InvalidArgumentError("ssd_capacity_bytes: must be > 0");
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(options.path, ec);
+  if (ec) {
+    return absl::UnavailableError(absl::StrCat(
+        "ssd_path: cannot create ", options.path, ": ", ec.message()));
+  }
+
+  rocksdb::DBOptions db_options;
+  db_options.create_if_missing = true;
+  db_options.create_missing_column_families = true;
+  db_options.paranoid_checks = true;
+  db_options.max_background_jobs = 2;
+  std::unique_ptr<rocksdb::Env> env;
+  if (options.file_system != nullptr) {
+    env = rocksdb::NewCompositeEnv(options.file_system);
+    db_options.env = env.get();
+  }
+
+  rocksdb::ColumnFamilyOptions blocks_options;
+  blocks_options.compression = rocksdb::kNoCompression;  // KV does not compress.
+  blocks_options.enable_blob_files = true;
+  blocks_options.min_blob_size = options.min_blob_bytes;
+  blocks_options.blob_file_size = uint64_t{256} << 20;
+  blocks_options.blob_compression_type = rocksdb::kNoCompression;
+  blocks_options.enable_blob_garbage_collection = true;
+  blocks_options.write_buffer_size = options.write_buffer_bytes;
+  blocks_options.max_write_buffer_number = 4;
+  rocksdb::ColumnFamilyOptions sizes_options;
+  sizes_options.compression = rocksdb::kNoCompression;
+
+  std::vector<rocksdb::ColumnFamilyDescriptor> families = {
+      {rocksdb::kDefaultColumnFamilyName, blocks_options},
+      {kSizesFamily, sizes_options},
+  };
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* raw_db = nullptr;
+  rocksdb::Status s = rocksdb::DB::Open(db_options, options.path, families,
+                                        &handles, &raw_db);
+  if (!s.ok()) {
+    absl::Status st = FromRocks(s, absl::StrCat("open ", options.path));
+    if (absl::IsNotFound(st)) st = absl::UnavailableError(st.message());
+    return st;
+  }
+  std::unique_ptr<rocksdb::DB> db(raw_db);
+  auto tier = std::unique_ptr<SsdTier>(
+      new SsdTier(std::move(db), std::move(handles), options));
+  tier->env_ = std::move(env);
+  // Rebuild the usage counter from the sizes family.
+  STRATA_ASSIGN_OR_RETURN(auto blocks, tier->ListBlocks());
+  uint64_t used = 0;
+  for (const auto& [key, size] : blocks) used += size;
+  tier->used_bytes_.store(used, std::memory_order_relaxed);
+  return tier;
+}
+
+SsdTier::SsdTier(std::unique_ptr<rocksdb::DB> db,
+                 std::vector<rocksdb::ColumnFamilyHandle*> handles,
+                 const SsdTierOptions& options)
+    : db_(std::move(db)),
+      blocks_cf_(handles[0]),
+      sizes_cf_(handles[1]),
+      capacity_bytes_(options.capacity_bytes),
+      sync_writes_(options.sync_writes) {}
+
+SsdTier::~SsdTier() {
+  if (db_ != nullptr) {
+    db_->DestroyColumnFamilyHandle(sizes_cf_).PermitUncheckedError();
+    db_->DestroyColumnFamilyHandle(blocks_cf_).PermitUncheckedError();
+    db_->Close().PermitUncheckedError();
+    db_.reset();
+  }
+}
+
+absl::Status SsdTier::ResumeAfterError() {
+  if (!needs_resume_.load(std::memory_order_acquire)) return absl::OkStatus();
+  rocksdb::Status s = db_->Resume();
+  if (!s.ok()) return FromRocks(s, "resume after disk error");
+  needs_resume_.store(false, std::memory_order_release);
+  return absl::OkStatus();
+}
+
+absl::Status SsdTier::Write(const BlockKey& key,
+                            absl::Span<const uint8_t> block) {
+  const uint64_t size = block.size();
+  // Reserve capacity first, so concurrent writers never overshoot it.
+  uint64_t used = used_bytes_.load(std::memory_order_relaxed);
+  do {
+    if (used + size > capacity_bytes_) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "ssd tier: full (", used, " of ", capacity_bytes_,
+          " bytes used, block is ", size, ")"));
+    }
+  } while (!used_bytes_.compare_exchange_weak(used, used + size,
+                                              std::memory_order_relaxed));
+  auto release = [&] { used_bytes_.fetch_sub(size, std::memory_order_relaxed); };
+
+  if (absl::Status st = ResumeAfterError(); !st.ok()) {
+    release();
+    return absl::IsResourceExhausted(st) ? st : absl::UnavailableError(st.message());
+  }
+  const std::string key_bytes = key.ToBytesString();
+  std::string exists;
+  rocksdb::Status s =
+      db_->Get(rocksdb::ReadOptions(), sizes_cf_, KeySlice(key_bytes), &exists);
+  if (s.ok()) {
+    release();
+    return absl::FailedPreconditionError(
+        absl::StrCat("key: ", key.ToHex(), " is already in the ssd tier"));
+  }
+  uint8_t size_le[8];
+  std::memcpy(size_le, &size, sizeof(size));
+  rocksdb::WriteBatch batch;
+  s = batch.Put(blocks_cf_, KeySlice(key_bytes),
+                rocksdb::Slice(reinterpret_cast<const char*>(block.data()),
+                               block.size()));
+  if (s.ok()) {
+    s = batch.Put(sizes_cf_, KeySlice(key_bytes),
+                  rocksdb::Slice(reinterpret_cast<const char*>(size_le), 8));
+  }
+  if (s.ok()) {
+    rocksdb::WriteOptions write_options;
+    write_options.sync = sync_writes_;
+    s = db_->Write(write_options, &batch);
+  }
+  if (!s.ok()) {
+    release();
+    if (s.IsIOError() || s.IsNoSpace()) {
+      needs_resume_.store(true, std::memory_order_release);
+    }
+    absl::Status st = FromRocks(s, absl::StrCat("write ", key.ToHex()));
+    if (absl::IsDataLoss(st)) st = absl::UnavailableError(st.message());
+    return st;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<BlockBytes> SsdTier::Read(const BlockKey& key) {
+  const std::string key_bytes = key.ToBytesString();
+  auto value = std::make_shared<rocksdb::PinnableSlice>();
+  rocksdb::ReadOptions read_options;
+  read_options.verify_checksums = true;
+  rocksdb::Status s = db_->Get(read_options, blocks_cf_, KeySlice(key_bytes),
+                               value.get());
+  if (!s.ok()) return FromRocks(s, absl::StrCat("read ", key.ToHex()));
+  absl::Span<const uint8_t> bytes(
+      reinterpret_cast<const uint8_t*>(value->data()), value->size());
+  return BlockBytes{std::move(value), bytes};
+}
+
+absl::Status SsdTier::Erase(const BlockKey& key) {
+  const std::string key_bytes = key.ToBytesString();
+  std::string size_le;
+  rocksdb::Status s =
+      db_->Get(rocksdb::ReadOptions(), sizes_cf_, KeySlice(key_bytes), &size_le);
+  if (s.IsNotFound()) return absl::OkStatus();
+  if (!s.ok()) return FromRocks(s, absl::StrCat("erase ", key.ToHex()));
+  uint64_t size = 0;
+  if (size_le.size() == sizeof(size)) std::memcpy(&size, size_le.data(), 8);
+  STRATA_RETURN_IF_ERROR(ResumeAfterError());
+  rocksdb::WriteBatch batch;
+  s = batch.Delete(blocks_cf_, KeySlice(key_bytes));
+  if (s.ok()) s = batch.Delete(sizes_cf_, KeySlice(key_bytes));
+  if (s.ok()) {
+    rocksdb::WriteOptions write_options;
+    write_options.sync = sync_writes_;
+    s = db_->Write(write_options, &batch);
+  }
+  if (!s.ok()) {
+    if (s.IsIOError() || s.IsNoSpace()) {
+      needs_resume_.store(true, std::memory_order_release);
+    }
+    return FromRocks(s, absl::StrCat("erase ", key.ToHex()));
+  }
+  used_bytes_.fetch_sub(size, std::memory_order_relaxed);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::pair<BlockKey, uint64_t>>>
+SsdTier::ListBlocks() {
+  std::vector<std::pair<BlockKey, uint64_t>> out;
+  std::unique_ptr<rocksdb::Iterator> it(
+      db_->NewIterator(rocksdb::ReadOptions(), sizes_cf_));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    rocksdb::Slice k = it->key();
+    rocksdb::Slice v = it->value();
+    auto key = BlockKey::FromBytes(std::string(k.data(), k.size()));
+    if (!key.ok() || v.size() != sizeof(uint64_t)) {
+      return absl::DataLossError(absl::StrCat(
+          "ssd tier: malformed entry in the sizes column family (key ",
+          k.size(), " bytes, value ", v.size(), " bytes)"));
+    }
+    uint64_t size;
+    std::memcpy(&size, v.data(), sizeof(size));
+    out.emplace_back(*key, size);
+  }
+  STRATA_RETURN_IF_ERROR(FromRocks(it->status(), "list blocks"));
+  return out;
+}
+
+absl::Status SsdTier::Flush() {
+  rocksdb::FlushOptions flush_options;
+  flush_options.wait = true;
+  return FromRocks(db_->Flush(flush_options, {blocks_cf_, sizes_cf_}), "flush");
+}
+
+}  // namespace strata::kvstore

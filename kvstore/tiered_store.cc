@@ -1,0 +1,695 @@
+// TieredStore implementation.
+//
+// Invariants (all under mu_):
+// - An index entry exists while any tier holds, is receiving, or is erasing a
+//   copy of its key. `resident` bit t: tier t holds a complete copy that reads
+//   may use, and tier t's policy tracks the key unless an eviction picked it.
+//   `incoming` bit t: a copy is being written into tier t. `erasing` bit t: a
+//   copy is being erased from tier t. A bit is in at most one of the masks.
+// - A key is visible (Get/Exists/LongestPrefix) iff resident != 0.
+// - Tier I/O never happens under mu_. Writers claim a tier with an incoming
+//   bit first, so no two threads write the same key into the same tier, and
+//   Put / Remove wait (mu_.Await) for in-flight erases / writes to finish.
+#include "kvstore/tiered_store.h"
+
+#include <algorithm>
+#include <bit>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "kvstore/dram_tier.h"
+#include "kvstore/ssd_tier.h"
+
+namespace strata::kvstore {
+
+struct TieredStore::Entry {
+  uint64_t size = 0;
+  uint64_t generation = 0;
+  uint32_t resident = 0;
+  uint32_t incoming = 0;
+  uint32_t erasing = 0;
+  absl::Time pinned_until = absl::InfinitePast();
+  uint32_t leases = 0;
+  absl::Time lease_until = absl::InfinitePast();
+};
+
+struct TieredStore::TierSlot {
+  std::unique_ptr<Tier> tier;
+  std::unique_ptr<EvictionPolicy> policy;  // Guarded by TieredStore::mu_.
+  TierStats stats;                         // Counters guarded by mu_.
+  uint64_t high_bytes = 0;
+  uint64_t low_bytes = 0;
+};
+
+namespace {
+
+constexpr uint32_t Bit(size_t t) { return uint32_t{1} << t; }
+constexpr int kMaxWriteAttempts = 64;
+
+}  // namespace
+
+absl::Status TieredStoreOptions::Validate() const {
+  if (dram_capacity_bytes == 0) {
+    return absl::InvalidArgumentError("dram_capacity_bytes: must be > 0");
+  }
+  if (!ssd_path.empty() && ssd_capacity_bytes == 0) {
+    return absl::InvalidArgumentError("ssd_capacity_bytes: must be > 0");
+  }
+  if (!(high_watermark > 0 && high_watermark <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("high_watermark: ", high_watermark, " not in (0, 1]"));
+  }
+  if (!(low_watermark > 0 && low_watermark <= high_watermark)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "low_watermark: ", low_watermark, " not in (0, high_watermark]"));
+  }
+  if (max_block_bytes <= kBlockHeaderSize) {
+    return absl::InvalidArgumentError(
+        "max_block_bytes: must exceed the block header size");
+  }
+  if (default_lease_ttl <= absl::ZeroDuration() ||
+      default_lease_ttl > max_lease_ttl) {
+    return absl::InvalidArgumentError(
+        "default_lease_ttl: must be in (0, max_lease_ttl]");
+  }
+  if (max_pin_ttl <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("max_pin_ttl: must be > 0");
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------- BlockLease
+
+BlockLease::BlockLease(BlockLease&& other) noexcept { *this = std::move(other); }
+
+BlockLease& BlockLease::operator=(BlockLease&& other) noexcept {
+  if (this != &other) {
+    Release();
+    store_ = std::exchange(other.store_, nullptr);
+    key_ = other.key_;
+    generation_ = other.generation_;
+    bytes_ = std::move(other.bytes_);
+    header_ = other.header_;
+    served_from_ = other.served_from_;
+  }
+  return *this;
+}
+
+BlockLease::~BlockLease() { Release(); }
+
+void BlockLease::Release() {
+  if (store_ != nullptr) {
+    store_->ReleaseLease(key_, generation_);
+    store_ = nullptr;
+  }
+  bytes_ = BlockBytes{};
+}
+
+// ---------------------------------------------------------------- Open
+
+TieredStore::TieredStore(const TieredStoreOptions& options)
+    : options_(options),
+      clock_(options.clock != nullptr ? options.clock : Clock::Real()) {}
+
+TieredStore::~TieredStore() = default;
+
+absl::StatusOr<std::unique_ptr<TieredStore>> TieredStore::Open(
+    const TieredStoreOptions& options) {
+  STRATA_RETURN_IF_ERROR(options.Validate());
+  auto store = std::unique_ptr<TieredStore>(new TieredStore(options));
+  auto add_tier = [&](std::unique_ptr<Tier> tier, EvictionPolicyKind policy) {
+    auto slot = std::make_unique<TierSlot>();
+    slot->stats.kind = tier->kind();
+    const double cap = static_cast<double>(tier->capacity_bytes());
+    slot->high_bytes = static_cast<uint64_t>(cap * options.high_watermark);
+    slot->low_bytes = static_cast<uint64_t>(cap * options.low_watermark);
+    slot->tier = std::move(tier);
+    slot->policy = MakeEvictionPolicy(policy);
+    store->tiers_.push_back(std::move(slot));
+  };
+  STRATA_ASSIGN_OR_RETURN(auto dram,
+                          DramTier::Create(options.dram_capacity_bytes));
+  add_tier(std::move(dram), options.dram_policy);
+  if (!options.ssd_path.empty()) {
+    SsdTierOptions ssd;
+    ssd.path = options.ssd_path;
+    ssd.capacity_bytes = options.ssd_capacity_bytes;
+    ssd.sync_writes = options.ssd_sync_writes;
+    ssd.file_system = options.ssd_file_system;
+    STRATA_ASSIGN_OR_RETURN(auto ssd_tier, SsdTier::Open(ssd));
+    store->persistent_tier_ = store->tiers_.size();
+    add_tier(std::move(ssd_tier), options.ssd_policy);
+  }
+  STRATA_RETURN_IF_ERROR(store->Recover());
+  return store;
+}
+
+absl::Status TieredStore::Recover() {
+  for (size_t t = 0; t < tiers_.size(); ++t) {
+    TierSlot& slot = *tiers_[t];
+    if (!slot.tier->persistent()) continue;
+    STRATA_ASSIGN_OR_RETURN(auto blocks, slot.tier->ListBlocks());
+    absl::MutexLock lock(&mu_);
+    for (const auto& [key, size] : blocks) {
+      Entry& e = index_[key];
+      if (e.generation == 0) {
+        e.generation = next_generation_++;
+        e.size = size;
+      }
+      e.resident |= Bit(t);
+      slot.policy->OnInsert(key, size);
+      ++slot.stats.blocks;
+    }
+  }
+  for (size_t t = 0; t < tiers_.size(); ++t) MaybeEvict(t);
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------- Eviction
+
+bool TieredStore::Evictable(const Entry& e, absl::Time now) const {
+  if (e.incoming != 0) return false;
+  if (e.pinned_until > now) return false;
+  if (e.leases > 0 && e.lease_until > now) return false;
+  return true;
+}
+
+void TieredStore::MaybeEvict(size_t t) {
+  TierSlot& slot = *tiers_[t];
+  if (slot.tier->used_bytes() > slot.high_bytes) {
+    EvictFromTier(t, slot.low_bytes);
+  }
+}
+
+uint64_t TieredStore::EvictFromTier(size_t t, uint64_t target_bytes) {
+  TierSlot& slot = *tiers_[t];
+  const size_t next = t + 1;
+  uint64_t freed = 0;
+  for (;;) {
+    BlockKey key;
+    uint64_t generation = 0;
+    bool demote = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (slot.tier->used_bytes() <= target_bytes) break;
+      const absl::Time now = clock_->Now();
+      std::optional<BlockKey> victim =
+          slot.policy->NextVictim([&](const BlockKey& k) {
+            auto it = index_.find(k);
+            return it != index_.end() && Evictable(it->second, now);
+          });
+      if (!victim.has_value()) break;
+      key = *victim;
+      Entry& e = index_.at(key);
+      generation = e.generation;
+      const uint32_t busy = e.resident | e.incoming | e.erasing;
+      demote = next < tiers_.size() && (busy & Bit(next)) == 0 &&
+               tiers_[next]->tier->Charge(e.size) <=
+                   tiers_[next]->tier->capacity_bytes();
+      if (demote) {
+        e.incoming |= Bit(next);  // The copy in t stays readable meanwhile.
+      } else {
+        e.resident &= ~Bit(t);
+        e.erasing |= Bit(t);
+        --slot.stats.blocks;
+        ++slot.stats.evictions;
+      }
+    }
+    if (demote) {
+      auto bytes = slot.tier->Read(key);
+      absl::Status s =
+          bytes.ok() ? WriteIntoTier(next, key, bytes->bytes) : bytes.status();
+      absl::MutexLock lock(&mu_);
+      Entry& e = index_.at(key);  // Remove waits for incoming == 0.
+      e.incoming &= ~Bit(next);
+      if (s.ok()) {
+        e.resident |= Bit(next);
+        tiers_[next]->policy->OnInsert(key, e.size);
+        ++tiers_[next]->stats.blocks;
+        ++slot.stats.demotions;
+      }
+      // A reader may have dropped a corrupt copy in t meanwhile.
+      if ((e.resident & Bit(t)) == 0) continue;
+      e.resident &= ~Bit(t);
+      e.erasing |= Bit(t);
+      --slot.stats.blocks;
+      ++slot.stats.evictions;
+    }
+    const uint64_t before = slot.tier->used_bytes();
+    slot.tier->Erase(key).IgnoreError();  // A failed erase only leaks space.
+    const uint64_t after = slot.tier->used_bytes();
+    if (before > after) freed += before - after;
+    absl::MutexLock lock(&mu_);
+    auto it = index_.find(key);
+    if (it != index_.end() && it->second.generation == generation) {
+      it->second.erasing &= ~Bit(t);
+      const Entry& e = it->second;
+      if ((e.resident | e.incoming | e.erasing) == 0) index_.erase(it);
+    }
+  }
+  return freed;
+}
+
+absl::Status TieredStore::WriteIntoTier(size_t t, const BlockKey& key,
+                                        absl::Span<const uint8_t> block) {
+  TierSlot& slot = *tiers_[t];
+  const uint64_t charge = slot.tier->Charge(block.size());
+  if (charge > slot.tier->capacity_bytes()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        TierName(slot.tier->kind()), " tier: a ", block.size(),
+        "-byte block exceeds the tier capacity ",
+        slot.tier->capacity_bytes()));
+  }
+  absl::Status s;
+  for (int attempt = 0; attempt < kMaxWriteAttempts; ++attempt) {
+    s = slot.tier->Write(key, block);
+    if (!absl::IsResourceExhausted(s)) break;
+    const uint64_t cap = slot.tier->capacity_bytes();
+    const uint64_t target = std::min(slot.low_bytes, cap - charge);
+    if (EvictFromTier(t, target) == 0) break;
+  }
+  if (!s.ok()) {
+    absl::MutexLock lock(&mu_);
+    ++slot.stats.write_failures;
+    if (absl::IsResourceExhausted(s)) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          TierName(slot.tier->kind()), " tier: no room for a ", block.size(),
+          "-byte block (", slot.tier->used_bytes(), " of ",
+          slot.tier->capacity_bytes(),
+          " bytes used by pinned, leased or in-flight blocks): ",
+          s.message()));
+    }
+  }
+  return s;
+}
+
+// ---------------------------------------------------------------- Put
+
+absl::StatusOr<PutOutcome> TieredStore::Put(const BlockKey& key,
+                                            absl::Span<const uint8_t> block,
+                                            const PutOptions& options) {
+  auto reject = [&](absl::Status s) {
+    absl::MutexLock lock(&mu_);
+    ++counters_.rejected_puts;
+    return s;
+  };
+  if (block.size() > options_.max_block_bytes) {
+    return reject(absl::InvalidArgumentError(
+        absl::StrCat("block: ", block.size(), " bytes exceed max_block_bytes ",
+                     options_.max_block_bytes)));
+  }
+  if (auto view = ParseBlock(block); !view.ok()) return reject(view.status());
+
+  const bool durable = options.durable.value_or(options_.write_through);
+  if (durable && persistent_tier_ == SIZE_MAX) {
+    return reject(absl::FailedPreconditionError(
+        "durable: no persistent tier is configured (set ssd_path)"));
+  }
+  // Tiers to write: the first tier (or, if it cannot ever hold the block, the
+  // first that can), plus the persistent tier for a durable put.
+  std::vector<size_t> targets;
+  for (size_t t = 0; t < tiers_.size(); ++t) {
+    if (tiers_[t]->tier->Charge(block.size()) <=
+        tiers_[t]->tier->capacity_bytes()) {
+      targets.push_back(t);
+      break;
+    }
+  }
+  if (durable && (targets.empty() || targets[0] != persistent_tier_)) {
+    targets.push_back(persistent_tier_);
+  }
+  if (targets.empty()) {
+    return reject(absl::ResourceExhaustedError(absl::StrCat(
+        "block: ", block.size(), " bytes exceed every tier's capacity")));
+  }
+  uint32_t claim = 0;
+  for (size_t t : targets) claim |= Bit(t);
+
+  uint64_t generation;
+  {
+    absl::MutexLock lock(&mu_);
+    for (;;) {
+      auto it = index_.find(key);
+      if (it == index_.end()) break;
+      if ((it->second.resident | it->second.incoming) != 0) {
+        ++counters_.duplicate_puts;
+        return PutOutcome::kAlreadyPresent;
+      }
+      // Only an erase is in flight: wait for it to finish, then store anew.
+      auto erased = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        auto i = index_.find(key);
+        return i == index_.end() || (i->second.resident | i->second.incoming);
+      };
+      mu_.Await(absl::Condition(&erased));
+    }
+    Entry& e = index_[key];
+    e.generation = generation = next_generation_++;
+    e.size = block.size();
+    e.incoming = claim;
+  }
+
+  uint32_t written = 0;
+  absl::Status failure;
+  for (size_t i = 0; i < targets.size(); ++i) {
+    absl::Status s = WriteIntoTier(targets[i], key, block);
+    if (s.ok()) {
+      written |= Bit(targets[i]);
+      continue;
+    }
+    // A non-durable put may fall back to lower tiers.
+    if (!durable && absl::IsResourceExhausted(s)) {
+      bool stored = false;
+      for (size_t t = targets[i] + 1; t < tiers_.size() && !stored; ++t) {
+        {
+          absl::MutexLock lock(&mu_);
+          index_.at(key).incoming |= Bit(t);
+        }
+        if (WriteIntoTier(t, key, block).ok()) {
+          written |= Bit(t);
+          stored = true;
+        } else {
+          absl::MutexLock lock(&mu_);
+          index_.at(key).incoming &= ~Bit(t);
+        }
+      }
+      if (stored) continue;
+    }
+    failure = s;
+    break;
+  }
+
+  if (!failure.ok()) {
+    // Roll back: nothing of a failed put stays.
+    {
+      absl::MutexLock lock(&mu_);
+      Entry& e = index_.at(key);
+      e.incoming = 0;
+      e.erasing = written;
+      ++counters_.rejected_puts;
+    }
+    for (size_t t = 0; t < tiers_.size(); ++t) {
+      if (written & Bit(t)) tiers_[t]->tier->Erase(key).IgnoreError();
+    }
+    absl::MutexLock lock(&mu_);
+    index_.erase(key);
+    return failure;
+  }
+
+  {
+    absl::MutexLock lock(&mu_);
+    Entry& e = index_.at(key);
+    e.incoming = 0;
+    e.resident = written;
+    for (size_t t = 0; t < tiers_.size(); ++t) {
+      if (written & Bit(t)) {
+        tiers_[t]->policy->OnInsert(key, e.size);
+        ++tiers_[t]->stats.blocks;
+      }
+    }
+    ++counters_.puts;
+  }
+  for (size_t t = 0; t < tiers_.size(); ++t) {
+    if (written & Bit(t)) MaybeEvict(t);
+  }
+  return PutOutcome::kStored;
+}
+
+// ---------------------------------------------------------------- Reads
+
+absl::StatusOr<BlockLease> TieredStore::Get(const BlockKey& key,
+                                            const GetOptions& options) {
+  return Read(key, options.lease_ttl, nullptr);
+}
+
+absl::StatusOr<size_t> TieredStore::GetInto(const BlockKey& key,
+                                            absl::Span<uint8_t> dst) {
+  STRATA_ASSIGN_OR_RETURN(BlockLease lease,
+                          Read(key, absl::ZeroDuration(), &dst));
+  return lease.bytes().size();
+}
+
+std::vector<absl::StatusOr<BlockLease>> TieredStore::BatchGet(
+    absl::Span<const BlockKey> keys, const GetOptions& options) {
+  std::vector<absl::StatusOr<BlockLease>> out;
+  out.reserve(keys.size());
+  for (const BlockKey& key : keys) out.push_back(Get(key, options));
+  return out;
+}
+
+absl::StatusOr<BlockLease> TieredStore::Read(const BlockKey& key,
+                                             absl::Duration lease_ttl,
+                                             absl::Span<uint8_t>* dst) {
+  if (lease_ttl < absl::ZeroDuration() || lease_ttl > options_.max_lease_ttl) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("lease_ttl: ", absl::FormatDuration(lease_ttl),
+                     " not in [0, max_lease_ttl]"));
+  }
+  if (lease_ttl == absl::ZeroDuration()) lease_ttl = options_.default_lease_ttl;
+
+  absl::Status last_error;  // Why the most recent copy could not be used.
+  uint32_t skip = 0;        // Tiers that failed to read (not corrupt).
+  bool first_attempt = true;
+  for (int attempt = 0; attempt < 2 * kMaxWriteAttempts; ++attempt) {
+    size_t t = 0;
+    uint64_t generation = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      if (first_attempt) ++counters_.gets;
+      auto it = index_.find(key);
+      const uint32_t usable =
+          it == index_.end() ? 0 : (it->second.resident & ~skip);
+      if (usable == 0) {
+        if (first_attempt) {
+          for (auto& slot : tiers_) ++slot->stats.misses;
+        }
+        ++counters_.get_misses;
+        if (!last_error.ok()) return last_error;
+        return absl::NotFoundError(
+            absl::StrCat("key: ", key.ToHex(), " is not stored"));
+      }
+      t = static_cast<size_t>(std::countr_zero(usable));
+      if (first_attempt) {
+        for (size_t above = 0; above < t; ++above) ++tiers_[above]->stats.misses;
+      }
+      Entry& e = it->second;
+      generation = e.generation;
+      ++e.leases;
+      e.lease_until = std::max(e.lease_until, clock_->Now() + lease_ttl);
+      tiers_[t]->policy->OnAccess(key);
+    }
+    first_attempt = false;
+
+    BlockLease lease;
+    lease.store_ = this;  // From here on, leaving the scope releases.
+    lease.key_ = key;
+    lease.generation_ = generation;
+    lease.served_from_ = tiers_[t]->tier->kind();
+
+    auto bytes = tiers_[t]->tier->Read(key);
+    if (!bytes.ok()) {
+      if (absl::IsDataLoss(bytes.status())) {
+        lease.Release();
+        DropCopy(t, key, generation, /*corrupt=*/true);
+        last_error = bytes.status();
+      } else if (!absl::IsNotFound(bytes.status())) {
+        skip |= Bit(t);  // I/O error: try another copy, keep this one.
+        last_error = bytes.status();
+      }
+      continue;  // NOT_FOUND: erased under us; look again.
+    }
+    absl::StatusOr<BlockView> view =
+        dst == nullptr ? ParseBlock(bytes->bytes)
+                       : CopyVerifiedBlock(bytes->bytes, *dst);
+    if (!view.ok()) {
+      if (absl::IsOutOfRange(view.status())) return view.status();  // dst.
+      lease.Release();
+      DropCopy(t, key, generation, /*corrupt=*/true);
+      last_error = absl::DataLossError(absl::StrCat(
+          TierName(tiers_[t]->tier->kind()), " tier copy of ", key.ToHex(),
+          " is corrupt and was dropped: ", view.status().message()));
+      continue;
+    }
+    lease.header_ = view->header;
+    lease.bytes_ = dst == nullptr
+                       ? *std::move(bytes)
+                       : BlockBytes{nullptr, dst->first(bytes->bytes.size())};
+    {
+      absl::MutexLock lock(&mu_);
+      ++tiers_[t]->stats.hits;
+      ++counters_.get_hits;
+    }
+    if (t > 0 && options_.promote_on_read) Promote(key, generation, *bytes);
+    return lease;
+  }
+  return absl::UnavailableError(
+      absl::StrCat("key: ", key.ToHex(), " kept moving between tiers"));
+}
+
+void TieredStore::Promote(const BlockKey& key, uint64_t generation,
+                          const BlockBytes& bytes) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = index_.find(key);
+    if (it == index_.end() || it->second.generation != generation) return;
+    Entry& e = it->second;
+    if (((e.resident | e.incoming | e.erasing) & Bit(0)) != 0) return;
+    e.incoming |= Bit(0);
+  }
+  absl::Status s = WriteIntoTier(0, key, bytes.bytes);
+  {
+    absl::MutexLock lock(&mu_);
+    Entry& e = index_.at(key);  // Remove waits for incoming == 0.
+    e.incoming &= ~Bit(0);
+    if (s.ok()) {
+      e.resident |= Bit(0);
+      tiers_[0]->policy->OnInsert(key, e.size);
+      ++tiers_[0]->stats.blocks;
+      ++tiers_[0]->stats.promotions;
+    }
+  }
+  if (s.ok()) MaybeEvict(0);
+}
+
+void TieredStore::DropCopy(size_t t, const BlockKey& key, uint64_t generation,
+                           bool corrupt) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = index_.find(key);
+    if (it == index_.end() || it->second.generation != generation) return;
+    Entry& e = it->second;
+    if (corrupt) ++tiers_[t]->stats.checksum_failures;
+    if ((e.resident & Bit(t)) == 0) return;
+    e.resident &= ~Bit(t);
+    e.erasing |= Bit(t);
+    tiers_[t]->policy->OnRemove(key);
+    --tiers_[t]->stats.blocks;
+  }
+  tiers_[t]->tier->Erase(key).IgnoreError();
+  FinishErase(t, key, generation);
+}
+
+void TieredStore::FinishErase(size_t t, const BlockKey& key,
+                              uint64_t generation) {
+  absl::MutexLock lock(&mu_);
+  auto it = index_.find(key);
+  if (it == index_.end() || it->second.generation != generation) return;
+  it->second.erasing &= ~Bit(t);
+  const Entry& e = it->second;
+  if ((e.resident | e.incoming | e.erasing) == 0) index_.erase(it);
+}
+
+void TieredStore::ReleaseLease(const BlockKey& key, uint64_t generation) {
+  absl::MutexLock lock(&mu_);
+  auto it = index_.find(key);
+  if (it != index_.end() && it->second.generation == generation &&
+      it->second.leases > 0) {
+    --it->second.leases;
+  }
+}
+
+bool TieredStore::Exists(const BlockKey& key) const {
+  absl::MutexLock lock(&mu_);
+  auto it = index_.find(key);
+  return it != index_.end() && it->second.resident != 0;
+}
+
+size_t TieredStore::LongestPrefix(absl::Span<const BlockKey> keys) const {
+  absl::MutexLock lock(&mu_);
+  size_t n = 0;
+  for (const BlockKey& key : keys) {
+    auto it = index_.find(key);
+    if (it == index_.end() || it->second.resident == 0) break;
+    ++n;
+  }
+  return n;
+}
+
+// ---------------------------------------------------------------- Admin
+
+absl::Status TieredStore::Remove(const BlockKey& key) {
+  uint32_t mask = 0;
+  uint64_t generation = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    auto settled = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      auto i = index_.find(key);
+      return i == index_.end() || i->second.incoming == 0;
+    };
+    mu_.Await(absl::Condition(&settled));
+    auto it = index_.find(key);
+    if (it == index_.end() || it->second.resident == 0) {
+      return absl::NotFoundError(
+          absl::StrCat("key: ", key.ToHex(), " is not stored"));
+    }
+    Entry& e = it->second;
+    generation = e.generation;
+    mask = e.resident;
+    e.resident = 0;
+    e.erasing |= mask;
+    e.pinned_until = absl::InfinitePast();
+    for (size_t t = 0; t < tiers_.size(); ++t) {
+      if (mask & Bit(t)) {
+        tiers_[t]->policy->OnRemove(key);
+        --tiers_[t]->stats.blocks;
+      }
+    }
+    ++counters_.removes;
+  }
+  absl::Status result;
+  for (size_t t = 0; t < tiers_.size(); ++t) {
+    if ((mask & Bit(t)) == 0) continue;
+    absl::Status s = tiers_[t]->tier->Erase(key);
+    if (!s.ok() && result.ok()) result = s;
+    FinishErase(t, key, generation);
+  }
+  return result;
+}
+
+absl::Status TieredStore::Pin(const BlockKey& key, absl::Duration ttl) {
+  if (ttl <= absl::ZeroDuration() || ttl > options_.max_pin_ttl) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ttl: ", absl::FormatDuration(ttl),
+                     " not in (0, max_pin_ttl ",
+                     absl::FormatDuration(options_.max_pin_ttl), "]"));
+  }
+  absl::MutexLock lock(&mu_);
+  auto it = index_.find(key);
+  if (it == index_.end() || it->second.resident == 0) {
+    return absl::NotFoundError(
+        absl::StrCat("key: ", key.ToHex(), " is not stored"));
+  }
+  it->second.pinned_until =
+      std::max(it->second.pinned_until, clock_->Now() + ttl);
+  return absl::OkStatus();
+}
+
+absl::Status TieredStore::Unpin(const BlockKey& key) {
+  absl::MutexLock lock(&mu_);
+  auto it = index_.find(key);
+  if (it == index_.end() || it->second.resident == 0) {
+    return absl::NotFoundError(
+        absl::StrCat("key: ", key.ToHex(), " is not stored"));
+  }
+  it->second.pinned_until = absl::InfinitePast();
+  return absl::OkStatus();
+}
+
+StoreStats TieredStore::Stats() const {
+  absl::MutexLock lock(&mu_);
+  StoreStats out = counters_;
+  const absl::Time now = clock_->Now();
+  for (const auto& [key, e] : index_) {
+    if (e.resident == 0) continue;
+    if (e.pinned_until > now) ++out.pinned_blocks;
+    if (e.leases > 0 && e.lease_until > now) ++out.leased_blocks;
+  }
+  for (const auto& slot : tiers_) {
+    TierStats s = slot->stats;
+    s.capacity_bytes = slot->tier->capacity_bytes();
+    s.used_bytes = slot->tier->used_bytes();
+    out.tiers.push_back(s);
+  }
+  return out;
+}
+
+}  // namespace strata::kvstore

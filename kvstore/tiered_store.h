@@ -1,0 +1,263 @@
+// TieredStore: immutable KV blocks across a chain of tiers (DRAM, then SSD;
+// HBM joins at the front in the kernels issue), with eviction, demotion,
+// promotion, pins and read leases.
+//
+// Semantics
+// - Put is immutable and idempotent: the first write of a key wins; a later
+//   Put of the same key returns kAlreadyPresent and changes nothing. Every
+//   block is validated (header + checksum) before it is stored.
+// - A block is placed in the first tier (DRAM). With durable puts it is also
+//   written to the last, persistent tier (SSD) before Put returns.
+// - When a tier's usage passes `high_watermark` of its capacity, blocks are
+//   evicted by that tier's policy (LRU or S3-FIFO) until usage is at most
+//   `low_watermark`. A block evicted from a tier moves to the next tier down
+//   (demotion; free when a copy is already there) or, from the last tier, is
+//   dropped. A read served by a lower tier copies the block back into the
+//   first tier (promotion); lower tiers keep their copy (inclusive tiers).
+// - Pinned blocks (until their TTL passes or Unpin) and leased blocks (while
+//   a BlockLease is held and before its TTL passes) are never evicted from any
+//   tier. Pins are not reference-counted: Unpin clears all pins on a key.
+// - Every read verifies the block checksum. A copy that fails is dropped from
+//   its tier and counted; the read falls back to a lower tier's copy, or
+//   answers DATA_LOSS when no good copy remains. Wrong bytes are never
+//   returned.
+//
+// Thread safety: all methods are thread-safe. One mutex guards the index,
+// the policies and the counters and is held only for O(1) work per key;
+// block bytes are copied, verified and written to tiers outside it.
+#ifndef STRATA_KVSTORE_TIERED_STORE_H_
+#define STRATA_KVSTORE_TIERED_STORE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "kvstore/block_format.h"
+#include "kvstore/block_key.h"
+#include "kvstore/clock.h"
+#include "kvstore/eviction_policy.h"
+#include "kvstore/tier.h"
+
+namespace rocksdb {
+class FileSystem;
+}
+
+namespace strata::kvstore {
+
+struct TieredStoreOptions {
+  // DRAM tier: a preallocated arena of this many bytes.
+  uint64_t dram_capacity_bytes = uint64_t{1} << 30;
+  EvictionPolicyKind dram_policy = EvictionPolicyKind::kLru;
+
+  // SSD tier: RocksDB under this directory; empty disables the tier.
+  std::string ssd_path;
+  uint64_t ssd_capacity_bytes = uint64_t{16} << 30;
+  EvictionPolicyKind ssd_policy = EvictionPolicyKind::kLru;
+  bool ssd_sync_writes = false;  // fsync every SSD write (power-loss safety).
+  // The SSD tier's file-system seam; null means the real file system.
+  std::shared_ptr<rocksdb::FileSystem> ssd_file_system;
+
+  // Eviction starts above high_watermark * capacity and stops at or below
+  // low_watermark * capacity. 0 < low <= high <= 1.
+  double high_watermark = 0.95;
+  double low_watermark = 0.85;
+
+  // Default for PutOptions::durable: write through to the SSD tier.
+  bool write_through = false;
+  // Copy blocks read from a lower tier into the first tier.
+  bool promote_on_read = true;
+
+  // Largest block Put accepts (header + payload).
+  uint64_t max_block_bytes = uint64_t{256} << 20;
+  absl::Duration default_lease_ttl = absl::Seconds(10);
+  absl::Duration max_lease_ttl = absl::Minutes(5);
+  absl::Duration max_pin_ttl = absl::Hours(24);
+
+  // Time source for pins and leases; null means Clock::Real().
+  Clock* clock = nullptr;
+
+  // INVALID_ARGUMENT naming the first bad field.
+  absl::Status Validate() const;
+};
+
+enum class PutOutcome { kStored, kAlreadyPresent };
+
+struct PutOptions {
+  // Return only after the block is in the persistent tier. Unset means the
+  // store's `write_through` option.
+  std::optional<bool> durable;
+};
+
+struct GetOptions {
+  // How long the returned lease protects the block from eviction; zero means
+  // the store's default_lease_ttl.
+  absl::Duration lease_ttl = absl::ZeroDuration();
+};
+
+class TieredStore;
+
+// A verified block, readable for as long as this object lives (even if the
+// block is removed or evicted meanwhile). While held and before its TTL, the
+// block is also not evicted. Move-only; destroy it to release the lease.
+class BlockLease {
+ public:
+  BlockLease() = default;
+  BlockLease(BlockLease&& other) noexcept;
+  BlockLease& operator=(BlockLease&& other) noexcept;
+  BlockLease(const BlockLease&) = delete;
+  BlockLease& operator=(const BlockLease&) = delete;
+  ~BlockLease();
+
+  // The whole encoded block (header + payload).
+  absl::Span<const uint8_t> bytes() const { return bytes_.bytes; }
+  const BlockHeader& header() const { return header_; }
+  absl::Span<const uint8_t> payload() const {
+    return bytes_.bytes.subspan(kBlockHeaderSize);
+  }
+  TierKind served_from() const { return served_from_; }
+
+ private:
+  friend class TieredStore;
+  void Release();
+
+  TieredStore* store_ = nullptr;
+  BlockKey key_;
+  uint64_t generation_ = 0;
+  BlockBytes bytes_;
+  BlockHeader header_;
+  TierKind served_from_ = TierKind::kDram;
+};
+
+struct TierStats {
+  TierKind kind = TierKind::kDram;
+  uint64_t capacity_bytes = 0;
+  uint64_t used_bytes = 0;
+  uint64_t blocks = 0;
+  uint64_t hits = 0;
+  uint64_t misses = 0;
+  uint64_t evictions = 0;         // Blocks this tier gave up.
+  uint64_t demotions = 0;         // Evicted blocks copied to the next tier.
+  uint64_t promotions = 0;        // Blocks copied into this tier on a read.
+  uint64_t checksum_failures = 0; // Copies dropped because they were corrupt.
+  uint64_t write_failures = 0;    // Writes into this tier that failed.
+};
+
+struct StoreStats {
+  uint64_t puts = 0;            // Blocks stored.
+  uint64_t duplicate_puts = 0;  // Puts of a key already present.
+  uint64_t rejected_puts = 0;   // Puts that failed validation or capacity.
+  uint64_t gets = 0;
+  uint64_t get_hits = 0;
+  uint64_t get_misses = 0;
+  uint64_t removes = 0;
+  uint64_t pinned_blocks = 0;
+  uint64_t leased_blocks = 0;
+  std::vector<TierStats> tiers;  // Fastest first.
+};
+
+class TieredStore {
+ public:
+  // Creates the tiers; with an SSD tier, reopens the blocks it already holds.
+  // INVALID_ARGUMENT naming a bad option; errors from opening the tiers.
+  static absl::StatusOr<std::unique_ptr<TieredStore>> Open(
+      const TieredStoreOptions& options);
+  // Outstanding BlockLeases stay readable; they must not outlive the store.
+  ~TieredStore();
+  TieredStore(const TieredStore&) = delete;
+  TieredStore& operator=(const TieredStore&) = delete;
+
+  // Stores an encoded block. INVALID_ARGUMENT (field named) for a malformed
+  // block or one above max_block_bytes; DATA_LOSS when its checksum does not
+  // match; RESOURCE_EXHAUSTED when no tier has room even after eviction, or a
+  // durable put cannot reach the persistent tier (disk full). On error nothing
+  // is stored.
+  absl::StatusOr<PutOutcome> Put(const BlockKey& key,
+                                 absl::Span<const uint8_t> block,
+                                 const PutOptions& options = {});
+
+  // The verified block, leased. NOT_FOUND on a miss; DATA_LOSS when every
+  // copy was corrupt (all are dropped); UNAVAILABLE when a tier failed to
+  // read and no other copy exists.
+  absl::StatusOr<BlockLease> Get(const BlockKey& key,
+                                 const GetOptions& options = {});
+
+  // Copies the verified block into `dst` and returns its size. As Get, plus
+  // OUT_OF_RANGE naming "dst" when it is too small (nothing is dropped).
+  absl::StatusOr<size_t> GetInto(const BlockKey& key, absl::Span<uint8_t> dst);
+
+  // Get for each key, in order.
+  std::vector<absl::StatusOr<BlockLease>> BatchGet(
+      absl::Span<const BlockKey> keys, const GetOptions& options = {});
+
+  // Whether a block is stored (in any tier). Does not read or verify it.
+  bool Exists(const BlockKey& key) const;
+
+  // The number of leading keys of `keys` that are stored: with chained keys
+  // (block_key.h), the length in chunks of the longest cached prefix.
+  size_t LongestPrefix(absl::Span<const BlockKey> keys) const;
+
+  // Removes a block from every tier. NOT_FOUND when absent. Readers holding
+  // a BlockLease keep their bytes.
+  absl::Status Remove(const BlockKey& key);
+
+  // Protects a stored block from eviction until now + ttl (extending, never
+  // shortening, an existing pin). NOT_FOUND when absent; INVALID_ARGUMENT
+  // naming "ttl" unless 0 < ttl <= max_pin_ttl.
+  absl::Status Pin(const BlockKey& key, absl::Duration ttl);
+  // Clears every pin on the block. NOT_FOUND when absent.
+  absl::Status Unpin(const BlockKey& key);
+
+  StoreStats Stats() const;
+  const TieredStoreOptions& options() const { return options_; }
+
+ private:
+  struct Entry;
+  struct TierSlot;
+  friend class BlockLease;
+
+  explicit TieredStore(const TieredStoreOptions& options);
+  absl::Status Recover();
+
+  // Writes a validated block into tier `t`, evicting from it as needed.
+  absl::Status WriteIntoTier(size_t t, const BlockKey& key,
+                             absl::Span<const uint8_t> block);
+  // Evicts from tier `t` until usage <= target_bytes or nothing is evictable;
+  // returns the bytes freed.
+  uint64_t EvictFromTier(size_t t, uint64_t target_bytes);
+  void MaybeEvict(size_t t);
+  bool Evictable(const Entry& entry, absl::Time now) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The shared read path of Get and GetInto (dst != null: copy + verify).
+  absl::StatusOr<BlockLease> Read(const BlockKey& key, absl::Duration lease_ttl,
+                                  absl::Span<uint8_t>* dst);
+  // Drops `key`'s copy in tier `t` from the index and the tier.
+  void DropCopy(size_t t, const BlockKey& key, uint64_t generation,
+                bool corrupt);
+  // Clears the erasing bit of tier `t` and forgets an entry with no copies.
+  void FinishErase(size_t t, const BlockKey& key, uint64_t generation);
+  void ReleaseLease(const BlockKey& key, uint64_t generation);
+  void Promote(const BlockKey& key, uint64_t generation, const BlockBytes& b);
+
+  const TieredStoreOptions options_;
+  Clock* const clock_;
+  std::vector<std::unique_ptr<TierSlot>> tiers_;  // Fixed after Open.
+  size_t persistent_tier_ = SIZE_MAX;             // Index, or none.
+
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<BlockKey, Entry> index_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_generation_ ABSL_GUARDED_BY(mu_) = 1;
+  mutable StoreStats counters_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace strata::kvstore
+
+#endif  // STRATA_KVSTORE_TIERED_STORE_H_

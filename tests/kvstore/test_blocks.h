@@ -1,0 +1,44 @@
+// Helpers shared by the kvstore tests: deterministic blocks, keys and
+// scratch directories.
+#ifndef STRATA_TESTS_KVSTORE_TEST_BLOCKS_H_
+#define STRATA_TESTS_KVSTORE_TEST_BLOCKS_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kvstore/block_format.h"
+#include "kvstore/block_key.h"
+
+namespace strata::kvstore::testing {
+
+// A shape whose raw payload is about `payload_bytes` (exact for multiples of
+// 2 * 8 * 128 * 2 bytes), fp16.
+BlockShape ShapeForBytes(uint64_t payload_bytes, DType dtype = DType::kFloat16);
+
+// An encoded raw block whose payload bytes are a pure function of `seed`.
+std::vector<uint8_t> MakeBlock(const BlockShape& shape, uint64_t seed);
+
+// A key that is a pure function of `i`.
+BlockKey KeyFor(uint64_t i);
+
+// The seed for randomized tests: $STRATA_TEST_SEED if set, else random.
+// Prints it so a failure can be replayed.
+uint64_t TestSeed();
+
+// A fresh empty directory under $STRATA_TEST_TMPDIR (or /tmp), removed by the
+// destructor.
+class ScratchDir {
+ public:
+  ScratchDir();
+  ~ScratchDir();
+  const std::string& path() const { return path_; }
+  std::string Sub(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+}  // namespace strata::kvstore::testing
+
+#endif  // STRATA_TESTS_KVSTORE_TEST_BLOCKS_H_
