@@ -72,9 +72,8 @@ class SsdTier final : public Tier {
   absl::StatusOr<std::vector<std::pair<BlockKey, uint64_t>>> ListBlocks()
       override;
 
-  // Flushes memtables to SST and blob files (tests use it to put blocks on
-  // disk before corrupting files).
-  absl::Status Flush();
+  // Flushes memtables to SST and blob files.
+  absl::Status Flush() override;
 
  private:
   SsdTier(std::unique_ptr<rocksdb::DB> db,

@@ -69,6 +69,10 @@ class Tier {
   // open. Volatile tiers return an empty list.
   virtual absl::StatusOr<std::vector<std::pair<BlockKey, uint64_t>>>
   ListBlocks() = 0;
+
+  // Moves buffered writes to their final files (a persistent tier's memtable
+  // to SST and blob files). A no-op for volatile tiers.
+  virtual absl::Status Flush() { return absl::OkStatus(); }
 };
 
 }  // namespace strata::kvstore

@@ -674,6 +674,11 @@ absl::Status TieredStore::Unpin(const BlockKey& key) {
   return absl::OkStatus();
 }
 
+absl::Status TieredStore::Flush() {
+  for (auto& slot : tiers_) STRATA_RETURN_IF_ERROR(slot->tier->Flush());
+  return absl::OkStatus();
+}
+
 StoreStats TieredStore::Stats() const {
   absl::MutexLock lock(&mu_);
   StoreStats out = counters_;

@@ -216,6 +216,10 @@ class TieredStore {
   // Clears every pin on the block. NOT_FOUND when absent.
   absl::Status Unpin(const BlockKey& key);
 
+  // Flushes every tier's buffered writes to their final files (see
+  // Tier::Flush). Durability does not depend on it; files on disk do.
+  absl::Status Flush();
+
   StoreStats Stats() const;
   const TieredStoreOptions& options() const { return options_; }
 
