@@ -59,7 +59,8 @@ uint64_t DramTier::Charge(uint64_t block_size) const {
 }
 
 absl::Status DramTier::Write(const BlockKey& key,
-                             absl::Span<const uint8_t> block) {
+                             absl::Span<const uint8_t> block,
+                             const BlockMeta& /*meta: the store indexes it*/) {
   {
     absl::MutexLock lock(&mu_);
     if (blocks_.contains(key)) {

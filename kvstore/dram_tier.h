@@ -33,13 +33,12 @@ class DramTier final : public Tier {
   uint64_t used_bytes() const override;
   uint64_t Charge(uint64_t block_size) const override;
 
-  absl::Status Write(const BlockKey& key,
-                     absl::Span<const uint8_t> block) override;
+  absl::Status Write(const BlockKey& key, absl::Span<const uint8_t> block,
+                     const BlockMeta& meta) override;
   absl::StatusOr<BlockBytes> Read(const BlockKey& key) override;
   absl::Status Erase(const BlockKey& key) override;
-  absl::StatusOr<std::vector<std::pair<BlockKey, uint64_t>>> ListBlocks()
-      override {
-    return std::vector<std::pair<BlockKey, uint64_t>>{};
+  absl::StatusOr<std::vector<StoredBlock>> ListBlocks() override {
+    return std::vector<StoredBlock>{};
   }
 
   // The arena, for registering its memory with a GPU runtime.

@@ -15,7 +15,7 @@
 namespace strata::kvstore {
 namespace {
 
-constexpr char kSizesFamily[] = "sizes";
+constexpr char kMetaFamily[] = "meta";
 
 // Maps a RocksDB status to the canonical code a Strata caller acts on.
 absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
@@ -31,6 +31,50 @@ absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
 
 rocksdb::Slice KeySlice(const std::string& bytes) {
   return rocksdb::Slice(bytes.data(), bytes.size());
+}
+
+constexpr uint8_t kMetaVersion = 1;
+constexpr size_t kMaxLabelBytes = 0xFFFF;
+
+template <typename T>
+void Append(std::string& out, T v) {
+  out.append(reinterpret_cast<const char*>(&v), sizeof(T));
+}
+
+std::string EncodeMeta(uint64_t size, const BlockMeta& meta) {
+  std::string out;
+  out.reserve(1 + 8 + 8 + 4 + meta.tenant.size() + meta.model.size());
+  Append<uint8_t>(out, kMetaVersion);
+  Append<uint64_t>(out, size);
+  Append<int64_t>(out, meta.stored_at_unix_ms);
+  Append<uint16_t>(out, static_cast<uint16_t>(meta.tenant.size()));
+  out.append(meta.tenant);
+  Append<uint16_t>(out, static_cast<uint16_t>(meta.model.size()));
+  out.append(meta.model);
+  return out;
+}
+
+// False when `in` is not a well-formed version-1 meta record.
+bool DecodeMeta(rocksdb::Slice in, uint64_t* size, BlockMeta* meta) {
+  const char* p = in.data();
+  const char* end = p + in.size();
+  auto take = [&](void* dst, size_t n) {
+    if (static_cast<size_t>(end - p) < n) return false;
+    std::memcpy(dst, p, n);
+    p += n;
+    return true;
+  };
+  auto take_string = [&](std::string* dst) {
+    uint16_t n;
+    if (!take(&n, sizeof(n)) || static_cast<size_t>(end - p) < n) return false;
+    dst->assign(p, n);
+    p += n;
+    return true;
+  };
+  uint8_t version;
+  return take(&version, 1) && version == kMetaVersion && take(size, 8) &&
+         take(&meta->stored_at_unix_ms, 8) && take_string(&meta->tenant) &&
+         take_string(&meta->model) && p == end;
 }
 
 }  // namespace
@@ -73,12 +117,12 @@ absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Open(
   blocks_options.enable_blob_garbage_collection = true;
   blocks_options.write_buffer_size = options.write_buffer_bytes;
   blocks_options.max_write_buffer_number = 4;
-  rocksdb::ColumnFamilyOptions sizes_options;
-  sizes_options.compression = rocksdb::kNoCompression;
+  rocksdb::ColumnFamilyOptions meta_options;
+  meta_options.compression = rocksdb::kNoCompression;
 
   std::vector<rocksdb::ColumnFamilyDescriptor> families = {
       {rocksdb::kDefaultColumnFamilyName, blocks_options},
-      {kSizesFamily, sizes_options},
+      {kMetaFamily, meta_options},
   };
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* raw_db = nullptr;
@@ -93,10 +137,10 @@ absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Open(
   auto tier = std::unique_ptr<SsdTier>(
       new SsdTier(std::move(db), std::move(handles), options));
   tier->env_ = std::move(env);
-  // Rebuild the usage counter from the sizes family.
+  // Rebuild the usage counter from the meta family.
   STRATA_ASSIGN_OR_RETURN(auto blocks, tier->ListBlocks());
   uint64_t used = 0;
-  for (const auto& [key, size] : blocks) used += size;
+  for (const StoredBlock& b : blocks) used += b.size;
   tier->used_bytes_.store(used, std::memory_order_relaxed);
   return tier;
 }
@@ -106,13 +150,13 @@ SsdTier::SsdTier(std::unique_ptr<rocksdb::DB> db,
                  const SsdTierOptions& options)
     : db_(std::move(db)),
       blocks_cf_(handles[0]),
-      sizes_cf_(handles[1]),
+      meta_cf_(handles[1]),
       capacity_bytes_(options.capacity_bytes),
       sync_writes_(options.sync_writes) {}
 
 SsdTier::~SsdTier() {
   if (db_ != nullptr) {
-    db_->DestroyColumnFamilyHandle(sizes_cf_).PermitUncheckedError();
+    db_->DestroyColumnFamilyHandle(meta_cf_).PermitUncheckedError();
     db_->DestroyColumnFamilyHandle(blocks_cf_).PermitUncheckedError();
     db_->Close().PermitUncheckedError();
     db_.reset();
@@ -128,8 +172,14 @@ absl::Status SsdTier::ResumeAfterError() {
 }
 
 absl::Status SsdTier::Write(const BlockKey& key,
-                            absl::Span<const uint8_t> block) {
+                            absl::Span<const uint8_t> block,
+                            const BlockMeta& meta) {
   const uint64_t size = block.size();
+  if (meta.tenant.size() > kMaxLabelBytes || meta.model.size() > kMaxLabelBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        meta.tenant.size() > kMaxLabelBytes ? "tenant" : "model",
+        ": label longer than ", kMaxLabelBytes, " bytes"));
+  }
   // Reserve capacity first, so concurrent writers never overshoot it.
   uint64_t used = used_bytes_.load(std::memory_order_relaxed);
   do {
@@ -149,21 +199,19 @@ absl::Status SsdTier::Write(const BlockKey& key,
   const std::string key_bytes = key.ToBytesString();
   std::string exists;
   rocksdb::Status s =
-      db_->Get(rocksdb::ReadOptions(), sizes_cf_, KeySlice(key_bytes), &exists);
+      db_->Get(rocksdb::ReadOptions(), meta_cf_, KeySlice(key_bytes), &exists);
   if (s.ok()) {
     release();
     return absl::FailedPreconditionError(
         absl::StrCat("key: ", key.ToHex(), " is already in the ssd tier"));
   }
-  uint8_t size_le[8];
-  std::memcpy(size_le, &size, sizeof(size));
+  const std::string meta_record = EncodeMeta(size, meta);
   rocksdb::WriteBatch batch;
   s = batch.Put(blocks_cf_, KeySlice(key_bytes),
                 rocksdb::Slice(reinterpret_cast<const char*>(block.data()),
                                block.size()));
   if (s.ok()) {
-    s = batch.Put(sizes_cf_, KeySlice(key_bytes),
-                  rocksdb::Slice(reinterpret_cast<const char*>(size_le), 8));
+    s = batch.Put(meta_cf_, KeySlice(key_bytes), KeySlice(meta_record));
   }
   if (s.ok()) {
     rocksdb::WriteOptions write_options;
@@ -197,17 +245,18 @@ absl::StatusOr<BlockBytes> SsdTier::Read(const BlockKey& key) {
 
 absl::Status SsdTier::Erase(const BlockKey& key) {
   const std::string key_bytes = key.ToBytesString();
-  std::string size_le;
+  std::string record;
   rocksdb::Status s =
-      db_->Get(rocksdb::ReadOptions(), sizes_cf_, KeySlice(key_bytes), &size_le);
+      db_->Get(rocksdb::ReadOptions(), meta_cf_, KeySlice(key_bytes), &record);
   if (s.IsNotFound()) return absl::OkStatus();
   if (!s.ok()) return FromRocks(s, absl::StrCat("erase ", key.ToHex()));
   uint64_t size = 0;
-  if (size_le.size() == sizeof(size)) std::memcpy(&size, size_le.data(), 8);
+  BlockMeta meta;
+  if (!DecodeMeta(record, &size, &meta)) size = 0;
   STRATA_RETURN_IF_ERROR(ResumeAfterError());
   rocksdb::WriteBatch batch;
   s = batch.Delete(blocks_cf_, KeySlice(key_bytes));
-  if (s.ok()) s = batch.Delete(sizes_cf_, KeySlice(key_bytes));
+  if (s.ok()) s = batch.Delete(meta_cf_, KeySlice(key_bytes));
   if (s.ok()) {
     rocksdb::WriteOptions write_options;
     write_options.sync = sync_writes_;
@@ -223,23 +272,22 @@ absl::Status SsdTier::Erase(const BlockKey& key) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<std::pair<BlockKey, uint64_t>>>
-SsdTier::ListBlocks() {
-  std::vector<std::pair<BlockKey, uint64_t>> out;
+absl::StatusOr<std::vector<StoredBlock>> SsdTier::ListBlocks() {
+  std::vector<StoredBlock> out;
   std::unique_ptr<rocksdb::Iterator> it(
-      db_->NewIterator(rocksdb::ReadOptions(), sizes_cf_));
+      db_->NewIterator(rocksdb::ReadOptions(), meta_cf_));
   for (it->SeekToFirst(); it->Valid(); it->Next()) {
     rocksdb::Slice k = it->key();
     rocksdb::Slice v = it->value();
     auto key = BlockKey::FromBytes(std::string(k.data(), k.size()));
-    if (!key.ok() || v.size() != sizeof(uint64_t)) {
+    StoredBlock block;
+    if (!key.ok() || !DecodeMeta(v, &block.size, &block.meta)) {
       return absl::DataLossError(absl::StrCat(
-          "ssd tier: malformed entry in the sizes column family (key ",
+          "ssd tier: malformed entry in the meta column family (key ",
           k.size(), " bytes, value ", v.size(), " bytes)"));
     }
-    uint64_t size;
-    std::memcpy(&size, v.data(), sizeof(size));
-    out.emplace_back(*key, size);
+    block.key = *key;
+    out.push_back(std::move(block));
   }
   STRATA_RETURN_IF_ERROR(FromRocks(it->status(), "list blocks"));
   return out;
@@ -248,7 +296,7 @@ SsdTier::ListBlocks() {
 absl::Status SsdTier::Flush() {
   rocksdb::FlushOptions flush_options;
   flush_options.wait = true;
-  return FromRocks(db_->Flush(flush_options, {blocks_cf_, sizes_cf_}), "flush");
+  return FromRocks(db_->Flush(flush_options, {blocks_cf_, meta_cf_}), "flush");
 }
 
 }  // namespace strata::kvstore

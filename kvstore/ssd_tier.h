@@ -2,10 +2,12 @@
 //
 // Values of at least `min_blob_bytes` go to RocksDB blob files (BlobDB
 // integrated into the LSM), so multi-MiB blocks are written once per flush and
-// never rewritten by compaction. A second column family, "sizes", maps each
-// key to its block size; it is written in the same WriteBatch as the block, so
+// never rewritten by compaction. A second column family, "meta", maps each
+// key to its block size and BlockMeta; it is written in the same WriteBatch as the block, so
 // the two never disagree, and it lets ListBlocks rebuild the index at open
-// without reading a single block.
+// without reading a single block. A "meta" record is: u8 version (1),
+// u64 size, i64 stored_at_unix_ms, u16 tenant length + bytes, u16 model
+// length + bytes (little-endian).
 //
 // Durability: a Write that returned OK is in RocksDB's write-ahead log, so it
 // survives a crash of this process (kill -9). With `sync_writes` it also
@@ -65,12 +67,11 @@ class SsdTier final : public Tier {
   // RESOURCE_EXHAUSTED when the block would exceed the capacity or the disk
   // is full (ENOSPC); UNAVAILABLE on another I/O error. After a disk error
   // the next Write first asks RocksDB to resume.
-  absl::Status Write(const BlockKey& key,
-                     absl::Span<const uint8_t> block) override;
+  absl::Status Write(const BlockKey& key, absl::Span<const uint8_t> block,
+                     const BlockMeta& meta) override;
   absl::StatusOr<BlockBytes> Read(const BlockKey& key) override;
   absl::Status Erase(const BlockKey& key) override;
-  absl::StatusOr<std::vector<std::pair<BlockKey, uint64_t>>> ListBlocks()
-      override;
+  absl::StatusOr<std::vector<StoredBlock>> ListBlocks() override;
 
   // Flushes memtables to SST and blob files.
   absl::Status Flush() override;
@@ -84,7 +85,7 @@ class SsdTier final : public Tier {
   std::unique_ptr<rocksdb::Env> env_;  // Wraps file_system; outlives db_.
   std::unique_ptr<rocksdb::DB> db_;
   rocksdb::ColumnFamilyHandle* blocks_cf_;  // "default": key -> block.
-  rocksdb::ColumnFamilyHandle* sizes_cf_;   // "sizes": key -> u64 size.
+  rocksdb::ColumnFamilyHandle* meta_cf_;    // "meta": key -> size + meta.
   const uint64_t capacity_bytes_;
   const bool sync_writes_;
   std::atomic<uint64_t> used_bytes_{0};

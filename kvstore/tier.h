@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -26,6 +27,21 @@ namespace strata::kvstore {
 
 enum class TierKind : uint8_t { kHbm = 0, kDram = 1, kSsd = 2 };
 const char* TierName(TierKind kind);
+
+// What a tier keeps beside a block: admin labels and the time it was stored
+// (persistent tiers persist it so filters survive a restart).
+struct BlockMeta {
+  std::string tenant;
+  std::string model;
+  int64_t stored_at_unix_ms = 0;
+};
+
+// One block a persistent tier holds, as listed at open.
+struct StoredBlock {
+  BlockKey key;
+  uint64_t size = 0;
+  BlockMeta meta;
+};
 
 // Bytes of one block read from a tier. `owner` keeps them valid: for the DRAM
 // tier it holds the arena range (the range is not reused while any copy of
@@ -56,7 +72,8 @@ class Tier {
   // when there is no room (nothing is written); UNAVAILABLE on an I/O error.
   // On any error the tier is unchanged.
   virtual absl::Status Write(const BlockKey& key,
-                             absl::Span<const uint8_t> block) = 0;
+                             absl::Span<const uint8_t> block,
+                             const BlockMeta& meta) = 0;
 
   // NOT_FOUND when absent; DATA_LOSS when the medium reports corruption;
   // UNAVAILABLE on an I/O error.
@@ -65,10 +82,9 @@ class Tier {
   // Removes `key`; OK when absent. Readers holding BlockBytes keep them.
   virtual absl::Status Erase(const BlockKey& key) = 0;
 
-  // Every block the tier holds, with its size, for rebuilding the index at
-  // open. Volatile tiers return an empty list.
-  virtual absl::StatusOr<std::vector<std::pair<BlockKey, uint64_t>>>
-  ListBlocks() = 0;
+  // Every block the tier holds, with its size and meta, for rebuilding the
+  // index at open. Volatile tiers return an empty list.
+  virtual absl::StatusOr<std::vector<StoredBlock>> ListBlocks() = 0;
 
   // Moves buffered writes to their final files (a persistent tier's memtable
   // to SST and blob files). A no-op for volatile tiers.

@@ -15,6 +15,8 @@
 #include <algorithm>
 #include <bit>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "kvstore/dram_tier.h"
@@ -31,6 +33,8 @@ struct TieredStore::Entry {
   absl::Time pinned_until = absl::InfinitePast();
   uint32_t leases = 0;
   absl::Time lease_until = absl::InfinitePast();
+  uint32_t labels = 0;  // Index into labels_.
+  int64_t stored_at_unix_ms = 0;
 };
 
 struct TieredStore::TierSlot {
@@ -109,7 +113,23 @@ void BlockLease::Release() {
 
 TieredStore::TieredStore(const TieredStoreOptions& options)
     : options_(options),
-      clock_(options.clock != nullptr ? options.clock : Clock::Real()) {}
+      clock_(options.clock != nullptr ? options.clock : Clock::Real()) {
+  absl::MutexLock lock(&mu_);
+  InternLabels("", "");  // Id 0: unlabelled.
+}
+
+uint32_t TieredStore::InternLabels(const std::string& tenant,
+                                   const std::string& model) {
+  auto [it, inserted] = label_ids_.try_emplace(
+      std::make_pair(tenant, model), static_cast<uint32_t>(labels_.size()));
+  if (inserted) labels_.emplace_back(tenant, model);
+  return it->second;
+}
+
+BlockMeta TieredStore::MetaOf(const Entry& e) const {
+  const auto& [tenant, model] = labels_[e.labels];
+  return BlockMeta{tenant, model, e.stored_at_unix_ms};
+}
 
 TieredStore::~TieredStore() = default;
 
@@ -150,14 +170,16 @@ absl::Status TieredStore::Recover() {
     if (!slot.tier->persistent()) continue;
     STRATA_ASSIGN_OR_RETURN(auto blocks, slot.tier->ListBlocks());
     absl::MutexLock lock(&mu_);
-    for (const auto& [key, size] : blocks) {
-      Entry& e = index_[key];
+    for (const StoredBlock& b : blocks) {
+      Entry& e = index_[b.key];
       if (e.generation == 0) {
         e.generation = next_generation_++;
-        e.size = size;
+        e.size = b.size;
+        e.labels = InternLabels(b.meta.tenant, b.meta.model);
+        e.stored_at_unix_ms = b.meta.stored_at_unix_ms;
       }
       e.resident |= Bit(t);
-      slot.policy->OnInsert(key, size);
+      slot.policy->OnInsert(b.key, b.size);
       ++slot.stats.blocks;
     }
   }
@@ -189,6 +211,7 @@ uint64_t TieredStore::EvictFromTier(size_t t, uint64_t target_bytes) {
     BlockKey key;
     uint64_t generation = 0;
     bool demote = false;
+    BlockMeta meta;
     {
       absl::MutexLock lock(&mu_);
       if (slot.tier->used_bytes() <= target_bytes) break;
@@ -208,6 +231,7 @@ uint64_t TieredStore::EvictFromTier(size_t t, uint64_t target_bytes) {
                    tiers_[next]->tier->capacity_bytes();
       if (demote) {
         e.incoming |= Bit(next);  // The copy in t stays readable meanwhile.
+        meta = MetaOf(e);
       } else {
         e.resident &= ~Bit(t);
         e.erasing |= Bit(t);
@@ -218,7 +242,8 @@ uint64_t TieredStore::EvictFromTier(size_t t, uint64_t target_bytes) {
     if (demote) {
       auto bytes = slot.tier->Read(key);
       absl::Status s =
-          bytes.ok() ? WriteIntoTier(next, key, bytes->bytes) : bytes.status();
+          bytes.ok() ? WriteIntoTier(next, key, bytes->bytes, meta)
+                     : bytes.status();
       absl::MutexLock lock(&mu_);
       Entry& e = index_.at(key);  // Remove waits for incoming == 0.
       e.incoming &= ~Bit(next);
@@ -251,7 +276,8 @@ uint64_t TieredStore::EvictFromTier(size_t t, uint64_t target_bytes) {
 }
 
 absl::Status TieredStore::WriteIntoTier(size_t t, const BlockKey& key,
-                                        absl::Span<const uint8_t> block) {
+                                        absl::Span<const uint8_t> block,
+                                        const BlockMeta& meta) {
   TierSlot& slot = *tiers_[t];
   const uint64_t charge = slot.tier->Charge(block.size());
   if (charge > slot.tier->capacity_bytes()) {
@@ -262,7 +288,7 @@ absl::Status TieredStore::WriteIntoTier(size_t t, const BlockKey& key,
   }
   absl::Status s;
   for (int attempt = 0; attempt < kMaxWriteAttempts; ++attempt) {
-    s = slot.tier->Write(key, block);
+    s = slot.tier->Write(key, block, meta);
     if (!absl::IsResourceExhausted(s)) break;
     const uint64_t cap = slot.tier->capacity_bytes();
     const uint64_t target = std::min(slot.low_bytes, cap - charge);
@@ -299,6 +325,14 @@ absl::StatusOr<PutOutcome> TieredStore::Put(const BlockKey& key,
                      options_.max_block_bytes)));
   }
   if (auto view = ParseBlock(block); !view.ok()) return reject(view.status());
+  if (options.tenant.size() > kMaxLabelBytes ||
+      options.model.size() > kMaxLabelBytes) {
+    return reject(absl::InvalidArgumentError(absl::StrCat(
+        options.tenant.size() > kMaxLabelBytes ? "tenant" : "model",
+        ": label longer than ", kMaxLabelBytes, " bytes")));
+  }
+  const BlockMeta meta{options.tenant, options.model,
+                       absl::ToUnixMillis(clock_->Now())};
 
   const bool durable = options.durable.value_or(options_.write_through);
   if (durable && persistent_tier_ == SIZE_MAX) {
@@ -346,12 +380,14 @@ absl::StatusOr<PutOutcome> TieredStore::Put(const BlockKey& key,
     e.generation = generation = next_generation_++;
     e.size = block.size();
     e.incoming = claim;
+    e.labels = InternLabels(meta.tenant, meta.model);
+    e.stored_at_unix_ms = meta.stored_at_unix_ms;
   }
 
   uint32_t written = 0;
   absl::Status failure;
   for (size_t i = 0; i < targets.size(); ++i) {
-    absl::Status s = WriteIntoTier(targets[i], key, block);
+    absl::Status s = WriteIntoTier(targets[i], key, block, meta);
     if (s.ok()) {
       written |= Bit(targets[i]);
       continue;
@@ -364,7 +400,7 @@ absl::StatusOr<PutOutcome> TieredStore::Put(const BlockKey& key,
           absl::MutexLock lock(&mu_);
           index_.at(key).incoming |= Bit(t);
         }
-        if (WriteIntoTier(t, key, block).ok()) {
+        if (WriteIntoTier(t, key, block, meta).ok()) {
           written |= Bit(t);
           stored = true;
         } else {
@@ -527,6 +563,7 @@ absl::StatusOr<BlockLease> TieredStore::Read(const BlockKey& key,
 
 void TieredStore::Promote(const BlockKey& key, uint64_t generation,
                           const BlockBytes& bytes) {
+  BlockMeta meta;
   {
     absl::MutexLock lock(&mu_);
     auto it = index_.find(key);
@@ -534,8 +571,9 @@ void TieredStore::Promote(const BlockKey& key, uint64_t generation,
     Entry& e = it->second;
     if (((e.resident | e.incoming | e.erasing) & Bit(0)) != 0) return;
     e.incoming |= Bit(0);
+    meta = MetaOf(e);
   }
-  absl::Status s = WriteIntoTier(0, key, bytes.bytes);
+  absl::Status s = WriteIntoTier(0, key, bytes.bytes, meta);
   {
     absl::MutexLock lock(&mu_);
     Entry& e = index_.at(key);  // Remove waits for incoming == 0.
@@ -641,6 +679,58 @@ absl::Status TieredStore::Remove(const BlockKey& key) {
     absl::Status s = tiers_[t]->tier->Erase(key);
     if (!s.ok() && result.ok()) result = s;
     FinishErase(t, key, generation);
+  }
+  return result;
+}
+
+absl::StatusOr<EvictResult> TieredStore::EvictMatching(
+    const EvictFilter& filter) {
+  std::string prefix = absl::AsciiStrToLower(filter.key_prefix);
+  if (prefix.size() > 32 ||
+      prefix.find_first_not_of("0123456789abcdef") != std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "key_prefix: \"", filter.key_prefix, "\" is not 0-32 hex digits"));
+  }
+  if (filter.min_age < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("min_age: must not be negative");
+  }
+  EvictResult result;
+  std::vector<BlockKey> victims;
+  {
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = clock_->Now();
+    const int64_t newest = absl::ToUnixMillis(now - filter.min_age);
+    for (const auto& [key, e] : index_) {
+      if (e.resident == 0) continue;
+      const auto& [tenant, model] = labels_[e.labels];
+      if (!filter.tenant.empty() && tenant != filter.tenant) continue;
+      if (!filter.model.empty() && model != filter.model) continue;
+      if (e.stored_at_unix_ms > newest) continue;
+      if (!prefix.empty() && !absl::StartsWith(key.ToHex(), prefix)) continue;
+      if (e.pinned_until > now && !filter.include_pinned) {
+        ++result.skipped_pinned;
+        continue;
+      }
+      victims.push_back(key);
+      ++result.blocks;
+      result.bytes += e.size;
+    }
+  }
+  if (filter.dry_run) return result;
+  result.blocks = result.bytes = 0;
+  for (const BlockKey& key : victims) {
+    uint64_t size = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = index_.find(key);
+      if (it == index_.end()) continue;
+      size = it->second.size;
+    }
+    absl::Status s = Remove(key);
+    if (s.ok() || !absl::IsNotFound(s)) {
+      ++result.blocks;
+      result.bytes += size;
+    }
   }
   return result;
 }

@@ -95,6 +95,28 @@ struct PutOptions {
   // Return only after the block is in the persistent tier. Unset means the
   // store's `write_through` option.
   std::optional<bool> durable;
+  // Labels for admin filters (EvictMatching); at most kMaxLabelBytes each.
+  std::string tenant;
+  std::string model;
+};
+
+inline constexpr size_t kMaxLabelBytes = 1024;
+
+// Selects blocks for EvictMatching. A block matches when every non-empty
+// criterion matches.
+struct EvictFilter {
+  std::string tenant;
+  std::string model;
+  std::string key_prefix;  // Hex prefix of BlockKey::ToHex(), any case.
+  absl::Duration min_age = absl::ZeroDuration();  // Stored at least this long ago.
+  bool dry_run = false;         // Count only.
+  bool include_pinned = false;  // Otherwise pinned blocks are skipped.
+};
+
+struct EvictResult {
+  uint64_t blocks = 0;  // Removed (or, dry run, that would be).
+  uint64_t bytes = 0;
+  uint64_t skipped_pinned = 0;
 };
 
 struct GetOptions {
@@ -209,6 +231,11 @@ class TieredStore {
   // a BlockLease keep their bytes.
   absl::Status Remove(const BlockKey& key);
 
+  // Removes every block matching `filter` from every tier (readers holding a
+  // lease keep their bytes). INVALID_ARGUMENT naming "key_prefix" for a
+  // prefix that is not 0-32 hex digits, "min_age" for a negative age.
+  absl::StatusOr<EvictResult> EvictMatching(const EvictFilter& filter);
+
   // Protects a stored block from eviction until now + ttl (extending, never
   // shortening, an existing pin). NOT_FOUND when absent; INVALID_ARGUMENT
   // naming "ttl" unless 0 < ttl <= max_pin_ttl.
@@ -233,7 +260,12 @@ class TieredStore {
 
   // Writes a validated block into tier `t`, evicting from it as needed.
   absl::Status WriteIntoTier(size_t t, const BlockKey& key,
-                             absl::Span<const uint8_t> block);
+                             absl::Span<const uint8_t> block,
+                             const BlockMeta& meta);
+  // The persisted description of an entry.
+  BlockMeta MetaOf(const Entry& e) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint32_t InternLabels(const std::string& tenant, const std::string& model)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Evicts from tier `t` until usage <= target_bytes or nothing is evictable;
   // returns the bytes freed.
   uint64_t EvictFromTier(size_t t, uint64_t target_bytes);
@@ -259,6 +291,10 @@ class TieredStore {
   mutable absl::Mutex mu_;
   absl::flat_hash_map<BlockKey, Entry> index_ ABSL_GUARDED_BY(mu_);
   uint64_t next_generation_ ABSL_GUARDED_BY(mu_) = 1;
+  // Interned (tenant, model) label pairs; Entry::labels indexes this.
+  std::vector<std::pair<std::string, std::string>> labels_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::pair<std::string, std::string>, uint32_t>
+      label_ids_ ABSL_GUARDED_BY(mu_);
   mutable StoreStats counters_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -43,13 +43,13 @@ TEST(SsdTier, WriteReadEraseRoundTripAndUsageTracksSizes) {
   auto tier = OpenTier(dir.path(), 1 << 20);
   const auto a = MakeBlock(ShapeForBytes(64 << 10), 1);
   const auto b = MakeBlock(ShapeForBytes(16 << 10), 2);
-  ASSERT_TRUE(tier->Write(KeyFor(1), a).ok());
-  ASSERT_TRUE(tier->Write(KeyFor(2), b).ok());
+  ASSERT_TRUE(tier->Write(KeyFor(1), a, {}).ok());
+  ASSERT_TRUE(tier->Write(KeyFor(2), b, {}).ok());
   EXPECT_EQ(tier->used_bytes(), a.size() + b.size());
   auto read = tier->Read(KeyFor(1));
   ASSERT_TRUE(read.ok()) << read.status();
   EXPECT_TRUE(std::ranges::equal(read->bytes, a));
-  EXPECT_EQ(tier->Write(KeyFor(1), a).code(),
+  EXPECT_EQ(tier->Write(KeyFor(1), a, {}).code(),
             absl::StatusCode::kFailedPrecondition);
   ASSERT_TRUE(tier->Erase(KeyFor(1)).ok());
   EXPECT_TRUE(tier->Erase(KeyFor(1)).ok());  // Absent is fine.
@@ -63,21 +63,22 @@ TEST(SsdTier, WriteBeyondCapacityIsResourceExhaustedAndWritesNothing) {
   ScratchDir dir;
   const auto block = MakeBlock(ShapeForBytes(64 << 10), 1);
   auto tier = OpenTier(dir.path(), block.size() + 10);
-  ASSERT_TRUE(tier->Write(KeyFor(1), block).ok());
-  auto s = tier->Write(KeyFor(2), block);
+  ASSERT_TRUE(tier->Write(KeyFor(1), block, {}).ok());
+  auto s = tier->Write(KeyFor(2), block, {});
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(tier->Read(KeyFor(2)).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(tier->used_bytes(), block.size());
 }
 
-TEST(SsdTier, ListBlocksAndUsageSurviveReopen) {
+TEST(SsdTier, ListBlocksMetaAndUsageSurviveReopen) {
   ScratchDir dir;
   uint64_t total = 0;
   {
     auto tier = OpenTier(dir.path(), 64 << 20);
     for (int i = 0; i < 10; ++i) {
       const auto block = MakeBlock(ShapeForBytes((i + 1) << 12), i);
-      ASSERT_TRUE(tier->Write(KeyFor(i), block).ok());
+      BlockMeta meta{"tenant-" + std::to_string(i % 2), "model-x", 1000 + i};
+      ASSERT_TRUE(tier->Write(KeyFor(i), block, meta).ok());
       total += block.size();
     }
   }
@@ -86,10 +87,14 @@ TEST(SsdTier, ListBlocksAndUsageSurviveReopen) {
   auto blocks = tier->ListBlocks();
   ASSERT_TRUE(blocks.ok()) << blocks.status();
   EXPECT_EQ(blocks->size(), 10u);
-  for (const auto& [key, size] : *blocks) {
-    auto read = tier->Read(key);
+  for (const StoredBlock& b : *blocks) {
+    auto read = tier->Read(b.key);
     ASSERT_TRUE(read.ok());
-    EXPECT_EQ(read->bytes.size(), size);
+    EXPECT_EQ(read->bytes.size(), b.size);
+    const uint64_t i = b.key.lo;  // KeyFor(i).lo == i.
+    EXPECT_EQ(b.meta.tenant, "tenant-" + std::to_string(i % 2));
+    EXPECT_EQ(b.meta.model, "model-x");
+    EXPECT_EQ(b.meta.stored_at_unix_ms, static_cast<int64_t>(1000 + i));
   }
 }
 
@@ -99,11 +104,11 @@ TEST(SsdTier, InjectedEnospcIsResourceExhaustedAndTheTierResumesAfterwards) {
   auto tier = OpenTier(dir.path(), 64 << 20, fs);
   const auto block = MakeBlock(ShapeForBytes(16 << 10), 1);
   fs->SetNoSpace(true, ".log");
-  auto s = tier->Write(KeyFor(1), block);
+  auto s = tier->Write(KeyFor(1), block, {});
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
   EXPECT_EQ(tier->used_bytes(), 0u);
   fs->SetNoSpace(false);
-  ASSERT_TRUE(tier->Write(KeyFor(1), block).ok());
+  ASSERT_TRUE(tier->Write(KeyFor(1), block, {}).ok());
   auto read = tier->Read(KeyFor(1));
   ASSERT_TRUE(read.ok());
   EXPECT_TRUE(std::ranges::equal(read->bytes, block));

@@ -494,3 +494,63 @@ TEST(TieredStore, ConcurrentPutsGetsAndRemovesNeverReturnWrongBytes) {
 
 }  // namespace
 }  // namespace strata::kvstore
+
+namespace strata::kvstore {
+namespace {
+
+TEST(TieredStoreEvict, EvictMatchingFiltersByTenantModelPrefixAndAgeAndSurvivesRestart) {
+  ::strata::kvstore::testing::ScratchDir dir;
+  ManualClock clock;
+  TieredStoreOptions o;
+  o.dram_capacity_bytes = 8 << 20;
+  o.ssd_path = dir.Sub("ssd");
+  o.write_through = true;
+  o.clock = &clock;
+  const BlockShape shape = ::strata::kvstore::testing::ShapeForBytes(16 << 10);
+  using ::strata::kvstore::testing::KeyFor;
+  using ::strata::kvstore::testing::MakeBlock;
+  {
+    auto store = *TieredStore::Open(o);
+    for (int i = 0; i < 12; ++i) {
+      PutOptions put;
+      put.tenant = i % 2 ? "acme" : "globex";
+      put.model = i % 3 ? "llama" : "qwen";
+      ASSERT_TRUE(store->Put(KeyFor(i), MakeBlock(shape, i), put).ok());
+      clock.Advance(absl::Seconds(10));
+    }
+  }
+  // Labels and ages come back from the SSD tier after a restart.
+  auto store = *TieredStore::Open(o);
+  auto dry = store->EvictMatching({.tenant = "acme", .dry_run = true});
+  ASSERT_TRUE(dry.ok()) << dry.status();
+  EXPECT_EQ(dry->blocks, 6u);
+  EXPECT_EQ(store->Stats().tiers[1].blocks, 12u);  // Dry run changed nothing.
+
+  ASSERT_TRUE(store->Pin(KeyFor(1), absl::Hours(1)).ok());
+  auto acme_llama = store->EvictMatching({.tenant = "acme", .model = "llama"});
+  ASSERT_TRUE(acme_llama.ok());
+  // acme = odd i; llama = i % 3 != 0 -> i in {1, 5, 7, 11}; 1 is pinned.
+  EXPECT_EQ(acme_llama->blocks, 3u);
+  EXPECT_EQ(acme_llama->skipped_pinned, 1u);
+  for (int i : {5, 7, 11}) EXPECT_FALSE(store->Exists(KeyFor(i))) << i;
+  EXPECT_TRUE(store->Exists(KeyFor(1)));
+
+  // Age: blocks stored at least 85 s before "now" (i <= 3 at 10 s spacing,
+  // now = 120 s after the first put).
+  auto old = store->EvictMatching({.min_age = absl::Seconds(85), .dry_run = true});
+  ASSERT_TRUE(old.ok());
+  EXPECT_EQ(old->blocks, 3u);  // i = 0, 2, 3 (1 is pinned).
+
+  const std::string hex = KeyFor(4).ToHex();
+  auto by_prefix = store->EvictMatching({.key_prefix = hex.substr(0, 12)});
+  ASSERT_TRUE(by_prefix.ok());
+  EXPECT_EQ(by_prefix->blocks, 1u);
+  EXPECT_FALSE(store->Exists(KeyFor(4)));
+
+  auto bad = store->EvictMatching({.key_prefix = "xyz"});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()), ::testing::StartsWith("key_prefix:"));
+}
+
+}  // namespace
+}  // namespace strata::kvstore

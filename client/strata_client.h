@@ -1,0 +1,199 @@
+// strata::client::Client — the C++ client of a stratad daemon.
+//
+// Every RPC has a deadline (CallOptions::deadline, else
+// ClientOptions::default_deadline). Calls that fail with UNAVAILABLE are
+// retried with exponential backoff and jitter, at most `max_attempts` times in
+// all and never past the deadline; no other code is retried. Statuses from the
+// daemon arrive unchanged (absl and gRPC codes are the same numbers), so a
+// caller can act on the code: NOT_FOUND = miss, DATA_LOSS = the block was
+// corrupt and dropped, RESOURCE_EXHAUSTED = back off, INVALID_ARGUMENT = bug.
+//
+// Async calls return std::future and never block the caller; the block bytes
+// given to an async put are copied before the call returns. Sync calls are
+// the async ones plus .get().
+//
+// Batching: BatchPut / BatchGet send up to `max_batch_items` items per RPC
+// (larger batches are split and sent concurrently) and report per item.
+//
+// Zero-copy reads: a caller registers a memory region once and GetInto()
+// lands blocks in it directly, with no intermediate buffer owned by the
+// client. Over gRPC the bytes are copied once, from the receive buffer into
+// the region; the UCX data plane (docs/protocol.md) writes them there
+// directly.
+//
+// Thread safety: a Client is thread-safe; share one per process. It must
+// outlive every future it returned.
+#ifndef STRATA_CLIENT_STRATA_CLIENT_H_
+#define STRATA_CLIENT_STRATA_CLIENT_H_
+
+#include <cstdint>
+#include <future>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "kvstore/block_key.h"
+
+namespace strata::client {
+
+using kvstore::BlockKey;
+
+struct ClientOptions {
+  std::string address = "127.0.0.1:7070";
+  absl::Duration default_deadline = absl::Seconds(10);
+  int max_attempts = 4;  // Total attempts for UNAVAILABLE; >= 1.
+  absl::Duration initial_backoff = absl::Milliseconds(20);
+  absl::Duration max_backoff = absl::Seconds(1);
+  uint64_t max_message_bytes = uint64_t{80} << 20;
+  size_t max_batch_items = 128;
+};
+
+struct CallOptions {
+  std::optional<absl::Duration> deadline;  // From the call's start.
+};
+
+struct PutOptions {
+  bool durable = false;  // Acknowledged only once on the SSD tier.
+  std::string tenant;    // Labels for admin filters.
+  std::string model;
+};
+
+struct PutResult {
+  bool already_present = false;
+};
+
+struct GetResult {
+  std::vector<uint8_t> block;  // Verified encoded block.
+  std::string served_from;     // "dram" or "ssd".
+};
+
+// A caller-owned memory region registered for GetInto. The caller keeps the
+// memory alive until Unregister (or the Client's destruction).
+struct BufferHandle {
+  uint64_t id = 0;
+};
+
+struct PrefixLookupResult {
+  uint32_t hit_chunks = 0;
+  uint32_t hit_tokens = 0;
+  std::vector<BlockKey> keys;
+};
+
+struct TierStats {
+  std::string tier;
+  uint64_t capacity_bytes = 0, used_bytes = 0, blocks = 0, hits = 0,
+           misses = 0, evictions = 0, demotions = 0, promotions = 0,
+           checksum_failures = 0, write_failures = 0;
+};
+
+struct ServerStats {
+  uint64_t puts = 0, duplicate_puts = 0, rejected_puts = 0, gets = 0,
+           get_hits = 0, get_misses = 0, removes = 0, pinned_blocks = 0,
+           leased_blocks = 0, uptime_ms = 0;
+  bool draining = false;
+  std::string version;
+  std::vector<TierStats> tiers;
+};
+
+struct EvictFilter {
+  std::string tenant, model, key_prefix;
+  absl::Duration min_age = absl::ZeroDuration();
+  bool dry_run = false;
+  bool include_pinned = false;
+};
+
+struct EvictResult {
+  uint64_t blocks = 0, bytes = 0, skipped_pinned = 0;
+};
+
+// Key namespace for PrefixLookup; mirrors kvstore::KeyNamespace.
+using kvstore::KeyNamespace;
+
+class Client {
+ public:
+  // Validates options (INVALID_ARGUMENT naming the field) and creates the
+  // channel. Does not wait for the daemon: the first call may fail with
+  // UNAVAILABLE (after retries) if it is not up.
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(
+      const ClientOptions& options);
+  virtual ~Client() = default;
+
+  // ---- Data path, async.
+  virtual std::future<absl::StatusOr<PutResult>> PutAsync(
+      const BlockKey& key, absl::Span<const uint8_t> block,
+      const PutOptions& put = {}, const CallOptions& call = {}) = 0;
+  virtual std::future<absl::StatusOr<GetResult>> GetAsync(
+      const BlockKey& key, const CallOptions& call = {}) = 0;
+  // Lands the block at [offset, offset + capacity) of a registered buffer and
+  // yields its size. OUT_OF_RANGE naming "capacity" when it does not fit;
+  // NOT_FOUND naming "buffer" for an unknown handle; INVALID_ARGUMENT naming
+  // "offset" when the range leaves the buffer.
+  virtual std::future<absl::StatusOr<size_t>> GetIntoAsync(
+      const BlockKey& key, BufferHandle buffer, uint64_t offset,
+      uint64_t capacity, const CallOptions& call = {}) = 0;
+  virtual std::future<std::vector<absl::StatusOr<PutResult>>> BatchPutAsync(
+      absl::Span<const BlockKey> keys,
+      absl::Span<const absl::Span<const uint8_t>> blocks,
+      const PutOptions& put = {}, const CallOptions& call = {}) = 0;
+  virtual std::future<std::vector<absl::StatusOr<GetResult>>> BatchGetAsync(
+      absl::Span<const BlockKey> keys, const CallOptions& call = {}) = 0;
+  virtual std::future<absl::StatusOr<uint32_t>> LeadingHitsAsync(
+      absl::Span<const BlockKey> keys, const CallOptions& call = {}) = 0;
+
+  // ---- Data path, sync (the async call + get()).
+  absl::StatusOr<PutResult> Put(const BlockKey& key,
+                                absl::Span<const uint8_t> block,
+                                const PutOptions& put = {},
+                                const CallOptions& call = {}) {
+    return PutAsync(key, block, put, call).get();
+  }
+  absl::StatusOr<GetResult> Get(const BlockKey& key,
+                                const CallOptions& call = {}) {
+    return GetAsync(key, call).get();
+  }
+  absl::StatusOr<size_t> GetInto(const BlockKey& key, BufferHandle buffer,
+                                 uint64_t offset, uint64_t capacity,
+                                 const CallOptions& call = {}) {
+    return GetIntoAsync(key, buffer, offset, capacity, call).get();
+  }
+  absl::StatusOr<uint32_t> LeadingHits(absl::Span<const BlockKey> keys,
+                                       const CallOptions& call = {}) {
+    return LeadingHitsAsync(keys, call).get();
+  }
+  virtual absl::StatusOr<std::vector<bool>> Exists(
+      absl::Span<const BlockKey> keys, const CallOptions& call = {}) = 0;
+  virtual absl::StatusOr<PrefixLookupResult> PrefixLookup(
+      const KeyNamespace& ns, absl::Span<const uint32_t> tokens,
+      const CallOptions& call = {}) = 0;
+  virtual absl::Status Remove(const BlockKey& key,
+                              const CallOptions& call = {}) = 0;
+  virtual absl::Status Pin(const BlockKey& key, absl::Duration ttl,
+                           const CallOptions& call = {}) = 0;
+  virtual absl::Status Unpin(const BlockKey& key,
+                             const CallOptions& call = {}) = 0;
+
+  // ---- Registered buffers.
+  // INVALID_ARGUMENT naming "data"/"size" for null or empty regions.
+  virtual absl::StatusOr<BufferHandle> RegisterBuffer(void* data,
+                                                      size_t size) = 0;
+  virtual absl::Status UnregisterBuffer(BufferHandle buffer) = 0;
+
+  // ---- Admin.
+  virtual absl::StatusOr<ServerStats> Stats(const CallOptions& call = {}) = 0;
+  virtual absl::StatusOr<EvictResult> Evict(const EvictFilter& filter,
+                                            const CallOptions& call = {}) = 0;
+  virtual absl::Status Drain(const CallOptions& call = {}) = 0;
+  virtual absl::StatusOr<std::string> GetConfig(
+      const CallOptions& call = {}) = 0;
+  // gRPC health check of the DataService: OK when serving.
+  virtual absl::Status Health(const CallOptions& call = {}) = 0;
+};
+
+}  // namespace strata::client
+
+#endif  // STRATA_CLIENT_STRATA_CLIENT_H_
