@@ -1,0 +1,196 @@
+#include "cluster/server_config.h"
+
+#include <cctype>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "google/protobuf/io/tokenizer.h"
+#include "google/protobuf/text_format.h"
+
+namespace strata::cluster {
+namespace {
+
+using strata::v1::StratadConfig;
+
+// Collects text-format parse errors with their positions.
+class ErrorCollector : public google::protobuf::io::ErrorCollector {
+ public:
+  void AddError(int line, google::protobuf::io::ColumnNumber column,
+                const std::string& message) override {
+    if (!first.empty()) return;
+    first = absl::StrCat("line ", line + 1, ", column ", column + 1, ": ",
+                         message);
+  }
+  std::string first;
+};
+
+}  // namespace
+
+absl::StatusOr<uint64_t> ParseByteSize(const std::string& field,
+                                       const std::string& text) {
+  std::string t(absl::StripAsciiWhitespace(text));
+  size_t digits = 0;
+  while (digits < t.size() && std::isdigit(static_cast<unsigned char>(t[digits]))) {
+    ++digits;
+  }
+  uint64_t value = 0;
+  if (digits == 0 || !absl::SimpleAtoi(t.substr(0, digits), &value)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": \"", text, "\" is not a size (e.g. 512MiB, 16GiB)"));
+  }
+  std::string unit(absl::StripAsciiWhitespace(t.substr(digits)));
+  struct Unit {
+    const char* name;
+    uint64_t factor;
+  };
+  static constexpr Unit kUnits[] = {
+      {"", 1},          {"B", 1},
+      {"KiB", 1ull << 10}, {"MiB", 1ull << 20}, {"GiB", 1ull << 30},
+      {"TiB", 1ull << 40}, {"KB", 1000ull},     {"MB", 1000000ull},
+      {"GB", 1000000000ull}, {"TB", 1000000000000ull}};
+  for (const Unit& u : kUnits) {
+    if (unit == u.name) {
+      if (value > UINT64_MAX / u.factor) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ": \"", text, "\" overflows 64 bits"));
+      }
+      return value * u.factor;
+    }
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      field, ": unknown unit \"", unit, "\" (use B, KiB, MiB, GiB, TiB)"));
+}
+
+absl::StatusOr<StratadConfig> LoadConfigFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) {
+    return absl::NotFoundError(
+        absl::StrCat("config: cannot open \"", path, "\""));
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  StratadConfig config;
+  google::protobuf::TextFormat::Parser parser;
+  ErrorCollector errors;
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(text.str(), &config)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config: ", path, ": ", errors.first));
+  }
+  if (config.config_version() != 0 && config.config_version() != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config_version: ", config.config_version(),
+                     " is not supported (this build reads version 1)"));
+  }
+  return config;
+}
+
+absl::StatusOr<ServerConfig> ResolveConfig(StratadConfig c) {
+  c.set_config_version(1);
+  if (!c.has_listen()) c.set_listen("127.0.0.1:7070");
+  if (!c.has_metrics_listen()) c.set_metrics_listen("127.0.0.1:9464");
+  if (!c.has_data_dir()) c.set_data_dir("./strata-data");
+  if (!c.has_dram_capacity()) c.set_dram_capacity("1GiB");
+  if (!c.has_ssd_capacity()) c.set_ssd_capacity("16GiB");
+  if (!c.has_dram_policy()) c.set_dram_policy("lru");
+  if (!c.has_ssd_policy()) c.set_ssd_policy("lru");
+  if (!c.has_high_watermark()) c.set_high_watermark(0.95);
+  if (!c.has_low_watermark()) c.set_low_watermark(0.85);
+  if (!c.has_write_through()) c.set_write_through(false);
+  if (!c.has_ssd_sync_writes()) c.set_ssd_sync_writes(false);
+  if (!c.has_promote_on_read()) c.set_promote_on_read(true);
+  if (!c.has_max_block_size()) c.set_max_block_size("64MiB");
+  if (!c.has_default_lease_ms()) c.set_default_lease_ms(10000);
+  if (!c.has_max_pin_ttl_s()) c.set_max_pin_ttl_s(86400);
+  if (!c.has_log_format()) c.set_log_format("json");
+  if (!c.has_grpc_threads()) {
+    c.set_grpc_threads(std::max(4u, std::thread::hardware_concurrency()));
+  }
+
+  ServerConfig out;
+  if (c.listen().empty() || c.listen().find(':') == std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("listen: \"", c.listen(), "\" is not host:port"));
+  }
+  if (!c.metrics_listen().empty() &&
+      c.metrics_listen().find(':') == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "metrics_listen: \"", c.metrics_listen(), "\" is not host:port"));
+  }
+  if (c.data_dir().empty()) {
+    return absl::InvalidArgumentError("data_dir: must not be empty");
+  }
+  if (c.log_format() != "json" && c.log_format() != "text") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "log_format: \"", c.log_format(), "\" (want json or text)"));
+  }
+  if (c.grpc_threads() == 0) {
+    return absl::InvalidArgumentError("grpc_threads: must be > 0");
+  }
+  out.listen = c.listen();
+  out.metrics_listen = c.metrics_listen();
+  out.data_dir = c.data_dir();
+  out.log_format = c.log_format();
+  out.grpc_threads = c.grpc_threads();
+
+  kvstore::TieredStoreOptions& s = out.store;
+  STRATA_ASSIGN_OR_RETURN(s.dram_capacity_bytes,
+                          ParseByteSize("dram_capacity", c.dram_capacity()));
+  STRATA_ASSIGN_OR_RETURN(s.ssd_capacity_bytes,
+                          ParseByteSize("ssd_capacity", c.ssd_capacity()));
+  if (s.ssd_capacity_bytes > 0) s.ssd_path = c.data_dir() + "/ssd";
+  STRATA_ASSIGN_OR_RETURN(s.dram_policy,
+                          kvstore::ParseEvictionPolicyKind(c.dram_policy()));
+  auto ssd_policy = kvstore::ParseEvictionPolicyKind(c.ssd_policy());
+  if (!ssd_policy.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ssd_policy: unknown policy \"", c.ssd_policy(),
+        "\" (want lru or s3fifo)"));
+  }
+  s.ssd_policy = *ssd_policy;
+  s.high_watermark = c.high_watermark();
+  s.low_watermark = c.low_watermark();
+  s.write_through = c.write_through();
+  s.ssd_sync_writes = c.ssd_sync_writes();
+  s.promote_on_read = c.promote_on_read();
+  STRATA_ASSIGN_OR_RETURN(s.max_block_bytes,
+                          ParseByteSize("max_block_size", c.max_block_size()));
+  if (s.max_block_bytes > (uint64_t{1} << 30)) {
+    return absl::InvalidArgumentError(
+        "max_block_size: above the 1GiB limit of one gRPC message");
+  }
+  s.default_lease_ttl = absl::Milliseconds(c.default_lease_ms());
+  s.max_pin_ttl = absl::Seconds(c.max_pin_ttl_s());
+  if (s.default_lease_ttl > s.max_lease_ttl) s.max_lease_ttl = s.default_lease_ttl;
+  if (auto st = s.Validate(); !st.ok()) {
+    // Name the config field, not the options field.
+    std::string msg(st.message());
+    if (msg.rfind("default_lease_ttl", 0) == 0) {
+      return absl::InvalidArgumentError("default_lease_ms: must be > 0");
+    }
+    if (msg.rfind("max_pin_ttl", 0) == 0) {
+      return absl::InvalidArgumentError("max_pin_ttl_s: must be > 0");
+    }
+    if (msg.rfind("dram_capacity_bytes", 0) == 0) {
+      return absl::InvalidArgumentError("dram_capacity: must be > 0");
+    }
+    return st;
+  }
+  // One block plus the protobuf framing of a put or a batch item.
+  out.max_message_bytes = s.max_block_bytes + (uint64_t{16} << 20);
+  out.effective = c;
+  return out;
+}
+
+std::string ConfigText(const StratadConfig& config) {
+  std::string text;
+  google::protobuf::TextFormat::PrintToString(config, &text);
+  return text;
+}
+
+}  // namespace strata::cluster

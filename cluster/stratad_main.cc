@@ -1,0 +1,217 @@
+// stratad: the Strata cache daemon (single node).
+//
+//   stratad [--config=FILE] [--FIELD=VALUE ...]
+//
+// Every field of the config file (proto/strata/v1/config.proto, documented in
+// docs/stratad.md) is also a flag; a flag overrides the file, the file
+// overrides the embedded defaults. With no arguments stratad serves on
+// 127.0.0.1:7070 (gRPC) and 127.0.0.1:9464 (/metrics), data in ./strata-data.
+//
+// When serving, it prints one line on stdout:
+//   stratad ready grpc=HOST:PORT metrics=HOST:PORT pid=PID
+// (ports resolved, so port 0 in the config picks free ones), then logs to
+// stderr. SIGTERM or SIGINT: stop accepting RPCs, finish those in flight
+// (5 s grace), close the store (flushing the SSD tier), exit 0.
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "cluster/block_service.h"
+#include "cluster/log.h"
+#include "cluster/metrics.h"
+#include "cluster/server_config.h"
+#include "google/protobuf/text_format.h"
+#include "httplib.h"
+
+namespace strata::cluster {
+namespace {
+
+using strata::v1::StratadConfig;
+
+int Usage(const char* argv0) {
+  std::fprintf(stderr,
+               "usage: %s [--config=FILE] [--FIELD=VALUE ...]\nfields:\n",
+               argv0);
+  const auto* d = StratadConfig::descriptor();
+  for (int i = 0; i < d->field_count(); ++i) {
+    std::fprintf(stderr, "  --%s\n", d->field(i)->name().c_str());
+  }
+  return 2;
+}
+
+// Applies `--name=value` to the config via reflection (text-format value
+// syntax; strings need no quotes). INVALID_ARGUMENT naming the flag.
+absl::Status ApplyFlag(const std::string& arg, StratadConfig* config) {
+  const size_t eq = arg.find('=');
+  if (arg.rfind("--", 0) != 0 || eq == std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("flags: \"", arg, "\" is not --field=value"));
+  }
+  const std::string name = arg.substr(2, eq - 2);
+  std::string value = arg.substr(eq + 1);
+  const auto* field = StratadConfig::descriptor()->FindFieldByName(name);
+  if (field == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, ": unknown flag (see --help)"));
+  }
+  if (field->type() == google::protobuf::FieldDescriptor::TYPE_STRING) {
+    config->GetReflection()->SetString(config, field, value);
+    return absl::OkStatus();
+  }
+  if (!google::protobuf::TextFormat::ParseFieldValueFromString(value, field,
+                                                               config)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, ": cannot parse \"", value, "\""));
+  }
+  return absl::OkStatus();
+}
+
+int Run(int argc, char** argv) {
+  StratadConfig config;
+  std::vector<std::string> overrides;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") return Usage(argv[0]);
+    if (arg == "--version") {
+      std::printf("stratad %s\n", STRATA_VERSION);
+      return 0;
+    }
+    if (arg.rfind("--config=", 0) == 0) {
+      auto loaded = LoadConfigFile(arg.substr(9));
+      if (!loaded.ok()) {
+        LogError("bad_config", {{"error", std::string(loaded.status().message())}});
+        return 2;
+      }
+      config.MergeFrom(*loaded);
+    } else {
+      overrides.push_back(arg);
+    }
+  }
+  for (const std::string& arg : overrides) {
+    if (absl::Status s = ApplyFlag(arg, &config); !s.ok()) {
+      LogError("bad_flag", {{"error", std::string(s.message())}});
+      return 2;
+    }
+  }
+  auto resolved = ResolveConfig(config);
+  if (!resolved.ok()) {
+    LogError("bad_config", {{"error", std::string(resolved.status().message())}});
+    return 2;
+  }
+  SetLogFormat(resolved->log_format == "text" ? LogFormat::kText
+                                              : LogFormat::kJson);
+
+  // Signals are taken synchronously by the main thread: block them before
+  // any other thread exists so every thread inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  const absl::Time opening = absl::Now();
+  auto store = kvstore::TieredStore::Open(resolved->store);
+  if (!store.ok()) {
+    LogError("store_open_failed",
+             {{"error", std::string(store.status().message())},
+              {"data_dir", resolved->data_dir}});
+    return 1;
+  }
+  const kvstore::StoreStats opened = (*store)->Stats();
+  LogInfo("store_opened",
+          {{"data_dir", resolved->data_dir},
+           {"dram_capacity_bytes", absl::StrCat(opened.tiers[0].capacity_bytes)},
+           {"ssd_blocks_recovered",
+            absl::StrCat(opened.tiers.size() > 1 ? opened.tiers[1].blocks : 0)},
+           {"open_ms", absl::StrCat(absl::ToInt64Milliseconds(absl::Now() - opening))}});
+
+  ServiceMetrics metrics;
+  ServiceContext ctx;
+  ctx.store = store->get();
+  ctx.metrics = &metrics;
+  ctx.max_message_bytes = resolved->max_message_bytes;
+  ctx.config_text = ConfigText(resolved->effective);
+  DataServiceImpl data_service(&ctx);
+  AdminServiceImpl admin_service(&ctx);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  int grpc_port = 0;
+  builder.AddListeningPort(resolved->listen, grpc::InsecureServerCredentials(),
+                           &grpc_port);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(resolved->max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(resolved->max_message_bytes));
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS,
+                              static_cast<int>(resolved->grpc_threads));
+  builder.RegisterService(&data_service);
+  builder.RegisterService(&admin_service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || grpc_port == 0) {
+    LogError("listen_failed", {{"listen", resolved->listen}});
+    return 1;
+  }
+  server->GetHealthCheckService()->SetServingStatus(true);
+  const std::string grpc_host =
+      resolved->listen.substr(0, resolved->listen.rfind(':'));
+  const std::string grpc_addr = absl::StrCat(grpc_host, ":", grpc_port);
+
+  httplib::Server http;
+  std::thread http_thread;
+  std::string metrics_addr = "off";
+  if (!resolved->metrics_listen.empty()) {
+    const std::string& m = resolved->metrics_listen;
+    const std::string host = m.substr(0, m.rfind(':'));
+    const int port = std::atoi(m.substr(m.rfind(':') + 1).c_str());
+    http.Get("/metrics", [&](const httplib::Request&, httplib::Response& res) {
+      res.set_content(metrics.Render(ctx.store->Stats(), ctx.draining.load(),
+                                     absl::Now() - ctx.started),
+                      "text/plain; version=0.0.4");
+    });
+    http.Get("/health", [&](const httplib::Request&, httplib::Response& res) {
+      res.set_content(ctx.draining.load() ? "draining\n" : "ok\n", "text/plain");
+    });
+    const int bound = port == 0 ? http.bind_to_any_port(host)
+                                : (http.bind_to_port(host, port) ? port : -1);
+    if (bound <= 0) {
+      LogError("metrics_listen_failed", {{"metrics_listen", m}});
+      server->Shutdown();
+      return 1;
+    }
+    metrics_addr = absl::StrCat(host, ":", bound);
+    http_thread = std::thread([&http] { http.listen_after_bind(); });
+  }
+
+  LogInfo("serving", {{"grpc", grpc_addr}, {"metrics", metrics_addr},
+                      {"version", STRATA_VERSION}});
+  std::printf("stratad ready grpc=%s metrics=%s pid=%d\n", grpc_addr.c_str(),
+              metrics_addr.c_str(), static_cast<int>(getpid()));
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  LogInfo("shutting_down", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
+  ctx.draining.store(true);
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  if (http_thread.joinable()) {
+    http.stop();
+    http_thread.join();
+  }
+  server.reset();
+  store->reset();  // Closes RocksDB cleanly.
+  LogInfo("stopped");
+  return 0;
+}
+
+}  // namespace
+}  // namespace strata::cluster
+
+int main(int argc, char** argv) { return strata::cluster::Run(argc, argv); }
