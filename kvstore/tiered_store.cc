@@ -48,7 +48,7 @@ struct TieredStore::TierSlot {
 namespace {
 
 constexpr uint32_t Bit(size_t t) { return uint32_t{1} << t; }
-constexpr int kMaxWriteAttempts = 64;
+constexpr int kMaxReadAttempts = 128;
 
 }  // namespace
 
@@ -286,12 +286,17 @@ absl::Status TieredStore::WriteIntoTier(size_t t, const BlockKey& key,
         "-byte block exceeds the tier capacity ",
         slot.tier->capacity_bytes()));
   }
+  // Evict until the write fits. Each round frees at least `charge` more
+  // bytes (or everything evictable), so a fragmented arena keeps evicting
+  // until a large enough range coalesces; it stops when nothing more can go.
   absl::Status s;
-  for (int attempt = 0; attempt < kMaxWriteAttempts; ++attempt) {
+  for (;;) {
     s = slot.tier->Write(key, block, meta);
     if (!absl::IsResourceExhausted(s)) break;
     const uint64_t cap = slot.tier->capacity_bytes();
-    const uint64_t target = std::min(slot.low_bytes, cap - charge);
+    const uint64_t used = slot.tier->used_bytes();
+    uint64_t target = std::min(slot.low_bytes, cap - charge);
+    if (used <= target) target = used > charge ? used - charge : 0;
     if (EvictFromTier(t, target) == 0) break;
   }
   if (!s.ok()) {
@@ -300,9 +305,9 @@ absl::Status TieredStore::WriteIntoTier(size_t t, const BlockKey& key,
     if (absl::IsResourceExhausted(s)) {
       return absl::ResourceExhaustedError(absl::StrCat(
           TierName(slot.tier->kind()), " tier: no room for a ", block.size(),
-          "-byte block (", slot.tier->used_bytes(), " of ",
-          slot.tier->capacity_bytes(),
-          " bytes used by pinned, leased or in-flight blocks): ",
+          "-byte block after evicting everything evictable (",
+          slot.tier->used_bytes(), " of ", slot.tier->capacity_bytes(),
+          " bytes held by pinned, leased or in-flight blocks): ",
           s.message()));
     }
   }
@@ -390,6 +395,11 @@ absl::StatusOr<PutOutcome> TieredStore::Put(const BlockKey& key,
     absl::Status s = WriteIntoTier(targets[i], key, block, meta);
     if (s.ok()) {
       written |= Bit(targets[i]);
+      continue;
+    }
+    // A durable put needs only the persistent tier: a full first tier is
+    // skipped when the persistent write is still to come.
+    if (durable && absl::IsResourceExhausted(s) && i + 1 < targets.size()) {
       continue;
     }
     // A non-durable put may fall back to lower tiers.
@@ -485,7 +495,7 @@ absl::StatusOr<BlockLease> TieredStore::Read(const BlockKey& key,
   absl::Status last_error;  // Why the most recent copy could not be used.
   uint32_t skip = 0;        // Tiers that failed to read (not corrupt).
   bool first_attempt = true;
-  for (int attempt = 0; attempt < 2 * kMaxWriteAttempts; ++attempt) {
+  for (int attempt = 0; attempt < kMaxReadAttempts; ++attempt) {
     size_t t = 0;
     uint64_t generation = 0;
     {

@@ -1,13 +1,15 @@
 // kvstore_put_storm_child: the victim process of crash_recovery_test.
 //
-//   kvstore_put_storm_child DIR SEED START THREADS SHAPE...
+//   kvstore_put_storm_child DIR SEED START THREADS DRAM_BYTES SHAPE...
 //
-// Opens a TieredStore with its SSD tier in DIR and runs THREADS writer
-// threads that put blocks forever, durably, until the process is killed:
-// block i (i = START, START+1, ..., claimed from one shared counter) has key
-// KeyFor(i) and content MakeBlock(SHAPE[i % #SHAPES], SEED ^ i). Each SHAPE is
+// Opens a TieredStore with its SSD tier in DIR (4 GiB, never full here) and a
+// DRAM tier of DRAM_BYTES, and runs THREADS writer threads that put blocks
+// forever, durably, until the process is killed: block i (i = START,
+// START+1, ..., claimed from one shared counter) has key KeyFor(i) and
+// content MakeBlock(SHAPE[i % #SHAPES], SEED ^ i). Each SHAPE is
 // "dtype:layers:tokens:heads:dim" with dtype the numeric DType value; the
 // parent chooses them, so it can recompute every block the child may write.
+// A DRAM_BYTES below the smallest block keeps every put SSD-only.
 //
 // Protocol on stdout (fd 1, which the parent makes a pipe), all records
 // little-endian u64s written with one write(2) each (<= PIPE_BUF, so atomic):
@@ -72,8 +74,8 @@ bool ParseU64(const char* s, uint64_t* out) {
 bool ParseShape(const char* s, BlockShape* shape) {
   unsigned dtype, layers, tokens, heads, dim;
   char tail;
-  if (std::sscanf(s, "%u:%u:%u:%u:%u%c", &dtype, &layers, &tokens, &heads,
-                  &dim, &tail) != 5) {
+  if (std::sscanf(s, "%u:%u:%u:%u:%u%c", &dtype, &layers, &tokens, &heads, &dim,
+                  &tail) != 5) {
     return false;
   }
   if (!IsValidDType(static_cast<uint8_t>(dtype)) || dtype > 255) return false;
@@ -86,19 +88,21 @@ bool ParseShape(const char* s, BlockShape* shape) {
 }
 
 int Main(int argc, char** argv) {
-  if (argc < 6) {
-    Die(2, "usage: kvstore_put_storm_child DIR SEED START THREADS "
-           "DTYPE:LAYERS:TOKENS:HEADS:DIM...");
+  if (argc < 7) {
+    Die(2,
+        "usage: kvstore_put_storm_child DIR SEED START THREADS DRAM_BYTES "
+        "DTYPE:LAYERS:TOKENS:HEADS:DIM...");
   }
   const std::string dir = argv[1];
-  uint64_t seed = 0, start = 0, threads = 0;
+  uint64_t seed = 0, start = 0, threads = 0, dram_bytes = 0;
   if (!ParseU64(argv[2], &seed)) Die(2, "bad SEED");
   if (!ParseU64(argv[3], &start)) Die(2, "bad START");
   if (!ParseU64(argv[4], &threads) || threads == 0 || threads > 64) {
     Die(2, "bad THREADS");
   }
+  if (!ParseU64(argv[5], &dram_bytes)) Die(2, "bad DRAM_BYTES");
   std::vector<BlockShape> shapes;
-  for (int a = 5; a < argc; ++a) {
+  for (int a = 6; a < argc; ++a) {
     BlockShape shape;
     if (!ParseShape(argv[a], &shape)) {
       Die(2, std::string("bad SHAPE ") + argv[a]);
@@ -108,8 +112,8 @@ int Main(int argc, char** argv) {
 
   TieredStoreOptions options;
   options.ssd_path = dir;
-  options.dram_capacity_bytes = uint64_t{8} << 20;  // Small: DRAM churns.
-  options.ssd_capacity_bytes = uint64_t{4} << 30;   // Never evicts here.
+  options.dram_capacity_bytes = dram_bytes;
+  options.ssd_capacity_bytes = uint64_t{4} << 30;  // Never evicts here.
   options.write_through = true;
   auto store = TieredStore::Open(options);
   if (!store.ok()) Die(2, "open: " + store.status().ToString());
@@ -118,15 +122,15 @@ int Main(int argc, char** argv) {
   const uint64_t ready[2] = {kReadyMagic, stats.tiers.back().blocks};
   WriteRecord(ready, sizeof(ready));
 
+  PutOptions put_options;
+  put_options.durable = true;
   std::atomic<uint64_t> next{start};
   auto writer = [&] {
     for (;;) {
       const uint64_t i = next.fetch_add(1, std::memory_order_relaxed);
       const BlockShape& shape = shapes[i % shapes.size()];
-      const std::vector<uint8_t> block =
-          testing::MakeBlock(shape, seed ^ i);
-      auto put = (*store)->Put(testing::KeyFor(i), block,
-                               PutOptions{.durable = true});
+      const std::vector<uint8_t> block = testing::MakeBlock(shape, seed ^ i);
+      auto put = (*store)->Put(testing::KeyFor(i), block, put_options);
       if (!put.ok()) {
         Die(3, "put " + std::to_string(i) + ": " + put.status().ToString());
       }

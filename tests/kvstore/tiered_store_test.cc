@@ -554,3 +554,37 @@ TEST(TieredStoreEvict, EvictMatchingFiltersByTenantModelPrefixAndAgeAndSurvivesR
 
 }  // namespace
 }  // namespace strata::kvstore
+
+namespace strata::kvstore {
+namespace {
+
+// Regression: mixed block sizes fragment the arena; a put must keep evicting
+// until a large enough range coalesces, not stop at the byte watermark.
+TEST(TieredStoreFragmentation, MixedSizePutsKeepEvictingUntilARangeFits) {
+  using ::strata::kvstore::testing::KeyFor;
+  using ::strata::kvstore::testing::MakeBlock;
+  using ::strata::kvstore::testing::ShapeForBytes;
+  const uint64_t sizes[] = {1 << 20, 2 << 20, 3 << 19};
+  for (bool with_ssd : {false, true}) {
+    ::strata::kvstore::testing::ScratchDir dir;
+    TieredStoreOptions o;
+    o.dram_capacity_bytes = 8 << 20;
+    if (with_ssd) {
+      o.ssd_path = dir.Sub("ssd");
+      o.write_through = true;
+    }
+    auto store = *TieredStore::Open(o);
+    for (int i = 0; i < 60; ++i) {
+      auto put = store->Put(KeyFor(i), MakeBlock(ShapeForBytes(sizes[i % 3]), i));
+      ASSERT_TRUE(put.ok()) << "put " << i << " (ssd=" << with_ssd
+                            << "): " << put.status();
+    }
+    EXPECT_TRUE(store->Exists(KeyFor(59)));
+    if (with_ssd) {
+      for (int i = 0; i < 60; ++i) EXPECT_TRUE(store->Exists(KeyFor(i))) << i;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace strata::kvstore
