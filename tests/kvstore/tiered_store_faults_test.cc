@@ -2,6 +2,7 @@
 // errors and ENOSPC through the SSD tier's file-system seam, and restarts.
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -126,27 +127,34 @@ TEST(TieredStoreFaults, FlippedByteInAnSsdBlobFileIsDetectedAndDropped) {
     for (int i = 0; i < 4; ++i) ASSERT_TRUE(s.store->Put(KeyFor(i), MakeBlock(k64K, i)).ok());
     ASSERT_TRUE(s.store->Flush().ok());
   }
-  // Flip one byte in the middle of the blob file that holds the values.
+  // Flip one byte inside block 2's payload where it sits in the blob file.
   std::string blob;
   for (const auto& f : std::filesystem::directory_iterator(path)) {
     if (f.path().extension() == ".blob") blob = f.path();
   }
   ASSERT_FALSE(blob.empty()) << "no .blob file under " << path;
-  const auto size = std::filesystem::file_size(blob);
+  std::string contents;
+  {
+    std::ifstream in(blob, std::ios::binary);
+    contents.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  const auto victim = MakeBlock(k64K, 2);
+  const std::string needle(victim.begin() + kBlockHeaderSize,
+                           victim.begin() + kBlockHeaderSize + 64);
+  const size_t at = contents.find(needle);
+  ASSERT_NE(at, std::string::npos) << "block 2's payload is not in " << blob;
   {
     std::fstream f(blob, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekg(size / 2);
-    char c;
-    f.read(&c, 1);
-    c ^= 0x20;
-    f.seekp(size / 2);
-    f.write(&c, 1);
+    f.seekp(at + 1000);
+    const char flipped = contents[at + 1000] ^ 0x20;
+    f.write(&flipped, 1);
   }
   auto store = ReopenSsdOnly(path);
   int corrupt = 0, good = 0;
   for (int i = 0; i < 4; ++i) {
     auto lease = store->Get(KeyFor(i));
     if (lease.ok()) {
+      EXPECT_NE(i, 2);
       EXPECT_TRUE(std::ranges::equal(lease->bytes(), MakeBlock(k64K, i)));
       ++good;
     } else {
