@@ -92,7 +92,7 @@ absl::StatusOr<kvstore::PutOutcome> PutOne(ServiceContext* ctx,
   auto key = ParseKey(req.key(), field + "key");
   if (!key.ok()) return key.status();
   kvstore::PutOptions options;
-  options.durable = req.durable();
+  if (req.has_durable()) options.durable = req.durable();
   options.tenant = req.labels().tenant();
   options.model = req.labels().model();
   return ctx->store->Put(
@@ -355,7 +355,10 @@ grpc::Status AdminServiceImpl::Drain(grpc::ServerContext*,
                                      const strata::v1::DrainRequest*,
                                      strata::v1::DrainResponse* resp) {
   RpcScope rpc(ctx_, Rpc::kDrain);
-  ctx_->draining.store(true, std::memory_order_release);
+  if (!ctx_->draining.exchange(true, std::memory_order_acq_rel) &&
+      ctx_->on_drain) {
+    ctx_->on_drain();
+  }
   absl::Status flushed = ctx_->store->Flush();
   resp->set_draining(true);
   return rpc.Finish(flushed);

@@ -12,6 +12,7 @@
 #define STRATA_CLUSTER_BLOCK_SERVICE_H_
 
 #include <atomic>
+#include <functional>
 #include <string>
 
 #include "absl/time/time.h"
@@ -34,6 +35,9 @@ struct ServiceContext {
   absl::Time started = absl::Now();
   uint64_t max_message_bytes = 0;  // Bound for a batch response.
   std::string config_text;         // Effective configuration.
+  // Called once when a drain starts (the daemon flips its health to
+  // NOT_SERVING). May be empty.
+  std::function<void()> on_drain;
 };
 
 class DataServiceImpl final : public strata::v1::DataService::Service {

@@ -104,7 +104,7 @@ absl::StatusOr<ServerConfig> ResolveConfig(StratadConfig c) {
   if (!c.has_write_through()) c.set_write_through(false);
   if (!c.has_ssd_sync_writes()) c.set_ssd_sync_writes(false);
   if (!c.has_promote_on_read()) c.set_promote_on_read(true);
-  if (!c.has_max_block_size()) c.set_max_block_size("64MiB");
+  if (!c.has_max_block_size()) c.set_max_block_size("68MiB");
   if (!c.has_default_lease_ms()) c.set_default_lease_ms(10000);
   if (!c.has_max_pin_ttl_s()) c.set_max_pin_ttl_s(86400);
   if (!c.has_log_format()) c.set_log_format("json");

@@ -160,6 +160,11 @@ int Run(int argc, char** argv) {
     return 1;
   }
   server->GetHealthCheckService()->SetServingStatus(true);
+  grpc::Server* raw_server = server.get();
+  ctx.on_drain = [raw_server] {
+    raw_server->GetHealthCheckService()->SetServingStatus(false);
+    LogInfo("draining");
+  };
   const std::string grpc_host =
       resolved->listen.substr(0, resolved->listen.rfind(':'));
   const std::string grpc_addr = absl::StrCat(grpc_host, ":", grpc_port);

@@ -1,0 +1,145 @@
+/* Strata client, stable C ABI (version STRATA_C_ABI_VERSION).
+ *
+ * For C programs and for other languages' FFIs (Python ctypes, Rust, Go):
+ * link strata_client_c statically or load libstrata_c.so. The header uses C
+ * types only; the library wraps strata::client::Client (strata_client.h).
+ *
+ * Return codes: every function returning int returns a canonical status
+ * code, the same numbers as absl::StatusCode and grpc::StatusCode:
+ *   0 OK, 1 CANCELLED, 2 UNKNOWN, 3 INVALID_ARGUMENT, 4 DEADLINE_EXCEEDED,
+ *   5 NOT_FOUND, 6 ALREADY_EXISTS, 7 PERMISSION_DENIED, 8 RESOURCE_EXHAUSTED,
+ *   9 FAILED_PRECONDITION, 10 ABORTED, 11 OUT_OF_RANGE, 12 UNIMPLEMENTED,
+ *   13 INTERNAL, 14 UNAVAILABLE, 15 DATA_LOSS, 16 UNAUTHENTICATED.
+ * E.g. strata_get_into returns 5 on a miss and 15 when the block was corrupt.
+ * strata_last_error() describes the last call made on the calling thread.
+ *
+ * Keys are 16 bytes, the canonical big-endian byte form of a block key
+ * (docs/keys.md): `hi` first. Blocks are encoded blocks (docs/format.md).
+ *
+ * Ownership: the library never keeps a pointer passed to it after the call
+ * returns; buffers are the caller's before and after. A strata_client_t is
+ * created by strata_client_open and freed by strata_client_close.
+ *
+ * Threading: all calls are synchronous (they block the calling thread until
+ * the daemon answers, the deadline passes or retries run out). A
+ * strata_client_t is thread-safe: share one per process and call it from any
+ * number of threads at once. strata_client_close must not race with other
+ * calls on the same client. Calls on UNAVAILABLE are retried with backoff
+ * within the deadline (strata_client.h).
+ */
+#ifndef STRATA_CLIENT_STRATA_C_H_
+#define STRATA_CLIENT_STRATA_C_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define STRATA_C_ABI_VERSION 1
+
+#if defined(STRATA_C_BUILDING_SHARED)
+#define STRATA_C_API __attribute__((visibility("default")))
+#else
+#define STRATA_C_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* An open client: one gRPC channel to one daemon. Opaque. */
+typedef struct strata_client strata_client_t;
+
+/* STRATA_C_ABI_VERSION of the loaded library; compare it with the header's
+ * before anything else when loading the library dynamically. */
+STRATA_C_API int strata_abi_version(void);
+
+/* A NUL-terminated description of the last call made on this thread: the
+ * error message after a non-zero return, "" after success. Owned by the
+ * library; valid until the thread's next strata_* call. Never NULL. */
+STRATA_C_API const char* strata_last_error(void);
+
+/* ---- Clients. */
+
+/* Opens a client to `address` ("host:port"). `deadline_ms` is the deadline of
+ * every call of this client; <= 0 takes the default (10 s). Does not wait
+ * for the daemon: the first call fails with 14 (UNAVAILABLE) if it is not up.
+ * On success *out is the new client. */
+STRATA_C_API int strata_client_open(const char* address, int64_t deadline_ms,
+                                    strata_client_t** out);
+
+/* Closes the client and frees it. NULL is a no-op. The pointer is invalid
+ * afterwards. */
+STRATA_C_API void strata_client_close(strata_client_t* client);
+
+/* ---- Data path. */
+
+/* Stores `block` (len bytes) under `key`. `durable` != 0 acknowledges only
+ * once the block is on the SSD tier. *already_present (if not NULL) is set to
+ * 1 when the key was stored before (nothing changed), else 0. */
+STRATA_C_API int strata_put(strata_client_t* client, const uint8_t key[16],
+                            const uint8_t* block, size_t len, int durable,
+                            int* already_present);
+
+/* Reads the block stored under `key` into dst[0, capacity) and sets *out_len
+ * to its size. 5 (NOT_FOUND) on a miss; 11 (OUT_OF_RANGE) when the block is
+ * larger than `capacity` (dst is unchanged then). The bytes land directly in
+ * dst, with no intermediate copy. */
+STRATA_C_API int strata_get_into(strata_client_t* client, const uint8_t key[16],
+                                 uint8_t* dst, size_t capacity,
+                                 size_t* out_len);
+
+/* *hits = how many of the n keys (keys: n * 16 bytes, in order, e.g. a
+ * prompt's chained chunk keys) are stored before the first missing one. */
+STRATA_C_API int strata_leading_hits(strata_client_t* client,
+                                     const uint8_t* keys, size_t n,
+                                     uint32_t* hits);
+
+/* exists[i] = 1 if keys[i] (keys: n * 16 bytes) is stored, else 0. */
+STRATA_C_API int strata_exists(strata_client_t* client, const uint8_t* keys,
+                               size_t n, uint8_t* exists);
+
+/* Removes the block stored under `key` (the daemon's status is returned
+ * unchanged, e.g. for an absent key). */
+STRATA_C_API int strata_remove(strata_client_t* client, const uint8_t key[16]);
+
+/* Protects the block from eviction for ttl_ms milliseconds (> 0). */
+STRATA_C_API int strata_pin(strata_client_t* client, const uint8_t key[16],
+                            uint64_t ttl_ms);
+STRATA_C_API int strata_unpin(strata_client_t* client, const uint8_t key[16]);
+
+/* 0 when the daemon's gRPC health check (grpc.health.v1) answers SERVING;
+ * 14 (UNAVAILABLE) when it answers NOT_SERVING or is unreachable. */
+STRATA_C_API int strata_health(strata_client_t* client);
+
+/* ---- Keys (no client needed; pure and thread-safe). */
+
+/* Parses 32 hex digits (either case, NUL-terminated) into out[16]. */
+STRATA_C_API int strata_key_from_hex(const char* hex, uint8_t out[16]);
+
+/* Writes 32 lower-case hex digits and a NUL to out[33]. */
+STRATA_C_API int strata_key_to_hex(const uint8_t key[16], char out[33]);
+
+/* Chained chunk keys of `tokens` (n token ids) under a key namespace, exactly
+ * as kvstore::ChunkKeys (docs/keys.md) derives them, so that every language
+ * agrees with the C++ engines. The namespace:
+ *   model_id        NUL-terminated, non-empty;
+ *   tenant_salt     tenant_salt_len bytes (may be NULL when the length is 0);
+ *   dtype           1 fp16, 2 bf16, 3 fp8_e4m3, 4 fp32;
+ *   num_layers, num_kv_heads, head_dim, chunk_tokens  > 0;
+ *   tp_rank < tp_size.
+ * A trailing partial chunk gets a key only when include_partial != 0.
+ * Writes the keys (16 bytes each) to out_keys, which holds out_capacity keys,
+ * and sets *out_count to the number of keys. When out_capacity is too small
+ * nothing is written, *out_count is the number needed and the call returns
+ * 11 (OUT_OF_RANGE); out_keys may be NULL when out_capacity is 0. */
+STRATA_C_API int strata_chunk_keys(
+    const char* model_id, const uint8_t* tenant_salt, size_t tenant_salt_len,
+    uint32_t dtype, uint32_t num_layers, uint32_t num_kv_heads,
+    uint32_t head_dim, uint32_t chunk_tokens, uint32_t tp_rank,
+    uint32_t tp_size, const uint32_t* tokens, size_t n, int include_partial,
+    uint8_t* out_keys, size_t out_capacity, size_t* out_count);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* STRATA_CLIENT_STRATA_C_H_ */

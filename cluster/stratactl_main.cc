@@ -1,0 +1,552 @@
+// stratactl: the admin CLI of stratad.
+//
+//   stratactl [--addr=HOST:PORT] [--deadline=DURATION] COMMAND [ARGS] [FLAGS]
+//
+// Commands (docs/stratactl.md has examples):
+//   status                      health, version, uptime, usage per tier
+//   capacity                    capacity and usage per tier
+//   stats [--json]              every counter, per tier
+//   evict [--tenant=T] [--model=M] [--key-prefix=HEX] [--min-age=DUR]
+//         [--dry-run] [--include-pinned]
+//   pin KEY TTL | unpin KEY | remove KEY
+//   put KEY FILE [--durable] [--tenant=T] [--model=M]   FILE: an encoded block
+//   get KEY FILE                                        writes the block
+//   make-block FILE [--dtype=bf16] [--shape=LAYERS,TOKENS,HEADS,DIM] [--seed=N]
+//   lookup --tokens-file=F [namespace flags]   longest cached prefix
+//   fill-prompt --tokens-file=F [namespace flags] [--seed=N]
+//         store synthetic KV for every full chunk of a prompt (demos, tests)
+//   drain | config
+//   bench [--op=put|get|mixed] [--size=1MiB] [--clients=4] [--ops=200]
+//         [--durable]            GB/s and p50/p99 latency
+// Namespace flags: --model=ID --dtype=bf16 --layers=N --kv-heads=N
+//   --head-dim=N --chunk=256 --tenant-salt=S
+// Exit status: 0 on success, 1 when the daemon answered an error, 2 on usage.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
+#include "client/strata_client.h"
+#include "cluster/server_config.h"
+#include "kvstore/block_format.h"
+#include "kvstore/block_key.h"
+
+namespace strata::cluster {
+namespace {
+
+using client::Client;
+using kvstore::BlockKey;
+
+struct Args {
+  std::vector<std::string> positional;
+  std::map<std::string, std::string> flags;  // --name=value; --name -> "true".
+
+  std::string Flag(const std::string& name, const std::string& def = "") const {
+    auto it = flags.find(name);
+    return it == flags.end() ? def : it->second;
+  }
+  bool Bool(const std::string& name) const {
+    auto it = flags.find(name);
+    return it != flags.end() && it->second != "false";
+  }
+};
+
+int Usage() {
+  std::fputs(
+      "usage: stratactl [--addr=HOST:PORT] [--deadline=10s] COMMAND ...\n"
+      "commands: status capacity stats evict pin unpin remove put get "
+      "make-block lookup fill-prompt drain config bench\n"
+      "see the header of cluster/stratactl_main.cc or docs/stratactl.md\n",
+      stderr);
+  return 2;
+}
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "stratactl: %s: %s\n",
+               absl::StatusCodeToString(s.code()).c_str(),
+               std::string(s.message()).c_str());
+  return 1;
+}
+
+int UsageError(const std::string& msg) {
+  std::fprintf(stderr, "stratactl: %s\n", msg.c_str());
+  return 2;
+}
+
+absl::StatusOr<absl::Duration> ParseDurationFlag(const std::string& field,
+                                                 const std::string& text) {
+  absl::Duration d;
+  if (!absl::ParseDuration(text, &d) || d < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": \"", text, "\" is not a duration (e.g. 30s, 10m, 1h)"));
+  }
+  return d;
+}
+
+absl::StatusOr<std::vector<uint8_t>> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("file: cannot open ", path));
+  return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), {});
+}
+
+absl::Status WriteFile(const std::string& path, absl::Span<const uint8_t> b) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(b.data()), b.size());
+  if (!out) return absl::UnavailableError(absl::StrCat("file: cannot write ", path));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<kvstore::DType> ParseDType(const std::string& s) {
+  for (auto d : {kvstore::DType::kFloat16, kvstore::DType::kBFloat16,
+                 kvstore::DType::kFloat8E4M3, kvstore::DType::kFloat32}) {
+    if (s == kvstore::DTypeName(d)) return d;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("dtype: \"", s, "\" (want fp16, bf16, fp8_e4m3, fp32)"));
+}
+
+absl::StatusOr<uint32_t> ParseU32(const std::string& field,
+                                  const std::string& s) {
+  uint32_t v;
+  if (!absl::SimpleAtoi(s, &v)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": \"", s, "\" is not a number"));
+  }
+  return v;
+}
+
+// A random encoded raw block of the given shape.
+std::vector<uint8_t> RandomBlock(const kvstore::BlockShape& shape,
+                                 uint64_t seed) {
+  std::vector<uint8_t> payload(shape.RawBytes());
+  std::mt19937_64 rng(seed);
+  for (size_t i = 0; i + 8 <= payload.size(); i += 8) {
+    const uint64_t v = rng();
+    std::memcpy(payload.data() + i, &v, 8);
+  }
+  return *kvstore::EncodeBlock(shape, kvstore::CodecId::kRaw, {}, payload);
+}
+
+// A bf16 shape whose payload is about `bytes` (8 KV heads of 128).
+kvstore::BlockShape ShapeForBytes(uint64_t bytes) {
+  kvstore::BlockShape s{kvstore::DType::kBFloat16, 1, 1, 8, 128};
+  const uint64_t per_token = 2 * 8 * 128 * 2;
+  uint64_t tokens = std::max<uint64_t>(1, bytes / per_token);
+  while (tokens > 256 && tokens % 2 == 0) {
+    s.num_layers *= 2;
+    tokens /= 2;
+  }
+  s.num_tokens = static_cast<uint32_t>(std::min<uint64_t>(tokens, 65536));
+  return s;
+}
+
+absl::StatusOr<kvstore::KeyNamespace> NamespaceFromFlags(const Args& a) {
+  kvstore::KeyNamespace ns;
+  ns.model_id = a.Flag("model", "demo/model");
+  ns.tenant_salt = a.Flag("tenant-salt");
+  auto dtype = ParseDType(a.Flag("dtype", "bf16"));
+  if (!dtype.ok()) return dtype.status();
+  ns.dtype = *dtype;
+  auto set = [&](const char* flag, const char* def, uint32_t* out) {
+    auto v = ParseU32(flag, a.Flag(flag, def));
+    if (v.ok()) *out = *v;
+    return v.status();
+  };
+  for (auto s : {set("layers", "4", &ns.num_layers),
+                 set("kv-heads", "8", &ns.num_kv_heads),
+                 set("head-dim", "128", &ns.head_dim),
+                 set("chunk", "256", &ns.chunk_tokens)}) {
+    if (!s.ok()) return s;
+  }
+  return ns;
+}
+
+absl::StatusOr<std::vector<uint32_t>> ReadTokens(const Args& a) {
+  const std::string path = a.Flag("tokens-file");
+  if (path.empty()) {
+    return absl::InvalidArgumentError("tokens-file: required");
+  }
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("tokens-file: cannot open ", path));
+  std::vector<uint32_t> tokens;
+  std::string word;
+  while (in >> word) {
+    uint32_t t;
+    if (!absl::SimpleAtoi(word, &t)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tokens-file: \"", word, "\" is not a token id"));
+    }
+    tokens.push_back(t);
+  }
+  return tokens;
+}
+
+void PrintTiers(const client::ServerStats& s, bool full) {
+  if (full) {
+    std::printf("%-5s %12s %12s %6s %9s %9s %9s %9s %10s %10s %9s %9s\n",
+                "tier", "used", "capacity", "use%", "blocks", "hits", "misses",
+                "evictions", "demotions", "promotions", "cksum_err",
+                "write_err");
+  } else {
+    std::printf("%-5s %12s %12s %6s %9s\n", "tier", "used", "capacity", "use%",
+                "blocks");
+  }
+  for (const auto& t : s.tiers) {
+    const double pct =
+        t.capacity_bytes ? 100.0 * t.used_bytes / t.capacity_bytes : 0;
+    std::printf("%-5s %12llu %12llu %5.1f%% %9llu", t.tier.c_str(),
+                (unsigned long long)t.used_bytes,
+                (unsigned long long)t.capacity_bytes, pct,
+                (unsigned long long)t.blocks);
+    if (full) {
+      std::printf(" %9llu %9llu %9llu %9llu %10llu %10llu %9llu",
+                  (unsigned long long)t.hits, (unsigned long long)t.misses,
+                  (unsigned long long)t.evictions,
+                  (unsigned long long)t.demotions,
+                  (unsigned long long)t.promotions,
+                  (unsigned long long)t.checksum_failures,
+                  (unsigned long long)t.write_failures);
+    }
+    std::printf("\n");
+  }
+}
+
+void PrintStatsJson(const client::ServerStats& s) {
+  std::printf(
+      "{\"version\":\"%s\",\"uptime_ms\":%llu,\"draining\":%s,\"puts\":%llu,"
+      "\"duplicate_puts\":%llu,\"rejected_puts\":%llu,\"gets\":%llu,"
+      "\"get_hits\":%llu,\"get_misses\":%llu,\"removes\":%llu,"
+      "\"pinned_blocks\":%llu,\"leased_blocks\":%llu,\"tiers\":[",
+      s.version.c_str(), (unsigned long long)s.uptime_ms,
+      s.draining ? "true" : "false", (unsigned long long)s.puts,
+      (unsigned long long)s.duplicate_puts, (unsigned long long)s.rejected_puts,
+      (unsigned long long)s.gets, (unsigned long long)s.get_hits,
+      (unsigned long long)s.get_misses, (unsigned long long)s.removes,
+      (unsigned long long)s.pinned_blocks, (unsigned long long)s.leased_blocks);
+  for (size_t i = 0; i < s.tiers.size(); ++i) {
+    const auto& t = s.tiers[i];
+    std::printf(
+        "%s{\"tier\":\"%s\",\"capacity_bytes\":%llu,\"used_bytes\":%llu,"
+        "\"blocks\":%llu,\"hits\":%llu,\"misses\":%llu,\"evictions\":%llu,"
+        "\"demotions\":%llu,\"promotions\":%llu,\"checksum_failures\":%llu,"
+        "\"write_failures\":%llu}",
+        i ? "," : "", t.tier.c_str(), (unsigned long long)t.capacity_bytes,
+        (unsigned long long)t.used_bytes, (unsigned long long)t.blocks,
+        (unsigned long long)t.hits, (unsigned long long)t.misses,
+        (unsigned long long)t.evictions, (unsigned long long)t.demotions,
+        (unsigned long long)t.promotions,
+        (unsigned long long)t.checksum_failures,
+        (unsigned long long)t.write_failures);
+  }
+  std::printf("]}\n");
+}
+
+double Percentile(std::vector<double>& v, double p) {
+  if (v.empty()) return 0;
+  const size_t i = std::min(v.size() - 1, static_cast<size_t>(p * v.size()));
+  std::nth_element(v.begin(), v.begin() + i, v.end());
+  return v[i];
+}
+
+// Closed-loop load: `clients` threads, each with its own connection, each
+// issuing `ops` operations back to back.
+int Bench(const client::ClientOptions& base, const Args& a) {
+  const std::string op = a.Flag("op", "mixed");
+  if (op != "put" && op != "get" && op != "mixed") {
+    return UsageError("op: want put, get or mixed");
+  }
+  auto size = ParseByteSize("size", a.Flag("size", "1MiB"));
+  auto clients = ParseU32("clients", a.Flag("clients", "4"));
+  auto ops = ParseU32("ops", a.Flag("ops", "200"));
+  if (!size.ok()) return Fail(size.status());
+  if (!clients.ok() || *clients == 0) return UsageError("clients: want >= 1");
+  if (!ops.ok()) return Fail(ops.status());
+  const kvstore::BlockShape shape = ShapeForBytes(*size);
+  const std::vector<uint8_t> block = RandomBlock(shape, 1);
+  const uint64_t run = std::random_device{}();
+  auto key_of = [&](uint32_t c, uint32_t i) {
+    return BlockKey{run, (uint64_t{c} << 32) | i};
+  };
+  client::PutOptions put;
+  put.durable = a.Bool("durable");
+
+  // get: preload what the readers will read (not timed).
+  std::vector<std::unique_ptr<Client>> conns;
+  for (uint32_t c = 0; c < *clients; ++c) {
+    auto conn = Client::Connect(base);
+    if (!conn.ok()) return Fail(conn.status());
+    conns.push_back(*std::move(conn));
+  }
+  const uint32_t preload = op == "put" ? 0 : std::min<uint32_t>(*ops, 64);
+  for (uint32_t c = 0; c < *clients; ++c) {
+    for (uint32_t i = 0; i < preload; ++i) {
+      auto r = conns[c]->Put(key_of(c, i), block, put);
+      if (!r.ok()) return Fail(r.status());
+    }
+  }
+  std::vector<std::vector<double>> lat(*clients);
+  std::vector<absl::Status> errors(*clients);
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<std::thread> threads;
+  for (uint32_t c = 0; c < *clients; ++c) {
+    threads.emplace_back([&, c] {
+      std::vector<uint8_t> dst(block.size());
+      auto handle = conns[c]->RegisterBuffer(dst.data(), dst.size());
+      for (uint32_t i = 0; i < *ops && errors[c].ok(); ++i) {
+        const bool do_put = op == "put" || (op == "mixed" && i % 2 == 0);
+        const auto t0 = std::chrono::steady_clock::now();
+        absl::Status s;
+        if (do_put) {
+          s = conns[c]->Put(key_of(c, preload + i), block, put).status();
+        } else {
+          s = conns[c]->GetInto(key_of(c, i % std::max<uint32_t>(preload, 1)),
+                                *handle, 0, dst.size()).status();
+        }
+        lat[c].push_back(std::chrono::duration<double>(
+                             std::chrono::steady_clock::now() - t0).count());
+        if (!s.ok()) errors[c] = s;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count();
+  for (const auto& e : errors) {
+    if (!e.ok()) return Fail(e);
+  }
+  std::vector<double> all;
+  for (auto& v : lat) all.insert(all.end(), v.begin(), v.end());
+  const double bytes = static_cast<double>(all.size()) * block.size();
+  std::vector<double> sorted = all;
+  std::printf(
+      "op=%s size=%llu clients=%u ops=%zu  %.3f GB/s  %.0f ops/s  "
+      "p50=%.1f us  p99=%.1f us\n",
+      op.c_str(), (unsigned long long)block.size(), *clients, all.size(),
+      bytes / secs / 1e9, all.size() / secs, Percentile(sorted, 0.50) * 1e6,
+      Percentile(sorted, 0.99) * 1e6);
+  return 0;
+}
+
+int Main(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    std::string s = argv[i];
+    if (s.rfind("--", 0) == 0) {
+      const size_t eq = s.find('=');
+      if (eq == std::string::npos) {
+        a.flags[s.substr(2)] = "true";
+      } else {
+        a.flags[s.substr(2, eq - 2)] = s.substr(eq + 1);
+      }
+    } else {
+      a.positional.push_back(s);
+    }
+  }
+  if (a.positional.empty() || a.Bool("help")) return Usage();
+  const std::string cmd = a.positional[0];
+  const auto& p = a.positional;
+
+  client::ClientOptions options;
+  options.address = a.Flag("addr", "127.0.0.1:7070");
+  if (a.flags.count("deadline")) {
+    auto d = ParseDurationFlag("deadline", a.Flag("deadline"));
+    if (!d.ok()) return Fail(d.status());
+    options.default_deadline = *d;
+  }
+
+  if (cmd == "make-block") {
+    if (p.size() != 2) return UsageError("make-block FILE");
+    auto dtype = ParseDType(a.Flag("dtype", "bf16"));
+    if (!dtype.ok()) return Fail(dtype.status());
+    std::vector<std::string> dims = absl::StrSplit(a.Flag("shape", "4,256,8,128"), ',');
+    if (dims.size() != 4) return UsageError("shape: want LAYERS,TOKENS,HEADS,DIM");
+    uint32_t v[4];
+    for (int i = 0; i < 4; ++i) {
+      auto d = ParseU32("shape", dims[i]);
+      if (!d.ok()) return Fail(d.status());
+      v[i] = *d;
+    }
+    kvstore::BlockShape shape{*dtype, v[0], v[1], v[2], v[3]};
+    if (auto s = shape.Validate(); !s.ok()) return Fail(s);
+    auto seed = ParseU32("seed", a.Flag("seed", "1"));
+    if (!seed.ok()) return Fail(seed.status());
+    auto block = RandomBlock(shape, *seed);
+    if (auto s = WriteFile(p[1], block); !s.ok()) return Fail(s);
+    std::printf("wrote %zu bytes to %s\n", block.size(), p[1].c_str());
+    return 0;
+  }
+
+  auto connected = Client::Connect(options);
+  if (!connected.ok()) return Fail(connected.status());
+  Client& c = **connected;
+
+  auto key_arg = [&](size_t i) -> absl::StatusOr<BlockKey> {
+    if (p.size() <= i) return absl::InvalidArgumentError("key: missing");
+    return BlockKey::FromHex(p[i]);
+  };
+
+  if (cmd == "status") {
+    absl::Status health = c.Health();
+    auto stats = c.Stats();
+    if (!stats.ok()) return Fail(stats.status());
+    std::printf("stratad %s at %s: %s, up %s%s\n", stats->version.c_str(),
+                options.address.c_str(), health.ok() ? "SERVING" : "NOT SERVING",
+                absl::FormatDuration(absl::Milliseconds(stats->uptime_ms)).c_str(),
+                stats->draining ? ", DRAINING" : "");
+    PrintTiers(*stats, false);
+    return 0;
+  }
+  if (cmd == "capacity") {
+    auto stats = c.Stats();
+    if (!stats.ok()) return Fail(stats.status());
+    PrintTiers(*stats, false);
+    return 0;
+  }
+  if (cmd == "stats") {
+    auto stats = c.Stats();
+    if (!stats.ok()) return Fail(stats.status());
+    if (a.Bool("json")) {
+      PrintStatsJson(*stats);
+      return 0;
+    }
+    std::printf("puts=%llu duplicate_puts=%llu rejected_puts=%llu gets=%llu "
+                "hits=%llu misses=%llu removes=%llu pinned=%llu leased=%llu\n",
+                (unsigned long long)stats->puts,
+                (unsigned long long)stats->duplicate_puts,
+                (unsigned long long)stats->rejected_puts,
+                (unsigned long long)stats->gets,
+                (unsigned long long)stats->get_hits,
+                (unsigned long long)stats->get_misses,
+                (unsigned long long)stats->removes,
+                (unsigned long long)stats->pinned_blocks,
+                (unsigned long long)stats->leased_blocks);
+    PrintTiers(*stats, true);
+    return 0;
+  }
+  if (cmd == "evict") {
+    client::EvictFilter f;
+    f.tenant = a.Flag("tenant");
+    f.model = a.Flag("model");
+    f.key_prefix = a.Flag("key-prefix");
+    if (a.flags.count("min-age")) {
+      auto d = ParseDurationFlag("min-age", a.Flag("min-age"));
+      if (!d.ok()) return Fail(d.status());
+      f.min_age = *d;
+    }
+    f.dry_run = a.Bool("dry-run");
+    f.include_pinned = a.Bool("include-pinned");
+    auto r = c.Evict(f);
+    if (!r.ok()) return Fail(r.status());
+    std::printf("%s %llu blocks (%llu bytes); %llu pinned blocks skipped\n",
+                f.dry_run ? "would evict" : "evicted",
+                (unsigned long long)r->blocks, (unsigned long long)r->bytes,
+                (unsigned long long)r->skipped_pinned);
+    return 0;
+  }
+  if (cmd == "pin" || cmd == "unpin" || cmd == "remove") {
+    auto key = key_arg(1);
+    if (!key.ok()) return Fail(key.status());
+    absl::Status s;
+    if (cmd == "pin") {
+      if (p.size() != 3) return UsageError("pin KEY TTL");
+      auto ttl = ParseDurationFlag("ttl", p[2]);
+      if (!ttl.ok()) return Fail(ttl.status());
+      s = c.Pin(*key, *ttl);
+    } else if (cmd == "unpin") {
+      s = c.Unpin(*key);
+    } else {
+      s = c.Remove(*key);
+    }
+    if (!s.ok()) return Fail(s);
+    std::printf("%s %s: ok\n", cmd.c_str(), key->ToHex().c_str());
+    return 0;
+  }
+  if (cmd == "put") {
+    if (p.size() != 3) return UsageError("put KEY FILE");
+    auto key = key_arg(1);
+    if (!key.ok()) return Fail(key.status());
+    auto bytes = ReadFile(p[2]);
+    if (!bytes.ok()) return Fail(bytes.status());
+    client::PutOptions put;
+    put.durable = a.Bool("durable");
+    put.tenant = a.Flag("tenant");
+    put.model = a.Flag("model");
+    auto r = c.Put(*key, *bytes, put);
+    if (!r.ok()) return Fail(r.status());
+    std::printf("put %s: %s (%zu bytes)\n", key->ToHex().c_str(),
+                r->already_present ? "already present" : "stored", bytes->size());
+    return 0;
+  }
+  if (cmd == "get") {
+    if (p.size() != 3) return UsageError("get KEY FILE");
+    auto key = key_arg(1);
+    if (!key.ok()) return Fail(key.status());
+    auto r = c.Get(*key);
+    if (!r.ok()) return Fail(r.status());
+    if (auto s = WriteFile(p[2], r->block); !s.ok()) return Fail(s);
+    std::printf("get %s: %zu bytes from %s, checksum verified\n",
+                key->ToHex().c_str(), r->block.size(), r->served_from.c_str());
+    return 0;
+  }
+  if (cmd == "lookup" || cmd == "fill-prompt") {
+    auto ns = NamespaceFromFlags(a);
+    if (!ns.ok()) return Fail(ns.status());
+    auto tokens = ReadTokens(a);
+    if (!tokens.ok()) return Fail(tokens.status());
+    if (cmd == "lookup") {
+      auto r = c.PrefixLookup(*ns, *tokens);
+      if (!r.ok()) return Fail(r.status());
+      std::printf("prompt of %zu tokens: %u of %zu full chunks cached = %u "
+                  "tokens reusable\n", tokens->size(), r->hit_chunks,
+                  r->keys.size(), r->hit_tokens);
+      return 0;
+    }
+    auto chunks = kvstore::ChunkKeys(*ns, *tokens);
+    if (!chunks.ok()) return Fail(chunks.status());
+    auto seed = ParseU32("seed", a.Flag("seed", "1"));
+    if (!seed.ok()) return Fail(seed.status());
+    size_t stored = 0, present = 0;
+    for (const auto& chunk : *chunks) {
+      kvstore::BlockShape shape{ns->dtype, ns->num_layers, chunk.num_tokens,
+                                ns->num_kv_heads, ns->head_dim};
+      client::PutOptions put;
+      put.model = ns->model_id;
+      auto r = c.Put(chunk.key, RandomBlock(shape, *seed + chunk.begin_token), put);
+      if (!r.ok()) return Fail(r.status());
+      (r->already_present ? present : stored) += 1;
+    }
+    std::printf("prompt of %zu tokens: %zu chunks stored, %zu already present\n",
+                tokens->size(), stored, present);
+    return 0;
+  }
+  if (cmd == "drain") {
+    if (auto s = c.Drain(); !s.ok()) return Fail(s);
+    std::printf("draining: new blocks are refused; reads continue\n");
+    return 0;
+  }
+  if (cmd == "config") {
+    auto text = c.GetConfig();
+    if (!text.ok()) return Fail(text.status());
+    std::fputs(text->c_str(), stdout);
+    return 0;
+  }
+  if (cmd == "bench") return Bench(options, a);
+  return Usage();
+}
+
+}  // namespace
+}  // namespace strata::cluster
+
+int main(int argc, char** argv) { return strata::cluster::Main(argc, argv); }

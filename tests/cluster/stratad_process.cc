@@ -1,0 +1,119 @@
+#include "tests/cluster/stratad_process.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+extern char** environ;
+
+namespace strata::testing {
+namespace {
+
+// Spawns argv with stdout on a pipe; returns the read end.
+pid_t Spawn(const std::vector<std::string>& argv, int* out_fd) {
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) return -1;
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = -1;
+  if (posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) {
+    pid = -1;
+  }
+  posix_spawn_file_actions_destroy(&actions);
+  close(fds[1]);
+  *out_fd = fds[0];
+  return pid;
+}
+
+}  // namespace
+
+StratadProcess::StratadProcess(std::string data_dir,
+                               std::vector<std::string> flags)
+    : data_dir_(std::move(data_dir)), flags_(std::move(flags)) {}
+
+StratadProcess::~StratadProcess() {
+  if (pid_ > 0) Kill();
+}
+
+absl::Status StratadProcess::Start() {
+  std::vector<std::string> argv = {
+      STRATAD_PATH, "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
+      "--data_dir=" + data_dir_, "--log_format=text"};
+  argv.insert(argv.end(), flags_.begin(), flags_.end());
+  int fd = -1;
+  pid_ = Spawn(argv, &fd);
+  if (pid_ <= 0) return absl::InternalError("spawn stratad failed");
+  // Read until the ready line; the daemon prints nothing else on stdout.
+  std::string line;
+  char c;
+  while (read(fd, &c, 1) == 1 && c != '\n') line.push_back(c);
+  close(fd);
+  if (line.rfind("stratad ready ", 0) != 0) {
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return absl::InternalError(
+        absl::StrCat("stratad did not become ready (stdout: \"", line,
+                     "\", exit status ", status, ")"));
+  }
+  for (absl::string_view field : absl::StrSplit(line, ' ')) {
+    if (absl::ConsumePrefix(&field, "grpc=")) grpc_address_ = std::string(field);
+    if (absl::ConsumePrefix(&field, "metrics=")) {
+      metrics_address_ = std::string(field);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status StratadProcess::Stop() {
+  if (pid_ <= 0) return absl::FailedPreconditionError("not running");
+  kill(pid_, SIGTERM);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    return absl::InternalError(absl::StrCat("stratad exit status ", status));
+  }
+  return absl::OkStatus();
+}
+
+void StratadProcess::Kill() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGCONT);
+  kill(pid_, SIGKILL);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+}
+
+void StratadProcess::Pause() { kill(pid_, SIGSTOP); }
+void StratadProcess::Resume() { kill(pid_, SIGCONT); }
+
+CommandResult RunCommand(const std::vector<std::string>& argv) {
+  CommandResult result;
+  int fd = -1;
+  const pid_t pid = Spawn(argv, &fd);
+  if (pid <= 0) return result;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) result.out.append(buf, n);
+  close(fd);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+}  // namespace strata::testing

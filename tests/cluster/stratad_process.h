@@ -1,0 +1,52 @@
+// StratadProcess: a real stratad child process for integration tests.
+// Starts it on free loopback ports (port 0), waits for its "ready" line on a
+// pipe (no sleeps), and stops it with SIGTERM, SIGKILL, SIGSTOP/SIGCONT.
+#ifndef STRATA_TESTS_CLUSTER_STRATAD_PROCESS_H_
+#define STRATA_TESTS_CLUSTER_STRATAD_PROCESS_H_
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace strata::testing {
+
+class StratadProcess {
+ public:
+  // `data_dir` is passed as --data_dir; `flags` are extra --field=value.
+  StratadProcess(std::string data_dir, std::vector<std::string> flags = {});
+  ~StratadProcess();  // SIGKILLs a still-running daemon.
+
+  // Spawns the daemon and blocks until it prints its ready line (or exits).
+  absl::Status Start();
+  // SIGTERM, then waits; OK iff it exited with status 0.
+  absl::Status Stop();
+  // SIGKILL, then waits.
+  void Kill();
+  void Pause();   // SIGSTOP.
+  void Resume();  // SIGCONT.
+
+  const std::string& grpc_address() const { return grpc_address_; }
+  const std::string& metrics_address() const { return metrics_address_; }
+  pid_t pid() const { return pid_; }
+
+ private:
+  std::string data_dir_;
+  std::vector<std::string> flags_;
+  pid_t pid_ = -1;
+  std::string grpc_address_;
+  std::string metrics_address_;
+};
+
+// Runs a command to completion and returns its exit status and stdout.
+struct CommandResult {
+  int exit_code = -1;
+  std::string out;
+};
+CommandResult RunCommand(const std::vector<std::string>& argv);
+
+}  // namespace strata::testing
+
+#endif  // STRATA_TESTS_CLUSTER_STRATAD_PROCESS_H_
