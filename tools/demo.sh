@@ -11,8 +11,7 @@ BUILD_DIR="${BUILD_DIR:-build}"
 DATA_DIR="${DATA_DIR:-./strata-data}"
 
 tools/install-deps.sh
-cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DPython_EXECUTABLE=/usr/bin/python3 > /dev/null
+cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo > /dev/null
 cmake --build "$BUILD_DIR" -j 2 --target stratad stratactl
 
 STRATAD="$BUILD_DIR/cluster/stratad"
