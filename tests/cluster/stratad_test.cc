@@ -35,7 +35,6 @@ using ::strata::testing::StratadProcess;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
-std::string Msg(const absl::Status& s) { return std::string(s.message()); }
 
 std::unique_ptr<client::Client> Connect(const StratadProcess& d,
                                         absl::Duration deadline = absl::Seconds(20)) {

@@ -1,0 +1,111 @@
+// bench/ceilings: the raw limits the service benchmark compares against,
+// measured in the same run: a plain TCP byte stream over loopback (1 and N
+// concurrent connections, 1 MiB writes) and single-thread memcpy.
+//
+//   ceilings [--streams=4] [--bytes_per_stream=2GiB]
+// Prints one line per measurement: "<name> <GB/s>" (GB = 1e9 bytes).
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+// One sender thread and one receiver thread per stream, all concurrently.
+double LoopbackStreamsGBps(int streams, uint64_t bytes_per_stream) {
+  int listener = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  if (bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      listen(listener, streams) != 0) {
+    std::perror("bind/listen");
+    std::exit(1);
+  }
+  socklen_t len = sizeof(addr);
+  getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len);
+  constexpr size_t kChunk = 1 << 20;
+  std::vector<std::thread> threads;
+  const auto start = Clock::now();
+  for (int s = 0; s < streams; ++s) {
+    threads.emplace_back([&] {
+      int fd = accept(listener, nullptr, nullptr);
+      std::vector<char> buf(kChunk);
+      uint64_t got = 0;
+      while (got < bytes_per_stream) {
+        ssize_t n = read(fd, buf.data(), buf.size());
+        if (n <= 0) break;
+        got += n;
+      }
+      close(fd);
+    });
+    threads.emplace_back([&] {
+      int fd = socket(AF_INET, SOCK_STREAM, 0);
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+      if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+        std::perror("connect");
+        std::exit(1);
+      }
+      std::vector<char> buf(kChunk, 'x');
+      uint64_t sent = 0;
+      while (sent < bytes_per_stream) {
+        ssize_t n = write(fd, buf.data(), buf.size());
+        if (n <= 0) break;
+        sent += n;
+      }
+      close(fd);
+    });
+  }
+  for (auto& t : threads) t.join();
+  const double secs = Seconds(start, Clock::now());
+  close(listener);
+  return static_cast<double>(bytes_per_stream) * streams / secs / 1e9;
+}
+
+double MemcpyGBps(size_t size, int reps) {
+  std::vector<char> src(size, 'a'), dst(size, 'b');
+  std::memcpy(dst.data(), src.data(), size);  // Fault in both.
+  const auto start = Clock::now();
+  for (int i = 0; i < reps; ++i) {
+    std::memcpy(dst.data(), src.data(), size);
+    asm volatile("" : : "r"(dst.data()) : "memory");
+  }
+  return static_cast<double>(size) * reps / Seconds(start, Clock::now()) / 1e9;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int streams = 4;
+  uint64_t bytes = uint64_t{2} << 30;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.rfind("--streams=", 0) == 0) streams = std::atoi(a.c_str() + 10);
+    if (a.rfind("--bytes_per_stream=", 0) == 0) {
+      bytes = std::strtoull(a.c_str() + 19, nullptr, 10);
+    }
+  }
+  std::printf("loopback_tcp_1_stream %.2f\n", LoopbackStreamsGBps(1, bytes));
+  std::printf("loopback_tcp_%d_streams %.2f\n", streams,
+              LoopbackStreamsGBps(streams, bytes / streams));
+  std::printf("memcpy_1MiB %.2f\n", MemcpyGBps(1 << 20, 4000));
+  std::printf("memcpy_32MiB %.2f\n", MemcpyGBps(32 << 20, 60));
+  return 0;
+}

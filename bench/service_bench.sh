@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Service benchmark: stratad (over each transport) vs redis-server, put and
+# get of 256 KiB, 1 MiB, 8 MiB and 32 MiB values with 1 and 4 concurrent
+# clients, next to the raw ceilings measured in the same run (a plain TCP
+# stream over loopback, single-thread memcpy). Writes a markdown table to
+# stdout (and to $OUT if set).
+#
+#   bench/service_bench.sh                  # all transports
+#   TRANSPORTS="grpc" bench/service_bench.sh
+#   BYTES_PER_RUN=$((256<<20)) bench/service_bench.sh   # shorter
+#
+# stratad runs DRAM-only (--ssd_capacity=0) so both systems serve from RAM.
+# Each client is a separate connection; load is closed-loop (one request in
+# flight per client), like redis-benchmark -P 1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD_DIR="${BUILD_DIR:-build-bench}"
+TRANSPORTS="${TRANSPORTS:-grpc ucx-tcp ucx-shm}"
+SIZES="${SIZES:-262144 1048576 8388608 33554432}"
+CLIENTS="${CLIENTS:-1 4}"
+BYTES_PER_RUN="${BYTES_PER_RUN:-$((768 << 20))}"
+OUT="${OUT:-}"
+
+tools/install-deps.sh > /dev/null
+if ! command -v redis-server > /dev/null || ! command -v redis-benchmark > /dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get install -y -q --no-install-recommends redis-server redis-tools > /dev/null
+fi
+cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSTRATA_BUILD_TESTS=OFF > /dev/null
+cmake --build "$BUILD_DIR" -j 2 --target stratad stratactl ceilings > /dev/null
+
+work="$(mktemp -d)"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2> /dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# --- ceilings
+read -r _ tcp1 < <("$BUILD_DIR/bench/ceilings" | grep loopback_tcp_1)
+read -r _ tcp4 < <("$BUILD_DIR/bench/ceilings" --streams=4 | grep loopback_tcp_4)
+read -r _ memcpy < <("$BUILD_DIR/bench/ceilings" | grep memcpy_32MiB)
+
+# --- redis
+rport=$(free_port)
+redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no \
+  --proto-max-bulk-len 1gb --client-query-buffer-limit 1gb --daemonize no \
+  > "$work/redis.log" 2>&1 &
+pids+=($!)
+until redis-cli -p "$rport" ping > /dev/null 2>&1; do :; done  # startup poll
+
+declare -A result   # key "transport op size clients" -> "gbps p50_us p99_us"
+for size in $SIZES; do
+  for c in $CLIENTS; do
+    n=$(( BYTES_PER_RUN / size )); [ "$n" -lt $((8 * c)) ] && n=$((8 * c))
+    while IFS=, read -r test rps avg min p50 p95 p99 max; do
+      test=${test//\"/}; rps=${rps//\"/}; p50=${p50//\"/}; p99=${p99//\"/}
+      op=$([ "$test" = SET ] && echo put || echo get)
+      gbps=$(python3 -c "print(f'{$rps*$size/1e9:.2f}')")
+      result["redis $op $size $c"]="$gbps $(python3 -c "print(f'{$p50*1000:.0f} {$p99*1000:.0f}')")"
+    done < <(redis-benchmark -p "$rport" -t set,get -d "$size" -c "$c" -n "$n" --csv 2> /dev/null | tail -n +2)
+  done
+done
+
+# --- stratad, one daemon per transport
+for transport in $TRANSPORTS; do
+  env_vars=()
+  plane=grpc
+  case "$transport" in
+    ucx-tcp) env_vars=(UCX_NET_DEVICES=lo UCX_TLS=tcp); plane=ucx ;;
+    ucx-shm) env_vars=(UCX_TLS=posix,cma,self); plane=ucx ;;
+  esac
+  mkfifo "$work/ready.$transport"
+  env "${env_vars[@]}" "$BUILD_DIR/cluster/stratad" --listen=127.0.0.1:0 \
+    --metrics_listen= --data_plane_listen=127.0.0.1:0 --ssd_capacity=0 \
+    --dram_capacity=3GiB --data_dir="$work/data.$transport" --log_format=text \
+    > "$work/ready.$transport" 2> "$work/stratad.$transport.log" &
+  pids+=($!)
+  exec 3< "$work/ready.$transport"
+  read -r line <&3
+  addr=$(sed -E 's/.*grpc=([^ ]+).*/\1/' <<< "$line")
+  for size in $SIZES; do
+    for c in $CLIENTS; do
+      ops=$(( BYTES_PER_RUN / size / c )); [ "$ops" -lt 8 ] && ops=8
+      for op in put get; do
+        out=$(env "${env_vars[@]}" "$BUILD_DIR/cluster/stratactl" --addr="$addr" bench \
+              --op=$op --size="$size" --clients="$c" --ops="$ops" --data-plane="$plane")
+        gbps=$(sed -E 's/.*  ([0-9.]+) GB\/s.*/\1/' <<< "$out")
+        p50=$(sed -E 's/.*p50=([0-9.]+) us.*/\1/' <<< "$out")
+        p99=$(sed -E 's/.*p99=([0-9.]+) us.*/\1/' <<< "$out")
+        result["$transport $op $size $c"]="$gbps ${p50%.*} ${p99%.*}"
+      done
+    done
+  done
+  exec 3<&-
+done
+
+# --- table
+{
+  echo "Ceilings: loopback TCP 1 stream ${tcp1} GB/s, 4 streams ${tcp4} GB/s; memcpy (1 thread, 32 MiB) ${memcpy} GB/s."
+  echo
+  echo "| value | clients | op | system | GB/s | p50 µs | p99 µs | vs Redis | vs ceiling |"
+  echo "|---:|---:|---|---|---:|---:|---:|---:|---:|"
+  for size in $SIZES; do
+    for c in $CLIENTS; do
+      ceiling_tcp=$([ "$c" = 1 ] && echo "$tcp1" || echo "$tcp4")
+      for op in put get; do
+        read -r rg rp50 rp99 <<< "${result["redis $op $size $c"]}"
+        echo "| $((size >> 10)) KiB | $c | $op | redis | $rg | $rp50 | $rp99 | 1.00 | $(python3 -c "print(f'{$rg/$ceiling_tcp:.2f}')") |"
+        for transport in $TRANSPORTS; do
+          read -r g p50 p99 <<< "${result["$transport $op $size $c"]}"
+          ceiling=$([ "$transport" = ucx-shm ] && echo "$memcpy" || echo "$ceiling_tcp")
+          echo "| $((size >> 10)) KiB | $c | $op | stratad $transport | $g | $p50 | $p99 | $(python3 -c "print(f'{$g/$rg:.2f}')") | $(python3 -c "print(f'{$g/$ceiling:.2f}')") |"
+        done
+      done
+    done
+  done
+} | tee ${OUT:+"$OUT"}
