@@ -249,6 +249,11 @@ absl::Status CheckTotalLength(const BlockHeader& header, size_t size) {
 }
 }  // namespace
 
+absl::Status ValidateBlockFrame(absl::Span<const uint8_t> bytes) {
+  STRATA_ASSIGN_OR_RETURN(BlockHeader header, ParseBlockHeader(bytes));
+  return CheckTotalLength(header, bytes.size());
+}
+
 absl::StatusOr<BlockView> ParseBlock(absl::Span<const uint8_t> bytes) {
   STRATA_ASSIGN_OR_RETURN(BlockHeader header, ParseBlockHeader(bytes));
   STRATA_RETURN_IF_ERROR(CheckTotalLength(header, bytes.size()));

@@ -108,6 +108,10 @@ absl::StatusOr<std::vector<uint8_t>> EncodeBlock(
 // an invalid shape or a payload length that contradicts the shape.
 absl::StatusOr<BlockHeader> ParseBlockHeader(absl::Span<const uint8_t> bytes);
 
+// Validates the header and that `bytes` is exactly header + payload_length
+// long, without hashing the payload (errors as ParseBlock, minus DATA_LOSS).
+absl::Status ValidateBlockFrame(absl::Span<const uint8_t> bytes);
+
 // Parses a whole block and verifies its checksum. Everything ParseBlockHeader
 // rejects is INVALID_ARGUMENT; a buffer whose length is not exactly
 // header + payload_length is INVALID_ARGUMENT naming "payload_length"; a

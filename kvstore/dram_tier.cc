@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "kvstore/block_format.h"
 
 namespace strata::kvstore {
 
@@ -71,7 +72,10 @@ absl::Status DramTier::Write(const BlockKey& key,
   STRATA_ASSIGN_OR_RETURN(uint64_t offset, arena_->Allocate(block.size()));
   auto allocation =
       std::make_shared<const Allocation>(arena_, offset, block.size());
-  std::memcpy(allocation->data(), block.data(), block.size());
+  // Copy and verify in one pass: the hash reads what the copy just wrote.
+  STRATA_RETURN_IF_ERROR(
+      CopyVerifiedBlock(block, absl::MakeSpan(allocation->data(), block.size()))
+          .status());
   absl::MutexLock lock(&mu_);
   auto [it, inserted] = blocks_.emplace(key, std::move(allocation));
   if (!inserted) {

@@ -32,6 +32,8 @@ class DramTier final : public Tier {
   uint64_t capacity_bytes() const override;
   uint64_t used_bytes() const override;
   uint64_t Charge(uint64_t block_size) const override;
+  // Write copies and hashes in one pass (CopyVerifiedBlock).
+  bool verifies_writes() const override { return true; }
 
   absl::Status Write(const BlockKey& key, absl::Span<const uint8_t> block,
                      const BlockMeta& meta) override;

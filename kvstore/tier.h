@@ -66,6 +66,9 @@ class Tier {
   virtual uint64_t used_bytes() const = 0;
   // Bytes a block of `block_size` bytes consumes in this tier.
   virtual uint64_t Charge(uint64_t block_size) const = 0;
+  // True when Write verifies the block checksum while storing it (and
+  // answers DATA_LOSS, storing nothing, on a mismatch).
+  virtual bool verifies_writes() const { return false; }
 
   // Stores `block` under `key`, replacing nothing: writing a key the tier
   // already holds is a caller bug (FAILED_PRECONDITION). RESOURCE_EXHAUSTED

@@ -299,7 +299,7 @@ absl::Status TieredStore::WriteIntoTier(size_t t, const BlockKey& key,
     if (used <= target) target = used > charge ? used - charge : 0;
     if (EvictFromTier(t, target) == 0) break;
   }
-  if (!s.ok()) {
+  if (!s.ok() && !absl::IsDataLoss(s)) {
     absl::MutexLock lock(&mu_);
     ++slot.stats.write_failures;
     if (absl::IsResourceExhausted(s)) {
@@ -329,7 +329,16 @@ absl::StatusOr<PutOutcome> TieredStore::Put(const BlockKey& key,
         absl::StrCat("block: ", block.size(), " bytes exceed max_block_bytes ",
                      options_.max_block_bytes)));
   }
-  if (auto view = ParseBlock(block); !view.ok()) return reject(view.status());
+  // The header and length now; the checksum while the block is copied into
+  // a tier that verifies as it writes (DRAM), else just before the write.
+  if (auto s = ValidateBlockFrame(block); !s.ok()) return reject(s);
+  bool verified = false;
+  auto verify_for = [&](size_t t) -> absl::Status {
+    if (verified || tiers_[t]->tier->verifies_writes()) return absl::OkStatus();
+    absl::Status s = ParseBlock(block).status();
+    verified = s.ok();
+    return s;
+  };
   if (options.tenant.size() > kMaxLabelBytes ||
       options.model.size() > kMaxLabelBytes) {
     return reject(absl::InvalidArgumentError(absl::StrCat(
@@ -392,10 +401,16 @@ absl::StatusOr<PutOutcome> TieredStore::Put(const BlockKey& key,
   uint32_t written = 0;
   absl::Status failure;
   for (size_t i = 0; i < targets.size(); ++i) {
-    absl::Status s = WriteIntoTier(targets[i], key, block, meta);
+    absl::Status s = verify_for(targets[i]);
+    if (s.ok()) s = WriteIntoTier(targets[i], key, block, meta);
     if (s.ok()) {
       written |= Bit(targets[i]);
+      verified = true;
       continue;
+    }
+    if (absl::IsDataLoss(s)) {
+      failure = s;
+      break;
     }
     // A durable put needs only the persistent tier: a full first tier is
     // skipped when the persistent write is still to come.
@@ -410,7 +425,7 @@ absl::StatusOr<PutOutcome> TieredStore::Put(const BlockKey& key,
           absl::MutexLock lock(&mu_);
           index_.at(key).incoming |= Bit(t);
         }
-        if (WriteIntoTier(t, key, block, meta).ok()) {
+        if (verify_for(t).ok() && WriteIntoTier(t, key, block, meta).ok()) {
           written |= Bit(t);
           stored = true;
         } else {

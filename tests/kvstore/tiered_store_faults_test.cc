@@ -261,3 +261,28 @@ TEST(TieredStoreFaults, SsdBlocksSurviveCloseAndReopen) {
 
 }  // namespace
 }  // namespace strata::kvstore
+
+namespace strata::kvstore {
+namespace {
+
+// A block corrupted on its way in is refused whichever tier it would land in:
+// the DRAM tier verifies while copying, the SSD tier before writing.
+TEST(TieredStoreFaults, CorruptPutIsDataLossOnEveryWritePath) {
+  ScratchDir dir;
+  TieredStoreOptions o;
+  o.dram_capacity_bytes = 16 << 10;  // Smaller than the block: SSD only.
+  o.ssd_path = dir.Sub("ssd");
+  auto store = *TieredStore::Open(o);
+  auto block = MakeBlock(k64K, 1);
+  block[block.size() / 2] ^= 4;
+  for (bool durable : {false, true}) {
+    auto put = store->Put(KeyFor(1), block, {.durable = durable});
+    EXPECT_EQ(put.status().code(), absl::StatusCode::kDataLoss) << put.status();
+    EXPECT_FALSE(store->Exists(KeyFor(1)));
+  }
+  EXPECT_EQ(store->Stats().tiers[1].used_bytes, 0u);
+  EXPECT_EQ(store->Stats().tiers[1].write_failures, 0u);
+}
+
+}  // namespace
+}  // namespace strata::kvstore
