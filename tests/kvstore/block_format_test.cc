@@ -57,12 +57,8 @@ TEST_P(EveryDType, CopyVerifiedBlockCopiesExactBytes) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, EveryDType,
-                         ::testing::Values(DType::kFloat16, DType::kBFloat16,
-                                           DType::kFloat8E4M3,
-                                           DType::kFloat32),
-                         [](const auto& info) {
-                           return std::string(DTypeName(info.param));
-                         });
+                         ::testing::ValuesIn(testing::kAllDTypes),
+                         testing::DTypeParamName);
 
 TEST(BlockFormat, RawPayloadSizeFollowsShapeAndDtype) {
   BlockShape llama{DType::kBFloat16, 32, 256, 8, 128};

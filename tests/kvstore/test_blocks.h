@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "gtest/gtest.h"
 #include "kvstore/block_format.h"
 #include "kvstore/block_key.h"
 
@@ -18,6 +19,14 @@ BlockShape ShapeForBytes(uint64_t payload_bytes, DType dtype = DType::kFloat16);
 
 // An encoded raw block whose payload bytes are a pure function of `seed`.
 std::vector<uint8_t> MakeBlock(const BlockShape& shape, uint64_t seed);
+
+// Every DType, for parameterized tests, and a readable test-name suffix.
+inline constexpr DType kAllDTypes[] = {DType::kFloat16, DType::kBFloat16,
+                                       DType::kFloat8E4M3, DType::kFloat32};
+inline std::string DTypeParamName(
+    const ::testing::TestParamInfo<DType>& info) {
+  return DTypeName(info.param);
+}
 
 // A key that is a pure function of `i`.
 BlockKey KeyFor(uint64_t i);

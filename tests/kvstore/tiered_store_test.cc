@@ -79,12 +79,8 @@ TEST_P(EveryDType, PutThenGetRoundTripsThroughDramAndSsd) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, EveryDType,
-                         ::testing::Values(DType::kFloat16, DType::kBFloat16,
-                                           DType::kFloat8E4M3,
-                                           DType::kFloat32),
-                         [](const auto& info) {
-                           return std::string(DTypeName(info.param));
-                         });
+                         ::testing::ValuesIn(testing::kAllDTypes),
+                         testing::DTypeParamName);
 
 TEST(TieredStore, PutIsIdempotentAndTheFirstWriteWins) {
   auto store = *TieredStore::Open(DramOnly(4, EvictionPolicyKind::kLru));
