@@ -123,7 +123,7 @@ absl::Status EncodeBlockInto(const BlockShape& shape, CodecId codec,
                              absl::Span<const uint8_t> payload,
                              absl::Span<uint8_t> out) {
   STRATA_RETURN_IF_ERROR(shape.Validate());
-  if (codec != CodecId::kRaw) {
+  if (static_cast<uint8_t>(codec) > kMaxCodecId) {
     return absl::InvalidArgumentError(
         absl::StrCat("codec: unknown codec id ", static_cast<int>(codec)));
   }
@@ -209,7 +209,7 @@ absl::StatusOr<BlockHeader> ParseBlockHeader(absl::Span<const uint8_t> bytes) {
         absl::StrCat("dtype: unknown value ", static_cast<int>(h[9])));
   }
   header.shape.dtype = static_cast<DType>(h[9]);
-  if (h[10] != static_cast<uint8_t>(CodecId::kRaw)) {
+  if (h[10] > kMaxCodecId) {
     return absl::InvalidArgumentError(
         absl::StrCat("codec: unknown codec id ", static_cast<int>(h[10])));
   }

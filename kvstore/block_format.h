@@ -42,10 +42,18 @@ enum class BlockLayoutKind : uint8_t {
   kKvLayersTokensHeadsDim = 1,  // [2][layers][tokens][kv_heads][head_dim]
 };
 
-// The codec that produced the payload. Numeric values are part of the format.
+// The codec that produced the payload. Numeric values are part of the format
+// (docs/codecs.md specifies each payload); never renumber, only append.
 enum class CodecId : uint8_t {
-  kRaw = 0,  // Payload is the uncompressed tensor in `dtype`.
+  kRaw = 0,          // Payload is the uncompressed tensor in `dtype`.
+  kQuant = 1,        // KIVI-style min-max quantization.
+  kAqua = 2,         // AQUA-KV: cross-layer predictors + quantized residual.
+  kSparse = 3,       // CSR: dictionary + matching pursuit.
+  kLowRank = 4,      // PCA projection per (layer, head).
+  kTokenSparse = 5,  // BUZZ heavy hitters (+ optional LESS summary).
+  kCluster = 6,      // ClusterKV: clustered keys for partial recall.
 };
+inline constexpr uint8_t kMaxCodecId = 6;
 
 struct BlockShape {
   DType dtype = DType::kFloat16;
