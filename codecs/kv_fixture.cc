@@ -1,0 +1,1 @@
+// placeholder: the SmolLM2 KV fixture reader lands here.

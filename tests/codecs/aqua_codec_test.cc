@@ -1,0 +1,1 @@
+// placeholder: the aqua codec tests land with the codec

@@ -1,0 +1,1 @@
+// placeholder: the cluster codec tests land with the codec

@@ -1,0 +1,1 @@
+// placeholder: the fixture tests land with the fixture

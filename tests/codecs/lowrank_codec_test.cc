@@ -1,0 +1,1 @@
+// placeholder: the lowrank codec tests land with the codec

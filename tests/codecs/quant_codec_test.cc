@@ -1,0 +1,1 @@
+// placeholder: the quant codec tests land with the codec

@@ -1,0 +1,1 @@
+// placeholder: the sparse codec tests land with the codec

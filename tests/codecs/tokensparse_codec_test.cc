@@ -1,0 +1,1 @@
+// placeholder: the tokensparse codec tests land with the codec
