@@ -56,6 +56,7 @@ absl::Status CodecProfile::Put(const std::string& name,
         " values for dims of ", n, " elements"));
   }
   tensors_[name] = ProfileTensor{std::move(dims), std::move(data)};
+  ForgetId();
   return absl::OkStatus();
 }
 
@@ -96,11 +97,20 @@ std::vector<uint8_t> CodecProfile::Serialize() const {
   return out;
 }
 
+void CodecProfile::ForgetId() {
+  absl::MutexLock lock(&id_mu_);
+  id_.reset();
+}
+
 uint64_t CodecProfile::id() const {
-  std::vector<uint8_t> bytes = Serialize();
-  uint64_t checksum;
-  std::memcpy(&checksum, bytes.data() + bytes.size() - 8, 8);
-  return checksum;
+  absl::MutexLock lock(&id_mu_);
+  if (!id_.has_value()) {
+    std::vector<uint8_t> bytes = Serialize();
+    uint64_t checksum;
+    std::memcpy(&checksum, bytes.data() + bytes.size() - 8, 8);
+    id_ = checksum;
+  }
+  return *id_;
 }
 
 absl::StatusOr<CodecProfile> CodecProfile::Parse(

@@ -18,10 +18,13 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 
 namespace strata::codecs {
@@ -34,6 +37,17 @@ struct ProfileTensor {
 class CodecProfile {
  public:
   explicit CodecProfile(std::string model_id) : model_id_(std::move(model_id)) {}
+  CodecProfile(const CodecProfile& other)
+      : model_id_(other.model_id_), tensors_(other.tensors_) {}
+  CodecProfile(CodecProfile&& other) noexcept
+      : model_id_(std::move(other.model_id_)),
+        tensors_(std::move(other.tensors_)) {}
+  CodecProfile& operator=(CodecProfile other) {
+    std::swap(model_id_, other.model_id_);
+    std::swap(tensors_, other.tensors_);
+    ForgetId();
+    return *this;
+  }
 
   // Adds or replaces a tensor. `data.size()` must equal prod(dims).
   absl::Status Put(const std::string& name, std::vector<uint32_t> dims,
@@ -59,6 +73,10 @@ class CodecProfile {
  private:
   std::string model_id_;
   std::map<std::string, ProfileTensor> tensors_;  // Sorted: deterministic.
+  void ForgetId();
+  // id() hashes the whole content (megabytes): cached until Put changes it.
+  mutable absl::Mutex id_mu_;
+  mutable std::optional<uint64_t> id_ ABSL_GUARDED_BY(id_mu_);
 };
 
 }  // namespace strata::codecs

@@ -87,20 +87,23 @@ float Fp8E4M3ToFloat(uint8_t v) {
 uint8_t FloatToFp8E4M3(float f) {
   if (std::isnan(f)) return 0x7F;
   const uint8_t sign = std::signbit(f) ? 0x80 : 0;
-  float a = std::fabs(f);
-  if (a >= 448.0f) return sign | 0x7E;  // Saturate.
-  // Find the code whose value is nearest (ties to even code): exhaustive over
-  // 127 magnitudes is simple and exact; the reference is not the hot path.
-  uint8_t best = 0;
-  float best_err = a;
-  for (uint8_t c = 1; c <= 0x7E; ++c) {
-    const float err = std::fabs(Fp8E4M3ToFloat(c) - a);
-    if (err < best_err || (err == best_err && (c & 1) == 0)) {
-      best = c;
-      best_err = err;
-    }
+  const float a = std::fabs(f);
+  if (a >= 448.0f) return sign | 0x7E;  // Saturate (no infinities).
+  if (a < 0.015625f) {
+    // Subnormal range, steps of 2^-9; 8 steps is the smallest normal (0x08).
+    return sign | static_cast<uint8_t>(std::nearbyint(a * 512.0f));
   }
-  return sign | best;
+  int e;
+  const float m = std::frexp(a, &e);  // a = m * 2^e, m in [0.5, 1).
+  int biased = e - 1 + 7;
+  // Mantissa in eighths, round to nearest even (nearbyint's default mode).
+  int mant = static_cast<int>(std::nearbyint((2.0f * m - 1.0f) * 8.0f));
+  if (mant == 8) {
+    mant = 0;
+    ++biased;
+  }
+  if (biased > 15 || (biased == 15 && mant == 7)) return sign | 0x7E;
+  return sign | static_cast<uint8_t>((biased << 3) | mant);
 }
 
 absl::StatusOr<KvTensor> KvTensorFromRaw(const BlockShape& shape,

@@ -42,6 +42,24 @@ TEST(DtypeConversion, EveryFp8E4M3RoundTripsAndSaturates) {
   EXPECT_EQ(FloatToFp8E4M3(-1e6f), 0xFE);
 }
 
+// The closed-form fp8 encoder picks the nearest code, ties to the even code.
+TEST(DtypeConversion, Fp8E4M3PicksTheNearestCodeTiesToEven) {
+  std::vector<float> magnitudes;
+  for (uint32_t c = 0; c <= 0x7E; ++c) magnitudes.push_back(Fp8E4M3ToFloat(c));
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> u(0, 1);
+  for (int i = 0; i < 200000; ++i) {
+    const uint32_t c = rng() % 0x7E;
+    // Points between codes c and c+1, including the exact midpoint.
+    const float lo = magnitudes[c], hi = magnitudes[c + 1];
+    const float x = i % 100 == 0 ? (lo + hi) / 2 : lo + (hi - lo) * u(rng);
+    const float dlo = x - lo, dhi = hi - x;
+    uint8_t want = dlo < dhi ? c : dhi < dlo ? c + 1 : ((c & 1) ? c + 1 : c);
+    ASSERT_EQ(FloatToFp8E4M3(x), want) << x;
+    ASSERT_EQ(FloatToFp8E4M3(-x), want | 0x80) << -x;
+  }
+}
+
 TEST(DtypeConversion, HalfRoundsToNearestEven) {
   EXPECT_EQ(FloatToHalf(1.0f + 1.0f / 2048), 0x3C00);      // Tie: even.
   EXPECT_EQ(FloatToHalf(1.0f + 3.0f / 2048), 0x3C02);      // Tie: even up.
