@@ -336,7 +336,7 @@ class AquaCodec final : public Codec {
           const float* src = walk.Row(k, r);
           float* dst = result.vec(k, l - selection.layer_begin, r, 0);
           for (uint32_t j = 0; j < w.hd; ++j) {
-            dst[j] = quant_internal::RoundToDtype(src[j], shape.dtype);
+            dst[j] = RoundToDtype(src[j], shape.dtype);
           }
         }
       }

@@ -1,5 +1,6 @@
 #include "codecs/kv_tensor.h"
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -104,6 +105,23 @@ uint8_t FloatToFp8E4M3(float f) {
   }
   if (biased > 15 || (biased == 15 && mant == 7)) return sign | 0x7E;
   return sign | static_cast<uint8_t>((biased << 3) | mant);
+}
+
+float RoundToDtype(float v, DType dtype) {
+  constexpr float kHalfMax = 65504.0f;
+  constexpr float kBFloat16Max = 3.38953139e38f;  // bf16 0x7F7F.
+  switch (dtype) {
+    case DType::kFloat16:
+      return HalfToFloat(FloatToHalf(std::clamp(v, -kHalfMax, kHalfMax)));
+    case DType::kBFloat16:
+      return BFloat16ToFloat(
+          FloatToBFloat16(std::clamp(v, -kBFloat16Max, kBFloat16Max)));
+    case DType::kFloat8E4M3:
+      return Fp8E4M3ToFloat(FloatToFp8E4M3(v));
+    case DType::kFloat32:
+      return v;
+  }
+  return v;
 }
 
 absl::StatusOr<KvTensor> KvTensorFromRaw(const BlockShape& shape,

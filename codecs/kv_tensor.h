@@ -64,6 +64,10 @@ uint16_t FloatToBFloat16(float f);
 float Fp8E4M3ToFloat(uint8_t v);
 uint8_t FloatToFp8E4M3(float f);
 
+// Rounds v to `dtype` (saturating at its largest finite value) and back:
+// what an engine cache of that dtype holds. Decoders apply it to every value.
+float RoundToDtype(float v, DType dtype);
+
 // A raw payload (shape.RawBytes() bytes in shape.dtype) as fp32.
 // INVALID_ARGUMENT naming "payload" when the size does not match.
 absl::StatusOr<KvTensor> KvTensorFromRaw(const BlockShape& shape,

@@ -33,23 +33,6 @@ bool AllFinite(absl::Span<const float> v) {
                      [](float x) { return std::isfinite(x); });
 }
 
-// Rounds a decoded value to the block dtype (saturating at its largest
-// finite value): decode returns what an engine cache of that dtype holds.
-float RoundToDtype(float v, DType dtype) {
-  switch (dtype) {
-    case DType::kFloat16:
-      return HalfToFloat(FloatToHalf(std::clamp(v, -65504.0f, 65504.0f)));
-    case DType::kBFloat16: {
-      constexpr float kMax = 3.38953139e38f;  // bf16 0x7F7F.
-      return BFloat16ToFloat(FloatToBFloat16(std::clamp(v, -kMax, kMax)));
-    }
-    case DType::kFloat8E4M3:
-      return Fp8E4M3ToFloat(FloatToFp8E4M3(v));
-    case DType::kFloat32:
-      return v;
-  }
-  return v;
-}
 
 // The largest fp16 <= v and the smallest fp16 >= v (v finite, |v| <= 65504).
 uint16_t HalfAtMost(float v) {

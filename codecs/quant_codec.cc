@@ -162,20 +162,6 @@ absl::Status SlabQuantizer::DequantizeToken(absl::Span<const uint8_t> slab,
   return absl::OkStatus();
 }
 
-float RoundToDtype(float v, DType dtype) {
-  switch (dtype) {
-    case DType::kFloat16:
-      return HalfToFloat(FloatToHalf(std::clamp(v, -kHalfMax, kHalfMax)));
-    case DType::kBFloat16:
-      return BFloat16ToFloat(
-          FloatToBFloat16(std::clamp(v, -kBFloat16Max, kBFloat16Max)));
-    case DType::kFloat8E4M3:
-      return Fp8E4M3ToFloat(FloatToFp8E4M3(v));
-    case DType::kFloat32:
-      return v;
-  }
-  return v;
-}
 
 void StoreDtype(float v, DType dtype, uint8_t* p) {
   switch (dtype) {
@@ -519,7 +505,7 @@ class QuantCodec final : public Codec {
       }
     }
     for (float& v : result.data)
-      v = quant_internal::RoundToDtype(v, shape.dtype);
+      v = RoundToDtype(v, shape.dtype);
     *out = std::move(result);
     return absl::OkStatus();
   }

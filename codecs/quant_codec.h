@@ -89,8 +89,6 @@ struct SlabQuantizer {
                                float* dst) const;
 };
 
-// Rounds v to `dtype`, saturating at its largest finite value, and back.
-float RoundToDtype(float v, DType dtype);
 // Stores v in `dtype` (saturating) at p (DTypeSize bytes, little-endian).
 void StoreDtype(float v, DType dtype, uint8_t* p);
 // Loads a `dtype` value; false when it is not finite.

@@ -80,8 +80,8 @@ class SyntheticModel {
           v.swap(nv);
         }
         for (uint32_t j = 0; j < hd; ++j) {
-          k[j] = quant_internal::RoundToDtype(k[j], dtype);
-          v[j] = quant_internal::RoundToDtype(v[j], dtype);
+          k[j] = RoundToDtype(k[j], dtype);
+          v[j] = RoundToDtype(v[j], dtype);
           kv.vec(0, l, t, 0)[j] = k[j];
           kv.vec(1, l, t, 0)[j] = v[j];
         }

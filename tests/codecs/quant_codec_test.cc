@@ -24,7 +24,7 @@ constexpr DType kAllDtypes[] = {DType::kFloat16, DType::kBFloat16,
 
 // Values as a cache of `dtype` holds them.
 float RoundToDtypeForTest(float v, DType dtype) {
-  return quant_internal::RoundToDtype(v, dtype);
+  return RoundToDtype(v, dtype);
 }
 
 KvTensor GaussianKv(const BlockShape& shape, uint32_t seed) {
