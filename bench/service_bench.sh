@@ -68,7 +68,9 @@ for transport in $TRANSPORTS; do
   plane=grpc
   case "$transport" in
     ucx-tcp) env_vars=(UCX_NET_DEVICES=lo UCX_TLS=tcp); plane=ucx ;;
-    ucx-shm) env_vars=(UCX_TLS=posix,cma,self); plane=ucx ;;
+    # UCX 1.13 needs tcp listed to connect by sockaddr; the bytes then move
+    # over posix (messages) and cma (blocks) only (docs/protocol.md).
+    ucx-shm) env_vars=(UCX_NET_DEVICES=lo UCX_TLS=posix,cma,tcp); plane=ucx ;;
   esac
   mkfifo "$work/ready.$transport"
   env "${env_vars[@]}" "$BUILD_DIR/cluster/stratad" --listen=127.0.0.1:0 \

@@ -1,5 +1,6 @@
 // strata::client::Client over one gRPC channel (the callback API; retries on
-// grpc::Alarm, see rpc_call.h). Batch calls are in batch_calls.cc.
+// grpc::Alarm, see rpc_call.h). Batch calls are in batch_calls.cc; the UCX
+// data plane's discovery and puts in data_plane_calls.cc.
 #include "client/grpc_client.h"
 
 #include <grpcpp/create_channel.h>
@@ -52,6 +53,11 @@ absl::Status ValidateOptions(const ClientOptions& o) {
         absl::StrCat("max_message_bytes: must be in [", kMinMessageBytes, ", ",
                      INT_MAX, "], got ", o.max_message_bytes));
   }
+  if (o.data_plane != "grpc" && o.data_plane != "ucx" &&
+      o.data_plane != "auto") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "data_plane: \"", o.data_plane, "\" (want grpc, ucx or auto)"));
+  }
   if (o.max_batch_items < 1 || o.max_batch_items > kMaxRpcItems) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_batch_items: must be in [1, ", kMaxRpcItems,
@@ -95,6 +101,9 @@ GrpcClient::GrpcClient(const ClientOptions& options)
 }
 
 GrpcClient::~GrpcClient() {
+  // UCX calls still pending answer CANCELLED; their callbacks use the buffer
+  // table.
+  ucx_.reset();
   // In-flight callbacks use the stubs and the buffer table.
   tracker_->WaitIdle();
 }
@@ -156,6 +165,10 @@ std::future<absl::StatusOr<PutResult>> GrpcClient::PutAsync(
   if (absl::Status s = ValidateBlock(block); !s.ok()) return Ready<R>(s);
   absl::StatusOr<absl::Time> deadline = Deadline(call);
   if (!deadline.ok()) return Ready<R>(deadline.status());
+  if (PutOverUcx(block, put)) {
+    // The caller may free the block on return: the transport copies it.
+    return UcxPut(key, block, /*caller_waits=*/false, put, *deadline);
+  }
   v1::PutRequest req;
   FillPut(&req, key, block, put);
   return Unary<v1::PutRequest, v1::PutResponse, PutResult>(
@@ -168,6 +181,13 @@ std::future<absl::StatusOr<GetResult>> GrpcClient::GetAsync(
   using R = absl::StatusOr<GetResult>;
   absl::StatusOr<absl::Time> deadline = Deadline(call);
   if (!deadline.ok()) return Ready<R>(deadline.status());
+  if (ucx_ != nullptr) {
+    auto promise = std::make_shared<std::promise<R>>();
+    std::future<R> future = promise->get_future();
+    ucx_->Get(key, *deadline,
+              [promise](R r) { promise->set_value(std::move(r)); });
+    return future;
+  }
   v1::GetRequest req;
   req.set_key(key.ToBytesString());
   return Unary<v1::GetRequest, v1::GetResponse, GetResult>(
@@ -184,25 +204,46 @@ std::future<absl::StatusOr<size_t>> GrpcClient::GetIntoAsync(
     const BlockKey& key, BufferHandle buffer, uint64_t offset,
     uint64_t capacity, const CallOptions& call) {
   using R = absl::StatusOr<size_t>;
+  const bool over_ucx = ucx_ != nullptr && capacity >= options_.ucx_min_bytes;
+  uint8_t* dst = nullptr;
+  absl::Time deadline;
   {
-    absl::ReaderMutexLock lock(&buffers_mu_);
+    absl::MutexLock lock(&buffers_mu_);
     auto it = buffers_.find(buffer.id);
-    if (it == buffers_.end()) {
+    if (it == buffers_.end() || it->second->unregistering) {
       return Ready<R>(absl::NotFoundError(
           absl::StrCat("buffer: no registered buffer ", buffer.id)));
     }
-    const uint64_t size = it->second.size;
-    if (offset > size || capacity > size - offset) {
+    Region& region = *it->second;
+    if (offset > region.size || capacity > region.size - offset) {
       return Ready<R>(absl::InvalidArgumentError(absl::StrCat(
           "offset: [", offset, ", ", offset, " + ", capacity,
-          ") leaves buffer ", buffer.id, " of ", size, " bytes")));
+          ") leaves buffer ", buffer.id, " of ", region.size, " bytes")));
     }
+    if (capacity == 0) {
+      return Ready<R>(absl::InvalidArgumentError("capacity: zero"));
+    }
+    absl::StatusOr<absl::Time> d = Deadline(call);
+    if (!d.ok()) return Ready<R>(d.status());
+    deadline = *d;
+    dst = static_cast<uint8_t*>(region.data) + offset;
+    // UCX writes into the region directly: UnregisterBuffer waits for it.
+    if (over_ucx) ++region.ucx_inflight;
   }
-  if (capacity == 0) {
-    return Ready<R>(absl::InvalidArgumentError("capacity: zero"));
+  if (over_ucx) {
+    auto promise = std::make_shared<std::promise<R>>();
+    std::future<R> future = promise->get_future();
+    ucx_->GetInto(key, dst, static_cast<size_t>(capacity), deadline,
+                  [this, id = buffer.id, promise](R r) {
+                    {
+                      absl::MutexLock lock(&buffers_mu_);
+                      auto it = buffers_.find(id);
+                      if (it != buffers_.end()) --it->second->ucx_inflight;
+                    }
+                    promise->set_value(std::move(r));
+                  });
+    return future;
   }
-  absl::StatusOr<absl::Time> deadline = Deadline(call);
-  if (!deadline.ok()) return Ready<R>(deadline.status());
   v1::GetRequest req;
   req.set_key(key.ToBytesString());
   std::promise<R> promise;
@@ -223,17 +264,17 @@ std::future<absl::StatusOr<size_t>> GrpcClient::GetIntoAsync(
     // writes to the region any more.
     absl::ReaderMutexLock lock(&buffers_mu_);
     auto it = buffers_.find(id);
-    if (it == buffers_.end()) {
+    if (it == buffers_.end() || it->second->unregistering) {
       promise.set_value(absl::NotFoundError(absl::StrCat(
           "buffer: ", id, " was unregistered during the call")));
       return;
     }
     promise.set_value(CopyGetResponseBlock(
-        r, static_cast<uint8_t*>(it->second.data) + offset,
+        r, static_cast<uint8_t*>(it->second->data) + offset,
         static_cast<size_t>(capacity)));
   };
   StartRetryingCall<v1::GetRequest, grpc::ByteBuffer>(
-      policy_, tracker_, *deadline, std::move(req), std::move(start),
+      policy_, tracker_, deadline, std::move(req), std::move(start),
       std::move(done));
   return future;
 }
@@ -414,16 +455,23 @@ absl::StatusOr<BufferHandle> GrpcClient::RegisterBuffer(void* data,
   if (size == 0) return absl::InvalidArgumentError("size: zero");
   absl::MutexLock lock(&buffers_mu_);
   const uint64_t id = next_buffer_id_++;  // Never reused.
-  buffers_.emplace(id, Region{data, size});
+  buffers_.emplace(id, std::make_unique<Region>(Region{data, size}));
   return BufferHandle{id};
 }
 
 absl::Status GrpcClient::UnregisterBuffer(BufferHandle buffer) {
   absl::MutexLock lock(&buffers_mu_);
-  if (buffers_.erase(buffer.id) == 0) {
+  auto it = buffers_.find(buffer.id);
+  if (it == buffers_.end() || it->second->unregistering) {
     return absl::NotFoundError(
         absl::StrCat("buffer: no registered buffer ", buffer.id));
   }
+  Region* region = it->second.get();
+  region->unregistering = true;
+  // UCX transfers into the region end by their deadlines at the latest.
+  buffers_mu_.Await(absl::Condition(
+      +[](Region* r) { return r->ucx_inflight == 0; }, region));
+  buffers_.erase(buffer.id);
   return absl::OkStatus();
 }
 
@@ -564,7 +612,13 @@ absl::Status GrpcClient::Health(const CallOptions& call) {
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
     const ClientOptions& options) {
   STRATA_RETURN_IF_ERROR(internal::ValidateOptions(options));
-  return std::unique_ptr<Client>(new internal::GrpcClient(options));
+  auto client = std::make_unique<internal::GrpcClient>(options);
+  if (options.data_plane != "grpc") {
+    absl::Status s = client->StartDataPlane();
+    if (!s.ok() && options.data_plane == "ucx") return s;
+    // "auto": gRPC carries everything.
+  }
+  return std::unique_ptr<Client>(std::move(client));
 }
 
 }  // namespace strata::client

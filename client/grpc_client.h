@@ -22,6 +22,7 @@
 #include "absl/time/time.h"
 #include "client/rpc_call.h"
 #include "client/strata_client.h"
+#include "client/ucx_transport.h"
 #include "kvstore/block_format.h"
 #include "strata/v1/admin.grpc.pb.h"
 #include "strata/v1/data.grpc.pb.h"
@@ -58,9 +59,18 @@ class GrpcClient final : public Client {
   explicit GrpcClient(const ClientOptions& options);
   ~GrpcClient() override;
 
+  // Asks the daemon for its data plane (Hello) and connects to it over UCX;
+  // UNAVAILABLE naming "data_plane" when that fails. Called once, by
+  // Client::Connect, before the client is shared.
+  absl::Status StartDataPlane();
+
   std::future<absl::StatusOr<PutResult>> PutAsync(
       const BlockKey& key, absl::Span<const uint8_t> block,
       const PutOptions& put, const CallOptions& call) override;
+  absl::StatusOr<PutResult> Put(const BlockKey& key,
+                                absl::Span<const uint8_t> block,
+                                const PutOptions& put,
+                                const CallOptions& call) override;
   std::future<absl::StatusOr<GetResult>> GetAsync(
       const BlockKey& key, const CallOptions& call) override;
   std::future<absl::StatusOr<size_t>> GetIntoAsync(
@@ -94,11 +104,14 @@ class GrpcClient final : public Client {
   absl::Status Drain(const CallOptions& call) override;
   absl::StatusOr<std::string> GetConfig(const CallOptions& call) override;
   absl::Status Health(const CallOptions& call) override;
+  std::string DataPlane() const override { return data_plane_; }
 
  private:
   struct Region {
     void* data;
     size_t size;
+    int ucx_inflight = 0;        // UCX GetIntos that may write into it.
+    bool unregistering = false;  // UnregisterBuffer is waiting.
   };
   struct BatchGetState;
   struct LeadingHitsState;
@@ -113,6 +126,12 @@ class GrpcClient final : public Client {
   // INVALID_ARGUMENT naming "block": empty, too large for one message, or a
   // header that does not parse or disagrees with the length.
   absl::Status ValidateBlock(absl::Span<const uint8_t> block) const;
+  // Whether a put of `block` goes over UCX.
+  bool PutOverUcx(absl::Span<const uint8_t> block, const PutOptions& put) const;
+  // Put over UCX; `caller_waits` for the sync Put (UcxTransport::Put).
+  std::future<absl::StatusOr<PutResult>> UcxPut(
+      const BlockKey& key, absl::Span<const uint8_t> block, bool caller_waits,
+      const PutOptions& put, absl::Time deadline);
   static void FillPut(v1::PutRequest* req, const BlockKey& key,
                       absl::Span<const uint8_t> block, const PutOptions& put);
   // Issues one BatchGet RPC for the keys of `state` at `indices`; re-sends
@@ -170,8 +189,16 @@ class GrpcClient final : public Client {
       generic_get_;
   std::unique_ptr<grpc::GenericStub> generic_;
 
+  // The UCX data plane, or null (gRPC only). Set before the client is
+  // shared; destroyed first (it answers its pending calls).
+  std::unique_ptr<UcxTransport> ucx_;
+  std::string data_plane_ = "grpc";
+
   absl::Mutex buffers_mu_;
-  absl::flat_hash_map<uint64_t, Region> buffers_ ABSL_GUARDED_BY(buffers_mu_);
+  // Regions are heap-allocated so UnregisterBuffer can wait on one while
+  // others are registered.
+  absl::flat_hash_map<uint64_t, std::unique_ptr<Region>> buffers_
+      ABSL_GUARDED_BY(buffers_mu_);
   uint64_t next_buffer_id_ ABSL_GUARDED_BY(buffers_mu_) = 1;
 };
 

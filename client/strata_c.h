@@ -45,7 +45,8 @@
 extern "C" {
 #endif
 
-/* An open client: one gRPC channel to one daemon. Opaque. */
+/* An open client: one gRPC channel (and, when the daemon offers it, one UCX
+ * data-plane connection) to one daemon. Opaque. */
 typedef struct strata_client strata_client_t;
 
 /* STRATA_C_ABI_VERSION of the loaded library; compare it with the header's
@@ -60,9 +61,11 @@ STRATA_C_API const char* strata_last_error(void);
 /* ---- Clients. */
 
 /* Opens a client to `address` ("host:port"). `deadline_ms` is the deadline of
- * every call of this client; <= 0 takes the default (10 s). Does not wait
- * for the daemon: the first call fails with 14 (UNAVAILABLE) if it is not up.
- * On success *out is the new client. */
+ * every call of this client; <= 0 takes the default (10 s). It asks the
+ * daemon for its UCX data plane (ClientOptions::data_plane "auto",
+ * docs/protocol.md) and moves blocks over it when reachable; a daemon that
+ * is not up makes it fall back to gRPC, not fail: the first call then fails
+ * with 14 (UNAVAILABLE). On success *out is the new client. */
 STRATA_C_API int strata_client_open(const char* address, int64_t deadline_ms,
                                     strata_client_t** out);
 

@@ -19,7 +19,17 @@
 // lands blocks in it directly, with no intermediate buffer owned by the
 // client. Over gRPC the bytes are copied once, from the receive buffer into
 // the region; the UCX data plane (docs/protocol.md) writes them there
-// directly.
+// directly (rendezvous transfers: UCX places the block into the region; small
+// eager replies are copied once from UCX's receive buffer).
+//
+// Data plane: gRPC carries control and small payloads. When
+// ClientOptions::data_plane allows it and the daemon runs its UCX data plane
+// (learnt with the Hello RPC at Connect), Put / Get / GetInto of blocks of at
+// least `ucx_min_bytes` move over UCX (TCP, or shared memory between
+// processes of one host, as the UCX_* environment of each process selects;
+// docs/protocol.md). Deadlines, UNAVAILABLE retries and status codes are the
+// same on both paths. The sync Put sends straight from the caller's memory
+// over UCX; PutAsync copies the block first (it may be freed on return).
 //
 // Thread safety: a Client is thread-safe; share one per process. It must
 // outlive every future it returned.
@@ -51,6 +61,18 @@ struct ClientOptions {
   absl::Duration max_backoff = absl::Seconds(1);
   uint64_t max_message_bytes = uint64_t{80} << 20;
   size_t max_batch_items = 128;
+  // "grpc": every byte over gRPC. "ucx": bulk over UCX, required: Connect
+  // fails with UNAVAILABLE naming "data_plane" unless Hello returns a UCX
+  // address and a UCX round trip to it succeeds within default_deadline.
+  // "auto": as "ucx" when that works, else gRPC (Connect still succeeds).
+  std::string data_plane = "auto";
+  // Put blocks smaller than this, and GetInto with a smaller capacity, go
+  // over gRPC even when UCX is up (Get, whose size is unknown in advance,
+  // always takes UCX then). Default 0, every block over UCX: measured
+  // (bench/results/data_plane.md), UCX is 1.2-11x gRPC from 256 KiB up;
+  // below 64 KiB it is within noise of gRPC for one client and ahead with
+  // four (even for TCP at 64 KiB). No size favoured gRPC.
+  uint64_t ucx_min_bytes = 0;
 };
 
 struct CallOptions {
@@ -117,8 +139,11 @@ using kvstore::KeyNamespace;
 class Client {
  public:
   // Validates options (INVALID_ARGUMENT naming the field) and creates the
-  // channel. Does not wait for the daemon: the first call may fail with
-  // UNAVAILABLE (after retries) if it is not up.
+  // channel. With data_plane "grpc" it does not wait for the daemon: the
+  // first call may fail with UNAVAILABLE (after retries) if it is not up.
+  // With "auto" or "ucx" it asks the daemon for its data plane (Hello) and
+  // connects to it; "auto" falls back to gRPC when that fails, "ucx" fails
+  // with UNAVAILABLE naming "data_plane".
   static absl::StatusOr<std::unique_ptr<Client>> Connect(
       const ClientOptions& options);
   virtual ~Client() = default;
@@ -145,11 +170,12 @@ class Client {
   virtual std::future<absl::StatusOr<uint32_t>> LeadingHitsAsync(
       absl::Span<const BlockKey> keys, const CallOptions& call = {}) = 0;
 
-  // ---- Data path, sync (the async call + get()).
-  absl::StatusOr<PutResult> Put(const BlockKey& key,
-                                absl::Span<const uint8_t> block,
-                                const PutOptions& put = {},
-                                const CallOptions& call = {}) {
+  // ---- Data path, sync (the async call + get(); Put may skip PutAsync's
+  // copy of the block because the caller's memory outlives the call).
+  virtual absl::StatusOr<PutResult> Put(const BlockKey& key,
+                                        absl::Span<const uint8_t> block,
+                                        const PutOptions& put = {},
+                                        const CallOptions& call = {}) {
     return PutAsync(key, block, put, call).get();
   }
   absl::StatusOr<GetResult> Get(const BlockKey& key,
@@ -181,6 +207,9 @@ class Client {
   // INVALID_ARGUMENT naming "data"/"size" for null or empty regions.
   virtual absl::StatusOr<BufferHandle> RegisterBuffer(void* data,
                                                       size_t size) = 0;
+  // Once it returns, no call writes into the buffer any more: it waits for
+  // UCX transfers into it that are in flight (bounded by their deadlines);
+  // GetInto calls still running on it answer NOT_FOUND naming "buffer".
   virtual absl::Status UnregisterBuffer(BufferHandle buffer) = 0;
 
   // ---- Admin.
@@ -192,6 +221,10 @@ class Client {
       const CallOptions& call = {}) = 0;
   // gRPC health check of the DataService: OK when serving.
   virtual absl::Status Health(const CallOptions& call = {}) = 0;
+
+  // The bulk data path chosen at Connect: "grpc", or "ucx:" and the UCX
+  // transports carrying it (e.g. "ucx:tcp", "ucx:sysv,cma").
+  virtual std::string DataPlane() const = 0;
 };
 
 }  // namespace strata::client

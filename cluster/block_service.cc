@@ -1,5 +1,7 @@
 #include "cluster/block_service.h"
 
+#include <algorithm>
+
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -79,11 +81,7 @@ absl::StatusOr<std::vector<BlockKey>> ParseKeys(
 }
 
 absl::Status CheckNotDraining(const ServiceContext* ctx) {
-  if (ctx->draining.load(std::memory_order_acquire)) {
-    return absl::UnavailableError(
-        "draining: this daemon accepts no new blocks");
-  }
-  return absl::OkStatus();
+  return CheckAcceptingBlocks(ctx);
 }
 
 absl::StatusOr<kvstore::PutOutcome> PutOne(ServiceContext* ctx,
@@ -95,14 +93,29 @@ absl::StatusOr<kvstore::PutOutcome> PutOne(ServiceContext* ctx,
   if (req.has_durable()) options.durable = req.durable();
   options.tenant = req.labels().tenant();
   options.model = req.labels().model();
-  return ctx->store->Put(
-      *key,
+  return StoreBlock(
+      ctx, *key,
       absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(req.block().data()),
                           req.block().size()),
       options);
 }
 
 }  // namespace
+
+absl::Status CheckAcceptingBlocks(const ServiceContext* ctx) {
+  if (ctx->draining.load(std::memory_order_acquire)) {
+    return absl::UnavailableError(
+        "draining: this daemon accepts no new blocks");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<kvstore::PutOutcome> StoreBlock(
+    ServiceContext* ctx, const kvstore::BlockKey& key,
+    absl::Span<const uint8_t> block, const kvstore::PutOptions& options) {
+  if (absl::Status s = CheckAcceptingBlocks(ctx); !s.ok()) return s;
+  return ctx->store->Put(key, block, options);
+}
 
 // ---------------------------------------------------------------- Data
 
@@ -291,6 +304,21 @@ grpc::Status DataServiceImpl::Unpin(grpc::ServerContext*,
   auto key = ParseKey(req->key(), "key");
   if (!key.ok()) return rpc.Finish(key.status());
   return rpc.Finish(ctx_->store->Unpin(*key));
+}
+
+grpc::Status DataServiceImpl::Hello(grpc::ServerContext*,
+                                    const strata::v1::HelloRequest* req,
+                                    strata::v1::HelloResponse* resp) {
+  RpcScope rpc(ctx_, Rpc::kHello);
+  resp->set_protocol_version(1);
+  const bool wants_ucx =
+      std::find(req->transports().begin(), req->transports().end(), "ucx") !=
+      req->transports().end();
+  if (wants_ucx && !ctx_->ucx_address.empty()) {
+    resp->set_ucx_address(ctx_->ucx_address);
+    resp->set_ucx_peer_error_handling(ctx_->ucx_peer_error_handling);
+  }
+  return rpc.Finish(absl::OkStatus());
 }
 
 // ---------------------------------------------------------------- Admin

@@ -38,7 +38,23 @@ struct ServiceContext {
   // Called once when a drain starts (the daemon flips its health to
   // NOT_SERVING). May be empty.
   std::function<void()> on_drain;
+  // The UCX data plane's "host:port" (Hello); empty when it is off. Set
+  // before the gRPC server starts, constant afterwards.
+  std::string ucx_address;
+  bool ucx_peer_error_handling = false;
 };
+
+// Shared by the gRPC handlers and the UCX data plane, so both answer the same
+// codes and messages.
+//
+// UNAVAILABLE ("draining: ...") while the daemon is draining.
+absl::Status CheckAcceptingBlocks(const ServiceContext* ctx);
+// The drain check, then TieredStore::Put. `field` prefixes a bad key's
+// message (e.g. "items[3].").
+absl::StatusOr<kvstore::PutOutcome> StoreBlock(ServiceContext* ctx,
+                                               const kvstore::BlockKey& key,
+                                               absl::Span<const uint8_t> block,
+                                               const kvstore::PutOptions& options);
 
 class DataServiceImpl final : public strata::v1::DataService::Service {
  public:
@@ -68,6 +84,9 @@ class DataServiceImpl final : public strata::v1::DataService::Service {
                    strata::v1::PinResponse*) override;
   grpc::Status Unpin(grpc::ServerContext*, const strata::v1::UnpinRequest*,
                      strata::v1::UnpinResponse*) override;
+  // Data-plane discovery: the UCX address when the client offers "ucx".
+  grpc::Status Hello(grpc::ServerContext*, const strata::v1::HelloRequest*,
+                     strata::v1::HelloResponse*) override;
 
  private:
   ServiceContext* const ctx_;

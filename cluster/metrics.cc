@@ -27,7 +27,7 @@ const char* RpcName(Rpc rpc) {
   static constexpr const char* kNames[] = {
       "put", "batch_put", "get", "batch_get", "exists", "leading_hits",
       "prefix_lookup", "remove", "pin", "unpin", "stats", "evict", "drain",
-      "get_config"};
+      "get_config", "hello"};
   return kNames[static_cast<int>(rpc)];
 }
 

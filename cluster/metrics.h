@@ -24,7 +24,7 @@ namespace strata::cluster {
 
 enum class Rpc : int {
   kPut, kBatchPut, kGet, kBatchGet, kExists, kLeadingHits, kPrefixLookup,
-  kRemove, kPin, kUnpin, kStats, kEvict, kDrain, kGetConfig,
+  kRemove, kPin, kUnpin, kStats, kEvict, kDrain, kGetConfig, kHello,
   kCount,
 };
 const char* RpcName(Rpc rpc);

@@ -108,6 +108,8 @@ absl::StatusOr<ServerConfig> ResolveConfig(StratadConfig c) {
   if (!c.has_default_lease_ms()) c.set_default_lease_ms(10000);
   if (!c.has_max_pin_ttl_s()) c.set_max_pin_ttl_s(86400);
   if (!c.has_log_format()) c.set_log_format("json");
+  if (!c.has_data_plane_listen()) c.set_data_plane_listen("127.0.0.1:7071");
+  if (!c.has_data_plane_error_mode()) c.set_data_plane_error_mode("none");
   if (!c.has_grpc_threads()) {
     c.set_grpc_threads(std::max(4u, std::thread::hardware_concurrency()));
   }
@@ -122,6 +124,22 @@ absl::StatusOr<ServerConfig> ResolveConfig(StratadConfig c) {
     return absl::InvalidArgumentError(absl::StrCat(
         "metrics_listen: \"", c.metrics_listen(), "\" is not host:port"));
   }
+  if (!c.data_plane_listen().empty()) {
+    const std::string& d = c.data_plane_listen();
+    const size_t colon = d.rfind(':');
+    uint32_t port = 0;
+    if (colon == std::string::npos || colon == 0 ||
+        !absl::SimpleAtoi(d.substr(colon + 1), &port) || port > 65535) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "data_plane_listen: \"", d, "\" is not host:port (\"\" = off)"));
+    }
+  }
+  if (c.data_plane_error_mode() != "none" &&
+      c.data_plane_error_mode() != "peer") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("data_plane_error_mode: \"", c.data_plane_error_mode(),
+                     "\" (want none or peer)"));
+  }
   if (c.data_dir().empty()) {
     return absl::InvalidArgumentError("data_dir: must not be empty");
   }
@@ -134,6 +152,8 @@ absl::StatusOr<ServerConfig> ResolveConfig(StratadConfig c) {
   }
   out.listen = c.listen();
   out.metrics_listen = c.metrics_listen();
+  out.data_plane_listen = c.data_plane_listen();
+  out.data_plane_peer_errors = c.data_plane_error_mode() == "peer";
   out.data_dir = c.data_dir();
   out.log_format = c.log_format();
   out.grpc_threads = c.grpc_threads();

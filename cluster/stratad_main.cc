@@ -8,13 +8,16 @@
 // 127.0.0.1:7070 (gRPC) and 127.0.0.1:9464 (/metrics), data in ./strata-data.
 //
 // When serving, it prints one line on stdout:
-//   stratad ready grpc=HOST:PORT metrics=HOST:PORT pid=PID
-// (ports resolved, so port 0 in the config picks free ones), then logs to
-// stderr. SIGTERM or SIGINT: stop accepting RPCs, finish those in flight
-// (5 s grace), close the store (flushing the SSD tier), exit 0.
+//   stratad ready grpc=HOST:PORT metrics=HOST:PORT ucx=HOST:PORT pid=PID
+// (ports resolved, so port 0 in the config picks free ones; "off" for a
+// disabled endpoint), then logs to stderr. The UCX data plane
+// (cluster/ucx_data_plane.h) honours the UCX_* environment of this process.
+// SIGTERM or SIGINT: stop accepting RPCs, finish those in flight (5 s grace),
+// close the store (flushing the SSD tier), exit 0.
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -29,6 +32,7 @@
 #include "cluster/log.h"
 #include "cluster/metrics.h"
 #include "cluster/server_config.h"
+#include "cluster/ucx_data_plane.h"
 #include "google/protobuf/text_format.h"
 #include "httplib.h"
 
@@ -140,6 +144,27 @@ int Run(int argc, char** argv) {
   ctx.metrics = &metrics;
   ctx.max_message_bytes = resolved->max_message_bytes;
   ctx.config_text = ConfigText(resolved->effective);
+  // The data plane first: Hello must know its address from the first RPC.
+  std::unique_ptr<UcxDataPlane> data_plane;
+  std::string ucx_addr = "off";
+  if (!resolved->data_plane_listen.empty()) {
+    UcxDataPlaneOptions ucx_options;
+    ucx_options.listen = resolved->data_plane_listen;
+    ucx_options.peer_error_handling = resolved->data_plane_peer_errors;
+    ucx_options.worker_threads =
+        static_cast<int>(std::clamp<uint32_t>(resolved->grpc_threads, 2, 8));
+    auto started = UcxDataPlane::Start(&ctx, ucx_options);
+    if (!started.ok()) {
+      LogError("data_plane_listen_failed",
+               {{"data_plane_listen", resolved->data_plane_listen},
+                {"error", std::string(started.status().message())}});
+      return 1;
+    }
+    data_plane = *std::move(started);
+    ucx_addr = data_plane->address();
+    ctx.ucx_address = ucx_addr;
+    ctx.ucx_peer_error_handling = resolved->data_plane_peer_errors;
+  }
   DataServiceImpl data_service(&ctx);
   AdminServiceImpl admin_service(&ctx);
 
@@ -196,9 +221,10 @@ int Run(int argc, char** argv) {
   }
 
   LogInfo("serving", {{"grpc", grpc_addr}, {"metrics", metrics_addr},
-                      {"version", STRATA_VERSION}});
-  std::printf("stratad ready grpc=%s metrics=%s pid=%d\n", grpc_addr.c_str(),
-              metrics_addr.c_str(), static_cast<int>(getpid()));
+                      {"ucx", ucx_addr}, {"version", STRATA_VERSION}});
+  std::printf("stratad ready grpc=%s metrics=%s ucx=%s pid=%d\n",
+              grpc_addr.c_str(), metrics_addr.c_str(), ucx_addr.c_str(),
+              static_cast<int>(getpid()));
   std::fflush(stdout);
 
   int sig = 0;
@@ -210,7 +236,9 @@ int Run(int argc, char** argv) {
     http.stop();
     http_thread.join();
   }
+  if (data_plane != nullptr) data_plane->Stop();
   server.reset();
+  data_plane.reset();  // Releases its leases before the store closes.
   store->reset();  // Closes RocksDB cleanly.
   LogInfo("stopped");
   return 0;

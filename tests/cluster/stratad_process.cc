@@ -17,8 +17,10 @@ extern char** environ;
 namespace strata::testing {
 namespace {
 
-// Spawns argv with stdout on a pipe; returns the read end.
-pid_t Spawn(const std::vector<std::string>& argv, int* out_fd) {
+// Spawns argv with stdout on a pipe; returns the read end. `env` adds to or
+// overrides this process's environment.
+pid_t Spawn(const std::vector<std::string>& argv, int* out_fd,
+            const std::map<std::string, std::string>& env = {}) {
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0) return -1;
   posix_spawn_file_actions_t actions;
@@ -27,8 +29,18 @@ pid_t Spawn(const std::vector<std::string>& argv, int* out_fd) {
   std::vector<char*> args;
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
+  std::vector<std::string> vars;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string var = *e;
+    if (!env.contains(var.substr(0, var.find('=')))) vars.push_back(var);
+  }
+  for (const auto& [name, value] : env) vars.push_back(name + "=" + value);
+  std::vector<char*> envp;
+  for (auto& v : vars) envp.push_back(v.data());
+  envp.push_back(nullptr);
   pid_t pid = -1;
-  if (posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) {
+  if (posix_spawn(&pid, args[0], &actions, nullptr, args.data(),
+                  envp.data()) != 0) {
     pid = -1;
   }
   posix_spawn_file_actions_destroy(&actions);
@@ -40,8 +52,11 @@ pid_t Spawn(const std::vector<std::string>& argv, int* out_fd) {
 }  // namespace
 
 StratadProcess::StratadProcess(std::string data_dir,
-                               std::vector<std::string> flags)
-    : data_dir_(std::move(data_dir)), flags_(std::move(flags)) {}
+                               std::vector<std::string> flags,
+                               std::map<std::string, std::string> env)
+    : data_dir_(std::move(data_dir)),
+      flags_(std::move(flags)),
+      env_(std::move(env)) {}
 
 StratadProcess::~StratadProcess() {
   if (pid_ > 0) Kill();
@@ -50,10 +65,11 @@ StratadProcess::~StratadProcess() {
 absl::Status StratadProcess::Start() {
   std::vector<std::string> argv = {
       STRATAD_PATH, "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
-      "--data_dir=" + data_dir_, "--log_format=text"};
+      "--data_plane_listen=127.0.0.1:0", "--data_dir=" + data_dir_,
+      "--log_format=text"};
   argv.insert(argv.end(), flags_.begin(), flags_.end());
   int fd = -1;
-  pid_ = Spawn(argv, &fd);
+  pid_ = Spawn(argv, &fd, env_);
   if (pid_ <= 0) return absl::InternalError("spawn stratad failed");
   // Read until the ready line; the daemon prints nothing else on stdout.
   std::string line;
@@ -73,6 +89,7 @@ absl::Status StratadProcess::Start() {
     if (absl::ConsumePrefix(&field, "metrics=")) {
       metrics_address_ = std::string(field);
     }
+    if (absl::ConsumePrefix(&field, "ucx=")) ucx_address_ = std::string(field);
   }
   return absl::OkStatus();
 }
@@ -98,8 +115,19 @@ void StratadProcess::Kill() {
   pid_ = -1;
 }
 
-void StratadProcess::Pause() { kill(pid_, SIGSTOP); }
-void StratadProcess::Resume() { kill(pid_, SIGCONT); }
+// SIGSTOP is asynchronous: wait until the daemon is stopped (a fast data
+// plane answers a call sent right after kill() otherwise), and running again.
+void StratadProcess::Pause() {
+  kill(pid_, SIGSTOP);
+  int status = 0;
+  waitpid(pid_, &status, WUNTRACED);
+}
+
+void StratadProcess::Resume() {
+  kill(pid_, SIGCONT);
+  int status = 0;
+  waitpid(pid_, &status, WCONTINUED);
+}
 
 CommandResult RunCommand(const std::vector<std::string>& argv) {
   CommandResult result;

@@ -1,11 +1,13 @@
 // StratadProcess: a real stratad child process for integration tests.
-// Starts it on free loopback ports (port 0), waits for its "ready" line on a
-// pipe (no sleeps), and stops it with SIGTERM, SIGKILL, SIGSTOP/SIGCONT.
+// Starts it on free loopback ports (port 0; the UCX data plane too), waits for
+// its "ready" line on a pipe (no sleeps), and stops it with SIGTERM, SIGKILL,
+// SIGSTOP/SIGCONT.
 #ifndef STRATA_TESTS_CLUSTER_STRATAD_PROCESS_H_
 #define STRATA_TESTS_CLUSTER_STRATAD_PROCESS_H_
 
 #include <sys/types.h>
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -15,8 +17,11 @@ namespace strata::testing {
 
 class StratadProcess {
  public:
-  // `data_dir` is passed as --data_dir; `flags` are extra --field=value.
-  StratadProcess(std::string data_dir, std::vector<std::string> flags = {});
+  // `data_dir` is passed as --data_dir; `flags` are extra --field=value
+  // (later flags win: --data_plane_listen= turns the data plane off). `env`
+  // adds to or overrides the test's environment for the daemon (e.g. UCX_TLS).
+  StratadProcess(std::string data_dir, std::vector<std::string> flags = {},
+                 std::map<std::string, std::string> env = {});
   ~StratadProcess();  // SIGKILLs a still-running daemon.
 
   // Spawns the daemon and blocks until it prints its ready line (or exits).
@@ -25,19 +30,23 @@ class StratadProcess {
   absl::Status Stop();
   // SIGKILL, then waits.
   void Kill();
-  void Pause();   // SIGSTOP.
-  void Resume();  // SIGCONT.
+  void Pause();   // SIGSTOP; returns once the daemon is stopped.
+  void Resume();  // SIGCONT; returns once it runs again.
 
   const std::string& grpc_address() const { return grpc_address_; }
   const std::string& metrics_address() const { return metrics_address_; }
+  // The UCX data plane's "host:port", or "off".
+  const std::string& ucx_address() const { return ucx_address_; }
   pid_t pid() const { return pid_; }
 
  private:
   std::string data_dir_;
   std::vector<std::string> flags_;
+  std::map<std::string, std::string> env_;
   pid_t pid_ = -1;
   std::string grpc_address_;
   std::string metrics_address_;
+  std::string ucx_address_;
 };
 
 // Runs a command to completion and returns its exit status and stdout.

@@ -1,0 +1,288 @@
+#include "common/ucx_worker_loop.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <set>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+
+namespace strata::ucx {
+
+absl::StatusOr<std::unique_ptr<WorkerLoop>> WorkerLoop::Create(
+    bool loopback_only) {
+  std::unique_ptr<WorkerLoop> loop(new WorkerLoop());
+  ucp_config_t* config = nullptr;
+  ucs_status_t s = ucp_config_read(nullptr, nullptr, &config);
+  if (s != UCS_OK) {
+    return absl::UnavailableError(
+        absl::StrCat("ucx: reading the UCX configuration: ",
+                     ucs_status_string(s)));
+  }
+  if (loopback_only && std::getenv("UCX_NET_DEVICES") == nullptr) {
+    ucp_config_modify(config, "NET_DEVICES", "lo");
+  }
+  ucp_params_t params{};
+  params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
+  params.features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
+  params.mt_workers_shared = 0;
+  s = ucp_init(&params, config, &loop->context_);
+  ucp_config_release(config);
+  if (s != UCS_OK) {
+    loop->context_ = nullptr;
+    return absl::UnavailableError(
+        absl::StrCat("ucx: ucp_init: ", ucs_status_string(s)));
+  }
+  ucp_worker_params_t wp{};
+  wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+  wp.thread_mode = UCS_THREAD_MODE_SINGLE;
+  s = ucp_worker_create(loop->context_, &wp, &loop->worker_);
+  if (s != UCS_OK) {
+    loop->worker_ = nullptr;
+    return absl::UnavailableError(
+        absl::StrCat("ucx: ucp_worker_create: ", ucs_status_string(s)));
+  }
+  ucp_worker_attr_t attr{};
+  attr.field_mask = UCP_WORKER_ATTR_FIELD_MAX_AM_HEADER;
+  if (ucp_worker_query(loop->worker_, &attr) == UCS_OK) {
+    loop->max_am_header_ = attr.max_am_header;
+  }
+  s = ucp_worker_get_efd(loop->worker_, &loop->efd_);
+  if (s != UCS_OK) {
+    return absl::UnavailableError(
+        absl::StrCat("ucx: ucp_worker_get_efd: ", ucs_status_string(s)));
+  }
+  return loop;
+}
+
+WorkerLoop::~WorkerLoop() {
+  if (thread_.joinable()) {
+    Post([this] { RequestExit(); });
+    Join();
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    closed_ = true;
+    posted_.clear();
+  }
+  if (worker_ != nullptr) ucp_worker_destroy(worker_);
+  if (context_ != nullptr) ucp_cleanup(context_);
+}
+
+void WorkerLoop::Start(absl::AnyInvocable<absl::Time()> tick) {
+  tick_ = std::move(tick);
+  thread_ = std::thread([this] { Run(); });
+}
+
+bool WorkerLoop::Post(absl::AnyInvocable<void()> fn) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (closed_) return false;
+    posted_.push_back(std::move(fn));
+  }
+  // Safe from any thread, whatever the worker's thread mode.
+  ucp_worker_signal(worker_);
+  return true;
+}
+
+void WorkerLoop::RequestExit() {
+  exit_ = true;
+  absl::MutexLock lock(&mu_);
+  closed_ = true;
+}
+
+void WorkerLoop::Join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+bool WorkerLoop::RunPosted() {
+  std::deque<absl::AnyInvocable<void()>> batch;
+  {
+    absl::MutexLock lock(&mu_);
+    batch.swap(posted_);
+  }
+  for (auto& fn : batch) fn();
+  return !batch.empty();
+}
+
+void WorkerLoop::Run() {
+  const char* spin_env = std::getenv("STRATA_UCX_SPIN_US");
+  const absl::Duration spin =
+      absl::Microseconds(spin_env != nullptr ? std::atoi(spin_env) : 0);
+  absl::Time idle_since = absl::InfiniteFuture();
+  while (!exit_) {
+    while (ucp_worker_progress(worker_) != 0) {
+    }
+    const bool ran = RunPosted();
+    const absl::Time next = tick_();
+    if (exit_) break;
+    if (ran) continue;  // Closures may have started operations: progress.
+    const absl::Time now = absl::Now();
+    if (next <= now) continue;
+    if (spin > absl::ZeroDuration()) {
+      if (idle_since == absl::InfiniteFuture()) idle_since = now;
+      if (now - idle_since < spin) continue;
+    }
+    idle_since = absl::InfiniteFuture();
+    const ucs_status_t armed = ucp_worker_arm(worker_);
+    if (armed == UCS_ERR_BUSY) continue;  // Events pending: progress.
+    {
+      // A Post that raced with arming: its signal may have been consumed.
+      absl::MutexLock lock(&mu_);
+      if (!posted_.empty()) continue;
+    }
+    int timeout_ms = -1;
+    if (next != absl::InfiniteFuture()) {
+      timeout_ms = static_cast<int>(std::clamp<int64_t>(
+          absl::ToInt64Milliseconds(absl::Ceil(next - now,
+                                               absl::Milliseconds(1))),
+          1, 60'000));
+    }
+    if (armed != UCS_OK) timeout_ms = 1;  // Cannot sleep on events: poll.
+    pollfd pfd{efd_, POLLIN, 0};
+    poll(&pfd, 1, timeout_ms);
+  }
+  while (ucp_worker_progress(worker_) != 0) {
+  }
+}
+
+void WorkerLoop::Drain(std::vector<void*>* requests, absl::Duration timeout) {
+  const absl::Time until = absl::Now() + timeout;
+  auto pending = [&] {
+    requests->erase(std::remove_if(requests->begin(), requests->end(),
+                                   [](void* r) {
+                                     if (ucp_request_check_status(r) ==
+                                         UCS_INPROGRESS) {
+                                       return false;
+                                     }
+                                     ucp_request_free(r);
+                                     return true;
+                                   }),
+                    requests->end());
+    return !requests->empty();
+  };
+  while (pending() && absl::Now() < until) {
+    if (ucp_worker_progress(worker_) != 0) continue;
+    if (ucp_worker_arm(worker_) != UCS_OK) continue;
+    pollfd pfd{efd_, POLLIN, 0};
+    poll(&pfd, 1, 10);
+  }
+  for (void* r : *requests) ucp_request_free(r);  // Released on completion.
+  requests->clear();
+}
+
+absl::Status ParseSockAddr(const std::string& field, const std::string& text,
+                           sockaddr_storage* out, socklen_t* len) {
+  const size_t colon = text.rfind(':');
+  auto bad = [&](const std::string& why) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": \"", text, "\" ", why));
+  };
+  if (colon == std::string::npos) return bad("is not host:port");
+  std::string host = text.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  uint32_t port = 0;
+  if (!absl::SimpleAtoi(text.substr(colon + 1), &port) || port > 65535) {
+    return bad("has no valid port");
+  }
+  if (host.empty()) return bad("has no host");
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  const int rc = getaddrinfo(host.c_str(), nullptr, &hints, &res);
+  if (rc != 0 || res == nullptr) {
+    return bad(absl::StrCat("does not resolve: ", gai_strerror(rc)));
+  }
+  std::memset(out, 0, sizeof(*out));
+  std::memcpy(out, res->ai_addr, res->ai_addrlen);
+  *len = res->ai_addrlen;
+  freeaddrinfo(res);
+  if (out->ss_family == AF_INET) {
+    reinterpret_cast<sockaddr_in*>(out)->sin_port = htons(port);
+  } else if (out->ss_family == AF_INET6) {
+    reinterpret_cast<sockaddr_in6*>(out)->sin6_port = htons(port);
+  } else {
+    return bad("is not an IP address");
+  }
+  return absl::OkStatus();
+}
+
+std::string FormatSockAddr(const sockaddr_storage& addr) {
+  char host[INET6_ADDRSTRLEN] = {0};
+  if (addr.ss_family == AF_INET6) {
+    const auto* a = reinterpret_cast<const sockaddr_in6*>(&addr);
+    inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+    return absl::StrCat("[", host, "]:", ntohs(a->sin6_port));
+  }
+  const auto* a = reinterpret_cast<const sockaddr_in*>(&addr);
+  inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+  return absl::StrCat(host, ":", ntohs(a->sin_port));
+}
+
+bool IsLoopback(const sockaddr_storage& addr) {
+  if (addr.ss_family == AF_INET) {
+    const auto* a = reinterpret_cast<const sockaddr_in*>(&addr);
+    return (ntohl(a->sin_addr.s_addr) >> 24) == 127;
+  }
+  if (addr.ss_family == AF_INET6) {
+    const auto* a = reinterpret_cast<const sockaddr_in6*>(&addr);
+    return IN6_IS_ADDR_LOOPBACK(&a->sin6_addr);
+  }
+  return false;
+}
+
+std::string DescribeLanes(ucp_ep_h ep) {
+  char* text = nullptr;
+  size_t size = 0;
+  FILE* f = open_memstream(&text, &size);
+  if (f == nullptr) return "";
+  ucp_ep_print_info(ep, f);
+  std::fclose(f);
+  // Lines like "#  lane[1]:  1:sysv/memory.0 md[1] -> ...".
+  std::set<std::string> names;
+  for (absl::string_view line : absl::StrSplit(absl::string_view(text, size), '\n')) {
+    const size_t lane = line.find("lane[");
+    if (lane == absl::string_view::npos) continue;
+    absl::string_view rest = line.substr(lane);
+    const size_t colon = rest.find("]:");
+    if (colon == absl::string_view::npos) continue;
+    rest = rest.substr(colon + 2);
+    while (!rest.empty() && rest.front() == ' ') rest.remove_prefix(1);
+    if (absl::StartsWith(rest, "cm ")) continue;
+    const size_t index_end = rest.find(':');
+    const size_t slash = rest.find('/');
+    if (index_end == absl::string_view::npos || slash == absl::string_view::npos ||
+        slash < index_end) {
+      continue;
+    }
+    names.insert(std::string(rest.substr(index_end + 1, slash - index_end - 1)));
+  }
+  std::free(text);
+  return absl::StrJoin(names, ",");
+}
+
+void* CloseEp(ucp_ep_h ep, bool force) {
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+  param.flags = force ? UCP_EP_CLOSE_FLAG_FORCE : 0;
+  void* request = ucp_ep_close_nbx(ep, &param);
+  if (request == nullptr || UCS_PTR_IS_ERR(request)) return nullptr;
+  return request;
+}
+
+}  // namespace strata::ucx

@@ -1,0 +1,122 @@
+// WorkerLoop: one UCX context, one worker and the thread that progresses it.
+// The daemon's data plane and the client's transport are both built on it.
+//
+// Configuration: UCX reads its UCX_* environment variables (UCX_TLS,
+// UCX_NET_DEVICES, ...) when Create() runs, so each process honours its own
+// environment. docs/protocol.md lists the settings that select TCP or shared
+// memory.
+//
+// Threading: the worker is created in UCS_THREAD_MODE_SINGLE and only the loop
+// thread calls into it: every UCX callback (active messages, completions,
+// endpoint errors, connection requests) runs on the loop thread. Other
+// threads hand work over with Post(), which is thread-safe and wakes the loop
+// (ucp_worker_signal). Between events the loop sleeps on the worker's event
+// file descriptor (no busy polling: cores are shared with the store's work).
+#ifndef STRATA_COMMON_UCX_WORKER_LOOP_H_
+#define STRATA_COMMON_UCX_WORKER_LOOP_H_
+
+#include <sys/socket.h>
+#include <ucp/api/ucp.h>
+
+#include <deque>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+
+namespace strata::ucx {
+
+class WorkerLoop {
+ public:
+  // Creates the context (UCP_FEATURE_AM | UCP_FEATURE_WAKEUP) and the worker.
+  // `loopback_only`: when UCX_NET_DEVICES is unset, use only the loopback
+  // network device ("lo"), so that a loopback daemon's UCX TCP transport
+  // opens no socket on other interfaces. UNAVAILABLE naming "ucx" when UCX
+  // cannot start (e.g. no usable transport in UCX_TLS). Starts no thread.
+  static absl::StatusOr<std::unique_ptr<WorkerLoop>> Create(
+      bool loopback_only = false);
+  // Joins the thread if still running (asking it to exit), drops closures
+  // never run, then destroys the worker and the context. Owners tear down
+  // their endpoints and listeners on the loop thread before that.
+  ~WorkerLoop();
+  WorkerLoop(const WorkerLoop&) = delete;
+  WorkerLoop& operator=(const WorkerLoop&) = delete;
+
+  ucp_worker_h worker() const { return worker_; }
+  // The largest AM header this worker can send.
+  size_t max_am_header() const { return max_am_header_; }
+
+  // Starts the loop thread. Each iteration progresses the worker until it is
+  // idle, runs posted closures, then calls `tick` (on the loop thread), which
+  // returns when it next wants to run without an event
+  // (absl::InfiniteFuture(): only on events).
+  void Start(absl::AnyInvocable<absl::Time()> tick);
+  // Thread-safe: runs `fn` on the loop thread soon. Returns false, dropping
+  // `fn`, once the loop has exited.
+  bool Post(absl::AnyInvocable<void()> fn);
+  // Loop thread only: the loop exits after this iteration; later Posts fail.
+  void RequestExit();
+  // Waits for the loop thread to exit (after something called RequestExit).
+  void Join();
+  // Loop thread only: progresses the worker (sleeping on its events) until
+  // every request in `requests` has completed or `timeout` passed, then
+  // frees them all and clears the vector. For close requests at shutdown.
+  void Drain(std::vector<void*>* requests, absl::Duration timeout);
+  bool InLoopThread() const {
+    return std::this_thread::get_id() == thread_.get_id();
+  }
+
+ private:
+  WorkerLoop() = default;
+  void Run();
+  // Runs the closures posted so far; true if there were any.
+  bool RunPosted();
+
+  ucp_context_h context_ = nullptr;
+  ucp_worker_h worker_ = nullptr;
+  size_t max_am_header_ = 0;
+  int efd_ = -1;
+  std::thread thread_;
+  absl::AnyInvocable<absl::Time()> tick_;
+  bool exit_ = false;  // Loop thread only.
+
+  absl::Mutex mu_;
+  std::deque<absl::AnyInvocable<void()>> posted_ ABSL_GUARDED_BY(mu_);
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// "host:port" (IPv4, IPv6 in brackets, or a name) to a socket address.
+// INVALID_ARGUMENT naming `field` when it does not parse or resolve.
+absl::Status ParseSockAddr(const std::string& field, const std::string& text,
+                           sockaddr_storage* out, socklen_t* len);
+
+// "host:port" of a socket address.
+std::string FormatSockAddr(const sockaddr_storage& addr);
+
+// Whether the address is 127.0.0.0/8 or ::1.
+bool IsLoopback(const sockaddr_storage& addr);
+
+// The transports carrying an endpoint's lanes, e.g. "tcp" or "sysv,cma"
+// (from ucp_ep_print_info; the connection-manager lane is left out).
+// Loop thread only.
+std::string DescribeLanes(ucp_ep_h ep);
+
+// Closes `ep`. With `force` (only valid for endpoints in
+// UCP_ERR_HANDLING_MODE_PEER) at once: every operation in flight on it
+// completes with UCS_ERR_CANCELED and stops touching its buffers. Without
+// (mode none: UCX 1.13 rejects a forced close there) the close waits for the
+// operations in flight, which keep using their buffers until they end.
+// Returns the close request to release with ucp_request_free once complete,
+// or null.
+void* CloseEp(ucp_ep_h ep, bool force);
+
+}  // namespace strata::ucx
+
+#endif  // STRATA_COMMON_UCX_WORKER_LOOP_H_

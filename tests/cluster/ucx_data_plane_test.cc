@@ -1,0 +1,380 @@
+// The UCX data plane end to end: real stratad processes with the data plane
+// on a free port, driven by the client library with data_plane = "ucx", once
+// over UCX's TCP transport and once over shared memory (UCX_TLS is set for
+// the daemon through StratadProcess and for this process with setenv, before
+// any client exists: UCX reads it when a client starts).
+#include <signal.h>
+#include <stdlib.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "client/strata_client.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "httplib.h"
+#include "kvstore/block_format.h"
+#include "tests/cluster/stratad_process.h"
+#include "tests/kvstore/test_blocks.h"
+
+namespace strata {
+namespace {
+
+using ::strata::kvstore::BlockShape;
+using ::strata::kvstore::DType;
+using ::strata::kvstore::testing::KeyFor;
+using ::strata::kvstore::testing::MakeBlock;
+using ::strata::kvstore::testing::ScratchDir;
+using ::strata::kvstore::testing::ShapeForBytes;
+using ::strata::testing::StratadProcess;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+std::string Msg(const absl::Status& s) { return std::string(s.message()); }
+
+std::string Metrics(const StratadProcess& d) {
+  const std::string& a = d.metrics_address();
+  httplib::Client http(a.substr(0, a.rfind(':')),
+                       std::atoi(a.substr(a.rfind(':') + 1).c_str()));
+  auto res = http.Get("/metrics");
+  return res ? res->body : "";
+}
+
+// A UCX transport selection, as UCX_TLS. With UCX 1.13 the client-server
+// connection needs tcp in the list even when the bytes move over shared
+// memory (sysv/posix for messages, cma for rendezvous).
+struct Transport {
+  const char* name;
+  const char* tls;
+  bool peer = false;  // --data_plane_error_mode=peer (TCP only).
+};
+
+void PrintTo(const Transport& t, std::ostream* os) { *os << t.name; }
+
+class StratadUcx : public ::testing::TestWithParam<Transport> {
+ protected:
+  void SetUp() override {
+    setenv("UCX_NET_DEVICES", "lo", 1);
+    setenv("UCX_TLS", GetParam().tls, 1);
+  }
+
+  std::map<std::string, std::string> Env() const {
+    return {{"UCX_NET_DEVICES", "lo"}, {"UCX_TLS", GetParam().tls}};
+  }
+
+  // The daemon's flags for this transport, then `flags`.
+  std::vector<std::string> Flags(std::vector<std::string> flags = {}) const {
+    if (GetParam().peer) flags.push_back("--data_plane_error_mode=peer");
+    return flags;
+  }
+
+  // Every block over UCX, whatever its size.
+  std::unique_ptr<client::Client> ConnectUcx(
+      const StratadProcess& d, absl::Duration deadline = absl::Seconds(20)) {
+    client::ClientOptions o;
+    o.address = d.grpc_address();
+    o.default_deadline = deadline;
+    o.data_plane = "ucx";
+    o.ucx_min_bytes = 0;
+    auto c = client::Client::Connect(o);
+    EXPECT_TRUE(c.ok()) << c.status();
+    if (!c.ok()) return nullptr;
+    // The bytes move over the transport this test asked for.
+    const std::string plane = (*c)->DataPlane();
+    if (std::string(GetParam().tls) == "tcp") {
+      EXPECT_EQ(plane, "ucx:tcp");
+    } else {
+      EXPECT_THAT(plane, StartsWith("ucx:"));
+      EXPECT_THAT(plane, HasSubstr("cma"));
+      EXPECT_THAT(plane, ::testing::Not(HasSubstr("tcp")));
+    }
+    return *std::move(c);
+  }
+};
+
+TEST_P(StratadUcx, RoundTripsFrom1KiBTo64MiBAreByteExact) {
+  ScratchDir dir;
+  StratadProcess d(dir.Sub("data"), Flags({"--dram_capacity=512MiB"}), Env());
+  ASSERT_TRUE(d.Start().ok());
+  ASSERT_NE(d.ucx_address(), "off");
+  auto c = ConnectUcx(d);
+  ASSERT_NE(c, nullptr);
+  const std::vector<BlockShape> shapes = {
+      {DType::kFloat16, 1, 1, 4, 64},  // 1 KiB payload: eager messages.
+      ShapeForBytes(64 << 10),
+      ShapeForBytes(1 << 20, DType::kBFloat16),
+      ShapeForBytes(8 << 20, DType::kFloat32),
+      {DType::kFloat8E4M3, 32, 256, 8, 128},  // 16 MiB.
+      {DType::kBFloat16, 64, 256, 8, 128},    // 64 MiB.
+  };
+  uint64_t bytes = 0;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    const auto block = MakeBlock(shapes[i], i);
+    bytes += block.size();
+    auto put = c->Put(KeyFor(i), block);
+    ASSERT_TRUE(put.ok()) << shapes[i].RawBytes() << ": " << put.status();
+    EXPECT_FALSE(put->already_present);
+    auto got = c->Get(KeyFor(i));
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->served_from, "dram");
+    EXPECT_TRUE(got->block == block) << "payload " << shapes[i].RawBytes();
+    // Into a registered buffer at an offset, guarded on both sides.
+    std::vector<uint8_t> region(block.size() + 8192, 0xAB);
+    auto handle = c->RegisterBuffer(region.data(), region.size());
+    ASSERT_TRUE(handle.ok());
+    auto n = c->GetInto(KeyFor(i), *handle, 4096, block.size());
+    ASSERT_TRUE(n.ok()) << n.status();
+    EXPECT_EQ(*n, block.size());
+    EXPECT_TRUE(std::equal(block.begin(), block.end(), region.begin() + 4096));
+    EXPECT_EQ(region[4095], 0xAB);
+    EXPECT_EQ(region[4096 + block.size()], 0xAB);
+    EXPECT_TRUE(c->UnregisterBuffer(*handle).ok());
+  }
+  // PutAsync copies the block: the caller's memory may go away at once.
+  auto block = std::make_unique<std::vector<uint8_t>>(
+      MakeBlock(ShapeForBytes(2 << 20), 99));
+  const std::vector<uint8_t> expected = *block;
+  auto pending = c->PutAsync(KeyFor(99), *block);
+  block.reset();
+  ASSERT_TRUE(pending.get().ok());
+  EXPECT_TRUE(c->Get(KeyFor(99))->block == expected);
+  EXPECT_TRUE(c->Put(KeyFor(0), MakeBlock(shapes[0], 0))->already_present);
+  // /metrics counts UCX traffic like gRPC's.
+  const std::string metrics = Metrics(d);
+  EXPECT_THAT(metrics, HasSubstr("strata:rpc_requests_total{rpc=\"put\"} 8"));
+  EXPECT_THAT(metrics, HasSubstr("strata:rpc_requests_total{rpc=\"get\"} 13"));
+  EXPECT_TRUE(d.Stop().ok());
+}
+
+TEST_P(StratadUcx, CorruptOrOversizedPutsAreRejectedAndTheDaemonKeepsServing) {
+  ScratchDir dir;
+  StratadProcess d(dir.Sub("data"), Flags({"--max_block_size=8MiB"}), Env());
+  ASSERT_TRUE(d.Start().ok());
+  auto c = ConnectUcx(d);
+  ASSERT_NE(c, nullptr);
+  for (uint64_t size : {uint64_t{4} << 10, uint64_t{1} << 20}) {
+    auto corrupt = MakeBlock(ShapeForBytes(size), 7);
+    corrupt[corrupt.size() - 100] ^= 1;  // In the payload.
+    auto put = c->Put(KeyFor(1), corrupt);
+    EXPECT_EQ(put.status().code(), absl::StatusCode::kDataLoss) << put.status();
+    EXPECT_THAT(Msg(put.status()), StartsWith("checksum:"));
+  }
+  // Above max_block_size: refused before the daemon receives it.
+  auto big = c->Put(KeyFor(2), MakeBlock(ShapeForBytes(16 << 20), 2));
+  EXPECT_EQ(big.status().code(), absl::StatusCode::kInvalidArgument)
+      << big.status();
+  EXPECT_THAT(Msg(big.status()), StartsWith("block:"));
+  // Nothing was stored, and the daemon still serves over UCX.
+  EXPECT_EQ(c->Get(KeyFor(1)).status().code(), absl::StatusCode::kNotFound);
+  const auto good = MakeBlock(ShapeForBytes(1 << 20), 7);
+  ASSERT_TRUE(c->Put(KeyFor(1), good).ok());
+  EXPECT_TRUE(c->Get(KeyFor(1))->block == good);
+  auto stats = c->Stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->puts, 1u);
+  EXPECT_GE(stats->rejected_puts, 2u);
+}
+
+TEST_P(StratadUcx, MissesAndSmallBuffersAnswerTheirCodes) {
+  ScratchDir dir;
+  StratadProcess d(dir.Sub("data"), Flags(), Env());
+  ASSERT_TRUE(d.Start().ok());
+  auto c = ConnectUcx(d);
+  ASSERT_NE(c, nullptr);
+  std::vector<uint8_t> region(4 << 20);
+  auto handle = c->RegisterBuffer(region.data(), region.size());
+  ASSERT_TRUE(handle.ok());
+  EXPECT_EQ(c->Get(KeyFor(5)).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(c->GetInto(KeyFor(5), *handle, 0, region.size()).status().code(),
+            absl::StatusCode::kNotFound);
+  const auto block = MakeBlock(ShapeForBytes(2 << 20), 5);
+  ASSERT_TRUE(c->Put(KeyFor(5), block).ok());
+  // Too small: the block is discarded, the region untouched.
+  auto n = c->GetInto(KeyFor(5), *handle, 0, block.size() - 1);
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kOutOfRange) << n.status();
+  EXPECT_THAT(Msg(n.status()), StartsWith("capacity:"));
+  EXPECT_EQ(region[0], 0);
+  // The connection is still in step: the next call gets the right bytes.
+  n = c->GetInto(KeyFor(5), *handle, 1 << 20, block.size());
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_TRUE(std::equal(block.begin(), block.end(), region.begin() + (1 << 20)));
+}
+
+TEST_P(StratadUcx, DeadlinesFireAgainstAStoppedDaemonAndTheClientRecovers) {
+  ScratchDir dir;
+  StratadProcess d(dir.Sub("data"), Flags(), Env());
+  ASSERT_TRUE(d.Start().ok());
+  auto c = ConnectUcx(d);
+  ASSERT_NE(c, nullptr);
+  const auto small = MakeBlock(ShapeForBytes(256 << 10), 1);
+  const auto large = MakeBlock(ShapeForBytes(8 << 20), 2);
+  ASSERT_TRUE(c->Put(KeyFor(1), small).ok());
+  std::vector<uint8_t> region(large.size());
+  auto handle = c->RegisterBuffer(region.data(), region.size());
+  ASSERT_TRUE(handle.ok());
+  d.Pause();
+  client::CallOptions short_call;
+  short_call.deadline = absl::Milliseconds(300);
+  const absl::Time start = absl::Now();
+  auto got = c->Get(KeyFor(1), short_call);
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kDeadlineExceeded)
+      << got.status();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  // A large put is mid-transfer (rendezvous) when its deadline passes; it
+  // still answers on time.
+  absl::Time t = absl::Now();
+  auto put = c->Put(KeyFor(2), large, {}, short_call);
+  EXPECT_EQ(put.status().code(), absl::StatusCode::kDeadlineExceeded)
+      << put.status();
+  EXPECT_LT(absl::Now() - t, absl::Seconds(3));
+  t = absl::Now();
+  auto n = c->GetInto(KeyFor(1), *handle, 0, region.size(), short_call);
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kDeadlineExceeded)
+      << n.status();
+  EXPECT_LT(absl::Now() - t, absl::Seconds(3));
+  // Unregistering does not wait for anything: the transfers were stopped.
+  EXPECT_TRUE(c->UnregisterBuffer(*handle).ok());
+  d.Resume();
+  // The late replies of the stopped calls are dropped; new calls answer.
+  got = c->Get(KeyFor(1));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(got->block == small);
+  ASSERT_TRUE(c->Put(KeyFor(2), large).ok());
+  got = c->Get(KeyFor(2));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(got->block == large);
+}
+
+TEST_P(StratadUcx, DrainRefusesPutsAndServesGets) {
+  ScratchDir dir;
+  StratadProcess d(dir.Sub("data"), Flags(), Env());
+  ASSERT_TRUE(d.Start().ok());
+  auto c = ConnectUcx(d);
+  ASSERT_NE(c, nullptr);
+  const auto block = MakeBlock(ShapeForBytes(1 << 20), 3);
+  ASSERT_TRUE(c->Put(KeyFor(3), block).ok());
+  ASSERT_TRUE(c->Drain().ok());
+  auto put = c->Put(KeyFor(4), block);
+  EXPECT_EQ(put.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(Msg(put.status()), StartsWith("draining:"));
+  auto got = c->Get(KeyFor(3));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(got->block == block);
+}
+
+TEST_P(StratadUcx, AKilledDaemonAnswersUnavailableNotAHang) {
+  ScratchDir dir;
+  StratadProcess d(dir.Sub("data"), Flags(), Env());
+  ASSERT_TRUE(d.Start().ok());
+  auto c = ConnectUcx(d, absl::Seconds(30));
+  ASSERT_NE(c, nullptr);
+  const auto block = MakeBlock(ShapeForBytes(1 << 20), 6);
+  ASSERT_TRUE(c->Put(KeyFor(6), block).ok());
+  d.Kill();
+  const absl::Time start = absl::Now();
+  auto got = c->Get(KeyFor(6));
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kUnavailable)
+      << got.status();
+  auto put = c->Put(KeyFor(7), block);
+  EXPECT_EQ(put.status().code(), absl::StatusCode::kUnavailable)
+      << put.status();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(20));  // Not the deadline.
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, StratadUcx,
+                         ::testing::Values(Transport{"tcp", "tcp"},
+                                           Transport{"shm", "shm,tcp"},
+                                           Transport{"tcp_peer", "tcp", true}),
+                         [](const ::testing::TestParamInfo<Transport>& info) {
+                           return std::string(info.param.name);
+                         });
+
+class StratadDataPlane : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    setenv("UCX_NET_DEVICES", "lo", 1);
+    setenv("UCX_TLS", "tcp", 1);
+  }
+  std::map<std::string, std::string> Env() const {
+    return {{"UCX_NET_DEVICES", "lo"}, {"UCX_TLS", "tcp"}};
+  }
+  absl::StatusOr<std::unique_ptr<client::Client>> Connect(
+      const StratadProcess& d, const std::string& plane) {
+    client::ClientOptions o;
+    o.address = d.grpc_address();
+    o.default_deadline = absl::Seconds(10);
+    o.data_plane = plane;
+    return client::Client::Connect(o);
+  }
+};
+
+TEST_F(StratadDataPlane, UcxRequiredFailsConnectWhenTheDaemonHasNone) {
+  ScratchDir dir;
+  StratadProcess d(dir.Sub("data"), {"--data_plane_listen="}, Env());
+  ASSERT_TRUE(d.Start().ok());
+  EXPECT_EQ(d.ucx_address(), "off");
+  auto c = Connect(d, "ucx");
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kUnavailable) << c.status();
+  EXPECT_THAT(Msg(c.status()), StartsWith("data_plane:"));
+}
+
+TEST_F(StratadDataPlane, AutoFallsBackToGrpcAndUsesUcxWhenOffered) {
+  ScratchDir dir;
+  const auto block = MakeBlock(ShapeForBytes(1 << 20), 8);
+  {
+    StratadProcess d(dir.Sub("grpc-only"), {"--data_plane_listen="}, Env());
+    ASSERT_TRUE(d.Start().ok());
+    auto c = Connect(d, "auto");
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_EQ((*c)->DataPlane(), "grpc");
+    ASSERT_TRUE((*c)->Put(KeyFor(8), block).ok());
+    EXPECT_TRUE((*c)->Get(KeyFor(8))->block == block);
+  }
+  StratadProcess d(dir.Sub("ucx"), {}, Env());
+  ASSERT_TRUE(d.Start().ok());
+  auto c = Connect(d, "auto");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ((*c)->DataPlane(), "ucx:tcp");
+  ASSERT_TRUE((*c)->Put(KeyFor(8), block).ok());
+  EXPECT_TRUE((*c)->Get(KeyFor(8))->block == block);
+  // "grpc" never touches UCX, even when the daemon offers it.
+  auto g = Connect(d, "grpc");
+  ASSERT_TRUE(g.ok());
+  EXPECT_EQ((*g)->DataPlane(), "grpc");
+  EXPECT_TRUE((*g)->Get(KeyFor(8))->block == block);
+}
+
+TEST_F(StratadDataPlane, PeerErrorHandlingIsNegotiatedThroughHello) {
+  ScratchDir dir;
+  StratadProcess d(dir.Sub("data"), {"--data_plane_error_mode=peer"}, Env());
+  ASSERT_TRUE(d.Start().ok());
+  auto c = Connect(d, "ucx");
+  ASSERT_TRUE(c.ok()) << c.status();
+  const auto block = MakeBlock(ShapeForBytes(4 << 20), 9);
+  ASSERT_TRUE((*c)->Put(KeyFor(9), block).ok());
+  EXPECT_TRUE((*c)->Get(KeyFor(9))->block == block);
+  d.Kill();
+  EXPECT_EQ((*c)->Get(KeyFor(9)).status().code(),
+            absl::StatusCode::kUnavailable);
+}
+
+TEST_F(StratadDataPlane, BadDataPlaneSettingsAreRejected) {
+  ScratchDir dir;
+  client::ClientOptions o;
+  o.data_plane = "rdma";
+  auto c = client::Client::Connect(o);
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(c.status()), StartsWith("data_plane:"));
+  StratadProcess d(dir.Sub("data"), {"--data_plane_listen=nohost"}, Env());
+  EXPECT_FALSE(d.Start().ok());
+  StratadProcess e(dir.Sub("data2"), {"--data_plane_error_mode=maybe"}, Env());
+  EXPECT_FALSE(e.Start().ok());
+}
+
+}  // namespace
+}  // namespace strata
