@@ -25,6 +25,8 @@ CodecParams AquaParams::ToBytes() const {
   b[6] = l0_bits;
   for (int i = 0; i < 8; ++i)
     b[8 + i] = static_cast<uint8_t>(profile_id >> (8 * i));
+  b[16] = static_cast<uint8_t>(n_sink & 0xFF);
+  b[17] = static_cast<uint8_t>(n_sink >> 8);
   return b;
 }
 
@@ -53,10 +55,11 @@ absl::StatusOr<AquaParams> AquaParams::FromBytes(const CodecParams& b) {
   p.keys_per_token = (b[5] & 1) != 0;
   p.profile_id = 0;
   for (int i = 0; i < 8; ++i) p.profile_id |= uint64_t{b[8 + i]} << (8 * i);
+  p.n_sink = static_cast<uint16_t>(b[16] | (b[17] << 8));
   if (b[7] != 0) {
     return absl::InvalidArgumentError("reserved: params byte 7 is not zero");
   }
-  for (size_t i = 16; i < b.size(); ++i) {
+  for (size_t i = 18; i < b.size(); ++i) {
     if (b[i] != 0) {
       return absl::InvalidArgumentError(
           absl::StrCat("reserved: params byte ", i, " is not zero"));
@@ -68,6 +71,10 @@ absl::StatusOr<AquaParams> AquaParams::FromBytes(const CodecParams& b) {
 absl::StatusOr<AquaParams> AquaParams::FromBytes(const CodecParams& b,
                                                  const BlockShape& shape) {
   STRATA_ASSIGN_OR_RETURN(AquaParams p, FromBytes(b));
+  if (p.n_sink > shape.num_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "n_sink: ", p.n_sink, " sink tokens in a block of ", shape.num_tokens));
+  }
   if (shape.head_dim % p.v_group != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "v_group: ", p.v_group, " does not divide head_dim ", shape.head_dim));
@@ -86,7 +93,9 @@ std::string AquaTensorName(char which, uint32_t layer) {
 
 namespace {
 
+using quant_internal::LoadDtype;
 using quant_internal::SlabQuantizer;
+using quant_internal::StoreDtype;
 
 // y = W·x + bias for W [out, in] row-major, in fp32 with a fixed order (the
 // CUDA kernel must match it): eight lane sums, lane i adding the rounded
@@ -158,26 +167,36 @@ absl::StatusOr<Predictors> LoadPredictors(const CodecProfile* profile,
 }
 
 // Slabs in payload order: layer 0 K, layer 0 V, layer 1 K, layer 1 V, ...
+// Each slab is [n_sink sink tokens in the block dtype | quantized residual
+// of the other num_tokens - n_sink tokens].
 struct Layout {
   SlabQuantizer q[2][2];  // [layer 0 or >= 1][kv]
+  uint64_t sink = 0;      // Sink bytes at the start of every slab.
   uint64_t first = 0;     // Bytes of layer 0 (K + V).
   uint64_t rest = 0;      // Bytes of any later layer.
   uint64_t total = 0;
   const SlabQuantizer& quant(uint32_t l, int kv) const {
     return q[l == 0 ? 0 : 1][kv];
   }
+  // Start of the slab (its sinks).
   uint64_t Offset(uint32_t l, int kv) const {
     const uint64_t base = l == 0 ? 0 : first + (l - 1) * rest;
-    return base + (kv == 0 ? 0 : quant(l, 0).Bytes());
+    return base + (kv == 0 ? 0 : sink + quant(l, 0).Bytes());
+  }
+  // Start of the slab's quantized residuals.
+  uint64_t QuantOffset(uint32_t l, int kv) const {
+    return Offset(l, kv) + sink;
   }
 };
 
 Layout MakeLayout(const BlockShape& shape, const AquaParams& p) {
   Layout lay;
+  lay.sink = uint64_t{p.n_sink} * shape.num_kv_heads * shape.head_dim *
+             kvstore::DTypeSize(shape.dtype);
   for (int pos = 0; pos < 2; ++pos) {
     for (int kv = 0; kv < 2; ++kv) {
       SlabQuantizer& s = lay.q[pos][kv];
-      s.tokens = shape.num_tokens;
+      s.tokens = shape.num_tokens - p.n_sink;
       s.heads = shape.num_kv_heads;
       s.head_dim = shape.head_dim;
       s.bits = pos == 0 ? p.l0_bits : (kv == 0 ? p.k_bits : p.v_bits);
@@ -185,8 +204,8 @@ Layout MakeLayout(const BlockShape& shape, const AquaParams& p) {
       s.per_token = kv == 1 || (pos == 1 && p.keys_per_token);
     }
   }
-  lay.first = lay.q[0][0].Bytes() + lay.q[0][1].Bytes();
-  lay.rest = lay.q[1][0].Bytes() + lay.q[1][1].Bytes();
+  lay.first = 2 * lay.sink + lay.q[0][0].Bytes() + lay.q[0][1].Bytes();
+  lay.rest = 2 * lay.sink + lay.q[1][0].Bytes() + lay.q[1][1].Bytes();
   lay.total = lay.first + (shape.num_layers - 1) * lay.rest;
   return lay;
 }
@@ -241,6 +260,22 @@ struct Walk {
     return absl::OkStatus();
   }
 
+  // Row r of (l, kv) := sink token `token` stored in the block dtype at the
+  // start of the slab. DATA_LOSS for a non-finite value.
+  absl::Status LoadSinkRow(absl::Span<const uint8_t> slab, DType dtype,
+                           uint32_t l, int kv, uint32_t r, uint32_t token) {
+    const uint64_t dsize = kvstore::DTypeSize(dtype);
+    float* dst = Row(kv, r);
+    for (uint32_t j = 0; j < hd; ++j) {
+      if (!LoadDtype(&slab[(uint64_t{token} * hd + j) * dsize], dtype,
+                     &dst[j])) {
+        return absl::DataLossError(absl::StrCat(
+            "payload: sink token ", token, " of layer ", l, " is not finite"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
   void NextLayer() {
     std::swap(prev_k, k);
     std::swap(prev_v, v);
@@ -268,7 +303,8 @@ class AquaCodec final : public Codec {
     STRATA_ASSIGN_OR_RETURN(Predictors w, LoadPredictors(profile, shape));
     p.profile_id = profile->id();
     const Layout lay = MakeLayout(shape, p);
-    const uint32_t T = shape.num_tokens, hd = w.hd;
+    const uint32_t T = shape.num_tokens, S = p.n_sink, hd = w.hd;
+    const uint64_t dsize = kvstore::DTypeSize(shape.dtype);
     std::vector<uint8_t> out(lay.total, 0);
     Walk walk;
     walk.Init(T, hd);
@@ -276,19 +312,31 @@ class AquaCodec final : public Codec {
     for (uint32_t l = 0; l < shape.num_layers; ++l) {
       for (int k = 0; k < 2; ++k) {
         const SlabQuantizer& q = lay.quant(l, k);
-        uint8_t* slab = out.data() + lay.Offset(l, k);
-        for (uint32_t t = 0; t < T; ++t) {
+        uint8_t* sinks = out.data() + lay.Offset(l, k);
+        uint8_t* slab = out.data() + lay.QuantOffset(l, k);
+        // Sinks: stored in the dtype, reconstructed as the decoder sees them.
+        const float* xs = kv.vec(k, l, 0, 0);
+        for (uint64_t i = 0; i < uint64_t{S} * hd; ++i)
+          StoreDtype(xs[i], shape.dtype, sinks + i * dsize);
+        for (uint32_t t = 0; t < S; ++t) {
+          STRATA_RETURN_IF_ERROR(walk.LoadSinkRow(
+              absl::Span<const uint8_t>(sinks, lay.sink), shape.dtype, l, k,
+              t, t));
+        }
+        // Other tokens: prediction + quantized residual (row t-S of the
+        // quantizer holds token t).
+        for (uint32_t t = S; t < T; ++t) {
           float* pt = &pred[size_t{t} * hd];
           walk.PredictRow(w, l, k, t, pt);
           const float* x = kv.vec(k, l, t, 0);
           for (uint32_t j = 0; j < hd; ++j)
-            residual[size_t{t} * hd + j] = x[j] - pt[j];
+            residual[size_t{t - S} * hd + j] = x[j] - pt[j];
         }
         STRATA_RETURN_IF_ERROR(q.Quantize(residual.data(), {}, slab));
         const absl::Span<const uint8_t> bytes(slab, q.Bytes());
-        for (uint32_t t = 0; t < T; ++t) {
-          STRATA_RETURN_IF_ERROR(
-              walk.ReconstructRow(q, bytes, l, k, t, t, &pred[size_t{t} * hd]));
+        for (uint32_t t = S; t < T; ++t) {
+          STRATA_RETURN_IF_ERROR(walk.ReconstructRow(q, bytes, l, k, t, t - S,
+                                                     &pred[size_t{t} * hd]));
         }
       }
       walk.NextLayer();
@@ -326,12 +374,21 @@ class AquaCodec final : public Codec {
     for (uint32_t l = 0; l < layer_end; ++l) {
       for (int k = 0; k < 2; ++k) {
         const SlabQuantizer& q = lay.quant(l, k);
+        const absl::Span<const uint8_t> sinks =
+            payload.subspan(lay.Offset(l, k), lay.sink);
         const absl::Span<const uint8_t> slab =
-            payload.subspan(lay.Offset(l, k), q.Bytes());
+            payload.subspan(lay.QuantOffset(l, k), q.Bytes());
         for (uint32_t r = 0; r < sel.num_tokens; ++r) {
-          walk.PredictRow(w, l, k, r, pred.data());
-          STRATA_RETURN_IF_ERROR(walk.ReconstructRow(
-              q, slab, l, k, r, selection.Token(r), pred.data()));
+          const uint32_t t = selection.Token(r);
+          if (t < p.n_sink) {
+            STRATA_RETURN_IF_ERROR(
+                walk.LoadSinkRow(sinks, shape.dtype, l, k, r, t));
+          } else {
+            walk.PredictRow(w, l, k, r, pred.data());
+            STRATA_RETURN_IF_ERROR(walk.ReconstructRow(q, slab, l, k, r,
+                                                       t - p.n_sink,
+                                                       pred.data()));
+          }
           if (l < selection.layer_begin) continue;
           const float* src = walk.Row(k, r);
           float* dst = result.vec(k, l - selection.layer_begin, r, 0);

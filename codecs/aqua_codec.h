@@ -7,7 +7,9 @@
 // where tilde marks the decoder's reconstruction; only the residual x - x̂ is
 // quantized, with the quant codec's min-max groups (docs/codecs/quant_aqua.md).
 // Layer 0 has no predictor and is plain KIVI (per-channel keys, per-token
-// values) at l0_bits. Decoding walks the layers in order, so decoding layers
+// values) at l0_bits. The first n_sink tokens of every layer are stored
+// exactly in the block dtype instead (attention sinks; they feed no
+// prediction). Decoding walks the layers in order, so decoding layers
 // [a, b) reconstructs layers [0, b) of the selected tokens internally; token
 // selections cost nothing extra (the predictors act per token). The codec is
 // agnostic to RoPE: it compresses the keys it is given (pre-RoPE keys predict
@@ -31,7 +33,9 @@ namespace strata::codecs {
 // The aqua codec's codec_params (32 bytes, version 1):
 //   [0] version = 1 | [1] k_bits | [2] v_bits | [3] k_group | [4] v_group |
 //   [5] flags (bit 0: keys_per_token; other bits 0) | [6] l0_bits | [7] 0 |
-//   [8,16) profile_id u64 LE (written by Encode) | [16,32) zero.
+//   [8,16) profile_id u64 LE (written by Encode) | [16,18) n_sink u16 LE |
+//   [18,32) zero. n_sink = 0 (all version-1 blocks written before it existed)
+//   means no sink tokens.
 struct AquaParams {
   static constexpr uint8_t kVersion = 1;
 
@@ -43,12 +47,16 @@ struct AquaParams {
   // per channel. Layer 0 keys are always per channel.
   bool keys_per_token = false;
   uint8_t l0_bits = 4;  // Layer 0 (plain KIVI): 2, 3, 4 or 8.
+  // The first n_sink tokens (<= num_tokens) of every layer are stored exactly
+  // in the block dtype, outside prediction and quantization (attention sinks;
+  // docs/codecs/quant_aqua.md).
+  uint16_t n_sink = 0;
   uint64_t profile_id = 0;
 
   CodecParams ToBytes() const;
   // INVALID_ARGUMENT naming the field ("version", "k_bits", ...).
   static absl::StatusOr<AquaParams> FromBytes(const CodecParams& bytes);
-  // FromBytes plus the shape checks (groups dividing head_dim).
+  // FromBytes plus the shape checks (groups dividing head_dim, n_sink).
   static absl::StatusOr<AquaParams> FromBytes(const CodecParams& bytes,
                                               const BlockShape& shape);
 };

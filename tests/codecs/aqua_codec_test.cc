@@ -276,6 +276,9 @@ TEST(AquaCodec, PartialDecodeEqualsTheSliceOfAFullDecodeForEveryDtype) {
     const KvTensor kv = model.Sample(dtype, tokens, rng());
     AquaParams p = Residual(2 + rng() % 2, 32);
     p.keys_per_token = rng() % 2;
+    // No sinks, a few, or (rarely) every token.
+    const uint32_t pick = rng() % 8;
+    p.n_sink = pick < 3 ? 0 : pick < 7 ? 1 + rng() % 8 : tokens;
     auto block = EncodeKvBlock(kv, CodecId::kAqua, p.ToBytes(), &profile);
     ASSERT_TRUE(block.ok()) << block.status();
     auto full = DecodeKvBlock(*block, &profile);
@@ -302,9 +305,104 @@ TEST(AquaCodec, PartialDecodeEqualsTheSliceOfAFullDecodeForEveryDtype) {
               for (uint32_t d = 0; d < 64; ++d)
                 ASSERT_EQ(part->at(k, l, r, h, d),
                           full->at(k, sel.layer_begin + l, sel.Token(r), h, d))
-                    << DTypeName(dtype) << " seed " << seed;
+                    << DTypeName(dtype) << " n_sink " << p.n_sink << " seed "
+                    << seed;
     }
   }
+}
+
+TEST(AquaCodec, SinkTokensDecodeExactlyInEveryLayer) {
+  const SyntheticModel model(4, 2, 64, 11, 0.1f);
+  for (DType dtype : kAllDtypes) {
+    const CodecProfile profile = FitOrDie(model, dtype, 1e-3f);
+    KvTensor kv = model.Sample(dtype, 50, 12);
+    // Sinks unlike every other token (tiny values, a large outlier): exact
+    // anyway, and they must not disturb the other tokens' groups.
+    for (int k = 0; k < 2; ++k)
+      for (uint32_t l = 0; l < 4; ++l)
+        for (uint32_t t = 0; t < 4; ++t)
+          for (uint32_t j = 0; j < 128; ++j)
+            kv.vec(k, l, t, 0)[j] = RoundToDtype(
+                (j == 5 && k == 0 ? 200.0f : 0.01f) * (1.0f + 0.1f * t) *
+                    ((j % 3) - 1.0f),
+                dtype);
+    AquaParams p = Residual(2, 32);
+    p.n_sink = 4;
+    auto block = EncodeKvBlock(kv, CodecId::kAqua, p.ToBytes(), &profile);
+    ASSERT_TRUE(block.ok()) << block.status();
+    auto out = DecodeKvBlock(*block, &profile);
+    ASSERT_TRUE(out.ok()) << out.status();
+    for (int k = 0; k < 2; ++k)
+      for (uint32_t l = 0; l < 4; ++l)
+        for (uint32_t t = 0; t < 4; ++t)
+          for (uint32_t j = 0; j < 128; ++j)
+            ASSERT_EQ(out->vec(k, l, t, 0)[j], kv.vec(k, l, t, 0)[j])
+                << DTypeName(dtype) << " kv " << k << " layer " << l
+                << " token " << t;
+    // Without sinks the outlier sink spoils its groups.
+    auto plain =
+        EncodeKvBlock(kv, CodecId::kAqua, Residual(2, 32).ToBytes(), &profile);
+    ASSERT_TRUE(plain.ok());
+    auto plain_out = DecodeKvBlock(*plain, &profile);
+    ASSERT_TRUE(plain_out.ok());
+    if (dtype != DType::kFloat8E4M3) {
+      EXPECT_LT(RelMseOf(kv, *out, 0), RelMseOf(kv, *plain_out, 0))
+          << DTypeName(dtype);
+    }
+    // The payload: every slab gains n_sink tokens in the dtype, and its
+    // quantized part covers the other tokens only.
+    AquaParams p0 = Residual(2, 32);
+    KvTensor rest =
+        KvTensor::Zeros({dtype, 4, 46, 2, 64});  // Same sizes as 50 - 4.
+    CodecParams rest_params = p0.ToBytes();
+    auto rest_payload = Aqua().Encode(rest, rest_params, &profile);
+    ASSERT_TRUE(rest_payload.ok());
+    CodecParams sink_params = p.ToBytes();
+    auto sink_payload = Aqua().Encode(kv, sink_params, &profile);
+    ASSERT_TRUE(sink_payload.ok());
+    EXPECT_EQ(sink_payload->size(),
+              rest_payload->size() + 2 * 4 * 4 * 128 * kvstore::DTypeSize(dtype));
+    // A sink-only selection of one layer.
+    DecodeSelection sel;
+    sel.layer_begin = 3;
+    sel.layer_end = 4;
+    sel.token_indices = {0, 3};  // Ascending.
+    auto part = DecodeKvBlock(*block, &profile, sel);
+    ASSERT_TRUE(part.ok()) << part.status();
+    for (int k = 0; k < 2; ++k)
+      for (uint32_t r = 0; r < 2; ++r)
+        for (uint32_t j = 0; j < 128; ++j)
+          ASSERT_EQ(part->vec(k, 0, r, 0)[j],
+                    kv.vec(k, 3, sel.token_indices[r], 0)[j]);
+  }
+}
+
+TEST(AquaCodec, NSinkParamsRoundTripAndZeroKeepsTheOldLayout) {
+  AquaParams p = Residual(3, 64);
+  // n_sink = 0 writes the bytes every version-1 block had.
+  CodecParams b = p.ToBytes();
+  EXPECT_EQ(b[16], 0);
+  EXPECT_EQ(b[17], 0);
+  p.n_sink = 0x0104;
+  b = p.ToBytes();
+  EXPECT_EQ(b[0], 1);
+  EXPECT_EQ(b[16], 0x04);
+  EXPECT_EQ(b[17], 0x01);
+  auto back = AquaParams::FromBytes(b);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->n_sink, 0x0104);
+  EXPECT_EQ(back->k_bits, 3);
+  const BlockShape shape{DType::kFloat16, 2, 40, 1, 64};
+  p.n_sink = 40;
+  EXPECT_TRUE(Aqua().ValidateParams(shape, p.ToBytes()).ok());
+  p.n_sink = 41;
+  const absl::Status s = Aqua().ValidateParams(shape, p.ToBytes());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), StartsWith("n_sink:"));
+  b = Residual(2, 32).ToBytes();
+  b[18] = 1;
+  EXPECT_THAT(std::string(Aqua().ValidateParams(shape, b).message()),
+              StartsWith("reserved:"));
 }
 
 TEST(AquaCodec, BadParamsAreInvalidArgumentNamingTheField) {

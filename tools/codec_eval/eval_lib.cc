@@ -72,8 +72,9 @@ ProfileSpec AquaSpec() {
 }
 
 Setting Aqua(std::string name, std::string label, uint8_t bits, uint8_t group,
-             std::string note = "") {
+             std::string note = "", uint16_t sinks = 0) {
   AquaParams a;
+  a.n_sink = sinks;
   a.k_bits = bits;
   a.v_bits = bits;
   a.k_group = group;
@@ -232,6 +233,10 @@ std::vector<Setting> MakeSettings() {
                    "layer 0: KIVI-4"));
   v.push_back(Aqua("aqua2-g32", "AQUA-KV 2-bit residual, G=32", 2, 32,
                    "layer 0: KIVI-4"));
+  v.push_back(Aqua("aqua2-g64-s4", "AQUA-KV 2-bit residual, G=64 + 4 sinks", 2,
+                   64, "layer 0: KIVI-4; first 4 tokens exact", 4));
+  v.push_back(Aqua("aqua2-g32-s4", "AQUA-KV 2-bit residual, G=32 + 4 sinks", 2,
+                   32, "layer 0: KIVI-4; first 4 tokens exact", 4));
   v.push_back(Aqua("aqua3-g64", "AQUA-KV 3-bit residual, G=64", 3, 64,
                    "layer 0: KIVI-4"));
   v.push_back(Aqua("aqua4-g32", "AQUA-KV 4-bit residual, G=32", 4, 32,

@@ -48,7 +48,8 @@ FIXTURE_TOOL = os.path.join(REPO, "tools", "kv_fixture")
 
 DEFAULT_SETTINGS = [
     "fp16", "kivi4", "kivi3", "kivi2", "kivi2-g64", "kivi2-ktok",
-    "kivi2-sink4-out1", "aqua2-g64", "aqua2-g32", "aqua3-g64", "aqua4-g32",
+    "kivi2-sink4-out1", "aqua2-g64", "aqua2-g64-s4", "aqua2-g32", "aqua3-g64",
+    "aqua4-g32",
     "csr-s4", "csr-sn2-s2", "csr-s2", "csr-sn2-s1", "csr-sn2-s4",
     "pca-k32v64-int4w", "pca-k64v64-int4w",
     "evict50-recent", "evict50-random", "buzz50-proxy",
