@@ -1,0 +1,101 @@
+// The seam between the host API (kernels/*.cc, g++, Abseil) and the device
+// code (kernels/*.cu, nvcc, no Abseil): plain argument structs, already
+// validated, and one launcher per op that enqueues its kernels on a stream and
+// returns the launch error (cudaGetLastError), never synchronising.
+//
+// Not a public header.
+#ifndef STRATA_KERNELS_INTERNAL_LAUNCH_H_
+#define STRATA_KERNELS_INTERNAL_LAUNCH_H_
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace strata::kernels::internal {
+
+// ---- quant
+
+struct QuantSideArgs {
+  int bits = 2;
+  uint32_t group = 32;
+  bool per_token = false;
+  uint64_t side_offset = 0;  // Payload offset of this side's layer-0 slab.
+  uint64_t slab_bytes = 0;   // One layer's slab (sinks + groups + codes).
+  uint64_t sink_bytes = 0;   // n_sink * hd * dsize.
+  uint64_t num_groups = 0;   // Group records per slab.
+};
+
+struct QuantArgs {
+  int dtype = 1;  // kvstore::DType value.
+  uint32_t dsize = 2;
+  uint32_t layers = 0;
+  uint32_t tokens = 0;  // All tokens of the block, sinks included.
+  uint32_t n_sink = 0;
+  uint32_t hd = 0;  // kv_heads * head_dim, a multiple of 32.
+  QuantSideArgs side[2];
+  // Encode: src = raw block, dst = payload. Decode: src = payload, dst = raw.
+  const void* src = nullptr;
+  void* dst = nullptr;
+  uint32_t* error_flags = nullptr;
+};
+
+cudaError_t LaunchQuantEncode(const QuantArgs& args, cudaStream_t stream);
+cudaError_t LaunchQuantDecode(const QuantArgs& args, cudaStream_t stream);
+
+// ---- paged gather / scatter
+
+inline constexpr uint32_t kMaxPagedLayers = 1024;  // kvstore::kMaxLayers
+
+// Passed by value (8 KiB kernel parameter; CUDA >= 12.1 allows 32 KiB).
+struct PagedArgs {
+  uint32_t layers = 0;
+  uint32_t tokens = 0;
+  uint32_t row_bytes = 0;  // kv_heads * head_dim * dsize, multiple of 16.
+  uint32_t page_size = 0;
+  uint32_t num_pages = 0;
+  bool kv_major = false;
+  const int32_t* page_ids = nullptr;
+  uint8_t* block = nullptr;
+  uint32_t* error_flags = nullptr;
+  uint8_t* caches[kMaxPagedLayers] = {};
+};
+
+cudaError_t LaunchPagedGather(const PagedArgs& args, cudaStream_t stream);
+cudaError_t LaunchPagedScatter(const PagedArgs& args, cudaStream_t stream);
+
+// ---- RoPE shift
+
+inline constexpr uint32_t kMaxRopePairs = 2048;  // kvstore::kMaxHeadDim / 2
+
+// Passed by value (16 KiB kernel parameter).
+struct RopeArgs {
+  int dtype = 1;
+  uint32_t head_dim = 0;
+  uint64_t num_vectors = 0;
+  bool neox = false;
+  const void* src = nullptr;
+  void* dst = nullptr;
+  float cos[kMaxRopePairs];
+  float sin[kMaxRopePairs];
+};
+
+cudaError_t LaunchRopeShift(const RopeArgs& args, cudaStream_t stream);
+
+// ---- CacheBlend selection
+
+struct BlendArgs {
+  int dtype = 1;
+  uint32_t tokens = 0;
+  uint32_t hd = 0;  // Multiple of 8.
+  uint32_t k = 0;
+  const void* fresh = nullptr;
+  const void* cached = nullptr;
+  float* deviations = nullptr;  // [tokens], caller's output or workspace.
+  int32_t* selected = nullptr;  // [k]
+};
+
+cudaError_t LaunchBlendSelect(const BlendArgs& args, cudaStream_t stream);
+
+}  // namespace strata::kernels::internal
+
+#endif  // STRATA_KERNELS_INTERNAL_LAUNCH_H_

@@ -1,0 +1,440 @@
+// Quant (KIVI) encode and decode kernels. Layout and arithmetic:
+// docs/codecs/quant_aqua.md; thread mapping: docs/kernels.md.
+//
+// A payload is [K slab of layer 0..L-1][V slab of layer 0..L-1]; a slab is
+// [sinks][group records][packed codes]. Per side, one launch handles every
+// layer (blockIdx.y = layer):
+//   - sinks: a word copy (with a finiteness check) of the first n_sink tokens;
+//   - per-token groups (values; keys with keys_per_token): a group is G
+//     consecutive elements of the flattened slab, so a thread owns 8
+//     consecutive elements, G/8 neighbouring lanes own one group and reduce
+//     its min/max with shuffles, and the thread's 8 codes are `bits` whole
+//     bytes of the code stream;
+//   - per-channel groups (keys): a block owns one token group (<= G tokens)
+//     of C channels: it stages the [len][C] tile in shared memory, reduces
+//     each channel's min/max over tokens, and writes the C records and the
+//     C*len*bits/8 bytes of codes that those channels own (a contiguous,
+//     4-byte aligned range).
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels/internal/device_util.cuh"
+#include "kernels/internal/launch.h"
+#include "kernels/internal/numeric.h"
+
+namespace strata::kernels::internal {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr float kInf = __builtin_huge_valf();
+
+__device__ __forceinline__ uint64_t RawSlabOffset(const QuantArgs& a, int side,
+                                                  uint32_t layer) {
+  // Element offset of token 0 of (side, layer) in the raw block.
+  return ((static_cast<uint64_t>(side) * a.layers + layer) * a.tokens) * a.hd;
+}
+
+__device__ __forceinline__ uint64_t PayloadSlabOffset(const QuantArgs& a,
+                                                      int side,
+                                                      uint32_t layer) {
+  return a.side[side].side_offset + layer * a.side[side].slab_bytes;
+}
+
+// ---- Sinks: a word copy of n_sink * hd elements per (side, layer), both
+// directions, checking that every element is finite.
+
+template <class Tr>
+__global__ void __launch_bounds__(kThreads)
+    SinkCopyKernel(const QuantArgs a, bool decode) {
+  using Bits = typename Tr::Bits;
+  constexpr int kPerWord = 4 / sizeof(Bits);
+  const int side = blockIdx.z;
+  const uint32_t layer = blockIdx.y;
+  const uint64_t raw = RawSlabOffset(a, side, layer) * a.dsize;
+  const uint64_t pay = PayloadSlabOffset(a, side, layer);
+  const uint32_t* src = reinterpret_cast<const uint32_t*>(
+      static_cast<const uint8_t*>(a.src) + (decode ? pay : raw));
+  uint32_t* dst = reinterpret_cast<uint32_t*>(static_cast<uint8_t*>(a.dst) +
+                                              (decode ? raw : pay));
+  const uint64_t words = a.side[side].sink_bytes / 4;
+  uint32_t flags = 0;
+  for (uint64_t w = blockIdx.x * blockDim.x + threadIdx.x; w < words;
+       w += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
+    const uint32_t v = src[w];
+#pragma unroll
+    for (int e = 0; e < kPerWord; ++e) {
+      const Bits b = static_cast<Bits>(v >> (8 * sizeof(Bits) * e));
+      if (!Tr::IsFinite(b)) flags = decode ? kFlagBadSink : kFlagNonFinite;
+    }
+    dst[w] = v;
+  }
+  ReportFlags(a.error_flags, flags);
+}
+
+// ---- Per-token groups.
+
+template <class Tr>
+__global__ void __launch_bounds__(kThreads)
+    EncodePerTokenKernel(const QuantArgs a, int side) {
+  using Bits = typename Tr::Bits;
+  const QuantSideArgs& s = a.side[side];
+  const uint32_t layer = blockIdx.y;
+  const uint32_t lanes_per_group = s.group / 8;  // 4, 8 or 16.
+  const uint64_t items = static_cast<uint64_t>(a.tokens - a.n_sink) * a.hd / 8;
+  const uint8_t* in =
+      static_cast<const uint8_t*>(a.src) +
+      (RawSlabOffset(a, side, layer) + static_cast<uint64_t>(a.n_sink) * a.hd) *
+          a.dsize;
+  uint8_t* slab = static_cast<uint8_t*>(a.dst) +
+                  PayloadSlabOffset(a, side, layer) + s.sink_bytes;
+  uint8_t* codes = slab + 4 * s.num_groups;
+  const float levels = Levels(s.bits);
+  const int lane = threadIdx.x & 31;
+  uint32_t flags = 0;
+  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
+  // Whole warps iterate together (the shuffles need every lane).
+  for (uint64_t base = blockIdx.x * static_cast<uint64_t>(blockDim.x) +
+                       (threadIdx.x & ~31u);
+       base < items; base += stride) {
+    const uint64_t item = base + lane;
+    const bool active = item < items;
+    float x[8];
+    float lo = kInf, hi = -kInf;
+    if (active) {
+      Bits b[8];
+      Load8(in + item * 8 * sizeof(Bits), b);
+#pragma unroll
+      for (int m = 0; m < 8; ++m) {
+        x[m] = Tr::ToFloat(b[m]);
+        flags |= QuantInputFlags(x[m]);
+        lo = OrderedMin(lo, x[m]);
+        hi = OrderedMax(hi, x[m]);
+      }
+    }
+    // Combine the group's lanes in element order (earlier range on the left).
+    for (uint32_t m = 1; m < lanes_per_group; m <<= 1) {
+      const float olo = __shfl_xor_sync(kFullMask, lo, m);
+      const float ohi = __shfl_xor_sync(kFullMask, hi, m);
+      if (lane & m) {
+        lo = OrderedMin(olo, lo);
+        hi = OrderedMax(ohi, hi);
+      } else {
+        lo = OrderedMin(lo, olo);
+        hi = OrderedMax(hi, ohi);
+      }
+    }
+    if (!active) continue;
+    const GroupRecord r = MakeGroupRecord(lo, hi, s.bits);
+    if ((lane & (lanes_per_group - 1)) == 0) {
+      reinterpret_cast<uint32_t*>(slab)[item / lanes_per_group] = r.Word();
+    }
+    uint64_t packed = 0;
+#pragma unroll
+    for (int m = 0; m < 8; ++m) {
+      packed |=
+          static_cast<uint64_t>(QuantizeCode(x[m], r.zero, r.scale, levels))
+          << (m * s.bits);
+    }
+    StorePackedCodes(codes + item * s.bits, packed, s.bits);
+  }
+  ReportFlags(a.error_flags, flags);
+}
+
+template <class Tr>
+__global__ void __launch_bounds__(kThreads)
+    DecodePerTokenKernel(const QuantArgs a, int side) {
+  using Bits = typename Tr::Bits;
+  const QuantSideArgs& s = a.side[side];
+  const uint32_t layer = blockIdx.y;
+  const uint32_t lanes_per_group = s.group / 8;
+  const uint64_t items = static_cast<uint64_t>(a.tokens - a.n_sink) * a.hd / 8;
+  const uint8_t* slab = static_cast<const uint8_t*>(a.src) +
+                        PayloadSlabOffset(a, side, layer) + s.sink_bytes;
+  const uint8_t* codes = slab + 4 * s.num_groups;
+  uint8_t* out =
+      static_cast<uint8_t*>(a.dst) +
+      (RawSlabOffset(a, side, layer) + static_cast<uint64_t>(a.n_sink) * a.hd) *
+          a.dsize;
+  const uint32_t mask = (1u << s.bits) - 1;
+  uint32_t flags = 0;
+  for (uint64_t item =
+           blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x;
+       item < items; item += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
+    const uint32_t word =
+        reinterpret_cast<const uint32_t*>(slab)[item / lanes_per_group];
+    if (RecordWordIsBad(word)) flags |= kFlagBadGroupRecord;
+    const GroupRecord r = RecordFromWord(word);
+    const uint64_t packed = LoadPackedCodes(codes + item * s.bits, s.bits);
+    Bits b[8];
+#pragma unroll
+    for (int m = 0; m < 8; ++m) {
+      const uint32_t q = static_cast<uint32_t>(packed >> (m * s.bits)) & mask;
+      b[m] = Tr::FromFloat(DequantizeCode(q, r.zero, r.scale));
+    }
+    Store8(out + item * 8 * sizeof(Bits), b);
+  }
+  ReportFlags(a.error_flags, flags);
+}
+
+// ---- Per-channel groups (keys): one block per (token group, C channels).
+
+struct ChannelTile {
+  uint32_t tg, j0, t0, len;
+};
+
+template <int C>
+__device__ __forceinline__ ChannelTile TileOf(const QuantArgs& a,
+                                              const QuantSideArgs& s) {
+  const uint32_t chunks = a.hd / C;
+  ChannelTile t;
+  t.tg = blockIdx.x / chunks;
+  t.j0 = (blockIdx.x % chunks) * C;
+  t.t0 = t.tg * s.group;
+  const uint32_t tq = a.tokens - a.n_sink;
+  t.len = min(s.group, tq - t.t0);
+  return t;
+}
+
+template <int C>
+constexpr size_t EncodePerChannelSmem(uint32_t group) {
+  constexpr int kP = kThreads / C;
+  return sizeof(float) *
+             (static_cast<size_t>(group) * (C + 1) + 2 * kP * C + 2 * C) +
+         static_cast<size_t>(C) * group;
+}
+
+template <int C, class Tr>
+__global__ void __launch_bounds__(kThreads)
+    EncodePerChannelKernel(const QuantArgs a, int side) {
+  using Bits = typename Tr::Bits;
+  constexpr int kP = kThreads / C;  // Threads per channel in the reduction.
+  constexpr int kStride = C + 1;    // Padded tile row: no bank conflicts.
+  const QuantSideArgs& s = a.side[side];
+  const uint32_t layer = blockIdx.y;
+  const ChannelTile tile = TileOf<C>(a, s);
+  const uint32_t len = tile.len;
+
+  extern __shared__ float smem[];
+  float* x = smem;                                        // [group][C + 1]
+  float* part_lo = x + s.group * kStride;                 // [kP][C]
+  float* part_hi = part_lo + kP * C;                      // [kP][C]
+  float* zero = part_hi + kP * C;                         // [C]
+  float* scale = zero + C;                                // [C]
+  uint8_t* code = reinterpret_cast<uint8_t*>(scale + C);  // [C * len]
+
+  // 1. Stage the tile: rows of C channels, 8 elements per load.
+  const uint8_t* in =
+      static_cast<const uint8_t*>(a.src) +
+      (RawSlabOffset(a, side, layer) +
+       static_cast<uint64_t>(a.n_sink + tile.t0) * a.hd + tile.j0) *
+          sizeof(Bits);
+  uint32_t flags = 0;
+  constexpr uint32_t kChunksPerRow = C / 8;
+  for (uint32_t v = threadIdx.x; v < len * kChunksPerRow; v += kThreads) {
+    const uint32_t t = v / kChunksPerRow, c8 = v % kChunksPerRow;
+    Bits b[8];
+    Load8(in + (static_cast<uint64_t>(t) * a.hd + c8 * 8) * sizeof(Bits), b);
+#pragma unroll
+    for (int m = 0; m < 8; ++m) {
+      const float f = Tr::ToFloat(b[m]);
+      flags |= QuantInputFlags(f);
+      x[t * kStride + c8 * 8 + m] = f;
+    }
+  }
+  __syncthreads();
+
+  // 2. Min/max per channel: kP threads each scan a contiguous token range,
+  // then one thread per channel combines the ranges in token order.
+  {
+    const uint32_t c = threadIdx.x % C, k = threadIdx.x / C;
+    const uint32_t per = (len + kP - 1) / kP;
+    const uint32_t tb = min(len, k * per), te = min(len, tb + per);
+    float lo = kInf, hi = -kInf;
+    for (uint32_t t = tb; t < te; ++t) {
+      lo = OrderedMin(lo, x[t * kStride + c]);
+      hi = OrderedMax(hi, x[t * kStride + c]);
+    }
+    part_lo[k * C + c] = lo;
+    part_hi[k * C + c] = hi;
+  }
+  __syncthreads();
+  uint8_t* slab = static_cast<uint8_t*>(a.dst) +
+                  PayloadSlabOffset(a, side, layer) + s.sink_bytes;
+  if (threadIdx.x < C) {
+    const uint32_t c = threadIdx.x;
+    float lo = part_lo[c], hi = part_hi[c];
+#pragma unroll
+    for (int k = 1; k < kP; ++k) {
+      lo = OrderedMin(lo, part_lo[k * C + c]);
+      hi = OrderedMax(hi, part_hi[k * C + c]);
+    }
+    const GroupRecord r = MakeGroupRecord(lo, hi, s.bits);
+    zero[c] = r.zero;
+    scale[c] = r.scale;
+    // Group (tg, j): records ordered [tg][h][d].
+    reinterpret_cast<uint32_t*>(
+        slab)[static_cast<uint64_t>(tile.tg) * a.hd + tile.j0 + c] = r.Word();
+  }
+  __syncthreads();
+
+  // 3. Codes in the payload's order for this tile: channel-major, tokens
+  // minor (consecutive threads: consecutive tokens of one channel, which
+  // read the padded tile without bank conflicts).
+  const float levels = Levels(s.bits);
+  const uint32_t n = C * len;
+  for (uint32_t i = threadIdx.x; i < n; i += kThreads) {
+    const uint32_t c = i / len, t = i % len;
+    code[i] = static_cast<uint8_t>(
+        QuantizeCode(x[t * kStride + c], zero[c], scale[c], levels));
+  }
+  __syncthreads();
+
+  // 4. Pack: this tile's codes are code indices [t0*hd + j0*len, +n) of
+  // the slab's stream; n * bits is a multiple of 32 and the start is
+  // 4-byte aligned, so each thread writes whole words.
+  uint32_t* dst =
+      reinterpret_cast<uint32_t*>(slab + 4 * s.num_groups +
+                                  (static_cast<uint64_t>(tile.t0) * a.hd +
+                                   static_cast<uint64_t>(tile.j0) * len) *
+                                      s.bits / 8);
+  const uint32_t words = n * s.bits / 32;
+  for (uint32_t w = threadIdx.x; w < words; w += kThreads) {
+    dst[w] = PackWord(code, n, s.bits, w);
+  }
+  ReportFlags(a.error_flags, flags);
+}
+
+template <int C>
+constexpr size_t DecodePerChannelSmem(uint32_t group) {
+  return sizeof(float) * 2 * C + static_cast<size_t>(C) * group;
+}
+
+template <int C, class Tr>
+__global__ void __launch_bounds__(kThreads)
+    DecodePerChannelKernel(const QuantArgs a, int side) {
+  using Bits = typename Tr::Bits;
+  const QuantSideArgs& s = a.side[side];
+  const uint32_t layer = blockIdx.y;
+  const ChannelTile tile = TileOf<C>(a, s);
+  const uint32_t len = tile.len;
+
+  extern __shared__ float smem[];
+  float* zero = smem;
+  float* scale = zero + C;
+  uint32_t* code_words = reinterpret_cast<uint32_t*>(scale + C);
+  const uint8_t* code = reinterpret_cast<const uint8_t*>(code_words);
+
+  const uint8_t* slab = static_cast<const uint8_t*>(a.src) +
+                        PayloadSlabOffset(a, side, layer) + s.sink_bytes;
+  uint32_t flags = 0;
+  if (threadIdx.x < C) {
+    const uint32_t c = threadIdx.x;
+    const uint32_t word = reinterpret_cast<const uint32_t*>(
+        slab)[static_cast<uint64_t>(tile.tg) * a.hd + tile.j0 + c];
+    if (RecordWordIsBad(word)) flags |= kFlagBadGroupRecord;
+    const GroupRecord r = RecordFromWord(word);
+    zero[c] = r.zero;
+    scale[c] = r.scale;
+  }
+  const uint32_t n = C * len;
+  const uint32_t* src =
+      reinterpret_cast<const uint32_t*>(slab + 4 * s.num_groups +
+                                        (static_cast<uint64_t>(tile.t0) * a.hd +
+                                         static_cast<uint64_t>(tile.j0) * len) *
+                                            s.bits / 8);
+  const uint32_t words = n * s.bits / 32;
+  for (uint32_t w = threadIdx.x; w < words; w += kThreads) {
+    code_words[w] = src[w];
+  }
+  __syncthreads();
+
+  uint8_t* out = static_cast<uint8_t*>(a.dst) +
+                 (RawSlabOffset(a, side, layer) +
+                  static_cast<uint64_t>(a.n_sink + tile.t0) * a.hd + tile.j0) *
+                     sizeof(Bits);
+  constexpr uint32_t kChunksPerRow = C / 8;
+  for (uint32_t v = threadIdx.x; v < len * kChunksPerRow; v += kThreads) {
+    const uint32_t t = v / kChunksPerRow, c8 = v % kChunksPerRow;
+    Bits b[8];
+#pragma unroll
+    for (int m = 0; m < 8; ++m) {
+      const uint32_t c = c8 * 8 + m;
+      const uint32_t q = ReadCode(code, c * len + t, s.bits);
+      b[m] = Tr::FromFloat(DequantizeCode(q, zero[c], scale[c]));
+    }
+    Store8(out + (static_cast<uint64_t>(t) * a.hd + c8 * 8) * sizeof(Bits), b);
+  }
+  ReportFlags(a.error_flags, flags);
+}
+
+// ---- Launch plumbing.
+
+unsigned GridFor(uint64_t items, uint32_t layers) {
+  // Enough blocks to fill the GPU several times over; the kernels loop.
+  const uint64_t want = (items + kThreads - 1) / kThreads;
+  const uint64_t cap = layers >= 64 ? 64 : 4096 / layers;
+  return static_cast<unsigned>(want < cap ? (want ? want : 1) : cap);
+}
+
+template <class Tr>
+void LaunchSide(const QuantArgs& a, int side, bool decode, cudaStream_t st) {
+  const QuantSideArgs& s = a.side[side];
+  const uint32_t tq = a.tokens - a.n_sink;
+  if (tq == 0) return;
+  if (s.per_token) {
+    const uint64_t items = static_cast<uint64_t>(tq) * a.hd / 8;
+    const dim3 grid(GridFor(items, a.layers), a.layers);
+    if (decode) {
+      DecodePerTokenKernel<Tr><<<grid, kThreads, 0, st>>>(a, side);
+    } else {
+      EncodePerTokenKernel<Tr><<<grid, kThreads, 0, st>>>(a, side);
+    }
+    return;
+  }
+  const uint32_t token_groups = (tq + s.group - 1) / s.group;
+  auto run = [&](auto c_tag) {
+    constexpr int C = decltype(c_tag)::value;
+    const dim3 grid(token_groups * (a.hd / C), a.layers);
+    if (decode) {
+      DecodePerChannelKernel<C, Tr>
+          <<<grid, kThreads, DecodePerChannelSmem<C>(s.group), st>>>(a, side);
+    } else {
+      EncodePerChannelKernel<C, Tr>
+          <<<grid, kThreads, EncodePerChannelSmem<C>(s.group), st>>>(a, side);
+    }
+  };
+  // The same choice as internal::QuantChannelTile (the host emulation).
+  if (a.hd % 64 == 0) {
+    run(std::integral_constant<int, 64>{});
+  } else {
+    run(std::integral_constant<int, 32>{});
+  }
+}
+
+cudaError_t LaunchQuant(const QuantArgs& a, bool decode, cudaStream_t st) {
+  DispatchDtype(a.dtype, [&](auto traits) {
+    using Tr = decltype(traits);
+    if (a.n_sink > 0) {
+      const uint64_t words = a.side[0].sink_bytes / 4;
+      const dim3 grid(GridFor(words, 2 * a.layers), a.layers, 2);
+      SinkCopyKernel<Tr><<<grid, kThreads, 0, st>>>(a, decode);
+    }
+    LaunchSide<Tr>(a, 0, decode, st);
+    LaunchSide<Tr>(a, 1, decode, st);
+  });
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t LaunchQuantEncode(const QuantArgs& args, cudaStream_t stream) {
+  return LaunchQuant(args, /*decode=*/false, stream);
+}
+
+cudaError_t LaunchQuantDecode(const QuantArgs& args, cudaStream_t stream) {
+  return LaunchQuant(args, /*decode=*/true, stream);
+}
+
+}  // namespace strata::kernels::internal
