@@ -353,12 +353,7 @@ class AquaCodec final : public Codec {
     STRATA_RETURN_IF_ERROR(shape.Validate());
     STRATA_ASSIGN_OR_RETURN(AquaParams p, AquaParams::FromBytes(params, shape));
     STRATA_ASSIGN_OR_RETURN(Predictors w, LoadPredictors(profile, shape));
-    if (profile->id() != p.profile_id) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "profile: the block was encoded with profile ",
-          absl::Hex(p.profile_id), ", this is ", absl::Hex(profile->id()),
-          " (\"", profile->model_id(), "\")"));
-    }
+    STRATA_RETURN_IF_ERROR(CheckProfileId(profile, p.profile_id));
     const Layout lay = MakeLayout(shape, p);
     if (payload.size() != lay.total) {
       return absl::DataLossError(absl::StrCat("payload: ", payload.size(),

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "codecs/internal/kmeans.h"
 #include "codecs/internal/registry.h"
+#include "common/little_endian.h"
 #include "common/status_macros.h"
 
 namespace strata::codecs {
@@ -18,18 +19,6 @@ namespace {
 constexpr uint8_t kVersion = 1;
 constexpr size_t kInnerParamsSize = kvstore::kCodecParamsSize;
 
-template <typename T>
-void Put(std::vector<uint8_t>& out, T v) {
-  uint8_t b[sizeof(T)];
-  std::memcpy(b, &v, sizeof(T));
-  out.insert(out.end(), b, b + sizeof(T));
-}
-template <typename T>
-T Get(const uint8_t* p) {
-  T v;
-  std::memcpy(&v, p, sizeof(T));
-  return v;
-}
 
 struct Geometry {
   uint32_t layers = 0, tokens = 0, heads = 0, dim = 0;
@@ -76,13 +65,13 @@ absl::StatusOr<uint32_t> ResolveClusters(const BlockShape& shape,
 float ReadElement(DType dtype, const uint8_t* raw, size_t i) {
   switch (dtype) {
     case DType::kFloat16:
-      return HalfToFloat(Get<uint16_t>(raw + 2 * i));
+      return HalfToFloat(LoadLE<uint16_t>(raw + 2 * i));
     case DType::kBFloat16:
-      return BFloat16ToFloat(Get<uint16_t>(raw + 2 * i));
+      return BFloat16ToFloat(LoadLE<uint16_t>(raw + 2 * i));
     case DType::kFloat8E4M3:
       return Fp8E4M3ToFloat(raw[i]);
     case DType::kFloat32:
-      return Get<float>(raw + 4 * i);
+      return LoadLE<float>(raw + 4 * i);
   }
   return 0;
 }
@@ -189,7 +178,7 @@ class ClusterIndexBuilder {
       const uint8_t* p8 = index + s * g.index_slot_bytes();
       float* c = &out.centroids_[s * g.clusters * g.dim];
       for (size_t i = 0; i < size_t{g.clusters} * g.dim; ++i, p8 += 2) {
-        c[i] = HalfToFloat(Get<uint16_t>(p8));
+        c[i] = HalfToFloat(LoadLE<uint16_t>(p8));
         if (!std::isfinite(c[i])) {
           return absl::DataLossError(absl::StrCat("centroids: layer ", layer,
                                                   " head ", head,
@@ -198,7 +187,7 @@ class ClusterIndexBuilder {
       }
       uint32_t* ends = &out.ends_[s * g.clusters];
       for (uint32_t j = 0; j < g.clusters; ++j, p8 += 4) {
-        ends[j] = Get<uint32_t>(p8);
+        ends[j] = LoadLE<uint32_t>(p8);
         if (ends[j] < (j ? ends[j - 1] : 0) || ends[j] > g.members) {
           return absl::DataLossError(
               absl::StrCat("cluster_ends: layer ", layer, " head ", head,
@@ -214,7 +203,7 @@ class ClusterIndexBuilder {
       std::fill(seen.begin(), seen.end(), 0);
       uint32_t* tokens = &out.tokens_[s * g.members];
       for (uint32_t i = 0, j = 0; i < g.members; ++i, p8 += 2) {
-        tokens[i] = Get<uint16_t>(p8);
+        tokens[i] = LoadLE<uint16_t>(p8);
         while (j < g.clusters && ends[j] <= i) ++j;  // Cluster of entry i.
         const bool first_of_cluster = i == (j ? ends[j - 1] : 0);
         if (tokens[i] < g.sinks || tokens[i] >= g.tokens || seen[tokens[i]] ||
@@ -314,19 +303,19 @@ class ClusterCodec final : public Codec {
           for (uint32_t t = 0; t < g.dim; ++t) {
             const double mean =
                 size[j] ? sum[size_t{j} * g.dim + t] / size[j] : 0;
-            Put<uint16_t>(out, FloatToHalf(static_cast<float>(mean)));
+            AppendLE<uint16_t>(out, FloatToHalf(static_cast<float>(mean)));
           }
         }
         uint32_t end = 0;
         for (uint32_t j = 0; j < clusters; ++j)
-          Put<uint32_t>(out, end += size[j]);
+          AppendLE<uint32_t>(out, end += size[j]);
         std::vector<uint32_t> order(g.members);
         std::iota(order.begin(), order.end(), 0);
         std::stable_sort(
             order.begin(), order.end(),
             [&](uint32_t a, uint32_t b) { return labels[a] < labels[b]; });
         for (uint32_t i : order)
-          Put<uint16_t>(out, static_cast<uint16_t>(g.sinks + i));
+          AppendLE<uint16_t>(out, static_cast<uint16_t>(g.sinks + i));
       }
     }
     out.resize(out.size() + kInnerParamsSize, 0);

@@ -45,6 +45,17 @@ class Reader {
 
 }  // namespace
 
+absl::Status CheckProfileId(const CodecProfile* profile,
+                            uint64_t recorded_id) {
+  if (profile == nullptr || profile->id() == recorded_id) {
+    return absl::OkStatus();
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "profile: id ", absl::Hex(profile->id(), absl::kZeroPad16),
+      " differs from ", absl::Hex(recorded_id, absl::kZeroPad16),
+      ", the profile the block was encoded with"));
+}
+
 absl::Status CodecProfile::Put(const std::string& name,
                                std::vector<uint32_t> dims,
                                std::vector<float> data) {

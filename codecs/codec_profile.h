@@ -34,6 +34,13 @@ struct ProfileTensor {
   std::vector<float> data;  // prod(dims) values, row-major.
 };
 
+class CodecProfile;
+
+// OK when `profile` is null (checked elsewhere) or its id is `recorded_id`,
+// the id written into a block's params at encode time; otherwise
+// FAILED_PRECONDITION naming "profile" with both ids.
+absl::Status CheckProfileId(const CodecProfile* profile, uint64_t recorded_id);
+
 class CodecProfile {
  public:
   explicit CodecProfile(std::string model_id) : model_id_(std::move(model_id)) {}

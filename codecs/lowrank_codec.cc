@@ -287,12 +287,7 @@ class LowRankCodec final : public Codec {
     STRATA_RETURN_IF_ERROR(ValidateParams(shape, params));
     const LowRankParams p = *LowRankParams::FromBytes(params);
     STRATA_ASSIGN_OR_RETURN(BlockShape sel, selection.Resolve(shape));
-    if (profile != nullptr && profile->id() != p.profile_id) {
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "profile: id %016x differs from %016x, the profile the block was "
-          "encoded with",
-          profile->id(), p.profile_id));
-    }
+    STRATA_RETURN_IF_ERROR(CheckProfileId(profile, p.profile_id));
     Half halves[2];
     STRATA_RETURN_IF_ERROR(LoadHalves(profile, shape, p, halves));
     const uint64_t total = PayloadBytes(shape, halves);

@@ -280,12 +280,7 @@ class SparseCodec final : public Codec {
     STRATA_RETURN_IF_ERROR(ValidateParams(shape, params));
     const SparseParams p = *SparseParams::FromBytes(params);
     STRATA_ASSIGN_OR_RETURN(BlockShape sel, selection.Resolve(shape));
-    if (profile != nullptr && profile->id() != p.profile_id) {
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "profile: id %016x differs from %016x, the profile the block was "
-          "encoded with",
-          profile->id(), p.profile_id));
-    }
+    STRATA_RETURN_IF_ERROR(CheckProfileId(profile, p.profile_id));
     STRATA_ASSIGN_OR_RETURN(Dictionaries dicts,
                             LoadDictionaries(profile, shape, p));
     const SparseLayout layout(shape, p);

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "codecs/internal/kmeans.h"
 #include "codecs/internal/registry.h"
+#include "common/little_endian.h"
 #include "common/status_macros.h"
 
 namespace strata::codecs {
@@ -21,19 +22,6 @@ constexpr uint8_t kFlagSummary = 1;
 constexpr uint8_t kFlagProxyHighNorm = 2;
 constexpr uint8_t kKnownFlags = kFlagSummary | kFlagProxyHighNorm;
 
-// ---- Little-endian scalars (the payload is packed, so no alignment).
-template <typename T>
-void Put(std::vector<uint8_t>& out, T v) {
-  uint8_t b[sizeof(T)];
-  std::memcpy(b, &v, sizeof(T));
-  out.insert(out.end(), b, b + sizeof(T));
-}
-template <typename T>
-T Get(const uint8_t* p) {
-  T v;
-  std::memcpy(&v, p, sizeof(T));
-  return v;
-}
 
 // Everything the payload size and the kept set depend on.
 struct Geometry {
@@ -219,7 +207,7 @@ absl::Status AppendSummary(const KvTensor& kv, const Geometry& g,
           Dot(&w[static_cast<size_t>(i) * d], y.data(), d) - half_norm;
     }
   }
-  Put<float>(out, alpha);
+  AppendLE<float>(out, alpha);
   std::vector<float> value_mean(static_cast<size_t>(r) * d);
   for (uint32_t i = 0; i < r; ++i) {
     double m = -INFINITY;
@@ -233,7 +221,7 @@ absl::Status AppendSummary(const KvTensor& kv, const Geometry& g,
       const float* v = kv.vec(1, layer, dropped[j], head);
       for (uint32_t t = 0; t < d; ++t) acc[t] += e * v[t];
     }
-    Put<float>(out,
+    AppendLE<float>(out,
                static_cast<float>(m + std::log(z) - 0.5 * std::log(double(r))));
     for (uint32_t t = 0; t < d; ++t)
       value_mean[static_cast<size_t>(i) * d + t] =
@@ -241,16 +229,16 @@ absl::Status AppendSummary(const KvTensor& kv, const Geometry& g,
   }
   bool finite = std::isfinite(alpha) && alpha > 0;
   for (float x : key_mean) {
-    Put<uint16_t>(out, FloatToHalf(x));
+    AppendLE<uint16_t>(out, FloatToHalf(x));
     finite &= std::isfinite(RoundHalf(x));
   }
   for (float x : value_mean) {
-    Put<uint16_t>(out, FloatToHalf(x));
+    AppendLE<uint16_t>(out, FloatToHalf(x));
     finite &= std::isfinite(RoundHalf(x));
   }
   const size_t log_z_at = out.size() - size_t{2} * d * (r + 1) - 4 * r;
   for (uint32_t i = 0; i < r; ++i) {
-    finite &= std::isfinite(Get<float>(&out[log_z_at + 4 * i]));
+    finite &= std::isfinite(LoadLE<float>(&out[log_z_at + 4 * i]));
   }
   if (!finite) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -274,14 +262,14 @@ absl::StatusOr<std::vector<uint8_t>> EncodePayload(
     for (uint32_t h = 0; h < g.heads; ++h) {
       SelectKept(g, &imp[static_cast<size_t>(l) * g.tokens * g.heads + h],
                  g.heads, kept[h]);
-      for (uint32_t t : kept[h]) Put<uint16_t>(out, static_cast<uint16_t>(t));
+      for (uint32_t t : kept[h]) AppendLE<uint16_t>(out, static_cast<uint16_t>(t));
     }
     for (int which = 0; which < 2; ++which) {
       for (uint32_t h = 0; h < g.heads; ++h) {
         for (uint32_t t : kept[h]) {
           const float* x = kv.vec(which, l, t, h);
           for (uint32_t i = 0; i < g.dim; ++i)
-            Put<uint16_t>(out, FloatToHalf(x[i]));
+            AppendLE<uint16_t>(out, FloatToHalf(x[i]));
         }
       }
     }
@@ -340,7 +328,7 @@ absl::StatusOr<LayerView> ViewLayer(const Geometry& g,
   for (uint32_t h = 0; h < g.heads; ++h) {
     for (uint32_t i = 0; i < g.kept; ++i) {
       const uint32_t pos =
-          Get<uint16_t>(v.positions + 2 * (size_t{h} * g.kept + i));
+          LoadLE<uint16_t>(v.positions + 2 * (size_t{h} * g.kept + i));
       uint32_t lo, hi;  // The range entry i must lie in.
       if (i < g.sinks) {
         lo = hi = i;
@@ -367,24 +355,24 @@ absl::StatusOr<LessSummary> ReadSummary(const Geometry& g, const uint8_t* p,
   s.head_dim = g.dim;
   s.dropped = g.dropped;
   s.features = w;
-  s.alpha = Get<float>(p);
+  s.alpha = LoadLE<float>(p);
   p += 4;
   bool finite = std::isfinite(s.alpha) && s.alpha > 0;
   s.log_z.resize(g.rank);
   for (float& x : s.log_z) {
-    x = Get<float>(p);
+    x = LoadLE<float>(p);
     p += 4;
     finite &= std::isfinite(x);
   }
   s.key_mean.resize(g.dim);
   for (float& x : s.key_mean) {
-    x = HalfToFloat(Get<uint16_t>(p));
+    x = HalfToFloat(LoadLE<uint16_t>(p));
     p += 2;
     finite &= std::isfinite(x);
   }
   s.value_mean.resize(size_t{g.rank} * g.dim);
   for (float& x : s.value_mean) {
-    x = HalfToFloat(Get<uint16_t>(p));
+    x = HalfToFloat(LoadLE<uint16_t>(p));
     p += 2;
     finite &= std::isfinite(x);
   }
@@ -449,18 +437,18 @@ class TokenSparseCodec final : public Codec {
           uint32_t lo = 0, hi = g.kept;
           while (lo < hi) {
             const uint32_t m = (lo + hi) / 2;
-            if (Get<uint16_t>(pos + 2 * m) < token)
+            if (LoadLE<uint16_t>(pos + 2 * m) < token)
               lo = m + 1;
             else
               hi = m;
           }
-          if (lo == g.kept || Get<uint16_t>(pos + 2 * lo) != token) continue;
+          if (lo == g.kept || LoadLE<uint16_t>(pos + 2 * lo) != token) continue;
           const size_t off = 2 * (size_t{h} * g.kept + lo) * g.dim;
           for (uint32_t i = 0; i < g.dim; ++i) {
             out->at(0, l, t, h, i) =
-                HalfToFloat(Get<uint16_t>(v.keys + off + 2 * i));
+                HalfToFloat(LoadLE<uint16_t>(v.keys + off + 2 * i));
             out->at(1, l, t, h, i) =
-                HalfToFloat(Get<uint16_t>(v.values + off + 2 * i));
+                HalfToFloat(LoadLE<uint16_t>(v.values + off + 2 * i));
           }
         }
       }
@@ -509,7 +497,7 @@ absl::StatusOr<TokenSparseParams> TokenSparseParams::FromBytes(
   std::memcpy(&p.n_sink, &b[2], 2);
   std::memcpy(&p.window, &b[4], 2);
   std::memcpy(&p.stride, &b[6], 2);
-  const uint16_t bp = Get<uint16_t>(&b[8]);
+  const uint16_t bp = LoadLE<uint16_t>(&b[8]);
   if (bp > 10000) {
     return absl::InvalidArgumentError(
         absl::StrCat("budget_fraction: ", bp, "/10000 above 1"));
@@ -578,12 +566,12 @@ absl::StatusOr<TokenSparseLayer> DecodeKept(absl::Span<const uint8_t> block,
   out.kept_per_head = g.kept;
   out.positions.resize(size_t{g.heads} * g.kept);
   for (size_t i = 0; i < out.positions.size(); ++i)
-    out.positions[i] = Get<uint16_t>(v.positions + 2 * i);
+    out.positions[i] = LoadLE<uint16_t>(v.positions + 2 * i);
   out.keys.resize(size_t{g.heads} * g.kept * g.dim);
   out.values.resize(out.keys.size());
   for (size_t i = 0; i < out.keys.size(); ++i) {
-    out.keys[i] = HalfToFloat(Get<uint16_t>(v.keys + 2 * i));
-    out.values[i] = HalfToFloat(Get<uint16_t>(v.values + 2 * i));
+    out.keys[i] = HalfToFloat(LoadLE<uint16_t>(v.keys + 2 * i));
+    out.values[i] = HalfToFloat(LoadLE<uint16_t>(v.values + 2 * i));
   }
   if (g.summary) {
     const std::vector<float> w =
