@@ -20,11 +20,24 @@ done
 
 if [ "${#missing[@]}" -eq 0 ]; then
   echo "install-deps: all ${#PACKAGES[@]} packages present"
-  exit 0
+else
+  echo "install-deps: installing ${#missing[@]} packages: ${missing[*]}"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-echo "install-deps: installing ${#missing[@]} packages: ${missing[*]}"
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-$SUDO apt-get update -q
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+# etcd's v3 API protos (for the C++ etcd client, docs/cluster.md): extracted
+# from three Debian -dev packages without installing them (~2 MB), into a
+# stable directory that proto/etcd/CMakeLists.txt looks in. Optional: without
+# them the build skips the etcd-based membership targets.
+if [ -n "${STRATA_ETCD_PROTO_DIR:-}" ]; then
+  ETCD_PROTO_DIR="$STRATA_ETCD_PROTO_DIR"
+elif [ "$(id -u)" -eq 0 ]; then
+  ETCD_PROTO_DIR=/opt/strata/etcd-protos
+else
+  ETCD_PROTO_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/strata/etcd-protos"
+fi
+"$(dirname "$0")/fetch-etcd-protos.sh" "$ETCD_PROTO_DIR" ||
+  echo "install-deps: etcd protos unavailable; etcd membership will not be built" >&2

@@ -1,0 +1,131 @@
+// ClusterClient: the data path over a Strata cluster (docs/cluster.md).
+//
+// It follows a MemberSource (a MemberWatcher on etcd, or a
+// StaticMemberSource in single-node mode), keeps one strata::client::Client
+// per live member (created on first use), and places every block key with
+// weighted rendezvous hashing (RendezvousPlacement; weight = the member's
+// capacity_bytes, zone = its zone) on R owners:
+//
+// - Put sends the block to the R owners concurrently. The daemons keep the
+//   first write of a key (a second put answers already_present and leaves
+//   the stored bytes alone): first write wins on every owner. The put
+//   succeeds when every owner that answered acknowledged it and at least one
+//   did; owners that are unreachable (UNAVAILABLE, DEADLINE_EXCEEDED) are
+//   skipped and listed in `unreachable`. Any other error from an owner fails
+//   the put with that error, naming the node.
+// - Get asks the owners in preference order and falls back to the next one
+//   on NOT_FOUND, UNAVAILABLE, DEADLINE_EXCEEDED and DATA_LOSS (a corrupt
+//   block the owner dropped). Every attempt gets at most `attempt_timeout`
+//   of the call's deadline, so a hung owner leaves time for a replica. All
+//   owners missing the key = NOT_FOUND; none reachable = UNAVAILABLE. The
+//   client library verifies each block's checksum, so a Get returns the
+//   bytes that were put under the key, or an error.
+// - LeadingHits batches the keys per owner: one Exists per owner for the
+//   keys it is primary of, then, for keys not confirmed there, one per
+//   second owner, and so on. The answer is the length of the leading run of
+//   keys present on at least one of their owners.
+//
+// Owners that just failed with UNAVAILABLE/DEADLINE_EXCEEDED are "suspect"
+// for `suspect_for`: reads try them last and writes skip them (unless every
+// owner is suspect), so a dead node costs one failed attempt, not one per
+// call, until the membership drops it (within the lease TTL).
+//
+// Placement follows the current member set; nothing moves blocks when it
+// changes (rebalancing is future work): after a join, keys whose owners
+// changed read as misses until written again, or are found on a remaining
+// old owner by the Get fallback.
+//
+// The member set is whatever the source reports: wait for a MemberWatcher's
+// first list (WaitSynced) before the first call, or calls answer
+// UNAVAILABLE "no live members".
+//
+// Thread safety: thread-safe. Calls block the caller (sync API).
+#ifndef STRATA_CLUSTER_PLACEMENT_CLUSTER_CLIENT_H_
+#define STRATA_CLUSTER_PLACEMENT_CLUSTER_CLIENT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "client/strata_client.h"
+#include "cluster/membership/member.h"
+#include "cluster/placement/rendezvous.h"
+
+namespace strata::cluster {
+
+struct ClusterClientOptions {
+  size_t replication = 2;  // R >= 1.
+  // Template for every member's Client; `address` is replaced by the
+  // member's grpc_address. Fewer UNAVAILABLE retries than a single-node
+  // client: a replica is the better retry.
+  client::ClientOptions client = [] {
+    client::ClientOptions o;
+    o.max_attempts = 2;
+    return o;
+  }();
+  absl::Duration attempt_timeout = absl::Seconds(5);
+  absl::Duration suspect_for = absl::Seconds(2);
+};
+
+struct ClusterPutResult {
+  bool already_present = false;          // Some owner had it already.
+  std::vector<std::string> acked;        // Owners that hold it now.
+  std::vector<std::string> unreachable;  // Owners skipped or unreachable.
+};
+
+struct ClusterGetResult {
+  client::GetResult get;
+  std::string node_id;  // The owner that served it.
+  size_t owner_rank = 0;  // 0 = primary.
+};
+
+class ClusterClient {
+ public:
+  // INVALID_ARGUMENT naming "replication" when 0. `members` must outlive the
+  // ClusterClient.
+  static absl::StatusOr<std::unique_ptr<ClusterClient>> Create(
+      MemberSource* members, ClusterClientOptions options);
+  ~ClusterClient();
+
+  absl::StatusOr<ClusterPutResult> Put(const kvstore::BlockKey& key,
+                                       absl::Span<const uint8_t> block,
+                                       const client::PutOptions& put = {},
+                                       const client::CallOptions& call = {});
+  absl::StatusOr<ClusterGetResult> Get(const kvstore::BlockKey& key,
+                                       const client::CallOptions& call = {});
+  absl::StatusOr<uint32_t> LeadingHits(absl::Span<const kvstore::BlockKey> keys,
+                                       const client::CallOptions& call = {});
+
+  // The owners of `key` under the current member set, best first.
+  std::vector<std::string> Owners(const kvstore::BlockKey& key) const;
+  // The member set placement currently uses.
+  MemberList members() const;
+
+  struct Node;  // Implementation detail.
+  struct View;
+
+ private:
+  ClusterClient(MemberSource* members, ClusterClientOptions options);
+  void OnMembers(const MemberList& members);
+  std::shared_ptr<const View> view() const;
+  absl::StatusOr<std::shared_ptr<client::Client>> ClientFor(Node& node);
+  bool Suspect(const Node& node) const;
+  void MarkSuspect(Node& node, const absl::Status& status);
+
+  MemberSource* const members_;
+  const ClusterClientOptions options_;
+  uint64_t listener_id_ = 0;
+  mutable std::mutex mu_;
+  std::shared_ptr<const View> view_;
+};
+
+}  // namespace strata::cluster
+
+#endif  // STRATA_CLUSTER_PLACEMENT_CLUSTER_CLIENT_H_
