@@ -101,14 +101,29 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---- Per-token groups.
+//
+// Each thread handles kPerThread items per iteration of its grid-stride loop:
+// item u of block chunk k is chunk_base + u * kThreads + threadIdx.x, so
+// every warp still owns 32 consecutive items (whole groups: lanes_per_group
+// divides 32) and each load instruction stays coalesced. All loads of an
+// iteration are issued before any item is quantized (memory-level
+// parallelism: 4 x 16 bytes in flight per thread instead of 16). The code
+// width is a template parameter (shifts, masks and the packed-code store are
+// then constant).
 
-template <class Tr>
+// 64 bytes of input (encode) / output (decode) per thread per iteration;
+// fp32 gets 2 items (4 spill at 64 registers for bits = 8).
+template <class Bits>
+constexpr int kItemsPerThread = sizeof(Bits) == 4 ? 2 : 4;
+
+template <class Tr, int kBits>
 __global__ void __launch_bounds__(kThreads)
     EncodePerTokenKernel(const QuantArgs a, int side) {
   using Bits = typename Tr::Bits;
   const QuantSideArgs& s = a.side[side];
   const uint32_t layer = blockIdx.y;
   const uint32_t lanes_per_group = s.group / 8;  // 4, 8 or 16.
+  const int group_shift = __ffs(lanes_per_group) - 1;
   const uint64_t items = static_cast<uint64_t>(a.tokens - a.n_sink) * a.hd / 8;
   const uint8_t* in =
       static_cast<const uint8_t*>(a.src) +
@@ -117,65 +132,75 @@ __global__ void __launch_bounds__(kThreads)
   uint8_t* slab = static_cast<uint8_t*>(a.dst) +
                   PayloadSlabOffset(a, side, layer) + s.sink_bytes;
   uint8_t* codes = slab + 4 * s.num_groups;
-  const float levels = Levels(s.bits);
+  constexpr float levels = static_cast<float>((1u << kBits) - 1);
   const int lane = threadIdx.x & 31;
   uint32_t flags = 0;
-  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
+  constexpr int kPerThread = kItemsPerThread<Bits>;
+  constexpr uint64_t kChunk = static_cast<uint64_t>(kThreads) * kPerThread;
+  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * kChunk;
   // Whole warps iterate together (the shuffles need every lane).
-  for (uint64_t base = blockIdx.x * static_cast<uint64_t>(blockDim.x) +
-                       (threadIdx.x & ~31u);
-       base < items; base += stride) {
-    const uint64_t item = base + lane;
-    const bool active = item < items;
-    float x[8];
-    float lo = kInf, hi = -kInf;
-    if (active) {
-      Bits b[8];
-      Load8(in + item * 8 * sizeof(Bits), b);
+  for (uint64_t chunk = blockIdx.x * kChunk; chunk < items; chunk += stride) {
+    Bits b[kPerThread][8];
 #pragma unroll
-      for (int m = 0; m < 8; ++m) {
-        x[m] = Tr::ToFloat(b[m]);
-        flags |= QuantInputFlags(x[m]);
-        lo = OrderedMin(lo, x[m]);
-        hi = OrderedMax(hi, x[m]);
+    for (int u = 0; u < kPerThread; ++u) {
+      const uint64_t item = chunk + u * kThreads + threadIdx.x;
+      if (item < items) Load8(in + item * 8 * sizeof(Bits), b[u]);
+    }
+#pragma unroll
+    for (int u = 0; u < kPerThread; ++u) {
+      const uint64_t item = chunk + u * kThreads + threadIdx.x;
+      const bool active = item < items;
+      float x[8];
+      float lo = kInf, hi = -kInf;
+      if (active) {
+#pragma unroll
+        for (int m = 0; m < 8; ++m) {
+          x[m] = Tr::ToFloat(b[u][m]);
+          flags |= QuantInputFlags(x[m]);
+          lo = OrderedMin(lo, x[m]);
+          hi = OrderedMax(hi, x[m]);
+        }
+      }
+      // Combine the group's lanes in element order (earlier range on the
+      // left).
+      for (uint32_t m = 1; m < lanes_per_group; m <<= 1) {
+        const float olo = __shfl_xor_sync(kFullMask, lo, m);
+        const float ohi = __shfl_xor_sync(kFullMask, hi, m);
+        if (lane & m) {
+          lo = OrderedMin(olo, lo);
+          hi = OrderedMax(ohi, hi);
+        } else {
+          lo = OrderedMin(lo, olo);
+          hi = OrderedMax(hi, ohi);
+        }
+      }
+      if (active) {
+        const GroupRecord r = MakeGroupRecord(lo, hi, kBits);
+        if ((lane & (lanes_per_group - 1)) == 0) {
+          reinterpret_cast<uint32_t*>(slab)[item >> group_shift] = r.Word();
+        }
+        uint64_t packed = 0;
+#pragma unroll
+        for (int m = 0; m < 8; ++m) {
+          packed |=
+              static_cast<uint64_t>(QuantizeCode(x[m], r.zero, r.scale, levels))
+              << (m * kBits);
+        }
+        StorePackedCodes(codes + item * kBits, packed, kBits);
       }
     }
-    // Combine the group's lanes in element order (earlier range on the left).
-    for (uint32_t m = 1; m < lanes_per_group; m <<= 1) {
-      const float olo = __shfl_xor_sync(kFullMask, lo, m);
-      const float ohi = __shfl_xor_sync(kFullMask, hi, m);
-      if (lane & m) {
-        lo = OrderedMin(olo, lo);
-        hi = OrderedMax(ohi, hi);
-      } else {
-        lo = OrderedMin(lo, olo);
-        hi = OrderedMax(hi, ohi);
-      }
-    }
-    if (!active) continue;
-    const GroupRecord r = MakeGroupRecord(lo, hi, s.bits);
-    if ((lane & (lanes_per_group - 1)) == 0) {
-      reinterpret_cast<uint32_t*>(slab)[item / lanes_per_group] = r.Word();
-    }
-    uint64_t packed = 0;
-#pragma unroll
-    for (int m = 0; m < 8; ++m) {
-      packed |=
-          static_cast<uint64_t>(QuantizeCode(x[m], r.zero, r.scale, levels))
-          << (m * s.bits);
-    }
-    StorePackedCodes(codes + item * s.bits, packed, s.bits);
   }
   ReportFlags(a.error_flags, flags);
 }
 
-template <class Tr>
+template <class Tr, int kBits>
 __global__ void __launch_bounds__(kThreads)
     DecodePerTokenKernel(const QuantArgs a, int side) {
   using Bits = typename Tr::Bits;
   const QuantSideArgs& s = a.side[side];
   const uint32_t layer = blockIdx.y;
   const uint32_t lanes_per_group = s.group / 8;
+  const int group_shift = __ffs(lanes_per_group) - 1;
   const uint64_t items = static_cast<uint64_t>(a.tokens - a.n_sink) * a.hd / 8;
   const uint8_t* slab = static_cast<const uint8_t*>(a.src) +
                         PayloadSlabOffset(a, side, layer) + s.sink_bytes;
@@ -184,23 +209,38 @@ __global__ void __launch_bounds__(kThreads)
       static_cast<uint8_t*>(a.dst) +
       (RawSlabOffset(a, side, layer) + static_cast<uint64_t>(a.n_sink) * a.hd) *
           a.dsize;
-  const uint32_t mask = (1u << s.bits) - 1;
+  constexpr uint32_t mask = (1u << kBits) - 1;
   uint32_t flags = 0;
-  for (uint64_t item =
-           blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x;
-       item < items; item += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
-    const uint32_t word =
-        reinterpret_cast<const uint32_t*>(slab)[item / lanes_per_group];
-    if (RecordWordIsBad(word)) flags |= kFlagBadGroupRecord;
-    const GroupRecord r = RecordFromWord(word);
-    const uint64_t packed = LoadPackedCodes(codes + item * s.bits, s.bits);
-    Bits b[8];
+  constexpr int kPerThread = kItemsPerThread<Bits>;
+  constexpr uint64_t kChunk = static_cast<uint64_t>(kThreads) * kPerThread;
+  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * kChunk;
+  for (uint64_t chunk = blockIdx.x * kChunk; chunk < items; chunk += stride) {
+    uint32_t word[kPerThread];
+    uint64_t packed[kPerThread];
 #pragma unroll
-    for (int m = 0; m < 8; ++m) {
-      const uint32_t q = static_cast<uint32_t>(packed >> (m * s.bits)) & mask;
-      b[m] = Tr::FromFloat(DequantizeCode(q, r.zero, r.scale));
+    for (int u = 0; u < kPerThread; ++u) {
+      const uint64_t item = chunk + u * kThreads + threadIdx.x;
+      if (item < items) {
+        word[u] =
+            reinterpret_cast<const uint32_t*>(slab)[item >> group_shift];
+        packed[u] = LoadPackedCodes(codes + item * kBits, kBits);
+      }
     }
-    Store8(out + item * 8 * sizeof(Bits), b);
+#pragma unroll
+    for (int u = 0; u < kPerThread; ++u) {
+      const uint64_t item = chunk + u * kThreads + threadIdx.x;
+      if (item >= items) break;
+      if (RecordWordIsBad(word[u])) flags |= kFlagBadGroupRecord;
+      const GroupRecord r = RecordFromWord(word[u]);
+      Bits b[8];
+#pragma unroll
+      for (int m = 0; m < 8; ++m) {
+        const uint32_t q =
+            static_cast<uint32_t>(packed[u] >> (m * kBits)) & mask;
+        b[m] = Tr::FromFloat(DequantizeCode(q, r.zero, r.scale));
+      }
+      Store8(out + item * 8 * sizeof(Bits), b);
+    }
   }
   ReportFlags(a.error_flags, flags);
 }
@@ -232,7 +272,7 @@ constexpr size_t EncodePerChannelSmem(uint32_t group) {
          static_cast<size_t>(C) * group;
 }
 
-template <int C, class Tr>
+template <int C, class Tr, int kBits>
 __global__ void __launch_bounds__(kThreads)
     EncodePerChannelKernel(const QuantArgs a, int side) {
   using Bits = typename Tr::Bits;
@@ -297,7 +337,7 @@ __global__ void __launch_bounds__(kThreads)
       lo = OrderedMin(lo, part_lo[k * C + c]);
       hi = OrderedMax(hi, part_hi[k * C + c]);
     }
-    const GroupRecord r = MakeGroupRecord(lo, hi, s.bits);
+    const GroupRecord r = MakeGroupRecord(lo, hi, kBits);
     zero[c] = r.zero;
     scale[c] = r.scale;
     // Group (tg, j): records ordered [tg][h][d].
@@ -307,41 +347,85 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
 
   // 3. Codes in the payload's order for this tile: channel-major, tokens
-  // minor (consecutive threads: consecutive tokens of one channel, which
-  // read the padded tile without bank conflicts).
-  const float levels = Levels(s.bits);
+  // minor. This tile's codes are code indices [t0*hd + j0*len, +n) of the
+  // slab's stream; n * bits is a multiple of 32 and the start is 4-byte
+  // aligned, so the tile is whole words.
+  constexpr float levels = static_cast<float>((1u << kBits) - 1);
   const uint32_t n = C * len;
-  for (uint32_t i = threadIdx.x; i < n; i += kThreads) {
-    const uint32_t c = i / len, t = i % len;
-    code[i] = static_cast<uint8_t>(
-        QuantizeCode(x[t * kStride + c], zero[c], scale[c], levels));
-  }
-  __syncthreads();
-
-  // 4. Pack: this tile's codes are code indices [t0*hd + j0*len, +n) of
-  // the slab's stream; n * bits is a multiple of 32 and the start is
-  // 4-byte aligned, so each thread writes whole words.
   uint32_t* dst =
       reinterpret_cast<uint32_t*>(slab + 4 * s.num_groups +
                                   (static_cast<uint64_t>(tile.t0) * a.hd +
                                    static_cast<uint64_t>(tile.j0) * len) *
-                                      s.bits / 8);
-  const uint32_t words = n * s.bits / 32;
-  for (uint32_t w = threadIdx.x; w < words; w += kThreads) {
-    dst[w] = PackWord(code, n, s.bits, w);
+                                      kBits / 8);
+  const uint32_t words = n * kBits / 32;
+  if constexpr (32 % kBits == 0) {
+    // bits = 2, 4, 8: a word is kPer whole codes, so each thread quantizes
+    // the codes of its own word (i = kPer * w + k, bit k * bits of the word,
+    // LSB first as bitpack.h) in registers and stores the word; no staging
+    // of code bytes, no extra barrier. (c, t) = divmod(i, len) is computed
+    // once per word and then stepped. Consecutive threads read consecutive
+    // token runs of the padded tile: no bank conflicts.
+    constexpr uint32_t kPer = 32 / kBits;
+    for (uint32_t w = threadIdx.x; w < words; w += kThreads) {
+      const uint32_t i0 = w * kPer;
+      uint32_t c = i0 / len, t = i0 % len;
+      uint32_t word = 0;
+#pragma unroll
+      for (uint32_t k = 0; k < kPer; ++k) {
+        word |= QuantizeCode(x[t * kStride + c], zero[c], scale[c], levels)
+                << (k * kBits);
+        if (++t == len) {
+          t = 0;
+          ++c;
+        }
+      }
+      dst[w] = word;
+    }
+  } else {
+    // bits = 3: codes straddle words; stage the code bytes, then pack.
+    // (c, t) = divmod(i, len) is stepped incrementally: one runtime division
+    // per thread instead of one per code.
+    {
+      uint32_t c = threadIdx.x / len, t = threadIdx.x % len;
+      const uint32_t dc = kThreads / len, dt = kThreads % len;
+      for (uint32_t i = threadIdx.x; i < n; i += kThreads) {
+        code[i] = static_cast<uint8_t>(
+            QuantizeCode(x[t * kStride + c], zero[c], scale[c], levels));
+        c += dc;
+        t += dt;
+        if (t >= len) {
+          t -= len;
+          ++c;
+        }
+      }
+    }
+    __syncthreads();
+    for (uint32_t w = threadIdx.x; w < words; w += kThreads) {
+      dst[w] = PackWord(code, n, kBits, w);
+    }
   }
   ReportFlags(a.error_flags, flags);
 }
 
+// Row stride (bytes) of the transposed code tile of the decode kernel: C
+// codes of one token plus 4 bytes of padding (rows stay 4-byte aligned, and
+// consecutive rows start in different banks).
+template <int C>
+constexpr uint32_t kCodeRow = C + 4;
+
 template <int C>
 constexpr size_t DecodePerChannelSmem(uint32_t group) {
-  return sizeof(float) * 2 * C + static_cast<size_t>(C) * group;
+  // [group][kCodeRow] bytes also holds the C * group * 3 / 8 bytes of packed
+  // 3-bit codes.
+  return sizeof(float) * 2 * C + static_cast<size_t>(kCodeRow<C>) * group;
 }
 
-template <int C, class Tr>
+template <int C, class Tr, int kBits>
 __global__ void __launch_bounds__(kThreads)
     DecodePerChannelKernel(const QuantArgs a, int side) {
   using Bits = typename Tr::Bits;
+  constexpr uint32_t kRow = kCodeRow<C>;
+  constexpr uint32_t kMask = (1u << kBits) - 1;
   const QuantSideArgs& s = a.side[side];
   const uint32_t layer = blockIdx.y;
   const ChannelTile tile = TileOf<C>(a, s);
@@ -350,8 +434,10 @@ __global__ void __launch_bounds__(kThreads)
   extern __shared__ float smem[];
   float* zero = smem;
   float* scale = zero + C;
+  // bits = 2, 4, 8: codes[t * kRow + c] (one byte per code, transposed);
+  // bits = 3: the packed code words as in the payload.
   uint32_t* code_words = reinterpret_cast<uint32_t*>(scale + C);
-  const uint8_t* code = reinterpret_cast<const uint8_t*>(code_words);
+  uint8_t* code = reinterpret_cast<uint8_t*>(code_words);
 
   const uint8_t* slab = static_cast<const uint8_t*>(a.src) +
                         PayloadSlabOffset(a, side, layer) + s.sink_bytes;
@@ -370,10 +456,32 @@ __global__ void __launch_bounds__(kThreads)
       reinterpret_cast<const uint32_t*>(slab + 4 * s.num_groups +
                                         (static_cast<uint64_t>(tile.t0) * a.hd +
                                          static_cast<uint64_t>(tile.j0) * len) *
-                                            s.bits / 8);
-  const uint32_t words = n * s.bits / 32;
-  for (uint32_t w = threadIdx.x; w < words; w += kThreads) {
-    code_words[w] = src[w];
+                                            kBits / 8);
+  const uint32_t words = n * kBits / 32;
+  if constexpr (32 % kBits == 0) {
+    // Each word holds kPer whole codes, i = kPer * w + k at bit k * bits
+    // (channel-major stream: c = i / len, t = i % len, computed once per
+    // word and then stepped): unpack them straight into the transposed
+    // tile, so the output pass reads 8 channels' codes with two word loads
+    // instead of 8 byte-wise ReadCode calls.
+    constexpr uint32_t kPer = 32 / kBits;
+    for (uint32_t w = threadIdx.x; w < words; w += kThreads) {
+      const uint32_t word = src[w];
+      const uint32_t i0 = w * kPer;
+      uint32_t c = i0 / len, t = i0 % len;
+#pragma unroll
+      for (uint32_t k = 0; k < kPer; ++k) {
+        code[t * kRow + c] = static_cast<uint8_t>((word >> (k * kBits)) & kMask);
+        if (++t == len) {
+          t = 0;
+          ++c;
+        }
+      }
+    }
+  } else {
+    for (uint32_t w = threadIdx.x; w < words; w += kThreads) {
+      code_words[w] = src[w];
+    }
   }
   __syncthreads();
 
@@ -384,12 +492,27 @@ __global__ void __launch_bounds__(kThreads)
   constexpr uint32_t kChunksPerRow = C / 8;
   for (uint32_t v = threadIdx.x; v < len * kChunksPerRow; v += kThreads) {
     const uint32_t t = v / kChunksPerRow, c8 = v % kChunksPerRow;
+    uint32_t q[8];
+    if constexpr (32 % kBits == 0) {
+      const uint32_t* row =
+          reinterpret_cast<const uint32_t*>(code + t * kRow + c8 * 8);
+      const uint32_t w0 = row[0], w1 = row[1];
+#pragma unroll
+      for (int m = 0; m < 4; ++m) {
+        q[m] = (w0 >> (8 * m)) & 0xFF;
+        q[m + 4] = (w1 >> (8 * m)) & 0xFF;
+      }
+    } else {
+#pragma unroll
+      for (int m = 0; m < 8; ++m) {
+        q[m] = ReadCode(code, (c8 * 8 + m) * len + t, kBits);
+      }
+    }
     Bits b[8];
 #pragma unroll
     for (int m = 0; m < 8; ++m) {
       const uint32_t c = c8 * 8 + m;
-      const uint32_t q = ReadCode(code, c * len + t, s.bits);
-      b[m] = Tr::FromFloat(DequantizeCode(q, zero[c], scale[c]));
+      b[m] = Tr::FromFloat(DequantizeCode(q[m], zero[c], scale[c]));
     }
     Store8(out + (static_cast<uint64_t>(t) * a.hd + c8 * 8) * sizeof(Bits), b);
   }
@@ -405,39 +528,64 @@ unsigned GridFor(uint64_t items, uint32_t layers) {
   return static_cast<unsigned>(want < cap ? (want ? want : 1) : cap);
 }
 
+// Calls f(std::integral_constant<int, bits>{}) for bits in {2, 3, 4, 8}.
+template <class F>
+void DispatchBits(int bits, F&& f) {
+  switch (bits) {
+    case 2:
+      f(std::integral_constant<int, 2>{});
+      return;
+    case 3:
+      f(std::integral_constant<int, 3>{});
+      return;
+    case 4:
+      f(std::integral_constant<int, 4>{});
+      return;
+    default:
+      f(std::integral_constant<int, 8>{});
+      return;
+  }
+}
+
 template <class Tr>
 void LaunchSide(const QuantArgs& a, int side, bool decode, cudaStream_t st) {
   const QuantSideArgs& s = a.side[side];
   const uint32_t tq = a.tokens - a.n_sink;
   if (tq == 0) return;
-  if (s.per_token) {
-    const uint64_t items = static_cast<uint64_t>(tq) * a.hd / 8;
-    const dim3 grid(GridFor(items, a.layers), a.layers);
-    if (decode) {
-      DecodePerTokenKernel<Tr><<<grid, kThreads, 0, st>>>(a, side);
-    } else {
-      EncodePerTokenKernel<Tr><<<grid, kThreads, 0, st>>>(a, side);
+  DispatchBits(s.bits, [&](auto bits_tag) {
+    constexpr int kBits = decltype(bits_tag)::value;
+    if (s.per_token) {
+      const uint64_t items = static_cast<uint64_t>(tq) * a.hd / 8;
+      constexpr int kPer = kItemsPerThread<typename Tr::Bits>;
+      const dim3 grid(GridFor((items + kPer - 1) / kPer, a.layers), a.layers);
+      if (decode) {
+        DecodePerTokenKernel<Tr, kBits><<<grid, kThreads, 0, st>>>(a, side);
+      } else {
+        EncodePerTokenKernel<Tr, kBits><<<grid, kThreads, 0, st>>>(a, side);
+      }
+      return;
     }
-    return;
-  }
-  const uint32_t token_groups = (tq + s.group - 1) / s.group;
-  auto run = [&](auto c_tag) {
-    constexpr int C = decltype(c_tag)::value;
-    const dim3 grid(token_groups * (a.hd / C), a.layers);
-    if (decode) {
-      DecodePerChannelKernel<C, Tr>
-          <<<grid, kThreads, DecodePerChannelSmem<C>(s.group), st>>>(a, side);
+    const uint32_t token_groups = (tq + s.group - 1) / s.group;
+    auto run = [&](auto c_tag) {
+      constexpr int C = decltype(c_tag)::value;
+      const dim3 grid(token_groups * (a.hd / C), a.layers);
+      if (decode) {
+        DecodePerChannelKernel<C, Tr, kBits>
+            <<<grid, kThreads, DecodePerChannelSmem<C>(s.group), st>>>(a,
+                                                                       side);
+      } else {
+        EncodePerChannelKernel<C, Tr, kBits>
+            <<<grid, kThreads, EncodePerChannelSmem<C>(s.group), st>>>(a,
+                                                                       side);
+      }
+    };
+    // The same choice as internal::QuantChannelTile (the host emulation).
+    if (a.hd % 64 == 0) {
+      run(std::integral_constant<int, 64>{});
     } else {
-      EncodePerChannelKernel<C, Tr>
-          <<<grid, kThreads, EncodePerChannelSmem<C>(s.group), st>>>(a, side);
+      run(std::integral_constant<int, 32>{});
     }
-  };
-  // The same choice as internal::QuantChannelTile (the host emulation).
-  if (a.hd % 64 == 0) {
-    run(std::integral_constant<int, 64>{});
-  } else {
-    run(std::integral_constant<int, 32>{});
-  }
+  });
 }
 
 cudaError_t LaunchQuant(const QuantArgs& a, bool decode, cudaStream_t st) {
