@@ -485,16 +485,7 @@ absl::Time UcxTransport::Tick() {
     ids.swap(finished_);
     for (uint64_t id : ids) MaybeFinishAttempt(id);
   }
-  closing_.erase(std::remove_if(closing_.begin(), closing_.end(),
-                                [](void* r) {
-                                  if (ucp_request_check_status(r) ==
-                                      UCS_INPROGRESS) {
-                                    return false;
-                                  }
-                                  ucp_request_free(r);
-                                  return true;
-                                }),
-                 closing_.end());
+  ucx::FreeCompletedRequests(closing_);
   absl::Time next = ReleaseOrphans(now);
   if (!retries_.empty()) next = std::min(next, retries_.begin()->first);
   if (!deadlines_.empty()) next = std::min(next, deadlines_.begin()->first);

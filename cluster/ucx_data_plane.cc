@@ -199,16 +199,7 @@ absl::Time UcxDataPlane::Tick() {
   std::vector<uint64_t> failed;
   failed.swap(failed_);
   for (uint64_t id : failed) Teardown(id);
-  closing_.erase(std::remove_if(closing_.begin(), closing_.end(),
-                                [](void* r) {
-                                  if (ucp_request_check_status(r) ==
-                                      UCS_INPROGRESS) {
-                                    return false;
-                                  }
-                                  ucp_request_free(r);
-                                  return true;
-                                }),
-                 closing_.end());
+  ucx::FreeCompletedRequests(closing_);
   const absl::Time now = absl::Now();
   absl::Time next_release = absl::InfiniteFuture();
   absl::erase_if(pending_, [&](const auto& kv) {

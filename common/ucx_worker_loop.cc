@@ -285,4 +285,12 @@ void* CloseEp(ucp_ep_h ep, bool force) {
   return request;
 }
 
+void FreeCompletedRequests(std::vector<void*>& requests) {
+  std::erase_if(requests, [](void* r) {
+    if (ucp_request_check_status(r) == UCS_INPROGRESS) return false;
+    ucp_request_free(r);
+    return true;
+  });
+}
+
 }  // namespace strata::ucx

@@ -117,6 +117,10 @@ std::string DescribeLanes(ucp_ep_h ep);
 // or null.
 void* CloseEp(ucp_ep_h ep, bool force);
 
+// Frees the requests in `requests` (from CloseEp) that have completed and
+// keeps the ones still in progress. Call on the worker thread.
+void FreeCompletedRequests(std::vector<void*>& requests);
+
 }  // namespace strata::ucx
 
 #endif  // STRATA_COMMON_UCX_WORKER_LOOP_H_
