@@ -80,7 +80,9 @@ struct CallOptions {
 };
 
 struct PutOptions {
-  bool durable = false;  // Acknowledged only once on the SSD tier.
+  // true: acknowledged only once on the SSD tier. false: the daemon's
+  // write_through setting decides (a client cannot opt out of it).
+  bool durable = false;
   std::string tenant;    // Labels for admin filters.
   std::string model;
 };
