@@ -85,6 +85,34 @@ absl::Status DramTier::Write(const BlockKey& key,
   return absl::OkStatus();
 }
 
+uint8_t* DramTier::Reservation::data() const {
+  return allocation_ == nullptr ? nullptr : allocation_->data();
+}
+
+size_t DramTier::Reservation::size() const {
+  return allocation_ == nullptr ? 0 : allocation_->size;
+}
+
+absl::StatusOr<DramTier::Reservation> DramTier::Reserve(size_t size) {
+  STRATA_ASSIGN_OR_RETURN(uint64_t offset, arena_->Allocate(size));
+  Reservation r;
+  r.allocation_ = std::make_shared<const Allocation>(arena_, offset, size);
+  return r;
+}
+
+absl::Status DramTier::Insert(const BlockKey& key, Reservation reservation) {
+  absl::MutexLock lock(&mu_);
+  // try_emplace leaves the reservation untouched when the key exists; it is
+  // then freed when `reservation` goes out of scope.
+  auto [it, inserted] =
+      blocks_.try_emplace(key, std::move(reservation.allocation_));
+  if (!inserted) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("key: ", key.ToHex(), " is already in the dram tier"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<BlockBytes> DramTier::Read(const BlockKey& key) {
   std::shared_ptr<const Allocation> allocation;
   {

@@ -48,6 +48,34 @@ class DramTier final : public Tier {
 
  private:
   struct Allocation;
+
+ public:
+  // An arena range set aside for one block that the caller writes in place
+  // (e.g. a network receive) before Insert makes it the key's block. Dropping
+  // it un-inserted frees the range. The range is charged to used_bytes()
+  // from Reserve on. Move-only; the bytes may be written from any thread.
+  class Reservation {
+   public:
+    Reservation() = default;
+    uint8_t* data() const;
+    size_t size() const;
+    explicit operator bool() const { return allocation_ != nullptr; }
+
+   private:
+    friend class DramTier;
+    std::shared_ptr<const Allocation> allocation_;
+  };
+
+  // A range of `size` bytes. RESOURCE_EXHAUSTED when no free range is large
+  // enough (the caller evicts and retries); INVALID_ARGUMENT naming "size"
+  // for 0. Does not look at any key.
+  absl::StatusOr<Reservation> Reserve(size_t size);
+  // Makes the reserved bytes `key`'s block, as Write would (the caller has
+  // verified them). FAILED_PRECONDITION when the key is already in the tier
+  // (the reservation is dropped, freeing its range).
+  absl::Status Insert(const BlockKey& key, Reservation reservation);
+
+ private:
   explicit DramTier(std::shared_ptr<DramArena> arena);
 
   // Shared with every Allocation so the arena outlives late readers.

@@ -21,33 +21,13 @@
 #include "common/status_macros.h"
 #include "kvstore/dram_tier.h"
 #include "kvstore/ssd_tier.h"
+#include "kvstore/tiered_store_internal.h"
 
 namespace strata::kvstore {
 
-struct TieredStore::Entry {
-  uint64_t size = 0;
-  uint64_t generation = 0;
-  uint32_t resident = 0;
-  uint32_t incoming = 0;
-  uint32_t erasing = 0;
-  absl::Time pinned_until = absl::InfinitePast();
-  uint32_t leases = 0;
-  absl::Time lease_until = absl::InfinitePast();
-  uint32_t labels = 0;  // Index into labels_.
-  int64_t stored_at_unix_ms = 0;
-};
-
-struct TieredStore::TierSlot {
-  std::unique_ptr<Tier> tier;
-  std::unique_ptr<EvictionPolicy> policy;  // Guarded by TieredStore::mu_.
-  TierStats stats;                         // Counters guarded by mu_.
-  uint64_t high_bytes = 0;
-  uint64_t low_bytes = 0;
-};
-
 namespace {
 
-constexpr uint32_t Bit(size_t t) { return uint32_t{1} << t; }
+using tiered_store_internal::Bit;
 constexpr int kMaxReadAttempts = 128;
 
 }  // namespace
@@ -203,6 +183,19 @@ void TieredStore::MaybeEvict(size_t t) {
   }
 }
 
+bool TieredStore::RoomFreedByOthers(size_t t, uint64_t charge,
+                                    uint64_t used_before, int& rounds) {
+  // EvictFromTier frees nothing when a concurrent writer's eviction already
+  // brought usage under the target; that writer may then take the room
+  // first. Look again a few times while others are moving the usage or the
+  // tier has room on paper.
+  constexpr int kMaxRounds = 16;
+  const Tier& tier = *tiers_[t]->tier;
+  const uint64_t used = tier.used_bytes();
+  return (used != used_before || used + charge <= tier.capacity_bytes()) &&
+         ++rounds <= kMaxRounds;
+}
+
 uint64_t TieredStore::EvictFromTier(size_t t, uint64_t target_bytes) {
   TierSlot& slot = *tiers_[t];
   const size_t next = t + 1;
@@ -290,6 +283,7 @@ absl::Status TieredStore::WriteIntoTier(size_t t, const BlockKey& key,
   // bytes (or everything evictable), so a fragmented arena keeps evicting
   // until a large enough range coalesces; it stops when nothing more can go.
   absl::Status s;
+  int rounds = 0;
   for (;;) {
     s = slot.tier->Write(key, block, meta);
     if (!absl::IsResourceExhausted(s)) break;
@@ -297,7 +291,10 @@ absl::Status TieredStore::WriteIntoTier(size_t t, const BlockKey& key,
     const uint64_t used = slot.tier->used_bytes();
     uint64_t target = std::min(slot.low_bytes, cap - charge);
     if (used <= target) target = used > charge ? used - charge : 0;
-    if (EvictFromTier(t, target) == 0) break;
+    if (EvictFromTier(t, target) == 0 &&
+        !RoomFreedByOthers(t, charge, used, rounds)) {
+      break;
+    }
   }
   if (!s.ok() && !absl::IsDataLoss(s)) {
     absl::MutexLock lock(&mu_);
@@ -479,13 +476,13 @@ absl::StatusOr<PutOutcome> TieredStore::Put(const BlockKey& key,
 
 absl::StatusOr<BlockLease> TieredStore::Get(const BlockKey& key,
                                             const GetOptions& options) {
-  return Read(key, options.lease_ttl, nullptr);
+  return Read(key, options.lease_ttl, options.fast_path_max_bytes, nullptr);
 }
 
 absl::StatusOr<size_t> TieredStore::GetInto(const BlockKey& key,
                                             absl::Span<uint8_t> dst) {
   STRATA_ASSIGN_OR_RETURN(BlockLease lease,
-                          Read(key, absl::ZeroDuration(), &dst));
+                          Read(key, absl::ZeroDuration(), 0, &dst));
   return lease.bytes().size();
 }
 
@@ -499,6 +496,7 @@ std::vector<absl::StatusOr<BlockLease>> TieredStore::BatchGet(
 
 absl::StatusOr<BlockLease> TieredStore::Read(const BlockKey& key,
                                              absl::Duration lease_ttl,
+                                             uint64_t fast_path_max_bytes,
                                              absl::Span<uint8_t>* dst) {
   if (lease_ttl < absl::ZeroDuration() || lease_ttl > options_.max_lease_ttl) {
     return absl::InvalidArgumentError(
@@ -515,10 +513,17 @@ absl::StatusOr<BlockLease> TieredStore::Read(const BlockKey& key,
     uint64_t generation = 0;
     {
       absl::MutexLock lock(&mu_);
-      if (first_attempt) ++counters_.gets;
       auto it = index_.find(key);
       const uint32_t usable =
           it == index_.end() ? 0 : (it->second.resident & ~skip);
+      if (fast_path_max_bytes != 0 && usable != 0 &&
+          ((usable & Bit(0)) == 0 || it->second.size > fast_path_max_bytes)) {
+        // Not read here: the caller asks again without the fast path.
+        return absl::FailedPreconditionError(absl::StrCat(
+            "fast_path: ", key.ToHex(), " is not a first-tier block of at "
+            "most ", fast_path_max_bytes, " bytes"));
+      }
+      if (first_attempt) ++counters_.gets;
       if (usable == 0) {
         if (first_attempt) {
           for (auto& slot : tiers_) ++slot->stats.misses;
@@ -665,6 +670,16 @@ size_t TieredStore::LongestPrefix(absl::Span<const BlockKey> keys) const {
     ++n;
   }
   return n;
+}
+
+std::vector<TieredStore::KeySize> TieredStore::SnapshotKeys() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<KeySize> out;
+  out.reserve(index_.size());
+  for (const auto& [key, e] : index_) {
+    if (e.resident != 0) out.push_back(KeySize{key, e.size});
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------- Admin

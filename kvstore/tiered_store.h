@@ -21,6 +21,11 @@
 //   its tier and counted; the read falls back to a lower tier's copy, or
 //   answers DATA_LOSS when no good copy remains. Wrong bytes are never
 //   returned.
+// - Reserve / Commit (receiving in place): a caller that receives a block of
+//   known size from elsewhere (the UCX data plane) reserves its range in the
+//   DRAM tier's arena, writes the bytes straight into it, and commits; the
+//   store verifies the checksum over the bytes where they lie, so the block
+//   is copied zero times instead of once. See BlockReservation.
 //
 // Thread safety: all methods are thread-safe. One mutex guards the index,
 // the policies and the counters and is held only for O(1) work per key;
@@ -44,6 +49,7 @@
 #include "kvstore/block_format.h"
 #include "kvstore/block_key.h"
 #include "kvstore/clock.h"
+#include "kvstore/dram_tier.h"
 #include "kvstore/eviction_policy.h"
 #include "kvstore/tier.h"
 
@@ -123,6 +129,12 @@ struct GetOptions {
   // How long the returned lease protects the block from eviction; zero means
   // the store's default_lease_ttl.
   absl::Duration lease_ttl = absl::ZeroDuration();
+  // For a caller that must not block long (a network progress thread): when
+  // non-zero, a block that is not in the first tier, or is larger than this,
+  // is not read; Get answers FAILED_PRECONDITION naming "fast_path" and
+  // counts nothing, and the caller retries without the option elsewhere.
+  // Misses answer NOT_FOUND as usual.
+  uint64_t fast_path_max_bytes = 0;
 };
 
 class TieredStore;
@@ -157,6 +169,74 @@ class BlockLease {
   BlockBytes bytes_;
   BlockHeader header_;
   TierKind served_from_ = TierKind::kDram;
+};
+
+// ---- Reserve / commit (receiving a block in place).
+//
+// Contract:
+// - TieredStore::Reserve(key, size) claims `key` (first write wins: a key that
+//   is stored, being put, or reserved answers ALREADY_EXISTS; a Put of a
+//   reserved key answers kAlreadyPresent) and sets aside `size` bytes of the
+//   DRAM tier's arena, evicting as Put would unless told not to. The key is
+//   not visible (Get / Exists / LongestPrefix) until Commit succeeds.
+// - The holder writes exactly `size` bytes of an encoded block into data(),
+//   from any thread, then calls TieredStore::Commit, which must happen after
+//   those writes (the caller synchronises, e.g. a completion callback).
+// - Commit verifies the header, the length and the checksum over the bytes in
+//   place. On success the block is stored (and, for a durable reservation,
+//   written to the persistent tier first). On any error nothing of it stays:
+//   DATA_LOSS naming "checksum" for a checksum mismatch, INVALID_ARGUMENT for
+//   a malformed header or a length that contradicts it, RESOURCE_EXHAUSTED
+//   when a durable write cannot reach the persistent tier.
+// - Abort(), or destroying an uncommitted reservation, frees the range and
+//   releases the key; nothing is stored.
+// - Until then the range counts towards the DRAM tier's usage and cannot be
+//   evicted; Remove of the key waits for the reservation to end, as it waits
+//   for a Put in flight. A reservation must not outlive its store.
+// Move-only. Not thread-safe itself: one owner at a time.
+class BlockReservation {
+ public:
+  BlockReservation() = default;
+  BlockReservation(BlockReservation&& other) noexcept;
+  BlockReservation& operator=(BlockReservation&& other) noexcept;
+  BlockReservation(const BlockReservation&) = delete;
+  BlockReservation& operator=(const BlockReservation&) = delete;
+  ~BlockReservation();  // Abort()s if still active.
+
+  // Where the block goes: exactly the reserved size.
+  absl::Span<uint8_t> data() const {
+    return absl::MakeSpan(range_.data(), range_.size());
+  }
+  const BlockKey& key() const { return key_; }
+  // Neither committed nor aborted.
+  bool active() const { return store_ != nullptr; }
+  // Frees the range and releases the key. No-op when not active.
+  void Abort();
+
+ private:
+  friend class TieredStore;
+
+  TieredStore* store_ = nullptr;
+  BlockKey key_;
+  uint64_t generation_ = 0;
+  DramTier::Reservation range_;
+  bool durable_ = false;
+  BlockMeta meta_;
+};
+
+struct CommitOptions {
+  // false: Commit does not evict when the block takes the tier past its high
+  // watermark (eviction may write the SSD tier); the caller runs
+  // TieredStore::EvictToWatermarks soon after on a thread that may block.
+  bool evict = true;
+};
+
+struct ReserveOptions {
+  // false: answer RESOURCE_EXHAUSTED instead of evicting when the arena has
+  // no free range of the size. Eviction may demote blocks to the SSD tier
+  // (RocksDB writes); a network progress thread passes false and falls back
+  // to Put on a worker thread.
+  bool may_evict = true;
 };
 
 struct TierStats {
@@ -206,6 +286,30 @@ class TieredStore {
                                  absl::Span<const uint8_t> block,
                                  const PutOptions& options = {});
 
+  // Claims `key` and reserves `size` bytes for its block in the DRAM tier
+  // (contract above BlockReservation). ALREADY_EXISTS when the key is
+  // stored, being put or reserved (counted as a duplicate put);
+  // INVALID_ARGUMENT naming "block" above max_block_bytes, "size" below the
+  // block header, "tenant" / "model" for labels over kMaxLabelBytes;
+  // FAILED_PRECONDITION naming "durable" without a persistent tier;
+  // RESOURCE_EXHAUSTED when the DRAM tier cannot hold the block (larger than
+  // the tier, or no room after evicting everything evictable, or
+  // !may_evict and no free range): the caller may use Put instead, which can
+  // fall back to lower tiers.
+  absl::StatusOr<BlockReservation> Reserve(
+      const BlockKey& key, uint64_t size, const PutOptions& options = {},
+      const ReserveOptions& reserve = {});
+  // Verifies the reserved bytes and stores them as the key's block (contract
+  // above BlockReservation). FAILED_PRECONDITION naming "reservation" when it
+  // is not active. The reservation is consumed either way.
+  absl::Status Commit(BlockReservation reservation,
+                      const CommitOptions& commit = {});
+  // Whether some tier is above its high watermark (cheap; any thread).
+  bool NeedsEviction() const;
+  // Evicts every tier above its high watermark down to its low watermark
+  // (what Put does after writing). May demote to the SSD tier: blocking.
+  void EvictToWatermarks();
+
   // The verified block, leased. NOT_FOUND on a miss; DATA_LOSS when every
   // copy was corrupt (all are dropped); UNAVAILABLE when a tier failed to
   // read and no other copy exists.
@@ -226,6 +330,18 @@ class TieredStore {
   // The number of leading keys of `keys` that are stored: with chained keys
   // (block_key.h), the length in chunks of the longest cached prefix.
   size_t LongestPrefix(absl::Span<const BlockKey> keys) const;
+
+  // Enumeration (cluster rebalancing, docs/cluster.md): every key stored in
+  // some tier at the moment of the call, with its block size, in no
+  // particular order. A snapshot: blocks put, removed or evicted afterwards
+  // are not reflected, so a caller acting on an entry must expect NOT_FOUND.
+  // O(number of blocks) under the index mutex (about 50 ms per million
+  // blocks); the result holds 24 bytes per block.
+  struct KeySize {
+    BlockKey key;
+    uint64_t size = 0;
+  };
+  std::vector<KeySize> SnapshotKeys() const;
 
   // Removes a block from every tier. NOT_FOUND when absent. Readers holding
   // a BlockLease keep their bytes.
@@ -254,6 +370,7 @@ class TieredStore {
   struct Entry;
   struct TierSlot;
   friend class BlockLease;
+  friend class BlockReservation;
 
   explicit TieredStore(const TieredStoreOptions& options);
   absl::Status Recover();
@@ -270,10 +387,17 @@ class TieredStore {
   // returns the bytes freed.
   uint64_t EvictFromTier(size_t t, uint64_t target_bytes);
   void MaybeEvict(size_t t);
+  // After an eviction round that freed nothing: whether to try the write
+  // again because tier `t` has room for `charge` bytes that another thread's
+  // eviction freed, or others changed its usage since it was `used_before`
+  // (bounded by `rounds`).
+  bool RoomFreedByOthers(size_t t, uint64_t charge, uint64_t used_before,
+                         int& rounds);
   bool Evictable(const Entry& entry, absl::Time now) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The shared read path of Get and GetInto (dst != null: copy + verify).
   absl::StatusOr<BlockLease> Read(const BlockKey& key, absl::Duration lease_ttl,
+                                  uint64_t fast_path_max_bytes,
                                   absl::Span<uint8_t>* dst);
   // Drops `key`'s copy in tier `t` from the index and the tier.
   void DropCopy(size_t t, const BlockKey& key, uint64_t generation,
@@ -282,6 +406,9 @@ class TieredStore {
   void FinishErase(size_t t, const BlockKey& key, uint64_t generation);
   void ReleaseLease(const BlockKey& key, uint64_t generation);
   void Promote(const BlockKey& key, uint64_t generation, const BlockBytes& b);
+  // Undoes an uncommitted reservation (range freed, key released); `written`
+  // is the tiers Commit already wrote, erased first.
+  void AbortReservation(BlockReservation& r, uint32_t written);
 
   const TieredStoreOptions options_;
   Clock* const clock_;

@@ -1,0 +1,225 @@
+// TieredStore::Reserve / Commit: receiving a block in place in the DRAM
+// arena (contract in tiered_store.h, above BlockReservation). Same
+// invariants as tiered_store.cc: a reservation is an index entry whose only
+// bits are `incoming` (DRAM, plus the persistent tier when durable), so
+// readers do not see it, writers of the key back off, and eviction skips it.
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kvstore/block_format.h"
+#include "kvstore/dram_tier.h"
+#include "kvstore/tiered_store.h"
+#include "kvstore/tiered_store_internal.h"
+
+namespace strata::kvstore {
+
+using tiered_store_internal::Bit;
+
+BlockReservation::BlockReservation(BlockReservation&& other) noexcept {
+  *this = std::move(other);
+}
+
+BlockReservation& BlockReservation::operator=(
+    BlockReservation&& other) noexcept {
+  if (this != &other) {
+    Abort();
+    store_ = std::exchange(other.store_, nullptr);
+    key_ = other.key_;
+    generation_ = other.generation_;
+    range_ = std::move(other.range_);
+    durable_ = other.durable_;
+    meta_ = std::move(other.meta_);
+  }
+  return *this;
+}
+
+BlockReservation::~BlockReservation() { Abort(); }
+
+void BlockReservation::Abort() {
+  if (store_ != nullptr) store_->AbortReservation(*this, /*written=*/0);
+}
+
+absl::StatusOr<BlockReservation> TieredStore::Reserve(
+    const BlockKey& key, uint64_t size, const PutOptions& options,
+    const ReserveOptions& reserve) {
+  auto reject = [&](absl::Status s) {
+    absl::MutexLock lock(&mu_);
+    ++counters_.rejected_puts;
+    return s;
+  };
+  if (size > options_.max_block_bytes) {
+    return reject(absl::InvalidArgumentError(
+        absl::StrCat("block: ", size, " bytes exceed max_block_bytes ",
+                     options_.max_block_bytes)));
+  }
+  if (size < kBlockHeaderSize) {
+    return reject(absl::InvalidArgumentError(
+        absl::StrCat("size: ", size, " bytes cannot hold the ",
+                     kBlockHeaderSize, "-byte block header")));
+  }
+  if (options.tenant.size() > kMaxLabelBytes ||
+      options.model.size() > kMaxLabelBytes) {
+    return reject(absl::InvalidArgumentError(absl::StrCat(
+        options.tenant.size() > kMaxLabelBytes ? "tenant" : "model",
+        ": label longer than ", kMaxLabelBytes, " bytes")));
+  }
+  const bool durable = options.durable.value_or(options_.write_through);
+  if (durable && persistent_tier_ == SIZE_MAX) {
+    return reject(absl::FailedPreconditionError(
+        "durable: no persistent tier is configured (set ssd_path)"));
+  }
+  TierSlot& dram = *tiers_[0];
+  const uint64_t charge = dram.tier->Charge(size);
+  if (charge > dram.tier->capacity_bytes()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "block: ", size, " bytes exceed the dram tier capacity ",
+        dram.tier->capacity_bytes()));
+  }
+  BlockReservation r;
+  r.key_ = key;
+  r.durable_ = durable;
+  r.meta_ = BlockMeta{options.tenant, options.model,
+                      absl::ToUnixMillis(clock_->Now())};
+  const uint32_t claim =
+      Bit(0) | (durable ? Bit(persistent_tier_) : uint32_t{0});
+  {
+    absl::MutexLock lock(&mu_);
+    for (;;) {
+      auto it = index_.find(key);
+      if (it == index_.end()) break;
+      if ((it->second.resident | it->second.incoming) != 0) {
+        ++counters_.duplicate_puts;
+        return absl::AlreadyExistsError(absl::StrCat(
+            "key: ", key.ToHex(), " is already stored or being stored"));
+      }
+      auto erased = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        auto i = index_.find(key);
+        return i == index_.end() || (i->second.resident | i->second.incoming);
+      };
+      mu_.Await(absl::Condition(&erased));
+    }
+    Entry& e = index_[key];
+    e.generation = r.generation_ = next_generation_++;
+    e.size = size;
+    e.incoming = claim;
+    e.labels = InternLabels(r.meta_.tenant, r.meta_.model);
+    e.stored_at_unix_ms = r.meta_.stored_at_unix_ms;
+  }
+  r.store_ = this;  // From here on, dropping `r` releases the key.
+  auto* dram_tier = static_cast<DramTier*>(dram.tier.get());
+  int rounds = 0;
+  for (;;) {
+    absl::StatusOr<DramTier::Reservation> range = dram_tier->Reserve(size);
+    if (range.ok()) {
+      r.range_ = *std::move(range);
+      return r;
+    }
+    if (!absl::IsResourceExhausted(range.status()) || !reserve.may_evict) {
+      return range.status();
+    }
+    // As WriteIntoTier: each round frees at least `charge` more bytes.
+    const uint64_t cap = dram.tier->capacity_bytes();
+    const uint64_t used = dram.tier->used_bytes();
+    uint64_t target = std::min(dram.low_bytes, cap - charge);
+    if (used <= target) target = used > charge ? used - charge : 0;
+    if (EvictFromTier(0, target) == 0 &&
+        !RoomFreedByOthers(0, charge, used, rounds)) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "dram tier: no room for a ", size,
+          "-byte block after evicting everything evictable (",
+          dram.tier->used_bytes(), " of ", cap,
+          " bytes held by pinned, leased or in-flight blocks)"));
+    }
+  }
+}
+
+bool TieredStore::NeedsEviction() const {
+  for (const auto& slot : tiers_) {
+    if (slot->tier->used_bytes() > slot->high_bytes) return true;
+  }
+  return false;
+}
+
+void TieredStore::EvictToWatermarks() {
+  for (size_t t = 0; t < tiers_.size(); ++t) MaybeEvict(t);
+}
+
+absl::Status TieredStore::Commit(BlockReservation r,
+                                 const CommitOptions& commit) {
+  if (!r.active() || r.store_ != this) {
+    return absl::FailedPreconditionError(
+        "reservation: not active (already committed or aborted, or another "
+        "store's)");
+  }
+  const absl::Span<const uint8_t> block = r.data();
+  // Header, length and checksum over the bytes where they lie.
+  if (absl::Status s = ParseBlock(block).status(); !s.ok()) {
+    AbortReservation(r, 0);
+    absl::MutexLock lock(&mu_);
+    ++counters_.rejected_puts;
+    return s;
+  }
+  uint32_t written = 0;
+  if (r.durable_) {
+    absl::Status s = WriteIntoTier(persistent_tier_, r.key_, block, r.meta_);
+    if (!s.ok()) {
+      AbortReservation(r, 0);
+      absl::MutexLock lock(&mu_);
+      ++counters_.rejected_puts;
+      return s;
+    }
+    written |= Bit(persistent_tier_);
+  }
+  auto* dram_tier = static_cast<DramTier*>(tiers_[0]->tier.get());
+  // The incoming bit keeps every other writer of the key out of DRAM.
+  if (absl::Status s = dram_tier->Insert(r.key_, std::move(r.range_));
+      !s.ok()) {
+    AbortReservation(r, written);
+    absl::MutexLock lock(&mu_);
+    ++counters_.rejected_puts;
+    return s;
+  }
+  written |= Bit(0);
+  {
+    absl::MutexLock lock(&mu_);
+    Entry& e = index_.at(r.key_);
+    e.incoming = 0;
+    e.resident = written;
+    for (size_t t = 0; t < tiers_.size(); ++t) {
+      if (written & Bit(t)) {
+        tiers_[t]->policy->OnInsert(r.key_, e.size);
+        ++tiers_[t]->stats.blocks;
+      }
+    }
+    ++counters_.puts;
+  }
+  r.store_ = nullptr;  // Committed: nothing to abort.
+  if (!commit.evict) return absl::OkStatus();
+  for (size_t t = 0; t < tiers_.size(); ++t) {
+    if (written & Bit(t)) MaybeEvict(t);
+  }
+  return absl::OkStatus();
+}
+
+void TieredStore::AbortReservation(BlockReservation& r, uint32_t written) {
+  r.store_ = nullptr;
+  r.range_ = DramTier::Reservation();  // Frees the arena range.
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = index_.find(r.key_);
+    if (it == index_.end() || it->second.generation != r.generation_) return;
+    it->second.incoming = 0;
+    it->second.erasing = written;
+  }
+  for (size_t t = 0; t < tiers_.size(); ++t) {
+    if (written & Bit(t)) tiers_[t]->tier->Erase(r.key_).IgnoreError();
+  }
+  absl::MutexLock lock(&mu_);
+  auto it = index_.find(r.key_);
+  if (it != index_.end() && it->second.generation == r.generation_) {
+    index_.erase(it);
+  }
+}
+
+}  // namespace strata::kvstore
