@@ -12,6 +12,7 @@ static_assert(kErrorOutOfRange == internal::kFlagOutOfRange);
 static_assert(kErrorBadGroupRecord == internal::kFlagBadGroupRecord);
 static_assert(kErrorBadSink == internal::kFlagBadSink);
 static_assert(kErrorBadPageId == internal::kFlagBadPageId);
+static_assert(kErrorBadIndex == internal::kFlagBadIndex);
 
 absl::Status ErrorFlagsToStatus(uint32_t flags) {
   if (flags == 0) return absl::OkStatus();
@@ -25,6 +26,10 @@ absl::Status ErrorFlagsToStatus(uint32_t flags) {
                       "a sink token value is not finite");
     }
     return absl::DataLossError(absl::StrCat("payload: ", what));
+  }
+  if (flags & kErrorBadIndex) {
+    return absl::DataLossError(
+        "index: a cluster end or token id is outside the block");
   }
   if (flags & kErrorNonFiniteInput) {
     return absl::InvalidArgumentError("kv: a value is not finite");

@@ -28,12 +28,16 @@ inline constexpr uint32_t kErrorOutOfRange = 1u << 1;      // encode: "kv"
 inline constexpr uint32_t kErrorBadGroupRecord = 1u << 2;  // decode: "payload"
 inline constexpr uint32_t kErrorBadSink = 1u << 3;         // decode: "payload"
 inline constexpr uint32_t kErrorBadPageId = 1u << 4;       // paged: "page_ids"
+// cluster selection: a token id or cluster end outside the block ("index").
+inline constexpr uint32_t kErrorBadIndex = 1u << 5;
 
 // OK for 0. Otherwise the status the CPU reference would have returned for
 // the same data: INVALID_ARGUMENT naming "kv" (a non-finite input, or a
 // quantized |x| above 65504, as codecs' quant Encode) or "page_ids";
 // DATA_LOSS naming "payload" (a group with a non-finite or negative scale or
-// a non-finite min, or a non-finite sink value, as codecs' quant Decode).
+// a non-finite min, or a non-finite sink value, as codecs' quant Decode; a
+// lowrank record that is not finite) or "index" (a cluster index entry out
+// of range).
 // DATA_LOSS wins when both kinds are set.
 absl::Status ErrorFlagsToStatus(uint32_t flags);
 

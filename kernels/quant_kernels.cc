@@ -121,13 +121,35 @@ absl::StatusOr<internal::QuantArgs> PlanDecode(const QuantDecodeParams& p) {
   STRATA_RETURN_IF_ERROR(internal::CheckDevicePointer("payload", p.payload, 4));
   STRATA_RETURN_IF_ERROR(
       CheckPayloadBytes(p.payload_bytes, QuantTotalBytes(a)));
+  const uint32_t L = p.shape.num_layers;
+  if (p.layer_count == 0 ? p.layer_begin != 0
+                         : (p.layer_begin >= L ||
+                            p.layer_count > L - p.layer_begin)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "layer_begin: layers [", p.layer_begin, ", +", p.layer_count,
+        ") are not a range of the block's ", L, " layers"));
+  }
+  const uint32_t count = p.layer_count == 0 ? L : p.layer_count;
+  const uint64_t kv_bytes =
+      p.kv_whole_block ? p.shape.RawBytes() : p.shape.RawBytes() / L * count;
   STRATA_RETURN_IF_ERROR(internal::CheckDevicePointer("kv", p.kv, 16));
-  STRATA_RETURN_IF_ERROR(internal::CheckDisjoint("kv", p.kv, p.shape.RawBytes(),
-                                                 p.payload, p.payload_bytes));
+  STRATA_RETURN_IF_ERROR(
+      internal::CheckDisjoint("kv", p.kv, kv_bytes, p.payload, p.payload_bytes));
+  // The selected layers: their slabs, written as a [2][count] raw block.
+  for (internal::QuantSideArgs& s : a.side) {
+    s.side_offset += uint64_t{p.layer_begin} * s.slab_bytes;
+  }
+  a.layers = count;
+  if (p.kv_whole_block) {
+    // The range's layers at their place in the whole block.
+    a.raw_layers = L;
+    a.dst = static_cast<uint8_t*>(p.kv) +
+            uint64_t{p.layer_begin} * p.shape.num_tokens * a.hd * a.dsize;
+  }
   STRATA_RETURN_IF_ERROR(
       internal::CheckOptionalPointer("error_flags", p.error_flags, 4));
   a.src = p.payload;
-  a.dst = p.kv;
+  if (!p.kv_whole_block) a.dst = p.kv;
   a.error_flags = p.error_flags;
   return a;
 }

@@ -24,50 +24,13 @@
 #include "kernels/internal/device_util.cuh"
 #include "kernels/internal/launch.h"
 #include "kernels/internal/numeric.h"
+#include "kernels/internal/quant_device.cuh"
 
 namespace strata::kernels::internal {
 namespace {
 
 constexpr int kThreads = 256;
 constexpr float kInf = __builtin_huge_valf();
-
-// Device element traits: numeric.h's, except that fp16 <-> fp32 uses the
-// hardware conversions (one instruction instead of ~10-20 integer ones per
-// element). They give the same bits as HalfToFloat / FloatToHalf on every
-// value the kernels can act on:
-//   - fp16 -> fp32 (cvt.f32.f16, no ftz) is exact for every finite value,
-//     subnormals included, and maps inf to inf and NaN to a NaN; a
-//     non-finite input sets kFlagNonFinite either way (QuantInputFlags looks
-//     only at the exponent), after which the output is unspecified;
-//   - fp32 -> fp16 (cvt.rn.f16.f32, no ftz) rounds to nearest even like
-//     FloatToHalf, subnormal results and signed zeros included; FromFloat
-//     clamps to +-65504 first, so it never overflows, and decode never
-//     produces a NaN (zero and scale come from finite records, q < 256).
-// The group records still use numeric.h's MakeGroupRecord / RecordFromWord.
-template <class Tr>
-struct DeviceTraits : Tr {};
-
-template <>
-struct DeviceTraits<Fp16Traits> : Fp16Traits {
-  __device__ __forceinline__ static float ToFloat(Bits b) {
-    return __half2float(__ushort_as_half(b));
-  }
-  __device__ __forceinline__ static Bits FromFloat(float v) {
-    return __half_as_ushort(__float2half_rn(Clamp(v, -kHalfMax, kHalfMax)));
-  }
-};
-
-__device__ __forceinline__ uint64_t RawSlabOffset(const QuantArgs& a, int side,
-                                                  uint32_t layer) {
-  // Element offset of token 0 of (side, layer) in the raw block.
-  return ((static_cast<uint64_t>(side) * a.layers + layer) * a.tokens) * a.hd;
-}
-
-__device__ __forceinline__ uint64_t PayloadSlabOffset(const QuantArgs& a,
-                                                      int side,
-                                                      uint32_t layer) {
-  return a.side[side].side_offset + layer * a.side[side].slab_bytes;
-}
 
 // ---- Sinks: a word copy of n_sink * hd elements per (side, layer), both
 // directions, checking that every element is finite.
@@ -115,6 +78,10 @@ __global__ void __launch_bounds__(kThreads)
 // fp32 gets 2 items (4 spill at 64 registers for bits = 8).
 template <class Bits>
 constexpr int kItemsPerThread = sizeof(Bits) == 4 ? 2 : 4;
+// Encode keeps 2 (more registers per item: min/max, record, codes): 4
+// items took 60 registers, so 40% occupancy, on the H100 (ncu).
+template <class Bits>
+constexpr int kEncodeItemsPerThread = 2;
 
 template <class Tr, int kBits>
 __global__ void __launch_bounds__(kThreads)
@@ -134,8 +101,8 @@ __global__ void __launch_bounds__(kThreads)
   uint8_t* codes = slab + 4 * s.num_groups;
   constexpr float levels = static_cast<float>((1u << kBits) - 1);
   const int lane = threadIdx.x & 31;
-  uint32_t flags = 0;
-  constexpr int kPerThread = kItemsPerThread<Bits>;
+  uint32_t amax = 0;  // Of |x|'s bits (FlagsOfAbsMax).
+  constexpr int kPerThread = kEncodeItemsPerThread<Bits>;
   constexpr uint64_t kChunk = static_cast<uint64_t>(kThreads) * kPerThread;
   const uint64_t stride = static_cast<uint64_t>(gridDim.x) * kChunk;
   // Whole warps iterate together (the shuffles need every lane).
@@ -156,7 +123,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int m = 0; m < 8; ++m) {
           x[m] = Tr::ToFloat(b[u][m]);
-          flags |= QuantInputFlags(x[m]);
+          amax = max(amax, AbsBits(x[m]));
           lo = OrderedMin(lo, x[m]);
           hi = OrderedMax(hi, x[m]);
         }
@@ -175,22 +142,38 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
       if (active) {
-        const GroupRecord r = MakeGroupRecord(lo, hi, kBits);
+        const GroupRecord r = MakeGroupRecordHw(lo, hi, kBits);
         if ((lane & (lanes_per_group - 1)) == 0) {
           reinterpret_cast<uint32_t*>(slab)[item >> group_shift] = r.Word();
         }
+        const float inv = QuantInverse(r.scale);
         uint64_t packed = 0;
+        uint32_t slow_mask = 0;
 #pragma unroll
         for (int m = 0; m < 8; ++m) {
-          packed |=
-              static_cast<uint64_t>(QuantizeCode(x[m], r.zero, r.scale, levels))
-              << (m * kBits);
+          bool slow;
+          packed |= static_cast<uint64_t>(
+                        QuantizeCodeInv(x[m], r.zero, inv, levels, &slow))
+                    << (m * kBits);
+          slow_mask |= static_cast<uint32_t>(slow) << m;
+        }
+        if (slow_mask != 0) {  // Rare (~2% of items): the IEEE quotient.
+#pragma unroll
+          for (int m = 0; m < 8; ++m) {
+            if ((slow_mask >> m) & 1) {
+              constexpr uint64_t kMask = (1u << kBits) - 1;
+              packed = (packed & ~(kMask << (m * kBits))) |
+                       static_cast<uint64_t>(
+                           QuantizeCode(x[m], r.zero, r.scale, levels))
+                           << (m * kBits);
+            }
+          }
         }
         StorePackedCodes(codes + item * kBits, packed, kBits);
       }
     }
   }
-  ReportFlags(a.error_flags, flags);
+  ReportFlags(a.error_flags, FlagsOfAbsMax(amax));
 }
 
 template <class Tr, int kBits>
@@ -253,11 +236,12 @@ struct ChannelTile {
 
 template <int C>
 __device__ __forceinline__ ChannelTile TileOf(const QuantArgs& a,
-                                              const QuantSideArgs& s) {
+                                              const QuantSideArgs& s,
+                                              uint32_t tile_index) {
   const uint32_t chunks = a.hd / C;
   ChannelTile t;
-  t.tg = blockIdx.x / chunks;
-  t.j0 = (blockIdx.x % chunks) * C;
+  t.tg = tile_index / chunks;
+  t.j0 = (tile_index % chunks) * C;
   t.t0 = t.tg * s.group;
   const uint32_t tq = a.tokens - a.n_sink;
   t.len = min(s.group, tq - t.t0);
@@ -268,19 +252,19 @@ template <int C>
 constexpr size_t EncodePerChannelSmem(uint32_t group) {
   constexpr int kP = kThreads / C;
   return sizeof(float) *
-             (static_cast<size_t>(group) * (C + 1) + 2 * kP * C + 2 * C) +
+             (static_cast<size_t>(group) * (C + 1) + 2 * kP * C + 3 * C) +
          static_cast<size_t>(C) * group;
 }
 
 template <int C, class Tr, int kBits>
 __global__ void __launch_bounds__(kThreads)
-    EncodePerChannelKernel(const QuantArgs a, int side) {
+    EncodePerChannelKernel(const QuantArgs a, int side, uint32_t first_tile) {
   using Bits = typename Tr::Bits;
   constexpr int kP = kThreads / C;  // Threads per channel in the reduction.
   constexpr int kStride = C + 1;    // Padded tile row: no bank conflicts.
   const QuantSideArgs& s = a.side[side];
   const uint32_t layer = blockIdx.y;
-  const ChannelTile tile = TileOf<C>(a, s);
+  const ChannelTile tile = TileOf<C>(a, s, first_tile + blockIdx.x);
   const uint32_t len = tile.len;
 
   extern __shared__ float smem[];
@@ -289,7 +273,8 @@ __global__ void __launch_bounds__(kThreads)
   float* part_hi = part_lo + kP * C;                      // [kP][C]
   float* zero = part_hi + kP * C;                         // [C]
   float* scale = zero + C;                                // [C]
-  uint8_t* code = reinterpret_cast<uint8_t*>(scale + C);  // [C * len]
+  float* inv = scale + C;                                 // [C]
+  uint8_t* code = reinterpret_cast<uint8_t*>(inv + C);    // [C * len]
 
   // 1. Stage the tile: rows of C channels, 8 elements per load.
   const uint8_t* in =
@@ -297,7 +282,7 @@ __global__ void __launch_bounds__(kThreads)
       (RawSlabOffset(a, side, layer) +
        static_cast<uint64_t>(a.n_sink + tile.t0) * a.hd + tile.j0) *
           sizeof(Bits);
-  uint32_t flags = 0;
+  uint32_t amax = 0;  // Of |x|'s bits (FlagsOfAbsMax).
   constexpr uint32_t kChunksPerRow = C / 8;
   for (uint32_t v = threadIdx.x; v < len * kChunksPerRow; v += kThreads) {
     const uint32_t t = v / kChunksPerRow, c8 = v % kChunksPerRow;
@@ -306,7 +291,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int m = 0; m < 8; ++m) {
       const float f = Tr::ToFloat(b[m]);
-      flags |= QuantInputFlags(f);
+      amax = max(amax, AbsBits(f));
       x[t * kStride + c8 * 8 + m] = f;
     }
   }
@@ -337,9 +322,10 @@ __global__ void __launch_bounds__(kThreads)
       lo = OrderedMin(lo, part_lo[k * C + c]);
       hi = OrderedMax(hi, part_hi[k * C + c]);
     }
-    const GroupRecord r = MakeGroupRecord(lo, hi, kBits);
+    const GroupRecord r = MakeGroupRecordHw(lo, hi, kBits);
     zero[c] = r.zero;
     scale[c] = r.scale;
+    inv[c] = QuantInverse(r.scale);
     // Group (tg, j): records ordered [tg][h][d].
     reinterpret_cast<uint32_t*>(
         slab)[static_cast<uint64_t>(tile.tg) * a.hd + tile.j0 + c] = r.Word();
@@ -369,14 +355,34 @@ __global__ void __launch_bounds__(kThreads)
     for (uint32_t w = threadIdx.x; w < words; w += kThreads) {
       const uint32_t i0 = w * kPer;
       uint32_t c = i0 / len, t = i0 % len;
-      uint32_t word = 0;
+      const uint32_t c0 = c, t0 = t;
+      uint32_t word = 0, slow_mask = 0;
 #pragma unroll
       for (uint32_t k = 0; k < kPer; ++k) {
-        word |= QuantizeCode(x[t * kStride + c], zero[c], scale[c], levels)
+        bool slow;
+        word |= QuantizeCodeInv(x[t * kStride + c], zero[c], inv[c], levels,
+                                &slow)
                 << (k * kBits);
+        slow_mask |= static_cast<uint32_t>(slow) << k;
         if (++t == len) {
           t = 0;
           ++c;
+        }
+      }
+      if (slow_mask != 0) {  // Rare: the IEEE quotient for those codes.
+        c = c0;
+        t = t0;
+        for (uint32_t k = 0; k < kPer; ++k) {
+          if ((slow_mask >> k) & 1) {
+            constexpr uint32_t kMask = (1u << kBits) - 1;
+            word = (word & ~(kMask << (k * kBits))) |
+                   (QuantizeCode(x[t * kStride + c], zero[c], scale[c], levels)
+                    << (k * kBits));
+          }
+          if (++t == len) {
+            t = 0;
+            ++c;
+          }
         }
       }
       dst[w] = word;
@@ -389,8 +395,11 @@ __global__ void __launch_bounds__(kThreads)
       uint32_t c = threadIdx.x / len, t = threadIdx.x % len;
       const uint32_t dc = kThreads / len, dt = kThreads % len;
       for (uint32_t i = threadIdx.x; i < n; i += kThreads) {
-        code[i] = static_cast<uint8_t>(
-            QuantizeCode(x[t * kStride + c], zero[c], scale[c], levels));
+        bool slow;
+        uint32_t q = QuantizeCodeInv(x[t * kStride + c], zero[c], inv[c],
+                                     levels, &slow);
+        if (slow) q = QuantizeCode(x[t * kStride + c], zero[c], scale[c], levels);
+        code[i] = static_cast<uint8_t>(q);
         c += dc;
         t += dt;
         if (t >= len) {
@@ -404,7 +413,80 @@ __global__ void __launch_bounds__(kThreads)
       dst[w] = PackWord(code, n, kBits, w);
     }
   }
-  ReportFlags(a.error_flags, flags);
+  ReportFlags(a.error_flags, FlagsOfAbsMax(amax));
+}
+
+// Per-channel keys, full token groups, 2/4/8-bit codes: one lane per
+// channel, one warp per 32 channels of one token group, no shared memory.
+// Pass 1 reads the group's G values of the lane's channel in token order
+// (each warp load is 32 consecutive channels of one token row) and reduces
+// min/max sequentially, which is the CPU's order; pass 2 re-reads them (L1)
+// and packs the channel's G codes into G * bits / 32 whole words. Code
+// index of (token group tg, channel j, token t) in the slab's stream:
+// tg * G * hd + j * G + t (channel-major within a token group), so each lane
+// owns whole words. Short last groups and 3-bit codes use
+// EncodePerChannelKernel.
+template <class Tr, int kBits>
+__global__ void __launch_bounds__(kThreads)
+    EncodePerChannelWarpKernel(const QuantArgs a, int side) {
+  using Bits = typename Tr::Bits;
+  constexpr uint32_t kPer = 32 / kBits;  // Codes per word.
+  const QuantSideArgs& s = a.side[side];
+  const uint32_t layer = blockIdx.y;
+  const uint32_t blocks_per_group = (a.hd + kThreads - 1) / kThreads;
+  const uint32_t tg = blockIdx.x / blocks_per_group;
+  const uint32_t j = (blockIdx.x % blocks_per_group) * kThreads + threadIdx.x;
+  if (j >= a.hd) return;  // hd is a multiple of 32: whole warps leave.
+  const uint32_t G = s.group;
+  const Bits* in =
+      reinterpret_cast<const Bits*>(static_cast<const uint8_t*>(a.src)) +
+      RawSlabOffset(a, side, layer) +
+      (static_cast<uint64_t>(a.n_sink) + static_cast<uint64_t>(tg) * G) * a.hd +
+      j;
+  float lo = kInf, hi = -kInf;
+  uint32_t amax = 0;
+#pragma unroll 8
+  for (uint32_t t = 0; t < G; ++t) {
+    const float v = Tr::ToFloat(in[static_cast<uint64_t>(t) * a.hd]);
+    amax = max(amax, AbsBits(v));
+    lo = OrderedMin(lo, v);
+    hi = OrderedMax(hi, v);
+  }
+  const GroupRecord r = MakeGroupRecordHw(lo, hi, kBits);
+  uint8_t* slab = static_cast<uint8_t*>(a.dst) +
+                  PayloadSlabOffset(a, side, layer) + s.sink_bytes;
+  reinterpret_cast<uint32_t*>(slab)[static_cast<uint64_t>(tg) * a.hd + j] =
+      r.Word();
+  constexpr float levels = static_cast<float>((1u << kBits) - 1);
+  const float inv = QuantInverse(r.scale);
+  uint32_t* dst = reinterpret_cast<uint32_t*>(
+      slab + 4 * s.num_groups +
+      (static_cast<uint64_t>(tg) * G * a.hd + static_cast<uint64_t>(j) * G) *
+          kBits / 8);
+  for (uint32_t w = 0; w < G / kPer; ++w) {
+    const Bits* row = in + static_cast<uint64_t>(w) * kPer * a.hd;
+    uint32_t word = 0, slow_mask = 0;
+#pragma unroll
+    for (uint32_t k = 0; k < kPer; ++k) {
+      bool slow;
+      word |= QuantizeCodeInv(Tr::ToFloat(row[static_cast<uint64_t>(k) * a.hd]),
+                              r.zero, inv, levels, &slow)
+              << (k * kBits);
+      slow_mask |= static_cast<uint32_t>(slow) << k;
+    }
+    if (slow_mask != 0) {  // Rare: the IEEE quotient for those codes.
+      for (uint32_t k = 0; k < kPer; ++k) {
+        if ((slow_mask >> k) & 1) {
+          constexpr uint32_t kMask = (1u << kBits) - 1;
+          const float v = Tr::ToFloat(row[static_cast<uint64_t>(k) * a.hd]);
+          word = (word & ~(kMask << (k * kBits))) |
+                 (QuantizeCode(v, r.zero, r.scale, levels) << (k * kBits));
+        }
+      }
+    }
+    dst[w] = word;
+  }
+  ReportFlags(a.error_flags, FlagsOfAbsMax(amax));
 }
 
 // Row stride (bytes) of the transposed code tile of the decode kernel: C
@@ -428,7 +510,7 @@ __global__ void __launch_bounds__(kThreads)
   constexpr uint32_t kMask = (1u << kBits) - 1;
   const QuantSideArgs& s = a.side[side];
   const uint32_t layer = blockIdx.y;
-  const ChannelTile tile = TileOf<C>(a, s);
+  const ChannelTile tile = TileOf<C>(a, s, blockIdx.x);
   const uint32_t len = tile.len;
 
   extern __shared__ float smem[];
@@ -557,7 +639,12 @@ void LaunchSide(const QuantArgs& a, int side, bool decode, cudaStream_t st) {
     if (s.per_token) {
       const uint64_t items = static_cast<uint64_t>(tq) * a.hd / 8;
       constexpr int kPer = kItemsPerThread<typename Tr::Bits>;
-      const dim3 grid(GridFor((items + kPer - 1) / kPer, a.layers), a.layers);
+      constexpr int kEncPer = kEncodeItemsPerThread<typename Tr::Bits>;
+      const dim3 grid(
+          GridFor((items + (decode ? kPer : kEncPer) - 1) /
+                      (decode ? kPer : kEncPer),
+                  a.layers),
+          a.layers);
       if (decode) {
         DecodePerTokenKernel<Tr, kBits><<<grid, kThreads, 0, st>>>(a, side);
       } else {
@@ -566,17 +653,29 @@ void LaunchSide(const QuantArgs& a, int side, bool decode, cudaStream_t st) {
       return;
     }
     const uint32_t token_groups = (tq + s.group - 1) / s.group;
+    // Encode with 2/4/8-bit codes: full token groups by the warp kernel,
+    // the short last group (if any) by the tile kernel.
+    uint32_t full_groups = 0;
+    if constexpr (32 % kBits == 0) {
+      if (!decode) full_groups = tq / s.group;
+      if (full_groups > 0) {
+        const dim3 grid(full_groups * CeilDiv(a.hd, kThreads), a.layers);
+        EncodePerChannelWarpKernel<Tr, kBits>
+            <<<grid, kThreads, 0, st>>>(a, side);
+      }
+    }
     auto run = [&](auto c_tag) {
       constexpr int C = decltype(c_tag)::value;
-      const dim3 grid(token_groups * (a.hd / C), a.layers);
       if (decode) {
+        const dim3 grid(token_groups * (a.hd / C), a.layers);
         DecodePerChannelKernel<C, Tr, kBits>
             <<<grid, kThreads, DecodePerChannelSmem<C>(s.group), st>>>(a,
                                                                        side);
-      } else {
+      } else if (token_groups > full_groups) {
+        const dim3 grid((token_groups - full_groups) * (a.hd / C), a.layers);
         EncodePerChannelKernel<C, Tr, kBits>
-            <<<grid, kThreads, EncodePerChannelSmem<C>(s.group), st>>>(a,
-                                                                       side);
+            <<<grid, kThreads, EncodePerChannelSmem<C>(s.group), st>>>(
+                a, side, full_groups * (a.hd / C));
       }
     };
     // The same choice as internal::QuantChannelTile (the host emulation).

@@ -17,8 +17,8 @@
 // modes (per channel, keys_per_token), sink tokens, a short last token group,
 // and every block dtype (fp16, bf16, fp8 e4m3, fp32). Not on the GPU:
 // outliers (outlier_bp > 0 is INVALID_ARGUMENT naming "outlier_bp": encode or
-// decode such blocks with the CPU codec) and partial decode (decode writes the
-// whole block).
+// decode such blocks with the CPU codec) and token selections (decode writes
+// every token of a layer range).
 //
 // Thread safety: pure functions; concurrent launches on different streams
 // are independent.
@@ -75,7 +75,20 @@ struct QuantDecodeParams {
   uint64_t payload_bytes = 0;
   // Output: the raw block in shape.dtype, 16-byte aligned; every value is
   // codecs' decode rounded to the dtype (KvTensorToRaw of the CPU decode).
+  // With a layer range (below) it holds only the selected layers:
+  // [2][layer_count][tokens][kv_heads][head_dim], as the CPU decode of a
+  // DecodeSelection layer range.
   void* kv = nullptr;
+  // Partial decode of layers [layer_begin, layer_begin + layer_count) (the
+  // HBM tier decodes layer by layer as slabs arrive); layer_count 0 decodes
+  // every layer (layer_begin must then be 0). Only the selected layers'
+  // slabs of `payload` are read.
+  uint32_t layer_begin = 0;
+  uint32_t layer_count = 0;
+  // With a layer range: true when `kv` is the whole raw block [2][layers]
+  // [tokens][kv_heads][head_dim] (shape.RawBytes() bytes), of which only
+  // the range's layers are written.
+  bool kv_whole_block = false;
   // Optional: kErrorBadGroupRecord / kErrorBadSink for a corrupt payload.
   uint32_t* error_flags = nullptr;
 };

@@ -1,6 +1,6 @@
 // Bandwidth of the CUDA kernels (kernels/) on the device they run on.
 //
-//   kernels_bench [--iters N] [--warmup N] [--blocks N]
+//   kernels_bench [--iters N] [--warmup N] [--blocks N] [--only GROUP]
 //
 // Every op works on >= 256 MiB (about 5x the H100's 50 MB L2) of random data,
 // is warmed up, then timed with CUDA events per iteration; the table gives
@@ -33,148 +33,10 @@
 #include "kernels/rope_kernels.h"
 #include "kvstore/block_format.h"
 
-namespace strata::kernels {
+#include "bench/kernels/bench_harness.h"
+
+namespace strata::kernels::bench {
 namespace {
-
-constexpr double kDeviceCeiling = 3.0e12;  // B/s, measured D2D read+write.
-constexpr double kPinnedCeiling = 55e9;    // B/s, measured each way.
-constexpr double kMiB = 1024.0 * 1024.0;
-
-#define CUDA_CHECK(expr)                                                 \
-  do {                                                                   \
-    const cudaError_t e_ = (expr);                                       \
-    if (e_ != cudaSuccess) {                                             \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, \
-                   cudaGetErrorString(e_));                              \
-      std::exit(1);                                                      \
-    }                                                                    \
-  } while (0)
-
-void StatusCheck(const absl::Status& s, const char* what) {
-  if (!s.ok()) {
-    std::fprintf(stderr, "%s: %s\n", what, s.ToString().c_str());
-    std::exit(1);
-  }
-}
-
-struct Options {
-  int iters = 20;
-  int warmup = 3;
-  int blocks = 8;  // Llama-3-8B blocks of 32 MiB (fp16): 256 MiB.
-};
-
-struct Row {
-  std::string op;
-  double bytes = 0;  // Read + written per iteration.
-  double median_us = 0;
-  double ceiling = kDeviceCeiling;
-  bool pinned = false;
-};
-
-class Bench {
- public:
-  explicit Bench(const Options& o) : o_(o) {
-    CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    CUDA_CHECK(cudaEventCreate(&start_));
-    CUDA_CHECK(cudaEventCreate(&stop_));
-  }
-
-  // Median time of `fn` (which enqueues work on stream_) in microseconds.
-  double Time(const std::function<void()>& fn) {
-    for (int i = 0; i < o_.warmup; ++i) fn();
-    CUDA_CHECK(cudaStreamSynchronize(stream_));
-    std::vector<double> us;
-    for (int i = 0; i < o_.iters; ++i) {
-      CUDA_CHECK(cudaEventRecord(start_, stream_));
-      fn();
-      CUDA_CHECK(cudaEventRecord(stop_, stream_));
-      CUDA_CHECK(cudaEventSynchronize(stop_));
-      float ms = 0;
-      CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
-      us.push_back(ms * 1000.0);
-    }
-    CUDA_CHECK(cudaGetLastError());
-    std::sort(us.begin(), us.end());
-    return us[us.size() / 2];
-  }
-
-  void Add(const std::string& op, double bytes, double us,
-           bool pinned = false) {
-    Row r;
-    r.op = op;
-    r.bytes = bytes;
-    r.median_us = us;
-    r.pinned = pinned;
-    r.ceiling = pinned ? kPinnedCeiling : kDeviceCeiling;
-    rows_.push_back(r);
-    std::printf("  %-44s %8.3f ms  %8.1f GB/s\n", op.c_str(), us / 1000.0,
-                bytes / us / 1000.0);
-    std::fflush(stdout);
-  }
-
-  void Print(double d2d_bps) const {
-    std::printf("\n%-46s %10s %11s %9s %12s %8s\n", "op", "MiB/iter",
-                "median us", "GB/s", "of ceiling", "of D2D");
-    for (const Row& r : rows_) {
-      const double bps = r.bytes / (r.median_us * 1e-6);
-      char of_d2d[16] = "-";
-      if (!r.pinned)
-        std::snprintf(of_d2d, sizeof(of_d2d), "%.0f%%", 100 * bps / d2d_bps);
-      std::printf("%-46s %10.1f %11.1f %9.1f %6.0f%% %-5s %8s\n", r.op.c_str(),
-                  r.bytes / kMiB, r.median_us, bps / 1e9, 100 * bps / r.ceiling,
-                  r.pinned ? "PCIe" : "HBM", of_d2d);
-    }
-  }
-
-  cudaStream_t stream() const { return stream_; }
-  const Options& options() const { return o_; }
-
- private:
-  Options o_;
-  cudaStream_t stream_;
-  cudaEvent_t start_, stop_;
-  std::vector<Row> rows_;
-};
-
-void* DeviceAlloc(size_t bytes) {
-  void* p = nullptr;
-  CUDA_CHECK(cudaMalloc(&p, bytes));
-  return p;
-}
-
-// Random fp16 values in [-4, 4), so that no kernel runs on zeros. One pool
-// of 17M values is generated once; each fill copies from a seed-dependent
-// offset.
-void FillRandomHalf(void* dst, size_t elements, uint32_t seed,
-                    cudaStream_t stream) {
-  constexpr size_t kChunk = size_t{1} << 24;
-  static const std::vector<uint16_t> pool = [] {
-    std::vector<uint16_t> v(kChunk + (size_t{1} << 20));
-    std::mt19937 rng(42);
-    std::uniform_real_distribution<float> u(-4.0f, 4.0f);
-    for (uint16_t& h : v) {
-      const float f = u(rng);
-      uint32_t bits;
-      std::memcpy(&bits, &f, 4);
-      // fp32 -> fp16 by truncation (tiny values flush to zero).
-      const uint32_t exp = (bits >> 23) & 0xFF;
-      const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000);
-      h = exp < 113 ? sign
-                    : static_cast<uint16_t>(sign | ((exp - 112) << 10) |
-                                            ((bits >> 13) & 0x3FF));
-    }
-    return v;
-  }();
-  const uint16_t* src = pool.data() + seed % (size_t{1} << 20);
-  size_t done = 0;
-  while (done < elements) {
-    const size_t n = std::min(kChunk, elements - done);
-    CUDA_CHECK(cudaMemcpyAsync(static_cast<uint16_t*>(dst) + done, src, n * 2,
-                               cudaMemcpyHostToDevice, stream));
-    CUDA_CHECK(cudaStreamSynchronize(stream));
-    done += n;
-  }
-}
 
 void BenchD2D(Bench& b, double* d2d_bps) {
   const size_t bytes = size_t{1} << 30;
@@ -191,7 +53,6 @@ void BenchD2D(Bench& b, double* d2d_bps) {
   CUDA_CHECK(cudaFree(dst));
 }
 
-const kvstore::BlockShape kLlama{kvstore::DType::kFloat16, 32, 256, 8, 128};
 
 void BenchQuant(Bench& b, uint8_t bits) {
   const int n = b.options().blocks;
@@ -398,6 +259,7 @@ int Main(int argc, char** argv) {
     command += argv[i];
   }
   Options o;
+  std::string only;  // Empty: every group.
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> int {
@@ -413,8 +275,17 @@ int Main(int argc, char** argv) {
       o.warmup = std::max(0, next());
     } else if (a == "--blocks") {
       o.blocks = std::max(1, next());
+    } else if (a == "--only") {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "--only needs a value\n");
+        return 2;
+      }
+      only = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: %s [--iters N] [--warmup N] [--blocks N]\n",
+      std::fprintf(stderr,
+                   "usage: %s [--iters N] [--warmup N] [--blocks N] "
+                   "[--only quant|paged|rope|lowrank|tokensparse|cluster|"
+                   "tier]\n",
                    argv[0]);
       return 2;
     }
@@ -444,18 +315,29 @@ int Main(int argc, char** argv) {
       o.iters, o.warmup, o.blocks, kLlama.RawBytes() / kMiB);
   Bench b(o);
   double d2d = kDeviceCeiling;
-  BenchD2D(b, &d2d);
-  BenchQuant(b, 2);
-  BenchQuant(b, 4);
-  BenchPaged(b, PagedLayout::kPageMajor);
-  BenchPaged(b, PagedLayout::kKvMajor);
-  BenchRopeAndBlend(b);
+  auto want = [&](const char* group) { return only.empty() || only == group; };
+  if (only.empty()) BenchD2D(b, &d2d);
+  if (want("quant")) {
+    BenchQuant(b, 2);
+    BenchQuant(b, 4);
+  }
+  if (want("paged")) {
+    BenchPaged(b, PagedLayout::kPageMajor);
+    BenchPaged(b, PagedLayout::kKvMajor);
+  }
+  if (want("rope")) BenchRopeAndBlend(b);
+  if (want("lowrank")) BenchLowRank(b);
+  if (want("tokensparse")) BenchTokenSparse(b);
+  if (want("cluster")) BenchClusterSelect(b);
+  if (want("tier")) BenchHbmTier(b);
   b.Print(d2d);
   std::printf("\ndevice: %s\ncommand: %s\n", prop.name, command.c_str());
   return 0;
 }
 
 }  // namespace
-}  // namespace strata::kernels
+}  // namespace strata::kernels::bench
 
-int main(int argc, char** argv) { return strata::kernels::Main(argc, argv); }
+int main(int argc, char** argv) {
+  return strata::kernels::bench::Main(argc, argv);
+}

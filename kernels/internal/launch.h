@@ -29,6 +29,9 @@ struct QuantArgs {
   int dtype = 1;  // kvstore::DType value.
   uint32_t dsize = 2;
   uint32_t layers = 0;
+  // Layers of the raw block that src (encode) / dst (decode) points into;
+  // 0: `layers`. A layer-range decode into a whole block sets it.
+  uint32_t raw_layers = 0;
   uint32_t tokens = 0;  // All tokens of the block, sinks included.
   uint32_t n_sink = 0;
   uint32_t hd = 0;  // kv_heads * head_dim, a multiple of 32.
@@ -95,6 +98,73 @@ struct BlendArgs {
 };
 
 cudaError_t LaunchBlendSelect(const BlendArgs& args, cudaStream_t stream);
+
+
+// ---- lowrank (PCA) encode / decode
+
+struct LowRankArgs {
+  int dtype = 1;
+  uint32_t layers = 0, tokens = 0, heads = 0, dim = 0;
+  int format = 0;  // codecs::LatentFormat: 0 fp16, 1 int8, 2 int4.
+  bool whiten = false;
+  uint32_t rank[2] = {0, 0};
+  uint32_t record[2] = {0, 0};  // Bytes per (layer, token, head) record.
+  uint64_t offset[2] = {0, 0};  // Payload offset of each half.
+  uint32_t r_max[2] = {0, 0};
+  uint64_t mean[2] = {0, 0}, basis[2] = {0, 0}, basis_t[2] = {0, 0},
+           stddev[2] = {0, 0};  // Float offsets into `profile`.
+  const float* profile = nullptr;
+  // Encode: src = raw block, dst = payload. Decode: the reverse.
+  const void* src = nullptr;
+  void* dst = nullptr;
+  uint32_t* error_flags = nullptr;
+};
+
+cudaError_t LaunchLowRankEncode(const LowRankArgs& args, cudaStream_t stream);
+cudaError_t LaunchLowRankDecode(const LowRankArgs& args, cudaStream_t stream);
+
+// ---- cluster (ClusterKV) query scoring and token selection
+
+struct ClusterSelectArgs {
+  uint32_t tokens = 0, heads = 0, dim = 0;
+  uint32_t sinks = 0, members = 0, clusters = 0;
+  uint32_t q_heads = 0, budget = 0;
+  bool total_scope = false;  // BudgetScope::kTotal.
+  bool select_all = false;   // Unclustered layer or budget >= tokens.
+  uint64_t slot_bytes = 0;   // One (layer, head) of the index.
+  const uint8_t* layer_index = nullptr;  // Head 0's slot of the layer.
+  const float* queries = nullptr;        // [q_heads][dim]
+  double* scores = nullptr;              // Workspace [q_heads][clusters]
+  uint32_t* ranked = nullptr;            // Workspace [q_heads][clusters]
+  uint8_t* chosen = nullptr;             // Workspace [tokens]
+  uint32_t* selected = nullptr;          // Out [tokens]
+  uint32_t* num_selected = nullptr;      // Out, one word
+  uint32_t* error_flags = nullptr;
+};
+
+cudaError_t LaunchClusterSelect(const ClusterSelectArgs& args,
+                                cudaStream_t stream);
+
+// ---- tokensparse (BUZZ heavy hitters) encode without a summary
+
+struct TokenSparseArgs {
+  int dtype = 1;
+  uint32_t layers = 0, tokens = 0, heads = 0, dim = 0;
+  uint32_t sinks = 0, window = 0, mid = 0, stride = 1, segments = 0,
+           kept = 0;
+  bool high_norm = false;
+  // Caller scores: null (key-norm proxy), [layers][tokens][heads]
+  // (per_head_scores) or [layers][tokens].
+  const float* scores = nullptr;
+  bool per_head_scores = false;
+  uint64_t layer_bytes = 0;  // [positions][keys][values] of one layer.
+  const void* kv = nullptr;
+  uint8_t* payload = nullptr;
+  uint32_t* error_flags = nullptr;
+};
+
+cudaError_t LaunchTokenSparseEncode(const TokenSparseArgs& args,
+                                    cudaStream_t stream);
 
 }  // namespace strata::kernels::internal
 

@@ -317,6 +317,7 @@ inline constexpr uint32_t kFlagOutOfRange = 1u << 1;
 inline constexpr uint32_t kFlagBadGroupRecord = 1u << 2;
 inline constexpr uint32_t kFlagBadSink = 1u << 3;
 inline constexpr uint32_t kFlagBadPageId = 1u << 4;
+inline constexpr uint32_t kFlagBadIndex = 1u << 5;
 
 // The error bits of one quantized input value.
 STRATA_HD uint32_t QuantInputFlags(float x) {
