@@ -389,6 +389,7 @@ grpc::Status AdminServiceImpl::Drain(grpc::ServerContext*,
   }
   absl::Status flushed = ctx_->store->Flush();
   resp->set_draining(true);
+  if (ctx_->drain_status) ctx_->drain_status(resp);
   return rpc.Finish(flushed);
 }
 

@@ -38,6 +38,10 @@ struct ServiceContext {
   // Called once when a drain starts (the daemon flips its health to
   // NOT_SERVING). May be empty.
   std::function<void()> on_drain;
+  // Cluster nodes (cluster/rebalance/cluster_node.h): fills the drain's
+  // progress into every Drain answer. Empty in single-node mode. Set before
+  // the gRPC server starts.
+  std::function<void(strata::v1::DrainResponse*)> drain_status;
   // The UCX data plane's "host:port" (Hello); empty when it is off. Set
   // before the gRPC server starts, constant afterwards.
   std::string ucx_address;

@@ -1,5 +1,7 @@
 #include "cluster/metrics.h"
 
+#include "cluster/prometheus_text.h"
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
@@ -10,15 +12,12 @@ constexpr auto kRelaxed = std::memory_order_relaxed;
 
 void Header(std::string* out, const char* name, const char* type,
             const char* help) {
-  absl::StrAppend(out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ",
-                  type, "\n");
+  AppendMetricHeader(out, name, type, help);
 }
 
 void Sample(std::string* out, const std::string& name,
             const std::string& labels, double value) {
-  absl::StrAppend(out, name, labels.empty() ? "" : "{", labels,
-                  labels.empty() ? "" : "}", " ",
-                  absl::StrFormat("%.17g", value), "\n");
+  AppendMetricSample(out, name, labels, value);
 }
 
 }  // namespace

@@ -16,6 +16,9 @@
 //   fill-prompt --tokens-file=F [namespace flags] [--seed=N]
 //         store synthetic KV for every full chunk of a prompt (demos, tests)
 //   drain | config
+//   cluster members|usage|evict|pin|unpin|owners|config|profiles
+//         [--etcd=HOST:PORT] [--prefix=/strata/v1/] [--json]  the whole
+//         cluster, found in etcd (stratactl_cluster.cc)
 //   bench [--op=put|get|mixed] [--size=1MiB] [--clients=4] [--ops=200]
 //         [--warmup=0] [--durable]  GB/s and p50/p99 latency
 // Every command: --data-plane=grpc|ucx|auto (default grpc; ClientOptions::
@@ -40,7 +43,9 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "client/strata_client.h"
+#include "cluster/rebalance/drain_cli.h"
 #include "cluster/server_config.h"
+#include "cluster/stratactl_cli.h"
 #include "kvstore/block_format.h"
 #include "kvstore/block_key.h"
 
@@ -50,50 +55,21 @@ namespace {
 using client::Client;
 using kvstore::BlockKey;
 
-struct Args {
-  std::vector<std::string> positional;
-  std::map<std::string, std::string> flags;  // --name=value; --name -> "true".
-
-  std::string Flag(const std::string& name, const std::string& def = "") const {
-    auto it = flags.find(name);
-    return it == flags.end() ? def : it->second;
-  }
-  bool Bool(const std::string& name) const {
-    auto it = flags.find(name);
-    return it != flags.end() && it->second != "false";
-  }
-};
+using ctl::Args;
+using ctl::Fail;
+using ctl::ParseDurationFlag;
+using ctl::UsageError;
 
 int Usage() {
   std::fputs(
       "usage: stratactl [--addr=HOST:PORT] [--deadline=10s] COMMAND ...\n"
       "commands: status capacity stats evict pin unpin remove put get "
       "make-block lookup fill-prompt drain config bench\n"
-      "see the header of cluster/stratactl_main.cc or docs/stratactl.md\n",
+      "cluster commands (etcd): stratactl [--etcd=HOST:PORT] cluster "
+      "members|usage|evict|pin|unpin|owners|config|profiles ...\n"
+      "see docs/stratactl.md\n",
       stderr);
   return 2;
-}
-
-int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "stratactl: %s: %s\n",
-               absl::StatusCodeToString(s.code()).c_str(),
-               std::string(s.message()).c_str());
-  return 1;
-}
-
-int UsageError(const std::string& msg) {
-  std::fprintf(stderr, "stratactl: %s\n", msg.c_str());
-  return 2;
-}
-
-absl::StatusOr<absl::Duration> ParseDurationFlag(const std::string& field,
-                                                 const std::string& text) {
-  absl::Duration d;
-  if (!absl::ParseDuration(text, &d) || d < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        field, ": \"", text, "\" is not a duration (e.g. 30s, 10m, 1h)"));
-  }
-  return d;
 }
 
 absl::StatusOr<std::vector<uint8_t>> ReadFile(const std::string& path) {
@@ -394,6 +370,13 @@ int Main(int argc, char** argv) {
     options.ucx_min_bytes = *min;
   }
 
+  if (cmd == "cluster") {
+#ifdef STRATACTL_WITH_CLUSTER
+    return ctl::RunClusterCommand(a, options);
+#else
+    return UsageError("cluster: this stratactl was built without etcd support");
+#endif
+  }
   if (cmd == "make-block") {
     if (p.size() != 2) return UsageError("make-block FILE");
     auto dtype = ParseDType(a.Flag("dtype", "bf16"));
@@ -560,9 +543,18 @@ int Main(int argc, char** argv) {
     return 0;
   }
   if (cmd == "drain") {
-    if (auto s = c.Drain(); !s.ok()) return Fail(s);
-    std::printf("draining: new blocks are refused; reads continue\n");
-    return 0;
+    // drain [HOST:PORT] [--wait=false] [--timeout=1h]: a cluster node moves
+    // its blocks to their new owners, leaves and exits; this waits for it
+    // (cluster/rebalance/drain_cli.h).
+    DrainCliOptions drain;
+    drain.address = p.size() > 1 ? p[1] : options.address;
+    drain.wait = a.Flag("wait", "true") != "false";
+    if (a.flags.count("timeout")) {
+      auto t = ParseDurationFlag("timeout", a.Flag("timeout"));
+      if (!t.ok()) return Fail(t.status());
+      drain.timeout = *t;
+    }
+    return RunDrainCommand(drain);
   }
   if (cmd == "config") {
     auto text = c.GetConfig();

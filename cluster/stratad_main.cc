@@ -14,10 +14,18 @@
 // (cluster/ucx_data_plane.h) honours the UCX_* environment of this process.
 // SIGTERM or SIGINT: stop accepting RPCs, finish those in flight (5 s grace),
 // close the store (flushing the SSD tier), exit 0.
+//
+// Cluster mode (--cluster_etcd=..., --cluster_node_id=...; docs/cluster.md):
+// it also registers itself in etcd under a lease, watches the member set,
+// re-replicates and rebalances its blocks in the background (bounded by
+// rebalance_bytes_per_s / rebalance_blocks_per_s), and on Drain moves every
+// block to its new owners, deregisters and exits 0. SIGTERM deregisters
+// first (the lease is revoked) without moving blocks.
 #include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -31,10 +39,15 @@
 #include "cluster/block_service.h"
 #include "cluster/log.h"
 #include "cluster/metrics.h"
+#include "cluster/rebalance/node_config.h"
 #include "cluster/server_config.h"
 #include "cluster/ucx_data_plane.h"
 #include "google/protobuf/text_format.h"
 #include "httplib.h"
+#ifdef STRATA_WITH_CLUSTER
+#include "cluster/config_store/config_follower.h"
+#include "cluster/rebalance/cluster_node.h"
+#endif
 
 namespace strata::cluster {
 namespace {
@@ -113,6 +126,22 @@ int Run(int argc, char** argv) {
   }
   SetLogFormat(resolved->log_format == "text" ? LogFormat::kText
                                               : LogFormat::kJson);
+  // Cluster mode (cluster_* fields; docs/cluster.md): resolved here so the
+  // effective configuration shows its defaults.
+  auto cluster_config =
+      ResolveClusterConfig(&resolved->effective, resolved->store);
+  if (!cluster_config.ok()) {
+    LogError("bad_config",
+             {{"error", std::string(cluster_config.status().message())}});
+    return 2;
+  }
+#ifndef STRATA_WITH_CLUSTER
+  if (cluster_config->enabled) {
+    LogError("bad_config", {{"error", "cluster_etcd: this stratad was built "
+                                      "without etcd support"}});
+    return 2;
+  }
+#endif
 
   // Signals are taken synchronously by the main thread: block them before
   // any other thread exists so every thread inherits the mask.
@@ -165,6 +194,15 @@ int Run(int argc, char** argv) {
     ctx.ucx_address = ucx_addr;
     ctx.ucx_peer_error_handling = resolved->data_plane_peer_errors;
   }
+#ifdef STRATA_WITH_CLUSTER
+  // Set once the node starts (after the gRPC port is known); read by the
+  // Drain handler.
+  std::unique_ptr<ClusterNode> cluster_node;
+  std::atomic<ClusterNode*> cluster_node_ptr{nullptr};
+  ctx.drain_status = [&cluster_node_ptr](strata::v1::DrainResponse* resp) {
+    if (ClusterNode* n = cluster_node_ptr.load()) n->FillDrainStatus(resp);
+  };
+#endif
   DataServiceImpl data_service(&ctx);
   AdminServiceImpl admin_service(&ctx);
 
@@ -186,13 +224,88 @@ int Run(int argc, char** argv) {
   }
   server->GetHealthCheckService()->SetServingStatus(true);
   grpc::Server* raw_server = server.get();
-  ctx.on_drain = [raw_server] {
+  ctx.on_drain = [raw_server
+#ifdef STRATA_WITH_CLUSTER
+                  , &cluster_node_ptr
+#endif
+  ] {
     raw_server->GetHealthCheckService()->SetServingStatus(false);
     LogInfo("draining");
+#ifdef STRATA_WITH_CLUSTER
+    if (ClusterNode* n = cluster_node_ptr.load()) n->StartDrain();
+#endif
   };
   const std::string grpc_host =
       resolved->listen.substr(0, resolved->listen.rfind(':'));
   const std::string grpc_addr = absl::StrCat(grpc_host, ":", grpc_port);
+
+#ifdef STRATA_WITH_CLUSTER
+  // Cluster mode: register in etcd, watch the members, rebalance, drain.
+  if (cluster_config->enabled) {
+    auto advertise = AdvertisedAddress(*cluster_config, grpc_host, grpc_port);
+    if (!advertise.ok()) {
+      LogError("bad_config", {{"error", std::string(advertise.status().message())}});
+      server->Shutdown();
+      return 2;
+    }
+    auto node = ClusterNode::Start(
+        store->get(), *cluster_config, *advertise, ucx_addr,
+        [](const char* level, const char* event, const LogFields& fields) {
+          LogEvent(level, event, fields);
+        },
+        [&cluster_node_ptr] {
+          // The drain finished and the node left the member set: let the
+          // operator's `stratactl drain` see "done" (5 s at most), then exit
+          // through the normal SIGTERM path.
+          if (ClusterNode* n = cluster_node_ptr.load()) {
+            n->WaitDoneObserved(absl::Seconds(5));
+          }
+          kill(getpid(), SIGTERM);
+        });
+    if (!node.ok()) {
+      LogError("cluster_start_failed", {{"error", std::string(node.status().message())}});
+      server->Shutdown();
+      return 1;
+    }
+    cluster_node = *std::move(node);
+    cluster_node_ptr.store(cluster_node.get());
+    LogInfo("cluster_member", {{"node_id", cluster_config->node_id},
+                               {"advertise", *advertise},
+                               {"etcd", cluster_config->etcd}});
+  }
+#endif
+
+#ifdef STRATA_WITH_CLUSTER
+  // Cluster config and codec profiles from etcd (cluster/config_store): a
+  // change or a new profile is applied as the watch delivers it, without a
+  // restart; /metrics shows what is in effect (strata:cluster_config_*,
+  // strata:codec_profile*).
+  std::unique_ptr<ClusterConfigFollower> config_follower;
+  if (cluster_config->enabled) {
+    auto follower = ClusterConfigFollower::Start(
+        cluster_config->etcd, cluster_config->prefix,
+        [](const char* level, const char* event, const LogFields& fields) {
+          LogEvent(level, event, fields);
+        },
+        // Once written, the cluster config's R and rebalance rates override
+        // this daemon's flags (cluster/rebalance/cluster_node.h).
+        [&cluster_node_ptr](const ClusterConfigSnapshot& snapshot) {
+          ClusterNode* n = cluster_node_ptr.load();
+          if (n == nullptr || snapshot.config.version == 0) return;
+          const auto c = EffectiveClusterConfig(snapshot.config.config);
+          n->ApplyClusterConfig(c.replication_factor(),
+                                c.rebalance_bytes_per_s(),
+                                c.rebalance_blocks_per_s());
+        });
+    if (!follower.ok()) {
+      LogError("cluster_config_follow_failed",
+               {{"error", std::string(follower.status().message())}});
+      server->Shutdown();
+      return 1;
+    }
+    config_follower = *std::move(follower);
+  }
+#endif
 
   httplib::Server http;
   std::thread http_thread;
@@ -202,9 +315,13 @@ int Run(int argc, char** argv) {
     const std::string host = m.substr(0, m.rfind(':'));
     const int port = std::atoi(m.substr(m.rfind(':') + 1).c_str());
     http.Get("/metrics", [&](const httplib::Request&, httplib::Response& res) {
-      res.set_content(metrics.Render(ctx.store->Stats(), ctx.draining.load(),
-                                     absl::Now() - ctx.started),
-                      "text/plain; version=0.0.4");
+      std::string text = metrics.Render(ctx.store->Stats(), ctx.draining.load(),
+                                        absl::Now() - ctx.started);
+#ifdef STRATA_WITH_CLUSTER
+      if (ClusterNode* n = cluster_node_ptr.load()) text += n->RenderMetrics();
+      if (config_follower != nullptr) text += config_follower->RenderMetrics();
+#endif
+      res.set_content(text, "text/plain; version=0.0.4");
     });
     http.Get("/health", [&](const httplib::Request&, httplib::Response& res) {
       res.set_content(ctx.draining.load() ? "draining\n" : "ok\n", "text/plain");
@@ -231,6 +348,10 @@ int Run(int argc, char** argv) {
   sigwait(&signals, &sig);
   LogInfo("shutting_down", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
   ctx.draining.store(true);
+#ifdef STRATA_WITH_CLUSTER
+  // Leave the member set first (lease revoked), so clients stop routing here.
+  if (cluster_node != nullptr) cluster_node->Stop();
+#endif
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   if (http_thread.joinable()) {
     http.stop();
@@ -238,6 +359,11 @@ int Run(int argc, char** argv) {
   }
   if (data_plane != nullptr) data_plane->Stop();
   server.reset();
+#ifdef STRATA_WITH_CLUSTER
+  config_follower.reset();  // Its callback reaches the node.
+  cluster_node_ptr.store(nullptr);
+  cluster_node.reset();  // Before the store it rebalances.
+#endif
   data_plane.reset();  // Releases its leases before the store closes.
   store->reset();  // Closes RocksDB cleanly.
   LogInfo("stopped");

@@ -1,6 +1,7 @@
 #include "cluster/ucx_data_plane.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <future>
@@ -95,6 +96,9 @@ UcxDataPlane::UcxDataPlane(ServiceContext* ctx,
 absl::StatusOr<std::unique_ptr<UcxDataPlane>> UcxDataPlane::Start(
     ServiceContext* ctx, const UcxDataPlaneOptions& options) {
   std::unique_ptr<UcxDataPlane> plane(new UcxDataPlane(ctx, options));
+  if (const char* env = std::getenv("STRATA_UCX_INLINE_MAX_BYTES")) {
+    plane->options_.inline_store_max_bytes = std::strtoull(env, nullptr, 10);
+  }
   sockaddr_storage addr;
   socklen_t len = 0;
   absl::Status parsed =
@@ -357,7 +361,7 @@ ucs_status_t UcxDataPlane::HandleRequest(const void* header,
         return reject(
             absl::InvalidArgumentError("block: a GET request carries no data"));
       }
-      SubmitGet(std::move(req));
+      if (!TryInlineGet(req)) SubmitGet(std::move(req));
       return UCS_OK;
     case ucx::Op::kPut:
       break;
@@ -377,17 +381,47 @@ ucs_status_t UcxDataPlane::HandleRequest(const void* header,
     return reject(absl::InvalidArgumentError(absl::StrCat(
         "block: ", length, " bytes exceed max_block_bytes ", max_block)));
   }
+  const bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
+  // Straight into the DRAM arena when it has room now (no eviction on this
+  // thread), else into a pooled buffer that a pool thread Put()s.
+  kvstore::PutOptions put_options;
+  if (req.flags & ucx::kRequestDurable) put_options.durable = true;
+  put_options.tenant = req.tenant;
+  put_options.model = req.model;
+  absl::StatusOr<kvstore::BlockReservation> reservation =
+      ctx_->store->Reserve(req.key, length, put_options,
+                           kvstore::ReserveOptions{.may_evict = false});
+  if (absl::IsAlreadyExists(reservation.status())) {
+    // First write wins: the block is not received (a rendezvous transfer is
+    // dropped), as Put answers kAlreadyPresent without storing.
+    Reply(req, absl::OkStatus(), ucx::kReplyAlreadyPresent, std::nullopt);
+    return UCS_OK;
+  }
+  if (!reservation.ok() && !absl::IsResourceExhausted(reservation.status())) {
+    return reject(reservation.status());
+  }
+  uint8_t* dst = nullptr;
   size_t capacity = 0;
-  std::unique_ptr<uint8_t[]> buffer = buffers_->Acquire(length, &capacity);
-  if (!(param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)) {
-    std::memcpy(buffer.get(), data, length);  // Eager: valid only now.
-    SubmitPut(std::move(req), std::move(buffer), capacity, length);
+  std::unique_ptr<uint8_t[]> buffer;
+  if (reservation.ok()) {
+    dst = reservation->data().data();
+  } else {
+    buffer = buffers_->Acquire(length, &capacity);
+    dst = buffer.get();
+  }
+  if (!rndv) {
+    std::memcpy(dst, data, length);  // Eager: valid only now.
+    if (reservation.ok()) {
+      CommitOrSubmit(std::move(req), *std::move(reservation));
+    } else {
+      SubmitPut(std::move(req), std::move(buffer), capacity, length);
+    }
     return UCS_OK;
   }
   const uint64_t id = next_id_++;
   auto pending = std::make_unique<Pending>();
   pending->conn_id = req.conn_id;
-  uint8_t* dst = buffer.get();
+  if (reservation.ok()) pending->reservation = *std::move(reservation);
   pending->buffer = std::move(buffer);
   pending->capacity = capacity;
   pending->size = length;
@@ -403,8 +437,13 @@ ucs_status_t UcxDataPlane::HandleRequest(const void* header,
                      ucs_status_string(UCS_PTR_STATUS(r)))));
   }
   if (r == nullptr) {  // Already received.
-    SubmitPut(std::move(*pending->put), std::move(pending->buffer), capacity,
-              length);
+    if (pending->reservation.has_value()) {
+      CommitOrSubmit(std::move(*pending->put),
+                     *std::move(pending->reservation));
+    } else {
+      SubmitPut(std::move(*pending->put), std::move(pending->buffer), capacity,
+                length);
+    }
   } else {
     pending_[id] = std::move(pending);
   }
@@ -428,6 +467,10 @@ void UcxDataPlane::OnPutData(void* request, ucs_status_t status, size_t length,
                     status != UCS_OK ? ucs_status_string(status)
                                      : "short transfer")),
                 0, std::nullopt);
+    return;
+  }
+  if (p->reservation.has_value()) {
+    self->CommitOrSubmit(std::move(*p->put), *std::move(p->reservation));
     return;
   }
   self->SubmitPut(std::move(*p->put), std::move(p->buffer), p->capacity,
@@ -476,6 +519,66 @@ void UcxDataPlane::SubmitPut(Request req, std::unique_ptr<uint8_t[]> buffer,
             : 0;
     PostReply(std::move(req), outcome.status(), flags, std::nullopt);
   });
+  if (!queued) {
+    Reply(req, absl::UnavailableError("data_plane: the daemon is shutting down"),
+          0, std::nullopt);
+  }
+}
+
+bool UcxDataPlane::TryInlineGet(const Request& req) {
+  if (options_.inline_store_max_bytes == 0) return false;
+  kvstore::GetOptions fast;
+  fast.fast_path_max_bytes = options_.inline_store_max_bytes;
+  absl::StatusOr<kvstore::BlockLease> lease = ctx_->store->Get(req.key, fast);
+  if (absl::IsFailedPrecondition(lease.status())) return false;  // Not here.
+  if (!lease.ok()) {
+    Reply(req, lease.status(), 0, std::nullopt);
+  } else {
+    Reply(req, absl::OkStatus(), 0, *std::move(lease));  // A DRAM block.
+  }
+  return true;
+}
+
+void UcxDataPlane::CommitOrSubmit(Request req,
+                                  kvstore::BlockReservation reservation) {
+  const bool durable = (req.flags & ucx::kRequestDurable) != 0 ||
+                       ctx_->store->options().write_through;
+  if (durable || reservation.data().size() > options_.inline_store_max_bytes) {
+    SubmitCommit(std::move(req), std::move(reservation));
+    return;
+  }
+  absl::Status s = CheckAcceptingBlocks(ctx_);
+  if (s.ok()) {
+    // Eviction may write the SSD tier: a store thread does it.
+    s = ctx_->store->Commit(std::move(reservation),
+                            kvstore::CommitOptions{.evict = false});
+  } else {
+    reservation.Abort();
+  }
+  if (ctx_->store->NeedsEviction() && !eviction_queued_.exchange(true)) {
+    const bool queued = pool_->Submit([this] {
+      eviction_queued_.store(false);
+      ctx_->store->EvictToWatermarks();
+    });
+    if (!queued) eviction_queued_.store(false);
+  }
+  Reply(req, s, 0, std::nullopt);
+}
+
+void UcxDataPlane::SubmitCommit(Request req,
+                                kvstore::BlockReservation reservation) {
+  const bool queued = pool_->Submit(
+      [this, req, reservation = std::move(reservation)]() mutable {
+        // The drain check as StoreBlock makes it; the checksum pass reads
+        // the block where it landed.
+        absl::Status s = CheckAcceptingBlocks(ctx_);
+        if (s.ok()) {
+          s = ctx_->store->Commit(std::move(reservation));
+        } else {
+          reservation.Abort();
+        }
+        PostReply(std::move(req), std::move(s), 0, std::nullopt);
+      });
   if (!queued) {
     Reply(req, absl::UnavailableError("data_plane: the daemon is shutting down"),
           0, std::nullopt);

@@ -8,9 +8,15 @@
 // (TieredStore::Put may evict and write RocksDB; Get may read the SSD tier):
 // the progress thread only parses requests, moves bytes and sends replies.
 //
-// - PUT: the block is received into a reused buffer (rendezvous for large
-//   blocks, so UCX moves it straight from the client's memory into it), then
-//   stored by a pool thread; the reply carries the outcome.
+// - PUT: the block is received straight into a DRAM-arena reservation
+//   (TieredStore::Reserve; rendezvous for large blocks, so UCX moves it from
+//   the client's memory into the arena with no copy in between), then a pool
+//   thread verifies and commits it (TieredStore::Commit). A key already
+//   stored or in flight is answered "already present" without receiving the
+//   block. When the arena has no free range right now (reserving here never
+//   evicts: eviction may write the SSD tier), the block is received into a
+//   reused buffer instead and a pool thread stores it with Put, which evicts
+//   or falls back to lower tiers. The reply carries the outcome.
 // - GET: a pool thread takes a BlockLease; the reply's data is sent straight
 //   from the lease (zero-copy from the DRAM arena) and the lease is held
 //   until UCX reports the send complete or the connection is torn down.
@@ -31,6 +37,7 @@
 #ifndef STRATA_CLUSTER_UCX_DATA_PLANE_H_
 #define STRATA_CLUSTER_UCX_DATA_PLANE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -54,6 +61,13 @@ struct UcxDataPlaneOptions {
   // it from Hello). Peer mode excludes UCX 1.13's shared-memory transports.
   bool peer_error_handling = false;
   int worker_threads = 4;  // Store work.
+  // GETs of DRAM blocks and non-durable PUT commits of blocks up to this
+  // size run on the progress thread itself (a lookup plus one checksum pass,
+  // ~15 us for 256 KiB here) instead of hopping to a store thread and back
+  // (two thread wake-ups per request). Larger blocks, SSD reads and durable
+  // puts always go to the store threads. 0: never inline. The environment
+  // variable STRATA_UCX_INLINE_MAX_BYTES overrides it (measurements).
+  uint64_t inline_store_max_bytes = uint64_t{1} << 20;
   // Stop(): how long replies already being sent may take to finish.
   absl::Duration stop_grace = absl::Seconds(2);
 };
@@ -99,6 +113,8 @@ class UcxDataPlane {
   struct Pending {
     uint64_t conn_id = 0;
     std::optional<Request> put;  // Receiving.
+    // Where the block lands: an arena reservation, else `buffer`.
+    std::optional<kvstore::BlockReservation> reservation;
     std::unique_ptr<uint8_t[]> buffer;
     size_t capacity = 0;  // Of `buffer` (BufferPool).
     size_t size = 0;
@@ -127,6 +143,13 @@ class UcxDataPlane {
   void SubmitGet(Request req);
   void SubmitPut(Request req, std::unique_ptr<uint8_t[]> buffer,
                  size_t capacity, size_t size);
+  void SubmitCommit(Request req, kvstore::BlockReservation reservation);
+  // Commits here (progress thread) when small and not durable, else
+  // SubmitCommit.
+  void CommitOrSubmit(Request req, kvstore::BlockReservation reservation);
+  // Progress thread: a GET answered without a store thread; false when the
+  // block must be read by one.
+  bool TryInlineGet(const Request& req);
   // From pool threads.
   void PostReply(Request req, absl::Status status, uint32_t flags,
                  std::optional<kvstore::BlockLease> lease);
@@ -138,7 +161,9 @@ class UcxDataPlane {
   void CloseEverything();
 
   ServiceContext* const ctx_;
-  const UcxDataPlaneOptions options_;
+  UcxDataPlaneOptions options_;  // Fixed after Start.
+  // An EvictToWatermarks job is queued (after inline commits).
+  std::atomic<bool> eviction_queued_{false};
   std::string address_;
   bool stopped_ = false;  // Owning thread.
 

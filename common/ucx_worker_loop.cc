@@ -13,6 +13,7 @@
 #include <set>
 #include <utility>
 
+#include "absl/base/internal/raw_logging.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -76,6 +77,12 @@ WorkerLoop::~WorkerLoop() {
     absl::MutexLock lock(&mu_);
     closed_ = true;
     posted_.clear();
+  }
+  if (leak_on_destroy_) {
+    ABSL_RAW_LOG(WARNING,
+                 "ucx: an endpoint did not finish closing; leaving its worker "
+                 "undestroyed (UCX would abort)");
+    return;
   }
   if (worker_ != nullptr) ucp_worker_destroy(worker_);
   if (context_ != nullptr) ucp_cleanup(context_);
@@ -179,6 +186,7 @@ void WorkerLoop::Drain(std::vector<void*>* requests, absl::Duration timeout) {
     pollfd pfd{efd_, POLLIN, 0};
     poll(&pfd, 1, 10);
   }
+  if (!requests->empty()) leak_on_destroy_ = true;
   for (void* r : *requests) ucp_request_free(r);  // Released on completion.
   requests->clear();
 }

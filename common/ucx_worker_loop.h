@@ -68,6 +68,10 @@ class WorkerLoop {
   // Loop thread only: progresses the worker (sleeping on its events) until
   // every request in `requests` has completed or `timeout` passed, then
   // frees them all and clears the vector. For close requests at shutdown.
+  // When some did not complete (a peer too busy or gone to answer a flushing
+  // close), the destructor leaves the worker and context undestroyed: UCX
+  // 1.13 aborts the process ("pending request ... should have been
+  // flushed") when a worker is destroyed under an endpoint still closing.
   void Drain(std::vector<void*>* requests, absl::Duration timeout);
   bool InLoopThread() const {
     return std::this_thread::get_id() == thread_.get_id();
@@ -86,6 +90,7 @@ class WorkerLoop {
   std::thread thread_;
   absl::AnyInvocable<absl::Time()> tick_;
   bool exit_ = false;  // Loop thread only.
+  bool leak_on_destroy_ = false;  // Set by Drain; read after Join.
 
   absl::Mutex mu_;
   std::deque<absl::AnyInvocable<void()>> posted_ ABSL_GUARDED_BY(mu_);

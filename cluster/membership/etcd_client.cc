@@ -456,6 +456,36 @@ absl::StatusOr<int64_t> EtcdClient::Delete(const std::string& key) {
   return resp.deleted();
 }
 
+absl::StatusOr<EtcdClient::CasResult> EtcdClient::PutIfModRevision(
+    const std::string& key, const std::string& value,
+    int64_t expected_mod_revision) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, options_.call_timeout);
+  etcdserverpb::TxnRequest req;
+  auto* cmp = req.add_compare();
+  cmp->set_key(key);
+  cmp->set_target(etcdserverpb::Compare::MOD);
+  cmp->set_result(etcdserverpb::Compare::EQUAL);
+  cmp->set_mod_revision(expected_mod_revision);
+  auto* put = req.add_success()->mutable_request_put();
+  put->set_key(key);
+  put->set_value(value);
+  req.add_failure()->mutable_request_range()->set_key(key);
+  etcdserverpb::TxnResponse resp;
+  grpc::Status s = stubs_->kv->Txn(&ctx, req, &resp);
+  if (!s.ok()) return FromGrpc(s, "Txn");
+  CasResult out;
+  out.succeeded = resp.succeeded();
+  if (out.succeeded) {
+    out.revision = resp.header().revision();
+  } else if (resp.responses_size() > 0 &&
+             resp.responses(0).response_range().kvs_size() > 0) {
+    out.current_mod_revision =
+        resp.responses(0).response_range().kvs(0).mod_revision();
+  }
+  return out;
+}
+
 absl::StatusOr<EtcdLease> EtcdClient::LeaseGrant(absl::Duration ttl) {
   const int64_t ttl_s = absl::ToInt64Seconds(absl::Ceil(ttl, absl::Seconds(1)));
   if (ttl_s <= 0) return absl::InvalidArgumentError("ttl: must be >= 1 s");

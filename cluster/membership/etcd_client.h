@@ -93,6 +93,19 @@ class EtcdClient {
   // Returns the number of keys deleted.
   absl::StatusOr<int64_t> Delete(const std::string& key);
 
+  // Compare-and-put in one etcd transaction: writes `value` only when the
+  // key's mod_revision is `expected_mod_revision` (0 = the key must not
+  // exist). Versioned config (cluster/config_store.h) is built on it.
+  struct CasResult {
+    bool succeeded = false;
+    int64_t revision = 0;  // The write's revision when it succeeded.
+    // When it did not: the key's current mod_revision (0 = absent).
+    int64_t current_mod_revision = 0;
+  };
+  absl::StatusOr<CasResult> PutIfModRevision(const std::string& key,
+                                             const std::string& value,
+                                             int64_t expected_mod_revision);
+
   absl::StatusOr<EtcdLease> LeaseGrant(absl::Duration ttl);
   // NOT_FOUND when the lease does not exist (any more).
   absl::Status LeaseRevoke(int64_t lease);

@@ -23,6 +23,16 @@ struct ClusterClient::View {
   RendezvousPlacement placement;
   std::vector<std::shared_ptr<Node>> nodes;  // Index-aligned with placement.
   MemberList members;
+  // The views this one replaced (newest first, at most kMaxPrevious), each
+  // for previous_owners_for after it was replaced: Get falls back to their
+  // owners while the daemons are still moving blocks.
+  struct Previous {
+    RendezvousPlacement placement;
+    std::vector<std::shared_ptr<Node>> nodes;
+    absl::Time until;
+  };
+  static constexpr size_t kMaxPrevious = 4;
+  std::vector<Previous> previous;
 };
 
 namespace {
@@ -91,6 +101,16 @@ void ClusterClient::OnMembers(const MemberList&) {
   }
   next->placement = RendezvousPlacement(std::move(placement));
   next->members = members;
+  const absl::Time now = absl::Now();
+  if (view_->members != members && !view_->nodes.empty()) {
+    next->previous.push_back(
+        {view_->placement, view_->nodes, now + options_.previous_owners_for});
+  }
+  for (const View::Previous& p : view_->previous) {
+    if (p.until > now && next->previous.size() < View::kMaxPrevious) {
+      next->previous.push_back(p);
+    }
+  }
   view_ = std::move(next);
 }
 
@@ -196,6 +216,29 @@ absl::StatusOr<ClusterPutResult> ClusterClient::Put(
   }
   if (!hard_error.ok()) return hard_error;
   if (result.acked.empty()) {
+    // No owner took it: hand it to the best-placed other live member. Its
+    // rebalancer pushes the block to the owners once they answer and then
+    // drops its copy (cluster/rebalance/rebalancer.h).
+    const std::vector<size_t> ranked =
+        v->placement.Owners(key, options_.replication + options_.handoff_nodes);
+    for (size_t k = owners.size(); k < ranked.size() && result.acked.empty(); ++k) {
+      Node& node = *v->nodes[ranked[k]];
+      if (Suspect(node) || absl::Now() >= deadline) continue;
+      auto c = ClientFor(node);
+      absl::StatusOr<client::PutResult> r =
+          c.ok() ? (*c)->Put(key, block, put,
+                             Attempt(deadline, options_.attempt_timeout))
+                 : absl::StatusOr<client::PutResult>(c.status());
+      if (r.ok()) {
+        result.acked.push_back(node.member.node_id);
+        result.handed_off = true;
+        result.already_present = r->already_present;
+      } else {
+        MarkSuspect(node, r.status());
+      }
+    }
+  }
+  if (result.acked.empty()) {
     return absl::UnavailableError(
         absl::StrCat("put ", key.ToHex(), ": no owner reachable (",
                      absl::StrJoin(result.unreachable, ", "), ")"));
@@ -218,11 +261,55 @@ absl::StatusOr<ClusterGetResult> ClusterClient::Get(
   std::stable_partition(order.begin(), order.end(), [&](const auto& o) {
     return !Suspect(*v->nodes[o.second]);
   });
-  bool saw_miss = false;
+  // Then members of weight 0: a draining daemon still holds the blocks it
+  // has not moved to their new owners yet (docs/cluster.md, "Drain").
+  std::vector<std::pair<size_t, Node*>> tries;  // (rank, node)
+  for (const auto& [rank, i] : order) tries.push_back({rank, v->nodes[i].get()});
+  for (size_t i = 0; i < v->nodes.size(); ++i) {
+    if (v->nodes[i]->member.capacity_bytes == 0) {
+      tries.push_back({owners.size() + tries.size(), v->nodes[i].get()});
+    }
+  }
+  // Then, shortly after a change of the member set, the owners under the
+  // previous set: a block whose owners changed may not have been pushed to
+  // the new ones yet.
+  // Suspects among them last (a draining daemon is suspect to writers: it
+  // refuses puts, yet serves reads).
+  const absl::Time now = absl::Now();
+  for (const bool suspects : {false, true}) {
+    for (const View::Previous& p : v->previous) {
+      if (now >= p.until) continue;
+      for (size_t i : p.placement.Owners(key, options_.replication)) {
+        Node* prev = p.nodes[i].get();
+        if (Suspect(*prev) != suspects) continue;
+        const bool tried = std::any_of(tries.begin(), tries.end(), [&](const auto& t) {
+          return t.second->member.node_id == prev->member.node_id;
+        });
+        if (!tried) tries.push_back({owners.size() + tries.size(), prev});
+      }
+    }
+  }
+  // Last, when an owner was unreachable: the members a put hands a block to
+  // when no owner takes it.
+  const size_t handoff_from = tries.size();
+  {
+    const std::vector<size_t> ranked =
+        v->placement.Owners(key, options_.replication + options_.handoff_nodes);
+    for (size_t k = owners.size(); k < ranked.size(); ++k) {
+      Node* n = v->nodes[ranked[k]].get();
+      const bool tried = std::any_of(tries.begin(), tries.end(), [&](const auto& t) {
+        return t.second == n;
+      });
+      if (!tried) tries.push_back({owners.size() + tries.size(), n});
+    }
+  }
+  bool saw_miss = false, owner_unreachable = false;
   std::vector<std::string> errors;
-  for (const auto& [rank, i] : order) {
-    Node& node = *v->nodes[i];
+  for (size_t t = 0; t < tries.size(); ++t) {
+    const auto& [rank, node_ptr] = tries[t];
+    Node& node = *node_ptr;
     if (absl::Now() >= deadline) break;
+    if (t >= handoff_from && !owner_unreachable) break;
     auto c = ClientFor(node);
     absl::StatusOr<client::GetResult> r =
         c.ok() ? (*c)->Get(key, Attempt(deadline, options_.attempt_timeout))
@@ -239,6 +326,7 @@ absl::StatusOr<ClusterGetResult> ClusterClient::Get(
       saw_miss = true;
     } else if (Unreachable(s)) {
       MarkSuspect(node, s);
+      if (rank < owners.size()) owner_unreachable = true;
     } else {
       return absl::Status(s.code(), absl::StrCat("node ", node.member.node_id,
                                                  ": ", s.message()));

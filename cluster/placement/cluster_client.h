@@ -30,10 +30,18 @@
 // owner is suspect), so a dead node costs one failed attempt, not one per
 // call, until the membership drops it (within the lease TTL).
 //
-// Placement follows the current member set; nothing moves blocks when it
-// changes (rebalancing is future work): after a join, keys whose owners
-// changed read as misses until written again, or are found on a remaining
-// old owner by the Get fallback.
+// - After its owners, Get also asks members of capacity 0 (draining daemons,
+//   which own nothing but still hold the blocks they have not moved yet),
+//   then, for `previous_owners_for` after a change of the member set, the
+//   key's owners under the previous set (blocks not pushed yet).
+// - A put that no owner takes (all unreachable) is handed to the next-ranked
+//   member (`handoff_nodes`); that daemon's rebalancer moves it on.
+//
+// Placement follows the current member set. The daemons move blocks when it
+// changes (cluster/rebalance/rebalancer.h: re-replication after a loss,
+// rebalancing after a join, drain), at a bounded rate: until a block has
+// reached a new owner, a Get finds it on a remaining old owner through the
+// fallback, or misses.
 //
 // The member set is whatever the source reports: wait for a MemberWatcher's
 // first list (WaitSynced) before the first call, or calls answer
@@ -72,12 +80,21 @@ struct ClusterClientOptions {
   }();
   absl::Duration attempt_timeout = absl::Seconds(5);
   absl::Duration suspect_for = absl::Seconds(2);
+  // After a change of the member set, Get also asks the key's owners under
+  // the previous set for this long (the daemons move blocks meanwhile).
+  absl::Duration previous_owners_for = absl::Seconds(30);
+  // When no owner takes a put, it goes to the first of this many next-ranked
+  // members instead (hinted handoff; its daemon moves it to the owners).
+  size_t handoff_nodes = 2;
 };
 
 struct ClusterPutResult {
   bool already_present = false;          // Some owner had it already.
   std::vector<std::string> acked;        // Owners that hold it now.
   std::vector<std::string> unreachable;  // Owners skipped or unreachable.
+  // No owner was reachable: `acked` is one other member holding it for
+  // them (its daemon pushes it to the owners when they answer).
+  bool handed_off = false;
 };
 
 struct ClusterGetResult {

@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -12,7 +13,9 @@
 #include <filesystem>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 
 extern char** environ;
 
@@ -223,5 +226,108 @@ absl::Status MemberProcess::Stop() {
   }
   return absl::OkStatus();
 }
+
+// ---------------------------------------------------------------- stratad
+// Compiled into the tests that know where stratad is.
+#ifdef STRATAD_PATH
+
+DaemonProcess::DaemonProcess(std::string data_dir, std::vector<std::string> flags)
+    : data_dir_(std::move(data_dir)), flags_(std::move(flags)) {
+  std::filesystem::create_directories(data_dir_);
+}
+
+DaemonProcess::~DaemonProcess() { Kill(); }
+
+absl::Status DaemonProcess::Start(absl::Duration timeout) {
+  if (pid_ > 0) return absl::FailedPreconditionError("already running");
+  std::vector<std::string> argv = {
+      STRATAD_PATH, "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
+      "--data_plane_listen=", "--data_dir=" + data_dir_, "--log_format=text",
+      "--grpc_threads=4"};
+  argv.insert(argv.end(), flags_.begin(), flags_.end());
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) return absl::InternalError("pipe failed");
+  const int log = open((data_dir_ + "/stratad.log").c_str(),
+                       O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  pid_ = SpawnProcess(argv, fds[1], log);
+  close(fds[1]);
+  if (log >= 0) close(log);
+  if (pid_ <= 0) {
+    close(fds[0]);
+    return absl::InternalError("spawn stratad failed");
+  }
+  std::string line;
+  absl::Status s = ReadLine(fds[0], absl::Now() + timeout, &line);
+  close(fds[0]);
+  if (s.ok() && line.rfind("stratad ready ", 0) != 0) {
+    s = absl::InternalError("unexpected stdout line: " + line);
+  }
+  if (!s.ok()) {
+    Kill();
+    return absl::InternalError(absl::StrCat("stratad did not become ready: ",
+                                            s.ToString(), " (log: ", data_dir_,
+                                            "/stratad.log)"));
+  }
+  for (absl::string_view field : absl::StrSplit(line, ' ')) {
+    if (absl::ConsumePrefix(&field, "grpc=")) grpc_address_ = std::string(field);
+    if (absl::ConsumePrefix(&field, "metrics=")) {
+      metrics_address_ = std::string(field);
+    }
+  }
+  return absl::OkStatus();
+}
+
+void DaemonProcess::Kill() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGCONT);
+  kill(pid_, SIGKILL);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+}
+
+absl::Status DaemonProcess::Stop() {
+  if (pid_ <= 0) return absl::FailedPreconditionError("not running");
+  kill(pid_, SIGTERM);
+  return WaitExit(absl::Seconds(60));
+}
+
+void DaemonProcess::Pause() {
+  kill(pid_, SIGSTOP);
+  int status = 0;
+  waitpid(pid_, &status, WUNTRACED);
+}
+
+void DaemonProcess::Resume() {
+  kill(pid_, SIGCONT);
+  int status = 0;
+  waitpid(pid_, &status, WCONTINUED);
+}
+
+absl::Status DaemonProcess::WaitExit(absl::Duration timeout) {
+  if (pid_ <= 0) return absl::FailedPreconditionError("not running");
+  const int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid_, 0));
+  if (pidfd >= 0) {
+    pollfd p = {pidfd, POLLIN, 0};
+    int n;
+    do {
+      n = poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(timeout)));
+    } while (n < 0 && errno == EINTR);
+    close(pidfd);
+    if (n == 0) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "stratad ", pid_, " still running after ",
+          absl::FormatDuration(timeout)));
+    }
+  }
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    return absl::InternalError(absl::StrCat("stratad exit status ", status));
+  }
+  return absl::OkStatus();
+}
+#endif  // STRATAD_PATH
 
 }  // namespace strata::testing

@@ -62,6 +62,38 @@ class MemberProcess {
   pid_t pid_ = -1;
 };
 
+// A stratad in cluster mode (it registers itself in etcd: no sidecar), on
+// free loopback ports, with the UCX data plane off. Its stderr goes to
+// DIR/stratad.log. Start() blocks until the "stratad ready" line.
+class DaemonProcess {
+ public:
+  // `flags`: extra --field=value, after the defaults (later flags win).
+  DaemonProcess(std::string data_dir, std::vector<std::string> flags);
+  ~DaemonProcess();  // SIGKILLs a running daemon.
+
+  absl::Status Start(absl::Duration timeout = absl::Seconds(30));
+  void Kill();          // SIGKILL + wait.
+  absl::Status Stop();  // SIGTERM + wait; OK iff exit status 0.
+  // Waits (pidfd + poll, no sleeping) until the daemon exits by itself, e.g.
+  // after a drain. Returns its exit status (OK iff 0); DEADLINE_EXCEEDED
+  // when it is still running after `timeout`.
+  absl::Status WaitExit(absl::Duration timeout);
+  void Pause();   // SIGSTOP; returns once the daemon is stopped.
+  void Resume();  // SIGCONT; returns once it runs again.
+
+  const std::string& grpc_address() const { return grpc_address_; }
+  const std::string& metrics_address() const { return metrics_address_; }
+  bool running() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }
+
+ private:
+  std::string data_dir_;
+  std::vector<std::string> flags_;
+  pid_t pid_ = -1;
+  std::string grpc_address_;
+  std::string metrics_address_;
+};
+
 // Spawns argv (argv[0] a path) with the given fds as stdout / stderr (-1:
 // inherit). Returns the pid or -1.
 pid_t SpawnProcess(const std::vector<std::string>& argv, int stdout_fd,

@@ -1,0 +1,247 @@
+// Batches over the UCX data plane and the C ABI's choice of data plane, end
+// to end against real stratad processes (UCX over TCP and over shared
+// memory; UCX_TLS is set for the daemon through StratadProcess and for this
+// process with setenv before any client exists).
+#include <stdlib.h>
+
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "client/strata_c.h"
+#include "client/strata_client.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "httplib.h"
+#include "kvstore/block_format.h"
+#include "tests/cluster/stratad_process.h"
+#include "tests/kvstore/test_blocks.h"
+
+namespace strata {
+namespace {
+
+using ::strata::kvstore::BlockKey;
+using ::strata::kvstore::BlockShape;
+using ::strata::kvstore::DType;
+using ::strata::kvstore::testing::KeyFor;
+using ::strata::kvstore::testing::MakeBlock;
+using ::strata::kvstore::testing::ScratchDir;
+using ::strata::kvstore::testing::ShapeForBytes;
+using ::strata::testing::StratadProcess;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+std::string Metrics(const StratadProcess& d) {
+  const std::string& a = d.metrics_address();
+  httplib::Client http(a.substr(0, a.rfind(':')),
+                       std::atoi(a.substr(a.rfind(':') + 1).c_str()));
+  auto res = http.Get("/metrics");
+  return res ? res->body : "";
+}
+
+struct Transport {
+  const char* name;
+  const char* tls;
+};
+
+class UcxBatch : public ::testing::TestWithParam<Transport> {
+ protected:
+  void SetUp() override {
+    setenv("UCX_NET_DEVICES", "lo", 1);
+    setenv("UCX_TLS", GetParam().tls, 1);
+  }
+  std::map<std::string, std::string> Env() const {
+    return {{"UCX_NET_DEVICES", "lo"}, {"UCX_TLS", GetParam().tls}};
+  }
+  std::unique_ptr<client::Client> ConnectUcx(const StratadProcess& d) {
+    client::ClientOptions o;
+    o.address = d.grpc_address();
+    o.default_deadline = absl::Seconds(30);
+    o.data_plane = "ucx";
+    auto c = client::Client::Connect(o);
+    EXPECT_TRUE(c.ok()) << c.status();
+    if (!c.ok()) return nullptr;
+    EXPECT_THAT((*c)->DataPlane(), StartsWith("ucx:"));
+    return *std::move(c);
+  }
+};
+
+TEST_P(UcxBatch, BatchPutAndBatchGetFrom1KiBTo64MiBAreByteExactOverUcx) {
+  ScratchDir dir;
+  StratadProcess d(dir.Sub("data"), {"--dram_capacity=512MiB"}, Env());
+  ASSERT_TRUE(d.Start().ok());
+  auto c = ConnectUcx(d);
+  ASSERT_NE(c, nullptr);
+  const std::vector<BlockShape> shapes = {
+      {DType::kFloat16, 1, 1, 4, 64},  // 1 KiB payload: eager messages.
+      ShapeForBytes(64 << 10),
+      ShapeForBytes(1 << 20, DType::kBFloat16),
+      ShapeForBytes(8 << 20, DType::kFloat32),
+      {DType::kFloat8E4M3, 32, 256, 8, 128},  // 16 MiB.
+      {DType::kBFloat16, 64, 256, 8, 128},    // 64 MiB.
+  };
+  std::vector<std::vector<uint8_t>> blocks;
+  std::vector<BlockKey> keys;
+  std::vector<absl::Span<const uint8_t>> spans;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    blocks.push_back(MakeBlock(shapes[i], 100 + i));
+    keys.push_back(KeyFor(100 + i));
+  }
+  for (const auto& b : blocks) spans.push_back(b);
+  // A corrupt item fails alone.
+  auto corrupt = MakeBlock(ShapeForBytes(256 << 10), 7);
+  corrupt[corrupt.size() - 10] ^= 1;
+  keys.push_back(KeyFor(7));
+  spans.push_back(corrupt);
+
+  auto put = c->BatchPutAsync(keys, spans).get();
+  ASSERT_EQ(put.size(), keys.size());
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    ASSERT_TRUE(put[i].ok()) << i << ": " << put[i].status();
+    EXPECT_FALSE(put[i]->already_present);
+  }
+  EXPECT_EQ(put.back().status().code(), absl::StatusCode::kDataLoss)
+      << put.back().status();
+  // Again: first write wins, every item already present.
+  spans.pop_back();
+  keys.pop_back();
+  auto again = c->BatchPutAsync(keys, spans).get();
+  for (size_t i = 0; i < again.size(); ++i) {
+    ASSERT_TRUE(again[i].ok()) << i << ": " << again[i].status();
+    EXPECT_TRUE(again[i]->already_present) << i;
+  }
+
+  // Reversed, with a repeated key and a missing one.
+  std::vector<BlockKey> get_keys(keys.rbegin(), keys.rend());
+  get_keys.push_back(keys[2]);
+  get_keys.push_back(KeyFor(7));
+  auto got = c->BatchGetAsync(get_keys).get();
+  ASSERT_EQ(got.size(), get_keys.size());
+  for (size_t j = 0; j < blocks.size(); ++j) {
+    const size_t i = blocks.size() - 1 - j;
+    ASSERT_TRUE(got[j].ok()) << j << ": " << got[j].status();
+    EXPECT_TRUE(got[j]->block == blocks[i])
+        << "payload " << shapes[i].RawBytes();
+    EXPECT_EQ(got[j]->served_from, "dram");
+  }
+  ASSERT_TRUE(got[blocks.size()].ok());
+  EXPECT_TRUE(got[blocks.size()]->block == blocks[2]);
+  EXPECT_EQ(got.back().status().code(), absl::StatusCode::kNotFound);
+
+  // Every item went over UCX (counted as single puts and gets), none in a
+  // gRPC batch.
+  const std::string metrics = Metrics(d);
+  EXPECT_THAT(metrics, HasSubstr("strata:rpc_requests_total{rpc=\"put\"} 13"));
+  EXPECT_THAT(metrics, HasSubstr("strata:rpc_requests_total{rpc=\"get\"} 7"));
+  EXPECT_THAT(metrics,
+              HasSubstr("strata:rpc_requests_total{rpc=\"batch_put\"} 0"));
+  EXPECT_THAT(metrics,
+              HasSubstr("strata:rpc_requests_total{rpc=\"batch_get\"} 0"));
+  EXPECT_TRUE(d.Stop().ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, UcxBatch,
+                         ::testing::Values(Transport{"tcp", "tcp"},
+                                           Transport{"shm", "shm,tcp"}),
+                         [](const ::testing::TestParamInfo<Transport>& info) {
+                           return std::string(info.param.name);
+                         });
+
+// The C ABI (1.1) opens clients on a chosen data plane.
+class CAbiDataPlane : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    setenv("UCX_NET_DEVICES", "lo", 1);
+    setenv("UCX_TLS", "tcp", 1);
+  }
+  std::map<std::string, std::string> Env() const {
+    return {{"UCX_NET_DEVICES", "lo"}, {"UCX_TLS", "tcp"}};
+  }
+  static std::string PlaneOf(strata_client_t* c) {
+    char plane[64];
+    EXPECT_EQ(strata_client_data_plane(c, plane, sizeof(plane)), 0);
+    return plane;
+  }
+};
+
+TEST_F(CAbiDataPlane, OpenWithDataPlaneChoosesUcxOrGrpcAndRefusesOthers) {
+  EXPECT_EQ(strata_abi_version(), STRATA_C_ABI_VERSION);
+  EXPECT_EQ(strata_abi_minor_version(), 1);
+  ScratchDir dir;
+  StratadProcess d(dir.Sub("data"), {}, Env());
+  ASSERT_TRUE(d.Start().ok());
+  const std::string addr = d.grpc_address();
+  const auto block = MakeBlock(ShapeForBytes(1 << 20), 21);
+  uint8_t key[16];
+  ASSERT_EQ(strata_key_from_hex(KeyFor(21).ToHex().c_str(), key), 0);
+
+  strata_client_t* ucx = nullptr;
+  ASSERT_EQ(strata_client_open_with_data_plane(addr.c_str(), 10000, "ucx",
+                                               &ucx),
+            0)
+      << strata_last_error();
+  EXPECT_EQ(PlaneOf(ucx), "ucx:tcp");
+  int present = -1;
+  ASSERT_EQ(strata_put(ucx, key, block.data(), block.size(), 0, &present), 0)
+      << strata_last_error();
+  EXPECT_EQ(present, 0);
+  std::vector<uint8_t> dst(block.size() + 16, 0);
+  size_t n = 0;
+  ASSERT_EQ(strata_get_into(ucx, key, dst.data(), dst.size(), &n), 0);
+  ASSERT_EQ(n, block.size());
+  EXPECT_TRUE(std::equal(block.begin(), block.end(), dst.begin()));
+  // Too small a buffer for the description: OUT_OF_RANGE naming capacity.
+  char tiny[4];
+  EXPECT_EQ(strata_client_data_plane(ucx, tiny, sizeof(tiny)), 11);
+  EXPECT_THAT(strata_last_error(), StartsWith("capacity:"));
+  strata_client_close(ucx);
+
+  strata_client_t* grpc = nullptr;
+  ASSERT_EQ(strata_client_open_with_data_plane(addr.c_str(), 10000, "grpc",
+                                               &grpc),
+            0);
+  EXPECT_EQ(PlaneOf(grpc), "grpc");
+  std::fill(dst.begin(), dst.end(), 0);
+  ASSERT_EQ(strata_get_into(grpc, key, dst.data(), dst.size(), &n), 0);
+  EXPECT_TRUE(std::equal(block.begin(), block.end(), dst.begin()));
+  strata_client_close(grpc);
+
+  strata_client_t* bad = nullptr;
+  EXPECT_EQ(strata_client_open_with_data_plane(addr.c_str(), 10000, "rdma",
+                                               &bad),
+            3);
+  EXPECT_THAT(strata_last_error(), StartsWith("data_plane:"));
+  EXPECT_EQ(bad, nullptr);
+
+  // NULL is "auto": UCX here.
+  strata_client_t* automatic = nullptr;
+  ASSERT_EQ(strata_client_open_with_data_plane(addr.c_str(), 10000, nullptr,
+                                               &automatic),
+            0);
+  EXPECT_EQ(PlaneOf(automatic), "ucx:tcp");
+  strata_client_close(automatic);
+  EXPECT_TRUE(d.Stop().ok());
+}
+
+TEST_F(CAbiDataPlane, UcxRequiredIsUnavailableWhenTheDaemonHasNone) {
+  ScratchDir dir;
+  StratadProcess d(dir.Sub("data"), {"--data_plane_listen="}, Env());
+  ASSERT_TRUE(d.Start().ok());
+  strata_client_t* c = nullptr;
+  EXPECT_EQ(strata_client_open_with_data_plane(d.grpc_address().c_str(), 5000,
+                                               "ucx", &c),
+            14);
+  EXPECT_THAT(strata_last_error(), StartsWith("data_plane:"));
+  EXPECT_EQ(c, nullptr);
+  // strata_client_open (auto) falls back to gRPC.
+  ASSERT_EQ(strata_client_open(d.grpc_address().c_str(), 5000, &c), 0);
+  char plane[32];
+  ASSERT_EQ(strata_client_data_plane(c, plane, sizeof(plane)), 0);
+  EXPECT_STREQ(plane, "grpc");
+  strata_client_close(c);
+}
+
+}  // namespace
+}  // namespace strata
