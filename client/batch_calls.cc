@@ -1,6 +1,9 @@
 // BatchPut / BatchGet: split into RPCs of at most max_batch_items items (and,
 // for puts, at most max_message_bytes), sent concurrently, reassembled in
-// order with one status per item.
+// order with one status per item. With the UCX data plane up, every item that
+// Put / Get would send over UCX goes there instead, as its own request
+// pipelined with the others on the one UCX connection (no gRPC message limit,
+// no protobuf copy; docs/protocol.md, "Batches").
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -102,6 +105,16 @@ std::future<std::vector<absl::StatusOr<PutResult>>> GrpcClient::BatchPutAsync(
     valid.push_back(i);
   }
 
+  // Items UCX carries (as Put would send them), each its own request.
+  std::vector<size_t> over_ucx;
+  if (ucx_ != nullptr) {
+    std::vector<size_t> rest;
+    for (size_t i : valid) {
+      (PutOverUcx(blocks[i], put) ? over_ucx : rest).push_back(i);
+    }
+    valid = std::move(rest);
+  }
+
   // Chunks: at most max_batch_items items and max_message_bytes bytes.
   const size_t label_bytes = put.tenant.size() + put.model.size() + 16;
   std::vector<std::vector<size_t>> chunks;
@@ -118,7 +131,16 @@ std::future<std::vector<absl::StatusOr<PutResult>>> GrpcClient::BatchPutAsync(
   }
 
   auto future = state->promise.get_future();
-  state->pending.store(chunks.size() + 1, std::memory_order_relaxed);
+  state->pending.store(chunks.size() + over_ucx.size() + 1,
+                       std::memory_order_relaxed);
+  for (size_t i : over_ucx) {
+    // caller_waits = false: the transport copies the block before returning.
+    ucx_->Put(keys[i], blocks[i], /*caller_waits=*/false, put, *deadline,
+              [state, i](T r) {
+                state->results[i] = std::move(r);
+                state->Release();
+              });
+  }
   for (std::vector<size_t>& chunk : chunks) {
     v1::BatchPutRequest req;
     req.mutable_items()->Reserve(static_cast<int>(chunk.size()));
@@ -201,6 +223,18 @@ std::future<std::vector<absl::StatusOr<GetResult>>> GrpcClient::BatchGetAsync(
   state->results.assign(distinct,
                         T(absl::InternalError("batch item was not sent")));
   auto future = state->promise.get_future();
+  if (ucx_ != nullptr) {
+    // Every key its own UCX Get, all in flight at once.
+    state->pending.store(distinct + 1, std::memory_order_relaxed);
+    for (size_t k = 0; k < distinct; ++k) {
+      ucx_->Get(state->keys[k], state->deadline, [state, k](T r) {
+        state->results[k] = std::move(r);
+        state->Release();
+      });
+    }
+    state->Release();  // The issuer's reference.
+    return future;
+  }
   const size_t step = options_.max_batch_items;
   state->pending.store((distinct + step - 1) / step + 1,
                        std::memory_order_relaxed);

@@ -74,16 +74,32 @@ extern "C" {
 
 int strata_abi_version(void) { return STRATA_C_ABI_VERSION; }
 
+int strata_abi_minor_version(void) { return STRATA_C_ABI_MINOR_VERSION; }
+
 const char* strata_last_error(void) { return last_error.c_str(); }
 
 int strata_client_open(const char* address, int64_t deadline_ms,
                        strata_client_t** out) {
+  return strata_client_open_with_data_plane(address, deadline_ms, nullptr,
+                                            out);
+}
+
+int strata_client_open_with_data_plane(const char* address,
+                                       int64_t deadline_ms,
+                                       const char* data_plane,
+                                       strata_client_t** out) {
   if (out == nullptr) return InvalidArgument("out: null");
   *out = nullptr;
   if (address == nullptr) return InvalidArgument("address: null");
+  const std::string plane = data_plane == nullptr ? "auto" : data_plane;
+  if (plane != "auto" && plane != "ucx" && plane != "grpc") {
+    return Report(absl::InvalidArgumentError(absl::StrCat(
+        "data_plane: \"", plane, "\" is not auto, ucx or grpc")));
+  }
   return Guard([&]() -> absl::Status {
     strata::client::ClientOptions options;
     options.address = address;
+    options.data_plane = plane;
     if (deadline_ms > 0) {
       options.default_deadline = absl::Milliseconds(deadline_ms);
     }
@@ -91,6 +107,22 @@ int strata_client_open(const char* address, int64_t deadline_ms,
         strata::client::Client::Connect(options);
     if (!client.ok()) return client.status();
     *out = new strata_client{std::move(*client)};
+    return absl::OkStatus();
+  });
+}
+
+int strata_client_data_plane(strata_client_t* client, char* out,
+                             size_t capacity) {
+  if (client == nullptr) return InvalidArgument("client: null");
+  if (out == nullptr && capacity > 0) return InvalidArgument("out: null");
+  return Guard([&]() -> absl::Status {
+    const std::string plane = client->client->DataPlane();
+    if (plane.size() + 1 > capacity) {
+      return absl::OutOfRangeError(absl::StrCat(
+          "capacity: the data plane \"", plane, "\" needs ", plane.size() + 1,
+          " bytes, capacity ", capacity));
+    }
+    std::memcpy(out, plane.c_str(), plane.size() + 1);
     return absl::OkStatus();
   });
 }

@@ -1,4 +1,5 @@
-/* Strata client, stable C ABI (version STRATA_C_ABI_VERSION).
+/* Strata client, stable C ABI (version STRATA_C_ABI_VERSION.
+ * STRATA_C_ABI_MINOR_VERSION).
  *
  * For C programs and for other languages' FFIs (Python ctypes, Rust, Go):
  * link strata_client_c statically or load libstrata_c.so. The header uses C
@@ -33,7 +34,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Major: changes only when a function's meaning or signature changes (never
+ * so far). Minor: grows with additions; a library of a higher minor runs
+ * every program built against a lower one. libstrata_c.so is versioned
+ * MAJOR.MINOR.0 with soname libstrata_c.so.MAJOR.
+ *   1.0  the first release.
+ *   1.1  strata_abi_minor_version, strata_client_open_with_data_plane,
+ *        strata_client_data_plane. */
 #define STRATA_C_ABI_VERSION 1
+#define STRATA_C_ABI_MINOR_VERSION 1
 
 #if defined(STRATA_C_BUILDING_SHARED)
 #define STRATA_C_API __attribute__((visibility("default")))
@@ -53,6 +62,10 @@ typedef struct strata_client strata_client_t;
  * before anything else when loading the library dynamically. */
 STRATA_C_API int strata_abi_version(void);
 
+/* STRATA_C_ABI_MINOR_VERSION of the loaded library (since 1.1; a 1.0 library
+ * lacks the symbol, so look it up with dlsym before calling it). */
+STRATA_C_API int strata_abi_minor_version(void);
+
 /* A NUL-terminated description of the last call made on this thread: the
  * error message after a non-zero return, "" after success. Owned by the
  * library; valid until the thread's next strata_* call. Never NULL. */
@@ -68,6 +81,27 @@ STRATA_C_API const char* strata_last_error(void);
  * with 14 (UNAVAILABLE). On success *out is the new client. */
 STRATA_C_API int strata_client_open(const char* address, int64_t deadline_ms,
                                     strata_client_t** out);
+
+/* As strata_client_open, choosing the bulk data path (since 1.1):
+ *   "auto" (or NULL)  UCX when the daemon offers it and a round trip over it
+ *                     works, else gRPC (what strata_client_open does);
+ *   "ucx"             UCX required: fails with 14 (UNAVAILABLE, message
+ *                     naming "data_plane") when the daemon has no UCX data
+ *                     plane or it cannot be reached within the deadline;
+ *   "grpc"            every byte over gRPC; does not wait for the daemon.
+ * Anything else is 3 (INVALID_ARGUMENT naming "data_plane"). UCX picks TCP or
+ * shared memory from this process's UCX_* environment (docs/protocol.md). */
+STRATA_C_API int strata_client_open_with_data_plane(const char* address,
+                                                    int64_t deadline_ms,
+                                                    const char* data_plane,
+                                                    strata_client_t** out);
+
+/* Writes the data path chosen at open as a NUL-terminated string into
+ * out[0, capacity): "grpc", or "ucx:" and the UCX transports carrying it
+ * (e.g. "ucx:tcp", "ucx:cma,sysv"). 11 (OUT_OF_RANGE) when it does not fit
+ * (nothing written). Since 1.1. */
+STRATA_C_API int strata_client_data_plane(strata_client_t* client, char* out,
+                                          size_t capacity);
 
 /* Closes the client and frees it. NULL is a no-op. The pointer is invalid
  * afterwards. */

@@ -120,11 +120,26 @@ if [[ "\${STRATA_GPU_SANITIZE:-1}" != 0 && -n "\$SAN" ]]; then
     "\$SAN" --tool memcheck --error-exitcode 99 "\$HERE/bin/kernels_gpu_test"
   phase "racecheck (shared-memory kernels)" 90 "\$OUT/racecheck.log" \\
     "\$SAN" --tool racecheck --error-exitcode 99 "\$HERE/bin/kernels_gpu_test" \\
-    --gtest_filter='QuantGpuTest.RealFixture*:QuantGpuTest.Signed*:QuantGpuTest.EveryToken*:BlendGpuTest.Selects*:RopeGpuTest.ShiftThere*'
+    --gtest_filter='QuantGpuTest.RealFixture*:QuantGpuTest.Signed*:QuantGpuTest.EveryToken*:BlendGpuTest.Selects*:RopeGpuTest.ShiftThere*:LowRankGpuTest.RealFixture*:ClusterGpuTest.RealFixture*'
   unset STRATA_KERNEL_TEST_QUICK
   grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "\$OUT/memcheck.log" "\$OUT/racecheck.log" >>"\$SUMMARY" 2>/dev/null
 else
   note "compute-sanitizer: skipped (\${SAN:-not found})"
+fi
+
+# One short Nsight Compute look at the quant encode and lowrank kernels (one
+# Llama block): what limits them (docs/kernels.md). STRATA_GPU_NCU=0 skips.
+NCU=\$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n1)
+if [[ "\${STRATA_GPU_NCU:-1}" != 0 && -n "\$NCU" ]]; then
+  NCU_SECTIONS="--section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis"
+  phase "ncu quant encode (1 block)" 100 "\$OUT/ncu.log" \\
+    "\$NCU" --clock-control none --kernel-name regex:'Encode(PerChannelWarp|PerChannel|PerToken)Kernel' --launch-count 3 \$NCU_SECTIONS \\
+    "\$HERE/bin/kernels_bench" --only quant --blocks 1 --iters 1 --warmup 0
+  phase "ncu lowrank (1 block)" 100 "\$OUT/ncu.log" \\
+    "\$NCU" --clock-control none --kernel-name regex:'LowRank(En|De)codeKernel' --launch-count 4 \$NCU_SECTIONS \\
+    "\$HERE/bin/kernels_bench" --only lowrank --blocks 1 --iters 1 --warmup 0
+else
+  note "ncu: skipped (\${NCU:-not found})"
 fi
 
 if [[ "\${STRATA_GPU_BENCH:-1}" != 0 ]]; then

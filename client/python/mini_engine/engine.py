@@ -1,0 +1,300 @@
+"""The mini engine: prefill + greedy decode over a paged KV cache, with prefix
+reuse through a Strata store (docs/engine.md).
+
+Prefix reuse, per request:
+  1. keys = strata.chunk_keys(namespace, tokens): one chained 16-byte key per
+     full chunk of `chunk_tokens` tokens (a hit is always a prefix);
+  2. n = store.leading_hits(keys) (capped so that at least one token is left
+     to compute: the logits of the last prompt token are needed);
+  3. the n hit blocks are fetched (store.batch_get_into into one reusable host
+     buffer per chunk) and strata.decode_kv'd straight into the paged cache;
+     a block that vanished between the lookup and the read (evicted) ends
+     the loaded prefix there: the rest is recomputed, never an error;
+  4. only the remaining tokens are prefilled (in chunks of `prefill_chunk`
+     query tokens, attending to the loaded KV);
+  5. the new full chunks are gathered from the paged cache into Strata's
+     block layout [layers, 2, tokens, kv_heads, head_dim] (fp16),
+     strata.encode_kv'd with the engine's codec and put.
+
+Thread safety: an Engine is single-threaded (it owns its cache and pages).
+"""
+
+import dataclasses
+import time
+
+import numpy as np
+import torch
+
+from .paged_cache import PagedKVCache
+
+
+def _strata():
+    import strata
+    return strata
+
+
+@dataclasses.dataclass
+class Sequence:
+    tokens: list
+    block_table: list = dataclasses.field(default_factory=list)
+    num_computed: int = 0  # tokens whose K/V are in the cache
+
+
+@dataclasses.dataclass
+class PrefillStats:
+    prompt_tokens: int = 0
+    hit_tokens: int = 0       # loaded from the store
+    computed_tokens: int = 0  # prefilled by the model
+    lookup_s: float = 0.0
+    load_s: float = 0.0       # fetch + decode into the paged cache
+    compute_s: float = 0.0
+    store_s: float = 0.0      # encode + put of the new chunks (after TTFT)
+    stored_chunks: int = 0
+
+    @property
+    def ttft_s(self):
+        return self.lookup_s + self.load_s + self.compute_s
+
+
+_BLOCK_HEADER_BYTES = 96  # Block format v1 header (docs/format.md).
+_PINNED = {}  # staging-buffer size -> pinned host tensors (_load_on_gpu)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Engine:
+    """model: a LlamaModel. store: a strata.LocalStore / strata.RemoteStore
+    (or None: no reuse). codec: the strata codec spec for stored blocks."""
+
+    def __init__(self, model, store=None, codec="raw", chunk_tokens=256, block_size=16,
+                 num_blocks=None, max_tokens=8192, cache_dtype=torch.float16,
+                 prefill_chunk=2048, tenant_salt="", model_id=None):
+        self.model = model
+        self.cfg = model.cfg
+        self.device = model.device
+        self.store = store
+        self.codec = codec
+        self.chunk_tokens = chunk_tokens
+        self.prefill_chunk = prefill_chunk
+        if chunk_tokens % block_size:
+            raise ValueError("chunk_tokens: must be a multiple of block_size")
+        if num_blocks is None:
+            num_blocks = -(-max_tokens // block_size)
+        self.cache = PagedKVCache(self.cfg, num_blocks, block_size, cache_dtype, self.device)
+        self.namespace = None
+        if store is not None:
+            strata = _strata()
+            mid = model_id or (self.cfg.name if codec == "raw" else f"{self.cfg.name}@{codec}")
+            self.namespace = strata.KeyNamespace(
+                model_id=mid, tenant_salt=tenant_salt, num_layers=self.cfg.num_layers,
+                num_kv_heads=self.cfg.num_kv_heads, head_dim=self.cfg.head_dim,
+                dtype="float16", chunk_tokens=chunk_tokens, tp_rank=0, tp_size=1)
+
+    # ---- sequences
+
+    def new_sequence(self, tokens):
+        return Sequence(tokens=list(tokens))
+
+    def release(self, seq):
+        self.cache.release(seq.block_table)
+        seq.block_table = []
+        seq.num_computed = 0
+
+    # ---- the forward pass over the paged cache
+
+    @torch.inference_mode()
+    def forward(self, seq, new_tokens):
+        """Runs `new_tokens` (appended to seq.tokens' computed prefix) through
+        the model, writing their K/V into the cache. Returns the logits of the
+        last new token [vocab] (float32)."""
+        m = self.model
+        start = seq.num_computed
+        end = start + len(new_tokens)
+        self.cache.ensure_capacity(seq.block_table, end)
+        logits = None
+        for cb in range(0, len(new_tokens), self.prefill_chunk):
+            part = new_tokens[cb:cb + self.prefill_chunk]
+            p0 = start + cb
+            pos = torch.arange(p0, p0 + len(part), device=self.device)
+            kpos = torch.arange(0, p0 + len(part), device=self.device)
+            new_slots = self.cache.slots(seq.block_table, pos)
+            ctx_slots = self.cache.slots(seq.block_table, kpos)
+            cos, sin = m.rope(range(p0, p0 + len(part)))
+            x = m.embed_tokens(part)
+            for l in range(self.cfg.num_layers):
+                q, k, v = m.qkv(l, x, cos, sin)
+                self.cache.write(l, new_slots, k, v)
+                kc, vc = self.cache.read(l, ctx_slots)
+                x = m.finish_layer(l, x, m.attention(q, kc, vc, pos, kpos))
+            logits = m.logits(x[-1:])[0]
+        seq.num_computed = end
+        return logits
+
+    # ---- Strata block I/O
+
+    def gather_kv(self, seq, begin, num_tokens):
+        """[layers, 2, num_tokens, kv_heads, head_dim] numpy fp16 of the
+        sequence's cached tokens [begin, begin + num_tokens)."""
+        slots = self.cache.slots(seq.block_table, range(begin, begin + num_tokens))
+        out = torch.empty((self.cfg.num_layers, 2, num_tokens, self.cfg.num_kv_heads,
+                           self.cfg.head_dim), dtype=torch.float16, device=self.device)
+        for l in range(self.cfg.num_layers):
+            k, v = self.cache.read(l, slots)
+            out[l, 0], out[l, 1] = k, v
+        return out.cpu().numpy()
+
+    def scatter_kv(self, seq, begin, kv):
+        """Writes a [layers, 2, T, kv_heads, head_dim] array (numpy or
+        tensor) into the sequence's cache at positions [begin, begin + T)."""
+        if isinstance(kv, np.ndarray) and not kv.flags.writeable:
+            kv = kv.copy()  # torch wants writable memory
+        t = torch.as_tensor(kv).to(self.device)
+        n = t.shape[2]
+        self.cache.ensure_capacity(seq.block_table, begin + n)
+        slots = self.cache.slots(seq.block_table, range(begin, begin + n))
+        for l in range(self.cfg.num_layers):
+            self.cache.write(l, slots, t[l, 0], t[l, 1])
+
+    def chunk_keys(self, tokens):
+        return _strata().chunk_keys(self.namespace, tokens, include_partial=False)
+
+    def _load_prefix(self, seq, keys, stats):
+        """Fetches the leading hits into the cache; returns tokens loaded."""
+        strata = _strata()
+        t0 = time.perf_counter()
+        usable = keys[:(len(seq.tokens) - 1) // self.chunk_tokens]
+        n = self.store.leading_hits([k.key for k in usable]) if usable else 0
+        stats.lookup_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        loaded = 0
+        if n and self._gpu_load_possible():
+            loaded = self._load_on_gpu(seq, [k.key for k in usable[:n]])
+        elif n:
+            blocks = self._fetch([k.key for k in usable[:n]])
+            for i, blk in enumerate(blocks):
+                if blk is None:  # Evicted after the lookup: recompute from here.
+                    break
+                self.scatter_kv(seq, i * self.chunk_tokens, strata.decode_kv(blk))
+                loaded += self.chunk_tokens
+        _sync(self.device)
+        stats.load_s = time.perf_counter() - t0
+        return loaded
+
+    def _raw_payload_bytes(self):
+        """Bytes of one chunk's fp16 K and V: [2][L][T][H][D]."""
+        c = self.cfg
+        return 2 * c.num_layers * self.chunk_tokens * c.num_kv_heads * c.head_dim * 2
+
+    def _gpu_load_possible(self):
+        if self.device.type != "cuda" or not (self.codec == "raw" or
+                                              self.codec.startswith("quant:")):
+            return False
+        try:
+            import strata.gpu  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def _load_on_gpu(self, seq, keys):
+        """The GPU load path: blocks are read (checksum-verified) into pinned
+        host buffers, copied to the device asynchronously, decoded there
+        (strata.gpu.quant_decode for quant blocks; raw blocks are used in
+        place) and scattered into the paged cache. Returns tokens loaded."""
+        import strata.gpu as sg
+        c = self.cfg
+        t = self.chunk_tokens
+        raw = self._raw_payload_bytes()
+        h = _BLOCK_HEADER_BYTES
+        cap = h + raw + (1 << 20)  # A compressed block is never larger.
+        # Pinned staging buffers live for the process (like an engine's
+        # staging pool): pinning gigabytes takes seconds.
+        pinned = _PINNED.setdefault(cap, [])
+        while len(pinned) < len(keys):
+            pinned.append(torch.empty(cap, dtype=torch.uint8, pin_memory=True))
+        got = self.store.batch_get_into(keys, [p.numpy() for p in pinned[:len(keys)]])
+        if getattr(self, "_dev_block", None) is None:
+            self._dev_block = torch.empty(cap, dtype=torch.uint8, device=self.device)
+            self._dev_kv = torch.empty(raw // 2, dtype=torch.float16, device=self.device)
+        dev, kv = self._dev_block, self._dev_kv
+        shape = dict(dtype="float16", num_layers=c.num_layers, num_tokens=t,
+                     num_kv_heads=c.num_kv_heads, head_dim=c.head_dim)
+        loaded = 0
+        for i, g in enumerate(got):
+            if g is None:  # Evicted after the lookup: recompute from here.
+                break
+            dev[:g].copy_(pinned[i][:g], non_blocking=True)
+            if self.codec == "raw":
+                block_kv = dev[h:h + raw].view(torch.float16)
+            else:
+                sg.quant_decode(dev[h:g], kv, shape, self.codec)
+                block_kv = kv
+            view = block_kv.view(2, c.num_layers, t, c.num_kv_heads, c.head_dim)
+            self.scatter_kv(seq, i * t, view.transpose(0, 1))
+            loaded += t
+        return loaded
+
+    def _fetch(self, keys):
+        """Blocks (bytes-like) for keys, None for a miss."""
+        bufs = getattr(self, "_bufs", [])
+        if self.codec == "raw":
+            # Raw blocks have a known size: read straight into reused buffers.
+            size = _BLOCK_HEADER_BYTES + self._raw_payload_bytes()
+            while len(bufs) < len(keys):
+                bufs.append(np.empty(size, np.uint8))
+            self._bufs = bufs
+            got = self.store.batch_get_into(keys, bufs[:len(keys)])
+            return [None if g is None else bufs[i][:g] for i, g in enumerate(got)]
+        return [self.store.get(k) for k in keys]
+
+    def _store_chunks(self, seq, keys, first, stats):
+        strata = _strata()
+        t0 = time.perf_counter()
+        for ck in keys[first:]:
+            blk = strata.encode_kv(self.gather_kv(seq, ck.begin_token, ck.num_tokens),
+                                   codec=self.codec)
+            self.store.put(ck.key, blk)
+            stats.stored_chunks += 1
+        stats.store_s = time.perf_counter() - t0
+
+    # ---- requests
+
+    def prefill(self, seq, use_store=True, save=True):
+        """Computes the prompt's K/V (reusing the store's prefix when
+        use_store) and returns (logits of the last prompt token, PrefillStats)."""
+        stats = PrefillStats(prompt_tokens=len(seq.tokens))
+        reuse = use_store and self.store is not None
+        keys = self.chunk_keys(seq.tokens) if reuse or (save and self.store is not None) else []
+        if reuse:
+            seq.num_computed = self._load_prefix(seq, keys, stats)
+        stats.hit_tokens = seq.num_computed
+        t0 = time.perf_counter()
+        logits = self.forward(seq, seq.tokens[seq.num_computed:])
+        _sync(self.device)
+        stats.compute_s = time.perf_counter() - t0
+        stats.computed_tokens = len(seq.tokens) - stats.hit_tokens
+        if save and self.store is not None:
+            self._store_chunks(seq, keys, stats.hit_tokens // self.chunk_tokens, stats)
+        return logits, stats
+
+    def decode_step(self, seq, token):
+        seq.tokens.append(int(token))
+        return self.forward(seq, [int(token)])
+
+    def generate(self, prompt, max_new_tokens, use_store=True, eos=None):
+        """Greedy decode. Returns (new token ids, PrefillStats)."""
+        seq = self.new_sequence(prompt)
+        logits, stats = self.prefill(seq, use_store=use_store)
+        out = []
+        try:
+            for _ in range(max_new_tokens):
+                nxt = int(torch.argmax(logits))
+                if eos is not None and nxt == eos:
+                    break
+                out.append(nxt)
+                logits = self.decode_step(seq, nxt)
+        finally:
+            self.release(seq)
+        return out, stats
