@@ -127,6 +127,16 @@ absl::Status CheckWorkspace(const AquaArgs& a, bool encode, void* workspace) {
   return internal::CheckDevicePointer("workspace", workspace, 256);
 }
 
+// Depends only on the shape and params (0 when they are invalid).
+size_t WorkspaceFor(const BlockShape& shape, const codecs::CodecParams& bytes,
+                    bool encode) {
+  if (!shape.Validate().ok()) return 0;
+  auto p = AquaParams::FromBytes(bytes, shape);
+  if (!p.ok()) return 0;
+  return internal::AquaWorkspaceBytes(internal::MakeAquaArgs(shape, *p),
+                                      encode);
+}
+
 absl::StatusOr<AquaArgs> PlanEncode(const AquaEncodeParams& p) {
   STRATA_ASSIGN_OR_RETURN(
       AquaArgs a, Plan(p.shape, p.codec_params, p.profile_layout, p.profile));
@@ -243,8 +253,7 @@ absl::Status Validate(const AquaEncodeParams& params) {
 }
 
 size_t WorkspaceBytes(const AquaEncodeParams& params) {
-  auto a = PlanEncode(params);
-  return a.ok() ? internal::AquaWorkspaceBytes(*a, /*encode=*/true) : 0;
+  return WorkspaceFor(params.shape, params.codec_params, /*encode=*/true);
 }
 
 absl::Status Launch(const AquaEncodeParams& params, void* workspace,
@@ -261,8 +270,7 @@ absl::Status Validate(const AquaDecodeParams& params) {
 }
 
 size_t WorkspaceBytes(const AquaDecodeParams& params) {
-  auto a = PlanDecode(params);
-  return a.ok() ? internal::AquaWorkspaceBytes(*a, /*encode=*/false) : 0;
+  return WorkspaceFor(params.shape, params.codec_params, /*encode=*/false);
 }
 
 absl::Status Launch(const AquaDecodeParams& params, void* workspace,

@@ -124,7 +124,8 @@ codecs::CodecParams EncodedCodecParams(const AquaEncodeParams& params);
 
 [[nodiscard]] absl::Status Validate(const AquaEncodeParams& params);
 // Scratch for the reconstructions: about 21 * (tokens - n_sink) * HD bytes,
-// 0 when every token is a sink.
+// 0 when every token is a sink. Depends only on shape and codec_params (0
+// when they are invalid).
 [[nodiscard]] size_t WorkspaceBytes(const AquaEncodeParams& params);
 // Validates (plus `workspace`: 256-byte aligned when WorkspaceBytes > 0),
 // then enqueues the encode on `stream`. INVALID_ARGUMENT (nothing launched)

@@ -282,7 +282,7 @@ TEST(AquaKernelHost, EmulationMatchesTheCpuCodecOnTheFixture) {
   auto fx = codecs::LoadKvFixture(testing::FixturePath());
   ASSERT_TRUE(fx.ok()) << fx.status();
   // 6 layers, 70 tokens: the real cross-layer structure, host-sized.
-  auto calib = fx->Kv(0, 0, 6, 0, 400);
+  auto calib = fx->Kv(0, 0, 6, 0, fx->passages[0].num_tokens());
   ASSERT_TRUE(calib.ok()) << calib.status();
   auto profile = codecs::FitAquaProfile({*calib}, 1e-3f, "smollm2/host");
   ASSERT_TRUE(profile.ok()) << profile.status();
@@ -430,7 +430,7 @@ TEST_F(AquaValidateTest, EncodeNamesTheField) {
   check([](E& e) { e.codec_params[6] = 1; }, kInvalid, "l0_bits");
   check([](E& e) { e.codec_params[16] = 41; }, kInvalid, "n_sink");
   check([](E& e) { e.codec_params[5] = 2; }, kInvalid, "flags");
-  check([](E& e) { e.shape.num_kv_heads = 0; }, kInvalid, "shape");
+  check([](E& e) { e.shape.num_kv_heads = 0; }, kInvalid, "num_kv_heads");
   check([](E& e) { e.profile_layout.num_layers = 4; }, kInvalid,
         "profile_layout");
   check([](E& e) { e.profile = nullptr; }, kInvalid, "profile");
