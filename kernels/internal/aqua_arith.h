@@ -137,7 +137,7 @@ STRATA_HD void AquaElementGroup(const AquaSlab& s, uint32_t t, uint32_t j,
 // q*scale), each operation rounded in fp32 as the CPU does. x: the slab's
 // quantized tokens [tq][hd] in the block dtype. Returns error bits:
 // kFlagNonFinite / kFlagOutOfRange for a residual that is not finite or above
-// 65504 (the CPU's "kv" INVALID_ARGUMENT), kFlagBadGroupRecord for a
+// 65504 (the CPU's "kv" INVALID_ARGUMENT), else kFlagBadGroupRecord for a
 // non-finite reconstruction (the CPU's "payload" DATA_LOSS).
 template <class Tr>
 STRATA_HD uint32_t AquaEncodeGroup(const AquaSlab& s, uint64_t g,
@@ -161,6 +161,9 @@ STRATA_HD uint32_t AquaEncodeGroup(const AquaSlab& s, uint64_t g,
   const GroupRecord rec = MakeGroupRecord(lo, hi, s.bits);
   reinterpret_cast<uint32_t*>(records)[g] = rec.Word();
   const float levels = Levels(s.bits);
+  // A group with a bad residual is the CPU's "kv" error (Quantize stops
+  // there): its non-finite reconstructions are not reported as well.
+  const bool check_recon = flags == 0;
   for (uint32_t k = 0; k < len; ++k) {
     uint32_t t, j;
     uint64_t c;
@@ -171,7 +174,7 @@ STRATA_HD uint32_t AquaEncodeGroup(const AquaSlab& s, uint64_t g,
     const uint32_t q = QuantizeCode(r, rec.zero, rec.scale, levels);
     codes[c] = static_cast<uint8_t>(q);
     const float v = Add(p, DequantizeCode(q, rec.zero, rec.scale));
-    if ((FloatBits(v) & 0x7F800000u) == 0x7F800000u) {
+    if (check_recon && (FloatBits(v) & 0x7F800000u) == 0x7F800000u) {
       flags |= kFlagBadGroupRecord;
     }
     recon[i] = v;

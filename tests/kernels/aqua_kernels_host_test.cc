@@ -18,6 +18,7 @@
 #include "kernels/aqua_kernels.h"
 #include "kernels/internal/aqua_arith.h"
 #include "kernels/internal/aqua_layout.h"
+#include "kernels/kernel_errors.h"
 #include "kernels/internal/numeric.h"
 #include "kvstore/block_format.h"
 #include "tests/kernels/aqua_test_util.h"
@@ -297,6 +298,64 @@ TEST(AquaKernelHost, EmulationMatchesTheCpuCodecOnTheFixture) {
   p.keys_per_token = true;
   p.n_sink = 0;
   ExpectEmulationMatchesCpu(*kv, p, *profile, "fixture K4V3 per-token");
+}
+
+// The error word of the emulated kernels gives the CPU codec's status code:
+// non-finite inputs (sink or quantized, early layer or last), a residual
+// above 65504, and a corrupt payload.
+TEST(AquaKernelHost, EmulatedErrorsAreTheCpuCodecsErrors) {
+  std::mt19937 rng(9);
+  const BlockShape shape{DType::kFloat32, 3, 12, 1, 32};
+  auto profile = testing::RandomAquaProfile(shape, rng, 64);
+  ASSERT_TRUE(profile.ok());
+  auto packed = PackAquaProfile(*profile, shape);
+  ASSERT_TRUE(packed.ok());
+  AquaParams p;
+  p.n_sink = 2;
+  struct Bad {
+    int kv;
+    uint32_t layer, token;
+    float value;
+  };
+  for (const Bad& bad : {Bad{1, 1, 1, INFINITY}, Bad{1, 2, 5, NAN},
+                         Bad{0, 0, 7, INFINITY}, Bad{0, 1, 9, 1e6f}}) {
+    KvTensor kv = testing::RandomKv(shape, rng);
+    kv.at(bad.kv, bad.layer, bad.token, 0, 3) = bad.value;
+    codecs::CodecParams params;
+    auto cpu = testing::CpuAquaEncode(kv, p, *profile, &params);
+    ASSERT_FALSE(cpu.ok());
+    AquaArgs a = internal::MakeAquaArgs(shape, p);
+    std::vector<uint8_t> raw = testing::RawOf(kv);
+    std::vector<uint32_t> payload(a.total / 4 + 1);
+    a.profile = packed->data.data();
+    a.raw_in = raw.data();
+    a.payload_out = payload.data();
+    const uint32_t flags = EmulateAquaAnyDtype(a, /*decode=*/false);
+    EXPECT_EQ(ErrorFlagsToStatus(flags).code(), cpu.status().code())
+        << bad.kv << " " << bad.layer << " " << bad.token << ": "
+        << cpu.status() << " vs flags " << flags;
+  }
+  // A negative scale in layer 1's K records.
+  const KvTensor kv = testing::RandomKv(shape, rng);
+  codecs::CodecParams params;
+  auto cpu = testing::CpuAquaEncode(kv, p, *profile, &params);
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  AquaArgs a = internal::MakeAquaArgs(shape, p);
+  std::vector<uint8_t> corrupt = *cpu;
+  corrupt[internal::AquaQuantOffset(a, 1, 0) + 1] = 0xBC;  // fp16 -1.x scale
+  EXPECT_EQ(testing::CpuAquaDecodeRaw(shape, params, corrupt, *profile)
+                .status()
+                .code(),
+            absl::StatusCode::kDataLoss);
+  std::vector<uint32_t> words(corrupt.size() / 4 + 1);
+  std::memcpy(words.data(), corrupt.data(), corrupt.size());
+  std::vector<uint32_t> out(shape.RawBytes() / 4 + 1);
+  a.profile = packed->data.data();
+  a.payload_in = words.data();
+  a.raw_out = out.data();
+  a.out_count = shape.num_layers;
+  EXPECT_EQ(ErrorFlagsToStatus(EmulateAquaAnyDtype(a, /*decode=*/true)).code(),
+            absl::StatusCode::kDataLoss);
 }
 
 // The lane order matters: a plain sequential sum gives other bits.
