@@ -194,6 +194,8 @@ void BenchLowRank(Bench& b);
 void BenchTokenSparse(Bench& b);
 void BenchClusterSelect(Bench& b);
 void BenchHbmTier(Bench& b);
+// aqua_bench.cc.
+void BenchAqua(Bench& b);
 
 }  // namespace strata::kernels::bench
 

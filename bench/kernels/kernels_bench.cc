@@ -285,7 +285,7 @@ int Main(int argc, char** argv) {
       std::fprintf(stderr,
                    "usage: %s [--iters N] [--warmup N] [--blocks N] "
                    "[--only quant|paged|rope|lowrank|tokensparse|cluster|"
-                   "tier]\n",
+                   "tier|aqua]\n",
                    argv[0]);
       return 2;
     }
@@ -330,6 +330,7 @@ int Main(int argc, char** argv) {
   if (want("tokensparse")) BenchTokenSparse(b);
   if (want("cluster")) BenchClusterSelect(b);
   if (want("tier")) BenchHbmTier(b);
+  if (want("aqua")) BenchAqua(b);
   b.Print(d2d);
   std::printf("\ndevice: %s\ncommand: %s\n", prop.name, command.c_str());
   return 0;
