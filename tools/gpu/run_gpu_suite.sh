@@ -120,7 +120,7 @@ if [[ "\${STRATA_GPU_SANITIZE:-1}" != 0 && -n "\$SAN" ]]; then
     "\$SAN" --tool memcheck --error-exitcode 99 "\$HERE/bin/kernels_gpu_test"
   phase "racecheck (shared-memory kernels)" 90 "\$OUT/racecheck.log" \\
     "\$SAN" --tool racecheck --error-exitcode 99 "\$HERE/bin/kernels_gpu_test" \\
-    --gtest_filter='QuantGpuTest.RealFixture*:QuantGpuTest.Signed*:QuantGpuTest.EveryToken*:BlendGpuTest.Selects*:RopeGpuTest.ShiftThere*:LowRankGpuTest.RealFixture*:ClusterGpuTest.RealFixture*'
+    --gtest_filter='QuantGpuTest.RealFixture*:QuantGpuTest.Signed*:QuantGpuTest.EveryToken*:BlendGpuTest.Selects*:RopeGpuTest.ShiftThere*:LowRankGpuTest.RealFixture*:ClusterGpuTest.RealFixture*:AquaGpuTest.LargerBlocks*'
   unset STRATA_KERNEL_TEST_QUICK
   grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "\$OUT/memcheck.log" "\$OUT/racecheck.log" >>"\$SUMMARY" 2>/dev/null
 else
