@@ -9,8 +9,9 @@
 //      keys from layer l-1's reconstructed keys, values from layer l's
 //      reconstructed keys and layer l-1's reconstructed values;
 //   2. encode: AquaEncodeGroupsKernel, one thread per residual group (min,
-//      max, record, one code byte per element, reconstruction), then
-//      AquaPackKernel packs the code bytes into the payload's words;
+//      max, record, codes, reconstruction); the codes go straight into the
+//      payload's words when every group owns whole words, else one byte
+//      per code, packed by AquaPackKernel (a short last token group);
 //      decode: AquaDecodeKernel, one thread per element (reconstruction and
 //      the dtype output of the selected layers).
 // Sink tokens (all layers at once): AquaSinkKernel copies them between the
@@ -143,12 +144,14 @@ template <class Tr>
 __global__ void __launch_bounds__(kThreads)
     AquaEncodeGroupsKernel(const AquaSlab s, const typename Tr::Bits* x,
                            const float* pred, float* recon, uint8_t* records,
-                           uint8_t* codes, uint32_t* error_flags) {
+                           uint8_t* codes, uint32_t* code_words,
+                           uint32_t* error_flags) {
   uint32_t flags = 0;
   for (uint64_t g = blockIdx.x * static_cast<uint64_t>(blockDim.x) +
                     threadIdx.x;
        g < s.num_groups; g += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
-    flags |= AquaEncodeGroup<Tr>(s, g, x, pred, recon, records, codes);
+    flags |=
+        AquaEncodeGroup<Tr>(s, g, x, pred, recon, records, codes, code_words);
   }
   ReportFlags(error_flags, flags);
 }
@@ -232,13 +235,18 @@ cudaError_t Encode(const AquaArgs& a, cudaStream_t st) {
             static_cast<uint64_t>(a.n_sink) * a.hd;
         uint8_t* records =
             static_cast<uint8_t*>(a.payload_out) + AquaQuantOffset(a, l, kv);
+        uint32_t* code_words =
+            reinterpret_cast<uint32_t*>(records + 4 * s.num_groups);
+        const bool aligned = AquaGroupCodesAligned(s);
         AquaEncodeGroupsKernel<Tr><<<GridFor(s.num_groups), kThreads, 0, st>>>(
             s, x, l > 0 ? a.pred : nullptr, a.recon[l & 1][kv], records,
-            a.codes, a.error_flags);
-        const uint64_t words = (s.bytes - 4 * s.num_groups) / 4;
-        AquaPackKernel<<<GridFor(words), kThreads, 0, st>>>(
-            a.codes, n, s.bits,
-            reinterpret_cast<uint32_t*>(records + 4 * s.num_groups), words);
+            aligned ? nullptr : a.codes, aligned ? code_words : nullptr,
+            a.error_flags);
+        if (!aligned) {  // A short last token group: pack the code bytes.
+          const uint64_t words = (s.bytes - 4 * s.num_groups) / 4;
+          AquaPackKernel<<<GridFor(words), kThreads, 0, st>>>(
+              a.codes, n, s.bits, code_words, words);
+        }
       }
     }
   });

@@ -139,11 +139,17 @@ STRATA_HD void AquaElementGroup(const AquaSlab& s, uint32_t t, uint32_t j,
 // kFlagNonFinite / kFlagOutOfRange for a residual that is not finite or above
 // 65504 (the CPU's "kv" INVALID_ARGUMENT), else kFlagBadGroupRecord for a
 // non-finite reconstruction (the CPU's "payload" DATA_LOSS).
+//
+// Codes go either to `codes` (one byte each at its code index; a packing pass
+// follows) or, when AquaGroupCodesAligned(s), straight into the payload's
+// code words `code_words` (the group's codes are then whole 32-bit words of
+// the stream, LSB first as bitpack.h); the other pointer is null.
 template <class Tr>
 STRATA_HD uint32_t AquaEncodeGroup(const AquaSlab& s, uint64_t g,
                                    const typename Tr::Bits* x,
                                    const float* pred, float* recon,
-                                   uint8_t* records, uint8_t* codes) {
+                                   uint8_t* records, uint8_t* codes,
+                                   uint32_t* code_words) {
   const uint32_t len = AquaGroupLen(s, g);
   uint32_t flags = 0;
   float lo = BitsToFloat(0x7F800000u), hi = BitsToFloat(0xFF800000u);
@@ -164,6 +170,9 @@ STRATA_HD uint32_t AquaEncodeGroup(const AquaSlab& s, uint64_t g,
   // A group with a bad residual is the CPU's "kv" error (Quantize stops
   // there): its non-finite reconstructions are not reported as well.
   const bool check_recon = flags == 0;
+  uint64_t acc = 0;  // Packed codes not yet stored (code_words).
+  int pending = 0;   // Bits in acc.
+  uint64_t word = 0;
   for (uint32_t k = 0; k < len; ++k) {
     uint32_t t, j;
     uint64_t c;
@@ -172,7 +181,18 @@ STRATA_HD uint32_t AquaEncodeGroup(const AquaSlab& s, uint64_t g,
     const float p = pred != nullptr ? pred[i] : 0.0f;
     const float r = Sub(Tr::ToFloat(x[i]), p);
     const uint32_t q = QuantizeCode(r, rec.zero, rec.scale, levels);
-    codes[c] = static_cast<uint8_t>(q);
+    if (code_words != nullptr) {
+      if (k == 0) word = c * s.bits / 32;  // A word boundary (aligned).
+      acc |= static_cast<uint64_t>(q) << pending;
+      pending += s.bits;
+      if (pending >= 32) {
+        code_words[word++] = static_cast<uint32_t>(acc);
+        acc >>= 32;
+        pending -= 32;
+      }
+    } else {
+      codes[c] = static_cast<uint8_t>(q);
+    }
     const float v = Add(p, DequantizeCode(q, rec.zero, rec.scale));
     if (check_recon && (FloatBits(v) & 0x7F800000u) == 0x7F800000u) {
       flags |= kFlagBadGroupRecord;
@@ -180,6 +200,13 @@ STRATA_HD uint32_t AquaEncodeGroup(const AquaSlab& s, uint64_t g,
     recon[i] = v;
   }
   return flags;
+}
+
+// True when every group's codes are whole 32-bit words of the slab's code
+// stream: per-token groups (G * bits bits, G >= 32), and per-channel groups
+// when no token group is short (hd is a multiple of 32).
+STRATA_HD bool AquaGroupCodesAligned(const AquaSlab& s) {
+  return s.per_token || s.tq % s.group == 0;
 }
 
 // Code i of a stream of `bits`-bit codes, LSB first (bitpack.h), 64-bit

@@ -62,7 +62,7 @@ struct AquaCase {
   codecs::AquaParams params;
 };
 
-// Shapes with a short last token group, hd = 32 / 64 / 96 / 192, and every
+// Shapes with and without a short last token group, hd = 32 / 64 / 96, and every
 // bit width, group size, key mode and sink count the format allows.
 inline std::vector<AquaCase> AquaCases() {
   using kvstore::DType;
@@ -86,6 +86,9 @@ inline std::vector<AquaCase> AquaCases() {
   add({DType::kFloat16, 2, 45, 3, 32}, 8, 4, 128, 32, false, 2, 3);
   add({DType::kFloat16, 3, 33, 1, 96}, 2, 3, 32, 32, true, 4, 0);
   add({DType::kFloat16, 2, 5, 1, 32}, 2, 2, 32, 32, false, 4, 5);  // All sinks.
+  // Whole token groups only (key codes written as words by the group kernel).
+  add({DType::kFloat16, 3, 64, 2, 32}, 3, 2, 32, 32, false, 4, 0);
+  add({DType::kFloat16, 2, 68, 1, 64}, 2, 4, 64, 64, false, 3, 4);
   return cases;
 }
 
