@@ -5,7 +5,8 @@
 // Per layer l and per side (K, then V), on the caller's stream:
 //   1. prediction (l >= 1): AquaPredictKernel, a tiled fp32 GEMM whose every
 //      output is one thread's 8 lane sums in increasing k (the CPU's
-//      Predict), inputs staged in shared memory kAquaTk columns at a time:
+//      Predict), inputs staged in shared memory kAquaTk columns at a time
+//      (small grids: AquaPredictSplitKernel, one thread per lane sum):
 //      keys from layer l-1's reconstructed keys, values from layer l's
 //      reconstructed keys and layer l-1's reconstructed values;
 //   2. encode: AquaEncodeGroupsKernel, one thread per residual group (min,
@@ -140,6 +141,68 @@ __global__ void __launch_bounds__(kAquaPredictThreads)
   }
 }
 
+// The same outputs as AquaPredictKernel for small grids: 8 threads per
+// output, one per lane sum, combined by xor shuffles (aqua_arith.h).
+__global__ void __launch_bounds__(kAquaSplitThreads)
+    AquaPredictSplitKernel(const float* __restrict__ x0,
+                           const float* __restrict__ x1, uint32_t in,
+                           const float* __restrict__ w,
+                           const float* __restrict__ bias,
+                           float* __restrict__ out, uint32_t tq, uint32_t hd) {
+  constexpr uint32_t kCols = kAquaSplitTn / 2;  // Positions along outputs.
+  __shared__ float xs[kAquaTk][kAquaSplitTm + 1];
+  __shared__ float ws[kAquaTk][kAquaSplitTn + 1];
+  const uint32_t lane = threadIdx.x % 8, pos = threadIdx.x / 8;
+  const uint32_t tx = pos % kCols, ty = pos / kCols;
+  const uint32_t o0 = blockIdx.x * kAquaSplitTn, t0 = blockIdx.y * kAquaSplitTm;
+  float acc[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
+  for (uint32_t k0 = 0; k0 < in; k0 += kAquaTk) {
+    const float* xsrc = k0 < hd ? x0 + k0 : x1 + (k0 - hd);
+    for (uint32_t e = threadIdx.x; e < kAquaSplitTm * kAquaTk;
+         e += kAquaSplitThreads) {
+      const uint32_t t = e / kAquaTk, k = e % kAquaTk;
+      xs[k][t] = (t0 + t < tq && k0 + k < in)
+                     ? xsrc[static_cast<uint64_t>(t0 + t) * hd + k]
+                     : 0.0f;
+    }
+    for (uint32_t e = threadIdx.x; e < kAquaSplitTn * kAquaTk;
+         e += kAquaSplitThreads) {
+      const uint32_t o = e / kAquaTk, k = e % kAquaTk;
+      ws[k][o] = (o0 + o < hd && k0 + k < in)
+                     ? w[static_cast<uint64_t>(o0 + o) * in + k0 + k]
+                     : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (uint32_t s = 0; s < kAquaTk / 8; ++s) {
+      const uint32_t k = s * 8 + lane;  // k0 % 8 == 0: lane sum `lane`.
+#pragma unroll
+      for (uint32_t m = 0; m < 2; ++m) {
+#pragma unroll
+        for (uint32_t n = 0; n < 2; ++n) {
+          acc[m][n] =
+              Add(acc[m][n], Mul(ws[k][tx * 2 + n], xs[k][ty * 2 + m]));
+        }
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (uint32_t m = 0; m < 2; ++m) {
+#pragma unroll
+    for (uint32_t n = 0; n < 2; ++n) {
+      float v = acc[m][n];
+      v = Add(v, __shfl_xor_sync(kFullMask, v, 1));  // l_i + l_{i^1}
+      v = Add(v, __shfl_xor_sync(kFullMask, v, 2));  // pairs of pairs
+      v = Add(v, __shfl_xor_sync(kFullMask, v, 4));  // halves
+      const uint32_t t = t0 + ty * 2 + m, o = o0 + tx * 2 + n;
+      if (lane == 0 && t < tq && o < hd) {
+        out[static_cast<uint64_t>(t) * hd + o] = Add(v, bias[o]);
+      }
+    }
+  }
+}
+
 template <class Tr>
 __global__ void __launch_bounds__(kThreads)
     AquaEncodeGroupsKernel(const AquaSlab s, const typename Tr::Bits* x,
@@ -195,14 +258,20 @@ void LaunchPredict(const AquaArgs& a, uint32_t l, int kv, cudaStream_t st) {
   const uint32_t hd = a.hd, tq = a.tokens - a.n_sink;
   const uint64_t hh = static_cast<uint64_t>(hd) * hd;
   const float* w = a.profile + (l - 1) * a.layer_floats;
-  const dim3 grid(CeilDiv(hd, kAquaTn), CeilDiv(tq, kAquaTm));
-  if (kv == 0) {
-    AquaPredictKernel<<<grid, kAquaPredictThreads, 0, st>>>(
-        a.recon[(l - 1) & 1][0], nullptr, hd, w, w + hh, a.pred, tq, hd);
+  // Keys: x = K~_{l-1}, W = A_l. Values: x = [K~_l ; V~_{l-1}], W = B_l.
+  const float* x0 = kv == 0 ? a.recon[(l - 1) & 1][0] : a.recon[l & 1][0];
+  const float* x1 = kv == 0 ? nullptr : a.recon[(l - 1) & 1][1];
+  const uint32_t in = kv == 0 ? hd : 2 * hd;
+  const float* wk = kv == 0 ? w : w + hh + hd;
+  const float* bias = kv == 0 ? w + hh : w + 3 * hh + hd;
+  if (AquaUseSplitPredict(tq, hd)) {
+    const dim3 grid(CeilDiv(hd, kAquaSplitTn), CeilDiv(tq, kAquaSplitTm));
+    AquaPredictSplitKernel<<<grid, kAquaSplitThreads, 0, st>>>(
+        x0, x1, in, wk, bias, a.pred, tq, hd);
   } else {
+    const dim3 grid(CeilDiv(hd, kAquaTn), CeilDiv(tq, kAquaTm));
     AquaPredictKernel<<<grid, kAquaPredictThreads, 0, st>>>(
-        a.recon[l & 1][0], a.recon[(l - 1) & 1][1], 2 * hd, w + hh + hd,
-        w + 3 * hh + hd, a.pred, tq, hd);
+        x0, x1, in, wk, bias, a.pred, tq, hd);
   }
 }
 

@@ -274,6 +274,28 @@ inline constexpr uint32_t kAquaNt = 2;
 inline constexpr uint32_t kAquaPredictThreads =
     (kAquaTm / kAquaMt) * (kAquaTn / kAquaNt);  // 256
 
+// Small grids (few tokens or a narrow HD leave most SMs idle with the tile
+// above) use AquaPredictSplitKernel instead: the 8 lanes of an output are 8
+// neighbouring threads (lane = threadIdx.x % 8), each summing its k ≡ lane
+// (mod 8) in increasing k; the lanes are then combined with xor shuffles 1,
+// 2, 4 (l_i + l_{i^1}, then pairs of pairs, then halves: the CPU's tree, as
+// fp32 addition is commutative). A block computes kAquaSplitTm tokens x
+// kAquaSplitTn outputs; thread (ty, tx, lane) owns tokens ty*2 + m and
+// outputs tx*2 + n.
+inline constexpr uint32_t kAquaSplitTm = 8;
+inline constexpr uint32_t kAquaSplitTn = 16;
+inline constexpr uint32_t kAquaSplitPos = (kAquaSplitTm / 2) *
+                                          (kAquaSplitTn / 2);  // 32
+inline constexpr uint32_t kAquaSplitThreads = kAquaSplitPos * 8;  // 256
+
+// The tile kernel when it has at least this many blocks.
+inline constexpr uint64_t kAquaTileMinBlocks = 96;
+STRATA_HD bool AquaUseSplitPredict(uint32_t tq, uint32_t hd) {
+  const uint64_t blocks = (uint64_t{hd} + kAquaTn - 1) / kAquaTn *
+                          ((uint64_t{tq} + kAquaTm - 1) / kAquaTm);
+  return blocks < kAquaTileMinBlocks;
+}
+
 // acc[m][n][lane] += x[m] * w[n] (the product rounded, then the sum).
 STRATA_HD void AquaMac(float (&acc)[kAquaMt][kAquaNt][8], int lane,
                        const float (&x)[kAquaMt], const float (&w)[kAquaNt]) {

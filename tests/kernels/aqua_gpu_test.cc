@@ -14,6 +14,7 @@
 #include "codecs/kv_tensor.h"
 #include "gtest/gtest.h"
 #include "kernels/aqua_kernels.h"
+#include "kernels/internal/aqua_arith.h"
 #include "kernels/kernel_errors.h"
 #include "kvstore/block_format.h"
 #include "tests/kernels/aqua_test_util.h"
@@ -148,6 +149,27 @@ TEST_F(AquaGpuTest, LargerBlocksMatchTheCpuCodec) {
   p.n_sink = 7;
   ExpectMatchesCpu(testing::RandomKv(shape, rng, 30.0f), *profile, p,
                    absl::StrCat("larger seed ", seed));
+}
+
+// HD 1024 (Llama-3-8B's) and 192 tokens: the tile prediction kernel (the
+// other tests' grids are small enough for the split kernel).
+TEST_F(AquaGpuTest, WideBlocksUseTheTileKernelAndMatchTheCpuCodec) {
+  const uint32_t seed = testing::TestSeed("AquaWide");
+  std::mt19937 rng(seed);
+  const BlockShape shape{DType::kFloat16, 2, 192, 8, 128};
+  ASSERT_FALSE(internal::AquaUseSplitPredict(192, 1024));
+  const CodecProfile profile = testing::SyntheticAquaProfile(shape, rng);
+  AquaParams p;
+  p.v_bits = 4;
+  ExpectMatchesCpu(testing::RandomKv(shape, rng), profile, p,
+                   absl::StrCat("wide seed ", seed), /*all_ranges=*/false);
+  if (HasFatalFailure() || testing::QuickMode()) return;
+  p.n_sink = 5;  // A short last key group.
+  p.keys_per_token = true;
+  p.k_bits = 3;
+  ExpectMatchesCpu(testing::RandomKv(shape, rng), profile, p,
+                   absl::StrCat("wide sinks seed ", seed),
+                   /*all_ranges=*/false);
 }
 
 TEST_F(AquaGpuTest, RealFixtureMatchesTheCpuCodec) {

@@ -103,6 +103,67 @@ void EmulatePredict(const float* x0, const float* x1, uint32_t in,
   }
 }
 
+// AquaPredictSplitKernel: per block and per output position, the 8 lane
+// threads' sums, then the xor-shuffle combination (lane 0's value).
+void EmulatePredictSplit(const float* x0, const float* x1, uint32_t in,
+                         const float* w, const float* bias, float* out,
+                         uint32_t tq, uint32_t hd) {
+  using namespace internal;  // NOLINT: the kernel's constants.
+  constexpr uint32_t kCols = kAquaSplitTn / 2;
+  std::vector<float> xs(kAquaTk * kAquaSplitTm), ws(kAquaTk * kAquaSplitTn);
+  for (uint32_t by = 0; by * kAquaSplitTm < tq; ++by) {
+    for (uint32_t bx = 0; bx * kAquaSplitTn < hd; ++bx) {
+      const uint32_t o0 = bx * kAquaSplitTn, t0 = by * kAquaSplitTm;
+      std::vector<float> acc(kAquaSplitThreads * 4, 0.0f);  // [thread][m][n]
+      for (uint32_t k0 = 0; k0 < in; k0 += kAquaTk) {
+        const float* xsrc = k0 < hd ? x0 + k0 : x1 + (k0 - hd);
+        for (uint32_t e = 0; e < kAquaSplitTm * kAquaTk; ++e) {
+          const uint32_t t = e / kAquaTk, k = e % kAquaTk;
+          xs[k * kAquaSplitTm + t] = (t0 + t < tq && k0 + k < in)
+                                         ? xsrc[uint64_t{t0 + t} * hd + k]
+                                         : 0.0f;
+        }
+        for (uint32_t e = 0; e < kAquaSplitTn * kAquaTk; ++e) {
+          const uint32_t o = e / kAquaTk, k = e % kAquaTk;
+          ws[k * kAquaSplitTn + o] = (o0 + o < hd && k0 + k < in)
+                                         ? w[uint64_t{o0 + o} * in + k0 + k]
+                                         : 0.0f;
+        }
+        for (uint32_t thread = 0; thread < kAquaSplitThreads; ++thread) {
+          const uint32_t lane = thread % 8, pos = thread / 8;
+          const uint32_t tx = pos % kCols, ty = pos / kCols;
+          for (uint32_t s = 0; s < kAquaTk / 8; ++s) {
+            const uint32_t k = s * 8 + lane;
+            for (uint32_t m = 0; m < 2; ++m) {
+              for (uint32_t n = 0; n < 2; ++n) {
+                float& a = acc[thread * 4 + m * 2 + n];
+                a = Add(a, Mul(ws[k * kAquaSplitTn + tx * 2 + n],
+                               xs[k * kAquaSplitTm + ty * 2 + m]));
+              }
+            }
+          }
+        }
+      }
+      for (uint32_t thread = 0; thread < kAquaSplitThreads; thread += 8) {
+        const uint32_t pos = thread / 8, tx = pos % kCols, ty = pos / kCols;
+        for (uint32_t m = 0; m < 2; ++m) {
+          for (uint32_t n = 0; n < 2; ++n) {
+            float v[8];
+            for (uint32_t i = 0; i < 8; ++i) v[i] = acc[(thread + i) * 4 + m * 2 + n];
+            for (uint32_t step = 1; step < 8; step <<= 1) {
+              float nv[8];
+              for (uint32_t i = 0; i < 8; ++i) nv[i] = Add(v[i], v[i ^ step]);
+              for (uint32_t i = 0; i < 8; ++i) v[i] = nv[i];
+            }
+            const uint32_t t = t0 + ty * 2 + m, o = o0 + tx * 2 + n;
+            if (t < tq && o < hd) out[uint64_t{t} * hd + o] = Add(v[0], bias[o]);
+          }
+        }
+      }
+    }
+  }
+}
+
 // The whole launch sequence of LaunchAquaEncode / LaunchAquaDecode with a
 // host workspace. Returns the error bits the kernels would report.
 template <class Tr>
@@ -151,12 +212,15 @@ uint32_t EmulateAqua(AquaArgs a, bool decode) {
       if (l > 0) {  // LaunchPredict.
         const uint64_t hh = uint64_t{a.hd} * a.hd;
         const float* w = a.profile + (l - 1) * a.layer_floats;
+        auto predict = internal::AquaUseSplitPredict(tq, a.hd)
+                           ? EmulatePredictSplit
+                           : EmulatePredict;
         if (kv == 0) {
-          EmulatePredict(a.recon[(l - 1) & 1][0], nullptr, a.hd, w, w + hh,
-                         a.pred, tq, a.hd);
+          predict(a.recon[(l - 1) & 1][0], nullptr, a.hd, w, w + hh, a.pred,
+                  tq, a.hd);
         } else {
-          EmulatePredict(a.recon[l & 1][0], a.recon[(l - 1) & 1][1], 2 * a.hd,
-                         w + hh + a.hd, w + 3 * hh + a.hd, a.pred, tq, a.hd);
+          predict(a.recon[l & 1][0], a.recon[(l - 1) & 1][1], 2 * a.hd,
+                  w + hh + a.hd, w + 3 * hh + a.hd, a.pred, tq, a.hd);
         }
       }
       const float* pred = l > 0 ? a.pred : nullptr;
@@ -308,6 +372,22 @@ TEST(AquaKernelHost, EmulationMatchesTheCpuCodecOnTheFixture) {
   ExpectEmulationMatchesCpu(*kv, p, *profile, "fixture K3V2 sink 6");
 }
 
+// A grid large enough for the tile kernel (AquaUseSplitPredict false): HD 512,
+// 353 quantized tokens, a synthetic profile.
+TEST(AquaKernelHost, EmulationOfTheTileKernelMatchesTheCpuCodec) {
+  const uint32_t seed = testing::TestSeed("AquaHostTile");
+  std::mt19937 rng(seed);
+  const BlockShape shape{DType::kFloat16, 2, 356, 4, 128};
+  ASSERT_FALSE(internal::AquaUseSplitPredict(353, 512));
+  const codecs::CodecProfile profile =
+      testing::SyntheticAquaProfile(shape, rng);
+  AquaParams p;
+  p.n_sink = 3;
+  p.k_bits = 4;
+  ExpectEmulationMatchesCpu(testing::RandomKv(shape, rng), p, profile,
+                            "tile seed " + std::to_string(seed));
+}
+
 // The error word of the emulated kernels gives the CPU codec's status code:
 // non-finite inputs (sink or quantized, early layer or last), a residual
 // above 65504, and a corrupt payload.
@@ -375,8 +455,12 @@ TEST(AquaKernelHost, PredictionLaneOrderIsTheCpuOrder) {
   for (float& v : x) v = u(rng);
   for (float& v : w) v = u(rng);
   for (float& v : bias) v = u(rng);
+  std::vector<float> split(tq * hd);
   EmulatePredict(x.data(), nullptr, hd, w.data(), bias.data(), out.data(), tq,
                  hd);
+  EmulatePredictSplit(x.data(), nullptr, hd, w.data(), bias.data(),
+                      split.data(), tq, hd);
+  EXPECT_EQ(std::memcmp(out.data(), split.data(), out.size() * 4), 0);
   int sequential_differs = 0;
   for (uint32_t t = 0; t < tq; ++t) {
     for (uint32_t o = 0; o < hd; ++o) {

@@ -57,6 +57,39 @@ inline absl::StatusOr<codecs::CodecProfile> RandomAquaProfile(
   return codecs::FitAquaProfile({RandomKv(cal, rng)}, 1e-3f, "test/aqua");
 }
 
+// A profile of random predictors (no fit: cheap for a wide HD): A ~ 0.5 I +
+// noise, B ~ 0.25 [I I] + noise.
+inline codecs::CodecProfile SyntheticAquaProfile(
+    const kvstore::BlockShape& shape, std::mt19937& rng) {
+  const uint32_t hd = shape.num_kv_heads * shape.head_dim;
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const float noise = 1.0f / static_cast<float>(hd);
+  codecs::CodecProfile profile("test/aqua-synthetic");
+  (void)profile.Put("aqua.meta", {3},
+                    {static_cast<float>(shape.num_layers),
+                     static_cast<float>(shape.num_kv_heads),
+                     static_cast<float>(shape.head_dim)});
+  for (uint32_t l = 1; l < shape.num_layers; ++l) {
+    std::vector<float> a(uint64_t{hd} * hd), b(uint64_t{hd} * 2 * hd),
+        ab(hd), bb(hd);
+    for (float& v : a) v = noise * u(rng);
+    for (float& v : b) v = noise * u(rng);
+    for (float& v : ab) v = 0.1f * u(rng);
+    for (float& v : bb) v = 0.1f * u(rng);
+    for (uint32_t o = 0; o < hd; ++o) {
+      a[uint64_t{o} * hd + o] += 0.5f;
+      b[uint64_t{o} * 2 * hd + o] += 0.25f;
+      b[uint64_t{o} * 2 * hd + hd + o] += 0.25f;
+    }
+    (void)profile.Put(codecs::AquaTensorName('A', l), {hd, hd}, std::move(a));
+    (void)profile.Put(codecs::AquaTensorName('a', l), {hd}, std::move(ab));
+    (void)profile.Put(codecs::AquaTensorName('B', l), {hd, 2 * hd},
+                      std::move(b));
+    (void)profile.Put(codecs::AquaTensorName('b', l), {hd}, std::move(bb));
+  }
+  return profile;
+}
+
 struct AquaCase {
   kvstore::BlockShape shape;  // dtype set per use.
   codecs::AquaParams params;
