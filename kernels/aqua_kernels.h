@@ -15,8 +15,9 @@
 // The layers are a chain (layer l's keys are predicted from layer l-1's
 // reconstruction, its values from its own reconstructed keys and layer
 // l-1's values), so a launch enqueues, per layer and per K/V, a prediction
-// kernel and a quantize (encode) or reconstruct (decode) kernel, about 6
-// kernels per layer. The reconstructions live in the caller's workspace.
+// kernel and a quantize (encode) or reconstruct (decode) kernel, 4 to 6
+// kernels per layer. The reconstructions live in the caller's workspace, so
+// blocks in flight at the same time (other streams) need their own.
 //
 // The profile goes to the device once, packed by PackAquaProfile.
 //
