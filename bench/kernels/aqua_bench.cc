@@ -8,6 +8,7 @@
 // compute-bound: the floor is max(bytes / 3.0 TB/s, 2 x MACs / (SMs x 128
 // lanes x clock)), and the table gives the binding one ("FP32" or "HBM").
 #include <algorithm>
+#include <functional>
 #include <cstdint>
 #include <cstdio>
 #include <random>
@@ -66,8 +67,9 @@ PackedAquaProfile SyntheticAquaProfile(const kvstore::BlockShape& shape) {
   return p;
 }
 
+// n blocks of `shape`, encoded then decoded, spread over `streams` streams.
 void BenchAquaShape(Bench& b, const kvstore::BlockShape& shape, int n,
-                    const std::string& label) {
+                    int streams, const std::string& label) {
   const double rate = AquaFp32Rate();
   const PackedAquaProfile packed = SyntheticAquaProfile(shape);
   float* prof = static_cast<float*>(
@@ -108,31 +110,65 @@ void BenchAquaShape(Bench& b, const kvstore::BlockShape& shape, int n,
     dec.payload = payload;
     dec.kv = out;
     const size_t ws_dec = WorkspaceBytes(dec);
-    // One workspace per block in flight on the stream (they are serialised
-    // on one stream, so one would do; this is what concurrent streams need).
-    uint8_t* ws = static_cast<uint8_t*>(
-        DeviceAlloc(std::max<size_t>(std::max(ws_enc, ws_dec), 256)));
-    const double us_enc = b.Time([&] {
-      for (int i = 0; i < n; ++i) {
-        enc.kv = kv + i * raw;
-        enc.payload = payload + i * *pbytes;
-        StatusCheck(Launch(enc, ws, b.stream()), "aqua encode");
+    // One workspace per stream: blocks in flight at once need their own.
+    const size_t ws_bytes = std::max<size_t>(std::max(ws_enc, ws_dec), 256);
+    std::vector<uint8_t*> ws(streams);
+    std::vector<cudaStream_t> st(streams);
+    std::vector<cudaEvent_t> join(streams);
+    cudaEvent_t fork;
+    CUDA_CHECK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+    for (int s = 0; s < streams; ++s) {
+      ws[s] = static_cast<uint8_t*>(DeviceAlloc(ws_bytes));
+      CUDA_CHECK(cudaStreamCreateWithFlags(&st[s], cudaStreamNonBlocking));
+      CUDA_CHECK(cudaEventCreateWithFlags(&join[s], cudaEventDisableTiming));
+    }
+    // Block i on stream i % streams; the timed stream waits for all.
+    auto run = [&](const std::function<void(int, cudaStream_t, void*)>& one) {
+      if (streams == 1) {
+        for (int i = 0; i < n; ++i) one(i, b.stream(), ws[0]);
+        return;
       }
+      CUDA_CHECK(cudaEventRecord(fork, b.stream()));
+      for (int s = 0; s < streams; ++s) {
+        CUDA_CHECK(cudaStreamWaitEvent(st[s], fork, 0));
+      }
+      for (int i = 0; i < n; ++i) one(i, st[i % streams], ws[i % streams]);
+      for (int s = 0; s < streams; ++s) {
+        CUDA_CHECK(cudaEventRecord(join[s], st[s]));
+        CUDA_CHECK(cudaStreamWaitEvent(b.stream(), join[s], 0));
+      }
+    };
+    const double us_enc = b.Time([&] {
+      run([&](int i, cudaStream_t stream, void* w) {
+        AquaEncodeParams e = enc;
+        e.kv = kv + i * raw;
+        e.payload = payload + i * *pbytes;
+        StatusCheck(Launch(e, w, stream), "aqua encode");
+      });
     });
     const double us_dec = b.Time([&] {
-      for (int i = 0; i < n; ++i) {
-        dec.payload = payload + i * *pbytes;
-        dec.kv = out + i * raw;
-        StatusCheck(Launch(dec, ws, b.stream()), "aqua decode");
-      }
+      run([&](int i, cudaStream_t stream, void* w) {
+        AquaDecodeParams d = dec;
+        d.payload = payload + i * *pbytes;
+        d.kv = out + i * raw;
+        StatusCheck(Launch(d, w, stream), "aqua decode");
+      });
     });
+    for (int s = 0; s < streams; ++s) {
+      CUDA_CHECK(cudaFree(ws[s]));
+      CUDA_CHECK(cudaStreamDestroy(st[s]));
+      CUDA_CHECK(cudaEventDestroy(join[s]));
+    }
+    CUDA_CHECK(cudaEventDestroy(fork));
     const double bytes = static_cast<double>(n) * (raw + *pbytes);
     const double macs = static_cast<double>(n) * (shape.num_layers - 1) *
                         shape.num_tokens * 3.0 * hd * hd;
     const double mem_us = bytes / kDeviceCeiling * 1e6;
     const double fp_us = 2.0 * macs / rate * 1e6;
-    const std::string name = "aqua K" + std::to_string(bits) + "V" +
-                             std::to_string(bits) + " G32 " + label;
+    const std::string name =
+        "aqua K" + std::to_string(bits) + "V" + std::to_string(bits) +
+        " G32 " + label +
+        (streams > 1 ? " " + std::to_string(streams) + "str" : std::string());
     b.AddRoofline(name + " encode x" + std::to_string(n), bytes, us_enc,
                   std::max(mem_us, fp_us), fp_us > mem_us ? "FP32" : "HBM");
     b.AddRoofline(name + " decode x" + std::to_string(n), bytes, us_dec,
@@ -140,7 +176,6 @@ void BenchAquaShape(Bench& b, const kvstore::BlockShape& shape, int n,
     std::printf("    (%s: floors HBM %.3f ms, FP32 %.3f ms, ratio %.1fx)\n",
                 name.c_str(), mem_us / 1000, fp_us / 1000,
                 fp_us / std::max(mem_us, 1e-9));
-    CUDA_CHECK(cudaFree(ws));
     CUDA_CHECK(cudaFree(payload));
   }
   CheckAquaFlags(flags, "aqua");
@@ -153,10 +188,13 @@ void BenchAquaShape(Bench& b, const kvstore::BlockShape& shape, int n,
 }  // namespace
 
 void BenchAqua(Bench& b) {
-  BenchAquaShape(b, kLlama, b.options().blocks, "32x256x8x128");
+  BenchAquaShape(b, kLlama, b.options().blocks, 1, "32x256x8x128");
   // The SmolLM2-135M fixture's geometry (HD = 192): 30 layers x 256 tokens.
+  // One block cannot fill the GPU (launch- and latency-bound): one stream,
+  // then 8 streams with a workspace each.
   const kvstore::BlockShape smol{kvstore::DType::kFloat16, 30, 256, 3, 64};
-  BenchAquaShape(b, smol, 64, "30x256x3x64");
+  BenchAquaShape(b, smol, 32, 1, "30x256x3x64");
+  BenchAquaShape(b, smol, 32, 8, "30x256x3x64");
 }
 
 }  // namespace strata::kernels::bench
