@@ -208,7 +208,10 @@ __global__ void SparseDecodeKernel(SparseDecodeArgs a) {
     const uint32_t kv = kl >= a.layers ? 1u : 0u;
     const uint32_t layer = static_cast<uint32_t>(kl - kv * uint64_t{a.layers});
     const uint32_t group = static_cast<uint32_t>(a.profile[a.groups + layer]);
-    const float* dict = a.profile + a.dict[kv] + uint64_t{group} * a.atoms * C;
+    // A select, not a[kv]: indexing the parameter array by a runtime value
+    // would copy it to local memory.
+    const uint64_t dict_offset = kv != 0 ? a.dict[1] : a.dict[0];
+    const float* dict = a.profile + dict_offset + uint64_t{group} * a.atoms * C;
     const uint8_t* online = a.payload + kl * a.online * C * 2;
     const uint32_t* rec =
         reinterpret_cast<const uint32_t*>(a.payload + a.records_offset) +
