@@ -18,8 +18,9 @@
 //         Non-finite scores or residual norm: lane 0 runs the CPU's
 //         sequential loop over every atom instead.
 //
-// Decode: one thread per output element, summing its chunk's s records in
-// order (y = y + c16*a_e from y = 0), rounded to the dtype.
+// Decode: one warp per chunk, each lane summing its channels over the
+// chunk's s records in order (y = y + c16*a_e from y = 0), rounded to the
+// dtype.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -190,33 +191,39 @@ __global__ void __launch_bounds__(kSelectWarps * 32)
   }
 }
 
-template <class Tr>
-__global__ void SparseDecodeKernel(SparseDecodeArgs a) {
+// One warp per chunk: lane l owns channels l, l + 32, ... (K per lane, K =
+// ceil(C / 32)); each record is read once per lane (a broadcast) and added
+// to the lane's K sums, so every channel still sums its records in order.
+template <class Tr, int K>
+__global__ void __launch_bounds__(kThreads)
+    SparseDecodeKernel(SparseDecodeArgs a) {
   using Bits = typename Tr::Bits;
   Bits* out = static_cast<Bits*>(a.kv);
   const uint32_t C = a.dim;
-  const uint64_t elements = a.chunks * C;
   const uint64_t per_layer =
       uint64_t{a.tokens} * a.heads * a.chunks_per_head;  // Chunks.
   const uint32_t count = a.atoms + a.online;
+  const int lane = threadIdx.x % 32;
+  const uint64_t warps = uint64_t{gridDim.x} * (blockDim.x / 32);
   uint32_t flags = 0;
-  for (uint64_t x = blockIdx.x * uint64_t{blockDim.x} + threadIdx.x;
-       x < elements; x += uint64_t{gridDim.x} * blockDim.x) {
-    const uint64_t g = x / C;
-    const uint32_t e = static_cast<uint32_t>(x - g * C);
+  for (uint64_t g = uint64_t{blockIdx.x} * (blockDim.x / 32) + threadIdx.x / 32;
+       g < a.chunks; g += warps) {
     const uint64_t kl = g / per_layer;  // kv * L + layer
     const uint32_t kv = kl >= a.layers ? 1u : 0u;
     const uint32_t layer = static_cast<uint32_t>(kl - kv * uint64_t{a.layers});
     const uint32_t group = static_cast<uint32_t>(a.profile[a.groups + layer]);
-    // A select, not a[kv]: indexing the parameter array by a runtime value
-    // would copy it to local memory.
+    // A select, not a.dict[kv]: indexing the parameter array by a runtime
+    // value would copy it to local memory.
     const uint64_t dict_offset = kv != 0 ? a.dict[1] : a.dict[0];
     const float* dict = a.profile + dict_offset + uint64_t{group} * a.atoms * C;
-    const uint8_t* online = a.payload + kl * a.online * C * 2;
+    const uint16_t* online =
+        reinterpret_cast<const uint16_t*>(a.payload) + kl * a.online * C;
     const uint32_t* rec =
         reinterpret_cast<const uint32_t*>(a.payload + a.records_offset) +
         g * a.s;
-    float y = 0.0f;
+    float y[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) y[k] = 0.0f;
     for (uint32_t j = 0; j < a.s; ++j) {
       const uint32_t w = rec[j];
       const uint32_t i = w & 0xFFFF;
@@ -226,16 +233,28 @@ __global__ void SparseDecodeKernel(SparseDecodeArgs a) {
         continue;
       }
       const float cf = HalfToFloat(h);
-      float av;
       if (i < a.atoms) {
-        av = dict[uint64_t{i} * C + e];
+        const float* atom = dict + uint64_t{i} * C;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          const uint32_t e = lane + 32 * k;
+          if (e < C) y[k] = Add(y[k], Mul(cf, atom[e]));
+        }
       } else {
-        const uint8_t* p = online + (uint64_t{i - a.atoms} * C + e) * 2;
-        av = HalfToFloat(static_cast<uint16_t>(p[0] | (p[1] << 8)));
+        const uint16_t* atom = online + uint64_t{i - a.atoms} * C;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          const uint32_t e = lane + 32 * k;
+          if (e < C) y[k] = Add(y[k], Mul(cf, HalfToFloat(atom[e])));
+        }
       }
-      y = Add(y, Mul(cf, av));
     }
-    out[x] = Tr::FromFloat(y);
+    Bits* dst = out + g * C;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const uint32_t e = lane + 32 * k;
+      if (e < C) dst[e] = Tr::FromFloat(y[k]);
+    }
   }
   ReportFlags(a.error_flags, flags);
 }
@@ -361,8 +380,16 @@ cudaError_t LaunchSparseDecode(const SparseDecodeArgs& a, cudaStream_t stream) {
   }
   DispatchDtype(a.dtype, [&](auto traits) {
     using Tr = decltype(traits);
-    SparseDecodeKernel<Tr><<<GridFor(a.chunks * a.dim), kThreads, 0, stream>>>(
-        a);
+    const unsigned grid = GridFor(a.chunks * 32);  // A warp per chunk.
+    if (a.dim <= 32) {
+      SparseDecodeKernel<Tr, 1><<<grid, kThreads, 0, stream>>>(a);
+    } else if (a.dim <= 64) {
+      SparseDecodeKernel<Tr, 2><<<grid, kThreads, 0, stream>>>(a);
+    } else if (a.dim <= 128) {
+      SparseDecodeKernel<Tr, 4><<<grid, kThreads, 0, stream>>>(a);
+    } else {
+      SparseDecodeKernel<Tr, 16><<<grid, kThreads, 0, stream>>>(a);
+    }
   });
   return cudaGetLastError();
 }
