@@ -35,6 +35,7 @@ namespace strata::kernels::internal {
 namespace {
 
 constexpr int kSelectWarps = 4;  // Warps (chunks) per select block.
+constexpr int kBatch = 4;        // Atoms per lane whose loads are in flight.
 constexpr int kMaxDim = 512;     // kSparseMaxGpuAtomDim.
 constexpr int kThreads = 256;
 
@@ -99,42 +100,61 @@ __global__ void __launch_bounds__(kSelectWarps * 32)
   const float* srow = a.scores + b * N;
   bool bad = !isfinite(rnorm);
 
-  // Pass 1: the best lower bound.
+  // Pass 1: the best lower bound. Loads go in batches of kBatch atoms per
+  // lane (all issued before any is used: the loop is latency bound).
   float lower = -INFINITY;
-  for (uint32_t i = lane; i < N && !bad; i += 32) {
-    const float n2 = a.norm2[i];
-    if (n2 == 0 || n2 < kSparseTinyNorm2) continue;
-    const float q = srow[i];
-    const float inv = a.inv[i];
-    const float sc = SparseScore(q, inv);
-    if (!isfinite(sc)) {
-      bad = true;
-      break;
+  for (uint32_t base = lane; base < N; base += 32 * kBatch) {
+    float q[kBatch], n2[kBatch], inv[kBatch];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const uint32_t i = base + 32 * u;
+      const bool in = i < N;
+      n2[u] = in ? a.norm2[i] : 0.0f;
+      inv[u] = in ? a.inv[i] : 0.0f;
+      q[u] = in ? srow[i] : 0.0f;
     }
-    lower = fmaxf(lower, Sub(sc, SparseScoreSlack(sc, inv, rnorm, C)));
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      if (n2[u] == 0 || n2[u] < kSparseTinyNorm2) continue;
+      const float sc = SparseScore(q[u], inv[u]);
+      if (!isfinite(sc)) bad = true;
+      lower = fmaxf(lower, Sub(sc, SparseScoreSlack(sc, inv[u], rnorm, C)));
+    }
   }
   bad = __any_sync(kFullMask, bad);
   lower = WarpMax(lower);
 
-  // Pass 2: exact re-scoring of the candidates.
+  // Pass 2: exact re-scoring of the candidates (same batching for the
+  // filter; the exact dot runs only for candidates).
   float best_s = 0, best_p = 0;
   uint32_t best_i = kSparseNoAtom;
   if (!bad) {
-    for (uint32_t i = lane; i < N; i += 32) {
-      const float n2 = a.norm2[i];
-      if (n2 == 0) continue;
-      const float inv = a.inv[i];
-      if (!(n2 < kSparseTinyNorm2)) {
-        const float sc = SparseScore(srow[i], inv);
-        if (Add(sc, SparseScoreSlack(sc, inv, rnorm, C)) < lower) continue;
+    for (uint32_t base = lane; base < N; base += 32 * kBatch) {
+      float q[kBatch], n2[kBatch], inv[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const uint32_t i = base + 32 * u;
+        const bool in = i < N;
+        n2[u] = in ? a.norm2[i] : 0.0f;
+        inv[u] = in ? a.inv[i] : 0.0f;
+        q[u] = in ? srow[i] : 0.0f;
       }
-      const float p = SparseDot(r, a.dict + uint64_t{i} * C, C);
-      const float sc = SparseScore(p, inv);
-      if (!isfinite(sc)) bad = true;
-      if (SparseBetter(sc, i, best_s, best_i)) {
-        best_s = sc;
-        best_i = i;
-        best_p = p;
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const uint32_t i = base + 32 * u;
+        if (n2[u] == 0) continue;  // Also i >= N.
+        if (!(n2[u] < kSparseTinyNorm2)) {
+          const float sc = SparseScore(q[u], inv[u]);
+          if (Add(sc, SparseScoreSlack(sc, inv[u], rnorm, C)) < lower) continue;
+        }
+        const float p = SparseDot(r, a.dict + uint64_t{i} * C, C);
+        const float sc = SparseScore(p, inv[u]);
+        if (!isfinite(sc)) bad = true;
+        if (SparseBetter(sc, i, best_s, best_i)) {
+          best_s = sc;
+          best_i = i;
+          best_p = p;
+        }
       }
     }
     bad = __any_sync(kFullMask, bad);
