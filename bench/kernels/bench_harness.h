@@ -196,6 +196,7 @@ void BenchClusterSelect(Bench& b);
 void BenchHbmTier(Bench& b);
 // aqua_bench.cc.
 void BenchAqua(Bench& b);
+void BenchSparse(Bench& b);  // sparse_bench.cc
 
 }  // namespace strata::kernels::bench
 
