@@ -197,6 +197,7 @@ void BenchHbmTier(Bench& b);
 // aqua_bench.cc.
 void BenchAqua(Bench& b);
 void BenchSparse(Bench& b);  // sparse_bench.cc
+void BenchClusterEncode(Bench& b);  // cluster_encode_bench.cc
 
 }  // namespace strata::kernels::bench
 

@@ -285,7 +285,7 @@ int Main(int argc, char** argv) {
       std::fprintf(stderr,
                    "usage: %s [--iters N] [--warmup N] [--blocks N] "
                    "[--only quant|paged|rope|lowrank|tokensparse|cluster|"
-                   "tier|aqua|sparse]\n",
+                   "tier|aqua|sparse|cluster_encode]\n",
                    argv[0]);
       return 2;
     }
@@ -332,6 +332,7 @@ int Main(int argc, char** argv) {
   if (want("tier")) BenchHbmTier(b);
   if (want("aqua")) BenchAqua(b);
   if (want("sparse")) BenchSparse(b);
+  if (want("cluster_encode")) BenchClusterEncode(b);
   b.Print(d2d);
   std::printf("\ndevice: %s\ncommand: %s\n", prop.name, command.c_str());
   return 0;
