@@ -2,10 +2,7 @@
 // to end against real stratad processes (UCX over TCP and over shared
 // memory; UCX_TLS is set for the daemon through StratadProcess and for this
 // process with setenv before any client exists).
-#include <stdlib.h>
-
 #include <cstring>
-#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -14,9 +11,9 @@
 #include "client/strata_client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "httplib.h"
 #include "kvstore/block_format.h"
 #include "tests/cluster/stratad_process.h"
+#include "tests/cluster/ucx_test_env.h"
 #include "tests/kvstore/test_blocks.h"
 
 namespace strata {
@@ -24,37 +21,22 @@ namespace {
 
 using ::strata::kvstore::BlockKey;
 using ::strata::kvstore::BlockShape;
-using ::strata::kvstore::DType;
 using ::strata::kvstore::testing::KeyFor;
 using ::strata::kvstore::testing::MakeBlock;
 using ::strata::kvstore::testing::ScratchDir;
 using ::strata::kvstore::testing::ShapeForBytes;
+using ::strata::testing::MetricsText;
 using ::strata::testing::StratadProcess;
+using ::strata::testing::UcxRoundTripShapes;
+using ::strata::testing::UcxTest;
+using ::strata::testing::UcxTransport;
+using ::strata::testing::UcxTransportName;
+using ::strata::testing::UcxTransportTest;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
-std::string Metrics(const StratadProcess& d) {
-  const std::string& a = d.metrics_address();
-  httplib::Client http(a.substr(0, a.rfind(':')),
-                       std::atoi(a.substr(a.rfind(':') + 1).c_str()));
-  auto res = http.Get("/metrics");
-  return res ? res->body : "";
-}
-
-struct Transport {
-  const char* name;
-  const char* tls;
-};
-
-class UcxBatch : public ::testing::TestWithParam<Transport> {
+class UcxBatch : public UcxTransportTest {
  protected:
-  void SetUp() override {
-    setenv("UCX_NET_DEVICES", "lo", 1);
-    setenv("UCX_TLS", GetParam().tls, 1);
-  }
-  std::map<std::string, std::string> Env() const {
-    return {{"UCX_NET_DEVICES", "lo"}, {"UCX_TLS", GetParam().tls}};
-  }
   std::unique_ptr<client::Client> ConnectUcx(const StratadProcess& d) {
     client::ClientOptions o;
     o.address = d.grpc_address();
@@ -74,14 +56,7 @@ TEST_P(UcxBatch, BatchPutAndBatchGetFrom1KiBTo64MiBAreByteExactOverUcx) {
   ASSERT_TRUE(d.Start().ok());
   auto c = ConnectUcx(d);
   ASSERT_NE(c, nullptr);
-  const std::vector<BlockShape> shapes = {
-      {DType::kFloat16, 1, 1, 4, 64},  // 1 KiB payload: eager messages.
-      ShapeForBytes(64 << 10),
-      ShapeForBytes(1 << 20, DType::kBFloat16),
-      ShapeForBytes(8 << 20, DType::kFloat32),
-      {DType::kFloat8E4M3, 32, 256, 8, 128},  // 16 MiB.
-      {DType::kBFloat16, 64, 256, 8, 128},    // 64 MiB.
-  };
+  const std::vector<BlockShape> shapes = UcxRoundTripShapes();
   std::vector<std::vector<uint8_t>> blocks;
   std::vector<BlockKey> keys;
   std::vector<absl::Span<const uint8_t>> spans;
@@ -132,7 +107,7 @@ TEST_P(UcxBatch, BatchPutAndBatchGetFrom1KiBTo64MiBAreByteExactOverUcx) {
 
   // Every item went over UCX (counted as single puts and gets), none in a
   // gRPC batch.
-  const std::string metrics = Metrics(d);
+  const std::string metrics = MetricsText(d);
   EXPECT_THAT(metrics, HasSubstr("strata:rpc_requests_total{rpc=\"put\"} 13"));
   EXPECT_THAT(metrics, HasSubstr("strata:rpc_requests_total{rpc=\"get\"} 7"));
   EXPECT_THAT(metrics,
@@ -143,22 +118,13 @@ TEST_P(UcxBatch, BatchPutAndBatchGetFrom1KiBTo64MiBAreByteExactOverUcx) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, UcxBatch,
-                         ::testing::Values(Transport{"tcp", "tcp"},
-                                           Transport{"shm", "shm,tcp"}),
-                         [](const ::testing::TestParamInfo<Transport>& info) {
-                           return std::string(info.param.name);
-                         });
+                         ::testing::Values(UcxTransport{"tcp", "tcp"},
+                                           UcxTransport{"shm", "shm,tcp"}),
+                         UcxTransportName);
 
 // The C ABI (1.1) opens clients on a chosen data plane.
-class CAbiDataPlane : public ::testing::Test {
+class CAbiDataPlane : public UcxTest {
  protected:
-  void SetUp() override {
-    setenv("UCX_NET_DEVICES", "lo", 1);
-    setenv("UCX_TLS", "tcp", 1);
-  }
-  std::map<std::string, std::string> Env() const {
-    return {{"UCX_NET_DEVICES", "lo"}, {"UCX_TLS", "tcp"}};
-  }
   static std::string PlaneOf(strata_client_t* c) {
     char plane[64];
     EXPECT_EQ(strata_client_data_plane(c, plane, sizeof(plane)), 0);

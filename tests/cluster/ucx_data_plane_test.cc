@@ -4,9 +4,7 @@
 // the daemon through StratadProcess and for this process with setenv, before
 // any client exists: UCX reads it when a client starts).
 #include <signal.h>
-#include <stdlib.h>
 
-#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -16,56 +14,33 @@
 #include "client/strata_client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "httplib.h"
 #include "kvstore/block_format.h"
 #include "tests/cluster/stratad_process.h"
+#include "tests/cluster/ucx_test_env.h"
 #include "tests/kvstore/test_blocks.h"
 
 namespace strata {
 namespace {
 
 using ::strata::kvstore::BlockShape;
-using ::strata::kvstore::DType;
 using ::strata::kvstore::testing::KeyFor;
 using ::strata::kvstore::testing::MakeBlock;
 using ::strata::kvstore::testing::ScratchDir;
 using ::strata::kvstore::testing::ShapeForBytes;
+using ::strata::testing::MetricsText;
 using ::strata::testing::StratadProcess;
+using ::strata::testing::UcxRoundTripShapes;
+using ::strata::testing::UcxTest;
+using ::strata::testing::UcxTransport;
+using ::strata::testing::UcxTransportName;
+using ::strata::testing::UcxTransportTest;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
 std::string Msg(const absl::Status& s) { return std::string(s.message()); }
 
-std::string Metrics(const StratadProcess& d) {
-  const std::string& a = d.metrics_address();
-  httplib::Client http(a.substr(0, a.rfind(':')),
-                       std::atoi(a.substr(a.rfind(':') + 1).c_str()));
-  auto res = http.Get("/metrics");
-  return res ? res->body : "";
-}
-
-// A UCX transport selection, as UCX_TLS. With UCX 1.13 the client-server
-// connection needs tcp in the list even when the bytes move over shared
-// memory (sysv/posix for messages, cma for rendezvous).
-struct Transport {
-  const char* name;
-  const char* tls;
-  bool peer = false;  // --data_plane_error_mode=peer (TCP only).
-};
-
-void PrintTo(const Transport& t, std::ostream* os) { *os << t.name; }
-
-class StratadUcx : public ::testing::TestWithParam<Transport> {
+class StratadUcx : public UcxTransportTest {
  protected:
-  void SetUp() override {
-    setenv("UCX_NET_DEVICES", "lo", 1);
-    setenv("UCX_TLS", GetParam().tls, 1);
-  }
-
-  std::map<std::string, std::string> Env() const {
-    return {{"UCX_NET_DEVICES", "lo"}, {"UCX_TLS", GetParam().tls}};
-  }
-
   // The daemon's flags for this transport, then `flags`.
   std::vector<std::string> Flags(std::vector<std::string> flags = {}) const {
     if (GetParam().peer) flags.push_back("--data_plane_error_mode=peer");
@@ -103,14 +78,7 @@ TEST_P(StratadUcx, RoundTripsFrom1KiBTo64MiBAreByteExact) {
   ASSERT_NE(d.ucx_address(), "off");
   auto c = ConnectUcx(d);
   ASSERT_NE(c, nullptr);
-  const std::vector<BlockShape> shapes = {
-      {DType::kFloat16, 1, 1, 4, 64},  // 1 KiB payload: eager messages.
-      ShapeForBytes(64 << 10),
-      ShapeForBytes(1 << 20, DType::kBFloat16),
-      ShapeForBytes(8 << 20, DType::kFloat32),
-      {DType::kFloat8E4M3, 32, 256, 8, 128},  // 16 MiB.
-      {DType::kBFloat16, 64, 256, 8, 128},    // 64 MiB.
-  };
+  const std::vector<BlockShape> shapes = UcxRoundTripShapes();
   uint64_t bytes = 0;
   for (size_t i = 0; i < shapes.size(); ++i) {
     const auto block = MakeBlock(shapes[i], i);
@@ -144,7 +112,7 @@ TEST_P(StratadUcx, RoundTripsFrom1KiBTo64MiBAreByteExact) {
   EXPECT_TRUE(c->Get(KeyFor(99))->block == expected);
   EXPECT_TRUE(c->Put(KeyFor(0), MakeBlock(shapes[0], 0))->already_present);
   // /metrics counts UCX traffic like gRPC's.
-  const std::string metrics = Metrics(d);
+  const std::string metrics = MetricsText(d);
   EXPECT_THAT(metrics, HasSubstr("strata:rpc_requests_total{rpc=\"put\"} 8"));
   EXPECT_THAT(metrics, HasSubstr("strata:rpc_requests_total{rpc=\"get\"} 13"));
   EXPECT_TRUE(d.Stop().ok());
@@ -286,22 +254,13 @@ TEST_P(StratadUcx, AKilledDaemonAnswersUnavailableNotAHang) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, StratadUcx,
-                         ::testing::Values(Transport{"tcp", "tcp"},
-                                           Transport{"shm", "shm,tcp"},
-                                           Transport{"tcp_peer", "tcp", true}),
-                         [](const ::testing::TestParamInfo<Transport>& info) {
-                           return std::string(info.param.name);
-                         });
+                         ::testing::Values(UcxTransport{"tcp", "tcp"},
+                                           UcxTransport{"shm", "shm,tcp"},
+                                           UcxTransport{"tcp_peer", "tcp", true}),
+                         UcxTransportName);
 
-class StratadDataPlane : public ::testing::Test {
+class StratadDataPlane : public UcxTest {
  protected:
-  void SetUp() override {
-    setenv("UCX_NET_DEVICES", "lo", 1);
-    setenv("UCX_TLS", "tcp", 1);
-  }
-  std::map<std::string, std::string> Env() const {
-    return {{"UCX_NET_DEVICES", "lo"}, {"UCX_TLS", "tcp"}};
-  }
   absl::StatusOr<std::unique_ptr<client::Client>> Connect(
       const StratadProcess& d, const std::string& plane) {
     client::ClientOptions o;
