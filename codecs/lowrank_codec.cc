@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "codecs/internal/bytes.h"
 #include "codecs/internal/linalg.h"
 #include "codecs/internal/registry.h"
 #include "common/status_macros.h"
@@ -20,19 +21,9 @@ constexpr const char* kBasisTensor[2] = {"pca.k.basis", "pca.v.basis"};
 constexpr const char* kStddevTensor[2] = {"pca.k.stddev", "pca.v.stddev"};
 constexpr float kHalfMax = 65504.0f;
 
-uint16_t LoadU16(const uint8_t* p) {
-  return static_cast<uint16_t>(p[0] | (p[1] << 8));
-}
-void StoreU16(uint8_t* p, uint16_t v) {
-  p[0] = static_cast<uint8_t>(v);
-  p[1] = static_cast<uint8_t>(v >> 8);
-}
-
-bool AllFinite(absl::Span<const float> v) {
-  return std::all_of(v.begin(), v.end(),
-                     [](float x) { return std::isfinite(x); });
-}
-
+using internal::AllFinite;
+using internal::LoadU16;
+using internal::StoreU16;
 
 // The largest fp16 <= v and the smallest fp16 >= v (v finite, |v| <= 65504).
 uint16_t HalfAtMost(float v) {

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "codecs/internal/bytes.h"
 #include "codecs/internal/linalg.h"
 #include "codecs/internal/registry.h"
 #include "common/status_macros.h"
@@ -23,19 +24,9 @@ constexpr const char* kDictTensor[2] = {"csr.k.dict", "csr.v.dict"};
 constexpr size_t kRecordBytes = 4;  // u16 atom index, u16 fp16 coefficient.
 constexpr uint32_t kMaxAtoms = 65536;
 
-uint16_t LoadU16(const uint8_t* p) {
-  return static_cast<uint16_t>(p[0] | (p[1] << 8));
-}
-void StoreU16(uint8_t* p, uint16_t v) {
-  p[0] = static_cast<uint8_t>(v);
-  p[1] = static_cast<uint8_t>(v >> 8);
-}
-
-bool AllFinite(absl::Span<const float> v) {
-  return std::all_of(v.begin(), v.end(),
-                     [](float x) { return std::isfinite(x); });
-}
-
+using internal::AllFinite;
+using internal::LoadU16;
+using internal::StoreU16;
 
 // The profile's dictionaries, checked against a block shape and params.
 struct Dictionaries {
