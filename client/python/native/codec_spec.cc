@@ -98,6 +98,27 @@ class Fields {
 
 std::string B(bool v) { return v ? "1" : "0"; }
 
+// The fields that quant and aqua share ("bits" and "group" set both halves,
+// the k_ / v_ keys one of them). P: QuantParams or AquaParams.
+template <typename P>
+absl::Status ParseBitsAndGroups(Fields& f, P* p) {
+  STRATA_RETURN_IF_ERROR(f.U8Pair("bits", &p->k_bits, &p->v_bits));
+  STRATA_RETURN_IF_ERROR(f.U8Pair("group", &p->k_group, &p->v_group));
+  STRATA_RETURN_IF_ERROR(f.U8("k_bits", &p->k_bits));
+  STRATA_RETURN_IF_ERROR(f.U8("v_bits", &p->v_bits));
+  STRATA_RETURN_IF_ERROR(f.U8("k_group", &p->k_group));
+  STRATA_RETURN_IF_ERROR(f.U8("v_group", &p->v_group));
+  return f.Bool("keys_per_token", &p->keys_per_token);
+}
+
+// Their spec text, in ParseBitsAndGroups's order.
+template <typename P>
+std::vector<std::string> FormatBitsAndGroups(const P& p) {
+  return {absl::StrCat("k_bits=", p.k_bits), absl::StrCat("v_bits=", p.v_bits),
+          absl::StrCat("k_group=", p.k_group), absl::StrCat("v_group=", p.v_group),
+          "keys_per_token=" + B(p.keys_per_token)};
+}
+
 }  // namespace
 
 const char* CodecName(CodecId id) {
@@ -134,26 +155,14 @@ absl::StatusOr<CodecSpec> ParseCodecSpec(const std::string& spec) {
     out.id = CodecId::kRaw;
   } else if (name == "quant") {
     codecs::QuantParams p;
-    STRATA_RETURN_IF_ERROR(f.U8Pair("bits", &p.k_bits, &p.v_bits));
-    STRATA_RETURN_IF_ERROR(f.U8Pair("group", &p.k_group, &p.v_group));
-    STRATA_RETURN_IF_ERROR(f.U8("k_bits", &p.k_bits));
-    STRATA_RETURN_IF_ERROR(f.U8("v_bits", &p.v_bits));
-    STRATA_RETURN_IF_ERROR(f.U8("k_group", &p.k_group));
-    STRATA_RETURN_IF_ERROR(f.U8("v_group", &p.v_group));
-    STRATA_RETURN_IF_ERROR(f.Bool("keys_per_token", &p.keys_per_token));
+    STRATA_RETURN_IF_ERROR(ParseBitsAndGroups(f, &p));
     STRATA_RETURN_IF_ERROR(f.U16("n_sink", &p.n_sink));
     STRATA_RETURN_IF_ERROR(f.U16("outlier_bp", &p.outlier_bp));
     out.id = CodecId::kQuant;
     out.params = p.ToBytes();
   } else if (name == "aqua") {
     codecs::AquaParams p;
-    STRATA_RETURN_IF_ERROR(f.U8Pair("bits", &p.k_bits, &p.v_bits));
-    STRATA_RETURN_IF_ERROR(f.U8Pair("group", &p.k_group, &p.v_group));
-    STRATA_RETURN_IF_ERROR(f.U8("k_bits", &p.k_bits));
-    STRATA_RETURN_IF_ERROR(f.U8("v_bits", &p.v_bits));
-    STRATA_RETURN_IF_ERROR(f.U8("k_group", &p.k_group));
-    STRATA_RETURN_IF_ERROR(f.U8("v_group", &p.v_group));
-    STRATA_RETURN_IF_ERROR(f.Bool("keys_per_token", &p.keys_per_token));
+    STRATA_RETURN_IF_ERROR(ParseBitsAndGroups(f, &p));
     STRATA_RETURN_IF_ERROR(f.U8("l0_bits", &p.l0_bits));
     STRATA_RETURN_IF_ERROR(f.U16("n_sink", &p.n_sink));
     out.id = CodecId::kAqua;
@@ -227,19 +236,17 @@ absl::StatusOr<std::string> FormatCodecSpec(CodecId id,
     case CodecId::kQuant: {
       STRATA_ASSIGN_OR_RETURN(codecs::QuantParams p,
                               codecs::QuantParams::FromBytes(params));
-      kv = {absl::StrCat("k_bits=", p.k_bits), absl::StrCat("v_bits=", p.v_bits),
-            absl::StrCat("k_group=", p.k_group), absl::StrCat("v_group=", p.v_group),
-            "keys_per_token=" + B(p.keys_per_token),
-            absl::StrCat("n_sink=", p.n_sink), absl::StrCat("outlier_bp=", p.outlier_bp)};
+      kv = FormatBitsAndGroups(p);
+      kv.push_back(absl::StrCat("n_sink=", p.n_sink));
+      kv.push_back(absl::StrCat("outlier_bp=", p.outlier_bp));
       break;
     }
     case CodecId::kAqua: {
       STRATA_ASSIGN_OR_RETURN(codecs::AquaParams p,
                               codecs::AquaParams::FromBytes(params));
-      kv = {absl::StrCat("k_bits=", p.k_bits), absl::StrCat("v_bits=", p.v_bits),
-            absl::StrCat("k_group=", p.k_group), absl::StrCat("v_group=", p.v_group),
-            "keys_per_token=" + B(p.keys_per_token),
-            absl::StrCat("l0_bits=", p.l0_bits), absl::StrCat("n_sink=", p.n_sink)};
+      kv = FormatBitsAndGroups(p);
+      kv.push_back(absl::StrCat("l0_bits=", p.l0_bits));
+      kv.push_back(absl::StrCat("n_sink=", p.n_sink));
       break;
     }
     case CodecId::kSparse: {
