@@ -5,16 +5,11 @@
 // the dead node within the lease TTL. Plus single-node mode without etcd.
 #include <unistd.h>
 
-#include <atomic>
-#include <future>
 #include <iostream>
 #include <map>
 #include <memory>
-#include <mutex>
-#include <random>
 #include <set>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -27,6 +22,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kvstore/block_format.h"
+#include "tests/cluster/cluster_load.h"
 #include "tests/cluster/cluster_processes.h"
 #include "tests/cluster/stratad_process.h"
 #include "tests/kvstore/test_blocks.h"
@@ -39,6 +35,7 @@ using ::strata::kvstore::testing::KeyFor;
 using ::strata::kvstore::testing::MakeBlock;
 using ::strata::kvstore::testing::ScratchDir;
 using ::strata::kvstore::testing::ShapeForBytes;
+using ::strata::testing::ClusterLoad;
 using ::strata::testing::EtcdProcess;
 using ::strata::testing::MemberProcess;
 using ::strata::testing::StratadProcess;
@@ -237,79 +234,26 @@ INSTANTIATE_TEST_SUITE_P(Victim, ClusterKillTest, ::testing::Bool(),
 
 TEST_P(ClusterKillTest, KillOfOneNodeUnderLoadNeverReturnsWrongBytes) {
   const bool whole_node = GetParam();
-  // Keys written before the storm.
-  constexpr int kInitial = 200;
-  std::mutex mu;
-  std::map<int, std::vector<std::string>> written;  // key index -> acked by
+  // Keys written before the storm. Then half of the writes before the kill,
+  // half right after it (while the dead node is still a member).
+  constexpr int kInitial = 200, kMaxWrites = 2000;
+  ClusterLoad load(cluster_.get(), BlockFor,
+                   {.first_write = kInitial, .max_writes = kMaxWrites,
+                    .pause_halfway = true});
   for (int i = 0; i < kInitial; ++i) {
     auto put = cluster_->Put(KeyFor(i), BlockFor(i));
     ASSERT_TRUE(put.ok()) << put.status();
-    written[i] = put->acked;
+    load.AddWritten(i, put->acked);
   }
-  std::atomic<bool> stop{false};
-  std::atomic<int> reads{0}, read_failures{0}, wrong_bytes{0}, writes{0},
-      write_failures{0};
-  std::vector<std::string> failure_samples;
-  auto reader = [&](int seed) {
-    std::mt19937 rng(seed);
-    while (!stop) {
-      int i;
-      {
-        std::lock_guard<std::mutex> lock(mu);
-        auto it = written.begin();
-        std::advance(it, rng() % written.size());
-        i = it->first;
-      }
-      auto got = cluster_->Get(KeyFor(i));
-      ++reads;
-      if (got.ok()) {
-        if (got->get.block != BlockFor(i)) ++wrong_bytes;
-      } else {
-        ++read_failures;
-        std::lock_guard<std::mutex> lock(mu);
-        if (failure_samples.size() < 5) failure_samples.push_back(got.status().ToString());
-      }
-    }
-  };
-  // Bounded, so that nothing is evicted (64 MiB of DRAM per daemon, no SSD
-  // tier): every miss below would be a bug, not the cache doing its job.
-  // Half of the writes before the kill, half right after it (while the dead
-  // node is still a member).
-  constexpr int kMaxWrites = 2000;
-  std::promise<void> first_half, killed_signal;
-  std::shared_future<void> killed_future = killed_signal.get_future().share();
-  auto writer = [&] {
-    for (int i = kInitial; !stop && i < kInitial + kMaxWrites; ++i) {
-      if (i == kInitial + kMaxWrites / 2) {
-        first_half.set_value();
-        killed_future.wait();
-      }
-      auto put = cluster_->Put(KeyFor(i), BlockFor(i));
-      ++writes;
-      if (!put.ok()) {
-        ++write_failures;
-        continue;
-      }
-      std::lock_guard<std::mutex> lock(mu);
-      written[i] = put->acked;
-    }
-  };
-  std::vector<std::thread> threads;
-  threads.emplace_back(reader, 1);
-  threads.emplace_back(reader, 2);
-  threads.emplace_back(writer);
-  if (first_half.get_future().wait_for(std::chrono::seconds(60)) !=
-      std::future_status::ready) {
-    stop = true;
-    killed_signal.set_value();
-    for (auto& t : threads) t.join();
+  load.Start();
+  if (!load.WaitHalfway(absl::Seconds(60))) {
     FAIL() << "the writer did not get through its first half";
   }
   const std::string victim = "n1";
   const absl::Time killed = absl::Now();
   daemons_[IndexOf(victim)]->Kill();  // kill -9.
   if (whole_node) sidecars_[IndexOf(victim)]->Kill();
-  killed_signal.set_value();
+  load.ResumeWriter();
   // Membership converges: the sidecar's health check fails, it revokes the
   // lease, the watcher drops the node.
   const bool converged = watcher_->WaitUntil(
@@ -321,24 +265,24 @@ TEST_P(ClusterKillTest, KillOfOneNodeUnderLoadNeverReturnsWrongBytes) {
       absl::Seconds(kTtlS) + kMargin);
   const absl::Duration convergence = absl::Now() - killed;
   absl::SleepFor(absl::Milliseconds(500));  // Load after convergence.
-  stop = true;
-  for (auto& t : threads) t.join();
-  std::cout << "reads " << reads << " (failed " << read_failures << ", wrong "
-            << wrong_bytes << "), writes " << writes << " (failed "
-            << write_failures << "), membership converged in "
+  load.Stop();
+  const ClusterLoad::Counts counts = load.counts();
+  std::cout << counts.ToString() << ", membership converged in "
             << absl::FormatDuration(convergence) << " ("
             << (whole_node ? "lease expiry" : "sidecar health check")
             << ", TTL " << kTtlS << " s)\n";
   ASSERT_TRUE(converged) << "the dead node is still a member";
   EXPECT_LE(convergence, absl::Seconds(kTtlS) + kMargin);
-  EXPECT_EQ(wrong_bytes, 0);
-  EXPECT_EQ(read_failures, 0) << ::testing::PrintToString(failure_samples);
-  EXPECT_GT(reads, 0);
-  EXPECT_EQ(write_failures, 0);
+  EXPECT_EQ(counts.wrong_bytes, 0);
+  EXPECT_EQ(counts.read_failures, 0)
+      << ::testing::PrintToString(counts.failure_samples);
+  EXPECT_GT(counts.reads, 0);
+  EXPECT_EQ(counts.write_failures, 0);
   EXPECT_EQ(cluster_->members().size(), static_cast<size_t>(kNodes - 1));
 
   // Every key acknowledged by a surviving node is served, byte-exact (by its
   // replica when the victim was its primary).
+  const std::map<int, std::vector<std::string>> written = load.written();
   int served_by_replica = 0, lost = 0;
   for (const auto& [i, acked] : written) {
     const bool survives = std::any_of(acked.begin(), acked.end(),

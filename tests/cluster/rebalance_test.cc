@@ -9,12 +9,9 @@
 
 #include <algorithm>
 #include <atomic>
-#include <future>
 #include <iostream>
 #include <map>
 #include <memory>
-#include <mutex>
-#include <random>
 #include <set>
 #include <string>
 #include <thread>
@@ -36,6 +33,7 @@
 #include "gtest/gtest.h"
 #include "httplib.h"
 #include "kvstore/tiered_store.h"
+#include "tests/cluster/cluster_load.h"
 #include "tests/cluster/cluster_processes.h"
 #include "tests/cluster/stratad_process.h"
 #include "tests/kvstore/test_blocks.h"
@@ -48,6 +46,7 @@ using ::strata::kvstore::testing::KeyFor;
 using ::strata::kvstore::testing::MakeBlock;
 using ::strata::kvstore::testing::ScratchDir;
 using ::strata::kvstore::testing::ShapeForBytes;
+using ::strata::testing::ClusterLoad;
 using ::strata::testing::DaemonProcess;
 using ::strata::testing::EtcdProcess;
 using ::strata::testing::RunCommand;
@@ -267,91 +266,41 @@ TEST_F(RebalanceTest, KillNineUnderLoadServesFromReplicasAndRestoresTwoCopies) {
   ASSERT_NO_FATAL_FAILURE(StartCluster(4));
   constexpr int kInitial = 1500, kMaxWrites = 1000;
   PutAll(0, kInitial);
-  std::mutex mu;
-  std::set<int> written;
-  for (int i = 0; i < kInitial; ++i) written.insert(i);
-  std::atomic<bool> stop{false};
-  std::atomic<int> reads{0}, read_failures{0}, wrong_bytes{0}, writes{0},
-      write_failures{0}, from_replica{0};
-  std::vector<std::string> failure_samples;
-  auto reader = [&](int seed) {
-    std::mt19937 rng(seed);
-    while (!stop) {
-      int i;
-      {
-        std::lock_guard<std::mutex> lock(mu);
-        auto it = written.begin();
-        std::advance(it, rng() % written.size());
-        i = *it;
-      }
-      auto got = cluster_->Get(KeyFor(i));
-      ++reads;
-      if (got.ok()) {
-        if (got->get.block != BlockFor(i)) ++wrong_bytes;
-        if (got->owner_rank > 0) ++from_replica;  // The primary failed.
-      } else {
-        ++read_failures;
-        std::lock_guard<std::mutex> lock(mu);
-        if (failure_samples.size() < 5) {
-          failure_samples.push_back(absl::StrCat(i, ": ", got.status().ToString()));
-        }
-      }
-    }
-  };
-  std::promise<void> first_half, killed_signal;
-  std::shared_future<void> killed = killed_signal.get_future().share();
-  auto writer = [&] {
-    for (int i = kInitial; !stop && i < kInitial + kMaxWrites; ++i) {
-      if (i == kInitial + kMaxWrites / 2) {
-        first_half.set_value();
-        killed.wait();
-      }
-      auto put = cluster_->Put(KeyFor(i), BlockFor(i));
-      ++writes;
-      if (!put.ok()) {
-        ++write_failures;
-        continue;
-      }
-      std::lock_guard<std::mutex> lock(mu);
-      written.insert(i);
-    }
-  };
-  std::vector<std::thread> threads;
-  threads.emplace_back(reader, 1);
-  threads.emplace_back(reader, 2);
-  threads.emplace_back(writer);
-  const bool halfway = first_half.get_future().wait_for(std::chrono::seconds(60)) ==
-                       std::future_status::ready;
+  ClusterLoad load(cluster_.get(), BlockFor,
+                   {.first_write = kInitial, .max_writes = kMaxWrites,
+                    .pause_halfway = true});
+  for (int i = 0; i < kInitial; ++i) load.AddWritten(i);
+  load.Start();
+  const bool halfway = load.WaitHalfway(absl::Seconds(60));
   const std::string victim = "n1";
   const absl::Time kill_time = absl::Now();
   if (halfway) daemons_[victim]->Kill();  // kill -9: the lease expires.
-  killed_signal.set_value();
+  load.ResumeWriter();
   std::set<std::string> live = RunningIds();
   const bool converged =
       halfway && WaitMembers(live, absl::Seconds(kTtlS) + kMargin);
   const absl::Duration convergence = absl::Now() - kill_time;
   // Load continues while the survivors re-replicate.
   absl::SleepFor(absl::Milliseconds(500));
-  stop = true;
-  for (auto& t : threads) t.join();
+  load.Stop();
   ASSERT_TRUE(halfway) << "the writer did not get through its first half";
-  std::cout << "reads " << reads << " (failed " << read_failures << ", wrong "
-            << wrong_bytes << ", " << from_replica
-            << " served by a replica), writes " << writes << " (failed "
-            << write_failures << "), membership converged in "
+  const ClusterLoad::Counts counts = load.counts();
+  std::cout << counts.ToString() << ", membership converged in "
             << absl::FormatDuration(convergence) << " (TTL " << kTtlS << " s)\n";
   ASSERT_TRUE(converged) << "the dead node is still a member";
   EXPECT_LE(convergence, absl::Seconds(kTtlS) + kMargin);
-  EXPECT_EQ(wrong_bytes, 0);
-  EXPECT_EQ(read_failures, 0) << ::testing::PrintToString(failure_samples);
-  EXPECT_EQ(write_failures, 0);
-  EXPECT_GT(reads, 0);
-  EXPECT_GT(from_replica, 0);  // The dead node's keys, by their replicas.
+  EXPECT_EQ(counts.wrong_bytes, 0);
+  EXPECT_EQ(counts.read_failures, 0)
+      << ::testing::PrintToString(counts.failure_samples);
+  EXPECT_EQ(counts.write_failures, 0);
+  EXPECT_GT(counts.reads, 0);
+  EXPECT_GT(counts.from_replica, 0);  // The dead node's keys, by their replicas.
 
   // Re-replication: every key is back on exactly its R owners among the
   // survivors (counted with Exists on each node).
   std::vector<BlockKey> keys;
-  std::vector<int> ids(written.begin(), written.end());
+  std::vector<int> ids;
+  for (const auto& [i, acked] : load.written()) ids.push_back(i);
   for (int i : ids) keys.push_back(KeyFor(i));
   absl::Duration took;
   const int misplaced = WaitPlaced(keys, kPlaceDeadline, &took);
@@ -558,48 +507,11 @@ TEST_F(RebalanceTest, ChurnUnderLoadLosesNothingAndEndsPlaced) {
   ASSERT_NO_FATAL_FAILURE(StartCluster(3));
   constexpr int kInitial = 1000, kMaxWrites = 1500;
   PutAll(0, kInitial);
-  std::mutex mu;
-  std::vector<int> written;
-  for (int i = 0; i < kInitial; ++i) written.push_back(i);
-  std::atomic<bool> stop{false};
-  std::atomic<int> reads{0}, read_failures{0}, wrong_bytes{0}, writes{0},
-      write_failures{0};
-  std::vector<std::string> samples;
-  auto reader = [&](int seed) {
-    std::mt19937 rng(seed);
-    while (!stop) {
-      int i;
-      {
-        std::lock_guard<std::mutex> lock(mu);
-        i = written[rng() % written.size()];
-      }
-      auto got = cluster_->Get(KeyFor(i));
-      ++reads;
-      if (!got.ok()) {
-        ++read_failures;
-        std::lock_guard<std::mutex> lock(mu);
-        if (samples.size() < 5) samples.push_back(got.status().ToString());
-      } else if (got->get.block != BlockFor(i)) {
-        ++wrong_bytes;
-      }
-    }
-  };
-  auto writer = [&] {
-    for (int i = kInitial; !stop && i < kInitial + kMaxWrites; ++i) {
-      auto put = cluster_->Put(KeyFor(i), BlockFor(i));
-      ++writes;
-      if (!put.ok()) {
-        ++write_failures;
-        continue;
-      }
-      std::lock_guard<std::mutex> lock(mu);
-      written.push_back(i);
-    }
-  };
-  std::vector<std::thread> threads;
-  threads.emplace_back(reader, 11);
-  threads.emplace_back(reader, 12);
-  threads.emplace_back(writer);
+  ClusterLoad load(cluster_.get(), BlockFor,
+                   {.first_write = kInitial, .max_writes = kMaxWrites,
+                    .reader_seeds = {11, 12}});
+  for (int i = 0; i < kInitial; ++i) load.AddWritten(i);
+  load.Start();
   const absl::Time start = absl::Now();
   ASSERT_TRUE(AddNode(3).ok());
   ASSERT_TRUE(WaitMembers(RunningIds(), absl::Seconds(kTtlS) + kMargin));
@@ -611,16 +523,18 @@ TEST_F(RebalanceTest, ChurnUnderLoadLosesNothingAndEndsPlaced) {
   EXPECT_TRUE(daemons_["n1"]->WaitExit(absl::Seconds(30)).ok());
   ASSERT_TRUE(AddNode(4).ok());
   const bool converged = WaitMembers(RunningIds(), absl::Seconds(kTtlS) + kMargin);
-  stop = true;
-  for (auto& t : threads) t.join();
+  load.Stop();
   ASSERT_TRUE(converged);
+  const ClusterLoad::Counts counts = load.counts();
   std::cout << "churn (join, kill -9, drain, join) in "
-            << absl::FormatDuration(absl::Now() - start) << ": reads " << reads
-            << " (failed " << read_failures << ", wrong " << wrong_bytes
-            << "), writes " << writes << " (failed " << write_failures << ")\n";
-  EXPECT_EQ(wrong_bytes, 0);
-  EXPECT_EQ(read_failures, 0) << ::testing::PrintToString(samples);
-  EXPECT_EQ(write_failures, 0);
+            << absl::FormatDuration(absl::Now() - start) << ": "
+            << counts.ToString() << "\n";
+  EXPECT_EQ(counts.wrong_bytes, 0);
+  EXPECT_EQ(counts.read_failures, 0)
+      << ::testing::PrintToString(counts.failure_samples);
+  EXPECT_EQ(counts.write_failures, 0);
+  std::vector<int> written;
+  for (const auto& [i, acked] : load.written()) written.push_back(i);
   std::vector<BlockKey> keys;
   for (int i : written) keys.push_back(KeyFor(i));
   absl::Duration took;
