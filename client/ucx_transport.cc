@@ -244,7 +244,9 @@ absl::Status UcxTransport::EnsureConn() {
         "data_plane: cannot connect to ", options_.address, ": ",
         ucs_status_string(s)));
   }
-  conn_ = Conn{next_id_++, ep, false, UCS_OK};
+  conn_ = Conn{};
+  conn_->id = next_id_++;
+  conn_->ep = ep;
   return absl::OkStatus();
 }
 
@@ -289,6 +291,13 @@ void UcxTransport::StartAttempt(Call& c) {
   rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
                     UCP_OP_ATTR_FIELD_FLAGS;
   rp.flags = UCP_AM_SEND_FLAG_REPLY;  // The daemon answers on this endpoint.
+  if (c.size != 0 && c.size <= ucx::TcpEagerMaxBytes() && conn_->answered) {
+    if (!conn_->tcp_only.has_value()) {
+      conn_->tcp_only = ucx::IsTcpOnly(conn_->ep);
+    }
+    // No rendezvous round trip: the block goes with the request.
+    if (*conn_->tcp_only) rp.flags |= UCP_AM_SEND_FLAG_EAGER;
+  }
   rp.cb.send = &UcxTransport::OnSent;
   rp.user_data = IdArg(c.request_id);
   void* r = ucp_am_send_nbx(conn_->ep, ucx::kRequestAmId, header.data(),
@@ -527,6 +536,7 @@ ucs_status_t UcxTransport::HandleReply(const void* header,
   auto it = calls_.find(r->second);
   if (it == calls_.end()) return UCS_OK;
   Call& c = *it->second;
+  if (conn_.has_value() && c.conn_id == conn_->id) conn_->answered = true;
   if (c.replied) return UCS_OK;
   c.replied = true;
   finished_.push_back(c.id);

@@ -134,6 +134,10 @@ class UcxTransport {
     ucp_ep_h ep = nullptr;
     bool failed = false;
     ucs_status_t error = UCS_OK;
+    bool answered = false;  // A reply came: the lanes are final.
+    // Known once answered: TCP-only lanes (puts up to
+    // ucx::TcpEagerMaxBytes() then go eagerly).
+    std::optional<bool> tcp_only;
   };
 
   UcxTransport() = default;

@@ -249,6 +249,7 @@ void UcxDataPlane::Teardown(uint64_t conn_id) {
   ucp_ep_h ep = it->second;
   conns_.erase(it);
   conn_of_ep_.erase(ep);
+  tcp_only_.erase(conn_id);
   // Mode none cannot force-close (UCX 1.13 refuses): a flushing close
   // answers a client's orderly disconnect (its close waits for ours). After
   // a crash UCX logs the failed flush a few times before the close ends.
@@ -628,6 +629,16 @@ void UcxDataPlane::Reply(const Request& req, const absl::Status& status,
   rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
   rp.cb.send = &UcxDataPlane::OnReplySent;
   rp.user_data = IdArg(id);
+  if (bytes_out != 0 && bytes_out <= ucx::TcpEagerMaxBytes()) {
+    // The client's request arrived on this endpoint: its lanes are final.
+    auto [known, inserted] = tcp_only_.try_emplace(req.conn_id, false);
+    if (inserted) known->second = ucx::IsTcpOnly(conn->second);
+    if (known->second) {
+      // No rendezvous round trip: the block goes with the reply.
+      rp.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
+      rp.flags = UCP_AM_SEND_FLAG_EAGER;
+    }
+  }
   void* r = ucp_am_send_nbx(conn->second, ucx::kReplyAmId,
                             pending->header.data(), pending->header.size(),
                             data, bytes_out, &rp);

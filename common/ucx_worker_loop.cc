@@ -19,8 +19,26 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 
 namespace strata::ucx {
+namespace {
+
+// Whether UCX_TLS leaves the TCP transport in (unset: all transports).
+bool TlsIncludeTcp() {
+  const char* env = std::getenv("UCX_TLS");
+  if (env == nullptr) return true;
+  absl::string_view tls(env);
+  const bool negated = absl::ConsumePrefix(&tls, "^");
+  bool named = false;
+  for (absl::string_view name : absl::StrSplit(tls, ',')) {
+    absl::ConsumePrefix(&name, "\\");
+    if (name == "tcp" || name == "all") named = true;
+  }
+  return negated ? !named : named;
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<WorkerLoop>> WorkerLoop::Create(
     bool loopback_only) {
@@ -34,6 +52,13 @@ absl::StatusOr<std::unique_ptr<WorkerLoop>> WorkerLoop::Create(
   }
   if (loopback_only && std::getenv("UCX_NET_DEVICES") == nullptr) {
     ucp_config_modify(config, "NET_DEVICES", "lo");
+  }
+  for (const DefaultSetting& d : kDefaultSettings) {
+    // All of them are TCP's: UCX warns about settings no transport took.
+    if (std::getenv(d.env) != nullptr || !TlsIncludeTcp()) continue;
+    // UCX keeps transport settings and applies them to the transports that
+    // have them (it warns about one that none has).
+    ucp_config_modify(config, d.key, d.value);
   }
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
@@ -190,6 +215,17 @@ void WorkerLoop::Drain(std::vector<void*>* requests, absl::Duration timeout) {
   for (void* r : *requests) ucp_request_free(r);  // Released on completion.
   requests->clear();
 }
+
+size_t TcpEagerMaxBytes() {
+  static const size_t value = [] {
+    const char* env = std::getenv("STRATA_UCX_TCP_EAGER_MAX_BYTES");
+    return env != nullptr ? static_cast<size_t>(std::strtoull(env, nullptr, 10))
+                          : kTcpEagerMaxBytes;
+  }();
+  return value;
+}
+
+bool IsTcpOnly(ucp_ep_h ep) { return DescribeLanes(ep) == "tcp"; }
 
 absl::Status ParseSockAddr(const std::string& field, const std::string& text,
                            sockaddr_storage* out, socklen_t* len) {

@@ -4,7 +4,8 @@
 // Configuration: UCX reads its UCX_* environment variables (UCX_TLS,
 // UCX_NET_DEVICES, ...) when Create() runs, so each process honours its own
 // environment. docs/protocol.md lists the settings that select TCP or shared
-// memory.
+// memory. Create() also applies the tuned defaults of kDefaultSettings to
+// every setting the environment leaves unset (the environment always wins).
 //
 // Threading: the worker is created in UCS_THREAD_MODE_SINGLE and only the loop
 // thread calls into it: every UCX callback (active messages, completions,
@@ -33,9 +34,44 @@
 
 namespace strata::ucx {
 
+// A UCX setting this project gives its own default: the environment
+// variable that overrides it, the name ucp_config_modify knows it by (a
+// transport's setting goes without the transport's prefix: UCX applies it to
+// every transport that has a field of that name, here TCP only), the value.
+struct DefaultSetting {
+  const char* env;
+  const char* key;
+  const char* value;
+};
+
+// Measured on loopback (bench/results/data_plane.md, "UCX settings"): larger
+// TCP segments let a block of a few hundred KiB travel in one or two
+// fragments instead of 32 (UCX 1.13 defaults: 8 KiB / 64 KiB). They only
+// change the TCP transport. The receive segment must hold a whole send
+// segment plus headers.
+inline constexpr DefaultSetting kDefaultSettings[] = {
+    {"UCX_TCP_TX_SEG_SIZE", "TX_SEG_SIZE", "256K"},
+    {"UCX_TCP_RX_SEG_SIZE", "RX_SEG_SIZE", "1M"},
+};
+
+// Blocks up to this size are sent eagerly (UCP_AM_SEND_FLAG_EAGER: the bytes
+// go with the message, no rendezvous round trip) on an endpoint whose lanes
+// are TCP only; larger ones, and every block over shared memory (where the
+// rendezvous is a single cma copy), follow UCX's own threshold. The
+// environment variable STRATA_UCX_TCP_EAGER_MAX_BYTES overrides it (0: never
+// force eager; for measurements).
+inline constexpr size_t kTcpEagerMaxBytes = size_t{512} << 10;
+// kTcpEagerMaxBytes or its override, read once per process.
+size_t TcpEagerMaxBytes();
+
+// Whether an endpoint carries data over TCP only, from DescribeLanes: the
+// callers cache it per connection. Loop thread only.
+bool IsTcpOnly(ucp_ep_h ep);
+
 class WorkerLoop {
  public:
-  // Creates the context (UCP_FEATURE_AM | UCP_FEATURE_WAKEUP) and the worker.
+  // Creates the context (UCP_FEATURE_AM | UCP_FEATURE_WAKEUP) and the worker,
+  // with kDefaultSettings applied where the environment sets nothing.
   // `loopback_only`: when UCX_NET_DEVICES is unset, use only the loopback
   // network device ("lo"), so that a loopback daemon's UCX TCP transport
   // opens no socket on other interfaces. UNAVAILABLE naming "ucx" when UCX
