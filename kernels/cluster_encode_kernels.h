@@ -88,7 +88,7 @@ struct ClusterEncodeParams {
 
 [[nodiscard]] absl::Status Validate(const ClusterEncodeParams& params);
 // The k-means state of every (clustered layer, KV head): per slot about
-// 4 * members * (head_dim + 6) + 4 * clusters * (head_dim + 3) bytes, parts
+// 4 * members * (head_dim + 5) + 4 * clusters * (head_dim + 3) bytes, parts
 // 256-byte aligned; 0 when nothing is clustered.
 [[nodiscard]] size_t WorkspaceBytes(const ClusterEncodeParams& params);
 // The workspace must be 256-byte aligned; its contents on entry do not
