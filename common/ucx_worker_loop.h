@@ -44,11 +44,11 @@ struct DefaultSetting {
   const char* value;
 };
 
-// Measured on loopback (bench/results/data_plane.md, "UCX settings"): larger
-// TCP segments let a block of a few hundred KiB travel in one or two
-// fragments instead of 32 (UCX 1.13 defaults: 8 KiB / 64 KiB). They only
-// change the TCP transport. The receive segment must hold a whole send
-// segment plus headers.
+// Measured on loopback (bench/results/service.md, "tuned UCX defaults"):
+// with eager sends (kTcpEagerMaxBytes) larger TCP segments let a block of a
+// few hundred KiB travel in one or two fragments instead of 32 (UCX 1.13
+// defaults: 8 KiB / 64 KiB); they help 4-client 256 KiB traffic and change
+// nothing for rendezvous transfers. They only affect the TCP transport.
 inline constexpr DefaultSetting kDefaultSettings[] = {
     {"UCX_TCP_TX_SEG_SIZE", "TX_SEG_SIZE", "256K"},
     {"UCX_TCP_RX_SEG_SIZE", "RX_SEG_SIZE", "1M"},
