@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 
@@ -63,6 +64,17 @@ def prompt_of(model, tok, n, seed):
     return torch.randint(0, model.cfg.vocab, (n,), generator=g).tolist()
 
 
+def drop_page_cache():
+    """Drops the OS page cache (root only); True when it was dropped."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2")
@@ -74,6 +86,11 @@ def main():
     ap.add_argument("--repeats", type=int, default=1, help="hit runs per setting (best kept)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--tier", choices=["dram", "ssd"], default="dram",
+                    help="where the hit's blocks come from: the DRAM tier, or the SSD tier of "
+                         "a store reopened before each hit run (empty DRAM; the OS page cache "
+                         "is dropped first when /proc/sys/vm/drop_caches is writable)")
+    ap.add_argument("--ssd-dir", default="/tmp/strata-ttft-ssd")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     codecs = args.codec or ["raw"]
@@ -81,6 +98,7 @@ def main():
     model, tok = load_model(args)
     cfg = model.cfg
     max_tokens = max(lengths) + args.question + 256
+    print(f"# blocks from the {args.tier} tier")
     print(f"# {cfg.name} on {args.device} ({args.dtype}), KV fp16, chunk 256, "
           f"{platform.node()}, torch {torch.__version__}, threads {args.threads}")
     print("| prompt | codec | full prefill TTFT s | hit TTFT s | speedup | hit: lookup / load / "
@@ -97,8 +115,11 @@ def main():
     for n in lengths:
         prompt = prompt_of(model, tok, n + args.question, seed=n)
         for codec in codecs:
-            store = strata.LocalStore(dram_bytes=max(1 << 30, 3 * n * 2 * cfg.num_layers
-                                                     * cfg.num_kv_heads * cfg.head_dim * 2))
+            dram = max(1 << 30, 3 * n * 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2)
+            ssd = dict(ssd_path=args.ssd_dir, ssd_bytes=4 * dram, write_through=True)
+            if args.tier == "ssd":
+                shutil.rmtree(args.ssd_dir, ignore_errors=True)
+            store = strata.LocalStore(dram_bytes=dram, **(ssd if args.tier == "ssd" else {}))
             first = Engine(model, store=store, codec=codec, max_tokens=max_tokens)
             seq = first.new_sequence(prompt)
             t0 = time.perf_counter()
@@ -109,6 +130,10 @@ def main():
             block = store.get(first.chunk_keys(prompt)[0].key)
             best = None
             for _ in range(args.repeats):
+                if args.tier == "ssd":  # Every hit run reads from SSD.
+                    store.close()
+                    dropped = drop_page_cache()
+                    store = strata.LocalStore(dram_bytes=dram, **ssd)
                 e = Engine(model, store=store, codec=codec, max_tokens=max_tokens)
                 seq = e.new_sequence(prompt)
                 logits, st = e.prefill(seq, save=False)
@@ -127,6 +152,8 @@ def main():
                   f"{st.compute_s:.3f} | {fst.store_s:.2f} | {len(block) / 2**20:.2f} | "
                   f"{kl:.2e} |", flush=True)
             store.close()
+            if args.tier == "ssd":
+                print(f"#   ssd runs: page cache dropped before each: {dropped}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

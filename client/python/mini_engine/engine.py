@@ -58,6 +58,15 @@ class PrefillStats:
 
 _BLOCK_HEADER_BYTES = 96  # Block format v1 header (docs/format.md).
 _PINNED = {}  # staging-buffer size -> pinned host tensors (_load_on_gpu)
+_READER = []  # the one-thread pool that reads blocks for _load_on_gpu
+
+
+def _reader_pool():
+    if not _READER:
+        import concurrent.futures
+        _READER.append(concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="strata-load"))
+    return _READER[0]
 
 
 def _sync(device):
@@ -192,6 +201,8 @@ class Engine:
         if self.device.type != "cuda" or not (self.codec == "raw" or
                                               self.codec.startswith("quant:")):
             return False
+        if self.cache.dtype != torch.float16:  # Blocks are fp16; scatter copies bytes.
+            return False
         try:
             import strata.gpu  # noqa: F401
         except ImportError:
@@ -199,41 +210,75 @@ class Engine:
         return True
 
     def _load_on_gpu(self, seq, keys):
-        """The GPU load path: blocks are read (checksum-verified) into pinned
-        host buffers, copied to the device asynchronously, decoded there
-        (strata.gpu.quant_decode for quant blocks; raw blocks are used in
-        place) and scattered into the paged cache. Returns tokens loaded."""
+        """The GPU load path, pipelined: the blocks are read (checksum-verified,
+        several threads) into pinned host buffers group by group on a reader
+        thread, while the main thread enqueues, for each block of the previous
+        group, an async H2D copy, the KIVI decode (strata.gpu.quant_decode;
+        raw blocks are used in place) and one paged scatter of all layers
+        (strata.gpu.paged_scatter) on the current stream. Host reads of group
+        g+1 overlap the PCIe copies of group g. Returns tokens loaded."""
         import strata.gpu as sg
         c = self.cfg
         t = self.chunk_tokens
-        raw = self._raw_payload_bytes()
         h = _BLOCK_HEADER_BYTES
-        cap = h + raw + (1 << 20)  # A compressed block is never larger.
+        raw = self._raw_payload_bytes()
+        shape = dict(dtype="float16", num_layers=c.num_layers, num_tokens=t,
+                     num_kv_heads=c.num_kv_heads, head_dim=c.head_dim)
+        payload = raw if self.codec == "raw" else sg.quant_payload_bytes(shape, self.codec)
+        cap = -(-(h + payload) // 4096) * 4096
         # Pinned staging buffers live for the process (like an engine's
         # staging pool): pinning gigabytes takes seconds.
         pinned = _PINNED.setdefault(cap, [])
         while len(pinned) < len(keys):
             pinned.append(torch.empty(cap, dtype=torch.uint8, pin_memory=True))
-        got = self.store.batch_get_into(keys, [p.numpy() for p in pinned[:len(keys)]])
-        if getattr(self, "_dev_block", None) is None:
-            self._dev_block = torch.empty(cap, dtype=torch.uint8, device=self.device)
-            self._dev_kv = torch.empty(raw // 2, dtype=torch.float16, device=self.device)
-        dev, kv = self._dev_block, self._dev_kv
-        shape = dict(dtype="float16", num_layers=c.num_layers, num_tokens=t,
-                     num_kv_heads=c.num_kv_heads, head_dim=c.head_dim)
+        host = [p.numpy() for p in pinned[:len(keys)]]
+        g = getattr(self, "_gpu_load", None)
+        if g is None or g["cap"] != cap:
+            g = self._gpu_load = dict(
+                # One staging block on the device: everything runs in order on
+                # one stream, so block i+1's copy waits for block i's kernels.
+                cap=cap, dev=torch.empty(cap, dtype=torch.uint8, device=self.device),
+                kv=torch.empty(raw // 2, dtype=torch.float16, device=self.device),
+                flags=torch.zeros(1, dtype=torch.int32, device=self.device),
+                layers=[x.data_ptr() for x in self.cache.layers])
+        self.cache.ensure_capacity(seq.block_table, len(keys) * t)
+        pages_per_chunk = t // self.cache.block_size
+        table = torch.as_tensor(seq.block_table[:len(keys) * pages_per_chunk],
+                                dtype=torch.int32).to(self.device, non_blocking=True)
+        g["flags"].zero_()
+        # ~256 MiB per read group: enough blocks for the reader's threads.
+        group = max(1, min(len(keys), (256 << 20) // cap))
+        groups = [range(i, min(i + group, len(keys))) for i in range(0, len(keys), group)]
+        reader = _reader_pool()
+        futures = [reader.submit(self.store.batch_get_into, [keys[i] for i in r],
+                                 [host[i] for i in r]) for r in groups]
         loaded = 0
-        for i, g in enumerate(got):
-            if g is None:  # Evicted after the lookup: recompute from here.
-                break
-            dev[:g].copy_(pinned[i][:g], non_blocking=True)
-            if self.codec == "raw":
-                block_kv = dev[h:h + raw].view(torch.float16)
-            else:
-                sg.quant_decode(dev[h:g], kv, shape, self.codec)
-                block_kv = kv
-            view = block_kv.view(2, c.num_layers, t, c.num_kv_heads, c.head_dim)
-            self.scatter_kv(seq, i * t, view.transpose(0, 1))
-            loaded += t
+        try:
+            for r, fut in zip(groups, futures):
+                sizes = fut.result()
+                for i, n in zip(r, sizes):
+                    if n is None:  # Evicted after the lookup: recompute from here.
+                        return loaded
+                    dev = g["dev"]
+                    dev[:n].copy_(pinned[i][:n], non_blocking=True)
+                    if self.codec == "raw":
+                        block = dev[h:h + raw]
+                    else:
+                        sg.quant_decode(dev[h:n], g["kv"], shape, self.codec,
+                                        error_flags=g["flags"])
+                        block = g["kv"]
+                    sg.paged_scatter(block, g["layers"],
+                                     table[i * pages_per_chunk:(i + 1) * pages_per_chunk],
+                                     shape, layout="page_major",
+                                     num_pages=self.cache.num_blocks,
+                                     page_size=self.cache.block_size,
+                                     error_flags=g["flags"])
+                    loaded += t
+        finally:
+            for fut in futures:  # The pinned buffers must not be written after we return.
+                fut.cancel() or fut.exception()
+            _sync(self.device)
+            sg.check_error_flags(int(g["flags"].item()) & 0xFFFFFFFF)
         return loaded
 
     def _fetch(self, keys):
