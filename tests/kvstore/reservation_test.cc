@@ -311,9 +311,12 @@ TEST(Reservation, ConcurrentReserveCommitAbortKeepsEveryBlockExact) {
   constexpr int kOpsPerThread = 300;
   constexpr uint64_t kKeys = 24;
   // Room for every key: this test is about reservations racing commits,
-  // aborts, puts and removes of the same keys. (With 12 slots it once failed
-  // in CI on a loaded 2-core machine, where eviction under contention can give
-  // up with RESOURCE_EXHAUSTED; eviction is covered by its own tests.)
+  // aborts, puts and removes of the same keys. With 12 slots it fails about
+  // once in a few hundred runs on a loaded machine: Reserve returns a spurious
+  // RESOURCE_EXHAUSTED because TieredStore::RoomFreedByOthers compares used
+  // bytes before and after, and with equal-sized blocks other threads can
+  // evict and refill in between (ABA), so "nothing changed" is wrong. Known
+  // bug, to be fixed with a monotonic free counter; then restore 12 slots.
   auto store = Open(DramFor(kKeys));
   std::vector<std::vector<uint8_t>> blocks;
   for (uint64_t k = 0; k < kKeys; ++k) blocks.push_back(MakeBlock(k64K, k));
