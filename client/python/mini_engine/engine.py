@@ -255,10 +255,11 @@ class Engine:
         loaded = 0
         try:
             for r, fut in zip(groups, futures):
-                sizes = fut.result()
-                for i, n in zip(r, sizes):
+                if loaded < r[0] * t:  # A miss ended the prefix in an earlier group.
+                    break
+                for i, n in zip(r, fut.result()):
                     if n is None:  # Evicted after the lookup: recompute from here.
-                        return loaded
+                        break
                     dev = g["dev"]
                     dev[:n].copy_(pinned[i][:n], non_blocking=True)
                     if self.codec == "raw":
@@ -278,7 +279,8 @@ class Engine:
             for fut in futures:  # The pinned buffers must not be written after we return.
                 fut.cancel() or fut.exception()
             _sync(self.device)
-            sg.check_error_flags(int(g["flags"].item()) & 0xFFFFFFFF)
+        # Outside `finally`: a data error must not hide a read error in flight.
+        sg.check_error_flags(int(g["flags"].item()) & 0xFFFFFFFF)
         return loaded
 
     def _fetch(self, keys):
