@@ -138,6 +138,7 @@ class DramArena::Impl {
     }
     Block* block = &it->second;
     allocated_ -= block->size;
+    ++frees_;
 
     // Merge with the physical successor. Erasing from a flat_hash_map never
     // moves the other elements, so `block` stays valid.
@@ -173,6 +174,11 @@ class DramArena::Impl {
   uint64_t allocated() const ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
     return allocated_;
+  }
+
+  uint64_t frees() const ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return frees_;
   }
 
   uint64_t largest_free() const ABSL_LOCKS_EXCLUDED(mu_) {
@@ -267,6 +273,7 @@ class DramArena::Impl {
   uint32_t sl_bitmap_[kFlCount] ABSL_GUARDED_BY(mu_) = {};
   uint64_t fl_bitmap_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t allocated_ ABSL_GUARDED_BY(mu_) = 0;  // Granules.
+  uint64_t frees_ ABSL_GUARDED_BY(mu_) = 0;      // Free calls so far.
 };
 
 absl::StatusOr<std::unique_ptr<DramArena>> DramArena::Create(
@@ -334,6 +341,8 @@ void DramArena::Free(uint64_t offset) {
 size_t DramArena::allocated_bytes() const {
   return impl_->allocated() * kAlignment;
 }
+
+uint64_t DramArena::free_count() const { return impl_->frees(); }
 
 size_t DramArena::Footprint(size_t size) {
   const size_t granules = size / kAlignment + (size % kAlignment != 0);

@@ -56,6 +56,8 @@ class DramArena {
   size_t capacity() const { return capacity_; }
   // Bytes currently allocated, counting rounding to kAlignment.
   size_t allocated_bytes() const;
+  // How many Free calls have returned; only grows.
+  uint64_t free_count() const;
   // The footprint Allocate(size) would consume (size rounded up).
   static size_t Footprint(size_t size);
   // Largest size a single Allocate could satisfy right now.

@@ -55,6 +55,7 @@ DramTier::~DramTier() = default;
 
 uint64_t DramTier::capacity_bytes() const { return arena_->capacity(); }
 uint64_t DramTier::used_bytes() const { return arena_->allocated_bytes(); }
+uint64_t DramTier::release_count() const { return arena_->free_count(); }
 uint64_t DramTier::Charge(uint64_t block_size) const {
   return DramArena::Footprint(block_size);
 }

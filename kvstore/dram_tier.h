@@ -31,6 +31,7 @@ class DramTier final : public Tier {
   bool persistent() const override { return false; }
   uint64_t capacity_bytes() const override;
   uint64_t used_bytes() const override;
+  uint64_t release_count() const override;
   uint64_t Charge(uint64_t block_size) const override;
   // Write copies and hashes in one pass (CopyVerifiedBlock).
   bool verifies_writes() const override { return true; }

@@ -190,7 +190,10 @@ absl::Status SsdTier::Write(const BlockKey& key,
     }
   } while (!used_bytes_.compare_exchange_weak(used, used + size,
                                               std::memory_order_relaxed));
-  auto release = [&] { used_bytes_.fetch_sub(size, std::memory_order_relaxed); };
+  auto release = [&] {
+    used_bytes_.fetch_sub(size, std::memory_order_relaxed);
+    releases_.fetch_add(1, std::memory_order_release);
+  };
 
   if (absl::Status st = ResumeAfterError(); !st.ok()) {
     release();
@@ -272,6 +275,7 @@ absl::Status SsdTier::Erase(const BlockKey& key) {
     return FromRocks(s, absl::StrCat("erase ", key.ToHex()));
   }
   used_bytes_.fetch_sub(size, std::memory_order_relaxed);
+  releases_.fetch_add(1, std::memory_order_release);
   return absl::OkStatus();
 }
 

@@ -62,6 +62,9 @@ class SsdTier final : public Tier {
   uint64_t used_bytes() const override {
     return used_bytes_.load(std::memory_order_relaxed);
   }
+  uint64_t release_count() const override {
+    return releases_.load(std::memory_order_acquire);
+  }
   uint64_t Charge(uint64_t block_size) const override { return block_size; }
 
   // RESOURCE_EXHAUSTED when the block would exceed the capacity or the disk
@@ -89,6 +92,7 @@ class SsdTier final : public Tier {
   const uint64_t capacity_bytes_;
   const bool sync_writes_;
   std::atomic<uint64_t> used_bytes_{0};
+  std::atomic<uint64_t> releases_{0};  // Bumped after each used_bytes_ drop.
   std::atomic<bool> needs_resume_{false};
 };
 

@@ -64,6 +64,11 @@ class Tier {
   // Hard capacity and current usage in bytes, as charged by Charge().
   virtual uint64_t capacity_bytes() const = 0;
   virtual uint64_t used_bytes() const = 0;
+  // How many times the tier has released bytes since it opened; only grows.
+  // A writer that found no room compares it across its attempt to learn
+  // whether others freed room meanwhile, even when usage came back to the
+  // same value (an eviction refilled by another writer).
+  virtual uint64_t release_count() const = 0;
   // Bytes a block of `block_size` bytes consumes in this tier.
   virtual uint64_t Charge(uint64_t block_size) const = 0;
   // True when Write verifies the block checksum while storing it (and

@@ -184,15 +184,17 @@ void TieredStore::MaybeEvict(size_t t) {
 }
 
 bool TieredStore::RoomFreedByOthers(size_t t, uint64_t charge,
-                                    uint64_t used_before, int& rounds) {
+                                    uint64_t releases_before, int& rounds) {
   // EvictFromTier frees nothing when a concurrent writer's eviction already
   // brought usage under the target; that writer may then take the room
-  // first. Look again a few times while others are moving the usage or the
-  // tier has room on paper.
-  constexpr int kMaxRounds = 16;
+  // first. Look again while others keep releasing bytes (a release count,
+  // not usage: an eviction refilled by another writer leaves usage where it
+  // was) or the tier has room on paper. Each retry follows someone else's
+  // progress; the bound only stops a writer starved by a steady stream.
+  constexpr int kMaxRounds = 64;
   const Tier& tier = *tiers_[t]->tier;
-  const uint64_t used = tier.used_bytes();
-  return (used != used_before || used + charge <= tier.capacity_bytes()) &&
+  return (tier.release_count() != releases_before ||
+          tier.used_bytes() + charge <= tier.capacity_bytes()) &&
          ++rounds <= kMaxRounds;
 }
 
@@ -285,6 +287,7 @@ absl::Status TieredStore::WriteIntoTier(size_t t, const BlockKey& key,
   absl::Status s;
   int rounds = 0;
   for (;;) {
+    const uint64_t releases = slot.tier->release_count();
     s = slot.tier->Write(key, block, meta);
     if (!absl::IsResourceExhausted(s)) break;
     const uint64_t cap = slot.tier->capacity_bytes();
@@ -292,7 +295,7 @@ absl::Status TieredStore::WriteIntoTier(size_t t, const BlockKey& key,
     uint64_t target = std::min(slot.low_bytes, cap - charge);
     if (used <= target) target = used > charge ? used - charge : 0;
     if (EvictFromTier(t, target) == 0 &&
-        !RoomFreedByOthers(t, charge, used, rounds)) {
+        !RoomFreedByOthers(t, charge, releases, rounds)) {
       break;
     }
   }

@@ -388,10 +388,10 @@ class TieredStore {
   uint64_t EvictFromTier(size_t t, uint64_t target_bytes);
   void MaybeEvict(size_t t);
   // After an eviction round that freed nothing: whether to try the write
-  // again because tier `t` has room for `charge` bytes that another thread's
-  // eviction freed, or others changed its usage since it was `used_before`
-  // (bounded by `rounds`).
-  bool RoomFreedByOthers(size_t t, uint64_t charge, uint64_t used_before,
+  // again because others released bytes of tier `t` since its
+  // release_count() was `releases_before` (read before the failed attempt),
+  // or the tier has room for `charge` bytes on paper (bounded by `rounds`).
+  bool RoomFreedByOthers(size_t t, uint64_t charge, uint64_t releases_before,
                          int& rounds);
   bool Evictable(const Entry& entry, absl::Time now) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

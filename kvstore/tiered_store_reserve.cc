@@ -110,6 +110,7 @@ absl::StatusOr<BlockReservation> TieredStore::Reserve(
   auto* dram_tier = static_cast<DramTier*>(dram.tier.get());
   int rounds = 0;
   for (;;) {
+    const uint64_t releases = dram.tier->release_count();
     absl::StatusOr<DramTier::Reservation> range = dram_tier->Reserve(size);
     if (range.ok()) {
       r.range_ = *std::move(range);
@@ -124,7 +125,7 @@ absl::StatusOr<BlockReservation> TieredStore::Reserve(
     uint64_t target = std::min(dram.low_bytes, cap - charge);
     if (used <= target) target = used > charge ? used - charge : 0;
     if (EvictFromTier(0, target) == 0 &&
-        !RoomFreedByOthers(0, charge, used, rounds)) {
+        !RoomFreedByOthers(0, charge, releases, rounds)) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "dram tier: no room for a ", size,
           "-byte block after evicting everything evictable (",

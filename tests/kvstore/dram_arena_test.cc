@@ -213,6 +213,27 @@ TEST(DramArenaTest, ExhaustionIsResourceExhaustedAndFreeingMakesRoomAgain) {
   EXPECT_EQ(arena->largest_free_range(), arena->capacity());
 }
 
+// A writer that found the arena full tells "someone freed room meanwhile"
+// by the free count, which an evict-then-refill leaves changed even though
+// allocated_bytes() is back where it was.
+TEST(DramArenaTest, FreeCountGrowsOnEveryFreeEvenWhenUsageReturnsToTheSame) {
+  auto arena = MakeArena(2 * kA);
+  ASSERT_NE(arena, nullptr);
+  auto a = arena->Allocate(kA);
+  auto b = arena->Allocate(kA);
+  ASSERT_TRUE(a.ok() && b.ok());
+  const uint64_t used = arena->allocated_bytes();
+  const uint64_t frees = arena->free_count();
+  arena->Free(*a);
+  auto refill = arena->Allocate(kA);
+  ASSERT_TRUE(refill.ok()) << refill.status();
+  EXPECT_EQ(arena->allocated_bytes(), used);
+  EXPECT_EQ(arena->free_count(), frees + 1);
+  arena->Free(*refill);
+  arena->Free(*b);
+  EXPECT_EQ(arena->free_count(), frees + 3);
+}
+
 TEST(DramArenaTest, FreeingShuffledPiecesCoalescesIntoOneFullCapacityRange) {
   // A capacity that is not a size-class boundary, cut into uneven pieces.
   const uint64_t seed = TestSeed("Coalescing");

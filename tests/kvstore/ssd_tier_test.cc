@@ -59,6 +59,22 @@ TEST(SsdTier, WriteReadEraseRoundTripAndUsageTracksSizes) {
   EXPECT_TRUE(std::ranges::equal(read->bytes, a));
 }
 
+TEST(SsdTier, ReleaseCountGrowsOnEraseAndOnARefusedWrite) {
+  ScratchDir dir;
+  const auto block = MakeBlock(ShapeForBytes(64 << 10), 1);
+  auto tier = OpenTier(dir.path(), 1 << 20);
+  ASSERT_TRUE(tier->Write(KeyFor(1), block, {}).ok());
+  const uint64_t releases = tier->release_count();
+  ASSERT_TRUE(tier->Erase(KeyFor(1)).ok());
+  EXPECT_EQ(tier->release_count(), releases + 1);
+  ASSERT_TRUE(tier->Write(KeyFor(1), block, {}).ok());
+  // A duplicate write reserved its bytes first and gives them back.
+  EXPECT_EQ(tier->Write(KeyFor(1), block, {}).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(tier->release_count(), releases + 2);
+  EXPECT_EQ(tier->used_bytes(), block.size());
+}
+
 TEST(SsdTier, WriteBeyondCapacityIsResourceExhaustedAndWritesNothing) {
   ScratchDir dir;
   const auto block = MakeBlock(ShapeForBytes(64 << 10), 1);
