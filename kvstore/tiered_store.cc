@@ -489,14 +489,6 @@ absl::StatusOr<size_t> TieredStore::GetInto(const BlockKey& key,
   return lease.bytes().size();
 }
 
-std::vector<absl::StatusOr<BlockLease>> TieredStore::BatchGet(
-    absl::Span<const BlockKey> keys, const GetOptions& options) {
-  std::vector<absl::StatusOr<BlockLease>> out;
-  out.reserve(keys.size());
-  for (const BlockKey& key : keys) out.push_back(Get(key, options));
-  return out;
-}
-
 absl::StatusOr<BlockLease> TieredStore::Read(const BlockKey& key,
                                              absl::Duration lease_ttl,
                                              uint64_t fast_path_max_bytes,

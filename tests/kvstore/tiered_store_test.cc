@@ -6,6 +6,7 @@
 #include <random>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kvstore/dram_arena.h"
@@ -385,6 +386,49 @@ TEST(TieredStore, BatchGetAnswersEachKeyInOrder) {
   EXPECT_EQ(results[1].status().code(), absl::StatusCode::kNotFound);
   ASSERT_TRUE(results[2].ok());
   EXPECT_TRUE(std::ranges::equal(results[2]->bytes(), MakeBlock(k64K, 2)));
+}
+
+// 24 blocks of 1 MiB read on 4 threads, on the caller's only, and on the
+// size-picked count. Each result is its own key's: exact bytes, a miss, or a
+// too-small destination.
+TEST(TieredStore, BatchGetIntoAnswersEachKeyInOrderOnSeveralThreads) {
+  const BlockShape k1M = ShapeForBytes(1 << 20);
+  constexpr size_t kBlocks = 24;
+  TieredStoreOptions o;
+  o.dram_capacity_bytes =
+      (kBlocks + 1) * DramArena::Footprint(EncodedBlockSize(1 << 20));
+  auto store = *TieredStore::Open(o);
+  std::vector<BlockKey> keys;
+  std::vector<std::vector<uint8_t>> blocks, dst_bytes;
+  for (size_t i = 0; i < kBlocks; ++i) {
+    keys.push_back(KeyFor(i));
+    blocks.push_back(MakeBlock(k1M, i));
+    if (i != 5) ASSERT_TRUE(store->Put(keys[i], blocks[i]).ok());
+    dst_bytes.emplace_back(i == 9 ? 100 : blocks[i].size());
+  }
+  std::vector<absl::Span<uint8_t>> dsts;
+  for (auto& d : dst_bytes) dsts.push_back(absl::MakeSpan(d));
+  for (size_t threads : {size_t{4}, size_t{1}, size_t{0}}) {
+    auto results = store->BatchGetInto(keys, dsts, threads);
+    ASSERT_EQ(results.size(), kBlocks);
+    for (size_t i = 0; i < kBlocks; ++i) {
+      SCOPED_TRACE(absl::StrCat("block ", i, ", threads ", threads));
+      if (i == 5) {
+        EXPECT_EQ(results[i].status().code(), absl::StatusCode::kNotFound);
+      } else if (i == 9) {
+        EXPECT_EQ(results[i].status().code(), absl::StatusCode::kOutOfRange);
+      } else {
+        ASSERT_TRUE(results[i].ok()) << results[i].status();
+        EXPECT_EQ(*results[i], blocks[i].size());
+        EXPECT_TRUE(std::ranges::equal(dst_bytes[i], blocks[i]));
+      }
+    }
+  }
+  // A mismatched batch is refused for every key, naming the field.
+  auto refused = store->BatchGetInto(keys, absl::MakeSpan(dsts).subspan(1));
+  ASSERT_EQ(refused.size(), kBlocks);
+  EXPECT_EQ(refused[0].status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(refused[0].status()), StartsWith("dsts:"));
 }
 
 // Random puts, gets, removes and pins of mixed sizes over DRAM + SSD. After

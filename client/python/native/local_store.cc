@@ -1,11 +1,9 @@
 // LocalStore's backend: an in-process kvstore::TieredStore (DRAM, plus an
 // optional RocksDB SSD tier). Prefetch runs on a thread of its own per call.
 #include <algorithm>
-#include <atomic>
 #include <future>
 #include <memory>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -19,18 +17,6 @@ namespace strata::python {
 namespace {
 
 using kvstore::TieredStore;
-
-// Threads for a batch read of `blocks` blocks totalling `bytes`: one below
-// 16 MiB (a thread costs ~20 us to start), else up to half the cores, at
-// most 8 and at most one per 4 MiB.
-size_t CopyThreadsFor(size_t blocks, uint64_t bytes) {
-  constexpr uint64_t kMinParallelBytes = 16 << 20;
-  if (blocks < 2 || bytes < kMinParallelBytes) return 1;
-  const size_t cores = std::max(1u, std::thread::hardware_concurrency());
-  const size_t n = std::min<size_t>({blocks, std::max<size_t>(1, cores / 2), 8,
-                                     static_cast<size_t>(bytes >> 22)});
-  return std::max<size_t>(1, n);
-}
 
 // A lease on a block; keeps the store alive (declared first: destroyed last).
 class LeasedBlock : public HeldBlock {
@@ -104,28 +90,12 @@ class LocalBackend : public StoreBackend {
     return store_->GetInto(key, dst);
   }
 
-  // Copies (and checksum-verifies) large batches on several threads: one
-  // thread moves ~10-15 GB/s, far below what an engine's load path (pinned
-  // buffers, then PCIe at ~55 GB/s) can take.
+  // Large batches are copied (and verified) on several threads by the
+  // store itself (TieredStore::BatchGetInto).
   std::vector<absl::StatusOr<size_t>> BatchGetInto(
       absl::Span<const BlockKey> keys,
       absl::Span<const absl::Span<uint8_t>> dsts) override {
-    std::vector<absl::StatusOr<size_t>> out(keys.size(), size_t{0});
-    uint64_t bytes = 0;
-    for (const auto& d : dsts) bytes += d.size();
-    const size_t threads = CopyThreadsFor(keys.size(), bytes);
-    std::atomic<size_t> next{0};
-    auto work = [&] {
-      for (size_t i = next++; i < keys.size(); i = next++) {
-        out[i] = store_->GetInto(keys[i], dsts[i]);
-      }
-    };
-    std::vector<std::thread> pool;
-    pool.reserve(threads - 1);
-    for (size_t t = 1; t < threads; ++t) pool.emplace_back(work);
-    work();
-    for (auto& th : pool) th.join();
-    return out;
+    return store_->BatchGetInto(keys, dsts);
   }
 
   absl::StatusOr<std::vector<bool>> Exists(
