@@ -9,8 +9,8 @@ sources are compiled there, against that machine's Python headers.
 
   tools/gpu/pack_python.py BUILD_DIR OUT_DIR
 
-BUILD_DIR is a CUDA build of this tree in which the targets
-strata_python_native and strata_python_gpu have been built (e.g.
+BUILD_DIR is a CUDA build of this tree in which the target strata_python
+(the two modules and the package's .py files) has been built (e.g.
 build-gpu-py). OUT_DIR (e.g. bundle-py, git-ignored) receives:
 
   src/        the extension sources and every project header they include
@@ -39,6 +39,14 @@ TARGETS = ["strata_python_native", "strata_python_gpu"]
 SYSTEM_LIBS = re.compile(
     r"^(linux-vdso|ld-linux|libc|libm|libpthread|libdl|librt|libutil|libresolv|"
     r"libstdc\+\+|libgcc_s|libcuda|libnvidia|libcrypto|libssl|libz)[.-]")
+# CUDA libraries too large to carry (cuBLAS for the sparse kernels is ~600 MB):
+# linked from, and found at run time in, the GPU machine's CUDA ($CUDA_LIB),
+# same major version (13).
+DEVICE_LIBS = re.compile(r"^libcublas(Lt)?[.]")
+
+
+def provided_there(name):
+    return SYSTEM_LIBS.match(name) or DEVICE_LIBS.match(name)
 
 
 def run(cmd, **kw):
@@ -131,7 +139,7 @@ def main():
             elif tok.startswith("/") and ".so" in tok and "cpython" not in tok:
                 soname = re.search(r"SONAME\s+(\S+)", run(["objdump", "-p", tok]))
                 name = soname.group(1) if soname else os.path.basename(tok)
-                if SYSTEM_LIBS.match(name):
+                if provided_there(name):
                     libs.append(f"-l:{name}")
                     continue
                 dst = os.path.join(out, "lib", name)
@@ -152,11 +160,11 @@ def main():
         script.append(
             f'$CXX -shared -fPIC -o "$B/python/strata/{stem}$SUFFIX" {objs_s} '
             f'-Wl,--start-group {" ".join(libs)} -Wl,--end-group '
-            "-L\"$CUDA_LIB\" -Wl,--disable-new-dtags -Wl,-rpath,'$ORIGIN/../../lib' -lpthread -ldl")
+            "-L\"$CUDA_LIB\" -Wl,--disable-new-dtags -Wl,-rpath,'$ORIGIN/../../lib' -Wl,-rpath,\"$CUDA_LIB\" -lpthread -ldl")
         # Shared-library closure of the module built here.
         for lib_line in run(["ldd", os.path.join(build, outname)]).splitlines():
             m = re.match(r"\s*(\S+) => (/\S+)", lib_line)
-            if not m or SYSTEM_LIBS.match(m.group(1)):
+            if not m or provided_there(m.group(1)):
                 continue
             dst = os.path.join(out, "lib", m.group(1))
             if not os.path.exists(dst):
@@ -175,6 +183,9 @@ def main():
                 rel = os.path.relpath(os.path.join(dirpath, f), os.path.join(build, "python"))
                 os.makedirs(os.path.dirname(os.path.join(out, "python", rel)), exist_ok=True)
                 shutil.copy(os.path.join(dirpath, f), os.path.join(out, "python", rel))
+    if not os.path.exists(os.path.join(out, "python", "strata", "__init__.py")):
+        sys.exit(f"{pkg} has no package sources: build the strata_python target "
+                 f"(ninja -C {build} strata_python), not only the modules")
     for s in sorted(os.listdir(os.path.join(out, "static"))):
         subprocess.run(["strip", "--strip-debug", os.path.join(out, "static", s)], check=False)
     script.append('PYTHONPATH="$B/python" $PY -c "import strata, strata.gpu; print(\'strata imported:\', strata.__file__)"')

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One device-tool call that measures the engine's TTFT on the GPU machine and
+# runs the kernel suite, logs under $OUT. Build both bundles here first:
+#   tools/gpu/run_gpu_suite.sh                      # -> bundle/
+#   cmake -S . -B build-gpu-py -G Ninja -DCMAKE_BUILD_TYPE=Release
+#   ninja -C build-gpu-py strata_python   # the modules and the package sources
+#   python3 tools/gpu/pack_python.py build-gpu-py bundle-py
+# then: run(command="bash bench/engine/run_h100.sh", carry=["bundle", "bundle-py"])
+# STRATA_RUN_PARTS picks parts (default "dram kernels ssd").
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT"
+PARTS=${STRATA_RUN_PARTS:-dram kernels ssd}
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+if [[ -d bundle-py ]]; then
+  bash bundle-py/build.sh > "$OUT/pybuild.log" 2>&1 || echo "bundle-py build failed" | tee -a "$OUT/summary.txt"
+fi
+export PYTHONPATH=$PWD/bundle-py/python:$PWD/client/python
+TTFT=(python3 bench/engine/ttft_bench.py --model llama3-8b-random --device cuda --dtype bfloat16)
+for part in $PARTS; do
+  t0=$SECONDS
+  case $part in
+    dram)
+      timeout 270 "${TTFT[@]}" --lengths 4096,16384,32768 --codec raw \
+        --codec quant:bits=4,group=64 --codec quant:bits=2,group=32 --repeats 2 \
+        --json "$OUT/ttft_dram.json" > "$OUT/ttft_dram.txt" 2>&1 ;;
+    ssd)
+      timeout 150 "${TTFT[@]}" --tier ssd --lengths 32768 --codec raw \
+        --codec quant:bits=2,group=32 --repeats 2 --json "$OUT/ttft_ssd.json" \
+        > "$OUT/ttft_ssd.txt" 2>&1 ;;
+    kernels)
+      OUT=$OUT/kernels STRATA_GPU_NCU=0 timeout 200 bash bundle/run.sh > "$OUT/kernels.txt" 2>&1 ;;
+  esac
+  echo "$part: exit $? in $((SECONDS - t0)) s" | tee -a "$OUT/summary.txt"
+done
