@@ -504,13 +504,13 @@ constexpr size_t DecodePerChannelSmem(uint32_t group) {
 
 template <int C, class Tr, int kBits>
 __global__ void __launch_bounds__(kThreads)
-    DecodePerChannelKernel(const QuantArgs a, int side) {
+    DecodePerChannelKernel(const QuantArgs a, int side, uint32_t first_tile) {
   using Bits = typename Tr::Bits;
   constexpr uint32_t kRow = kCodeRow<C>;
   constexpr uint32_t kMask = (1u << kBits) - 1;
   const QuantSideArgs& s = a.side[side];
   const uint32_t layer = blockIdx.y;
-  const ChannelTile tile = TileOf<C>(a, s, blockIdx.x);
+  const ChannelTile tile = TileOf<C>(a, s, first_tile + blockIdx.x);
   const uint32_t len = tile.len;
 
   extern __shared__ float smem[];
@@ -601,6 +601,75 @@ __global__ void __launch_bounds__(kThreads)
   ReportFlags(a.error_flags, flags);
 }
 
+// Per-channel decode of FULL token groups with 2/4/8-bit codes, without
+// shared memory: a thread owns 8 consecutive channels of one token group.
+// It loads their 8 group records, then per code word (32 / bits tokens of a
+// channel) the 8 channels' words, and writes each of those tokens' 8
+// channels as one 16-byte store; the threads of a warp own consecutive
+// channel octets, so each token row is written contiguously. Every element
+// is DequantizeCode of its code and record, as in the tile kernel (decode
+// has no order-dependent arithmetic). Needs hd % 8 == 0 and G * bits % 32
+// == 0 (the launcher checks); the short last group goes to the tile kernel.
+template <class Tr, int kBits>
+__global__ void __launch_bounds__(kThreads)
+    DecodePerChannelRegKernel(const QuantArgs a, int side,
+                              uint32_t full_groups) {
+  using Bits = typename Tr::Bits;
+  constexpr uint32_t kPer = 32 / kBits;  // Tokens per code word.
+  constexpr uint32_t kMask = (1u << kBits) - 1;
+  const QuantSideArgs& s = a.side[side];
+  const uint32_t layer = blockIdx.y;
+  const uint32_t octets = a.hd / 8;
+  const uint32_t g = blockIdx.x * kThreads + threadIdx.x;
+  if (g >= full_groups * octets) return;
+  const uint32_t tg = g / octets;
+  const uint32_t j0 = (g % octets) * 8;
+  const uint32_t G = s.group;
+  const uint8_t* slab = static_cast<const uint8_t*>(a.src) +
+                        PayloadSlabOffset(a, side, layer) + s.sink_bytes;
+  const uint32_t* rec = reinterpret_cast<const uint32_t*>(slab) +
+                        static_cast<uint64_t>(tg) * a.hd + j0;
+  float zero[8], scale[8];
+  uint32_t flags = 0;
+#pragma unroll
+  for (int m = 0; m < 8; ++m) {
+    const uint32_t word = rec[m];
+    if (RecordWordIsBad(word)) flags |= kFlagBadGroupRecord;
+    const GroupRecord r = RecordFromWord(word);
+    zero[m] = r.zero;
+    scale[m] = r.scale;
+  }
+  const uint32_t words_per_channel = G / kPer;
+  const uint32_t* codes =
+      reinterpret_cast<const uint32_t*>(slab + 4 * s.num_groups) +
+      (static_cast<uint64_t>(tg) * G * a.hd + static_cast<uint64_t>(j0) * G) /
+          kPer;
+  uint8_t* out = static_cast<uint8_t*>(a.dst) +
+                 (RawSlabOffset(a, side, layer) +
+                  (static_cast<uint64_t>(a.n_sink) +
+                   static_cast<uint64_t>(tg) * G) *
+                      a.hd +
+                  j0) *
+                     sizeof(Bits);
+  const uint64_t row_bytes = static_cast<uint64_t>(a.hd) * sizeof(Bits);
+  for (uint32_t w = 0; w < words_per_channel; ++w) {
+    uint32_t word[8];
+#pragma unroll
+    for (int m = 0; m < 8; ++m) word[m] = codes[m * words_per_channel + w];
+#pragma unroll
+    for (uint32_t k = 0; k < kPer; ++k) {
+      Bits b[8];
+#pragma unroll
+      for (int m = 0; m < 8; ++m) {
+        b[m] = Tr::FromFloat(
+            DequantizeCode((word[m] >> (k * kBits)) & kMask, zero[m], scale[m]));
+      }
+      Store8(out + (static_cast<uint64_t>(w) * kPer + k) * row_bytes, b);
+    }
+  }
+  ReportFlags(a.error_flags, flags);
+}
+
 // ---- Launch plumbing.
 
 unsigned GridFor(uint64_t items, uint32_t layers) {
@@ -664,14 +733,27 @@ void LaunchSide(const QuantArgs& a, int side, bool decode, cudaStream_t st) {
             <<<grid, kThreads, 0, st>>>(a, side);
       }
     }
+    // Decode with 2/4/8-bit codes: full token groups by the register
+    // kernel when a group's codes are whole words per channel.
+    if constexpr (32 % kBits == 0) {
+      if (decode && a.hd % 8 == 0 && (s.group * kBits) % 32 == 0) {
+        full_groups = tq / s.group;
+        if (full_groups > 0) {
+          const dim3 grid(CeilDiv(full_groups * (a.hd / 8), kThreads),
+                          a.layers);
+          DecodePerChannelRegKernel<Tr, kBits>
+              <<<grid, kThreads, 0, st>>>(a, side, full_groups);
+        }
+      }
+    }
     auto run = [&](auto c_tag) {
       constexpr int C = decltype(c_tag)::value;
-      if (decode) {
-        const dim3 grid(token_groups * (a.hd / C), a.layers);
+      if (decode && token_groups > full_groups) {
+        const dim3 grid((token_groups - full_groups) * (a.hd / C), a.layers);
         DecodePerChannelKernel<C, Tr, kBits>
-            <<<grid, kThreads, DecodePerChannelSmem<C>(s.group), st>>>(a,
-                                                                       side);
-      } else if (token_groups > full_groups) {
+            <<<grid, kThreads, DecodePerChannelSmem<C>(s.group), st>>>(
+                a, side, full_groups * (a.hd / C));
+      } else if (!decode && token_groups > full_groups) {
         const dim3 grid((token_groups - full_groups) * (a.hd / C), a.layers);
         EncodePerChannelKernel<C, Tr, kBits>
             <<<grid, kThreads, EncodePerChannelSmem<C>(s.group), st>>>(
