@@ -431,6 +431,49 @@ TEST(TieredStore, BatchGetIntoAnswersEachKeyInOrderOnSeveralThreads) {
   EXPECT_THAT(Msg(refused[0].status()), StartsWith("dsts:"));
 }
 
+// After a restart every block is on SSD only; a batch read on 8 threads
+// promotes them into DRAM concurrently (the engine's load path from SSD).
+// Every result is exact, and each block is promoted once.
+TEST(TieredStore, BatchGetIntoFromSsdOnSeveralThreadsPromotesExactBlocks) {
+  const BlockShape k1M = ShapeForBytes(1 << 20);
+  constexpr size_t kBlocks = 48;
+  ScratchDir dir;
+  TieredStoreOptions o;
+  o.dram_capacity_bytes =
+      2 * kBlocks * DramArena::Footprint(EncodedBlockSize(1 << 20));
+  o.ssd_path = dir.Sub("ssd");
+  o.ssd_capacity_bytes = uint64_t{1} << 30;
+  o.write_through = true;
+  std::vector<BlockKey> keys;
+  std::vector<std::vector<uint8_t>> blocks;
+  {
+    auto store = *TieredStore::Open(o);
+    for (size_t i = 0; i < kBlocks; ++i) {
+      keys.push_back(KeyFor(i));
+      blocks.push_back(MakeBlock(k1M, i));
+      ASSERT_TRUE(store->Put(keys[i], blocks[i]).ok());
+    }
+  }
+  auto store = *TieredStore::Open(o);
+  for (int round = 0; round < 2; ++round) {  // From SSD, then from DRAM.
+    std::vector<std::vector<uint8_t>> dst_bytes(kBlocks);
+    std::vector<absl::Span<uint8_t>> dsts;
+    for (size_t i = 0; i < kBlocks; ++i) {
+      dst_bytes[i].resize(blocks[i].size());
+      dsts.push_back(absl::MakeSpan(dst_bytes[i]));
+    }
+    auto results = store->BatchGetInto(keys, dsts, 8);
+    for (size_t i = 0; i < kBlocks; ++i) {
+      SCOPED_TRACE(absl::StrCat("block ", i, ", round ", round));
+      ASSERT_TRUE(results[i].ok()) << results[i].status();
+      EXPECT_TRUE(std::ranges::equal(dst_bytes[i], blocks[i]));
+    }
+  }
+  const StoreStats stats = store->Stats();
+  EXPECT_EQ(stats.tiers[0].blocks, kBlocks);
+  EXPECT_EQ(stats.tiers[0].promotions, kBlocks);
+}
+
 // Random puts, gets, removes and pins of mixed sizes over DRAM + SSD. After
 // every step no tier is over capacity and every read returns exact bytes.
 TEST(TieredStore, CapacityIsNeverExceededUnderASeededRandomWorkload) {

@@ -158,7 +158,13 @@ def main():
         script.append("wait")
         objs_s = " ".join(f'"$B/{o}"' for o, _ in objs)
         script.append(
-            f'$CXX -shared -fPIC -o "$B/python/strata/{stem}$SUFFIX" {objs_s} '
+            # Only PyInit_* is exported: the static libraries' copies of
+            # libstdc++ template code (built here, against Debian's g++ 12
+            # headers) must not interpose on the machine's libstdc++ for
+            # RocksDB and the other shared libraries (that crashed RocksDB's
+            # stats thread on a null call inside std::ostream, 2026-11-23).
+            f'$CXX -shared -fPIC -Wl,--version-script="$B/exports.map" '
+            f'-o "$B/python/strata/{stem}$SUFFIX" {objs_s} '
             f'-Wl,--start-group {" ".join(libs)} -Wl,--end-group '
             "-L\"$CUDA_LIB\" -Wl,--disable-new-dtags -Wl,-rpath,'$ORIGIN/../../lib' -Wl,-rpath,\"$CUDA_LIB\" -lpthread -ldl")
         # Shared-library closure of the module built here.
@@ -189,6 +195,8 @@ def main():
     for s in sorted(os.listdir(os.path.join(out, "static"))):
         subprocess.run(["strip", "--strip-debug", os.path.join(out, "static", s)], check=False)
     script.append('PYTHONPATH="$B/python" $PY -c "import strata, strata.gpu; print(\'strata imported:\', strata.__file__)"')
+    with open(os.path.join(out, "exports.map"), "w") as f:
+        f.write("{ global: PyInit_*; local: *; };\n")
     with open(os.path.join(out, "build.sh"), "w") as f:
         f.write("\n".join(script) + "\n")
     os.chmod(os.path.join(out, "build.sh"), 0o755)
