@@ -30,6 +30,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "cluster/config_store/config_follower.h"
 #include "cluster/config_store/config_store.h"
 #include "cluster/membership/etcd_client.h"
 #include "cluster/membership/membership.h"
@@ -163,6 +164,15 @@ int RunClusterBench(const Args& a, const client::ClientOptions& base,
   auto cc = ClusterClient::Create(&watcher, co);
   if (!cc.ok()) return Fail(cc.status());
   ClusterClient& cluster = **cc;
+  // Without --replication, R follows the cluster config for the whole run
+  // (as the daemons' rebalancers do). Declared after `cc`: destroyed first.
+  std::unique_ptr<ClusterConfigFollower> follower;
+  if (!a.flags.count("replication")) {
+    auto f = ClusterConfigFollower::StartForClient(
+        a.Flag("etcd", "127.0.0.1:2379"), prefix, nullptr, &cluster);
+    if (!f.ok()) return Fail(f.status());
+    follower = *std::move(f);
+  }
 
   // Untimed preload (get, lookup): every key, R-way.
   if (op != "put" && a.Bool("preload")) {
@@ -288,7 +298,7 @@ int RunClusterBench(const Args& a, const client::ClientOptions& base,
         "\"size\":%llu,\"ops\":%zu,\"seconds\":%.3f,\"ops_per_s\":%.1f,"
         "\"gb_per_s\":%.4f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"ok\":%llu,"
         "\"not_found\":%llu,\"failed\":%llu,\"wrong\":%llu,\"replica\":%llu}\n",
-        op.c_str(), members, r, (unsigned long long)clients,
+        op.c_str(), members, cluster.replication(), (unsigned long long)clients,
         (unsigned long long)*size, all.size(), secs, all.size() / secs,
         n.bytes.load() / secs / 1e9, p50, p99, (unsigned long long)n.ok.load(),
         (unsigned long long)n.not_found.load(),
@@ -299,7 +309,7 @@ int RunClusterBench(const Args& a, const client::ClientOptions& base,
         "op=%s members=%zu R=%zu clients=%llu size=%llu ops=%zu  %.0f ops/s  "
         "%.3f GB/s  p50=%.1f us  p99=%.1f us  ok=%llu not_found=%llu "
         "failed=%llu wrong=%llu replica=%llu\n",
-        op.c_str(), members, r, (unsigned long long)clients,
+        op.c_str(), members, cluster.replication(), (unsigned long long)clients,
         (unsigned long long)*size, all.size(), all.size() / secs,
         n.bytes.load() / secs / 1e9, p50, p99, (unsigned long long)n.ok.load(),
         (unsigned long long)n.not_found.load(),

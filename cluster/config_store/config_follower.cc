@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "cluster/placement/cluster_client.h"
 #include "cluster/prometheus_text.h"
 #include "absl/strings/str_cat.h"
 
@@ -42,6 +43,25 @@ ClusterConfigFollower::Start(const std::string& endpoints,
   });
   f->watcher_->Start();
   return f;
+}
+
+absl::StatusOr<std::unique_ptr<ClusterConfigFollower>>
+ClusterConfigFollower::StartForClient(const std::string& endpoints,
+                                      const std::string& prefix,
+                                      MembershipLog log, ClusterClient* client) {
+  if (client == nullptr) return absl::InvalidArgumentError("client: null");
+  return Start(endpoints, prefix, log,
+               [client, log](const ClusterConfigSnapshot& s) {
+                 if (s.config.version == 0) return;  // Never written.
+                 const size_t r =
+                     EffectiveClusterConfig(s.config.config).replication_factor();
+                 absl::Status st = client->SetReplication(r);
+                 if (!st.ok() && log) {
+                   log("warn", "cluster_config_replication_refused",
+                       {{"replication_factor", absl::StrCat(r)},
+                        {"error", std::string(st.message())}});
+                 }
+               });
 }
 
 ClusterConfigFollower::~ClusterConfigFollower() {

@@ -20,6 +20,8 @@
 
 namespace strata::cluster {
 
+class ClusterClient;  // cluster/placement/cluster_client.h
+
 class ClusterConfigFollower {
  public:
   using OnChange = std::function<void(const ClusterConfigSnapshot&)>;
@@ -43,6 +45,14 @@ class ClusterConfigFollower {
   std::string RenderMetrics() const;
 
   ClusterConfigWatcher& watcher() { return *watcher_; }
+
+  // A follower that keeps `client`'s R equal to the config's
+  // replication_factor once the config has been written (version > 0; until
+  // then the client keeps the R it was created with), so clients place keys
+  // as the daemons' rebalancers do. Destroy the follower before `client`.
+  static absl::StatusOr<std::unique_ptr<ClusterConfigFollower>> StartForClient(
+      const std::string& endpoints, const std::string& prefix,
+      MembershipLog log, ClusterClient* client);
 
  private:
   ClusterConfigFollower() = default;

@@ -20,6 +20,7 @@ struct ClusterClient::Node {
 };
 
 struct ClusterClient::View {
+  size_t replication = 1;  // R of every call made on this view.
   RendezvousPlacement placement;
   std::vector<std::shared_ptr<Node>> nodes;  // Index-aligned with placement.
   MemberList members;
@@ -74,8 +75,28 @@ absl::StatusOr<std::unique_ptr<ClusterClient>> ClusterClient::Create(
 
 ClusterClient::ClusterClient(MemberSource* members, ClusterClientOptions options)
     : members_(members),
-      options_(std::move(options)),
-      view_(std::make_shared<View>()) {}
+      options_(std::move(options)) {
+  auto v = std::make_shared<View>();
+  v->replication = options_.replication;
+  view_ = std::move(v);
+}
+
+absl::Status ClusterClient::SetReplication(size_t replication) {
+  if (replication == 0) {
+    return absl::InvalidArgumentError("replication: must be >= 1");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (view_->replication == replication) return absl::OkStatus();
+  // Rendezvous owners are a ranking, so the owners under the new R are a
+  // prefix or an extension of the old ones: reads keep finding blocks on the
+  // owners they share while the daemons re-replicate.
+  auto next = std::make_shared<View>(*view_);
+  next->replication = replication;
+  view_ = std::move(next);
+  return absl::OkStatus();
+}
+
+size_t ClusterClient::replication() const { return view()->replication; }
 
 ClusterClient::~ClusterClient() { members_->RemoveListener(listener_id_); }
 
@@ -85,6 +106,7 @@ void ClusterClient::OnMembers(const MemberList&) {
   // listener and Create() race, and the last one to run must see the newest.
   const MemberList members = members_->Members();
   auto next = std::make_shared<View>();
+  next->replication = view_->replication;
   std::map<std::string, std::shared_ptr<Node>> old;
   for (const auto& n : view_->nodes) old[n->member.node_id] = n;
   std::vector<PlacementNode> placement;
@@ -124,7 +146,7 @@ MemberList ClusterClient::members() const { return view()->members; }
 std::vector<std::string> ClusterClient::Owners(const kvstore::BlockKey& key) const {
   auto v = view();
   std::vector<std::string> out;
-  for (size_t i : v->placement.Owners(key, options_.replication)) {
+  for (size_t i : v->placement.Owners(key, v->replication)) {
     out.push_back(v->nodes[i]->member.node_id);
   }
   return out;
@@ -159,7 +181,7 @@ absl::StatusOr<ClusterPutResult> ClusterClient::Put(
   const absl::Time deadline = DeadlineOf(call, options_.client);
   auto v = view();
   const std::vector<size_t> owners =
-      v->placement.Owners(key, options_.replication);
+      v->placement.Owners(key, v->replication);
   if (owners.empty()) {
     return absl::UnavailableError(
         absl::StrCat("put ", key.ToHex(), ": no live members"));
@@ -220,7 +242,7 @@ absl::StatusOr<ClusterPutResult> ClusterClient::Put(
     // rebalancer pushes the block to the owners once they answer and then
     // drops its copy (cluster/rebalance/rebalancer.h).
     const std::vector<size_t> ranked =
-        v->placement.Owners(key, options_.replication + options_.handoff_nodes);
+        v->placement.Owners(key, v->replication + options_.handoff_nodes);
     for (size_t k = owners.size(); k < ranked.size() && result.acked.empty(); ++k) {
       Node& node = *v->nodes[ranked[k]];
       if (Suspect(node) || absl::Now() >= deadline) continue;
@@ -250,7 +272,7 @@ absl::StatusOr<ClusterGetResult> ClusterClient::Get(
     const kvstore::BlockKey& key, const client::CallOptions& call) {
   const absl::Time deadline = DeadlineOf(call, options_.client);
   auto v = view();
-  std::vector<size_t> owners = v->placement.Owners(key, options_.replication);
+  std::vector<size_t> owners = v->placement.Owners(key, v->replication);
   if (owners.empty()) {
     return absl::UnavailableError(
         absl::StrCat("get ", key.ToHex(), ": no live members"));
@@ -279,7 +301,7 @@ absl::StatusOr<ClusterGetResult> ClusterClient::Get(
   for (const bool suspects : {false, true}) {
     for (const View::Previous& p : v->previous) {
       if (now >= p.until) continue;
-      for (size_t i : p.placement.Owners(key, options_.replication)) {
+      for (size_t i : p.placement.Owners(key, v->replication)) {
         Node* prev = p.nodes[i].get();
         if (Suspect(*prev) != suspects) continue;
         const bool tried = std::any_of(tries.begin(), tries.end(), [&](const auto& t) {
@@ -294,7 +316,7 @@ absl::StatusOr<ClusterGetResult> ClusterClient::Get(
   const size_t handoff_from = tries.size();
   {
     const std::vector<size_t> ranked =
-        v->placement.Owners(key, options_.replication + options_.handoff_nodes);
+        v->placement.Owners(key, v->replication + options_.handoff_nodes);
     for (size_t k = owners.size(); k < ranked.size(); ++k) {
       Node* n = v->nodes[ranked[k]].get();
       const bool tried = std::any_of(tries.begin(), tries.end(), [&](const auto& t) {
@@ -349,13 +371,13 @@ absl::StatusOr<uint32_t> ClusterClient::LeadingHits(
   const size_t n = keys.size();
   std::vector<std::vector<size_t>> owners(n);
   for (size_t k = 0; k < n; ++k) {
-    v->placement.Owners(keys[k], options_.replication, &owners[k]);
+    v->placement.Owners(keys[k], v->replication, &owners[k]);
   }
   std::vector<bool> present(n, false);
   size_t limit = n;  // Keys at or past `limit` cannot matter.
   bool any_answer = false;
   absl::Status last_error;
-  for (size_t rank = 0; rank < options_.replication; ++rank) {
+  for (size_t rank = 0; rank < v->replication; ++rank) {
     // node -> the indices of the keys to ask it about, in key order.
     std::map<size_t, std::vector<size_t>> groups;
     for (size_t k = 0; k < limit; ++k) {

@@ -69,7 +69,10 @@
 namespace strata::cluster {
 
 struct ClusterClientOptions {
-  size_t replication = 2;  // R >= 1.
+  // R >= 1 at creation; SetReplication changes it (a client following the
+  // cluster config in etcd: FollowClusterConfig in
+  // cluster/config_store/config_follower.h).
+  size_t replication = 2;
   // Template for every member's Client; `address` is replaced by the
   // member's grpc_address. Fewer UNAVAILABLE retries than a single-node
   // client: a replica is the better retry.
@@ -119,6 +122,12 @@ class ClusterClient {
                                        const client::CallOptions& call = {});
   absl::StatusOr<uint32_t> LeadingHits(absl::Span<const kvstore::BlockKey> keys,
                                        const client::CallOptions& call = {});
+
+  // Makes every later call place keys on `replication` owners (calls in
+  // flight finish with the R they started with). INVALID_ARGUMENT naming
+  // "replication" when 0.
+  absl::Status SetReplication(size_t replication);
+  size_t replication() const;
 
   // The owners of `key` under the current member set, best first.
   std::vector<std::string> Owners(const kvstore::BlockKey& key) const;

@@ -1,7 +1,8 @@
 // Cluster config and codec profiles in a real etcd (started by each test on
 // a free loopback port): versioned puts (a stale version is refused), the
 // watcher seeing config and profile changes and surviving an etcd restart
-// that lost its data, profile integrity checks.
+// that lost its data, profile integrity checks, and a ClusterClient
+// following the config's replication factor.
 //
 // Waits are event-driven (ClusterConfigWatcher::WaitUntil is woken by each
 // change) and bounded.
@@ -9,14 +10,20 @@
 
 #include <unistd.h>
 
+#include <condition_variable>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "cluster/config_store/config_follower.h"
 #include "cluster/membership/etcd_client.h"
+#include "cluster/membership/member.h"
+#include "cluster/placement/cluster_client.h"
 #include "codecs/codec_profile.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "httplib.h"
 #include "tests/cluster/cluster_processes.h"
@@ -27,6 +34,7 @@ namespace strata::cluster {
 namespace {
 
 using ::strata::kvstore::testing::ScratchDir;
+using ::strata::kvstore::testing::KeyFor;
 using ::strata::testing::EtcdProcess;
 using ::strata::testing::StratadProcess;
 
@@ -170,6 +178,66 @@ TEST_F(ConfigStoreTest, WatcherSeesConfigChanges) {
   auto still = store_->GetConfig();
   EXPECT_TRUE(absl::IsInvalidArgument(still.status())) << still.status();
   EXPECT_EQ(w->Snapshot().config.version, *v2);  // Kept the last valid one.
+}
+
+// A ClusterClient started with R = 2 keeps it while the config was never
+// written, then places every key on the config's R (3, then 1) once the
+// follower has applied it; the owners under R = 1 are the first of those
+// under R = 3 (a ranking). No daemons: placement needs only the members.
+TEST_F(ConfigStoreTest, ClientFollowsTheConfigReplicationFactor) {
+  MemberList four;
+  for (int i = 0; i < 4; ++i) {
+    four.push_back(Member{.node_id = absl::StrCat("n", i),
+                          .grpc_address = absl::StrCat("127.0.0.1:", 1 + i),
+                          .capacity_bytes = uint64_t{1} << 30});
+  }
+  StaticMemberSource members(four);
+  ClusterClientOptions co;
+  co.replication = 2;
+  auto client = ClusterClient::Create(&members, co);
+  ASSERT_TRUE(client.ok()) << client.status();
+  auto follower = ClusterConfigFollower::StartForClient(
+      etcd_->endpoint(), kPrefix, nullptr, client->get());
+  ASSERT_TRUE(follower.ok()) << follower.status();
+  // Registered after the follower's own listener, so it runs after it.
+  std::mutex mu;
+  std::condition_variable cv;
+  int64_t applied = -1;
+  (*follower)->watcher().AddListener([&](const ClusterConfigSnapshot& s) {
+    std::lock_guard<std::mutex> lock(mu);
+    applied = s.config.version;
+    cv.notify_all();
+  });
+  auto wait_applied = [&](int64_t version) {
+    std::unique_lock<std::mutex> lock(mu);
+    return cv.wait_for(lock, absl::ToChronoNanoseconds(kWait),
+                       [&] { return applied == version; });
+  };
+  ASSERT_TRUE((*follower)->watcher().WaitUntil(
+      [](const ClusterConfigSnapshot& s) { return s.generation >= 1; }, kWait));
+  EXPECT_EQ((*client)->replication(), 2u);  // Never written: its own R.
+  EXPECT_EQ((*client)->Owners(KeyFor(7)).size(), 2u);
+
+  ClusterConfig c;
+  c.set_replication_factor(3);
+  auto v1 = store_->PutConfig(c, 0);
+  ASSERT_TRUE(v1.ok()) << v1.status();
+  ASSERT_TRUE(wait_applied(*v1));
+  EXPECT_EQ((*client)->replication(), 3u);
+  std::vector<std::vector<std::string>> three;
+  for (int k = 0; k < 50; ++k) {
+    three.push_back((*client)->Owners(KeyFor(k)));
+    ASSERT_EQ(three.back().size(), 3u);
+  }
+  c.set_replication_factor(1);
+  auto v2 = store_->PutConfig(c, *v1);
+  ASSERT_TRUE(v2.ok()) << v2.status();
+  ASSERT_TRUE(wait_applied(*v2));
+  for (int k = 0; k < 50; ++k) {
+    EXPECT_THAT((*client)->Owners(KeyFor(k)), ::testing::ElementsAre(three[k][0]));
+  }
+  EXPECT_TRUE(absl::IsInvalidArgument((*client)->SetReplication(0)));
+  follower->reset();  // Before the client (the contract).
 }
 
 TEST_F(ConfigStoreTest, ProfilesAreContentAddressedAndVerified) {
