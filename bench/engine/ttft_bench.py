@@ -126,8 +126,11 @@ def main():
             # Puts only the L-token prefix's chunks; the full prefill is timed
             # on the whole request.
             full_logits, fst = first.prefill(seq, use_store=False, save=True)
-            first.release(seq)
             block = store.get(first.chunk_keys(prompt)[0].key)
+            # The stored block (GPU-encoded on CUDA) must be the CPU codec's bytes.
+            same = block == strata.encode_kv(first.gather_kv(seq, 0, first.chunk_tokens),
+                                             codec=codec)
+            first.release(seq)
             best = None
             for _ in range(args.repeats):
                 if args.tier == "ssd":  # Every hit run reads from SSD.
@@ -146,11 +149,13 @@ def main():
                        hit_ttft_s=st.ttft_s, lookup_s=st.lookup_s, load_s=st.load_s,
                        compute_s=st.compute_s, store_s=fst.store_s, hit_tokens=st.hit_tokens,
                        block_bytes=len(block), kl=kl)
+            row["store_matches_cpu_encode"] = same
             rows.append(row)
             print(f"| {n}+{args.question} | {codec} | {fst.compute_s:.3f} | {st.ttft_s:.3f} | "
                   f"{fst.compute_s / st.ttft_s:.1f}x | {st.lookup_s:.4f} / {st.load_s:.3f} / "
                   f"{st.compute_s:.3f} | {fst.store_s:.2f} | {len(block) / 2**20:.2f} | "
                   f"{kl:.2e} |", flush=True)
+            print(f"#   first stored block == the CPU encode_kv bytes: {same}", flush=True)
             store.close()
             if args.tier == "ssd":
                 print(f"#   ssd runs: page cache dropped before each: {dropped}", flush=True)

@@ -179,7 +179,7 @@ class Engine:
         stats.lookup_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         loaded = 0
-        if n and self._gpu_load_possible():
+        if n and self._gpu_codec_path():
             loaded = self._load_on_gpu(seq, [k.key for k in usable[:n]])
         elif n:
             blocks = self._fetch([k.key for k in usable[:n]])
@@ -197,7 +197,7 @@ class Engine:
         c = self.cfg
         return 2 * c.num_layers * self.chunk_tokens * c.num_kv_heads * c.head_dim * 2
 
-    def _gpu_load_possible(self):
+    def _gpu_codec_path(self):
         if self.device.type != "cuda" or not (self.codec == "raw" or
                                               self.codec.startswith("quant:")):
             return False
@@ -296,9 +296,59 @@ class Engine:
             return [None if g is None else bufs[i][:g] for i, g in enumerate(got)]
         return [self.store.get(k) for k in keys]
 
+    def _store_on_gpu(self, seq, chunks):
+        """The GPU store path: per chunk, one paged gather of all layers into a
+        raw block on the device (strata.gpu.paged_gather), the KIVI encode
+        there (strata.gpu.quant_encode; raw blocks go as they are), a copy of
+        the (compressed) payload into a pinned buffer, the data-error check,
+        then strata.make_block (header and checksum on the host) and a put:
+        the bytes encode_kv gives on the CPU. Returns the chunks stored."""
+        import strata.gpu as sg
+        strata = _strata()
+        c = self.cfg
+        t = self.chunk_tokens
+        shape = dict(dtype="float16", num_layers=c.num_layers, num_tokens=t,
+                     num_kv_heads=c.num_kv_heads, head_dim=c.head_dim)
+        raw = self._raw_payload_bytes()
+        payload = raw if self.codec == "raw" else sg.quant_payload_bytes(shape, self.codec)
+        s = getattr(self, "_gpu_store", None)
+        if s is None or s["payload"] != payload:
+            s = self._gpu_store = dict(
+                payload=payload,
+                raw=torch.empty(raw, dtype=torch.uint8, device=self.device),
+                enc=None if self.codec == "raw" else
+                torch.empty(payload, dtype=torch.uint8, device=self.device),
+                host=torch.empty(payload, dtype=torch.uint8, pin_memory=True),
+                flags=torch.zeros(1, dtype=torch.int32, device=self.device),
+                layers=[x.data_ptr() for x in self.cache.layers])
+        pages = t // self.cache.block_size
+        table = torch.as_tensor(seq.block_table, dtype=torch.int32).to(self.device)
+        stored = 0
+        for ck in chunks:
+            p0 = ck.begin_token // self.cache.block_size
+            s["flags"].zero_()
+            sg.paged_gather(s["layers"], table[p0:p0 + pages], s["raw"], shape,
+                            layout="page_major", num_pages=self.cache.num_blocks,
+                            page_size=self.cache.block_size, error_flags=s["flags"])
+            src = s["raw"]
+            if s["enc"] is not None:
+                sg.quant_encode(s["raw"], s["enc"], shape, self.codec, error_flags=s["flags"])
+                src = s["enc"]
+            s["host"].copy_(src, non_blocking=True)
+            _sync(self.device)
+            # Non-finite KV fails here as encode_kv fails on the CPU: nothing is put.
+            sg.check_error_flags(int(s["flags"].item()) & 0xFFFFFFFF)
+            self.store.put(ck.key, strata.make_block(s["host"].numpy(), shape, self.codec))
+            stored += 1
+        return stored
+
     def _store_chunks(self, seq, keys, first, stats):
         strata = _strata()
         t0 = time.perf_counter()
+        if keys[first:] and self._gpu_codec_path():
+            stats.stored_chunks += self._store_on_gpu(seq, keys[first:])
+            stats.store_s = time.perf_counter() - t0
+            return
         for ck in keys[first:]:
             blk = strata.encode_kv(self.gather_kv(seq, ck.begin_token, ck.num_tokens),
                                    codec=self.codec)

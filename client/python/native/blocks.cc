@@ -252,6 +252,28 @@ py::bytes EncodeKv(py::handle kv, const std::string& codec, py::handle profile,
   return py::bytes(reinterpret_cast<const char*>(bytes.data()), bytes.size());
 }
 
+// A block from a payload that was encoded elsewhere (e.g. on the GPU by
+// strata.gpu.quant_encode): header + checksum + payload, the same bytes
+// encode_kv gives for the same KV and codec.
+py::bytes MakeBlock(py::handle payload, py::handle shape, const std::string& codec) {
+  Memory p = Memory::Readable(payload, "payload");
+  const BlockShape s = BlockShapeFromPy(shape);
+  const CodecSpec spec = ValueOrThrow(ParseCodecSpec(codec));
+  const size_t total = kvstore::EncodedBlockSize(p.size());
+  py::bytes out = py::reinterpret_steal<py::bytes>(
+      PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(total)));
+  if (!out) throw py::error_already_set();
+  uint8_t* dst = reinterpret_cast<uint8_t*>(PyBytes_AsString(out.ptr()));
+  absl::Status st;
+  {
+    py::gil_scoped_release release;
+    st = kvstore::EncodeBlockInto(s, spec.id, spec.params, p.bytes(),
+                                  absl::MakeSpan(dst, total));
+  }
+  ThrowIfError(st);
+  return out;
+}
+
 py::object DecodeKv(py::handle blk, py::object out, py::handle layers,
                     py::handle tokens, py::handle profile, bool kv_first) {
   Memory b = Memory::Readable(blk, "block");
@@ -370,6 +392,9 @@ void RegisterBlocks(py::module_& m) {
         py::arg("model") = "", py::kw_only(), py::arg("dtype") = py::none(),
         py::arg("kv_first") = false,
         "Encodes a KV array into a checksummed block (docs/python.md).");
+  m.def("make_block", &MakeBlock, py::arg("payload"), py::arg("shape"),
+        py::arg("codec"),
+        "A checksummed block from an already encoded payload (docs/python.md).");
   m.def("decode_kv", &DecodeKv, py::arg("blk"), py::arg("out") = py::none(),
         py::arg("layers") = py::none(), py::arg("tokens") = py::none(),
         py::kw_only(), py::arg("profile") = py::none(),

@@ -57,20 +57,6 @@ cudaStream_t StreamOf(py::handle stream) {
   return reinterpret_cast<cudaStream_t>(stream.cast<uintptr_t>());
 }
 
-// A block shape from a dict with dtype, num_layers, num_tokens, num_kv_heads,
-// head_dim (strata.block_header() returns one).
-BlockShape ShapeOf(py::handle shape) {
-  py::dict d = py::reinterpret_borrow<py::dict>(shape);
-  BlockShape s;
-  s.dtype = DTypeFromPy(d["dtype"], "shape.dtype");
-  s.num_layers = d["num_layers"].cast<uint32_t>();
-  s.num_tokens = d["num_tokens"].cast<uint32_t>();
-  s.num_kv_heads = d["num_kv_heads"].cast<uint32_t>();
-  s.head_dim = d["head_dim"].cast<uint32_t>();
-  ThrowIfError(s.Validate());
-  return s;
-}
-
 // Params bytes from a spec string or 32 bytes (block_header's codec_params).
 codecs::CodecParams ParamsOf(py::handle codec) {
   if (py::isinstance<py::str>(codec)) {
@@ -110,7 +96,7 @@ void Run(const Params& params, cudaStream_t stream) {
 kernels::PagedCacheDesc CacheOf(py::handle shape, const std::string& layout,
                                 uint32_t num_pages, uint32_t page_size) {
   kernels::PagedCacheDesc c;
-  c.shape = ShapeOf(shape);
+  c.shape = BlockShapeFromPy(shape);
   if (layout == "page_major") {
     c.layout = kernels::PagedLayout::kPageMajor;
   } else if (layout == "kv_major") {
@@ -136,13 +122,13 @@ std::vector<const void*> LayerPointers(py::sequence caches) {
 
 void RegisterGpu(py::module_& m) {
   m.def("quant_payload_bytes", [](py::handle shape, py::handle codec) {
-    return ValueOrThrow(kernels::QuantPayloadBytes(ShapeOf(shape), ParamsOf(codec)));
+    return ValueOrThrow(kernels::QuantPayloadBytes(BlockShapeFromPy(shape), ParamsOf(codec)));
   }, py::arg("shape"), py::arg("codec"));
 
   m.def("quant_encode", [](py::handle kv, py::handle payload, py::handle shape,
                            py::handle codec, py::handle error_flags, py::handle stream) {
     kernels::QuantEncodeParams p;
-    p.shape = ShapeOf(shape);
+    p.shape = BlockShapeFromPy(shape);
     p.codec_params = ParamsOf(codec);
     p.kv = reinterpret_cast<const void*>(Ptr(kv, "kv"));
     p.payload = reinterpret_cast<void*>(Ptr(payload, "payload"));
@@ -158,7 +144,7 @@ void RegisterGpu(py::module_& m) {
                            py::handle codec, uint32_t layer_begin, uint32_t layer_count,
                            py::handle error_flags, py::handle stream) {
     kernels::QuantDecodeParams p;
-    p.shape = ShapeOf(shape);
+    p.shape = BlockShapeFromPy(shape);
     p.codec_params = ParamsOf(codec);
     p.payload = reinterpret_cast<const void*>(Ptr(payload, "payload"));
     p.payload_bytes = ValueOrThrow(kernels::QuantPayloadBytes(p.shape, p.codec_params));

@@ -111,6 +111,25 @@ DType DTypeFromPy(py::handle obj, const std::string& field) {
                                   "\" (float16, bfloat16, float8_e4m3, float32)");
 }
 
+kvstore::BlockShape BlockShapeFromPy(py::handle shape, const std::string& field) {
+  if (!py::isinstance<py::dict>(shape)) {
+    ThrowInvalidArgument(field, "must be a dict with dtype, num_layers, "
+                                "num_tokens, num_kv_heads, head_dim");
+  }
+  py::dict d = py::reinterpret_borrow<py::dict>(shape);
+  kvstore::BlockShape s;
+  for (const char* k : {"dtype", "num_layers", "num_tokens", "num_kv_heads", "head_dim"}) {
+    if (!d.contains(k)) ThrowInvalidArgument(absl::StrCat(field, ".", k), "missing");
+  }
+  s.dtype = DTypeFromPy(d["dtype"], field + ".dtype");
+  s.num_layers = d["num_layers"].cast<uint32_t>();
+  s.num_tokens = d["num_tokens"].cast<uint32_t>();
+  s.num_kv_heads = d["num_kv_heads"].cast<uint32_t>();
+  s.head_dim = d["head_dim"].cast<uint32_t>();
+  ThrowIfError(s.Validate());
+  return s;
+}
+
 const char* DTypePyName(DType dtype) {
   switch (dtype) {
     case DType::kFloat16: return "float16";

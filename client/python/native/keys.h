@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "kvstore/block_format.h"
 #include "kvstore/block_key.h"
 #include "kvstore/dtype.h"
 #include "pybind11/pybind11.h"
@@ -32,6 +33,11 @@ std::vector<uint32_t> TokensFromPy(pybind11::handle obj,
 // str() is one of them). INVALID_ARGUMENT naming `field` otherwise.
 kvstore::DType DTypeFromPy(pybind11::handle obj,
                            const std::string& field = "dtype");
+// A block shape from a dict with dtype, num_layers, num_tokens,
+// num_kv_heads, head_dim (strata.block_header() returns one).
+// INVALID_ARGUMENT naming `field` (or the shape field) otherwise.
+kvstore::BlockShape BlockShapeFromPy(pybind11::handle shape,
+                                     const std::string& field = "shape");
 // The package's name of a dtype: "float16", "bfloat16", "float8_e4m3",
 // "float32".
 const char* DTypePyName(kvstore::DType dtype);

@@ -99,6 +99,25 @@ def test_partial_decode_equals_the_slice_of_a_full_decode(spec):
     np.testing.assert_array_equal(out, full[2:4][:, :, idx])
 
 
+@pytest.mark.parametrize("spec", ["raw", "quant:bits=2,group=32", "quant:bits=4,group=64"])
+def test_make_block_from_a_payload_gives_the_encode_kv_bytes(spec):
+    blk = strata.encode_kv(kv_fp16(), spec)
+    hdr = strata.block_header(blk)
+    payload = blk[strata.BLOCK_HEADER_SIZE:]
+    assert strata.make_block(payload, hdr, hdr["codec_spec"]) == blk
+    assert strata.make_block(np.frombuffer(payload, np.uint8), hdr, spec) == blk
+
+
+def test_make_block_refuses_a_bad_shape_or_payload_naming_the_field():
+    blk = strata.encode_kv(kv_fp16())
+    hdr = strata.block_header(blk)
+    payload = blk[strata.BLOCK_HEADER_SIZE:]
+    with pytest.raises(strata.InvalidArgument, match="shape.head_dim"):
+        strata.make_block(payload, {k: v for k, v in hdr.items() if k != "head_dim"}, "raw")
+    with pytest.raises(strata.InvalidArgument, match="payload_length"):
+        strata.make_block(payload[:-2], hdr, "raw")  # Raw payloads must match the shape.
+
+
 def test_decode_into_the_wrong_out_raises_invalid_argument_naming_out():
     blk = strata.encode_kv(kv_fp16())
     with pytest.raises(strata.InvalidArgument, match="out"):
