@@ -14,15 +14,20 @@
 #include "codecs/quant_codec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/codecs/codec_test_support.h"
 
 namespace strata::codecs {
 namespace {
 
+using testing::AllFinite;
+using testing::EqualsSliceOfFull;
 using ::testing::HasSubstr;
+using testing::kAllDtypes;
+using testing::MeasureRoundTrip;
+using testing::RelMseOf;
 using ::testing::StartsWith;
-
-constexpr DType kAllDtypes[] = {DType::kFloat16, DType::kBFloat16,
-                                DType::kFloat8E4M3, DType::kFloat32};
+using testing::StatusIs;
+using testing::WithByte;
 
 const Codec& Aqua() { return **FindCodec(CodecId::kAqua); }
 
@@ -96,12 +101,6 @@ class SyntheticModel {
   std::vector<std::vector<float>> m_, p_, q_;
   std::vector<float> channel_scale_;
 };
-
-double RelMseOf(const KvTensor& a, const KvTensor& b, int kv) {
-  const size_t half = a.data.size() / 2;
-  return RelativeMse(absl::MakeConstSpan(a.data).subspan(kv * half, half),
-                     absl::MakeConstSpan(b.data).subspan(kv * half, half));
-}
 
 AquaParams Residual(uint8_t bits, uint8_t group) {
   AquaParams p;
@@ -184,14 +183,12 @@ TEST(AquaCodec, TwoBitResidualsBeatKiviOnCorrelatedLayersAtFewerBits) {
   const KvTensor kv = model.Sample(DType::kFloat16, 256, 7);
   auto run = [&](CodecId id, const CodecParams& params, const char* name,
                  double* k, double* v) {
-    auto block = EncodeKvBlock(kv, id, params, &profile);
-    ASSERT_TRUE(block.ok()) << block.status();
-    auto out = DecodeKvBlock(*block, &profile);
-    ASSERT_TRUE(out.ok()) << out.status();
-    *k = RelMseOf(kv, *out, 0);
-    *v = RelMseOf(kv, *out, 1);
+    auto e = MeasureRoundTrip(kv, id, params, &profile);
+    ASSERT_TRUE(e.ok()) << e.status();
+    *k = e->k;
+    *v = e->v;
     std::printf("%-36s K %.5f V %.5f  %.3f bits/element\n", name, *k, *v,
-                BitsPerElement(*block));
+                e->bits);
   };
   QuantParams kivi2, kivi3;
   kivi3.k_bits = kivi3.v_bits = 3;
@@ -220,33 +217,34 @@ TEST(AquaCodec, MissingOrOtherProfileIsFailedPrecondition) {
   const CodecProfile profile = FitOrDie(model, DType::kFloat16, 1e-3f);
   const CodecProfile other = FitOrDie(model, DType::kFloat16, 1e-2f);
   const KvTensor kv = model.Sample(DType::kFloat16, 40, 5);
-  auto expect_profile_error = [](const absl::Status& s) {
-    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
-    EXPECT_THAT(std::string(s.message()), StartsWith("profile:"));
-  };
-  expect_profile_error(
-      EncodeKvBlock(kv, CodecId::kAqua, Residual(2, 32).ToBytes()).status());
+  const auto profile_error =
+      StatusIs(absl::StatusCode::kFailedPrecondition, StartsWith("profile:"));
+  EXPECT_THAT(
+      EncodeKvBlock(kv, CodecId::kAqua, Residual(2, 32).ToBytes()).status(),
+      profile_error);
   auto block =
       EncodeKvBlock(kv, CodecId::kAqua, Residual(2, 32).ToBytes(), &profile);
   ASSERT_TRUE(block.ok()) << block.status();
   EXPECT_TRUE(DecodeKvBlock(*block, &profile).ok());
-  expect_profile_error(DecodeKvBlock(*block).status());
-  expect_profile_error(DecodeKvBlock(*block, &other).status());
+  EXPECT_THAT(DecodeKvBlock(*block).status(), profile_error);
+  EXPECT_THAT(DecodeKvBlock(*block, &other).status(), profile_error);
   // A profile fitted for another shape.
   const CodecProfile small =
       FitOrDie(SyntheticModel(2, 1, 64, 3, 0.1f), DType::kFloat16, 1e-3f);
-  expect_profile_error(
+  EXPECT_THAT(
       EncodeKvBlock(kv, CodecId::kAqua, Residual(2, 32).ToBytes(), &small)
-          .status());
+          .status(),
+      profile_error);
   // A profile missing a predictor.
   CodecProfile partial("synthetic");
   for (const auto& [name, t] : profile.tensors()) {
     if (name == AquaTensorName('B', 2)) continue;
     ASSERT_TRUE(partial.Put(name, t.dims, t.data).ok());
   }
-  expect_profile_error(
+  EXPECT_THAT(
       EncodeKvBlock(kv, CodecId::kAqua, Residual(2, 32).ToBytes(), &partial)
-          .status());
+          .status(),
+      profile_error);
 }
 
 TEST(AquaCodec, EncodingIsDeterministicAndRecordsTheProfileId) {
@@ -284,29 +282,14 @@ TEST(AquaCodec, PartialDecodeEqualsTheSliceOfAFullDecodeForEveryDtype) {
     auto full = DecodeKvBlock(*block, &profile);
     ASSERT_TRUE(full.ok()) << full.status();
     for (int trial = 0; trial < 12; ++trial) {
-      DecodeSelection sel;
-      sel.layer_begin = rng() % 5;
-      sel.layer_end = sel.layer_begin + 1 + rng() % (5 - sel.layer_begin);
-      if (trial % 2) {
-        for (uint32_t t = 0; t < tokens; ++t)
-          if (rng() % 4 == 0) sel.token_indices.push_back(t);
-        if (sel.token_indices.empty()) sel.token_indices.push_back(tokens - 1);
-      } else {
-        sel.token_begin = rng() % tokens;
-        sel.token_end =
-            sel.token_begin + 1 + rng() % (tokens - sel.token_begin);
-      }
+      // By indices (1 in 4, else the last token) or a token range.
+      const DecodeSelection sel =
+          testing::RandomSelection(rng, 5, tokens, trial % 2, /*one_in=*/4,
+                                   /*fallback_token=*/tokens - 1);
       auto part = DecodeKvBlock(*block, &profile, sel);
       ASSERT_TRUE(part.ok()) << part.status();
-      for (int k = 0; k < 2; ++k)
-        for (uint32_t l = 0; l < part->shape.num_layers; ++l)
-          for (uint32_t r = 0; r < part->shape.num_tokens; ++r)
-            for (uint32_t h = 0; h < 2; ++h)
-              for (uint32_t d = 0; d < 64; ++d)
-                ASSERT_EQ(part->at(k, l, r, h, d),
-                          full->at(k, sel.layer_begin + l, sel.Token(r), h, d))
-                    << DTypeName(dtype) << " n_sink " << p.n_sink << " seed "
-                    << seed;
+      ASSERT_TRUE(EqualsSliceOfFull(*part, *full, sel))
+          << DTypeName(dtype) << " n_sink " << p.n_sink << " seed " << seed;
     }
   }
 }
@@ -396,11 +379,10 @@ TEST(AquaCodec, NSinkParamsRoundTripAndZeroKeepsTheOldLayout) {
   p.n_sink = 40;
   EXPECT_TRUE(Aqua().ValidateParams(shape, p.ToBytes()).ok());
   p.n_sink = 41;
-  const absl::Status s = Aqua().ValidateParams(shape, p.ToBytes());
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(s.message()), StartsWith("n_sink:"));
-  b = Residual(2, 32).ToBytes();
-  b[18] = 1;
+  EXPECT_THAT(
+      Aqua().ValidateParams(shape, p.ToBytes()),
+      StatusIs(absl::StatusCode::kInvalidArgument, StartsWith("n_sink:")));
+  b = WithByte(Residual(2, 32).ToBytes(), 18, 1);
   EXPECT_THAT(std::string(Aqua().ValidateParams(shape, b).message()),
               StartsWith("reserved:"));
 }
@@ -408,28 +390,17 @@ TEST(AquaCodec, NSinkParamsRoundTripAndZeroKeepsTheOldLayout) {
 TEST(AquaCodec, BadParamsAreInvalidArgumentNamingTheField) {
   const BlockShape shape{DType::kFloat16, 2, 40, 1, 64};
   auto expect_bad = [&](const CodecParams& params, const std::string& field) {
-    const absl::Status s = Aqua().ValidateParams(shape, params);
-    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << field;
-    EXPECT_THAT(std::string(s.message()), StartsWith(field + ":"));
+    EXPECT_THAT(
+        Aqua().ValidateParams(shape, params),
+        StatusIs(absl::StatusCode::kInvalidArgument, StartsWith(field + ":")));
   };
-  CodecParams b = Residual(2, 32).ToBytes();
-  b[1] = 5;
-  expect_bad(b, "k_bits");
-  b = Residual(2, 32).ToBytes();
-  b[4] = 48;
-  expect_bad(b, "v_group");
-  b = Residual(2, 32).ToBytes();
-  b[6] = 6;
-  expect_bad(b, "l0_bits");
-  b = Residual(2, 32).ToBytes();
-  b[0] = 9;
-  expect_bad(b, "version");
-  b = Residual(2, 32).ToBytes();
-  b[5] = 4;
-  expect_bad(b, "flags");
-  b = Residual(2, 32).ToBytes();
-  b[31] = 1;
-  expect_bad(b, "reserved");
+  const CodecParams good = Residual(2, 32).ToBytes();
+  expect_bad(WithByte(good, 1, 5), "k_bits");
+  expect_bad(WithByte(good, 4, 48), "v_group");
+  expect_bad(WithByte(good, 6, 6), "l0_bits");
+  expect_bad(WithByte(good, 0, 9), "version");
+  expect_bad(WithByte(good, 5, 4), "flags");
+  expect_bad(WithByte(good, 31, 1), "reserved");
   AquaParams p = Residual(2, 32);
   p.k_group = 128;
   p.keys_per_token = true;
@@ -444,17 +415,11 @@ TEST(AquaCodec, TruncatedOrPaddedPayloadIsDataLoss) {
   auto payload = Aqua().Encode(kv, params, &profile);
   ASSERT_TRUE(payload.ok()) << payload.status();
   KvTensor out;
-  for (size_t size : {size_t{0}, size_t{1}, payload->size() - 1}) {
-    const absl::Status s = Aqua().Decode(
-        kv.shape, params, absl::MakeConstSpan(*payload).first(size), &profile,
-        {}, &out);
-    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << size;
-    EXPECT_THAT(std::string(s.message()), StartsWith("payload:"));
-  }
-  std::vector<uint8_t> padded = *payload;
-  padded.push_back(0);
-  EXPECT_EQ(Aqua().Decode(kv.shape, params, padded, &profile, {}, &out).code(),
-            absl::StatusCode::kDataLoss);
+  testing::ExpectTruncatedAndPaddedAreDataLoss(
+      [&](absl::Span<const uint8_t> p) {
+        return Aqua().Decode(kv.shape, params, p, &profile, {}, &out);
+      },
+      *payload, {size_t{0}, size_t{1}, payload->size() - 1}, "payload:");
 }
 
 TEST(AquaCodec, CorruptedPayloadsGiveAnErrorOrAFiniteDecode) {
@@ -470,9 +435,7 @@ TEST(AquaCodec, CorruptedPayloadsGiveAnErrorOrAFiniteDecode) {
   int errors = 0, decodes = 0;
   for (int trial = 0; trial < 300; ++trial) {
     std::vector<uint8_t> bad = *payload;
-    for (int f = 0, n = 1 + rng() % 8; f < n; ++f) {
-      bad[rng() % bad.size()] ^= static_cast<uint8_t>(1 + rng() % 255);
-    }
+    testing::FlipRandomBytes(rng, &bad);
     KvTensor out;
     const absl::Status s =
         Aqua().Decode(kv.shape, params, bad, &profile, {}, &out);
@@ -482,7 +445,7 @@ TEST(AquaCodec, CorruptedPayloadsGiveAnErrorOrAFiniteDecode) {
       continue;
     }
     ++decodes;
-    for (float v : out.data) ASSERT_TRUE(std::isfinite(v)) << "seed " << seed;
+    ASSERT_TRUE(AllFinite(out)) << "seed " << seed;
   }
   std::printf("corrupted payloads: %d errors, %d finite decodes\n", errors,
               decodes);
@@ -503,14 +466,12 @@ TEST(AquaCodec, RealSmolLM2KvFittedOnTheCalibrationPassage) {
   ASSERT_TRUE(profile.ok()) << profile.status();
   auto run = [&](CodecId id, const CodecParams& params, const char* name,
                  double* k, double* v) {
-    auto block = EncodeKvBlock(*eval, id, params, &*profile);
-    ASSERT_TRUE(block.ok()) << block.status();
-    auto out = DecodeKvBlock(*block, &*profile);
-    ASSERT_TRUE(out.ok()) << out.status();
-    *k = RelMseOf(*eval, *out, 0);
-    *v = RelMseOf(*eval, *out, 1);
+    auto e = MeasureRoundTrip(*eval, id, params, &*profile);
+    ASSERT_TRUE(e.ok()) << e.status();
+    *k = e->k;
+    *v = e->v;
     std::printf("SmolLM2 %-34s K %.5f V %.5f  %.3f bits/element\n", name, *k,
-                *v, BitsPerElement(*block));
+                *v, e->bits);
   };
   QuantParams kivi2;
   double k, v, ak, av, ak4, av4;

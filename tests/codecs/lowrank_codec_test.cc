@@ -14,13 +14,16 @@
 #include "codecs/kv_tensor.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/codecs/codec_test_support.h"
 
 namespace strata::codecs {
 namespace {
 
+using testing::EqualsSliceOfFull;
+using testing::MeasureRoundTrip;
 using ::testing::StartsWith;
-
-std::string Message(const absl::Status& s) { return std::string(s.message()); }
+using testing::StatusIs;
+using testing::WithByte;
 
 // Per (kv, layer, head): x = μ + U·(σ ⊙ g) + noise·n with U a random d×rank
 // orthonormal-ish basis (the same "model" for every seed), g, n ~ N(0, I).
@@ -69,14 +72,7 @@ CodecParams Params(uint16_t rank_k, uint16_t rank_v,
 
 double RoundTripRelMse(const KvTensor& kv, const CodecParams& params,
                        const CodecProfile& profile, double* bits = nullptr) {
-  auto block = EncodeKvBlock(kv, CodecId::kLowRank, params, &profile);
-  EXPECT_TRUE(block.ok()) << block.status();
-  if (!block.ok()) return INFINITY;
-  auto decoded = DecodeKvBlock(*block, &profile);
-  EXPECT_TRUE(decoded.ok()) << decoded.status();
-  if (!decoded.ok()) return INFINITY;
-  if (bits != nullptr) *bits = BitsPerElement(*block);
-  return RelativeMse(kv.data, decoded->data);
+  return testing::RoundTripRelMse(kv, CodecId::kLowRank, params, profile, bits);
 }
 
 struct SmallSetup {
@@ -177,36 +173,34 @@ TEST(LowRankCodec, QuantizedLatentsTradeBitsForError) {
 TEST(LowRankCodec, ProfileMissingOrMismatchedIsFailedPrecondition) {
   SmallSetup setup;
   const CodecParams params = Params(4, 8);
-  auto none = EncodeKvBlock(setup.kv, CodecId::kLowRank, params, nullptr);
-  EXPECT_EQ(none.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(Message(none.status()), StartsWith("profile"));
+  const auto profile_error =
+      StatusIs(absl::StatusCode::kFailedPrecondition, StartsWith("profile"));
+  EXPECT_THAT(
+      EncodeKvBlock(setup.kv, CodecId::kLowRank, params, nullptr).status(),
+      profile_error);
   // More components than the profile has.
-  auto too_many =
-      EncodeKvBlock(setup.kv, CodecId::kLowRank, Params(17, 4), &setup.profile);
-  EXPECT_EQ(too_many.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(Message(too_many.status()), StartsWith("profile"));
+  EXPECT_THAT(
+      EncodeKvBlock(setup.kv, CodecId::kLowRank, Params(17, 4), &setup.profile)
+          .status(),
+      profile_error);
   // A profile of a model with other heads.
   BlockShape other = setup.shape;
   other.num_kv_heads = 3;
-  auto wrong = EncodeKvBlock(KvTensor::Zeros(other), CodecId::kLowRank, params,
-                             &setup.profile);
-  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(Message(wrong.status()), StartsWith("profile"));
+  EXPECT_THAT(EncodeKvBlock(KvTensor::Zeros(other), CodecId::kLowRank, params,
+                            &setup.profile)
+                  .status(),
+              profile_error);
 
   auto block =
       EncodeKvBlock(setup.kv, CodecId::kLowRank, params, &setup.profile);
   ASSERT_TRUE(block.ok()) << block.status();
-  auto missing = DecodeKvBlock(*block, nullptr);
-  EXPECT_EQ(missing.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(Message(missing.status()), StartsWith("profile"));
+  EXPECT_THAT(DecodeKvBlock(*block, nullptr).status(), profile_error);
   CodecProfile changed = setup.profile;
   std::vector<float> mean = changed.Find("pca.v.mean")->data;
   mean[3] += 1;
   ASSERT_TRUE(
       changed.Put("pca.v.mean", changed.Find("pca.v.mean")->dims, mean).ok());
-  auto mismatched = DecodeKvBlock(*block, &changed);
-  EXPECT_EQ(mismatched.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(Message(mismatched.status()), StartsWith("profile"));
+  EXPECT_THAT(DecodeKvBlock(*block, &changed).status(), profile_error);
 }
 
 TEST(LowRankCodec, CorruptPayloadsAreDataLoss) {
@@ -219,16 +213,12 @@ TEST(LowRankCodec, CorruptPayloadsAreDataLoss) {
     auto payload = codec->Encode(setup.kv, params, &setup.profile);
     ASSERT_TRUE(payload.ok()) << payload.status();
     KvTensor out;
-    auto decode = [&](const std::vector<uint8_t>& p) {
+    auto decode = [&](absl::Span<const uint8_t> p) {
       return codec->Decode(setup.shape, params, p, &setup.profile, {}, &out);
     };
     ASSERT_TRUE(decode(*payload).ok());
-    std::vector<uint8_t> truncated(payload->begin(), payload->end() - 1);
-    EXPECT_EQ(decode(truncated).code(), absl::StatusCode::kDataLoss);
-    EXPECT_THAT(Message(decode(truncated)), StartsWith("payload"));
-    std::vector<uint8_t> padded = *payload;
-    padded.push_back(0);
-    EXPECT_EQ(decode(padded).code(), absl::StatusCode::kDataLoss);
+    testing::ExpectTruncatedAndPaddedAreDataLoss(
+        decode, *payload, {payload->size() - 1}, "payload");
     // First record: fp16 latent 0, or the fp16 min, is +inf.
     std::vector<uint8_t> inf = *payload;
     inf[0] = 0x00;
@@ -272,15 +262,7 @@ TEST(LowRankCodec, PartialDecodeEqualsTheSliceOfAFullDecode) {
       for (const DecodeSelection& sel : {by_indices, by_range}) {
         auto part = DecodeKvBlock(*block, &setup.profile, sel);
         ASSERT_TRUE(part.ok()) << part.status();
-        const BlockShape& ps = part->shape;
-        for (int k = 0; k < 2; ++k)
-          for (uint32_t l = 0; l < ps.num_layers; ++l)
-            for (uint32_t t = 0; t < ps.num_tokens; ++t)
-              for (uint32_t h = 0; h < ps.num_kv_heads; ++h)
-                for (uint32_t d = 0; d < ps.head_dim; ++d)
-                  ASSERT_EQ(
-                      part->at(k, l, t, h, d),
-                      full->at(k, sel.layer_begin + l, sel.Token(t), h, d));
+        ASSERT_TRUE(EqualsSliceOfFull(*part, *full, sel));
       }
     }
   }
@@ -320,20 +302,17 @@ TEST(LowRankCodec, FittingAndEncodingAreDeterministic) {
 TEST(LowRankCodec, InvalidParamsAreRejectedNamingTheField) {
   SmallSetup setup;
   auto check = [&](const CodecParams& params, const char* field) {
-    auto r = EncodeKvBlock(setup.kv, CodecId::kLowRank, params, &setup.profile);
-    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << field;
-    EXPECT_THAT(Message(r.status()), StartsWith(field));
+    EXPECT_THAT(
+        EncodeKvBlock(setup.kv, CodecId::kLowRank, params, &setup.profile)
+            .status(),
+        StatusIs(absl::StatusCode::kInvalidArgument, StartsWith(field)));
   };
   check(Params(0, 4), "rank_k");
   check(Params(4, 33), "rank_v");
   check(Params(4, 4, LatentFormat::kFloat16, true), "flags");
   check(CodecParams{}, "version");
-  CodecParams bad_format = Params(4, 4);
-  bad_format[1] = 3;
-  check(bad_format, "format");
-  CodecParams reserved = Params(4, 4);
-  reserved[30] = 1;
-  check(reserved, "reserved");
+  check(WithByte(Params(4, 4), 1, 3), "format");
+  check(WithByte(Params(4, 4), 30, 1), "reserved");
   EXPECT_EQ(FitLowRankProfile({setup.kv}, 33, "m").status().code(),
             absl::StatusCode::kInvalidArgument);
 }
@@ -349,36 +328,25 @@ TEST(LowRankCodec, RealSmolLm2KeysAreLowerRankThanValues) {
   ASSERT_TRUE(calibration.ok() && evaluation.ok());
   auto profile = FitLowRankProfile({*calibration}, 32, fixture->model);
   ASSERT_TRUE(profile.ok()) << profile.status();
-  const size_t half = evaluation->data.size() / 2;
-  const auto ref = absl::MakeConstSpan(evaluation->data);
-  auto measure = [&](const CodecParams& params, double* k, double* v) {
-    auto block =
-        EncodeKvBlock(*evaluation, CodecId::kLowRank, params, &*profile);
-    EXPECT_TRUE(block.ok()) << block.status();
-    auto decoded = DecodeKvBlock(*block, &*profile);
-    EXPECT_TRUE(decoded.ok()) << decoded.status();
-    const auto got = absl::MakeConstSpan(decoded->data);
-    *k = RelativeMse(ref.first(half), got.first(half));
-    *v = RelativeMse(ref.subspan(half), got.subspan(half));
-    return BitsPerElement(*block);
-  };
   for (uint16_t r : {8, 16, 32}) {
-    double k = 0, v = 0;
-    const double bits = measure(Params(r, r), &k, &v);
+    auto e = MeasureRoundTrip(*evaluation, CodecId::kLowRank, Params(r, r),
+                              &*profile);
+    ASSERT_TRUE(e.ok()) << e.status();
     std::printf(
         "SmolLM2 held-out, rank %2u fp16 (%.2f bits/element): relMSE K %.4f "
         "V %.4f\n",
-        r, bits, k, v);
-    EXPECT_LT(k, v) << r;
+        r, e->bits, e->k, e->v);
+    EXPECT_LT(e->k, e->v) << r;
   }
   for (bool whiten : {false, true}) {
-    double k = 0, v = 0;
-    const double bits =
-        measure(Params(16, 32, LatentFormat::kInt4, whiten), &k, &v);
+    auto e = MeasureRoundTrip(*evaluation, CodecId::kLowRank,
+                              Params(16, 32, LatentFormat::kInt4, whiten),
+                              &*profile);
+    ASSERT_TRUE(e.ok()) << e.status();
     std::printf(
         "SmolLM2 held-out, rank K 16 / V 32, int4%s (%.2f bits/element): "
         "relMSE K %.4f V %.4f\n",
-        whiten ? " whitened" : "", bits, k, v);
+        whiten ? " whitened" : "", e->bits, e->k, e->v);
   }
 }
 

@@ -12,15 +12,20 @@
 #include "codecs/kv_tensor.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/codecs/codec_test_support.h"
 
 namespace strata::codecs {
 namespace {
 
+using testing::AllFinite;
+using testing::EqualsSliceOfFull;
 using ::testing::HasSubstr;
+using testing::kAllDtypes;
+using testing::MeasureRoundTrip;
+using testing::RelMseOf;
 using ::testing::StartsWith;
-
-constexpr DType kAllDtypes[] = {DType::kFloat16, DType::kBFloat16,
-                                DType::kFloat8E4M3, DType::kFloat32};
+using testing::StatusIs;
+using testing::WithByte;
 
 // Values as a cache of `dtype` holds them.
 float RoundToDtypeForTest(float v, DType dtype) {
@@ -36,12 +41,6 @@ KvTensor GaussianKv(const BlockShape& shape, uint32_t seed) {
 }
 
 const Codec& Quant() { return **FindCodec(CodecId::kQuant); }
-
-double RelMseOf(const KvTensor& a, const KvTensor& b, int kv) {
-  const size_t half = a.data.size() / 2;
-  return RelativeMse(absl::MakeConstSpan(a.data).subspan(kv * half, half),
-                     absl::MakeConstSpan(b.data).subspan(kv * half, half));
-}
 
 KvTensor RoundTrip(const KvTensor& kv, const QuantParams& p) {
   auto block = EncodeKvBlock(kv, CodecId::kQuant, p.ToBytes());
@@ -273,28 +272,14 @@ TEST(QuantCodec, PartialDecodeEqualsTheSliceOfAFullDecodeForEveryDtype) {
     auto full = DecodeKvBlock(*block);
     ASSERT_TRUE(full.ok()) << full.status();
     for (int trial = 0; trial < 20; ++trial) {
-      DecodeSelection sel;
-      sel.layer_begin = rng() % 3;
-      sel.layer_end = sel.layer_begin + 1 + rng() % (3 - sel.layer_begin);
-      if (trial % 2) {
-        for (uint32_t t = 0; t < shape.num_tokens; ++t)
-          if (rng() % 5 == 0) sel.token_indices.push_back(t);
-        if (sel.token_indices.empty()) sel.token_indices.push_back(0);
-      } else {
-        sel.token_begin = rng() % shape.num_tokens;
-        sel.token_end =
-            sel.token_begin + 1 + rng() % (shape.num_tokens - sel.token_begin);
-      }
+      // By indices (1 in 5, else token 0) or a token range.
+      const DecodeSelection sel = testing::RandomSelection(
+          rng, 3, shape.num_tokens, trial % 2, /*one_in=*/5,
+          /*fallback_token=*/0);
       auto part = DecodeKvBlock(*block, nullptr, sel);
       ASSERT_TRUE(part.ok()) << part.status();
-      for (int k = 0; k < 2; ++k)
-        for (uint32_t l = 0; l < part->shape.num_layers; ++l)
-          for (uint32_t r = 0; r < part->shape.num_tokens; ++r)
-            for (uint32_t h = 0; h < 2; ++h)
-              for (uint32_t d = 0; d < 64; ++d)
-                ASSERT_EQ(part->at(k, l, r, h, d),
-                          full->at(k, sel.layer_begin + l, sel.Token(r), h, d))
-                    << DTypeName(dtype) << " seed " << seed;
+      ASSERT_TRUE(EqualsSliceOfFull(*part, *full, sel))
+          << DTypeName(dtype) << " seed " << seed;
     }
   }
 }
@@ -364,39 +349,28 @@ TEST(QuantCodec, BadParamsAreInvalidArgumentNamingTheField) {
   const BlockShape shape{DType::kFloat16, 1, 40, 1, 64};
   const KvTensor kv = GaussianKv(shape, 4);
   auto expect_bad = [&](const CodecParams& params, const std::string& field) {
-    absl::Status s = Quant().ValidateParams(shape, params);
-    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << field;
-    EXPECT_THAT(std::string(s.message()), StartsWith(field + ":"));
-    s = EncodeKvBlock(kv, CodecId::kQuant, params).status();
-    EXPECT_THAT(std::string(s.message()), StartsWith(field + ":"));
+    const auto named =
+        StatusIs(absl::StatusCode::kInvalidArgument, StartsWith(field + ":"));
+    EXPECT_THAT(Quant().ValidateParams(shape, params), named);
+    EXPECT_THAT(
+        std::string(
+            EncodeKvBlock(kv, CodecId::kQuant, params).status().message()),
+        StartsWith(field + ":"));
     KvTensor out;
-    s = Quant().Decode(shape, params, std::vector<uint8_t>(100), nullptr, {},
-                       &out);
-    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << field;
-    EXPECT_THAT(std::string(s.message()), StartsWith(field + ":"));
+    EXPECT_THAT(Quant().Decode(shape, params, std::vector<uint8_t>(100),
+                               nullptr, {}, &out),
+                named);
   };
-  CodecParams b = Kivi(2, 32).ToBytes();
-  b[1] = 5;
-  expect_bad(b, "k_bits");
-  b = Kivi(2, 32).ToBytes();
-  b[2] = 1;
-  expect_bad(b, "v_bits");
-  b = Kivi(2, 32).ToBytes();
-  b[3] = 48;
-  expect_bad(b, "k_group");
-  b = Kivi(2, 32).ToBytes();
-  b[4] = 128;  // Does not divide head_dim 64.
-  expect_bad(b, "v_group");
-  b = Kivi(2, 32).ToBytes();
-  b[0] = 2;
-  expect_bad(b, "version");
+  const CodecParams good = Kivi(2, 32).ToBytes();
+  expect_bad(WithByte(good, 1, 5), "k_bits");
+  expect_bad(WithByte(good, 2, 1), "v_bits");
+  expect_bad(WithByte(good, 3, 48), "k_group");
+  // Does not divide head_dim 64.
+  expect_bad(WithByte(good, 4, 128), "v_group");
+  expect_bad(WithByte(good, 0, 2), "version");
   expect_bad(CodecParams{}, "version");
-  b = Kivi(2, 32).ToBytes();
-  b[5] = 2;
-  expect_bad(b, "flags");
-  b = Kivi(2, 32).ToBytes();
-  b[20] = 1;
-  expect_bad(b, "reserved");
+  expect_bad(WithByte(good, 5, 2), "flags");
+  expect_bad(WithByte(good, 20, 1), "reserved");
   QuantParams p = Kivi(2, 32);
   p.n_sink = 41;
   expect_bad(p.ToBytes(), "n_sink");
@@ -433,17 +407,12 @@ TEST(QuantCodec, TruncatedOrPaddedPayloadIsDataLoss) {
   auto payload = Quant().Encode(GaussianKv(shape, 9), params, nullptr);
   ASSERT_TRUE(payload.ok());
   KvTensor out;
-  for (size_t size : {size_t{0}, payload->size() - 1, payload->size() / 2}) {
-    absl::Status s =
-        Quant().Decode(shape, params, absl::MakeConstSpan(*payload).first(size),
-                       nullptr, {}, &out);
-    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << size;
-    EXPECT_THAT(std::string(s.message()), StartsWith("payload:"));
-  }
-  std::vector<uint8_t> padded = *payload;
-  padded.push_back(0);
-  EXPECT_EQ(Quant().Decode(shape, params, padded, nullptr, {}, &out).code(),
-            absl::StatusCode::kDataLoss);
+  testing::ExpectTruncatedAndPaddedAreDataLoss(
+      [&](absl::Span<const uint8_t> p) {
+        return Quant().Decode(shape, params, p, nullptr, {}, &out);
+      },
+      *payload, {size_t{0}, payload->size() - 1, payload->size() / 2},
+      "payload:");
 }
 
 TEST(QuantCodec, CorruptedPayloadsGiveAnErrorOrAFiniteDecode) {
@@ -461,10 +430,7 @@ TEST(QuantCodec, CorruptedPayloadsGiveAnErrorOrAFiniteDecode) {
     ASSERT_TRUE(payload.ok());
     for (int trial = 0; trial < 200; ++trial) {
       std::vector<uint8_t> bad = *payload;
-      const int flips = 1 + rng() % 8;
-      for (int f = 0; f < flips; ++f) {
-        bad[rng() % bad.size()] ^= static_cast<uint8_t>(1 + rng() % 255);
-      }
+      testing::FlipRandomBytes(rng, &bad);
       KvTensor out;
       absl::Status s = Quant().Decode(shape, params, bad, nullptr, {}, &out);
       if (!s.ok()) {
@@ -473,7 +439,7 @@ TEST(QuantCodec, CorruptedPayloadsGiveAnErrorOrAFiniteDecode) {
         continue;
       }
       ++decodes;
-      for (float v : out.data) ASSERT_TRUE(std::isfinite(v)) << "seed " << seed;
+      ASSERT_TRUE(AllFinite(out)) << "seed " << seed;
     }
   }
   std::printf("corrupted payloads: %d errors, %d finite decodes\n", errors,
@@ -491,14 +457,11 @@ TEST(QuantCodec, RealSmolLM2KvAtFourBitsIsNearLossless) {
     for (bool per_token : {false, true}) {
       QuantParams p = Kivi(bits, 32);
       p.keys_per_token = per_token;
-      auto block = EncodeKvBlock(*kv, CodecId::kQuant, p.ToBytes());
-      ASSERT_TRUE(block.ok()) << block.status();
-      auto out = DecodeKvBlock(*block);
-      ASSERT_TRUE(out.ok());
-      const double k = RelMseOf(*kv, *out, 0), v = RelMseOf(*kv, *out, 1);
+      auto e = MeasureRoundTrip(*kv, CodecId::kQuant, p.ToBytes(), nullptr);
+      ASSERT_TRUE(e.ok()) << e.status();
+      const double k = e->k, v = e->v;
       std::printf("SmolLM2 KIVI-%d G32 keys per %s: K %.5f V %.5f, %.3f bits\n",
-                  bits, per_token ? "token  " : "channel", k, v,
-                  BitsPerElement(*block));
+                  bits, per_token ? "token  " : "channel", k, v, e->bits);
       if (bits == 4 && !per_token) {
         EXPECT_LT(k, 0.01);
         EXPECT_LT(v, 0.01);

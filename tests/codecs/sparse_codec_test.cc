@@ -14,14 +14,17 @@
 #include "codecs/kv_tensor.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/codecs/codec_test_support.h"
 
 namespace strata::codecs {
 namespace {
 
+using testing::EqualsSliceOfFull;
 using ::testing::HasSubstr;
+using testing::MeasureRoundTrip;
 using ::testing::StartsWith;
-
-std::string Message(const absl::Status& s) { return std::string(s.message()); }
+using testing::StatusIs;
+using testing::WithByte;
 
 // `count` random unit vectors of `dim` floats.
 std::vector<float> RandomAtoms(uint32_t count, uint32_t dim,
@@ -112,14 +115,7 @@ CodecParams Params(uint8_t s, uint8_t s_n, uint8_t online = 0) {
 
 double RoundTripRelMse(const KvTensor& kv, const CodecParams& params,
                        const CodecProfile& profile, double* bits = nullptr) {
-  auto block = EncodeKvBlock(kv, CodecId::kSparse, params, &profile);
-  EXPECT_TRUE(block.ok()) << block.status();
-  if (!block.ok()) return INFINITY;
-  auto decoded = DecodeKvBlock(*block, &profile);
-  EXPECT_TRUE(decoded.ok()) << decoded.status();
-  if (!decoded.ok()) return INFINITY;
-  if (bits != nullptr) *bits = BitsPerElement(*block);
-  return RelativeMse(kv.data, decoded->data);
+  return testing::RoundTripRelMse(kv, CodecId::kSparse, params, profile, bits);
 }
 
 // Max over learned atoms of |cos| with each hidden atom; the fraction above
@@ -290,48 +286,43 @@ TEST(SparseCodec, OnlineAtomsCaptureBlockSpecificStructure) {
 TEST(SparseCodec, MissingOrMismatchedProfileIsFailedPrecondition) {
   SmallSetup setup;
   const CodecParams params = Params(2, 2);
-  auto no_profile = EncodeKvBlock(setup.kv, CodecId::kSparse, params, nullptr);
-  EXPECT_EQ(no_profile.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(Message(no_profile.status()), StartsWith("profile"));
+  const auto profile_error =
+      StatusIs(absl::StatusCode::kFailedPrecondition, StartsWith("profile"));
+  EXPECT_THAT(
+      EncodeKvBlock(setup.kv, CodecId::kSparse, params, nullptr).status(),
+      profile_error);
 
   // Atoms of 16 channels cannot code chunks of 32 (s_n = 1).
-  auto wrong_chunks =
-      EncodeKvBlock(setup.kv, CodecId::kSparse, Params(2, 1), &setup.profile);
-  EXPECT_EQ(wrong_chunks.status().code(),
-            absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(Message(wrong_chunks.status()), StartsWith("profile"));
+  EXPECT_THAT(
+      EncodeKvBlock(setup.kv, CodecId::kSparse, Params(2, 1), &setup.profile)
+          .status(),
+      profile_error);
 
   // A profile of a model with another layer count.
   BlockShape other = setup.shape;
   other.num_layers = 4;
   KvTensor other_kv = KvTensor::Zeros(other);
-  auto wrong_layers =
-      EncodeKvBlock(other_kv, CodecId::kSparse, params, &setup.profile);
-  EXPECT_EQ(wrong_layers.status().code(),
-            absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(Message(wrong_layers.status()), StartsWith("profile"));
+  EXPECT_THAT(EncodeKvBlock(other_kv, CodecId::kSparse, params, &setup.profile)
+                  .status(),
+              profile_error);
   // ... or other heads (the dictionaries would fit, the model does not).
   other = setup.shape;
   other.num_kv_heads = 3;
-  auto wrong_heads = EncodeKvBlock(KvTensor::Zeros(other), CodecId::kSparse,
-                                   params, &setup.profile);
-  EXPECT_EQ(wrong_heads.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(Message(wrong_heads.status()), StartsWith("profile"));
+  EXPECT_THAT(EncodeKvBlock(KvTensor::Zeros(other), CodecId::kSparse, params,
+                            &setup.profile)
+                  .status(),
+              profile_error);
 
   auto block =
       EncodeKvBlock(setup.kv, CodecId::kSparse, params, &setup.profile);
   ASSERT_TRUE(block.ok()) << block.status();
-  auto missing = DecodeKvBlock(*block, nullptr);
-  EXPECT_EQ(missing.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(Message(missing.status()), StartsWith("profile"));
+  EXPECT_THAT(DecodeKvBlock(*block, nullptr).status(), profile_error);
   CodecProfile changed = setup.profile;
   std::vector<float> dict = changed.Find("csr.k.dict")->data;
   dict[0] = -dict[0];
   ASSERT_TRUE(
       changed.Put("csr.k.dict", changed.Find("csr.k.dict")->dims, dict).ok());
-  auto mismatched = DecodeKvBlock(*block, &changed);
-  EXPECT_EQ(mismatched.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(Message(mismatched.status()), StartsWith("profile"));
+  EXPECT_THAT(DecodeKvBlock(*block, &changed).status(), profile_error);
 }
 
 TEST(SparseCodec, CorruptPayloadsAreDataLoss) {
@@ -341,18 +332,14 @@ TEST(SparseCodec, CorruptPayloadsAreDataLoss) {
   auto payload = codec->Encode(setup.kv, params, &setup.profile);
   ASSERT_TRUE(payload.ok()) << payload.status();
   KvTensor out;
-  auto decode = [&](const std::vector<uint8_t>& p) {
+  auto decode = [&](absl::Span<const uint8_t> p) {
     return codec->Decode(setup.shape, params, p, &setup.profile, {}, &out);
   };
   ASSERT_TRUE(decode(*payload).ok());
   const KvTensor good = out;
 
-  std::vector<uint8_t> truncated(payload->begin(), payload->end() - 1);
-  EXPECT_EQ(decode(truncated).code(), absl::StatusCode::kDataLoss);
-  EXPECT_THAT(Message(decode(truncated)), StartsWith("payload"));
-  std::vector<uint8_t> padded = *payload;
-  padded.push_back(0);
-  EXPECT_EQ(decode(padded).code(), absl::StatusCode::kDataLoss);
+  testing::ExpectTruncatedAndPaddedAreDataLoss(
+      decode, *payload, {payload->size() - 1}, "payload");
 
   // Records follow 2 layers... of online atoms: [2][3][4][16] fp16.
   const size_t records = 2 * 3 * 4 * 16 * 2;
@@ -361,8 +348,9 @@ TEST(SparseCodec, CorruptPayloadsAreDataLoss) {
     const size_t at = records + 4 * 101;
     bad[at] = static_cast<uint8_t>(index);
     bad[at + 1] = static_cast<uint8_t>(index >> 8);
-    EXPECT_EQ(decode(bad).code(), absl::StatusCode::kDataLoss) << index;
-    EXPECT_THAT(Message(decode(bad)), HasSubstr("atom index"));
+    EXPECT_THAT(decode(bad),
+                StatusIs(absl::StatusCode::kDataLoss, HasSubstr("atom index")))
+        << index;
   }
   std::vector<uint8_t> inf_coef = *payload;
   inf_coef[records + 2] = 0x00;
@@ -411,14 +399,7 @@ TEST(SparseCodec, PartialDecodeEqualsTheSliceOfAFullDecode) {
     for (const DecodeSelection& sel : {by_indices, by_range}) {
       auto part = DecodeKvBlock(*block, &setup.profile, sel);
       ASSERT_TRUE(part.ok()) << part.status();
-      const BlockShape& ps = part->shape;
-      for (int k = 0; k < 2; ++k)
-        for (uint32_t l = 0; l < ps.num_layers; ++l)
-          for (uint32_t t = 0; t < ps.num_tokens; ++t)
-            for (uint32_t h = 0; h < ps.num_kv_heads; ++h)
-              for (uint32_t d = 0; d < ps.head_dim; ++d)
-                ASSERT_EQ(part->at(k, l, t, h, d),
-                          full->at(k, sel.layer_begin + l, sel.Token(t), h, d));
+      ASSERT_TRUE(EqualsSliceOfFull(*part, *full, sel));
     }
   }
 }
@@ -441,30 +422,32 @@ TEST(SparseCodec, FittingAndEncodingAreDeterministic) {
 TEST(SparseCodec, InvalidParamsAreRejectedNamingTheField) {
   SmallSetup setup;
   auto check = [&](const CodecParams& params, const char* field) {
-    auto r = EncodeKvBlock(setup.kv, CodecId::kSparse, params, &setup.profile);
-    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << field;
-    EXPECT_THAT(Message(r.status()), StartsWith(field));
+    EXPECT_THAT(
+        EncodeKvBlock(setup.kv, CodecId::kSparse, params, &setup.profile)
+            .status(),
+        StatusIs(absl::StatusCode::kInvalidArgument, StartsWith(field)));
   };
   check(Params(0, 2), "atoms_per_chunk");
   check(Params(2, 3), "chunks_per_head");
   check(CodecParams{}, "version");
-  CodecParams reserved = Params(2, 2);
-  reserved[5] = 1;
-  check(reserved, "reserved");
+  check(WithByte(Params(2, 2), 5, 1), "reserved");
   // Fit options and calibration data.
   SparseFitOptions opt;
   opt.num_atoms = 1000;  // More than the 192 chunks of layers 0-1.
   opt.chunks_per_head = 2;
   opt.layers_per_group = 2;
-  auto few = FitSparseProfile({setup.kv}, opt, "m");
-  EXPECT_EQ(few.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(Message(few.status()), StartsWith("calibration"));
+  EXPECT_THAT(
+      FitSparseProfile({setup.kv}, opt, "m").status(),
+      StatusIs(absl::StatusCode::kInvalidArgument, StartsWith("calibration")));
   opt.num_atoms = 8;
   opt.chunks_per_head = 3;
-  EXPECT_THAT(Message(FitSparseProfile({setup.kv}, opt, "m").status()),
-              StartsWith("chunks_per_head"));
-  EXPECT_THAT(Message(FitSparseProfile({}, SparseFitOptions{}, "m").status()),
-              StartsWith("calibration"));
+  EXPECT_THAT(
+      std::string(FitSparseProfile({setup.kv}, opt, "m").status().message()),
+      StartsWith("chunks_per_head"));
+  EXPECT_THAT(
+      std::string(
+          FitSparseProfile({}, SparseFitOptions{}, "m").status().message()),
+      StartsWith("calibration"));
   KvTensor nan_kv = setup.kv;
   nan_kv.data[17] = NAN;
   EXPECT_EQ(
@@ -494,23 +477,16 @@ TEST(SparseCodec, RealSmolLm2KvHeldOutReport) {
   opt.max_training_chunks = 4096;
   auto profile = FitSparseProfile({*calibration}, opt, fixture->model);
   ASSERT_TRUE(profile.ok()) << profile.status();
-  const size_t half = evaluation->data.size() / 2;
   for (uint8_t s : {1, 2}) {
-    auto block =
-        EncodeKvBlock(*evaluation, CodecId::kSparse, Params(s, 2), &*profile);
-    ASSERT_TRUE(block.ok()) << block.status();
-    auto decoded = DecodeKvBlock(*block, &*profile);
-    ASSERT_TRUE(decoded.ok()) << decoded.status();
-    const auto ref = absl::MakeConstSpan(evaluation->data);
-    const auto got = absl::MakeConstSpan(decoded->data);
-    const double k = RelativeMse(ref.first(half), got.first(half));
-    const double v = RelativeMse(ref.subspan(half), got.subspan(half));
+    auto e = MeasureRoundTrip(*evaluation, CodecId::kSparse, Params(s, 2),
+                              &*profile);
+    ASSERT_TRUE(e.ok()) << e.status();
     std::printf(
         "SmolLM2 held-out, N = 256, s_n = 2, s = %d (%.3f bits/element): "
         "relMSE K %.4f V %.4f\n",
-        s, BitsPerElement(*block), k, v);
-    EXPECT_LT(k, 0.6);
-    EXPECT_LT(v, 0.8);
+        s, e->bits, e->k, e->v);
+    EXPECT_LT(e->k, 0.6);
+    EXPECT_LT(e->v, 0.8);
   }
 }
 
