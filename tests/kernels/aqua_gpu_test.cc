@@ -31,9 +31,10 @@ using kvstore::BlockShape;
 using kvstore::DType;
 using testing::DeviceBuffer;
 using testing::ErrorWord;
-using testing::FirstDifference;
-
-constexpr uint8_t kPoison = 0xA5;
+using testing::kPoison;
+using testing::ProfileEncodeParams;
+using testing::ProfileLaunchParams;
+using testing::SameBytes;
 
 class AquaGpuTest : public testing::GpuTest {
  protected:
@@ -56,15 +57,9 @@ class AquaGpuTest : public testing::GpuTest {
     in.Upload(raw, stream_);
     payload.Fill(kPoison, stream_);
     ErrorWord flags(stream_);
-    AquaEncodeParams enc;
-    enc.shape = kv.shape;
-    enc.codec_params = p.ToBytes();
-    enc.profile_layout = packed->layout;
-    enc.profile = prof.as<float>();
-    enc.kv = in.get();
-    enc.payload = payload.get();
-    enc.payload_bytes = cpu->size();
-    enc.error_flags = flags.get();
+    const auto enc = ProfileEncodeParams<AquaEncodeParams>(
+        kv.shape, p.ToBytes(), packed->layout, prof, in, payload, cpu->size(),
+        flags.get());
     auto bytes = AquaPayloadBytes(kv.shape, p.ToBytes());
     ASSERT_TRUE(bytes.ok());
     ASSERT_EQ(*bytes, cpu->size()) << what;
@@ -75,9 +70,7 @@ class AquaGpuTest : public testing::GpuTest {
     Sync();
     EXPECT_EQ(flags.Read(), 0u) << what;
     EXPECT_EQ(EncodedCodecParams(enc), cpu_params) << what;
-    const int64_t diff = FirstDifference(payload.Download(stream_), *cpu);
-    ASSERT_EQ(diff, -1) << what << ": first differing payload byte " << diff
-                        << " of " << cpu->size();
+    ASSERT_TRUE(SameBytes(payload.Download(stream_), *cpu, "payload")) << what;
     // Decode the CPU payload: all layers, the last one, the upper half.
     payload.Upload(*cpu, stream_);
     const uint32_t L = kv.shape.num_layers;
@@ -87,30 +80,13 @@ class AquaGpuTest : public testing::GpuTest {
       auto cpu_raw = testing::CpuAquaDecodeRaw(kv.shape, cpu_params, *cpu,
                                                profile, r[0], r[1]);
       ASSERT_TRUE(cpu_raw.ok()) << cpu_raw.status() << " " << what;
-      DeviceBuffer out(cpu_raw->size());
-      out.Fill(kPoison, stream_);
-      ErrorWord dflags(stream_);
-      AquaDecodeParams dec;
-      dec.shape = kv.shape;
-      dec.codec_params = cpu_params;
-      dec.profile_layout = packed->layout;
-      dec.profile = prof.as<float>();
-      dec.payload = payload.get();
-      dec.payload_bytes = cpu->size();
-      dec.kv = out.get();
+      auto dec = ProfileLaunchParams<AquaDecodeParams>(
+          kv.shape, cpu_params, packed->layout, prof, payload, cpu->size());
       dec.layer_begin = r[0];
       dec.layer_count = r[1];
-      dec.error_flags = dflags.get();
-      DeviceBuffer dws(std::max<size_t>(WorkspaceBytes(dec), 256));
-      dws.Fill(kPoison, stream_);
-      const absl::Status s = Launch(dec, dws.get(), stream_);
-      ASSERT_TRUE(s.ok()) << s << " " << what;
-      Sync();
-      EXPECT_EQ(dflags.Read(), 0u) << what;
-      const int64_t rdiff = FirstDifference(out.Download(stream_), *cpu_raw);
-      ASSERT_EQ(rdiff, -1) << what << " layers " << r[0] << "+" << r[1]
-                           << ": first differing decoded byte " << rdiff
-                           << " of " << cpu_raw->size();
+      ExpectDecodeEquals(dec, *cpu_raw, /*workspace_min=*/256,
+                         absl::StrCat(what, " layers ", r[0], "+", r[1]));
+      if (HasFatalFailure()) return;
     }
   }
 };
@@ -230,15 +206,9 @@ TEST_F(AquaGpuTest, ReportsNonFiniteInputAndBadPayloads) {
     DeviceBuffer in(raw.size()), payload(*bytes);
     in.Upload(raw, stream_);
     ErrorWord flags(stream_);
-    AquaEncodeParams enc;
-    enc.shape = shape;
-    enc.codec_params = p.ToBytes();
-    enc.profile_layout = packed->layout;
-    enc.profile = prof.as<float>();
-    enc.kv = in.get();
-    enc.payload = payload.get();
-    enc.payload_bytes = *bytes;
-    enc.error_flags = flags.get();
+    const auto enc = ProfileEncodeParams<AquaEncodeParams>(
+        shape, p.ToBytes(), packed->layout, prof, in, payload, *bytes,
+        flags.get());
     DeviceBuffer ws(WorkspaceBytes(enc));
     ASSERT_TRUE(Launch(enc, ws.get(), stream_).ok());
     Sync();
@@ -251,15 +221,10 @@ TEST_F(AquaGpuTest, ReportsNonFiniteInputAndBadPayloads) {
   DeviceBuffer payload(*bytes), out(shape.RawBytes());
   payload.Upload(bad, stream_);
   ErrorWord dflags(stream_);
-  AquaDecodeParams dec;
-  dec.shape = shape;
   AquaParams recorded = p;
   recorded.profile_id = profile->id();
-  dec.codec_params = recorded.ToBytes();
-  dec.profile_layout = packed->layout;
-  dec.profile = prof.as<float>();
-  dec.payload = payload.get();
-  dec.payload_bytes = *bytes;
+  auto dec = ProfileLaunchParams<AquaDecodeParams>(
+      shape, recorded.ToBytes(), packed->layout, prof, payload, *bytes);
   dec.kv = out.get();
   dec.error_flags = dflags.get();
   DeviceBuffer ws(WorkspaceBytes(dec));

@@ -33,15 +33,8 @@ using internal::AquaArgs;
 using internal::AquaSlab;
 using kvstore::BlockShape;
 using kvstore::DType;
-using ::testing::StartsWith;
-
-void* FakeDevice(uintptr_t address) { return reinterpret_cast<void*>(address); }
-
-void ExpectField(const absl::Status& s, absl::StatusCode code,
-                 const std::string& field) {
-  EXPECT_EQ(s.code(), code) << s;
-  EXPECT_THAT(std::string(s.message()), StartsWith(field + ":")) << s;
-}
+using testing::ExpectField;
+using testing::FakeDevice;
 
 // ---- Host emulation of aqua_kernels.cu, launch by launch.
 

@@ -23,10 +23,8 @@ namespace strata::kernels::testing {
 inline absl::StatusOr<std::vector<uint8_t>> CpuAquaEncode(
     const codecs::KvTensor& kv, const codecs::AquaParams& p,
     const codecs::CodecProfile& profile, codecs::CodecParams* params) {
-  auto codec = codecs::FindCodec(codecs::CodecId::kAqua);
-  if (!codec.ok()) return codec.status();
   *params = p.ToBytes();
-  return (*codec)->Encode(kv, *params, &profile);
+  return CpuEncode(codecs::CodecId::kAqua, kv, params, &profile);
 }
 
 // The CPU decode of layers [begin, begin + count) (count 0: all) as raw
@@ -35,16 +33,11 @@ inline absl::StatusOr<std::vector<uint8_t>> CpuAquaDecodeRaw(
     const kvstore::BlockShape& shape, const codecs::CodecParams& params,
     const std::vector<uint8_t>& payload, const codecs::CodecProfile& profile,
     uint32_t begin = 0, uint32_t count = 0) {
-  auto codec = codecs::FindCodec(codecs::CodecId::kAqua);
-  if (!codec.ok()) return codec.status();
   codecs::DecodeSelection sel;
   sel.layer_begin = begin;
   if (count != 0) sel.layer_end = begin + count;
-  codecs::KvTensor out;
-  const absl::Status s =
-      (*codec)->Decode(shape, params, payload, &profile, sel, &out);
-  if (!s.ok()) return s;
-  return RawOf(out);
+  return CpuDecodeRaw(codecs::CodecId::kAqua, shape, params, payload, &profile,
+                      sel);
 }
 
 // A profile fitted on fresh random calibration data of shape's geometry.

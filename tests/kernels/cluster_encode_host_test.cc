@@ -39,18 +39,11 @@ using internal::ClusterEncodeArgs;
 using internal::kNoRow;
 using kvstore::BlockShape;
 using kvstore::DType;
-using ::testing::StartsWith;
+using testing::ExpectField;
+using testing::FakeDevice;
 
 constexpr uint32_t kThreads = internal::kClusterEncodeThreads;
 constexpr uint32_t kWarps = kThreads / 32;
-
-void* FakeDevice(uintptr_t address) { return reinterpret_cast<void*>(address); }
-
-void ExpectField(const absl::Status& s, absl::StatusCode code,
-                 const std::string& field) {
-  EXPECT_EQ(s.code(), code) << s;
-  EXPECT_THAT(std::string(s.message()), StartsWith(field + ":")) << s;
-}
 
 // Keys with `distinct` different values per (layer, head): token t, head h
 // gets key (7t + h) % distinct -- with `one_hot`, (src + 1) e_src, whose

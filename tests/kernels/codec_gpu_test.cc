@@ -38,9 +38,11 @@ using kvstore::BlockShape;
 using kvstore::DType;
 using testing::DeviceBuffer;
 using testing::ErrorWord;
-using testing::FirstDifference;
+using testing::kPoison;
+using testing::ProfileEncodeParams;
+using testing::ProfileLaunchParams;
+using testing::SameBytes;
 
-constexpr uint8_t kPoison = 0xA5;
 constexpr DType kDtypes[] = {DType::kFloat16, DType::kBFloat16,
                              DType::kFloat8E4M3, DType::kFloat32};
 
@@ -57,10 +59,9 @@ class LowRankGpuTest : public testing::GpuTest {
   // GPU encode and decode of `kv`; both must equal the CPU codec's bytes.
   void ExpectMatchesCpu(const KvTensor& kv, const CodecProfile& profile,
                         const LowRankParams& p, const std::string& what) {
-    auto codec = codecs::FindCodec(codecs::CodecId::kLowRank);
-    ASSERT_TRUE(codec.ok());
     codecs::CodecParams cpu_params = p.ToBytes();
-    auto cpu = (*codec)->Encode(kv, cpu_params, &profile);
+    auto cpu = testing::CpuEncode(codecs::CodecId::kLowRank, kv, &cpu_params,
+                                  &profile);
     ASSERT_TRUE(cpu.ok()) << cpu.status() << " " << what;
     auto packed = PackLowRankProfile(profile, kv.shape);
     ASSERT_TRUE(packed.ok()) << packed.status();
@@ -71,15 +72,9 @@ class LowRankGpuTest : public testing::GpuTest {
     in.Upload(raw, stream_);
     payload.Fill(kPoison, stream_);
     ErrorWord flags(stream_);
-    LowRankEncodeParams enc;
-    enc.shape = kv.shape;
-    enc.codec_params = p.ToBytes();
-    enc.profile_layout = packed->layout;
-    enc.profile = prof.as<float>();
-    enc.kv = in.get();
-    enc.payload = payload.get();
-    enc.payload_bytes = cpu->size();
-    enc.error_flags = flags.get();
+    const auto enc = ProfileEncodeParams<LowRankEncodeParams>(
+        kv.shape, p.ToBytes(), packed->layout, prof, in, payload, cpu->size(),
+        flags.get());
     auto bytes = LowRankPayloadBytes(kv.shape, p.ToBytes());
     ASSERT_TRUE(bytes.ok());
     ASSERT_EQ(*bytes, cpu->size()) << what;
@@ -87,34 +82,15 @@ class LowRankGpuTest : public testing::GpuTest {
     Sync();
     EXPECT_EQ(flags.Read(), 0u) << what;
     EXPECT_EQ(EncodedCodecParams(enc), cpu_params) << what;
-    const std::vector<uint8_t> got = payload.Download(stream_);
-    const int64_t diff = FirstDifference(got, *cpu);
-    ASSERT_EQ(diff, -1) << what << ": first differing payload byte " << diff
-                        << " of " << cpu->size();
+    ASSERT_TRUE(SameBytes(payload.Download(stream_), *cpu, "payload")) << what;
     // Decode the CPU payload.
-    KvTensor cpu_dec;
-    ASSERT_TRUE((*codec)
-                    ->Decode(kv.shape, cpu_params, *cpu, &profile, {}, &cpu_dec)
-                    .ok());
-    const std::vector<uint8_t> cpu_raw = testing::RawOf(cpu_dec);
-    DeviceBuffer out(raw.size());
-    out.Fill(kPoison, stream_);
-    ErrorWord dflags(stream_);
-    LowRankDecodeParams dec;
-    dec.shape = kv.shape;
-    dec.codec_params = cpu_params;
-    dec.profile_layout = packed->layout;
-    dec.profile = prof.as<float>();
-    dec.payload = payload.get();
-    dec.payload_bytes = cpu->size();
-    dec.kv = out.get();
-    dec.error_flags = dflags.get();
-    ASSERT_TRUE(Launch(dec, nullptr, stream_).ok()) << what;
-    Sync();
-    EXPECT_EQ(dflags.Read(), 0u) << what;
-    const int64_t raw_diff = FirstDifference(out.Download(stream_), cpu_raw);
-    ASSERT_EQ(raw_diff, -1) << what << ": first differing decoded byte "
-                            << raw_diff << " of " << cpu_raw.size();
+    auto cpu_raw = testing::CpuDecodeRaw(codecs::CodecId::kLowRank, kv.shape,
+                                         cpu_params, *cpu, &profile);
+    ASSERT_TRUE(cpu_raw.ok()) << cpu_raw.status();
+    ExpectDecodeEquals(
+        ProfileLaunchParams<LowRankDecodeParams>(
+            kv.shape, cpu_params, packed->layout, prof, payload, cpu->size()),
+        *cpu_raw, /*workspace_min=*/0, what);
   }
 };
 
@@ -205,15 +181,9 @@ TEST_F(LowRankGpuTest, ReportsNonFiniteInputAndBadRecords) {
   DeviceBuffer in(raw.size()), payload(*bytes), out(raw.size());
   in.Upload(raw, stream_);
   ErrorWord flags(stream_);
-  LowRankEncodeParams enc;
-  enc.shape = shape;
-  enc.codec_params = p.ToBytes();
-  enc.profile_layout = packed->layout;
-  enc.profile = prof.as<float>();
-  enc.kv = in.get();
-  enc.payload = payload.get();
-  enc.payload_bytes = *bytes;
-  enc.error_flags = flags.get();
+  const auto enc = ProfileEncodeParams<LowRankEncodeParams>(
+      shape, p.ToBytes(), packed->layout, prof, in, payload, *bytes,
+      flags.get());
   ASSERT_TRUE(Launch(enc, nullptr, stream_).ok());
   Sync();
   EXPECT_EQ(ErrorFlagsToStatus(flags.Read()).code(),
@@ -224,13 +194,8 @@ TEST_F(LowRankGpuTest, ReportsNonFiniteInputAndBadRecords) {
   bad[3] = 0xBC;  // fp16 -1.0 as the scale of record 0.
   payload.Upload(bad, stream_);
   ErrorWord dflags(stream_);
-  LowRankDecodeParams dec;
-  dec.shape = shape;
-  dec.codec_params = EncodedCodecParams(enc);
-  dec.profile_layout = packed->layout;
-  dec.profile = prof.as<float>();
-  dec.payload = payload.get();
-  dec.payload_bytes = *bytes;
+  auto dec = ProfileLaunchParams<LowRankDecodeParams>(
+      shape, EncodedCodecParams(enc), packed->layout, prof, payload, *bytes);
   dec.kv = out.get();
   dec.error_flags = dflags.get();
   ASSERT_TRUE(Launch(dec, nullptr, stream_).ok());
@@ -401,9 +366,7 @@ class TokenSparseGpuTest : public testing::GpuTest {
     ASSERT_TRUE(s.ok()) << s << " " << what;
     Sync();
     EXPECT_EQ(flags.Read(), 0u) << what;
-    const int64_t diff = FirstDifference(payload.Download(stream_), cpu);
-    ASSERT_EQ(diff, -1) << what << ": first differing payload byte " << diff
-                        << " of " << cpu.size();
+    ASSERT_TRUE(SameBytes(payload.Download(stream_), cpu, "payload")) << what;
   }
 };
 

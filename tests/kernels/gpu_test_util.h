@@ -1,19 +1,44 @@
 // GPU test scaffolding: a fixture that skips without a device, device
-// buffers, and the error-word helper.
+// buffers, the error-word helper, and the plumbing the profile codecs'
+// kernel tests share (lowrank, sparse, aqua: their launch params have the
+// same fields).
 #ifndef STRATA_TESTS_KERNELS_GPU_TEST_UTIL_H_
 #define STRATA_TESTS_KERNELS_GPU_TEST_UTIL_H_
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "codecs/codec.h"
 #include "gtest/gtest.h"
+#include "kvstore/block_format.h"
 
 namespace strata::kernels::testing {
+
+// Output buffers and workspaces are filled with this before a launch, so
+// that a byte a kernel fails to write shows in the comparison.
+inline constexpr uint8_t kPoison = 0xA5;
+
+// Success when `got` equals `want`; else "first differing <what> byte i of
+// n".
+inline ::testing::AssertionResult SameBytes(const std::vector<uint8_t>& got,
+                                            const std::vector<uint8_t>& want,
+                                            const char* what) {
+  const size_t n = std::min(got.size(), want.size());
+  size_t i = 0;
+  while (i < n && got[i] == want[i]) ++i;
+  if (i == n && got.size() == want.size()) {
+    return ::testing::AssertionSuccess();
+  }
+  return ::testing::AssertionFailure() << "first differing " << what << " byte "
+                                       << i << " of " << want.size();
+}
 
 // Every GPU test derives from this: SetUp skips the test (GTEST_SKIP, so CI
 // machines pass) when there is no CUDA device, and creates a stream.
@@ -44,6 +69,15 @@ class GpuTest : public ::testing::Test {
         << cudaGetErrorString(cudaGetLastError());
     ASSERT_EQ(cudaGetLastError(), cudaSuccess);
   }
+
+  // Runs the decode `dec` into a poisoned buffer of cpu_raw.size() bytes
+  // with a fresh error word (both set here) and expects no error and the
+  // decoded bytes to equal `cpu_raw`. workspace_min 0: no workspace
+  // (nullptr); else a poisoned one of max(WorkspaceBytes(dec),
+  // workspace_min) bytes. Defined below DeviceBuffer.
+  template <class DecodeParams>
+  void ExpectDecodeEquals(DecodeParams dec, const std::vector<uint8_t>& cpu_raw,
+                          size_t workspace_min, const std::string& what);
 
   cudaStream_t stream_ = nullptr;
 };
@@ -128,6 +162,63 @@ class ErrorWord {
   DeviceBuffer buffer_;
   cudaStream_t stream_;
 };
+
+// The launch params of a profile codec's kernels (LowRank/Sparse/Aqua
+// EncodeParams and DecodeParams share these fields), pointing at device
+// buffers; kv, error_flags and the rest stay at their defaults.
+template <class Params, class Layout>
+Params ProfileLaunchParams(const kvstore::BlockShape& shape,
+                           const codecs::CodecParams& codec_params,
+                           const Layout& profile_layout,
+                           const DeviceBuffer& profile,
+                           const DeviceBuffer& payload,
+                           uint64_t payload_bytes) {
+  Params params;
+  params.shape = shape;
+  params.codec_params = codec_params;
+  params.profile_layout = profile_layout;
+  params.profile = profile.as<float>();
+  params.payload = payload.get();
+  params.payload_bytes = payload_bytes;
+  return params;
+}
+
+// The same for an encode, with its input block and error word.
+template <class EncodeParams, class Layout>
+EncodeParams ProfileEncodeParams(
+    const kvstore::BlockShape& shape, const codecs::CodecParams& codec_params,
+    const Layout& profile_layout, const DeviceBuffer& profile,
+    const DeviceBuffer& kv, const DeviceBuffer& payload, uint64_t payload_bytes,
+    uint32_t* error_flags) {
+  auto enc = ProfileLaunchParams<EncodeParams>(
+      shape, codec_params, profile_layout, profile, payload, payload_bytes);
+  enc.kv = kv.get();
+  enc.error_flags = error_flags;
+  return enc;
+}
+
+template <class DecodeParams>
+void GpuTest::ExpectDecodeEquals(DecodeParams dec,
+                                 const std::vector<uint8_t>& cpu_raw,
+                                 size_t workspace_min,
+                                 const std::string& what) {
+  DeviceBuffer out(cpu_raw.size());
+  out.Fill(kPoison, stream_);
+  ErrorWord flags(stream_);
+  dec.kv = out.get();
+  dec.error_flags = flags.get();
+  DeviceBuffer workspace;
+  if (workspace_min > 0) {
+    workspace =
+        DeviceBuffer(std::max<size_t>(WorkspaceBytes(dec), workspace_min));
+    workspace.Fill(kPoison, stream_);
+  }
+  const absl::Status s = Launch(dec, workspace.get(), stream_);
+  ASSERT_TRUE(s.ok()) << s << " " << what;
+  Sync();
+  EXPECT_EQ(flags.Read(), 0u) << what;
+  ASSERT_TRUE(SameBytes(out.Download(stream_), cpu_raw, "decoded")) << what;
+}
 
 }  // namespace strata::kernels::testing
 

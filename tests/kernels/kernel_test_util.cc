@@ -7,6 +7,8 @@
 #include "absl/strings/str_cat.h"
 #include "codecs/codec.h"
 #include "codecs/kv_fixture.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
 #include "kernels/internal/numeric.h"
 #include "kernels/internal/quant_layout.h"
 #include "kernels/rope_kernels.h"
@@ -312,26 +314,37 @@ std::vector<uint8_t> RawOf(const KvTensor& kv) {
   return codecs::KvTensorToRaw(kv);
 }
 
+absl::StatusOr<std::vector<uint8_t>> CpuEncode(
+    codecs::CodecId id, const KvTensor& kv, codecs::CodecParams* params,
+    const codecs::CodecProfile* profile) {
+  absl::StatusOr<const codecs::Codec*> codec = codecs::FindCodec(id);
+  if (!codec.ok()) return codec.status();
+  return (*codec)->Encode(kv, *params, profile);
+}
+
+absl::StatusOr<std::vector<uint8_t>> CpuDecodeRaw(
+    codecs::CodecId id, const BlockShape& shape,
+    const codecs::CodecParams& params, const std::vector<uint8_t>& payload,
+    const codecs::CodecProfile* profile, const codecs::DecodeSelection& sel) {
+  absl::StatusOr<const codecs::Codec*> codec = codecs::FindCodec(id);
+  if (!codec.ok()) return codec.status();
+  KvTensor out;
+  absl::Status s = (*codec)->Decode(shape, params, payload, profile, sel, &out);
+  if (!s.ok()) return s;
+  return codecs::KvTensorToRaw(out);
+}
+
 absl::StatusOr<std::vector<uint8_t>> CpuQuantEncode(const KvTensor& kv,
                                                     const QuantParams& p) {
-  absl::StatusOr<const codecs::Codec*> codec =
-      codecs::FindCodec(codecs::CodecId::kQuant);
-  if (!codec.ok()) return codec.status();
   codecs::CodecParams bytes = p.ToBytes();
-  return (*codec)->Encode(kv, bytes, nullptr);
+  return CpuEncode(codecs::CodecId::kQuant, kv, &bytes, nullptr);
 }
 
 absl::StatusOr<std::vector<uint8_t>> CpuQuantDecodeRaw(
     const BlockShape& shape, const QuantParams& p,
     const std::vector<uint8_t>& payload) {
-  absl::StatusOr<const codecs::Codec*> codec =
-      codecs::FindCodec(codecs::CodecId::kQuant);
-  if (!codec.ok()) return codec.status();
-  KvTensor out;
-  absl::Status s =
-      (*codec)->Decode(shape, p.ToBytes(), payload, nullptr, {}, &out);
-  if (!s.ok()) return s;
-  return codecs::KvTensorToRaw(out);
+  return CpuDecodeRaw(codecs::CodecId::kQuant, shape, p.ToBytes(), payload,
+                      nullptr);
 }
 
 std::vector<uint8_t> EmulateQuantEncode(const BlockShape& shape,
@@ -415,6 +428,13 @@ int64_t FirstDifference(const std::vector<uint8_t>& a,
     if (a[i] != b[i]) return static_cast<int64_t>(i);
   }
   return a.size() == b.size() ? -1 : static_cast<int64_t>(n);
+}
+
+void ExpectField(const absl::Status& s, absl::StatusCode code,
+                 const std::string& field) {
+  EXPECT_EQ(s.code(), code) << s;
+  EXPECT_THAT(std::string(s.message()), ::testing::StartsWith(field + ":"))
+      << s;
 }
 
 std::string Describe(const BlockShape& shape, const QuantParams& p) {

@@ -10,7 +10,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "codecs/codec.h"
 #include "codecs/kv_tensor.h"
 #include "codecs/quant_codec.h"
 #include "kernels/paged_kv_kernels.h"
@@ -53,7 +55,19 @@ KvTensor RandomKv(const BlockShape& shape, std::mt19937& rng,
 // The raw block bytes of kv (shape.dtype).
 std::vector<uint8_t> RawOf(const KvTensor& kv);
 
-// The CPU codec's payload and its decode as raw bytes.
+// The payload of kv by the CPU codec `id`: *params holds the params to
+// encode with and gets those the block records (e.g. the profile id).
+absl::StatusOr<std::vector<uint8_t>> CpuEncode(
+    codecs::CodecId id, const KvTensor& kv, codecs::CodecParams* params,
+    const codecs::CodecProfile* profile);
+// The CPU codec `id`'s decode of `sel` of a payload, as raw bytes.
+absl::StatusOr<std::vector<uint8_t>> CpuDecodeRaw(
+    codecs::CodecId id, const BlockShape& shape,
+    const codecs::CodecParams& params, const std::vector<uint8_t>& payload,
+    const codecs::CodecProfile* profile,
+    const codecs::DecodeSelection& sel = {});
+
+// The CPU quant codec's payload and its decode as raw bytes.
 absl::StatusOr<std::vector<uint8_t>> CpuQuantEncode(const KvTensor& kv,
                                                     const QuantParams& p);
 absl::StatusOr<std::vector<uint8_t>> CpuQuantDecodeRaw(
@@ -89,6 +103,16 @@ int64_t FirstDifference(const std::vector<uint8_t>& a,
                         const std::vector<uint8_t>& b);
 
 std::string Describe(const BlockShape& shape, const QuantParams& p);
+
+// A device pointer for host tests that only validate params (never
+// dereferenced).
+inline void* FakeDevice(uintptr_t address) {
+  return reinterpret_cast<void*>(address);
+}
+
+// Expects `s` to have `code` and a message naming `field` ("field:...").
+void ExpectField(const absl::Status& s, absl::StatusCode code,
+                 const std::string& field);
 
 }  // namespace strata::kernels::testing
 

@@ -36,8 +36,9 @@ using kvstore::DType;
 using testing::DeviceBuffer;
 using testing::ErrorWord;
 using testing::FirstDifference;
-
-constexpr uint8_t kPoison = 0xA5;
+using testing::kPoison;
+using testing::ProfileEncodeParams;
+using testing::ProfileLaunchParams;
 
 class SparseGpuTest : public testing::GpuTest {
  protected:
@@ -61,10 +62,9 @@ class SparseGpuTest : public testing::GpuTest {
   void ExpectMatchesCpu(const KvTensor& kv, const CodecProfile& profile,
                         const SparseParams& p, uint32_t tile,
                         const std::string& what) {
-    auto codec = codecs::FindCodec(codecs::CodecId::kSparse);
-    ASSERT_TRUE(codec.ok());
     codecs::CodecParams cpu_params = p.ToBytes();
-    auto cpu = (*codec)->Encode(kv, cpu_params, &profile);
+    auto cpu =
+        testing::CpuEncode(codecs::CodecId::kSparse, kv, &cpu_params, &profile);
     ASSERT_TRUE(cpu.ok()) << cpu.status() << " " << what;
     auto packed = PackSparseProfile(profile, kv.shape);
     ASSERT_TRUE(packed.ok()) << packed.status();
@@ -76,17 +76,11 @@ class SparseGpuTest : public testing::GpuTest {
     if (p.online_atoms == 0) {
       payload.Fill(kPoison, stream_);
       ErrorWord flags(stream_);
-      SparseEncodeParams enc;
-      enc.shape = kv.shape;
-      enc.codec_params = p.ToBytes();
-      enc.profile_layout = packed->layout;
-      enc.profile = prof.as<float>();
-      enc.kv = in.get();
-      enc.payload = payload.get();
-      enc.payload_bytes = cpu->size();
+      auto enc = ProfileEncodeParams<SparseEncodeParams>(
+          kv.shape, p.ToBytes(), packed->layout, prof, in, payload, cpu->size(),
+          flags.get());
       enc.cublas = cublas_;
       enc.max_tile_chunks = tile;
-      enc.error_flags = flags.get();
       ASSERT_TRUE(Validate(enc).ok()) << Validate(enc) << " " << what;
       DeviceBuffer work(WorkspaceBytes(enc));
       const absl::Status launched = Launch(enc, work.get(), stream_);
@@ -108,29 +102,13 @@ class SparseGpuTest : public testing::GpuTest {
     } else {
       payload.Upload(*cpu, stream_);
     }
-    KvTensor cpu_dec;
-    ASSERT_TRUE((*codec)
-                    ->Decode(kv.shape, cpu_params, *cpu, &profile, {}, &cpu_dec)
-                    .ok());
-    const std::vector<uint8_t> cpu_raw = testing::RawOf(cpu_dec);
-    DeviceBuffer out(raw.size());
-    out.Fill(kPoison, stream_);
-    ErrorWord dflags(stream_);
-    SparseDecodeParams dec;
-    dec.shape = kv.shape;
-    dec.codec_params = cpu_params;
-    dec.profile_layout = packed->layout;
-    dec.profile = prof.as<float>();
-    dec.payload = payload.get();
-    dec.payload_bytes = cpu->size();
-    dec.kv = out.get();
-    dec.error_flags = dflags.get();
-    ASSERT_TRUE(Launch(dec, nullptr, stream_).ok()) << what;
-    Sync();
-    EXPECT_EQ(dflags.Read(), 0u) << what;
-    const int64_t raw_diff = FirstDifference(out.Download(stream_), cpu_raw);
-    ASSERT_EQ(raw_diff, -1) << what << ": first differing decoded byte "
-                            << raw_diff << " of " << cpu_raw.size();
+    auto cpu_raw = testing::CpuDecodeRaw(codecs::CodecId::kSparse, kv.shape,
+                                         cpu_params, *cpu, &profile);
+    ASSERT_TRUE(cpu_raw.ok()) << cpu_raw.status();
+    ExpectDecodeEquals(
+        ProfileLaunchParams<SparseDecodeParams>(
+            kv.shape, cpu_params, packed->layout, prof, payload, cpu->size()),
+        *cpu_raw, /*workspace_min=*/0, what);
   }
 
   cublasHandle_t cublas_ = nullptr;
@@ -250,16 +228,11 @@ TEST_F(SparseGpuTest, ReportsNonFiniteInputAndBadRecords) {
   DeviceBuffer in(raw.size()), payload(*bytes), out(raw.size());
   in.Upload(raw, stream_);
   ErrorWord flags(stream_);
-  SparseEncodeParams enc;
-  enc.shape = shape;
-  enc.codec_params = testing::SparseParamsBytes(2, 1);
-  enc.profile_layout = packed->layout;
-  enc.profile = prof.as<float>();
-  enc.kv = in.get();
-  enc.payload = payload.get();
-  enc.payload_bytes = *SparsePayloadBytes(shape, enc.codec_params);
+  const codecs::CodecParams enc_params = testing::SparseParamsBytes(2, 1);
+  auto enc = ProfileEncodeParams<SparseEncodeParams>(
+      shape, enc_params, packed->layout, prof, in, payload,
+      *SparsePayloadBytes(shape, enc_params), flags.get());
   enc.cublas = cublas_;
-  enc.error_flags = flags.get();
   DeviceBuffer work(WorkspaceBytes(enc));
   ASSERT_TRUE(Launch(enc, work.get(), stream_).ok());
   Sync();
@@ -270,13 +243,9 @@ TEST_F(SparseGpuTest, ReportsNonFiniteInputAndBadRecords) {
   // past N + M, a non-finite coefficient, a non-finite online atom.
   SparseEncodeParams with_online = enc;
   with_online.codec_params = params;
-  SparseDecodeParams dec;
-  dec.shape = shape;
-  dec.codec_params = EncodedCodecParams(with_online);
-  dec.profile_layout = packed->layout;
-  dec.profile = prof.as<float>();
-  dec.payload = payload.get();
-  dec.payload_bytes = *bytes;
+  auto dec = ProfileLaunchParams<SparseDecodeParams>(
+      shape, EncodedCodecParams(with_online), packed->layout, prof, payload,
+      *bytes);
   dec.kv = out.get();
   const uint64_t records = 2ull * 1 * 2 * 32 * 2;  // Online atom bytes.
   for (int variant = 0; variant < 4; ++variant) {
