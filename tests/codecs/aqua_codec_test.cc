@@ -19,8 +19,6 @@
 namespace strata::codecs {
 namespace {
 
-using testing::AllFinite;
-using testing::EqualsSliceOfFull;
 using ::testing::HasSubstr;
 using testing::kAllDtypes;
 using testing::MeasureRoundTrip;
@@ -286,9 +284,8 @@ TEST(AquaCodec, PartialDecodeEqualsTheSliceOfAFullDecodeForEveryDtype) {
       const DecodeSelection sel =
           testing::RandomSelection(rng, 5, tokens, trial % 2, /*one_in=*/4,
                                    /*fallback_token=*/tokens - 1);
-      auto part = DecodeKvBlock(*block, &profile, sel);
-      ASSERT_TRUE(part.ok()) << part.status();
-      ASSERT_TRUE(EqualsSliceOfFull(*part, *full, sel))
+      ASSERT_TRUE(
+          testing::PartialDecodeEqualsSlice(*block, &profile, *full, sel))
           << DTypeName(dtype) << " n_sink " << p.n_sink << " seed " << seed;
     }
   }
@@ -433,20 +430,11 @@ TEST(AquaCodec, CorruptedPayloadsGiveAnErrorOrAFiniteDecode) {
   auto payload = Aqua().Encode(kv, params, &profile);
   ASSERT_TRUE(payload.ok());
   int errors = 0, decodes = 0;
-  for (int trial = 0; trial < 300; ++trial) {
-    std::vector<uint8_t> bad = *payload;
-    testing::FlipRandomBytes(rng, &bad);
-    KvTensor out;
-    const absl::Status s =
-        Aqua().Decode(kv.shape, params, bad, &profile, {}, &out);
-    if (!s.ok()) {
-      EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
-      ++errors;
-      continue;
-    }
-    ++decodes;
-    ASSERT_TRUE(AllFinite(out)) << "seed " << seed;
-  }
+  ASSERT_NO_FATAL_FAILURE(testing::ExpectCorruptionsFailOrDecodeFinite(
+      [&](absl::Span<const uint8_t> bad, KvTensor* out) {
+        return Aqua().Decode(kv.shape, params, bad, &profile, {}, out);
+      },
+      *payload, 300, rng, seed, &errors, &decodes));
   std::printf("corrupted payloads: %d errors, %d finite decodes\n", errors,
               decodes);
 }

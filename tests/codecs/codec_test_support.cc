@@ -65,6 +65,16 @@ absl::StatusOr<RoundTripErrors> MeasureRoundTrip(const KvTensor& kv, CodecId id,
   return ::testing::AssertionSuccess();
 }
 
+::testing::AssertionResult PartialDecodeEqualsSlice(
+    absl::Span<const uint8_t> block, const CodecProfile* profile,
+    const KvTensor& full, const DecodeSelection& sel) {
+  auto part = DecodeKvBlock(block, profile, sel);
+  if (!part.ok()) {
+    return ::testing::AssertionFailure() << "partial decode: " << part.status();
+  }
+  return EqualsSliceOfFull(*part, full, sel);
+}
+
 DecodeSelection RandomSelection(std::mt19937& rng, uint32_t num_layers,
                                 uint32_t num_tokens, bool by_indices,
                                 uint32_t one_in, uint32_t fallback_token) {
@@ -98,6 +108,26 @@ void FlipRandomBytes(std::mt19937& rng, std::vector<uint8_t>* bytes) {
     }
   }
   return ::testing::AssertionSuccess();
+}
+
+void ExpectCorruptionsFailOrDecodeFinite(const CorruptDecode& decode,
+                                         const std::vector<uint8_t>& payload,
+                                         int trials, std::mt19937& rng,
+                                         uint32_t seed, int* errors,
+                                         int* decodes) {
+  for (int trial = 0; trial < trials; ++trial) {
+    std::vector<uint8_t> bad = payload;
+    FlipRandomBytes(rng, &bad);
+    KvTensor out;
+    const absl::Status s = decode(bad, &out);
+    if (!s.ok()) {
+      EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+      ++*errors;
+      continue;
+    }
+    ++*decodes;
+    ASSERT_TRUE(AllFinite(out)) << "seed " << seed;
+  }
 }
 
 void ExpectTruncatedAndPaddedAreDataLoss(const PayloadDecode& decode,

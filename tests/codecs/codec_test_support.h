@@ -72,6 +72,11 @@ absl::StatusOr<RoundTripErrors> MeasureRoundTrip(const KvTensor& kv, CodecId id,
 ::testing::AssertionResult EqualsSliceOfFull(const KvTensor& part,
                                              const KvTensor& full,
                                              const DecodeSelection& sel);
+// Decodes `sel` of `block` (DecodeKvBlock with `profile`): success when the
+// decode succeeds and EqualsSliceOfFull(part, full, sel).
+::testing::AssertionResult PartialDecodeEqualsSlice(
+    absl::Span<const uint8_t> block, const CodecProfile* profile,
+    const KvTensor& full, const DecodeSelection& sel);
 
 // A random selection of a block of `num_layers` x `num_tokens`: a layer
 // range, then either a token range or (by_indices) each token with chance
@@ -86,6 +91,19 @@ void FlipRandomBytes(std::mt19937& rng, std::vector<uint8_t>* bytes);
 
 // Success when every value of `kv` is finite.
 ::testing::AssertionResult AllFinite(const KvTensor& kv);
+
+// Decodes a (corrupted) payload into *out.
+using CorruptDecode =
+    std::function<absl::Status(absl::Span<const uint8_t>, KvTensor*)>;
+// `trials` times: decodes `payload` with FlipRandomBytes(rng) applied, into
+// a fresh tensor; the decode must fail with DATA_LOSS (counted in *errors)
+// or give finite values (counted in *decodes; a fatal failure naming `seed`
+// otherwise: call under ASSERT_NO_FATAL_FAILURE).
+void ExpectCorruptionsFailOrDecodeFinite(const CorruptDecode& decode,
+                                         const std::vector<uint8_t>& payload,
+                                         int trials, std::mt19937& rng,
+                                         uint32_t seed, int* errors,
+                                         int* decodes);
 
 // Decodes a payload into `out`-like storage of the caller's choosing.
 using PayloadDecode = std::function<absl::Status(absl::Span<const uint8_t>)>;

@@ -19,8 +19,8 @@
 namespace strata::codecs {
 namespace {
 
-using testing::EqualsSliceOfFull;
 using testing::MeasureRoundTrip;
+using testing::PartialDecodeEqualsSlice;
 using ::testing::StartsWith;
 using testing::StatusIs;
 using testing::WithByte;
@@ -240,8 +240,7 @@ TEST(LowRankCodec, CorruptPayloadsAreDataLoss) {
 
 TEST(LowRankCodec, PartialDecodeEqualsTheSliceOfAFullDecode) {
   SmallSetup setup;
-  for (DType dtype : {DType::kFloat16, DType::kBFloat16, DType::kFloat8E4M3,
-                      DType::kFloat32}) {
+  for (DType dtype : testing::kAllDtypes) {
     SCOPED_TRACE(static_cast<int>(dtype));
     setup.kv.shape.dtype = dtype;
     for (const CodecParams& params :
@@ -252,17 +251,12 @@ TEST(LowRankCodec, PartialDecodeEqualsTheSliceOfAFullDecode) {
       ASSERT_TRUE(block.ok()) << block.status();
       auto full = DecodeKvBlock(*block, &setup.profile);
       ASSERT_TRUE(full.ok()) << full.status();
-      DecodeSelection by_indices;
-      by_indices.layer_begin = 1;
-      by_indices.token_indices = {0, 3, 4, 31};
-      DecodeSelection by_range;
-      by_range.layer_begin = 2;
-      by_range.token_begin = 9;
-      by_range.token_end = 20;
-      for (const DecodeSelection& sel : {by_indices, by_range}) {
-        auto part = DecodeKvBlock(*block, &setup.profile, sel);
-        ASSERT_TRUE(part.ok()) << part.status();
-        ASSERT_TRUE(EqualsSliceOfFull(*part, *full, sel));
+      for (const DecodeSelection& sel :
+           {DecodeSelection{.layer_begin = 1, .token_indices = {0, 3, 4, 31}},
+            DecodeSelection{
+                .layer_begin = 2, .token_begin = 9, .token_end = 20}}) {
+        ASSERT_TRUE(
+            PartialDecodeEqualsSlice(*block, &setup.profile, *full, sel));
       }
     }
   }

@@ -17,8 +17,6 @@
 namespace strata::codecs {
 namespace {
 
-using testing::AllFinite;
-using testing::EqualsSliceOfFull;
 using ::testing::HasSubstr;
 using testing::kAllDtypes;
 using testing::MeasureRoundTrip;
@@ -276,9 +274,8 @@ TEST(QuantCodec, PartialDecodeEqualsTheSliceOfAFullDecodeForEveryDtype) {
       const DecodeSelection sel = testing::RandomSelection(
           rng, 3, shape.num_tokens, trial % 2, /*one_in=*/5,
           /*fallback_token=*/0);
-      auto part = DecodeKvBlock(*block, nullptr, sel);
-      ASSERT_TRUE(part.ok()) << part.status();
-      ASSERT_TRUE(EqualsSliceOfFull(*part, *full, sel))
+      ASSERT_TRUE(
+          testing::PartialDecodeEqualsSlice(*block, nullptr, *full, sel))
           << DTypeName(dtype) << " seed " << seed;
     }
   }
@@ -428,19 +425,11 @@ TEST(QuantCodec, CorruptedPayloadsGiveAnErrorOrAFiniteDecode) {
     CodecParams params = p.ToBytes();
     auto payload = Quant().Encode(GaussianKv(shape, rng()), params, nullptr);
     ASSERT_TRUE(payload.ok());
-    for (int trial = 0; trial < 200; ++trial) {
-      std::vector<uint8_t> bad = *payload;
-      testing::FlipRandomBytes(rng, &bad);
-      KvTensor out;
-      absl::Status s = Quant().Decode(shape, params, bad, nullptr, {}, &out);
-      if (!s.ok()) {
-        EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
-        ++errors;
-        continue;
-      }
-      ++decodes;
-      ASSERT_TRUE(AllFinite(out)) << "seed " << seed;
-    }
+    ASSERT_NO_FATAL_FAILURE(testing::ExpectCorruptionsFailOrDecodeFinite(
+        [&](absl::Span<const uint8_t> bad, KvTensor* out) {
+          return Quant().Decode(shape, params, bad, nullptr, {}, out);
+        },
+        *payload, 200, rng, seed, &errors, &decodes));
   }
   std::printf("corrupted payloads: %d errors, %d finite decodes\n", errors,
               decodes);

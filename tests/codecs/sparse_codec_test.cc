@@ -19,9 +19,9 @@
 namespace strata::codecs {
 namespace {
 
-using testing::EqualsSliceOfFull;
 using ::testing::HasSubstr;
 using testing::MeasureRoundTrip;
+using testing::PartialDecodeEqualsSlice;
 using ::testing::StartsWith;
 using testing::StatusIs;
 using testing::WithByte;
@@ -379,8 +379,7 @@ TEST(SparseCodec, CorruptPayloadsAreDataLoss) {
 
 TEST(SparseCodec, PartialDecodeEqualsTheSliceOfAFullDecode) {
   SmallSetup setup;
-  for (DType dtype : {DType::kFloat16, DType::kBFloat16, DType::kFloat8E4M3,
-                      DType::kFloat32}) {
+  for (DType dtype : testing::kAllDtypes) {
     SCOPED_TRACE(static_cast<int>(dtype));
     setup.kv.shape.dtype = dtype;
     auto block = EncodeKvBlock(setup.kv, CodecId::kSparse, Params(3, 2, 5),
@@ -388,18 +387,13 @@ TEST(SparseCodec, PartialDecodeEqualsTheSliceOfAFullDecode) {
     ASSERT_TRUE(block.ok()) << block.status();
     auto full = DecodeKvBlock(*block, &setup.profile);
     ASSERT_TRUE(full.ok()) << full.status();
-    DecodeSelection by_indices;
-    by_indices.layer_begin = 1;
-    by_indices.token_indices = {0, 7, 8, 23};
-    DecodeSelection by_range;
-    by_range.layer_begin = 2;
-    by_range.layer_end = 3;
-    by_range.token_begin = 5;
-    by_range.token_end = 17;
-    for (const DecodeSelection& sel : {by_indices, by_range}) {
-      auto part = DecodeKvBlock(*block, &setup.profile, sel);
-      ASSERT_TRUE(part.ok()) << part.status();
-      ASSERT_TRUE(EqualsSliceOfFull(*part, *full, sel));
+    for (const DecodeSelection& sel :
+         {DecodeSelection{.layer_begin = 1, .token_indices = {0, 7, 8, 23}},
+          DecodeSelection{.layer_begin = 2,
+          .layer_end = 3,
+          .token_begin = 5,
+          .token_end = 17}}) {
+      ASSERT_TRUE(PartialDecodeEqualsSlice(*block, &setup.profile, *full, sel));
     }
   }
 }
