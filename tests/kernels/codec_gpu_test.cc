@@ -65,11 +65,9 @@ class LowRankGpuTest : public testing::GpuTest {
     ASSERT_TRUE(cpu.ok()) << cpu.status() << " " << what;
     auto packed = PackLowRankProfile(profile, kv.shape);
     ASSERT_TRUE(packed.ok()) << packed.status();
-    DeviceBuffer prof(packed->data.size() * 4);
-    prof.Upload(packed->data, stream_);
-    const std::vector<uint8_t> raw = testing::RawOf(kv);
-    DeviceBuffer in(raw.size()), payload(cpu->size());
-    in.Upload(raw, stream_);
+    const auto prof = DeviceBuffer::Holding(packed->data, stream_);
+    const auto in = DeviceBuffer::Holding(testing::RawOf(kv), stream_);
+    DeviceBuffer payload(cpu->size());
     payload.Fill(kPoison, stream_);
     ErrorWord flags(stream_);
     const auto enc = ProfileEncodeParams<LowRankEncodeParams>(
@@ -169,8 +167,7 @@ TEST_F(LowRankGpuTest, ReportsNonFiniteInputAndBadRecords) {
   ASSERT_TRUE(profile.ok());
   auto packed = PackLowRankProfile(*profile, shape);
   ASSERT_TRUE(packed.ok());
-  DeviceBuffer prof(packed->data.size() * 4);
-  prof.Upload(packed->data, stream_);
+  const auto prof = DeviceBuffer::Holding(packed->data, stream_);
   KvTensor kv = testing::RandomKv(shape, rng);
   kv.at(0, 0, 3, 0, 7) = INFINITY;
   std::vector<uint8_t> raw = testing::RawOf(kv);
