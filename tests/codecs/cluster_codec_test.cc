@@ -14,21 +14,15 @@
 #include "codecs/kv_fixture.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/codecs/codec_test_support.h"
 
 namespace strata::codecs {
 namespace {
 
 using ::testing::StartsWith;
+using testing::RandomKv;
 
 std::string Msg(const absl::Status& s) { return std::string(s.message()); }
-
-KvTensor RandomKv(const BlockShape& shape, uint32_t seed) {
-  KvTensor t = KvTensor::Zeros(shape);
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> n(0, 1);
-  for (float& x : t.data) x = n(rng);
-  return t;
-}
 
 std::vector<float> UnitVector(uint32_t d, std::mt19937& rng) {
   std::normal_distribution<float> n(0, 1);

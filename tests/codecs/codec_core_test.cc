@@ -8,10 +8,12 @@
 #include "codecs/kv_tensor.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/codecs/codec_test_support.h"
 
 namespace strata::codecs {
 namespace {
 
+using testing::RandomKv;
 using ::testing::StartsWith;
 
 TEST(DtypeConversion, EveryHalfRoundTripsThroughFloat) {
@@ -66,14 +68,6 @@ TEST(DtypeConversion, HalfRoundsToNearestEven) {
   EXPECT_EQ(FloatToHalf(65504.0f), 0x7BFF);
   EXPECT_EQ(FloatToHalf(1e9f), 0x7C00);
   EXPECT_EQ(FloatToHalf(5.96046448e-08f), 0x0001);         // Smallest subnormal.
-}
-
-KvTensor RandomKv(const BlockShape& shape, uint32_t seed) {
-  KvTensor t = KvTensor::Zeros(shape);
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> n(0, 1);
-  for (float& x : t.data) x = n(rng);
-  return t;
 }
 
 TEST(RawBlocks, EncodeDecodeRoundTripAndPartialDecodeEqualsTheSlice) {

@@ -4,6 +4,14 @@
 
 namespace strata::codecs::testing {
 
+KvTensor RandomKv(const BlockShape& shape, uint32_t seed) {
+  KvTensor t = KvTensor::Zeros(shape);
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> n(0, 1);
+  for (float& x : t.data) x = n(rng);
+  return t;
+}
+
 CodecParams WithByte(CodecParams params, size_t index, uint8_t value) {
   params[index] = value;
   return params;

@@ -43,6 +43,10 @@ MATCHER_P2(
              message_matcher, std::string(status.message()), result_listener);
 }
 
+// A tensor of `shape` whose values are N(0, 1) draws from mt19937(seed), in
+// order (not rounded to shape.dtype).
+KvTensor RandomKv(const BlockShape& shape, uint32_t seed);
+
 // `params` with byte `index` set to `value` (a malformed field).
 CodecParams WithByte(CodecParams params, size_t index, uint8_t value);
 

@@ -30,11 +30,10 @@ float RoundToDtypeForTest(float v, DType dtype) {
   return RoundToDtype(v, dtype);
 }
 
+// RandomKv rounded to shape.dtype.
 KvTensor GaussianKv(const BlockShape& shape, uint32_t seed) {
-  KvTensor t = KvTensor::Zeros(shape);
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> n(0, 1);
-  for (float& x : t.data) x = RoundToDtypeForTest(n(rng), shape.dtype);
+  KvTensor t = testing::RandomKv(shape, seed);
+  for (float& x : t.data) x = RoundToDtypeForTest(x, shape.dtype);
   return t;
 }
 

@@ -16,22 +16,16 @@
 #include "codecs/kv_fixture.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/codecs/codec_test_support.h"
 
 namespace strata::codecs {
 namespace {
 
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
+using testing::RandomKv;
 
 std::string Msg(const absl::Status& s) { return std::string(s.message()); }
-
-KvTensor RandomKv(const BlockShape& shape, uint32_t seed) {
-  KvTensor t = KvTensor::Zeros(shape);
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> n(0, 1);
-  for (float& x : t.data) x = n(rng);
-  return t;
-}
 
 // Reference softmax attention of one query over rows [n][d] (double).
 std::vector<float> Attend(const float* q, const std::vector<const float*>& keys,
