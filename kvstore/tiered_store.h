@@ -340,6 +340,17 @@ class TieredStore {
   // Whether a block is stored (in any tier). Does not read or verify it.
   bool Exists(const BlockKey& key) const;
 
+  // What the index knows of a stored block, without reading it: its size,
+  // labels and store time, and until when it is pinned (InfinitePast when
+  // it is not). NOT_FOUND naming "key" when it is not stored. For copying a
+  // block elsewhere with its labels and pin (cluster rebalancing).
+  struct BlockInfo {
+    uint64_t size = 0;
+    BlockMeta meta;
+    absl::Time pinned_until = absl::InfinitePast();
+  };
+  absl::StatusOr<BlockInfo> Describe(const BlockKey& key) const;
+
   // The number of leading keys of `keys` that are stored: with chained keys
   // (block_key.h), the length in chunks of the longest cached prefix.
   size_t LongestPrefix(absl::Span<const BlockKey> keys) const;

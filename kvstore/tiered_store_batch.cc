@@ -1,5 +1,6 @@
 // TieredStore's batch reads: BatchGet (leases) and BatchGetInto (copies into
-// caller buffers, on several threads for large batches).
+// caller buffers, on several threads for large batches); and Describe (the
+// index's view of one block, no read).
 #include <algorithm>
 #include <atomic>
 #include <thread>
@@ -7,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kvstore/tiered_store.h"
+#include "kvstore/tiered_store_internal.h"
 
 namespace strata::kvstore {
 namespace {
@@ -59,6 +61,18 @@ std::vector<absl::StatusOr<size_t>> TieredStore::BatchGetInto(
   work();
   for (std::thread& t : pool) t.join();
   return out;
+}
+
+absl::StatusOr<TieredStore::BlockInfo> TieredStore::Describe(
+    const BlockKey& key) const {
+  absl::MutexLock lock(&mu_);
+  auto it = index_.find(key);
+  if (it == index_.end() || it->second.resident == 0) {
+    return absl::NotFoundError(
+        absl::StrCat("key: ", key.ToHex(), " is not stored"));
+  }
+  const Entry& e = it->second;
+  return BlockInfo{e.size, MetaOf(e), e.pinned_until};
 }
 
 }  // namespace strata::kvstore

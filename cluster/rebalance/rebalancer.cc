@@ -320,7 +320,26 @@ Rebalancer::PassResult Rebalancer::Pass(uint64_t generation) {
           result.aborted = true;
           return result;
         }
-        auto put = peer[o]->Put(key, bytes);
+        // The copy keeps the block's labels (admin filters) and its pin.
+        client::PutOptions put_options;
+        absl::Time pinned_until = absl::InfinitePast();
+        if (auto info = store_->Describe(key); info.ok()) {
+          put_options.tenant = info->meta.tenant;
+          put_options.model = info->meta.model;
+          pinned_until = info->pinned_until;
+        }
+        auto put = peer[o]->Put(key, bytes, put_options);
+        if (put.ok() && pinned_until > absl::Now()) {
+          // The block is there either way; a refused pin (e.g. a TTL over
+          // the peer's max_pin_ttl) is reported, not retried.
+          absl::Status pin = peer[o]->Pin(key, pinned_until - absl::Now());
+          if (!pin.ok()) {
+            absl::MutexLock lock(&mu_);
+            ++stats_.push_errors;
+            result.error = absl::StrCat("pin on ", nodes[o].id, ": ",
+                                        pin.ToString());
+          }
+        }
         if (!put.ok()) {
           all_confirmed = false;
           absl::MutexLock lock(&mu_);

@@ -377,6 +377,59 @@ TEST_F(RebalanceTest, JoiningNodeTakesAboutOneNthAndTheRestStayPut) {
   EXPECT_GE(Metric(*daemons_["n3"], "strata:puts_total"), taken);
 }
 
+// Blocks a joining node receives keep their labels (tenant, model: admin
+// filters find them there) and their pins (the pushed copy is pinned too).
+TEST_F(RebalanceTest, PushedBlocksKeepTheirLabelsAndPins) {
+  ASSERT_NO_FATAL_FAILURE(StartCluster(3));
+  constexpr int kKeys = 200, kPinned = 60;
+  client::PutOptions labels;
+  labels.tenant = "tenant-a";
+  labels.model = "model-b";
+  for (int i = 0; i < kKeys; ++i) {
+    auto put = cluster_->Put(KeyFor(i), BlockFor(i), labels);
+    ASSERT_TRUE(put.ok()) << i << ": " << put.status();
+  }
+  auto connect = [&](const std::string& id) {
+    client::ClientOptions o;
+    o.address = daemons_[id]->grpc_address();
+    o.data_plane = "grpc";
+    auto c = client::Client::Connect(o);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return *std::move(c);
+  };
+  for (int i = 0; i < kPinned; ++i) {  // Pinned on every holder.
+    for (const std::string& id : cluster_->Owners(KeyFor(i))) {
+      ASSERT_TRUE(connect(id)->Pin(KeyFor(i), absl::Minutes(30)).ok()) << i;
+    }
+  }
+  ASSERT_TRUE(AddNode(3).ok());
+  ASSERT_TRUE(WaitMembers(RunningIds(), absl::Seconds(kTtlS) + kMargin));
+  const std::vector<BlockKey> keys = Keys(0, kKeys);
+  absl::Duration took;
+  ASSERT_EQ(WaitPlaced(keys, kPlaceDeadline, &took), 0);
+  const std::vector<bool> held = Holdings(keys)["n3"];
+  ASSERT_EQ(held.size(), keys.size());
+  int taken = 0, taken_pinned = 0;
+  for (int i = 0; i < kKeys; ++i) {
+    taken += held[i];
+    taken_pinned += held[i] && i < kPinned;
+  }
+  ASSERT_GT(taken_pinned, 0);
+  auto n3 = connect("n3");
+  client::EvictFilter f;
+  f.tenant = "tenant-a";
+  f.model = "model-b";
+  f.dry_run = true;
+  auto r = n3->Evict(f);
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::cout << "n3 took " << taken << " blocks (" << taken_pinned
+            << " pinned); the label filter matches " << r->blocks
+            << " unpinned + " << r->skipped_pinned << " pinned\n";
+  EXPECT_EQ(r->blocks + r->skipped_pinned, static_cast<uint64_t>(taken));
+  EXPECT_EQ(r->skipped_pinned, static_cast<uint64_t>(taken_pinned));
+  EXPECT_EQ(Metric(*daemons_["n3"], "strata:pinned_blocks"), taken_pinned);
+}
+
 TEST_F(RebalanceTest, DrainMovesEveryBlockAwayBeforeTheNodeExits) {
   // The drained node moves at most 1000 blocks/s: the drain takes about a
   // second, during which a reader with R = 1 (only the new primary is an

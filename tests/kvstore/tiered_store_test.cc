@@ -375,6 +375,28 @@ TEST(TieredStore, GetIntoRejectsSmallDestinationNamingDstAndKeepsBlock) {
   EXPECT_EQ(store->Get(KeyFor(1)).status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST(TieredStore, DescribeReportsSizeLabelsAndPinOfAStoredBlock) {
+  auto store = *TieredStore::Open(DramOnly(4, EvictionPolicyKind::kLru));
+  const auto block = MakeBlock(k64K, 3);
+  PutOptions put;
+  put.tenant = "acme";
+  put.model = "llama";
+  ASSERT_TRUE(store->Put(KeyFor(3), block, put).ok());
+  auto info = store->Describe(KeyFor(3));
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->size, block.size());
+  EXPECT_EQ(info->meta.tenant, "acme");
+  EXPECT_EQ(info->meta.model, "llama");
+  EXPECT_EQ(info->pinned_until, absl::InfinitePast());
+  ASSERT_TRUE(store->Pin(KeyFor(3), absl::Minutes(5)).ok());
+  info = store->Describe(KeyFor(3));
+  ASSERT_TRUE(info.ok());
+  EXPECT_GT(info->pinned_until, absl::Now() + absl::Minutes(4));
+  auto missing = store->Describe(KeyFor(4));
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(Msg(missing.status()), StartsWith("key:"));
+}
+
 TEST(TieredStore, BatchGetAnswersEachKeyInOrder) {
   auto store = *TieredStore::Open(DramOnly(4, EvictionPolicyKind::kLru));
   ASSERT_TRUE(store->Put(KeyFor(0), MakeBlock(k64K, 0)).ok());
