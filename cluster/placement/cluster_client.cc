@@ -369,34 +369,60 @@ absl::StatusOr<uint32_t> ClusterClient::LeadingHits(
   if (keys.empty()) return 0;
   auto v = view();
   const size_t n = keys.size();
-  std::vector<std::vector<size_t>> owners(n);
+  // Who may hold each key, asked in this order (as Get): its owners by rank,
+  // then draining members (capacity 0: they own nothing but keep what they
+  // have not moved yet), then, shortly after a change of the member set, its
+  // owners under the previous sets (blocks not pushed to the new owners
+  // yet). In a settled cluster the list is the owners alone.
+  std::vector<Node*> draining;
+  for (const auto& node : v->nodes) {
+    if (node->member.capacity_bytes == 0) draining.push_back(node.get());
+  }
+  const absl::Time now = absl::Now();
+  std::vector<std::vector<Node*>> candidates(n);
+  std::vector<size_t> owner_index;
   for (size_t k = 0; k < n; ++k) {
-    v->placement.Owners(keys[k], v->replication, &owners[k]);
+    std::vector<Node*>& c = candidates[k];
+    v->placement.Owners(keys[k], v->replication, &owner_index);
+    for (size_t i : owner_index) c.push_back(v->nodes[i].get());
+    auto add = [&c](Node* node) {
+      for (Node* x : c) {
+        if (x->member.node_id == node->member.node_id) return;
+      }
+      c.push_back(node);
+    };
+    for (Node* d : draining) add(d);
+    for (const View::Previous& p : v->previous) {
+      if (now >= p.until) continue;
+      for (size_t i : p.placement.Owners(keys[k], v->replication)) {
+        add(p.nodes[i].get());
+      }
+    }
   }
   std::vector<bool> present(n, false);
   size_t limit = n;  // Keys at or past `limit` cannot matter.
   bool any_answer = false;
   absl::Status last_error;
-  for (size_t rank = 0; rank < v->replication; ++rank) {
-    // node -> the indices of the keys to ask it about, in key order.
-    std::map<size_t, std::vector<size_t>> groups;
+  for (size_t rank = 0;; ++rank) {
+    // node -> the indices of the keys to ask it about, in key order (one
+    // batched Exists per node and rank).
+    std::map<Node*, std::vector<size_t>> groups;
     for (size_t k = 0; k < limit; ++k) {
-      if (!present[k] && rank < owners[k].size()) {
-        groups[owners[k][rank]].push_back(k);
+      if (!present[k] && rank < candidates[k].size()) {
+        groups[candidates[k][rank]].push_back(k);
       }
     }
     if (groups.empty()) break;
     struct Pending {
-      size_t node;
+      Node* node;
       const std::vector<size_t>* indices;
       std::future<absl::StatusOr<std::vector<bool>>> future;
     };
     std::vector<Pending> pending;
-    for (const auto& [i, indices] : groups) {
-      Node& node = *v->nodes[i];
-      auto c = ClientFor(node);
+    for (const auto& [node, indices] : groups) {
+      auto c = ClientFor(*node);
       if (!c.ok()) {
-        MarkSuspect(node, c.status());
+        MarkSuspect(*node, c.status());
         last_error = c.status();
         continue;
       }
@@ -406,7 +432,7 @@ absl::StatusOr<uint32_t> ClusterClient::LeadingHits(
       const client::CallOptions attempt =
           Attempt(deadline, options_.attempt_timeout);
       pending.push_back(
-          {i, &indices,
+          {node, &indices,
            std::async(std::launch::async,
                       [client = *std::move(c), subset = std::move(subset),
                        attempt] { return client->Exists(subset, attempt); })});
@@ -414,7 +440,7 @@ absl::StatusOr<uint32_t> ClusterClient::LeadingHits(
     for (Pending& p : pending) {
       absl::StatusOr<std::vector<bool>> r = p.future.get();
       if (!r.ok()) {
-        MarkSuspect(*v->nodes[p.node], r.status());
+        MarkSuspect(*p.node, r.status());
         last_error = r.status();
         continue;
       }
@@ -423,10 +449,10 @@ absl::StatusOr<uint32_t> ClusterClient::LeadingHits(
         if ((*r)[j]) present[(*p.indices)[j]] = true;
       }
     }
-    // A key missing on every owner so far and with no owner left to ask
+    // A key missing on every candidate so far and with none left to ask
     // ends the run.
     for (size_t k = 0; k < limit; ++k) {
-      if (!present[k] && owners[k].size() <= rank + 1) {
+      if (!present[k] && candidates[k].size() <= rank + 1) {
         limit = k;
         break;
       }

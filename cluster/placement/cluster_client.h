@@ -22,8 +22,10 @@
 //   bytes that were put under the key, or an error.
 // - LeadingHits batches the keys per owner: one Exists per owner for the
 //   keys it is primary of, then, for keys not confirmed there, one per
-//   second owner, and so on. The answer is the length of the leading run of
-//   keys present on at least one of their owners.
+//   second owner, and so on; then, as Get, draining members and (for
+//   `previous_owners_for` after a change of the member set) the owners under
+//   the previous set. The answer is the length of the leading run of keys
+//   present on at least one of those.
 //
 // Owners that just failed with UNAVAILABLE/DEADLINE_EXCEEDED are "suspect"
 // for `suspect_for`: reads try them last and writes skip them (unless every
