@@ -89,12 +89,6 @@ class GpuTest : public ::testing::Test {
                           const codecs::CodecParams& cpu_params,
                           const std::vector<uint8_t>& cpu, size_t workspace_min,
                           const std::string& what);
-  // Launches `params` with a fresh error word (set here) and a workspace as
-  // for ExpectDecodeEquals, waits, and expects the launch to succeed and the
-  // error word to stay zero.
-  template <class Params>
-  void LaunchExpectingNoError(Params params, size_t workspace_min,
-                              const std::string& what);
 
   cudaStream_t stream_ = nullptr;
 };
@@ -242,9 +236,14 @@ void GpuTest::ExpectDecodeEquals(DecodeParams dec,
                                  const std::string& what) {
   DeviceBuffer out(cpu_raw.size());
   out.Fill(kPoison, stream_);
+  ErrorWord flags(stream_);
   dec.kv = out.get();
-  LaunchExpectingNoError(dec, workspace_min, what);
-  if (HasFatalFailure()) return;
+  dec.error_flags = flags.get();
+  const DeviceBuffer workspace = PoisonedWorkspace(dec, workspace_min, stream_);
+  const absl::Status s = Launch(dec, workspace.get(), stream_);
+  ASSERT_TRUE(s.ok()) << s << " " << what;
+  Sync();
+  EXPECT_EQ(flags.Read(), 0u) << what;
   ASSERT_TRUE(SameBytes(out.Download(stream_), cpu_raw, "decoded")) << what;
 }
 
@@ -255,23 +254,15 @@ void GpuTest::ExpectEncodeEquals(EncodeParams enc, DeviceBuffer& payload,
                                  size_t workspace_min,
                                  const std::string& what) {
   payload.Fill(kPoison, stream_);
-  LaunchExpectingNoError(enc, workspace_min, what);
-  if (HasFatalFailure()) return;
-  EXPECT_EQ(EncodedCodecParams(enc), cpu_params) << what;
-  ASSERT_TRUE(SameBytes(payload.Download(stream_), cpu, "payload")) << what;
-}
-
-template <class Params>
-void GpuTest::LaunchExpectingNoError(Params params, size_t workspace_min,
-                                     const std::string& what) {
   ErrorWord flags(stream_);
-  params.error_flags = flags.get();
-  const DeviceBuffer workspace =
-      PoisonedWorkspace(params, workspace_min, stream_);
-  const absl::Status s = Launch(params, workspace.get(), stream_);
+  enc.error_flags = flags.get();
+  const DeviceBuffer workspace = PoisonedWorkspace(enc, workspace_min, stream_);
+  const absl::Status s = Launch(enc, workspace.get(), stream_);
   ASSERT_TRUE(s.ok()) << s << " " << what;
   Sync();
   EXPECT_EQ(flags.Read(), 0u) << what;
+  EXPECT_EQ(EncodedCodecParams(enc), cpu_params) << what;
+  ASSERT_TRUE(SameBytes(payload.Download(stream_), cpu, "payload")) << what;
 }
 
 }  // namespace strata::kernels::testing
