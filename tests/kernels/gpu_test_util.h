@@ -40,8 +40,6 @@ inline ::testing::AssertionResult SameBytes(const std::vector<uint8_t>& got,
                                        << i << " of " << want.size();
 }
 
-class DeviceBuffer;
-
 // Every GPU test derives from this: SetUp skips the test (GTEST_SKIP, so CI
 // machines pass) when there is no CUDA device, and creates a stream.
 class GpuTest : public ::testing::Test {
@@ -80,15 +78,6 @@ class GpuTest : public ::testing::Test {
   template <class DecodeParams>
   void ExpectDecodeEquals(DecodeParams dec, const std::vector<uint8_t>& cpu_raw,
                           size_t workspace_min, const std::string& what);
-  // Runs the encode `enc` into `payload` (the buffer enc.payload points at,
-  // poisoned here) with a fresh error word (set here) and expects no error,
-  // the recorded params `cpu_params` and the payload bytes `cpu`.
-  // workspace_min as for ExpectDecodeEquals.
-  template <class EncodeParams>
-  void ExpectEncodeEquals(EncodeParams enc, DeviceBuffer& payload,
-                          const codecs::CodecParams& cpu_params,
-                          const std::vector<uint8_t>& cpu, size_t workspace_min,
-                          const std::string& what);
 
   cudaStream_t stream_ = nullptr;
 };
@@ -217,18 +206,6 @@ EncodeParams ProfileEncodeParams(
   return enc;
 }
 
-// No buffer (nullptr) for workspace_min 0; else max(WorkspaceBytes(params),
-// workspace_min) poisoned bytes.
-template <class Params>
-DeviceBuffer PoisonedWorkspace(const Params& params, size_t workspace_min,
-                               cudaStream_t stream) {
-  if (workspace_min == 0) return DeviceBuffer();
-  DeviceBuffer workspace(
-      std::max<size_t>(WorkspaceBytes(params), workspace_min));
-  workspace.Fill(kPoison, stream);
-  return workspace;
-}
-
 template <class DecodeParams>
 void GpuTest::ExpectDecodeEquals(DecodeParams dec,
                                  const std::vector<uint8_t>& cpu_raw,
@@ -239,30 +216,17 @@ void GpuTest::ExpectDecodeEquals(DecodeParams dec,
   ErrorWord flags(stream_);
   dec.kv = out.get();
   dec.error_flags = flags.get();
-  const DeviceBuffer workspace = PoisonedWorkspace(dec, workspace_min, stream_);
+  DeviceBuffer workspace;
+  if (workspace_min > 0) {
+    workspace =
+        DeviceBuffer(std::max<size_t>(WorkspaceBytes(dec), workspace_min));
+    workspace.Fill(kPoison, stream_);
+  }
   const absl::Status s = Launch(dec, workspace.get(), stream_);
   ASSERT_TRUE(s.ok()) << s << " " << what;
   Sync();
   EXPECT_EQ(flags.Read(), 0u) << what;
   ASSERT_TRUE(SameBytes(out.Download(stream_), cpu_raw, "decoded")) << what;
-}
-
-template <class EncodeParams>
-void GpuTest::ExpectEncodeEquals(EncodeParams enc, DeviceBuffer& payload,
-                                 const codecs::CodecParams& cpu_params,
-                                 const std::vector<uint8_t>& cpu,
-                                 size_t workspace_min,
-                                 const std::string& what) {
-  payload.Fill(kPoison, stream_);
-  ErrorWord flags(stream_);
-  enc.error_flags = flags.get();
-  const DeviceBuffer workspace = PoisonedWorkspace(enc, workspace_min, stream_);
-  const absl::Status s = Launch(enc, workspace.get(), stream_);
-  ASSERT_TRUE(s.ok()) << s << " " << what;
-  Sync();
-  EXPECT_EQ(flags.Read(), 0u) << what;
-  EXPECT_EQ(EncodedCodecParams(enc), cpu_params) << what;
-  ASSERT_TRUE(SameBytes(payload.Download(stream_), cpu, "payload")) << what;
 }
 
 }  // namespace strata::kernels::testing
