@@ -50,9 +50,11 @@ class AquaGpuTest : public testing::GpuTest {
     ASSERT_TRUE(cpu.ok()) << cpu.status() << " " << what;
     auto packed = PackAquaProfile(profile, kv.shape);
     ASSERT_TRUE(packed.ok()) << packed.status();
-    const auto prof = DeviceBuffer::Holding(packed->data, stream_, 16);
-    const auto in = DeviceBuffer::Holding(testing::RawOf(kv), stream_);
-    DeviceBuffer payload(cpu->size());
+    DeviceBuffer prof(std::max<size_t>(packed->data.size() * 4, 16));
+    if (!packed->data.empty()) prof.Upload(packed->data, stream_);
+    const std::vector<uint8_t> raw = testing::RawOf(kv);
+    DeviceBuffer in(raw.size()), payload(cpu->size());
+    in.Upload(raw, stream_);
     payload.Fill(kPoison, stream_);
     ErrorWord flags(stream_);
     const auto enc = ProfileEncodeParams<AquaEncodeParams>(
@@ -191,7 +193,8 @@ TEST_F(AquaGpuTest, ReportsNonFiniteInputAndBadPayloads) {
   ASSERT_TRUE(profile.ok());
   auto packed = PackAquaProfile(*profile, shape);
   ASSERT_TRUE(packed.ok());
-  const auto prof = DeviceBuffer::Holding(packed->data, stream_);
+  DeviceBuffer prof(packed->data.size() * 4);
+  prof.Upload(packed->data, stream_);
   AquaParams p;
   p.n_sink = 2;
   auto bytes = AquaPayloadBytes(shape, p.ToBytes());

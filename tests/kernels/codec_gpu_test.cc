@@ -65,9 +65,11 @@ class LowRankGpuTest : public testing::GpuTest {
     ASSERT_TRUE(cpu.ok()) << cpu.status() << " " << what;
     auto packed = PackLowRankProfile(profile, kv.shape);
     ASSERT_TRUE(packed.ok()) << packed.status();
-    const auto prof = DeviceBuffer::Holding(packed->data, stream_);
-    const auto in = DeviceBuffer::Holding(testing::RawOf(kv), stream_);
-    DeviceBuffer payload(cpu->size());
+    DeviceBuffer prof(packed->data.size() * 4);
+    prof.Upload(packed->data, stream_);
+    const std::vector<uint8_t> raw = testing::RawOf(kv);
+    DeviceBuffer in(raw.size()), payload(cpu->size());
+    in.Upload(raw, stream_);
     payload.Fill(kPoison, stream_);
     ErrorWord flags(stream_);
     const auto enc = ProfileEncodeParams<LowRankEncodeParams>(
@@ -167,7 +169,8 @@ TEST_F(LowRankGpuTest, ReportsNonFiniteInputAndBadRecords) {
   ASSERT_TRUE(profile.ok());
   auto packed = PackLowRankProfile(*profile, shape);
   ASSERT_TRUE(packed.ok());
-  const auto prof = DeviceBuffer::Holding(packed->data, stream_);
+  DeviceBuffer prof(packed->data.size() * 4);
+  prof.Upload(packed->data, stream_);
   KvTensor kv = testing::RandomKv(shape, rng);
   kv.at(0, 0, 3, 0, 7) = INFINITY;
   std::vector<uint8_t> raw = testing::RawOf(kv);

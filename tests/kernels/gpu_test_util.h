@@ -93,15 +93,6 @@ class DeviceBuffer {
       if (e != cudaSuccess) ptr_ = nullptr;
     }
   }
-  // A buffer of max(v's bytes, min_bytes) bytes holding a copy of `v`.
-  template <class T>
-  static DeviceBuffer Holding(const std::vector<T>& v, cudaStream_t stream,
-                              size_t min_bytes = 0) {
-    DeviceBuffer buffer(std::max(v.size() * sizeof(T), min_bytes));
-    if (!v.empty()) buffer.Upload(v, stream);
-    return buffer;
-  }
-
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
   DeviceBuffer(DeviceBuffer&& o) noexcept

@@ -68,9 +68,11 @@ class SparseGpuTest : public testing::GpuTest {
     ASSERT_TRUE(cpu.ok()) << cpu.status() << " " << what;
     auto packed = PackSparseProfile(profile, kv.shape);
     ASSERT_TRUE(packed.ok()) << packed.status();
-    const auto prof = DeviceBuffer::Holding(packed->data, stream_);
-    const auto in = DeviceBuffer::Holding(testing::RawOf(kv), stream_);
-    DeviceBuffer payload(cpu->size());
+    DeviceBuffer prof(packed->data.size() * 4);
+    prof.Upload(packed->data, stream_);
+    const std::vector<uint8_t> raw = testing::RawOf(kv);
+    DeviceBuffer in(raw.size()), payload(cpu->size());
+    in.Upload(raw, stream_);
     if (p.online_atoms == 0) {
       payload.Fill(kPoison, stream_);
       ErrorWord flags(stream_);
@@ -215,7 +217,8 @@ TEST_F(SparseGpuTest, ReportsNonFiniteInputAndBadRecords) {
   const CodecProfile profile = testing::MakeSparseProfile(shape, 1, 1, 16, false, rng);
   auto packed = PackSparseProfile(profile, shape);
   ASSERT_TRUE(packed.ok());
-  const auto prof = DeviceBuffer::Holding(packed->data, stream_);
+  DeviceBuffer prof(packed->data.size() * 4);
+  prof.Upload(packed->data, stream_);
   KvTensor kv = testing::RandomKv(shape, rng);
   kv.at(0, 0, 3, 0, 7) = INFINITY;
   const std::vector<uint8_t> raw = testing::RawOf(kv);
