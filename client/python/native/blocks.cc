@@ -152,6 +152,16 @@ DecodeSelection SelectionFromPy(py::handle layers, py::handle tokens,
   return sel;
 }
 
+// A new bytes object of `size` bytes to fill in place (*data, under the GIL
+// or not: nothing else sees it before it is returned).
+py::bytes UninitializedBytes(size_t size, uint8_t** data) {
+  py::bytes out = py::reinterpret_steal<py::bytes>(
+      PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(size)));
+  if (!out) throw py::error_already_set();
+  *data = reinterpret_cast<uint8_t*>(PyBytes_AsString(out.ptr()));
+  return out;
+}
+
 py::bytes EncodeKv(py::handle kv, const std::string& codec, py::handle profile,
                    const std::string& tenant, const std::string& model,
                    py::handle dtype, bool kv_first) {
@@ -206,10 +216,8 @@ py::bytes EncodeKv(py::handle kv, const std::string& codec, py::handle profile,
     // Raw: the block is the header and the re-laid-out bytes; write it
     // straight into the returned bytes object.
     const size_t total = kvstore::EncodedBlockSize(shape.RawBytes());
-    py::bytes out = py::reinterpret_steal<py::bytes>(
-        PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(total)));
-    if (!out) throw py::error_already_set();
-    uint8_t* dst = reinterpret_cast<uint8_t*>(PyBytes_AsString(out.ptr()));
+    uint8_t* dst = nullptr;
+    py::bytes out = UninitializedBytes(total, &dst);
     absl::Status st;
     {
       py::gil_scoped_release release;
@@ -260,10 +268,8 @@ py::bytes MakeBlock(py::handle payload, py::handle shape, const std::string& cod
   const BlockShape s = BlockShapeFromPy(shape);
   const CodecSpec spec = ValueOrThrow(ParseCodecSpec(codec));
   const size_t total = kvstore::EncodedBlockSize(p.size());
-  py::bytes out = py::reinterpret_steal<py::bytes>(
-      PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(total)));
-  if (!out) throw py::error_already_set();
-  uint8_t* dst = reinterpret_cast<uint8_t*>(PyBytes_AsString(out.ptr()));
+  uint8_t* dst = nullptr;
+  py::bytes out = UninitializedBytes(total, &dst);
   absl::Status st;
   {
     py::gil_scoped_release release;
