@@ -17,9 +17,12 @@
 //   on NOT_FOUND, UNAVAILABLE, DEADLINE_EXCEEDED and DATA_LOSS (a corrupt
 //   block the owner dropped). Every attempt gets at most `attempt_timeout`
 //   of the call's deadline, so a hung owner leaves time for a replica. All
-//   owners missing the key = NOT_FOUND; none reachable = UNAVAILABLE. The
-//   client library verifies each block's checksum, so a Get returns the
-//   bytes that were put under the key, or an error.
+//   owners missing the key = NOT_FOUND; none reachable = UNAVAILABLE. Each
+//   owner's store verifies the block's checksum before it answers (a
+//   corrupt copy is dropped there: DATA_LOSS, and the next owner is asked),
+//   so a Get returns the bytes that were put under the key, or an error.
+//   The client library itself does not hash what it receives (TCP has its
+//   own checksums; shared memory is a local copy).
 // - LeadingHits batches the keys per owner: one Exists per owner for the
 //   keys it is primary of, then, for keys not confirmed there, one per
 //   second owner, and so on; then, as Get, draining members and (for
