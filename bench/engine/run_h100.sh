@@ -29,6 +29,9 @@ for part in $PARTS; do
       # A native backtrace if it crashes (tools/gpu/segv_backtrace.c; the
       # machine has no gdb), so UCX's own handler is off.
       gcc -shared -fPIC -O1 -o /tmp/segv_backtrace.so tools/gpu/segv_backtrace.c -ldl
+      # Large blocks stay in the heap (docs/python.md); the 18:40 UTC SSD rows
+      # of bench/results/engine.md were measured before this was set.
+      MALLOC_MMAP_THRESHOLD_=67108864 MALLOC_TRIM_THRESHOLD_=1073741824 \
       UCX_HANDLE_ERRORS=none LD_PRELOAD=/tmp/segv_backtrace.so timeout 300 "${TTFT[@]}" \
         --tier ssd --lengths 32768 --codec raw --codec quant:bits=2,group=32 --repeats 2 \
         --json "$OUT/ttft_ssd.json" > "$OUT/ttft_ssd.txt" 2>&1 ;;
