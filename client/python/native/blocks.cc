@@ -267,6 +267,11 @@ py::bytes MakeBlock(py::handle payload, py::handle shape, const std::string& cod
   Memory p = Memory::Readable(payload, "payload");
   const BlockShape s = BlockShapeFromPy(shape);
   const CodecSpec spec = ValueOrThrow(ParseCodecSpec(codec));
+  // The params must fit the shape (as encode_kv checks them); the payload
+  // itself is the encoder's, checked by the decoder when it is read.
+  if (spec.id != codecs::CodecId::kRaw) {  // Raw: EncodeBlockInto checks the length.
+    ThrowIfError(ValueOrThrow(codecs::FindCodec(spec.id))->ValidateParams(s, spec.params));
+  }
   const size_t total = kvstore::EncodedBlockSize(p.size());
   uint8_t* dst = nullptr;
   py::bytes out = UninitializedBytes(total, &dst);

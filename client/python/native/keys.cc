@@ -111,6 +111,18 @@ DType DTypeFromPy(py::handle obj, const std::string& field) {
                                   "\" (float16, bfloat16, float8_e4m3, float32)");
 }
 
+namespace {
+
+uint32_t U32(py::handle v, const std::string& field) {
+  const int64_t x = v.cast<int64_t>();
+  if (x < 0 || x > int64_t{UINT32_MAX}) {
+    ThrowInvalidArgument(field, absl::StrCat(x, " is not in [0, 2^32)"));
+  }
+  return static_cast<uint32_t>(x);
+}
+
+}  // namespace
+
 kvstore::BlockShape BlockShapeFromPy(py::handle shape, const std::string& field) {
   if (!py::isinstance<py::dict>(shape)) {
     ThrowInvalidArgument(field, "must be a dict with dtype, num_layers, "
@@ -122,10 +134,10 @@ kvstore::BlockShape BlockShapeFromPy(py::handle shape, const std::string& field)
     if (!d.contains(k)) ThrowInvalidArgument(absl::StrCat(field, ".", k), "missing");
   }
   s.dtype = DTypeFromPy(d["dtype"], field + ".dtype");
-  s.num_layers = d["num_layers"].cast<uint32_t>();
-  s.num_tokens = d["num_tokens"].cast<uint32_t>();
-  s.num_kv_heads = d["num_kv_heads"].cast<uint32_t>();
-  s.head_dim = d["head_dim"].cast<uint32_t>();
+  s.num_layers = U32(d["num_layers"], field + ".num_layers");
+  s.num_tokens = U32(d["num_tokens"], field + ".num_tokens");
+  s.num_kv_heads = U32(d["num_kv_heads"], field + ".num_kv_heads");
+  s.head_dim = U32(d["head_dim"], field + ".head_dim");
   ThrowIfError(s.Validate());
   return s;
 }
@@ -141,14 +153,6 @@ const char* DTypePyName(DType dtype) {
 }
 
 namespace {
-
-uint32_t U32(py::handle v, const char* field) {
-  const int64_t x = v.cast<int64_t>();
-  if (x < 0 || x > int64_t{UINT32_MAX}) {
-    ThrowInvalidArgument(field, absl::StrCat(x, " is not in [0, 2^32)"));
-  }
-  return static_cast<uint32_t>(x);
-}
 
 std::string NamespaceRepr(const KeyNamespace& ns) {
   return absl::StrCat(

@@ -116,6 +116,11 @@ def test_make_block_refuses_a_bad_shape_or_payload_naming_the_field():
         strata.make_block(payload, {k: v for k, v in hdr.items() if k != "head_dim"}, "raw")
     with pytest.raises(strata.InvalidArgument, match="payload_length"):
         strata.make_block(payload[:-2], hdr, "raw")  # Raw payloads must match the shape.
+    with pytest.raises(strata.InvalidArgument, match="shape.head_dim"):
+        strata.make_block(payload, dict(hdr, head_dim=-1), "raw")
+    # Codec params that do not fit the shape, as encode_kv refuses them.
+    with pytest.raises(strata.InvalidArgument, match="v_group"):
+        strata.make_block(payload, hdr, "quant:bits=4,group=128")
 
 
 def test_decode_into_the_wrong_out_raises_invalid_argument_naming_out():
