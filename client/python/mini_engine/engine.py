@@ -209,6 +209,17 @@ class Engine:
             return False
         return True
 
+    def _gpu_block_layout(self):
+        """(shape dict for strata.gpu, raw bytes, payload bytes) of one chunk's
+        block with the engine's codec (the GPU load and store paths)."""
+        import strata.gpu as sg
+        c = self.cfg
+        shape = dict(dtype="float16", num_layers=c.num_layers, num_tokens=self.chunk_tokens,
+                     num_kv_heads=c.num_kv_heads, head_dim=c.head_dim)
+        raw = self._raw_payload_bytes()
+        payload = raw if self.codec == "raw" else sg.quant_payload_bytes(shape, self.codec)
+        return shape, raw, payload
+
     def _load_on_gpu(self, seq, keys):
         """The GPU load path, pipelined: the blocks are read (checksum-verified,
         several threads) into pinned host buffers group by group on a reader
@@ -218,13 +229,9 @@ class Engine:
         (strata.gpu.paged_scatter) on the current stream. Host reads of group
         g+1 overlap the PCIe copies of group g. Returns tokens loaded."""
         import strata.gpu as sg
-        c = self.cfg
         t = self.chunk_tokens
         h = _BLOCK_HEADER_BYTES
-        raw = self._raw_payload_bytes()
-        shape = dict(dtype="float16", num_layers=c.num_layers, num_tokens=t,
-                     num_kv_heads=c.num_kv_heads, head_dim=c.head_dim)
-        payload = raw if self.codec == "raw" else sg.quant_payload_bytes(shape, self.codec)
+        shape, raw, payload = self._gpu_block_layout()
         cap = -(-(h + payload) // 4096) * 4096
         # Pinned staging buffers live for the process (like an engine's
         # staging pool): pinning gigabytes takes seconds.
@@ -305,12 +312,8 @@ class Engine:
         the bytes encode_kv gives on the CPU. Returns the chunks stored."""
         import strata.gpu as sg
         strata = _strata()
-        c = self.cfg
         t = self.chunk_tokens
-        shape = dict(dtype="float16", num_layers=c.num_layers, num_tokens=t,
-                     num_kv_heads=c.num_kv_heads, head_dim=c.head_dim)
-        raw = self._raw_payload_bytes()
-        payload = raw if self.codec == "raw" else sg.quant_payload_bytes(shape, self.codec)
+        shape, raw, payload = self._gpu_block_layout()
         s = getattr(self, "_gpu_store", None)
         if s is None or s["payload"] != payload:
             s = self._gpu_store = dict(
