@@ -183,18 +183,27 @@ void TieredStore::MaybeEvict(size_t t) {
   }
 }
 
-bool TieredStore::RoomFreedByOthers(size_t t, uint64_t charge,
-                                    uint64_t releases_before, int& rounds) {
-  // EvictFromTier frees nothing when a concurrent writer's eviction already
+bool TieredStore::MakeRoomForRetry(size_t t, uint64_t charge,
+                                   uint64_t releases_before, int& rounds) {
+  // Each round frees at least `charge` more bytes (or everything
+  // evictable), so a fragmented arena keeps evicting until a large enough
+  // range coalesces.
+  TierSlot& slot = *tiers_[t];
+  const Tier& tier = *slot.tier;
+  const uint64_t cap = tier.capacity_bytes();
+  const uint64_t used = tier.used_bytes();
+  uint64_t target = std::min(slot.low_bytes, cap - charge);
+  if (used <= target) target = used > charge ? used - charge : 0;
+  if (EvictFromTier(t, target) > 0) return true;
+  // Our eviction freed nothing when a concurrent writer's eviction already
   // brought usage under the target; that writer may then take the room
   // first. Look again while others keep releasing bytes (a release count,
   // not usage: an eviction refilled by another writer leaves usage where it
   // was) or the tier has room on paper. Each retry follows someone else's
   // progress; the bound only stops a writer starved by a steady stream.
   constexpr int kMaxRounds = 64;
-  const Tier& tier = *tiers_[t]->tier;
   return (tier.release_count() != releases_before ||
-          tier.used_bytes() + charge <= tier.capacity_bytes()) &&
+          tier.used_bytes() + charge <= cap) &&
          ++rounds <= kMaxRounds;
 }
 
@@ -281,21 +290,14 @@ absl::Status TieredStore::WriteIntoTier(size_t t, const BlockKey& key,
         "-byte block exceeds the tier capacity ",
         slot.tier->capacity_bytes()));
   }
-  // Evict until the write fits. Each round frees at least `charge` more
-  // bytes (or everything evictable), so a fragmented arena keeps evicting
-  // until a large enough range coalesces; it stops when nothing more can go.
+  // Evict until the write fits; stop when nothing more can go.
   absl::Status s;
   int rounds = 0;
   for (;;) {
     const uint64_t releases = slot.tier->release_count();
     s = slot.tier->Write(key, block, meta);
-    if (!absl::IsResourceExhausted(s)) break;
-    const uint64_t cap = slot.tier->capacity_bytes();
-    const uint64_t used = slot.tier->used_bytes();
-    uint64_t target = std::min(slot.low_bytes, cap - charge);
-    if (used <= target) target = used > charge ? used - charge : 0;
-    if (EvictFromTier(t, target) == 0 &&
-        !RoomFreedByOthers(t, charge, releases, rounds)) {
+    if (!absl::IsResourceExhausted(s) ||
+        !MakeRoomForRetry(t, charge, releases, rounds)) {
       break;
     }
   }

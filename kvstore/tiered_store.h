@@ -341,13 +341,14 @@ class TieredStore {
   bool Exists(const BlockKey& key) const;
 
   // What the index knows of a stored block, without reading it: its size,
-  // labels and store time, and until when it is pinned (InfinitePast when
-  // it is not). NOT_FOUND naming "key" when it is not stored. For copying a
-  // block elsewhere with its labels and pin (cluster rebalancing).
+  // labels and store time, and how much longer it is pinned by the store's
+  // clock (zero when it is not). NOT_FOUND naming "key" when it is not
+  // stored. For copying a block elsewhere with its labels and pin (cluster
+  // rebalancing).
   struct BlockInfo {
     uint64_t size = 0;
     BlockMeta meta;
-    absl::Time pinned_until = absl::InfinitePast();
+    absl::Duration pinned_for = absl::ZeroDuration();
   };
   absl::StatusOr<BlockInfo> Describe(const BlockKey& key) const;
 
@@ -411,12 +412,13 @@ class TieredStore {
   // returns the bytes freed.
   uint64_t EvictFromTier(size_t t, uint64_t target_bytes);
   void MaybeEvict(size_t t);
-  // After an eviction round that freed nothing: whether to try the write
-  // again because others released bytes of tier `t` since its
-  // release_count() was `releases_before` (read before the failed attempt),
-  // or the tier has room for `charge` bytes on paper (bounded by `rounds`).
-  bool RoomFreedByOthers(size_t t, uint64_t charge, uint64_t releases_before,
-                         int& rounds);
+  // After a write of `charge` bytes into tier `t` found no room: evicts
+  // towards room for it and says whether to try the write again (our
+  // eviction freed bytes; or others released bytes of the tier since its
+  // release_count() was `releases_before`, read before the failed attempt;
+  // or the tier has room on paper; the last two bounded by `rounds`).
+  bool MakeRoomForRetry(size_t t, uint64_t charge, uint64_t releases_before,
+                        int& rounds);
   bool Evictable(const Entry& entry, absl::Time now) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The shared read path of Get and GetInto (dst != null: copy + verify).

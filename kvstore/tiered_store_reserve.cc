@@ -119,17 +119,11 @@ absl::StatusOr<BlockReservation> TieredStore::Reserve(
     if (!absl::IsResourceExhausted(range.status()) || !reserve.may_evict) {
       return range.status();
     }
-    // As WriteIntoTier: each round frees at least `charge` more bytes.
-    const uint64_t cap = dram.tier->capacity_bytes();
-    const uint64_t used = dram.tier->used_bytes();
-    uint64_t target = std::min(dram.low_bytes, cap - charge);
-    if (used <= target) target = used > charge ? used - charge : 0;
-    if (EvictFromTier(0, target) == 0 &&
-        !RoomFreedByOthers(0, charge, releases, rounds)) {
+    if (!MakeRoomForRetry(0, charge, releases, rounds)) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "dram tier: no room for a ", size,
           "-byte block after evicting everything evictable (",
-          dram.tier->used_bytes(), " of ", cap,
+          dram.tier->used_bytes(), " of ", dram.tier->capacity_bytes(),
           " bytes held by pinned, leased or in-flight blocks)"));
     }
   }
