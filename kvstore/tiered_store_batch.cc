@@ -72,7 +72,10 @@ absl::StatusOr<TieredStore::BlockInfo> TieredStore::Describe(
         absl::StrCat("key: ", key.ToHex(), " is not stored"));
   }
   const Entry& e = it->second;
-  return BlockInfo{e.size, MetaOf(e), e.pinned_until};
+  const absl::Time now = clock_->Now();
+  return BlockInfo{e.size, MetaOf(e),
+                   e.pinned_until > now ? e.pinned_until - now
+                                        : absl::ZeroDuration()};
 }
 
 }  // namespace strata::kvstore

@@ -322,17 +322,17 @@ Rebalancer::PassResult Rebalancer::Pass(uint64_t generation) {
         }
         // The copy keeps the block's labels (admin filters) and its pin.
         client::PutOptions put_options;
-        absl::Time pinned_until = absl::InfinitePast();
+        absl::Duration pinned_for = absl::ZeroDuration();
         if (auto info = store_->Describe(key); info.ok()) {
           put_options.tenant = info->meta.tenant;
           put_options.model = info->meta.model;
-          pinned_until = info->pinned_until;
+          pinned_for = info->pinned_for;
         }
         auto put = peer[o]->Put(key, bytes, put_options);
-        if (put.ok() && pinned_until > absl::Now()) {
+        if (put.ok() && pinned_for > absl::ZeroDuration()) {
           // The block is there either way; a refused pin (e.g. a TTL over
           // the peer's max_pin_ttl) is reported, not retried.
-          absl::Status pin = peer[o]->Pin(key, pinned_until - absl::Now());
+          absl::Status pin = peer[o]->Pin(key, pinned_for);
           if (!pin.ok()) {
             absl::MutexLock lock(&mu_);
             ++stats_.push_errors;

@@ -387,11 +387,11 @@ TEST(TieredStore, DescribeReportsSizeLabelsAndPinOfAStoredBlock) {
   EXPECT_EQ(info->size, block.size());
   EXPECT_EQ(info->meta.tenant, "acme");
   EXPECT_EQ(info->meta.model, "llama");
-  EXPECT_EQ(info->pinned_until, absl::InfinitePast());
+  EXPECT_EQ(info->pinned_for, absl::ZeroDuration());
   ASSERT_TRUE(store->Pin(KeyFor(3), absl::Minutes(5)).ok());
   info = store->Describe(KeyFor(3));
   ASSERT_TRUE(info.ok());
-  EXPECT_GT(info->pinned_until, absl::Now() + absl::Minutes(4));
+  EXPECT_GT(info->pinned_for, absl::Minutes(4));
   auto missing = store->Describe(KeyFor(4));
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(Msg(missing.status()), StartsWith("key:"));
