@@ -268,6 +268,35 @@ absl::StatusOr<ClusterPutResult> ClusterClient::Put(
   return result;
 }
 
+void ClusterClient::AppendReadFallbacks(const View& v,
+                                        const kvstore::BlockKey& key,
+                                        std::vector<Node*>* nodes) const {
+  auto add = [nodes](Node* node) {
+    for (const Node* x : *nodes) {
+      if (x->member.node_id == node->member.node_id) return;
+    }
+    nodes->push_back(node);
+  };
+  // Members of weight 0: a draining daemon still holds the blocks it has not
+  // moved to their new owners yet (docs/cluster.md, "Drain").
+  for (const auto& node : v.nodes) {
+    if (node->member.capacity_bytes == 0) add(node.get());
+  }
+  // Shortly after a change of the member set, the owners under the previous
+  // sets: a block whose owners changed may not have been pushed to the new
+  // ones yet. Suspects among them last (a draining daemon is suspect to
+  // writers: it refuses puts, yet serves reads).
+  const absl::Time now = absl::Now();
+  for (const bool suspects : {false, true}) {
+    for (const View::Previous& p : v.previous) {
+      if (now >= p.until) continue;
+      for (size_t i : p.placement.Owners(key, v.replication)) {
+        if (Suspect(*p.nodes[i]) == suspects) add(p.nodes[i].get());
+      }
+    }
+  }
+}
+
 absl::StatusOr<ClusterGetResult> ClusterClient::Get(
     const kvstore::BlockKey& key, const client::CallOptions& call) {
   const absl::Time deadline = DeadlineOf(call, options_.client);
@@ -283,34 +312,13 @@ absl::StatusOr<ClusterGetResult> ClusterClient::Get(
   std::stable_partition(order.begin(), order.end(), [&](const auto& o) {
     return !Suspect(*v->nodes[o.second]);
   });
-  // Then members of weight 0: a draining daemon still holds the blocks it
-  // has not moved to their new owners yet (docs/cluster.md, "Drain").
   std::vector<std::pair<size_t, Node*>> tries;  // (rank, node)
   for (const auto& [rank, i] : order) tries.push_back({rank, v->nodes[i].get()});
-  for (size_t i = 0; i < v->nodes.size(); ++i) {
-    if (v->nodes[i]->member.capacity_bytes == 0) {
-      tries.push_back({owners.size() + tries.size(), v->nodes[i].get()});
-    }
-  }
-  // Then, shortly after a change of the member set, the owners under the
-  // previous set: a block whose owners changed may not have been pushed to
-  // the new ones yet.
-  // Suspects among them last (a draining daemon is suspect to writers: it
-  // refuses puts, yet serves reads).
-  const absl::Time now = absl::Now();
-  for (const bool suspects : {false, true}) {
-    for (const View::Previous& p : v->previous) {
-      if (now >= p.until) continue;
-      for (size_t i : p.placement.Owners(key, v->replication)) {
-        Node* prev = p.nodes[i].get();
-        if (Suspect(*prev) != suspects) continue;
-        const bool tried = std::any_of(tries.begin(), tries.end(), [&](const auto& t) {
-          return t.second->member.node_id == prev->member.node_id;
-        });
-        if (!tried) tries.push_back({owners.size() + tries.size(), prev});
-      }
-    }
-  }
+  // Then draining members and the previous owners (AppendReadFallbacks).
+  std::vector<Node*> nodes;
+  for (const auto& t : tries) nodes.push_back(t.second);
+  AppendReadFallbacks(*v, key, &nodes);
+  for (size_t k = tries.size(); k < nodes.size(); ++k) tries.push_back({k, nodes[k]});
   // Last, when an owner was unreachable: the members a put hands a block to
   // when no owner takes it.
   const size_t handoff_from = tries.size();
@@ -369,35 +377,15 @@ absl::StatusOr<uint32_t> ClusterClient::LeadingHits(
   if (keys.empty()) return 0;
   auto v = view();
   const size_t n = keys.size();
-  // Who may hold each key, asked in this order (as Get): its owners by rank,
-  // then draining members (capacity 0: they own nothing but keep what they
-  // have not moved yet), then, shortly after a change of the member set, its
-  // owners under the previous sets (blocks not pushed to the new owners
-  // yet). In a settled cluster the list is the owners alone.
-  std::vector<Node*> draining;
-  for (const auto& node : v->nodes) {
-    if (node->member.capacity_bytes == 0) draining.push_back(node.get());
-  }
-  const absl::Time now = absl::Now();
+  // Who may hold each key, asked in this order: its owners by rank, then
+  // (as Get) draining members and the previous owners. In a settled cluster
+  // the list is the owners alone.
   std::vector<std::vector<Node*>> candidates(n);
   std::vector<size_t> owner_index;
   for (size_t k = 0; k < n; ++k) {
-    std::vector<Node*>& c = candidates[k];
     v->placement.Owners(keys[k], v->replication, &owner_index);
-    for (size_t i : owner_index) c.push_back(v->nodes[i].get());
-    auto add = [&c](Node* node) {
-      for (Node* x : c) {
-        if (x->member.node_id == node->member.node_id) return;
-      }
-      c.push_back(node);
-    };
-    for (Node* d : draining) add(d);
-    for (const View::Previous& p : v->previous) {
-      if (now >= p.until) continue;
-      for (size_t i : p.placement.Owners(keys[k], v->replication)) {
-        add(p.nodes[i].get());
-      }
-    }
+    for (size_t i : owner_index) candidates[k].push_back(v->nodes[i].get());
+    AppendReadFallbacks(*v, keys[k], &candidates[k]);
   }
   std::vector<bool> present(n, false);
   size_t limit = n;  // Keys at or past `limit` cannot matter.

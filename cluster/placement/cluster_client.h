@@ -148,6 +148,12 @@ class ClusterClient {
   std::shared_ptr<const View> view() const;
   absl::StatusOr<std::shared_ptr<client::Client>> ClientFor(Node& node);
   bool Suspect(const Node& node) const;
+  // Where a read looks after a key's owners: draining members (capacity 0),
+  // then, for previous_owners_for after a change of the member set, the
+  // key's owners under the previous sets (non-suspects first). Appends to
+  // `nodes` those not in it yet.
+  void AppendReadFallbacks(const View& v, const kvstore::BlockKey& key,
+                           std::vector<Node*>* nodes) const;
   void MarkSuspect(Node& node, const absl::Status& status);
 
   MemberSource* const members_;
