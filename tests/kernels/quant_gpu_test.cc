@@ -13,6 +13,9 @@
 #include "codecs/kv_tensor.h"
 #include "codecs/quant_codec.h"
 #include "gtest/gtest.h"
+#include "kernels/internal/launch.h"
+#include "kernels/internal/numeric.h"
+#include "kernels/internal/quant_layout.h"
 #include "kernels/kernel_errors.h"
 #include "kernels/quant_kernels.h"
 #include "tests/kernels/gpu_test_util.h"
@@ -249,6 +252,114 @@ TEST_F(QuantGpuTest, EveryTokenIsASinkOrNot) {
   const BlockShape one{DType::kFloat16, 3, 1, 2, 32};
   p.n_sink = 0;  // A single token: one short group per channel.
   ExpectMatchesCpu(testing::RandomKv(one, rng), p);
+}
+
+// ---- The fp16 fast path (kernels/quant_encode_fp16.cu): every test first
+// checks that its blocks take it.
+
+bool TakesTheFastPath(const BlockShape& shape, const QuantParams& p) {
+  return internal::QuantEncodeFp16FastPathApplies(
+      internal::MakeQuantArgs(shape, p));
+}
+
+TEST_F(QuantGpuTest, Fp16FastPathMatchesTheCpuCodecForEveryBitsPairAndKeyMode) {
+  std::mt19937 rng(testing::TestSeed("Fp16FastPathEveryBitsPair"));
+  for (uint8_t kb : {2, 4, 8}) {
+    for (uint8_t vb : {2, 4, 8}) {
+      for (bool per_token : {false, true}) {
+        for (uint16_t n_sink : {0, 16}) {
+          QuantParams p;
+          p.k_bits = kb;
+          p.v_bits = vb;
+          p.keys_per_token = per_token;
+          p.n_sink = n_sink;
+          const uint32_t heads = kb == vb ? 2 : 4;  // hd 256 or 512.
+          const BlockShape shape{DType::kFloat16, 3,
+                                 static_cast<uint32_t>(96 + n_sink), heads,
+                                 128};
+          ASSERT_TRUE(TakesTheFastPath(shape, p)) << Describe(shape, p);
+          ExpectMatchesCpu(testing::RandomKv(shape, rng, 3.0f), p);
+          if (HasFatalFailure()) return;
+        }
+      }
+    }
+  }
+}
+
+TEST_F(QuantGpuTest, Fp16FastPathSignedZeroMinimaFollowTheCpuOrder) {
+  std::mt19937 rng(testing::TestSeed("Fp16FastPathSignedZeroMinima"));
+  const BlockShape shape{DType::kFloat16, 2, 64, 2, 128};
+  KvTensor kv = KvTensor::Zeros(shape);
+  for (float& x : kv.data) {
+    const uint32_t r = rng() % 4;
+    x = r == 0 ? -0.0f : r == 1 ? 0.0f : static_cast<float>(rng() % 7);
+  }
+  for (bool per_token : {false, true}) {
+    QuantParams p;
+    p.keys_per_token = per_token;
+    ASSERT_TRUE(TakesTheFastPath(shape, p));
+    ExpectMatchesCpu(kv, p);
+  }
+}
+
+// Values on a half-step grid of a power-of-two scale: most quotients are
+// exact half-integers (ties to even), so the exact re-pack runs often.
+TEST_F(QuantGpuTest, Fp16FastPathTiesTakeTheExactPath) {
+  std::mt19937 rng(testing::TestSeed("Fp16FastPathTies"));
+  const BlockShape shape{DType::kFloat16, 2, 64, 4, 128};
+  for (uint8_t bits : {2, 4, 8}) {
+    const uint32_t steps = 2 * ((1u << bits) - 1) + 1;
+    KvTensor kv = KvTensor::Zeros(shape);
+    for (float& x : kv.data) {
+      x = -3.0f + 0.125f * static_cast<float>(rng() % steps);
+    }
+    QuantParams p;
+    p.k_bits = p.v_bits = bits;
+    ASSERT_TRUE(TakesTheFastPath(shape, p));
+    ExpectMatchesCpu(kv, p);
+    if (HasFatalFailure()) return;
+  }
+}
+
+TEST_F(QuantGpuTest, Fp16FastPathRealKvValuesMatchTheCpuCodec) {
+  auto fx = codecs::LoadKvFixture(testing::FixturePath());
+  ASSERT_TRUE(fx.ok()) << fx.status();
+  for (codecs::RopeForm form :
+       {codecs::RopeForm::kPreRope, codecs::RopeForm::kPostRope}) {
+    auto real = fx->Kv(1, 0, fx->num_layers, 0, 256, form);
+    ASSERT_TRUE(real.ok()) << real.status();
+    // The fixture's hd is 192; its values, in order, refill hd 256.
+    const BlockShape shape{DType::kFloat16, fx->num_layers, 192, 4, 64};
+    KvTensor kv = KvTensor::Zeros(shape);
+    ASSERT_EQ(kv.data.size(), real->data.size());
+    for (size_t i = 0; i < kv.data.size(); ++i) {  // Exact if already fp16.
+      kv.data[i] = internal::HalfToFloat(internal::FloatToHalf(real->data[i]));
+    }
+    for (uint8_t bits : {2, 4, 8}) {
+      QuantParams p;
+      p.k_bits = p.v_bits = bits;
+      ASSERT_TRUE(TakesTheFastPath(shape, p));
+      ExpectMatchesCpu(kv, p);
+      if (HasFatalFailure()) return;
+    }
+  }
+}
+
+TEST_F(QuantGpuTest, Fp16FastPathReportsNonFiniteInput) {
+  std::mt19937 rng(4);
+  const BlockShape shape{DType::kFloat16, 2, 64, 2, 128};
+  QuantParams p;
+  ASSERT_TRUE(TakesTheFastPath(shape, p));
+  // fp16 +inf in a key (per-channel group), NaN in a value (per-token).
+  for (int side : {0, 1}) {
+    std::vector<uint8_t> raw = testing::RawOf(testing::RandomKv(shape, rng));
+    const uint64_t element =
+        ((uint64_t{side} * 2 + 1) * 64 + 37) * 256 + 101;  // Layer 1.
+    raw[2 * element] = 0x00;
+    raw[2 * element + 1] = side == 0 ? 0x7C : 0x7E;
+    const Encoded e = Encode(shape, p, raw);
+    EXPECT_EQ(e.flags, kErrorNonFiniteInput) << "side " << side;
+  }
 }
 
 }  // namespace
