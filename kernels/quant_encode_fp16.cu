@@ -402,7 +402,7 @@ bool DispatchFastBits(int bits, F&& f) {
 
 }  // namespace
 
-bool QuantEncodeFp16FastPathApplies(const QuantArgs& a) {
+bool QuantFp16FastPathApplies(const QuantArgs& a) {
   if (a.dtype != kDtypeF16 || a.tokens <= a.n_sink) return false;
   const uint32_t tq = a.tokens - a.n_sink;
   if (tq % kGroup != 0 || a.hd % kTileChannels != 0) return false;

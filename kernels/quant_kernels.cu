@@ -777,7 +777,7 @@ cudaError_t LaunchQuant(const QuantArgs& a, bool decode, cudaStream_t st) {
       const dim3 grid(GridFor(words, 2 * a.layers), a.layers, 2);
       SinkCopyKernel<Tr><<<grid, kThreads, 0, st>>>(a, decode);
     }
-    if (!decode && QuantEncodeFp16FastPathApplies(a)) {
+    if (!decode && QuantFp16FastPathApplies(a)) {
       LaunchQuantEncodeFp16Fast(a, st);
       return;
     }

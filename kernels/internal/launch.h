@@ -45,11 +45,11 @@ struct QuantArgs {
 cudaError_t LaunchQuantEncode(const QuantArgs& args, cudaStream_t stream);
 cudaError_t LaunchQuantDecode(const QuantArgs& args, cudaStream_t stream);
 // The fp16 fast-path encoder (quant_encode_fp16.cu): both sides in one
-// launch, sinks excluded. Applies to fp16, groups of 32 with 2/4/8-bit codes
-// on both sides, tokens after the sinks a multiple of 32, hd a multiple of
-// 256 and 16-byte-aligned buffers and slabs; LaunchQuantEncode uses it
-// whenever it applies.
-bool QuantEncodeFp16FastPathApplies(const QuantArgs& args);
+// launch, sinks excluded. It applies to fp16, groups of 32 with 2/4/8-bit
+// codes on both sides, tokens after the sinks a multiple of 32, hd a
+// multiple of 256 and 16-byte-aligned buffers and slabs; LaunchQuantEncode
+// uses it whenever it applies.
+bool QuantFp16FastPathApplies(const QuantArgs& args);
 cudaError_t LaunchQuantEncodeFp16Fast(const QuantArgs& args,
                                       cudaStream_t stream);
 

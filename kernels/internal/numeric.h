@@ -308,14 +308,7 @@ STRATA_HD uint32_t QuantizeCode(float x, float zero, float scale,
 }
 
 STRATA_HD float DequantizeCode(uint32_t q, float zero, float scale) {
-#if defined(__CUDA_ARCH__)
-  // float(q) for q < 2^22 without a conversion instruction: the low
-  // mantissa bits of 1.5 * 2^23 + q, minus 1.5 * 2^23 (both exact).
-  const float fq = __fsub_rn(__uint_as_float(0x4B400000u | q), 12582912.0f);
-#else
-  const float fq = static_cast<float>(q);
-#endif
-  return Add(zero, Mul(fq, scale));
+  return Add(zero, Mul(static_cast<float>(q), scale));
 }
 
 // Error-word bits, equal to kernels/kernel_errors.h's (checked there).

@@ -180,7 +180,7 @@ std::vector<uint8_t> EmulateFastEncode(const BlockShape& shape,
     const internal::QuantSideArgs& s = a.side[side];
     const int bits = s.bits;
     for (uint32_t layer = 0; layer < a.layers; ++layer) {
-      const uint64_t raw0 = (uint64_t{side} * a.layers + layer) * a.tokens * hd;
+      const uint64_t raw0 = (static_cast<uint64_t>(side) * a.layers + layer) * a.tokens * hd;
       const uint64_t slab = s.side_offset + layer * s.slab_bytes;
       std::memcpy(&out[slab], &raw[2 * raw0], s.sink_bytes);  // Sinks.
       const uint64_t records = slab + s.sink_bytes;
@@ -273,7 +273,7 @@ TEST(QuantFastEmulation, BlockEncodeMatchesTheCpuCodec) {
     const KvTensor kv = testing::RandomKv(shape, rng, 2.0f);
     auto cpu = testing::CpuQuantEncode(kv, p);
     ASSERT_TRUE(cpu.ok()) << cpu.status();
-    ASSERT_TRUE(internal::QuantEncodeFp16FastPathApplies(
+    ASSERT_TRUE(internal::QuantFp16FastPathApplies(
         internal::MakeQuantArgs(shape, p)))
         << testing::Describe(shape, p);
     EXPECT_EQ(FirstDifference(EmulateFastEncode(shape, p, testing::RawOf(kv)),
@@ -329,10 +329,10 @@ TEST(QuantFastEmulation, RealKvValuesMatchTheCpuCodec) {
 TEST(QuantFastPath, AppliesOnlyToItsConfiguration) {
   const BlockShape llama{DType::kFloat16, 32, 256, 8, 128};
   QuantParams p;
-  EXPECT_TRUE(internal::QuantEncodeFp16FastPathApplies(
+  EXPECT_TRUE(internal::QuantFp16FastPathApplies(
       internal::MakeQuantArgs(llama, p)));
   auto applies = [](BlockShape shape, QuantParams q) {
-    return internal::QuantEncodeFp16FastPathApplies(
+    return internal::QuantFp16FastPathApplies(
         internal::MakeQuantArgs(shape, q));
   };
   BlockShape bf16 = llama;
@@ -356,7 +356,7 @@ TEST(QuantFastPath, AppliesOnlyToItsConfiguration) {
   EXPECT_TRUE(applies(llama, sinks));
   internal::QuantArgs unaligned = internal::MakeQuantArgs(llama, p);
   unaligned.dst = reinterpret_cast<void*>(uintptr_t{4});
-  EXPECT_FALSE(internal::QuantEncodeFp16FastPathApplies(unaligned));
+  EXPECT_FALSE(internal::QuantFp16FastPathApplies(unaligned));
 }
 
 }  // namespace

@@ -258,7 +258,7 @@ TEST_F(QuantGpuTest, EveryTokenIsASinkOrNot) {
 // checks that its blocks take it.
 
 bool TakesTheFastPath(const BlockShape& shape, const QuantParams& p) {
-  return internal::QuantEncodeFp16FastPathApplies(
+  return internal::QuantFp16FastPathApplies(
       internal::MakeQuantArgs(shape, p));
 }
 
@@ -354,7 +354,7 @@ TEST_F(QuantGpuTest, Fp16FastPathReportsNonFiniteInput) {
   for (int side : {0, 1}) {
     std::vector<uint8_t> raw = testing::RawOf(testing::RandomKv(shape, rng));
     const uint64_t element =
-        ((uint64_t{side} * 2 + 1) * 64 + 37) * 256 + 101;  // Layer 1.
+        ((static_cast<uint64_t>(side) * 2 + 1) * 64 + 37) * 256 + 101;  // Layer 1.
     raw[2 * element] = 0x00;
     raw[2 * element + 1] = side == 0 ? 0x7C : 0x7E;
     const Encoded e = Encode(shape, p, raw);
