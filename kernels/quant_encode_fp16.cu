@@ -370,7 +370,7 @@ __device__ __forceinline__ void EncodeTokenGroups(const QuantArgs& a, int side,
 }
 
 template <int kBitsK, int kBitsV>
-__global__ void __launch_bounds__(kThreads, 4)
+__global__ void __launch_bounds__(kThreads, 5)
     EncodeFp16G32Kernel(const QuantArgs a) {
   __shared__ EncodeSmem sm;
   const uint32_t layer = blockIdx.y;
