@@ -652,10 +652,8 @@ __global__ void __launch_bounds__(kThreads)
                   j0) *
                      sizeof(Bits);
   const uint64_t row_bytes = static_cast<uint64_t>(a.hd) * sizeof(Bits);
-  for (uint32_t w = 0; w < words_per_channel; ++w) {
-    uint32_t word[8];
-#pragma unroll
-    for (int m = 0; m < 8; ++m) word[m] = codes[m * words_per_channel + w];
+  // Tokens w*kPer .. w*kPer + kPer - 1 of the 8 channels, from their words.
+  auto emit = [&](uint32_t w, const uint32_t (&word)[8]) {
 #pragma unroll
     for (uint32_t k = 0; k < kPer; ++k) {
       Bits b[8];
@@ -666,6 +664,34 @@ __global__ void __launch_bounds__(kThreads)
       }
       Store8(out + (static_cast<uint64_t>(w) * kPer + k) * row_bytes, b);
     }
+  };
+  if constexpr (kBits <= 4 && sizeof(Bits) <= 2) {
+    if (G == 32) {  // Every word of the 8 channels up front, as vectors.
+      constexpr uint32_t kWords = 32 / kPer;  // Per channel: 2 or 4.
+      using Vec = std::conditional_t<kWords == 2, uint2, uint4>;
+      uint32_t all[8][kWords];
+#pragma unroll
+      for (int m = 0; m < 8; ++m) {
+        const Vec v = reinterpret_cast<const Vec*>(codes)[m];
+        static_assert(sizeof(Vec) == sizeof(all[m]));
+        memcpy(all[m], &v, sizeof(Vec));
+      }
+#pragma unroll
+      for (uint32_t w = 0; w < kWords; ++w) {
+        uint32_t word[8];
+#pragma unroll
+        for (int m = 0; m < 8; ++m) word[m] = all[m][w];
+        emit(w, word);
+      }
+      ReportFlags(a.error_flags, flags);
+      return;
+    }
+  }
+  for (uint32_t w = 0; w < words_per_channel; ++w) {
+    uint32_t word[8];
+#pragma unroll
+    for (int m = 0; m < 8; ++m) word[m] = codes[m * words_per_channel + w];
+    emit(w, word);
   }
   ReportFlags(a.error_flags, flags);
 }
