@@ -89,22 +89,6 @@ __device__ __forceinline__ void AddFastCode(float x, float zero, float inv,
   *word += __float_as_uint(m) << shift;
 }
 
-// The rare path: n codes of consecutive fp16 elements of global memory
-// (re-read; a cache hit), each FastOrExactCode's, element k at bit k * bits.
-template <int kBits>
-__device__ __noinline__ uint32_t PackExact(const __half* x, uint32_t stride,
-                                           int n, float zero, float inv,
-                                           float scale) {
-  constexpr float levels = static_cast<float>((1u << kBits) - 1);
-  uint32_t word = 0;
-  for (int k = 0; k < n; ++k) {
-    word |= FastOrExactCode(__half2float(x[static_cast<uint64_t>(k) * stride]),
-                            zero, inv, scale, levels)
-            << (k * kBits);
-  }
-  return word;
-}
-
 // ---- Per-channel keys: one tile of 32 tokens x 256 channels.
 
 template <int kBits>
@@ -198,15 +182,27 @@ __device__ __forceinline__ void EncodeChannelTile(const QuantArgs& a,
       piece[2 * p] = w0 - MagicPackBias(kBits, kRows);
       piece[2 * p + 1] = w1 - MagicPackBias(kBits, kRows);
     }
-    if (near[0] || near[1] || near[2] || near[3]) {
+    // The rare exact path, by the whole warp for one lane at a time: lane
+    // j recomputes row j / 8, channel j % 8 of lane src's 4 x 8 elements;
+    // OR-shuffles over the 4 rows give each channel's piece.
+    constexpr float levels = static_cast<float>((1u << kBits) - 1);
+    const bool any_near = near[0] || near[1] || near[2] || near[3];
+    for (uint32_t need = __ballot_sync(kFullMask, any_near); need != 0;
+         need &= need - 1) {
+      const int src = __ffs(need) - 1;
+      const int row = lane >> 3, m = lane & 7;
+      const int c = src * 8 + m;
+      const float x = __half2float(
+          in[static_cast<uint64_t>(warp * kRows + row) * a.hd + c]);
+      uint32_t part =
+          FastOrExactCode(x, sm.zero[c], sm.inv[c], sm.scale[c], levels)
+          << (row * kBits);
+      part |= __shfl_xor_sync(kFullMask, part, 8);
+      part |= __shfl_xor_sync(kFullMask, part, 16);
 #pragma unroll
-      for (int m = 0; m < 8; ++m) {
-        const int c = lane * 8 + m;
-        if (near[m / 2]) {
-          piece[m] = PackExact<kBits>(
-              in + static_cast<uint64_t>(warp * kRows) * a.hd + c, a.hd,
-              kRows, sm.zero[c], sm.inv[c], sm.scale[c]);
-        }
+      for (int k = 0; k < 8; ++k) {
+        const uint32_t exact = __shfl_sync(kFullMask, part, k);
+        if (lane == src) piece[k] = exact;
       }
     }
   }
@@ -330,29 +326,40 @@ __device__ __forceinline__ void EncodeTokenGroups(const QuantArgs& a, int side,
   constexpr int kWords = kGroup / kPer;  // 2, 4 or 8.
   const float inv = QuantInverse(r.scale);
   uint32_t word[kWords];
-  bool near[kWords];
-  bool any_near = false;
+  bool near = false;
 #pragma unroll
   for (int w = 0; w < kWords; ++w) {
     uint32_t acc = 0;
-    near[w] = false;
 #pragma unroll
     for (int k = 0; k < kPer; k += 2) {
       const float2 f = __half22float2(h[(w * kPer + k) / 2]);
-      AddFastCode<kBits>(f.x, r.zero, inv, k * kBits, &acc, &near[w]);
-      AddFastCode<kBits>(f.y, r.zero, inv, (k + 1) * kBits, &acc, &near[w]);
+      AddFastCode<kBits>(f.x, r.zero, inv, k * kBits, &acc, &near);
+      AddFastCode<kBits>(f.y, r.zero, inv, (k + 1) * kBits, &acc, &near);
     }
     word[w] = acc - MagicPackBias(kBits, kPer);
-    any_near |= near[w];
   }
-  if (any_near) {
-    const __half* e = reinterpret_cast<const __half*>(in + lane * 4);
+  // The rare exact path, by the whole warp for one lane at a time (a lane
+  // alone would run 32 codes serially while the others wait): lane j
+  // recomputes code j of lane src's group, and OR-reductions assemble the
+  // words for lane src.
+  constexpr float levels = static_cast<float>((1u << kBits) - 1);
+  for (uint32_t need = __ballot_sync(kFullMask, near); need != 0;
+       need &= need - 1) {
+    const int src = __ffs(need) - 1;
+    const float zero = __shfl_sync(kFullMask, r.zero, src);
+    const float sinv = __shfl_sync(kFullMask, inv, src);
+    const float scale = __shfl_sync(kFullMask, r.scale, src);
+    const int piece = lane >> 3;
+    const __half x = reinterpret_cast<const __half*>(
+        &buf[src * 4 + (piece ^ ((src >> 1) & 3))])[lane & 7];
+    const uint32_t code =
+        FastOrExactCode(__half2float(x), zero, sinv, scale, levels);
 #pragma unroll
     for (int w = 0; w < kWords; ++w) {
-      if (near[w]) {
-        word[w] =
-            PackExact<kBits>(e + w * kPer, 1, kPer, r.zero, inv, r.scale);
-      }
+      const uint32_t part =
+          lane / kPer == w ? code << ((lane % kPer) * kBits) : 0u;
+      const uint32_t exact = __reduce_or_sync(kFullMask, part);
+      if (lane == src) word[w] = exact;
     }
   }
   uint4* out = reinterpret_cast<uint4*>(slab + 4 * s.num_groups +

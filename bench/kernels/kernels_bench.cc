@@ -53,6 +53,18 @@ void BenchD2D(Bench& b, double* d2d_bps) {
   CUDA_CHECK(cudaFree(dst));
 }
 
+// Writes only: what a write-dominated kernel (a decode writes 8x the bytes
+// it reads) can reach, next to the copy ceiling. Reported, not a ceiling
+// the other rows are divided by.
+void BenchMemset(Bench& b) {
+  const size_t bytes = size_t{1} << 30;
+  void* dst = DeviceAlloc(bytes);
+  const double us = b.Time([&] {
+    CUDA_CHECK(cudaMemsetAsync(dst, 0x3C, bytes, b.stream()));
+  });
+  b.Add("cudaMemsetAsync 1 GiB (writes only)", static_cast<double>(bytes), us);
+  CUDA_CHECK(cudaFree(dst));
+}
 
 void BenchQuant(Bench& b, uint8_t bits) {
   const int n = b.options().blocks;
@@ -318,6 +330,7 @@ int Main(int argc, char** argv) {
   auto want = [&](const char* group) { return only.empty() || only == group; };
   if (only.empty()) BenchD2D(b, &d2d);
   if (want("quant")) {
+    BenchMemset(b);
     BenchQuant(b, 2);
     BenchQuant(b, 4);
   }
