@@ -215,14 +215,14 @@ __global__ void __launch_bounds__(kThreads)
       if (item >= items) break;
       if (RecordWordIsBad(word[u])) flags |= kFlagBadGroupRecord;
       const GroupRecord r = RecordFromWord(word[u]);
-      Bits b[8];
+      float v[8];
 #pragma unroll
       for (int m = 0; m < 8; ++m) {
         const uint32_t q =
             static_cast<uint32_t>(packed[u] >> (m * kBits)) & mask;
-        b[m] = Tr::FromFloat(DequantizeCode(q, r.zero, r.scale));
+        v[m] = DequantizeCode(q, r.zero, r.scale);
       }
-      Store8(out + item * 8 * sizeof(Bits), b);
+      StoreValues8<Tr>(out + item * 8 * sizeof(Bits), v);
     }
   }
   ReportFlags(a.error_flags, flags);
@@ -656,13 +656,14 @@ __global__ void __launch_bounds__(kThreads)
   auto emit = [&](uint32_t w, const uint32_t (&word)[8]) {
 #pragma unroll
     for (uint32_t k = 0; k < kPer; ++k) {
-      Bits b[8];
+      float v[8];
 #pragma unroll
       for (int m = 0; m < 8; ++m) {
-        b[m] = Tr::FromFloat(
-            DequantizeCode((word[m] >> (k * kBits)) & kMask, zero[m], scale[m]));
+        v[m] = DequantizeCode((word[m] >> (k * kBits)) & kMask, zero[m],
+                              scale[m]);
       }
-      Store8(out + (static_cast<uint64_t>(w) * kPer + k) * row_bytes, b);
+      StoreValues8<Tr>(out + (static_cast<uint64_t>(w) * kPer + k) * row_bytes,
+                       v);
     }
   };
   if constexpr (kBits <= 4 && sizeof(Bits) <= 2) {

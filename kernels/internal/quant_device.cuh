@@ -11,7 +11,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
+#include "kernels/internal/device_util.cuh"
 #include "kernels/internal/launch.h"
 #include "kernels/internal/numeric.h"
 
@@ -43,6 +45,33 @@ struct DeviceTraits<Fp16Traits> : Fp16Traits {
     return __half_as_ushort(__float2half_rn(Clamp(v, -kHalfMax, kHalfMax)));
   }
 };
+
+// Stores 8 decoded values in the dtype (Tr::FromFloat each), at an address
+// aligned to their size. fp16 converts two at a time (cvt.rn.f16x2.f32) and
+// clamps in fp16: rounding first gives the same halves as FromFloat's clamp
+// to +-65504 first (values in (65504, 65520) round to 65504, larger ones to
+// inf, which the clamp brings back; NaN stays NaN).
+template <class Tr>
+__device__ __forceinline__ void StoreValues8(uint8_t* p, const float (&v)[8]) {
+  if constexpr (std::is_same_v<Tr, DeviceTraits<Fp16Traits>>) {
+    const __half2 lim = __half2half2(__ushort_as_half(0x7BFF));  // 65504.
+    uint4 out;
+    uint32_t* w = &out.x;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const __half2 h = __hmax2_nan(
+          __hmin2_nan(__floats2half2_rn(v[2 * i], v[2 * i + 1]), lim),
+          __hneg2(lim));
+      w[i] = *reinterpret_cast<const uint32_t*>(&h);
+    }
+    *reinterpret_cast<uint4*>(p) = out;
+  } else {
+    typename Tr::Bits b[8];
+#pragma unroll
+    for (int m = 0; m < 8; ++m) b[m] = Tr::FromFloat(v[m]);
+    Store8(p, b);
+  }
+}
 
 // numeric.h's MakeGroupRecord with the hardware fp16 conversions: the same
 // bits for every finite lo/hi (cvt.rn.f16.f32 rounds to nearest even and

@@ -254,6 +254,24 @@ TEST_F(QuantGpuTest, EveryTokenIsASinkOrNot) {
   ExpectMatchesCpu(testing::RandomKv(one, rng), p);
 }
 
+// Groups spanning -65504..65504: the largest codes decode above the fp16
+// range (e.g. -65504 + 3 * 43680 = 65536) and must clamp to 65504 as on the
+// CPU (the fp16 decode rounds two values at a time, then clamps in fp16).
+TEST_F(QuantGpuTest, DecodeClampsToTheHalfRangeLikeTheCpu) {
+  std::mt19937 rng(testing::TestSeed("DecodeClampsToTheHalfRange"));
+  const BlockShape shape{DType::kFloat16, 2, 64, 2, 128};
+  const float values[] = {-65504.0f, -40000.0f, -1.0f, 0.0f,
+                          1.0f,      40000.0f,  65504.0f};
+  KvTensor kv = KvTensor::Zeros(shape);
+  for (float& x : kv.data) x = values[rng() % 7];
+  for (uint8_t bits : {2, 4, 8}) {
+    QuantParams p;
+    p.k_bits = p.v_bits = bits;
+    ExpectMatchesCpu(kv, p);
+    if (HasFatalFailure()) return;
+  }
+}
+
 // ---- The fp16 fast path (kernels/quant_encode_fp16.cu): every test first
 // checks that its blocks take it.
 
