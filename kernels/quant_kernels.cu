@@ -214,7 +214,7 @@ __global__ void __launch_bounds__(kThreads)
       const uint64_t item = chunk + u * kThreads + threadIdx.x;
       if (item >= items) break;
       if (RecordWordIsBad(word[u])) flags |= kFlagBadGroupRecord;
-      const GroupRecord r = RecordFromWord(word[u]);
+      const GroupRecord r = RecordFromWordHw(word[u]);
       float v[8];
 #pragma unroll
       for (int m = 0; m < 8; ++m) {
@@ -529,7 +529,7 @@ __global__ void __launch_bounds__(kThreads)
     const uint32_t word = reinterpret_cast<const uint32_t*>(
         slab)[static_cast<uint64_t>(tile.tg) * a.hd + tile.j0 + c];
     if (RecordWordIsBad(word)) flags |= kFlagBadGroupRecord;
-    const GroupRecord r = RecordFromWord(word);
+    const GroupRecord r = RecordFromWordHw(word);
     zero[c] = r.zero;
     scale[c] = r.scale;
   }
@@ -635,7 +635,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int m = 0; m < 8; ++m) {
     const uint32_t word = rec[m];
     if (RecordWordIsBad(word)) flags |= kFlagBadGroupRecord;
-    const GroupRecord r = RecordFromWord(word);
+    const GroupRecord r = RecordFromWordHw(word);
     zero[m] = r.zero;
     scale[m] = r.scale;
   }

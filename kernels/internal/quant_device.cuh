@@ -31,8 +31,8 @@ namespace strata::kernels::internal {
 //     FloatToHalf, subnormal results and signed zeros included; FromFloat
 //     clamps to +-65504 first, so it never overflows, and decode never
 //     produces a NaN (zero and scale come from finite records, q < 256).
-// Decode's group records still use numeric.h's RecordFromWord; encode uses
-// MakeGroupRecordHw (below).
+// Group records use the hardware conversions too: MakeGroupRecordHw
+// (encode) and RecordFromWordHw (decode), both below.
 template <class Tr>
 struct DeviceTraits : Tr {};
 
@@ -45,6 +45,18 @@ struct DeviceTraits<Fp16Traits> : Fp16Traits {
     return __half_as_ushort(__float2half_rn(Clamp(v, -kHalfMax, kHalfMax)));
   }
 };
+
+// numeric.h's RecordFromWord with the hardware fp16 -> fp32 conversion,
+// exact for every finite half, subnormals included (a record holding inf or
+// NaN is flagged by RecordWordIsBad, and the output is then unspecified).
+__device__ __forceinline__ GroupRecord RecordFromWordHw(uint32_t w) {
+  GroupRecord r;
+  r.scale16 = static_cast<uint16_t>(w & 0xFFFF);
+  r.min16 = static_cast<uint16_t>(w >> 16);
+  r.scale = __half2float(__ushort_as_half(r.scale16));
+  r.zero = __half2float(__ushort_as_half(r.min16));
+  return r;
+}
 
 // Stores 8 decoded values in the dtype (Tr::FromFloat each), at an address
 // aligned to their size. fp16 converts two at a time (cvt.rn.f16x2.f32) and
