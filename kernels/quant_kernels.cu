@@ -215,6 +215,14 @@ __global__ void __launch_bounds__(kThreads)
       if (item >= items) break;
       if (RecordWordIsBad(word[u])) flags |= kFlagBadGroupRecord;
       const GroupRecord r = RecordFromWordHw(word[u]);
+      if constexpr (kBits == 2 &&
+                    std::is_same_v<Tr, DeviceTraits<Fp16Traits>>) {
+        // The group's 4 possible halves, each StoreValues8's bytes for
+        // that code, then a byte permutation per pair of codes.
+        StoreFp16By2BitTable(out + item * 8 * sizeof(Bits),
+                             static_cast<uint32_t>(packed[u]), r);
+        continue;
+      }
       float v[8];
 #pragma unroll
       for (int m = 0; m < 8; ++m) {

@@ -85,6 +85,37 @@ __device__ __forceinline__ void StoreValues8(uint8_t* p, const float (&v)[8]) {
   }
 }
 
+// fp16 output of 8 two-bit codes (bits 2m..2m+1 of `codes`) of one group:
+// the 4 halves the group can decode to are computed once (the same
+// arithmetic and rounding as StoreValues8, so the same bytes) and each
+// output pair is a byte permutation of that 8-byte table: selector nibbles
+// 2c0, 2c0+1, 2c1, 2c1+1 for codes c0, c1.
+__device__ __forceinline__ void StoreFp16By2BitTable(uint8_t* p,
+                                                     uint32_t codes,
+                                                     const GroupRecord& r) {
+  const __half2 lim = __half2half2(__ushort_as_half(0x7BFF));  // 65504.
+  uint32_t table[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const __half2 h = __hmax2_nan(
+        __hmin2_nan(__floats2half2_rn(DequantizeCode(2 * i, r.zero, r.scale),
+                                      DequantizeCode(2 * i + 1, r.zero,
+                                                     r.scale)),
+                    lim),
+        __hneg2(lim));
+    table[i] = *reinterpret_cast<const uint32_t*>(&h);
+  }
+  uint4 out;
+  uint32_t* w = &out.x;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t y = codes >> (4 * i);
+    const uint32_t spread = (y & 3u) | ((y << 6) & 0x300u);  // c0 | c1 << 8
+    w[i] = __byte_perm(table[0], table[1], spread * 0x22u + 0x1010u);
+  }
+  *reinterpret_cast<uint4*>(p) = out;
+}
+
 // numeric.h's MakeGroupRecord with the hardware fp16 conversions: the same
 // bits for every finite lo/hi (cvt.rn.f16.f32 rounds to nearest even and
 // overflows to inf exactly where FloatToHalf saturates, at |x| >= 65520);
