@@ -310,6 +310,29 @@ KvTensor RandomKv(const BlockShape& shape, std::mt19937& rng, float scale) {
   return t;
 }
 
+KvTensor SignedZeroKv(const BlockShape& shape, std::mt19937& rng) {
+  KvTensor kv = KvTensor::Zeros(shape);
+  for (float& x : kv.data) {
+    const uint32_t r = rng() % 4;
+    x = r == 0 ? -0.0f : r == 1 ? 0.0f : static_cast<float>(rng() % 7);
+  }
+  return kv;
+}
+
+absl::StatusOr<KvTensor> RefillKv(const KvTensor& real,
+                                  const BlockShape& shape) {
+  KvTensor kv = KvTensor::Zeros(shape);
+  if (kv.data.size() != real.data.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("shape: ", kv.data.size(), " elements, the values have ",
+                     real.data.size()));
+  }
+  for (size_t i = 0; i < kv.data.size(); ++i) {
+    kv.data[i] = codecs::RoundToDtype(real.data[i], shape.dtype);
+  }
+  return kv;
+}
+
 std::vector<uint8_t> RawOf(const KvTensor& kv) {
   return codecs::KvTensorToRaw(kv);
 }

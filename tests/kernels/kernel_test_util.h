@@ -52,6 +52,16 @@ std::string FixturePath();
 KvTensor RandomKv(const BlockShape& shape, std::mt19937& rng,
                   float scale = 1.0f);
 
+// Each value -0 or +0 (a quarter each) or an integer 0..6: many groups
+// whose minimum is a zero of either sign (the first-zero rule).
+KvTensor SignedZeroKv(const BlockShape& shape, std::mt19937& rng);
+
+// The values of `real` in order, rounded to shape.dtype, as a block of
+// `shape` (e.g. the fixture's hd-192 values as an hd-256 block).
+// INVALID_ARGUMENT naming `shape` when the element counts differ.
+absl::StatusOr<KvTensor> RefillKv(const KvTensor& real,
+                                  const BlockShape& shape);
+
 // The raw block bytes of kv (shape.dtype).
 std::vector<uint8_t> RawOf(const KvTensor& kv);
 

@@ -189,11 +189,7 @@ TEST(KernelQuantEmulation, EncodeAndDecodeMatchTheCpuCodecByteForByte) {
 TEST(KernelQuantEmulation, SignedZeroMinimaFollowTheCpuOrder) {
   std::mt19937 rng(TestSeed("SignedZeroMinimaFollowTheCpuOrder"));
   const BlockShape shape{DType::kFloat16, 2, 96, 2, 64};
-  KvTensor kv = KvTensor::Zeros(shape);
-  for (float& x : kv.data) {
-    const uint32_t r = rng() % 4;
-    x = r == 0 ? -0.0f : r == 1 ? 0.0f : static_cast<float>(rng() % 7);
-  }
+  const KvTensor kv = testing::SignedZeroKv(shape, rng);
   QuantParams p;
   int negative_minima = 0, positive_minima = 0;
   for (bool per_token : {false, true}) {

@@ -286,11 +286,7 @@ TEST(QuantFastEmulation, BlockEncodeMatchesTheCpuCodec) {
 TEST(QuantFastEmulation, SignedZeroMinimaFollowTheCpuOrder) {
   std::mt19937 rng(TestSeed("QuantFastSignedZeroMinima"));
   const BlockShape shape{DType::kFloat16, 2, 64, 2, 128};
-  KvTensor kv = KvTensor::Zeros(shape);
-  for (float& x : kv.data) {
-    const uint32_t r = rng() % 4;
-    x = r == 0 ? -0.0f : r == 1 ? 0.0f : static_cast<float>(rng() % 7);
-  }
+  const KvTensor kv = testing::SignedZeroKv(shape, rng);
   for (bool per_token : {false, true}) {
     QuantParams p;
     p.keys_per_token = per_token;
@@ -309,11 +305,9 @@ TEST(QuantFastEmulation, RealKvValuesMatchTheCpuCodec) {
   ASSERT_TRUE(real.ok()) << real.status();
   // The fixture's hd is 192; its values, in order, refill a 4 x 64 shape.
   const BlockShape shape{DType::kFloat16, 2, 192, 4, 64};
-  KvTensor kv = KvTensor::Zeros(shape);
-  ASSERT_EQ(kv.data.size(), real->data.size());
-  for (size_t i = 0; i < kv.data.size(); ++i) {
-    kv.data[i] = HalfToFloat(FloatToHalf(real->data[i]));
-  }
+  auto refilled = testing::RefillKv(*real, shape);
+  ASSERT_TRUE(refilled.ok()) << refilled.status();
+  const KvTensor& kv = *refilled;
   for (int bits : {2, 4}) {
     QuantParams p;
     p.k_bits = p.v_bits = static_cast<uint8_t>(bits);

@@ -14,7 +14,6 @@
 #include "codecs/quant_codec.h"
 #include "gtest/gtest.h"
 #include "kernels/internal/launch.h"
-#include "kernels/internal/numeric.h"
 #include "kernels/internal/quant_layout.h"
 #include "kernels/kernel_errors.h"
 #include "kernels/quant_kernels.h"
@@ -178,11 +177,7 @@ TEST_F(QuantGpuTest, RealFixtureMatchesTheCpuCodec) {
 TEST_F(QuantGpuTest, SignedZeroMinimaFollowTheCpuOrder) {
   std::mt19937 rng(testing::TestSeed("SignedZeroMinimaFollowTheCpuOrder"));
   const BlockShape shape{DType::kFloat16, 2, 96, 2, 64};
-  KvTensor kv = KvTensor::Zeros(shape);
-  for (float& x : kv.data) {
-    const uint32_t r = rng() % 4;
-    x = r == 0 ? -0.0f : r == 1 ? 0.0f : static_cast<float>(rng() % 7);
-  }
+  const KvTensor kv = testing::SignedZeroKv(shape, rng);
   for (bool per_token : {false, true}) {
     QuantParams p;
     p.keys_per_token = per_token;
@@ -307,11 +302,7 @@ TEST_F(QuantGpuTest, Fp16FastPathMatchesTheCpuCodecForEveryBitsPairAndKeyMode) {
 TEST_F(QuantGpuTest, Fp16FastPathSignedZeroMinimaFollowTheCpuOrder) {
   std::mt19937 rng(testing::TestSeed("Fp16FastPathSignedZeroMinima"));
   const BlockShape shape{DType::kFloat16, 2, 64, 2, 128};
-  KvTensor kv = KvTensor::Zeros(shape);
-  for (float& x : kv.data) {
-    const uint32_t r = rng() % 4;
-    x = r == 0 ? -0.0f : r == 1 ? 0.0f : static_cast<float>(rng() % 7);
-  }
+  const KvTensor kv = testing::SignedZeroKv(shape, rng);
   for (bool per_token : {false, true}) {
     QuantParams p;
     p.keys_per_token = per_token;
@@ -348,11 +339,9 @@ TEST_F(QuantGpuTest, Fp16FastPathRealKvValuesMatchTheCpuCodec) {
     ASSERT_TRUE(real.ok()) << real.status();
     // The fixture's hd is 192; its values, in order, refill hd 256.
     const BlockShape shape{DType::kFloat16, fx->num_layers, 192, 4, 64};
-    KvTensor kv = KvTensor::Zeros(shape);
-    ASSERT_EQ(kv.data.size(), real->data.size());
-    for (size_t i = 0; i < kv.data.size(); ++i) {  // Exact if already fp16.
-      kv.data[i] = internal::HalfToFloat(internal::FloatToHalf(real->data[i]));
-    }
+    auto refilled = testing::RefillKv(*real, shape);
+    ASSERT_TRUE(refilled.ok()) << refilled.status();
+    const KvTensor& kv = *refilled;
     for (uint8_t bits : {2, 4, 8}) {
       QuantParams p;
       p.k_bits = p.v_bits = bits;
