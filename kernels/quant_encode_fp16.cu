@@ -390,23 +390,6 @@ __global__ void __launch_bounds__(kThreads, 5)
   }
 }
 
-template <class F>
-bool DispatchFastBits(int bits, F&& f) {
-  switch (bits) {
-    case 2:
-      f(std::integral_constant<int, 2>{});
-      return true;
-    case 4:
-      f(std::integral_constant<int, 4>{});
-      return true;
-    case 8:
-      f(std::integral_constant<int, 8>{});
-      return true;
-    default:
-      return false;
-  }
-}
-
 }  // namespace
 
 bool QuantFp16FastPathApplies(const QuantArgs& a) {
@@ -434,11 +417,14 @@ bool QuantFp16FastPathApplies(const QuantArgs& a) {
 cudaError_t LaunchQuantEncodeFp16Fast(const QuantArgs& a, cudaStream_t st) {
   const uint32_t tq = a.tokens - a.n_sink;
   const dim3 grid((tq / kGroup) * (a.hd / kTileChannels), a.layers, 2);
-  DispatchFastBits(a.side[0].bits, [&](auto k_tag) {
-    constexpr int kBitsK = decltype(k_tag)::value;
-    DispatchFastBits(a.side[1].bits, [&](auto v_tag) {
+  // QuantFp16FastPathApplies admits 2, 4 and 8 bits only.
+  DispatchBits(a.side[0].bits, [&](auto k_tag) {
+    DispatchBits(a.side[1].bits, [&](auto v_tag) {
+      constexpr int kBitsK = decltype(k_tag)::value;
       constexpr int kBitsV = decltype(v_tag)::value;
-      EncodeFp16G32Kernel<kBitsK, kBitsV><<<grid, kThreads, 0, st>>>(a);
+      if constexpr (kBitsK != 3 && kBitsV != 3) {
+        EncodeFp16G32Kernel<kBitsK, kBitsV><<<grid, kThreads, 0, st>>>(a);
+      }
     });
   });
   return cudaGetLastError();

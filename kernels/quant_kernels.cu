@@ -714,25 +714,6 @@ unsigned GridFor(uint64_t items, uint32_t layers) {
   return static_cast<unsigned>(want < cap ? (want ? want : 1) : cap);
 }
 
-// Calls f(std::integral_constant<int, bits>{}) for bits in {2, 3, 4, 8}.
-template <class F>
-void DispatchBits(int bits, F&& f) {
-  switch (bits) {
-    case 2:
-      f(std::integral_constant<int, 2>{});
-      return;
-    case 3:
-      f(std::integral_constant<int, 3>{});
-      return;
-    case 4:
-      f(std::integral_constant<int, 4>{});
-      return;
-    default:
-      f(std::integral_constant<int, 8>{});
-      return;
-  }
-}
-
 template <class Tr>
 void LaunchSide(const QuantArgs& a, int side, bool decode, cudaStream_t st) {
   const QuantSideArgs& s = a.side[side];

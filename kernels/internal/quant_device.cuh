@@ -33,6 +33,26 @@ namespace strata::kernels::internal {
 //     produces a NaN (zero and scale come from finite records, q < 256).
 // Group records use the hardware conversions too: MakeGroupRecordHw
 // (encode) and RecordFromWordHw (decode), both below.
+// Calls f(std::integral_constant<int, bits>{}) for bits in {2, 3, 4, 8}
+// (any other value dispatches as 8; the params checks reject them).
+template <class F>
+__host__ __forceinline__ void DispatchBits(int bits, F&& f) {
+  switch (bits) {
+    case 2:
+      f(std::integral_constant<int, 2>{});
+      return;
+    case 3:
+      f(std::integral_constant<int, 3>{});
+      return;
+    case 4:
+      f(std::integral_constant<int, 4>{});
+      return;
+    default:
+      f(std::integral_constant<int, 8>{});
+      return;
+  }
+}
+
 template <class Tr>
 struct DeviceTraits : Tr {};
 
@@ -58,24 +78,27 @@ __device__ __forceinline__ GroupRecord RecordFromWordHw(uint32_t w) {
   return r;
 }
 
+// fp16 FromFloat of two values, packed (lo in the low half): converts both
+// at once (cvt.rn.f16x2.f32) and clamps in fp16. Rounding first gives the
+// same halves as FromFloat's clamp to +-65504 first: values in (65504,
+// 65520) round to 65504, larger ones to inf, which the clamp brings back;
+// NaN stays NaN.
+__device__ __forceinline__ uint32_t PackHalf2Clamped(float lo, float hi) {
+  const __half2 lim = __half2half2(__ushort_as_half(0x7BFF));  // 65504.
+  const __half2 h = __hmax2_nan(__hmin2_nan(__floats2half2_rn(lo, hi), lim),
+                                __hneg2(lim));
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
 // Stores 8 decoded values in the dtype (Tr::FromFloat each), at an address
-// aligned to their size. fp16 converts two at a time (cvt.rn.f16x2.f32) and
-// clamps in fp16: rounding first gives the same halves as FromFloat's clamp
-// to +-65504 first (values in (65504, 65520) round to 65504, larger ones to
-// inf, which the clamp brings back; NaN stays NaN).
+// aligned to their size; fp16 two at a time (PackHalf2Clamped).
 template <class Tr>
 __device__ __forceinline__ void StoreValues8(uint8_t* p, const float (&v)[8]) {
   if constexpr (std::is_same_v<Tr, DeviceTraits<Fp16Traits>>) {
-    const __half2 lim = __half2half2(__ushort_as_half(0x7BFF));  // 65504.
     uint4 out;
     uint32_t* w = &out.x;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const __half2 h = __hmax2_nan(
-          __hmin2_nan(__floats2half2_rn(v[2 * i], v[2 * i + 1]), lim),
-          __hneg2(lim));
-      w[i] = *reinterpret_cast<const uint32_t*>(&h);
-    }
+    for (int i = 0; i < 4; ++i) w[i] = PackHalf2Clamped(v[2 * i], v[2 * i + 1]);
     *reinterpret_cast<uint4*>(p) = out;
   } else {
     typename Tr::Bits b[8];
@@ -86,24 +109,18 @@ __device__ __forceinline__ void StoreValues8(uint8_t* p, const float (&v)[8]) {
 }
 
 // fp16 output of 8 two-bit codes (bits 2m..2m+1 of `codes`) of one group:
-// the 4 halves the group can decode to are computed once (the same
-// arithmetic and rounding as StoreValues8, so the same bytes) and each
+// the 4 halves the group can decode to are computed once (PackHalf2Clamped,
+// as StoreValues8, so the same bytes) and each
 // output pair is a byte permutation of that 8-byte table: selector nibbles
 // 2c0, 2c0+1, 2c1, 2c1+1 for codes c0, c1.
 __device__ __forceinline__ void StoreFp16By2BitTable(uint8_t* p,
                                                      uint32_t codes,
                                                      const GroupRecord& r) {
-  const __half2 lim = __half2half2(__ushort_as_half(0x7BFF));  // 65504.
   uint32_t table[2];
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
-    const __half2 h = __hmax2_nan(
-        __hmin2_nan(__floats2half2_rn(DequantizeCode(2 * i, r.zero, r.scale),
-                                      DequantizeCode(2 * i + 1, r.zero,
-                                                     r.scale)),
-                    lim),
-        __hneg2(lim));
-    table[i] = *reinterpret_cast<const uint32_t*>(&h);
+    table[i] = PackHalf2Clamped(DequantizeCode(2 * i, r.zero, r.scale),
+                                DequantizeCode(2 * i + 1, r.zero, r.scale));
   }
   uint4 out;
   uint32_t* w = &out.x;
