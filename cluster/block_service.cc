@@ -114,7 +114,10 @@ absl::StatusOr<kvstore::PutOutcome> StoreBlock(
     ServiceContext* ctx, const kvstore::BlockKey& key,
     absl::Span<const uint8_t> block, const kvstore::PutOptions& options) {
   if (absl::Status s = CheckAcceptingBlocks(ctx); !s.ok()) return s;
-  return ctx->store->Put(key, block, options);
+  kvstore::PutOptions bounded = options;
+  bounded.in_flight_write_wait =
+      std::min(options.in_flight_write_wait, kInFlightWriteWait);
+  return ctx->store->Put(key, block, bounded);
 }
 
 // ---------------------------------------------------------------- Data

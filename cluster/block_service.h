@@ -53,8 +53,15 @@ struct ServiceContext {
 //
 // UNAVAILABLE ("draining: ...") while the daemon is draining.
 absl::Status CheckAcceptingBlocks(const ServiceContext* ctx);
-// The drain check, then TieredStore::Put. `field` prefixes a bad key's
-// message (e.g. "items[3].").
+// A put whose key another write is still storing (engines sharing a prefix
+// store the same keys at once) waits at most this long for that write's
+// outcome: "already present" only once the block is there, else it stores
+// its own. Past it (the other writer's transfer stalled) it answers ABORTED
+// naming "key", and the serving thread is free again.
+inline constexpr absl::Duration kInFlightWriteWait = absl::Seconds(10);
+
+// The drain check, then TieredStore::Put, waiting at most kInFlightWriteWait
+// for another write of the key.
 absl::StatusOr<kvstore::PutOutcome> StoreBlock(ServiceContext* ctx,
                                                const kvstore::BlockKey& key,
                                                absl::Span<const uint8_t> block,

@@ -129,6 +129,7 @@ absl::StatusOr<std::unique_ptr<UcxDataPlane>> UcxDataPlane::Start(
     return s;
   }
   plane->pool_ = std::make_unique<WorkPool>(options.worker_threads);
+  plane->commit_pool_ = std::make_unique<WorkPool>(options.worker_threads);
   // Enough for a few blocks of the largest size in flight at once.
   plane->buffers_ = std::make_unique<ucx::BufferPool>(std::min<uint64_t>(
       uint64_t{512} << 20, 4 * ctx->store->options().max_block_bytes));
@@ -191,7 +192,10 @@ void UcxDataPlane::Stop() {
   if (stopped_) return;
   stopped_ = true;
   loop_->Post([this] { stopping_ = true; });
-  pool_->Shutdown();  // Queued store work finishes and posts its replies.
+  // Queued store work finishes and posts its replies; puts waiting for a
+  // reservation's outcome need the commit threads, so those stop last.
+  pool_->Shutdown();
+  commit_pool_->Shutdown();
   loop_->Post([this] {
     finishing_ = true;
     finish_by_ = absl::Now() + options_.stop_grace;
@@ -383,12 +387,14 @@ ucs_status_t UcxDataPlane::HandleRequest(const void* header,
         "block: ", length, " bytes exceed max_block_bytes ", max_block)));
   }
   const bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
-  // Straight into the DRAM arena when it has room now (no eviction on this
-  // thread), else into a pooled buffer that a pool thread Put()s.
+  // Straight into the DRAM arena when it has room now (no eviction or
+  // waiting on this thread), else into a pooled buffer that a pool thread
+  // Put()s.
   kvstore::PutOptions put_options;
   if (req.flags & ucx::kRequestDurable) put_options.durable = true;
   put_options.tenant = req.tenant;
   put_options.model = req.model;
+  put_options.in_flight_write_wait = absl::ZeroDuration();  // Never block.
   absl::StatusOr<kvstore::BlockReservation> reservation =
       ctx_->store->Reserve(req.key, length, put_options,
                            kvstore::ReserveOptions{.may_evict = false});
@@ -398,7 +404,11 @@ ucs_status_t UcxDataPlane::HandleRequest(const void* header,
     Reply(req, absl::OkStatus(), ucx::kReplyAlreadyPresent, std::nullopt);
     return UCS_OK;
   }
-  if (!reservation.ok() && !absl::IsResourceExhausted(reservation.status())) {
+  // No room without evicting, or another write of the key is in flight: a
+  // pool thread's Put evicts, or waits for that write's outcome (answering
+  // "already present" only if it stored the block).
+  if (!reservation.ok() && !absl::IsResourceExhausted(reservation.status()) &&
+      !absl::IsAborted(reservation.status())) {
     return reject(reservation.status());
   }
   uint8_t* dst = nullptr;
@@ -568,7 +578,7 @@ void UcxDataPlane::CommitOrSubmit(Request req,
 
 void UcxDataPlane::SubmitCommit(Request req,
                                 kvstore::BlockReservation reservation) {
-  const bool queued = pool_->Submit(
+  const bool queued = commit_pool_->Submit(
       [this, req, reservation = std::move(reservation)]() mutable {
         // The drain check as StoreBlock makes it; the checksum pass reads
         // the block where it landed.

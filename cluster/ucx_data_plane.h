@@ -60,7 +60,7 @@ struct UcxDataPlaneOptions {
   // UCX error-handling mode of the endpoints (clients must match; they learn
   // it from Hello). Peer mode excludes UCX 1.13's shared-memory transports.
   bool peer_error_handling = false;
-  int worker_threads = 4;  // Store work.
+  int worker_threads = 4;  // Store work; as many again commit received puts.
   // GETs of DRAM blocks and non-durable PUT commits of blocks up to this
   // size run on the progress thread itself (a lookup plus one checksum pass,
   // ~15 us for 256 KiB here) instead of hopping to a store thread and back
@@ -184,7 +184,12 @@ class UcxDataPlane {
   absl::Time finish_by_;
 
   std::unique_ptr<ucx::BufferPool> buffers_;  // Thread-safe.
+  // Gets, puts (which may wait for another write of their key) and
+  // eviction; commits of received reservations, which never wait for
+  // another write, have their own threads so a waiting put cannot starve the
+  // commit it waits for.
   std::unique_ptr<WorkPool> pool_;
+  std::unique_ptr<WorkPool> commit_pool_;
   std::unique_ptr<ucx::WorkerLoop> loop_;
 };
 

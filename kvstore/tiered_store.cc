@@ -106,6 +106,36 @@ uint32_t TieredStore::InternLabels(const std::string& tenant,
   return it->second;
 }
 
+absl::Status TieredStore::AwaitClaimable(const BlockKey& key,
+                                         absl::Time write_wait_until) {
+  for (;;) {
+    auto it = index_.find(key);
+    if (it == index_.end()) return absl::OkStatus();
+    const Entry& e = it->second;
+    if (e.resident != 0) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("key: ", key.ToHex(), " is already stored"));
+    }
+    if ((e.incoming | e.erasing) == 0) return absl::OkStatus();
+    // Another write (whose outcome decides: stored, or failed and gone) or
+    // an erase is in flight: wait for the entry to settle, then look again.
+    auto settled = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      auto i = index_.find(key);
+      if (i == index_.end()) return true;
+      return i->second.resident != 0 ||
+             (i->second.incoming == 0 && i->second.erasing == 0);
+    };
+    if (e.incoming == 0) {
+      mu_.Await(absl::Condition(&settled));  // An erase: local and short.
+    } else if (!mu_.AwaitWithDeadline(absl::Condition(&settled),
+                                      write_wait_until)) {
+      return absl::AbortedError(
+          absl::StrCat("key: ", key.ToHex(),
+                       " is being stored by another write still in flight"));
+    }
+  }
+}
+
 BlockMeta TieredStore::MetaOf(const Entry& e) const {
   const auto& [tenant, model] = labels_[e.labels];
   return BlockMeta{tenant, model, e.stored_at_unix_ms};
@@ -378,19 +408,12 @@ absl::StatusOr<PutOutcome> TieredStore::Put(const BlockKey& key,
   uint64_t generation;
   {
     absl::MutexLock lock(&mu_);
-    for (;;) {
-      auto it = index_.find(key);
-      if (it == index_.end()) break;
-      if ((it->second.resident | it->second.incoming) != 0) {
-        ++counters_.duplicate_puts;
-        return PutOutcome::kAlreadyPresent;
-      }
-      // Only an erase is in flight: wait for it to finish, then store anew.
-      auto erased = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        auto i = index_.find(key);
-        return i == index_.end() || (i->second.resident | i->second.incoming);
-      };
-      mu_.Await(absl::Condition(&erased));
+    if (absl::Status s = AwaitClaimable(
+            key, absl::Now() + options.in_flight_write_wait);
+        !s.ok()) {
+      if (!absl::IsAlreadyExists(s)) return s;
+      ++counters_.duplicate_puts;
+      return PutOutcome::kAlreadyPresent;
     }
     Entry& e = index_[key];
     e.generation = generation = next_generation_++;

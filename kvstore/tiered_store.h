@@ -4,7 +4,9 @@
 //
 // Semantics
 // - Put is immutable and idempotent: the first write of a key wins; a later
-//   Put of the same key returns kAlreadyPresent and changes nothing. Every
+//   Put of the same key returns kAlreadyPresent and changes nothing. A Put
+//   that meets a write of its key still in flight waits for its outcome, so
+//   kAlreadyPresent means the block is there (read-your-writes). Every
 //   block is validated (header + checksum) before it is stored.
 // - A block is placed in the first tier (DRAM). With durable puts it is also
 //   written to the last, persistent tier (SSD) before Put returns.
@@ -104,6 +106,11 @@ struct PutOptions {
   // Labels for admin filters (EvictMatching); at most kMaxLabelBytes each.
   std::string tenant;
   std::string model;
+  // How long Put / Reserve wait for the outcome of another write of the key
+  // still in flight (a Put or a reservation) before answering ABORTED naming
+  // "key". Zero answers at once: a network progress thread, which must not
+  // block, then hands the block to Put on a worker thread.
+  absl::Duration in_flight_write_wait = absl::InfiniteDuration();
 };
 
 inline constexpr size_t kMaxLabelBytes = 1024;
@@ -174,10 +181,12 @@ class BlockLease {
 // ---- Reserve / commit (receiving a block in place).
 //
 // Contract:
-// - TieredStore::Reserve(key, size) claims `key` (first write wins: a key that
-//   is stored, being put, or reserved answers ALREADY_EXISTS; a Put of a
-//   reserved key answers kAlreadyPresent) and sets aside `size` bytes of the
-//   DRAM tier's arena, evicting as Put would unless told not to. The key is
+// - TieredStore::Reserve(key, size) claims `key` (first write wins: a stored
+//   key answers ALREADY_EXISTS; a key being put or reserved makes Reserve
+//   and Put wait for that write's outcome, up to
+//   PutOptions::in_flight_write_wait, then ABORTED; a holder must not Put or
+//   Reserve its own reserved key) and
+//   sets aside `size` bytes of the DRAM tier's arena, evicting as Put would unless told not to. The key is
 //   not visible (Get / Exists / LongestPrefix) until Commit succeeds.
 // - The holder writes exactly `size` bytes of an encoded block into data(),
 //   from any thread, then calls TieredStore::Commit, which must happen after
@@ -277,7 +286,12 @@ class TieredStore {
   TieredStore(const TieredStore&) = delete;
   TieredStore& operator=(const TieredStore&) = delete;
 
-  // Stores an encoded block. INVALID_ARGUMENT (field named) for a malformed
+  // Stores an encoded block. kAlreadyPresent when the key is stored; when
+  // another write of the key is in flight (a Put or an open reservation),
+  // waits for its outcome first (up to options.in_flight_write_wait, then
+  // ABORTED naming "key"), so kAlreadyPresent always means a later Get finds
+  // the block. A thread must not Put a key it holds a reservation for.
+  // INVALID_ARGUMENT (field named) for a malformed
   // block or one above max_block_bytes; DATA_LOSS when its checksum does not
   // match; RESOURCE_EXHAUSTED when no tier has room even after eviction, or a
   // durable put cannot reach the persistent tier (disk full). On error nothing
@@ -288,7 +302,9 @@ class TieredStore {
 
   // Claims `key` and reserves `size` bytes for its block in the DRAM tier
   // (contract above BlockReservation). ALREADY_EXISTS when the key is
-  // stored, being put or reserved (counted as a duplicate put);
+  // stored (counted as a duplicate put). When another write of the key is
+  // in flight (a Put or a reservation), waits for its outcome as Put does
+  // (ABORTED naming "key" after options.in_flight_write_wait);
   // INVALID_ARGUMENT naming "block" above max_block_bytes, "size" below the
   // block header, "tenant" / "model" for labels over kMaxLabelBytes;
   // FAILED_PRECONDITION naming "durable" without a persistent tier;
@@ -406,6 +422,12 @@ class TieredStore {
                              const BlockMeta& meta);
   // The persisted description of an entry.
   BlockMeta MetaOf(const Entry& e) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether a new write may claim `key` now: OK (no entry: claim it),
+  // ALREADY_EXISTS (stored), or ABORTED when another write is still in
+  // flight at `write_wait_until`. Until then waits (releasing mu_) for
+  // in-flight writes, and without limit for erases, of the key to settle.
+  absl::Status AwaitClaimable(const BlockKey& key, absl::Time write_wait_until)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint32_t InternLabels(const std::string& tenant, const std::string& model)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Evicts from tier `t` until usage <= target_bytes or nothing is evictable;

@@ -85,19 +85,11 @@ absl::StatusOr<BlockReservation> TieredStore::Reserve(
       Bit(0) | (durable ? Bit(persistent_tier_) : uint32_t{0});
   {
     absl::MutexLock lock(&mu_);
-    for (;;) {
-      auto it = index_.find(key);
-      if (it == index_.end()) break;
-      if ((it->second.resident | it->second.incoming) != 0) {
-        ++counters_.duplicate_puts;
-        return absl::AlreadyExistsError(absl::StrCat(
-            "key: ", key.ToHex(), " is already stored or being stored"));
-      }
-      auto erased = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        auto i = index_.find(key);
-        return i == index_.end() || (i->second.resident | i->second.incoming);
-      };
-      mu_.Await(absl::Condition(&erased));
+    if (absl::Status s = AwaitClaimable(
+            key, absl::Now() + options.in_flight_write_wait);
+        !s.ok()) {
+      if (absl::IsAlreadyExists(s)) ++counters_.duplicate_puts;
+      return s;
     }
     Entry& e = index_[key];
     e.generation = r.generation_ = next_generation_++;

@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -215,6 +216,54 @@ TEST_P(StratadUcx, DeadlinesFireAgainstAStoppedDaemonAndTheClientRecovers) {
   got = c->Get(KeyFor(2));
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_TRUE(got->block == large);
+}
+
+// Engines sharing a prefix store the same keys at the same time. A put that
+// meets another put of its key still receiving answers only once the block
+// is there, so every client reads its own write back.
+TEST_P(StratadUcx, ConcurrentPutsOfOneKeyAnswerOnlyOnceTheBlockIsStored) {
+  ScratchDir dir;
+  StratadProcess d(dir.Sub("data"), Flags({"--dram_capacity=512MiB"}), Env());
+  ASSERT_TRUE(d.Start().ok());
+  constexpr int kClients = 3;
+  constexpr int kKeys = 6;
+  std::vector<std::vector<uint8_t>> blocks;
+  for (int k = 0; k < kKeys; ++k) {
+    // Rendezvous-sized and eager-sized blocks, stored inline and by a pool.
+    blocks.push_back(MakeBlock(ShapeForBytes(k % 2 ? 64 << 10 : 4 << 20),
+                               100 + k));
+  }
+  std::vector<std::unique_ptr<client::Client>> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.push_back(ConnectUcx(d));
+    ASSERT_NE(clients.back(), nullptr);
+  }
+  std::vector<int> stored(kClients, 0), present(kClients, 0);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kClients; ++i) {
+    threads.emplace_back([&, i] {
+      for (int k = 0; k < kKeys; ++k) {
+        auto put = clients[i]->Put(KeyFor(200 + k), blocks[k]);
+        ASSERT_TRUE(put.ok()) << "client " << i << " key " << k << ": "
+                              << put.status();
+        ++(put->already_present ? present[i] : stored[i]);
+        auto got = clients[i]->Get(KeyFor(200 + k));
+        ASSERT_TRUE(got.ok()) << "client " << i << " key " << k << " after "
+                              << (put->already_present ? "already present"
+                                                       : "stored")
+                              << ": " << got.status();
+        EXPECT_TRUE(got->block == blocks[k]) << "client " << i << " key " << k;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  int total_stored = 0, total_present = 0;
+  for (int i = 0; i < kClients; ++i) {
+    total_stored += stored[i];
+    total_present += present[i];
+  }
+  EXPECT_EQ(total_stored, kKeys);  // First write wins, once per key.
+  EXPECT_EQ(total_present, (kClients - 1) * kKeys);
 }
 
 TEST_P(StratadUcx, DrainRefusesPutsAndServesGets) {

@@ -140,26 +140,78 @@ TEST(Reservation, DuplicateKeyReserveIsAlreadyExistsFirstWriteWins) {
   auto store = Open(DramFor(4));
   const auto first = MakeBlock(k64K, 11);
   const auto second = MakeBlock(k64K, 12);
-  // Stored key.
   ASSERT_EQ(*store->Put(KeyFor(5), first), PutOutcome::kStored);
   auto dup = store->Reserve(KeyFor(5), second.size());
   EXPECT_TRUE(absl::IsAlreadyExists(dup.status())) << dup.status();
   EXPECT_THAT(std::string(dup.status().message()), HasSubstr("key"));
+  EXPECT_EQ(*store->Put(KeyFor(5), second), PutOutcome::kAlreadyPresent);
+  auto lease = store->Get(KeyFor(5));
+  ASSERT_TRUE(lease.ok());
+  EXPECT_TRUE(std::equal(first.begin(), first.end(), lease->bytes().begin(),
+                         lease->bytes().end()));
+  EXPECT_EQ(store->Stats().duplicate_puts, 2u);
+  EXPECT_EQ(DramUsed(*store), kFootprint);  // No leaked range.
+}
 
-  // Reserved key: a second reservation and a Put both lose.
+TEST(Reservation, WritesOfAReservedKeyThatMayNotWaitAreAbortedNamingTheKey) {
+  auto store = Open(DramFor(4));
+  const auto first = MakeBlock(k64K, 11);
+  const auto second = MakeBlock(k64K, 12);
   auto r = store->Reserve(KeyFor(6), first.size());
   ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_TRUE(absl::IsAlreadyExists(
-      store->Reserve(KeyFor(6), second.size()).status()));
-  EXPECT_EQ(*store->Put(KeyFor(6), second), PutOutcome::kAlreadyPresent);
+  PutOptions no_wait;
+  no_wait.in_flight_write_wait = absl::ZeroDuration();
+  auto dup = store->Reserve(KeyFor(6), second.size(), no_wait);
+  EXPECT_TRUE(absl::IsAborted(dup.status())) << dup.status();
+  EXPECT_THAT(std::string(dup.status().message()), HasSubstr("key"));
+  PutOptions brief;
+  brief.in_flight_write_wait = absl::Milliseconds(20);
+  auto put = store->Put(KeyFor(6), second, brief);
+  EXPECT_TRUE(absl::IsAborted(put.status())) << put.status();
   std::memcpy(r->data().data(), first.data(), first.size());
   ASSERT_TRUE(store->Commit(*std::move(r)).ok());
   auto lease = store->Get(KeyFor(6));
   ASSERT_TRUE(lease.ok());
   EXPECT_TRUE(std::equal(first.begin(), first.end(), lease->bytes().begin(),
                          lease->bytes().end()));
-  EXPECT_EQ(store->Stats().duplicate_puts, 3u);
-  EXPECT_EQ(DramUsed(*store), 2 * kFootprint);  // No leaked range.
+  EXPECT_EQ(store->Stats().duplicate_puts, 0u);  // Nothing was answered yet.
+  EXPECT_EQ(DramUsed(*store), kFootprint);
+}
+
+// A write that meets another write of its key in flight answers only once
+// that write's outcome is known: "already present" means a Get finds the
+// block (read-your-writes), and when the first write fails the second one
+// stores its own. Whichever thread gets there first, both hold.
+TEST(Reservation, APutThatMeetsAReservationWaitsForItsOutcome) {
+  auto store = Open(DramFor(8));
+  const auto first = MakeBlock(k64K, 21);
+  const auto second = MakeBlock(k64K, 22);
+  for (bool commit : {true, false}) {
+    SCOPED_TRACE(commit ? "committed" : "aborted");
+    const BlockKey key = KeyFor(commit ? 30 : 31);
+    auto r = store->Reserve(key, first.size());
+    ASSERT_TRUE(r.ok()) << r.status();
+    absl::StatusOr<PutOutcome> outcome;
+    absl::StatusOr<BlockLease> seen = absl::UnknownError("not read");
+    std::thread other([&] {
+      outcome = store->Put(key, second);
+      seen = store->Get(key);  // Right after the answer, same thread.
+    });
+    std::memcpy(r->data().data(), first.data(), first.size());
+    if (commit) {
+      ASSERT_TRUE(store->Commit(*std::move(r)).ok());
+    } else {
+      r->Abort();
+    }
+    other.join();
+    ASSERT_TRUE(outcome.ok()) << outcome.status();
+    EXPECT_EQ(*outcome,
+              commit ? PutOutcome::kAlreadyPresent : PutOutcome::kStored);
+    ASSERT_TRUE(seen.ok()) << seen.status();
+    const auto& want = commit ? first : second;
+    EXPECT_TRUE(std::equal(want.begin(), want.end(), seen->bytes().begin(),
+                           seen->bytes().end()));
+  }
 }
 
 TEST(Reservation, SizeAndLabelChecksNameTheField) {
@@ -337,6 +389,8 @@ TEST(Reservation, ConcurrentReserveCommitAbortKeepsEveryBlockExact) {
           }
           continue;
         }
+        // Waits out another thread's reservation of the key; each thread
+        // holds at most one, so the wait always ends.
         auto r = store->Reserve(KeyFor(k), kBlockBytes);
         if (absl::IsAlreadyExists(r.status())) continue;
         if (!r.ok()) {
