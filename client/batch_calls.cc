@@ -227,10 +227,11 @@ std::future<std::vector<absl::StatusOr<GetResult>>> GrpcClient::BatchGetAsync(
     // Every key its own UCX Get, all in flight at once.
     state->pending.store(distinct + 1, std::memory_order_relaxed);
     for (size_t k = 0; k < distinct; ++k) {
-      ucx_->Get(state->keys[k], state->deadline, [state, k](T r) {
-        state->results[k] = std::move(r);
-        state->Release();
-      });
+      ucx_->Get(state->keys[k], /*caller_waits=*/false, state->deadline,
+                [state, k](T r) {
+                  state->results[k] = std::move(r);
+                  state->Release();
+                });
     }
     state->Release();  // The issuer's reference.
     return future;

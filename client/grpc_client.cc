@@ -176,15 +176,15 @@ std::future<absl::StatusOr<PutResult>> GrpcClient::PutAsync(
       [](v1::PutResponse& r) -> R { return PutResult{r.already_present()}; });
 }
 
-std::future<absl::StatusOr<GetResult>> GrpcClient::GetAsync(
-    const BlockKey& key, const CallOptions& call) {
+std::future<absl::StatusOr<GetResult>> GrpcClient::StartGet(
+    const BlockKey& key, const CallOptions& call, bool caller_waits) {
   using R = absl::StatusOr<GetResult>;
   absl::StatusOr<absl::Time> deadline = Deadline(call);
   if (!deadline.ok()) return Ready<R>(deadline.status());
   if (ucx_ != nullptr) {
     auto promise = std::make_shared<std::promise<R>>();
     std::future<R> future = promise->get_future();
-    ucx_->Get(key, *deadline,
+    ucx_->Get(key, caller_waits, *deadline,
               [promise](R r) { promise->set_value(std::move(r)); });
     return future;
   }
@@ -200,9 +200,9 @@ std::future<absl::StatusOr<GetResult>> GrpcClient::GetAsync(
       });
 }
 
-std::future<absl::StatusOr<size_t>> GrpcClient::GetIntoAsync(
+std::future<absl::StatusOr<size_t>> GrpcClient::StartGetInto(
     const BlockKey& key, BufferHandle buffer, uint64_t offset,
-    uint64_t capacity, const CallOptions& call) {
+    uint64_t capacity, const CallOptions& call, bool caller_waits) {
   using R = absl::StatusOr<size_t>;
   const bool over_ucx = ucx_ != nullptr && capacity >= options_.ucx_min_bytes;
   uint8_t* dst = nullptr;
@@ -233,7 +233,8 @@ std::future<absl::StatusOr<size_t>> GrpcClient::GetIntoAsync(
   if (over_ucx) {
     auto promise = std::make_shared<std::promise<R>>();
     std::future<R> future = promise->get_future();
-    ucx_->GetInto(key, dst, static_cast<size_t>(capacity), deadline,
+    ucx_->GetInto(key, dst, static_cast<size_t>(capacity), caller_waits,
+                  deadline,
                   [this, id = buffer.id, promise](R r) {
                     {
                       absl::MutexLock lock(&buffers_mu_);

@@ -72,10 +72,26 @@ class GrpcClient final : public Client {
                                 const PutOptions& put,
                                 const CallOptions& call) override;
   std::future<absl::StatusOr<GetResult>> GetAsync(
-      const BlockKey& key, const CallOptions& call) override;
+      const BlockKey& key, const CallOptions& call) override {
+    return StartGet(key, call, /*caller_waits=*/false);
+  }
+  absl::StatusOr<GetResult> Get(const BlockKey& key,
+                                const CallOptions& call) override {
+    return StartGet(key, call, /*caller_waits=*/true).get();
+  }
   std::future<absl::StatusOr<size_t>> GetIntoAsync(
       const BlockKey& key, BufferHandle buffer, uint64_t offset,
-      uint64_t capacity, const CallOptions& call) override;
+      uint64_t capacity, const CallOptions& call) override {
+    return StartGetInto(key, buffer, offset, capacity, call,
+                        /*caller_waits=*/false);
+  }
+  absl::StatusOr<size_t> GetInto(const BlockKey& key, BufferHandle buffer,
+                                 uint64_t offset, uint64_t capacity,
+                                 const CallOptions& call) override {
+    return StartGetInto(key, buffer, offset, capacity, call,
+                        /*caller_waits=*/true)
+        .get();
+  }
   std::future<std::vector<absl::StatusOr<PutResult>>> BatchPutAsync(
       absl::Span<const BlockKey> keys,
       absl::Span<const absl::Span<const uint8_t>> blocks,
@@ -128,6 +144,15 @@ class GrpcClient final : public Client {
   absl::Status ValidateBlock(absl::Span<const uint8_t> block) const;
   // Whether a put of `block` goes over UCX.
   bool PutOverUcx(absl::Span<const uint8_t> block, const PutOptions& put) const;
+  // Get and GetInto; `caller_waits` for the sync calls, which over UCX may
+  // then run on the calling thread (UcxTransport, Threading) and return a
+  // ready future.
+  std::future<absl::StatusOr<GetResult>> StartGet(const BlockKey& key,
+                                                  const CallOptions& call,
+                                                  bool caller_waits);
+  std::future<absl::StatusOr<size_t>> StartGetInto(
+      const BlockKey& key, BufferHandle buffer, uint64_t offset,
+      uint64_t capacity, const CallOptions& call, bool caller_waits);
   // Put over UCX; `caller_waits` for the sync Put (UcxTransport::Put).
   std::future<absl::StatusOr<PutResult>> UcxPut(
       const BlockKey& key, absl::Span<const uint8_t> block, bool caller_waits,

@@ -173,20 +173,23 @@ class Client {
       absl::Span<const BlockKey> keys, const CallOptions& call = {}) = 0;
 
   // ---- Data path, sync (the async call + get(); Put may skip PutAsync's
-  // copy of the block because the caller's memory outlives the call).
+  // copy of the block because the caller's memory outlives the call, and
+  // over UCX Put, Get and GetInto may send and wait on the calling thread,
+  // sparing two thread hand-offs per call).
   virtual absl::StatusOr<PutResult> Put(const BlockKey& key,
                                         absl::Span<const uint8_t> block,
                                         const PutOptions& put = {},
                                         const CallOptions& call = {}) {
     return PutAsync(key, block, put, call).get();
   }
-  absl::StatusOr<GetResult> Get(const BlockKey& key,
-                                const CallOptions& call = {}) {
+  virtual absl::StatusOr<GetResult> Get(const BlockKey& key,
+                                        const CallOptions& call = {}) {
     return GetAsync(key, call).get();
   }
-  absl::StatusOr<size_t> GetInto(const BlockKey& key, BufferHandle buffer,
-                                 uint64_t offset, uint64_t capacity,
-                                 const CallOptions& call = {}) {
+  virtual absl::StatusOr<size_t> GetInto(const BlockKey& key,
+                                         BufferHandle buffer, uint64_t offset,
+                                         uint64_t capacity,
+                                         const CallOptions& call = {}) {
     return GetIntoAsync(key, buffer, offset, capacity, call).get();
   }
   absl::StatusOr<uint32_t> LeadingHits(absl::Span<const BlockKey> keys,

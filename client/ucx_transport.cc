@@ -10,8 +10,8 @@
 namespace strata::client::internal {
 namespace {
 
-// The transport whose progress thread this is: UCX completion callbacks get
-// only a request id.
+// The transport whose worker this thread progresses (its loop thread, or a
+// caller driving it): UCX completion callbacks get only a request id.
 thread_local UcxTransport* tls_transport = nullptr;
 
 void* IdArg(uint64_t id) { return reinterpret_cast<void*>(id); }
@@ -41,6 +41,10 @@ struct UcxTransport::Call {
   PutCallback on_put;
   GetCallback on_get;
   SizeCallback on_into;
+  // The caller blocks on the answer: it may drive the worker itself.
+  bool caller_waits = false;
+  // Set (on the thread driving) once the callback has run.
+  bool* finished = nullptr;
 
   // The current attempt.
   uint64_t request_id = 0;  // 0: none in flight.
@@ -65,7 +69,8 @@ absl::StatusOr<std::unique_ptr<UcxTransport>> UcxTransport::Create(
   absl::Status parsed =
       ucx::ParseSockAddr("address", options.address, &t->addr_, &t->addr_len_);
   if (!parsed.ok()) return parsed;
-  auto loop = ucx::WorkerLoop::Create(ucx::IsLoopback(t->addr_));
+  auto loop = ucx::WorkerLoop::Create(ucx::IsLoopback(t->addr_),
+                                      /*callers_drive=*/true);
   if (!loop.ok()) return loop.status();
   t->loop_ = *std::move(loop);
   const size_t max_header = t->loop_->max_am_header();
@@ -118,8 +123,21 @@ void UcxTransport::Shutdown() {
 // ---- Calls (any thread).
 
 void UcxTransport::Submit(std::unique_ptr<Call> call) {
-  // The closure owns the call until the progress thread takes it; if the
-  // loop is gone, the call answers CANCELLED here.
+  if (call->caller_waits) {
+    // Send and wait on this thread when the loop thread is asleep: the reply
+    // then wakes only this thread (no hand-off to the loop thread and back).
+    bool finished = false;
+    call->finished = &finished;
+    UcxTransport* const outer = tls_transport;
+    tls_transport = this;
+    const bool drove = loop_->TryDrive([&] { Begin(std::move(call)); },
+                                       [&] { return finished; });
+    tls_transport = outer;
+    if (drove) return;
+    call->finished = nullptr;  // Not started: the loop thread takes it.
+  }
+  // The closure owns the call until the loop takes it; if the loop is gone,
+  // the call answers CANCELLED here.
   struct Box {
     std::unique_ptr<Call> call;
   };
@@ -168,25 +186,29 @@ void UcxTransport::Put(const BlockKey& key, absl::Span<const uint8_t> block,
   }
   c->size = block.size();
   c->deadline = deadline;
+  c->caller_waits = caller_waits;
   c->on_put = std::move(done);
   Submit(std::move(c));
 }
 
-void UcxTransport::Get(const BlockKey& key, absl::Time deadline,
-                       GetCallback done) {
+void UcxTransport::Get(const BlockKey& key, bool caller_waits,
+                       absl::Time deadline, GetCallback done) {
   auto c = std::make_unique<Call>();
   c->op = ucx::Op::kGet;
   c->key = key;
+  c->caller_waits = caller_waits;
   c->deadline = deadline;
   c->on_get = std::move(done);
   Submit(std::move(c));
 }
 
 void UcxTransport::GetInto(const BlockKey& key, uint8_t* dst, size_t capacity,
-                           absl::Time deadline, SizeCallback done) {
+                           bool caller_waits, absl::Time deadline,
+                           SizeCallback done) {
   auto c = std::make_unique<Call>();
   c->op = ucx::Op::kGet;
   c->key = key;
+  c->caller_waits = caller_waits;
   c->into = true;
   c->dst = dst;
   c->capacity = capacity;
@@ -208,7 +230,7 @@ std::string UcxTransport::Describe() {
   return future.get();
 }
 
-// ---- Progress thread.
+// ---- The loop (the progress thread, or a caller driving the worker).
 
 void UcxTransport::Begin(std::unique_ptr<Call> call) {
   const uint64_t id = next_id_++;
@@ -375,6 +397,7 @@ void UcxTransport::Complete(uint64_t call_id, absl::Status status) {
       c->on_into(c->received);
     }
   }
+  if (c->finished != nullptr) *c->finished = true;
 }
 
 void UcxTransport::Expire(uint64_t call_id) {
@@ -503,7 +526,7 @@ absl::Time UcxTransport::Tick() {
   return next;
 }
 
-// ---- UCX callbacks (progress thread).
+// ---- UCX callbacks (on the loop).
 
 void UcxTransport::OnEpError(void* arg, ucp_ep_h ep, ucs_status_t status) {
   auto* self = static_cast<UcxTransport*>(arg);

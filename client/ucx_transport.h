@@ -41,9 +41,14 @@
 // rendezvous replies UCX places the block there directly (zero-copy); eager
 // (small) replies are copied from UCX's receive buffer.
 //
-// Threading: every method is thread-safe. Callbacks run on the transport's
-// progress thread; they must be quick and must not block on another call of
-// this transport. The destructor answers calls still pending with CANCELLED.
+// Threading: every method is thread-safe. A call made with `caller_waits`
+// (the sync API) is sent and waited for on the calling thread when the
+// progress thread is asleep (ucx::WorkerLoop::TryDrive): the method returns
+// once its callback has run. Otherwise it is handed to the progress thread
+// and the method returns at once. Callbacks run on whichever thread
+// progresses the worker (the progress thread or a caller waiting for its
+// own call); they must be quick and must not block on another call of this
+// transport. The destructor answers calls still pending with CANCELLED.
 #ifndef STRATA_CLIENT_UCX_TRANSPORT_H_
 #define STRATA_CLIENT_UCX_TRANSPORT_H_
 
@@ -97,16 +102,18 @@ class UcxTransport {
 
   // An empty round trip: OK once the daemon answered over UCX.
   void Ping(absl::Time deadline, StatusCallback done);
-  // `caller_waits`: the caller keeps `block` valid until `done` runs (a sync
-  // Put); in peer mode UCX then sends straight from it. Otherwise, and
-  // always in mode none, the block is first copied into a pooled buffer
-  // that lives until UCX is done with it.
+  // `caller_waits`: the caller blocks until `done` runs (the sync API): the
+  // call may run on the calling thread (Threading above), and for Put the
+  // caller keeps `block` valid until then, so in peer mode UCX sends
+  // straight from it. Otherwise, and always in mode none, a Put's block is
+  // first copied into a pooled buffer that lives until UCX is done with it.
   void Put(const BlockKey& key, absl::Span<const uint8_t> block,
            bool caller_waits, const PutOptions& put, absl::Time deadline,
            PutCallback done);
-  void Get(const BlockKey& key, absl::Time deadline, GetCallback done);
+  void Get(const BlockKey& key, bool caller_waits, absl::Time deadline,
+           GetCallback done);
   void GetInto(const BlockKey& key, uint8_t* dst, size_t capacity,
-               absl::Time deadline, SizeCallback done);
+               bool caller_waits, absl::Time deadline, SizeCallback done);
 
   // The UCX transports carrying the current connection, e.g. "tcp" or
   // "sysv,cma"; empty when not connected. Blocks briefly on the progress
@@ -142,7 +149,7 @@ class UcxTransport {
 
   UcxTransport() = default;
   void Submit(std::unique_ptr<Call> call);
-  // Progress thread from here on.
+  // The loop (the progress thread, or a caller driving it) from here on.
   void Begin(std::unique_ptr<Call> call);
   void StartAttempt(Call& call);
   absl::Status EnsureConn();
@@ -174,7 +181,7 @@ class UcxTransport {
   std::shared_ptr<ucx::BufferPool> copies_ =
       std::make_shared<ucx::BufferPool>(size_t{256} << 20);
 
-  // Progress thread only (declared before loop_: UCX may run completion
+  // The loop only (declared before loop_: UCX may run completion
   // callbacks while the worker is destroyed).
   absl::flat_hash_map<uint64_t, std::unique_ptr<Call>> calls_;
   absl::flat_hash_map<uint64_t, uint64_t> by_request_;  // -> call id.

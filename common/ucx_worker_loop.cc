@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <set>
 #include <utility>
 
@@ -38,10 +39,24 @@ bool TlsIncludeTcp() {
   return negated ? !named : named;
 }
 
+// STRATA_UCX_SPIN_US: microseconds to keep progressing an idle worker before
+// sleeping on its events (0 by default: cores are shared with store work).
+absl::Duration SpinFromEnv() {
+  const char* env = std::getenv("STRATA_UCX_SPIN_US");
+  return absl::Microseconds(env != nullptr ? std::atoi(env) : 0);
+}
+
+int PollTimeoutMs(absl::Time next, absl::Time now) {
+  if (next == absl::InfiniteFuture()) return -1;
+  return static_cast<int>(std::clamp<int64_t>(
+      absl::ToInt64Milliseconds(absl::Ceil(next - now, absl::Milliseconds(1))),
+      1, 60'000));
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<WorkerLoop>> WorkerLoop::Create(
-    bool loopback_only) {
+    bool loopback_only, bool callers_drive) {
   std::unique_ptr<WorkerLoop> loop(new WorkerLoop());
   ucp_config_t* config = nullptr;
   ucs_status_t s = ucp_config_read(nullptr, nullptr, &config);
@@ -73,7 +88,9 @@ absl::StatusOr<std::unique_ptr<WorkerLoop>> WorkerLoop::Create(
   }
   ucp_worker_params_t wp{};
   wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
-  wp.thread_mode = UCS_THREAD_MODE_SINGLE;
+  // Callers that drive take turns with the loop thread (drive_mu_).
+  wp.thread_mode =
+      callers_drive ? UCS_THREAD_MODE_SERIALIZED : UCS_THREAD_MODE_SINGLE;
   s = ucp_worker_create(loop->context_, &wp, &loop->worker_);
   if (s != UCS_OK) {
     loop->worker_ = nullptr;
@@ -115,6 +132,7 @@ WorkerLoop::~WorkerLoop() {
 
 void WorkerLoop::Start(absl::AnyInvocable<absl::Time()> tick) {
   tick_ = std::move(tick);
+  spin_ = SpinFromEnv();
   thread_ = std::thread([this] { Run(); });
 }
 
@@ -131,8 +149,12 @@ bool WorkerLoop::Post(absl::AnyInvocable<void()> fn) {
 
 void WorkerLoop::RequestExit() {
   exit_ = true;
-  absl::MutexLock lock(&mu_);
-  closed_ = true;
+  {
+    absl::MutexLock lock(&mu_);
+    closed_ = true;
+  }
+  // From a caller driving the worker, the loop thread is asleep: wake it.
+  ucp_worker_signal(worker_);
 }
 
 void WorkerLoop::Join() {
@@ -149,45 +171,76 @@ bool WorkerLoop::RunPosted() {
   return !batch.empty();
 }
 
+std::optional<int> WorkerLoop::Step(absl::Time& idle_since, bool may_spin) {
+  while (ucp_worker_progress(worker_) != 0) {
+  }
+  const bool ran = RunPosted();
+  const absl::Time next = tick_();
+  next_tick_ = next;
+  if (exit_ || ran) return std::nullopt;  // Closures may have started work.
+  const absl::Time now = absl::Now();
+  if (next <= now) return std::nullopt;
+  if (may_spin && spin_ > absl::ZeroDuration()) {
+    if (idle_since == absl::InfiniteFuture()) idle_since = now;
+    if (now - idle_since < spin_) return std::nullopt;
+  }
+  idle_since = absl::InfiniteFuture();
+  const ucs_status_t armed = ucp_worker_arm(worker_);
+  if (armed == UCS_ERR_BUSY) return std::nullopt;  // Events pending.
+  {
+    // A Post that raced with arming: its signal may have been consumed.
+    absl::MutexLock lock(&mu_);
+    if (!posted_.empty()) return std::nullopt;
+  }
+  if (armed != UCS_OK) return 1;  // Cannot sleep on events: poll.
+  return PollTimeoutMs(next, now);
+}
+
 void WorkerLoop::Run() {
-  const char* spin_env = std::getenv("STRATA_UCX_SPIN_US");
-  const absl::Duration spin =
-      absl::Microseconds(spin_env != nullptr ? std::atoi(spin_env) : 0);
   absl::Time idle_since = absl::InfiniteFuture();
+  drive_mu_.Lock();
   while (!exit_) {
-    while (ucp_worker_progress(worker_) != 0) {
-    }
-    const bool ran = RunPosted();
-    const absl::Time next = tick_();
-    if (exit_) break;
-    if (ran) continue;  // Closures may have started operations: progress.
-    const absl::Time now = absl::Now();
-    if (next <= now) continue;
-    if (spin > absl::ZeroDuration()) {
-      if (idle_since == absl::InfiniteFuture()) idle_since = now;
-      if (now - idle_since < spin) continue;
-    }
-    idle_since = absl::InfiniteFuture();
-    const ucs_status_t armed = ucp_worker_arm(worker_);
-    if (armed == UCS_ERR_BUSY) continue;  // Events pending: progress.
-    {
-      // A Post that raced with arming: its signal may have been consumed.
-      absl::MutexLock lock(&mu_);
-      if (!posted_.empty()) continue;
-    }
-    int timeout_ms = -1;
-    if (next != absl::InfiniteFuture()) {
-      timeout_ms = static_cast<int>(std::clamp<int64_t>(
-          absl::ToInt64Milliseconds(absl::Ceil(next - now,
-                                               absl::Milliseconds(1))),
-          1, 60'000));
-    }
-    if (armed != UCS_OK) timeout_ms = 1;  // Cannot sleep on events: poll.
+    const std::optional<int> timeout = Step(idle_since, /*may_spin=*/true);
+    if (!timeout.has_value()) continue;
+    loop_wakes_by_ = next_tick_;
+    drive_mu_.Unlock();
     pollfd pfd{efd_, POLLIN, 0};
-    poll(&pfd, 1, timeout_ms);
+    poll(&pfd, 1, *timeout);
+    drive_mu_.Lock();
+    loop_wakes_by_ = absl::InfinitePast();  // Awake.
   }
   while (ucp_worker_progress(worker_) != 0) {
   }
+  drive_mu_.Unlock();
+}
+
+bool WorkerLoop::TryDrive(absl::FunctionRef<void()> start,
+                          absl::FunctionRef<bool()> done) {
+  if (!drive_mu_.TryLock()) return false;  // Another thread progresses it.
+  if (exit_ || !thread_.joinable()) {
+    drive_mu_.Unlock();
+    return false;
+  }
+  start();
+  absl::Time idle_since = absl::InfiniteFuture();
+  while (!exit_ && !done()) {
+    const std::optional<int> timeout = Step(idle_since, /*may_spin=*/true);
+    if (!timeout.has_value() || done()) continue;
+    pollfd pfd{efd_, POLLIN, 0};
+    poll(&pfd, 1, *timeout);
+  }
+  // Hand the worker back as the loop thread expects to find it when it
+  // sleeps: idle, armed (so events wake it), nothing posted.
+  std::optional<int> armed;
+  while (!exit_ && !armed.has_value()) {
+    armed = Step(idle_since, /*may_spin=*/false);
+  }
+  // It sleeps until events or loop_wakes_by_: wake it when tick wants it
+  // sooner (calls this thread started for others), or to exit.
+  const bool wake = exit_ || next_tick_ < loop_wakes_by_;
+  drive_mu_.Unlock();
+  if (wake) ucp_worker_signal(worker_);
+  return true;
 }
 
 void WorkerLoop::Drain(std::vector<void*>* requests, absl::Duration timeout) {

@@ -7,12 +7,24 @@
 // memory. Create() also applies the tuned defaults of kDefaultSettings to
 // every setting the environment leaves unset (the environment always wins).
 //
-// Threading: the worker is created in UCS_THREAD_MODE_SINGLE and only the loop
-// thread calls into it: every UCX callback (active messages, completions,
-// endpoint errors, connection requests) runs on the loop thread. Other
-// threads hand work over with Post(), which is thread-safe and wakes the loop
-// (ucp_worker_signal). Between events the loop sleeps on the worker's event
-// file descriptor (no busy polling: cores are shared with the store's work).
+// Threading: one thread at a time progresses the worker, holding the drive
+// lock: the loop thread, or (TryDrive) a caller that waits for its own call
+// while the loop thread sleeps. Every UCX callback (active messages,
+// completions, endpoint errors, connection requests), posted closure and
+// tick runs on that thread, under that lock, so state they share needs no
+// other lock; "the loop" below means whichever thread holds it. Other
+// threads hand work over with Post(), which is thread-safe and wakes the
+// loop (ucp_worker_signal). Between events the loop sleeps on the worker's
+// event file descriptor (no busy polling: cores are shared with the store's
+// work). The worker's thread mode is SINGLE, or SERIALIZED when callers may
+// drive.
+//
+// Why callers drive: a round trip handed to a progress thread costs the
+// client three thread wake-ups on its critical path (caller -> loop thread
+// to send; reply -> loop thread -> caller); a caller that sends and sleeps
+// on the worker's events itself has one (reply -> caller).
+// bench/results/service.md measured wake-ups at about a third of a 256 KiB
+// request's client CPU.
 #ifndef STRATA_COMMON_UCX_WORKER_LOOP_H_
 #define STRATA_COMMON_UCX_WORKER_LOOP_H_
 
@@ -21,12 +33,14 @@
 
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/any_invocable.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -65,7 +79,7 @@ inline constexpr size_t kTcpEagerMaxBytes = size_t{512} << 10;
 size_t TcpEagerMaxBytes();
 
 // Whether an endpoint carries data over TCP only, from DescribeLanes: the
-// callers cache it per connection. Loop thread only.
+// callers cache it per connection. The loop only.
 bool IsTcpOnly(ucp_ep_h ep);
 
 class WorkerLoop {
@@ -76,8 +90,9 @@ class WorkerLoop {
   // network device ("lo"), so that a loopback daemon's UCX TCP transport
   // opens no socket on other interfaces. UNAVAILABLE naming "ucx" when UCX
   // cannot start (e.g. no usable transport in UCX_TLS). Starts no thread.
+  // `callers_drive`: TryDrive may be used (the worker is SERIALIZED).
   static absl::StatusOr<std::unique_ptr<WorkerLoop>> Create(
-      bool loopback_only = false);
+      bool loopback_only = false, bool callers_drive = false);
   // Joins the thread if still running (asking it to exit), drops closures
   // never run, then destroys the worker and the context. Owners tear down
   // their endpoints and listeners on the loop thread before that.
@@ -94,14 +109,25 @@ class WorkerLoop {
   // returns when it next wants to run without an event
   // (absl::InfiniteFuture(): only on events).
   void Start(absl::AnyInvocable<absl::Time()> tick);
-  // Thread-safe: runs `fn` on the loop thread soon. Returns false, dropping
-  // `fn`, once the loop has exited.
+  // Thread-safe: runs `fn` on the loop soon. Returns false, dropping `fn`,
+  // once the loop has exited.
   bool Post(absl::AnyInvocable<void()> fn);
-  // Loop thread only: the loop exits after this iteration; later Posts fail.
+  // Thread-safe; for a thread about to wait for work it hands the loop.
+  // When no other thread progresses the worker right now (the loop thread
+  // asleep on events), takes the drive lock, runs `start`, then does the
+  // loop's work on the calling thread (progress, posted closures, tick,
+  // sleeping on events in between) until `done()` holds, hands the worker
+  // back armed and returns true. Otherwise returns false at once without
+  // running `start` (then Post it). `done` is evaluated under the lock, so
+  // it may read state the loop's callbacks write. The loop thread waits
+  // meanwhile. Only on a loop made with `callers_drive`.
+  bool TryDrive(absl::FunctionRef<void()> start,
+                absl::FunctionRef<bool()> done);
+  // The loop only: the loop exits after this iteration; later Posts fail.
   void RequestExit();
   // Waits for the loop thread to exit (after something called RequestExit).
   void Join();
-  // Loop thread only: progresses the worker (sleeping on its events) until
+  // The loop only: progresses the worker (sleeping on its events) until
   // every request in `requests` has completed or `timeout` passed, then
   // frees them all and clears the vector. For close requests at shutdown.
   // When some did not complete (a peer too busy or gone to answer a flushing
@@ -109,13 +135,17 @@ class WorkerLoop {
   // 1.13 aborts the process ("pending request ... should have been
   // flushed") when a worker is destroyed under an endpoint still closing.
   void Drain(std::vector<void*>* requests, absl::Duration timeout);
-  bool InLoopThread() const {
-    return std::this_thread::get_id() == thread_.get_id();
-  }
 
  private:
   WorkerLoop() = default;
   void Run();
+  // One round of the loop's work: progress until idle, run posted closures,
+  // tick (spinning first when `may_spin` and STRATA_UCX_SPIN_US says so).
+  // Returns how long to sleep on the worker's events (poll timeout in ms,
+  // -1: until one) once it is armed with nothing left to do, or nullopt
+  // when there is more to do now.
+  std::optional<int> Step(absl::Time& idle_since, bool may_spin)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(drive_mu_);
   // Runs the closures posted so far; true if there were any.
   bool RunPosted();
 
@@ -124,8 +154,16 @@ class WorkerLoop {
   size_t max_am_header_ = 0;
   int efd_ = -1;
   std::thread thread_;
-  absl::AnyInvocable<absl::Time()> tick_;
-  bool exit_ = false;  // Loop thread only.
+  absl::Duration spin_;  // Set by Start.
+
+  // Held by whichever thread progresses the worker (see Threading).
+  absl::Mutex drive_mu_;
+  absl::AnyInvocable<absl::Time()> tick_ ABSL_GUARDED_BY(drive_mu_);
+  bool exit_ ABSL_GUARDED_BY(drive_mu_) = false;
+  absl::Time next_tick_ ABSL_GUARDED_BY(drive_mu_);  // tick_'s last answer.
+  // When the sleeping loop thread wakes without an event (InfinitePast while
+  // it is awake).
+  absl::Time loop_wakes_by_ ABSL_GUARDED_BY(drive_mu_) = absl::InfinitePast();
   bool leak_on_destroy_ = false;  // Set by Drain; read after Join.
 
   absl::Mutex mu_;
@@ -146,7 +184,7 @@ bool IsLoopback(const sockaddr_storage& addr);
 
 // The transports carrying an endpoint's lanes, e.g. "tcp" or "sysv,cma"
 // (from ucp_ep_print_info; the connection-manager lane is left out).
-// Loop thread only.
+// The loop only.
 std::string DescribeLanes(ucp_ep_h ep);
 
 // Closes `ep`. With `force` (only valid for endpoints in
