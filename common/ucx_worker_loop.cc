@@ -6,6 +6,7 @@
 #include <poll.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -39,12 +40,16 @@ bool TlsIncludeTcp() {
   return negated ? !named : named;
 }
 
-// STRATA_UCX_SPIN_US: microseconds to keep progressing an idle worker before
-// sleeping on its events (0 by default: cores are shared with store work).
-absl::Duration SpinFromEnv() {
-  const char* env = std::getenv("STRATA_UCX_SPIN_US");
-  return absl::Microseconds(env != nullptr ? std::atoi(env) : 0);
+absl::Duration MicrosFromEnv(const char* name, int fallback) {
+  const char* env = std::getenv(name);
+  return absl::Microseconds(env != nullptr ? std::atoi(env) : fallback);
 }
+
+// Callers driving a worker in this process (any worker). A caller spins
+// only while it is the only one: with several, spinning took cores from the
+// daemon and from each other on a small machine (bench/results/service.md,
+// "caller-driven progress").
+std::atomic<int> callers_driving{0};
 
 int PollTimeoutMs(absl::Time next, absl::Time now) {
   if (next == absl::InfiniteFuture()) return -1;
@@ -132,7 +137,9 @@ WorkerLoop::~WorkerLoop() {
 
 void WorkerLoop::Start(absl::AnyInvocable<absl::Time()> tick) {
   tick_ = std::move(tick);
-  spin_ = SpinFromEnv();
+  spin_ = MicrosFromEnv("STRATA_UCX_SPIN_US", 0);
+  caller_spin_ = MicrosFromEnv("STRATA_UCX_CALLER_SPIN_US",
+                               absl::ToInt64Microseconds(kCallerSpin));
   thread_ = std::thread([this] { Run(); });
 }
 
@@ -171,7 +178,8 @@ bool WorkerLoop::RunPosted() {
   return !batch.empty();
 }
 
-std::optional<int> WorkerLoop::Step(absl::Time& idle_since, bool may_spin) {
+std::optional<int> WorkerLoop::Step(absl::Time& idle_since,
+                                    absl::Duration spin) {
   while (ucp_worker_progress(worker_) != 0) {
   }
   const bool ran = RunPosted();
@@ -180,9 +188,12 @@ std::optional<int> WorkerLoop::Step(absl::Time& idle_since, bool may_spin) {
   if (exit_ || ran) return std::nullopt;  // Closures may have started work.
   const absl::Time now = absl::Now();
   if (next <= now) return std::nullopt;
-  if (may_spin && spin_ > absl::ZeroDuration()) {
+  if (spin > absl::ZeroDuration()) {
     if (idle_since == absl::InfiniteFuture()) idle_since = now;
-    if (now - idle_since < spin_) return std::nullopt;
+    if (now - idle_since < spin) {
+      std::this_thread::yield();  // Runnable threads first.
+      return std::nullopt;
+    }
   }
   idle_since = absl::InfiniteFuture();
   const ucs_status_t armed = ucp_worker_arm(worker_);
@@ -200,7 +211,7 @@ void WorkerLoop::Run() {
   absl::Time idle_since = absl::InfiniteFuture();
   drive_mu_.Lock();
   while (!exit_) {
-    const std::optional<int> timeout = Step(idle_since, /*may_spin=*/true);
+    const std::optional<int> timeout = Step(idle_since, spin_);
     if (!timeout.has_value()) continue;
     loop_wakes_by_ = next_tick_;
     drive_mu_.Unlock();
@@ -223,17 +234,21 @@ bool WorkerLoop::TryDrive(absl::FunctionRef<void()> start,
   }
   start();
   absl::Time idle_since = absl::InfiniteFuture();
+  callers_driving.fetch_add(1, std::memory_order_relaxed);
   while (!exit_ && !done()) {
-    const std::optional<int> timeout = Step(idle_since, /*may_spin=*/true);
+    const bool alone = callers_driving.load(std::memory_order_relaxed) == 1;
+    const std::optional<int> timeout =
+        Step(idle_since, alone ? caller_spin_ : absl::ZeroDuration());
     if (!timeout.has_value() || done()) continue;
     pollfd pfd{efd_, POLLIN, 0};
     poll(&pfd, 1, *timeout);
   }
+  callers_driving.fetch_sub(1, std::memory_order_relaxed);
   // Hand the worker back as the loop thread expects to find it when it
   // sleeps: idle, armed (so events wake it), nothing posted.
   std::optional<int> armed;
   while (!exit_ && !armed.has_value()) {
-    armed = Step(idle_since, /*may_spin=*/false);
+    armed = Step(idle_since, absl::ZeroDuration());
   }
   // It sleeps until events or loop_wakes_by_: wake it when tick wants it
   // sooner (calls this thread started for others), or to exit.

@@ -75,6 +75,16 @@ inline constexpr DefaultSetting kDefaultSettings[] = {
 // environment variable STRATA_UCX_TCP_EAGER_MAX_BYTES overrides it (0: never
 // force eager; for measurements).
 inline constexpr size_t kTcpEagerMaxBytes = size_t{512} << 10;
+
+// How long a caller driving its worker (WorkerLoop::TryDrive) keeps
+// progressing it, yielding the core between polls, before it sleeps on its
+// events: a reply that comes within it skips the sleep and the wake-up. A
+// caller spins only while no other caller in the process is driving a worker
+// (several spinners starve a small machine). STRATA_UCX_CALLER_SPIN_US
+// overrides it
+// (0: never spin). Measured in bench/results/service.md ("caller-driven
+// progress").
+inline constexpr absl::Duration kCallerSpin = absl::Microseconds(100);
 // kTcpEagerMaxBytes or its override, read once per process.
 size_t TcpEagerMaxBytes();
 
@@ -140,11 +150,12 @@ class WorkerLoop {
   WorkerLoop() = default;
   void Run();
   // One round of the loop's work: progress until idle, run posted closures,
-  // tick (spinning first when `may_spin` and STRATA_UCX_SPIN_US says so).
+  // tick (progressing an idle worker for `spin`, yielding the core to
+  // runnable threads in between, before sleeping).
   // Returns how long to sleep on the worker's events (poll timeout in ms,
   // -1: until one) once it is armed with nothing left to do, or nullopt
   // when there is more to do now.
-  std::optional<int> Step(absl::Time& idle_since, bool may_spin)
+  std::optional<int> Step(absl::Time& idle_since, absl::Duration spin)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(drive_mu_);
   // Runs the closures posted so far; true if there were any.
   bool RunPosted();
@@ -154,7 +165,10 @@ class WorkerLoop {
   size_t max_am_header_ = 0;
   int efd_ = -1;
   std::thread thread_;
-  absl::Duration spin_;  // Set by Start.
+  // Set by Start: STRATA_UCX_SPIN_US for the loop thread (0), and
+  // STRATA_UCX_CALLER_SPIN_US for a caller driving (kCallerSpin).
+  absl::Duration spin_;
+  absl::Duration caller_spin_;
 
   // Held by whichever thread progresses the worker (see Threading).
   absl::Mutex drive_mu_;
