@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "kvstore/block_format.h"
 
 namespace strata::client::internal {
 namespace {
@@ -45,6 +46,9 @@ struct UcxTransport::Call {
   bool caller_waits = false;
   // Set (on the thread driving) once the callback has run.
   bool* finished = nullptr;
+  // GET: this client checks the block's checksum where it lands (asking the
+  // daemon to skip its own pass on the first attempt).
+  bool verify_here = false;
 
   // The current attempt.
   uint64_t request_id = 0;  // 0: none in flight.
@@ -130,8 +134,16 @@ void UcxTransport::Submit(std::unique_ptr<Call> call) {
     call->finished = &finished;
     UcxTransport* const outer = tls_transport;
     tls_transport = this;
-    const bool drove = loop_->TryDrive([&] { Begin(std::move(call)); },
-                                       [&] { return finished; });
+    const bool drove = loop_->TryDrive(
+        [&] {
+          if (call->op == ucx::Op::kGet) {
+            // The hashing runs on this thread, where the block just landed.
+            call->verify_here = true;
+            call->flags |= ucx::kRequestClientVerifies;
+          }
+          Begin(std::move(call));
+        },
+        [&] { return finished; });
     tls_transport = outer;
     if (drove) return;
     call->finished = nullptr;  // Not started: the loop thread takes it.
@@ -345,6 +357,16 @@ void UcxTransport::MaybeFinishAttempt(uint64_t call_id) {
   }
   by_request_.erase(c.request_id);
   c.request_id = 0;
+  if (c.verify_here && c.status.ok() && !c.expired) {
+    absl::Status verified = VerifyLanded(c);
+    if (!verified.ok() && (c.flags & ucx::kRequestClientVerifies) != 0) {
+      // Ask again with the daemon verifying: it drops a corrupt copy.
+      c.flags &= ~ucx::kRequestClientVerifies;
+      StartAttempt(c);
+      return;
+    }
+    c.status = verified;
+  }
   if (c.expired) {
     Complete(call_id, absl::DeadlineExceededError(
                           "deadline: the daemon did not answer within the "
@@ -362,6 +384,24 @@ void UcxTransport::MaybeFinishAttempt(uint64_t call_id) {
     }
   }
   Complete(call_id, c.status);
+}
+
+absl::Status UcxTransport::VerifyLanded(const Call& c) {
+  absl::Span<const uint8_t> bytes;
+  if (c.into) {
+    bytes = absl::MakeConstSpan(c.dst, c.received);
+  } else if (c.block != nullptr) {
+    bytes = absl::MakeConstSpan(*c.block);
+  }
+  absl::Status s = kvstore::ParseBlock(bytes).status();
+  if (s.ok()) return s;
+  return absl::DataLossError(absl::StrCat(
+      "checksum: the block of ", c.key.ToHex(), " failed its check where it "
+      "landed", (c.flags & ucx::kRequestClientVerifies) != 0
+                    ? ""
+                    : " again after the daemon verified its copy (damaged "
+                      "in transit)",
+      ": ", s.message()));
 }
 
 void UcxTransport::Complete(uint64_t call_id, absl::Status status) {

@@ -495,16 +495,34 @@ void UcxDataPlane::OnReplySent(void* request, ucs_status_t status,
   tls_plane->pending_.erase(ArgId(user_data));  // Releases the lease.
 }
 
+namespace {
+
+// The store options for a GET: a client that verifies the block where it
+// lands (kRequestClientVerifies) is served a DRAM copy without the daemon's
+// own checksum pass. And the reply flags of a hit.
+kvstore::GetOptions GetOptionsFor(uint32_t request_flags) {
+  kvstore::GetOptions options;
+  options.verify_first_tier = (request_flags & ucx::kRequestClientVerifies) == 0;
+  return options;
+}
+
+uint32_t ReplyFlagsFor(const kvstore::BlockLease& lease) {
+  return lease.served_from() == kvstore::TierKind::kSsd
+             ? ucx::kReplyServedFromSsd
+             : 0;
+}
+
+}  // namespace
+
 void UcxDataPlane::SubmitGet(Request req) {
   const bool queued = pool_->Submit([this, req]() mutable {
-    auto lease = ctx_->store->Get(req.key);
+    const kvstore::GetOptions options = GetOptionsFor(req.flags);
+    auto lease = ctx_->store->Get(req.key, options);
     if (!lease.ok()) {
       PostReply(std::move(req), lease.status(), 0, std::nullopt);
       return;
     }
-    const uint32_t flags = lease->served_from() == kvstore::TierKind::kSsd
-                               ? ucx::kReplyServedFromSsd
-                               : 0;
+    const uint32_t flags = ReplyFlagsFor(*lease);
     PostReply(std::move(req), absl::OkStatus(), flags, *std::move(lease));
   });
   if (!queued) {
@@ -538,14 +556,15 @@ void UcxDataPlane::SubmitPut(Request req, std::unique_ptr<uint8_t[]> buffer,
 
 bool UcxDataPlane::TryInlineGet(const Request& req) {
   if (options_.inline_store_max_bytes == 0) return false;
-  kvstore::GetOptions fast;
+  kvstore::GetOptions fast = GetOptionsFor(req.flags);
   fast.fast_path_max_bytes = options_.inline_store_max_bytes;
   absl::StatusOr<kvstore::BlockLease> lease = ctx_->store->Get(req.key, fast);
   if (absl::IsFailedPrecondition(lease.status())) return false;  // Not here.
   if (!lease.ok()) {
     Reply(req, lease.status(), 0, std::nullopt);
   } else {
-    Reply(req, absl::OkStatus(), 0, *std::move(lease));  // A DRAM block.
+    const uint32_t flags = ReplyFlagsFor(*lease);
+    Reply(req, absl::OkStatus(), flags, *std::move(lease));  // A DRAM block.
   }
   return true;
 }

@@ -39,6 +39,10 @@ enum class Op : uint16_t {
 
 // RequestHeader::flags.
 inline constexpr uint32_t kRequestDurable = 1u << 0;  // Unset: daemon default.
+// GET: the client verifies the block's checksum where it lands, so the
+// daemon may serve a DRAM copy without its own pass. On a mismatch the
+// client asks again without it.
+inline constexpr uint32_t kRequestClientVerifies = 1u << 1;
 
 // ReplyHeader::flags.
 inline constexpr uint32_t kReplyAlreadyPresent = 1u << 0;  // PUT.

@@ -249,9 +249,14 @@ absl::Status CheckTotalLength(const BlockHeader& header, size_t size) {
 }
 }  // namespace
 
-absl::Status ValidateBlockFrame(absl::Span<const uint8_t> bytes) {
+absl::StatusOr<BlockView> ParseBlockFrame(absl::Span<const uint8_t> bytes) {
   STRATA_ASSIGN_OR_RETURN(BlockHeader header, ParseBlockHeader(bytes));
-  return CheckTotalLength(header, bytes.size());
+  STRATA_RETURN_IF_ERROR(CheckTotalLength(header, bytes.size()));
+  return BlockView{header, bytes.subspan(kBlockHeaderSize)};
+}
+
+absl::Status ValidateBlockFrame(absl::Span<const uint8_t> bytes) {
+  return ParseBlockFrame(bytes).status();
 }
 
 absl::StatusOr<BlockView> ParseBlock(absl::Span<const uint8_t> bytes) {

@@ -119,6 +119,9 @@ absl::StatusOr<BlockHeader> ParseBlockHeader(absl::Span<const uint8_t> bytes);
 // Validates the header and that `bytes` is exactly header + payload_length
 // long, without hashing the payload (errors as ParseBlock, minus DATA_LOSS).
 absl::Status ValidateBlockFrame(absl::Span<const uint8_t> bytes);
+// The same checks, returning the view: for bytes whose checksum was verified
+// before (a stored block) or will be where they land.
+absl::StatusOr<BlockView> ParseBlockFrame(absl::Span<const uint8_t> bytes);
 
 // Parses a whole block and verifies its checksum. Everything ParseBlockHeader
 // rejects is INVALID_ARGUMENT; a buffer whose length is not exactly

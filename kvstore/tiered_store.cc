@@ -504,19 +504,22 @@ absl::StatusOr<PutOutcome> TieredStore::Put(const BlockKey& key,
 
 absl::StatusOr<BlockLease> TieredStore::Get(const BlockKey& key,
                                             const GetOptions& options) {
-  return Read(key, options.lease_ttl, options.fast_path_max_bytes, nullptr);
+  return Read(key, options.lease_ttl, options.fast_path_max_bytes,
+              options.verify_first_tier, nullptr);
 }
 
 absl::StatusOr<size_t> TieredStore::GetInto(const BlockKey& key,
                                             absl::Span<uint8_t> dst) {
   STRATA_ASSIGN_OR_RETURN(BlockLease lease,
-                          Read(key, absl::ZeroDuration(), 0, &dst));
+                          Read(key, absl::ZeroDuration(), 0,
+                               /*verify_first_tier=*/true, &dst));
   return lease.bytes().size();
 }
 
 absl::StatusOr<BlockLease> TieredStore::Read(const BlockKey& key,
                                              absl::Duration lease_ttl,
                                              uint64_t fast_path_max_bytes,
+                                             bool verify_first_tier,
                                              absl::Span<uint8_t>* dst) {
   if (lease_ttl < absl::ZeroDuration() || lease_ttl > options_.max_lease_ttl) {
     return absl::InvalidArgumentError(
@@ -584,8 +587,9 @@ absl::StatusOr<BlockLease> TieredStore::Read(const BlockKey& key,
       continue;  // NOT_FOUND: erased under us; look again.
     }
     absl::StatusOr<BlockView> view =
-        dst == nullptr ? ParseBlock(bytes->bytes)
-                       : CopyVerifiedBlock(bytes->bytes, *dst);
+        dst != nullptr ? CopyVerifiedBlock(bytes->bytes, *dst)
+        : verify_first_tier || t != 0 ? ParseBlock(bytes->bytes)
+                                      : ParseBlockFrame(bytes->bytes);
     if (!view.ok()) {
       if (absl::IsOutOfRange(view.status())) return view.status();  // dst.
       lease.Release();

@@ -142,6 +142,13 @@ struct GetOptions {
   // counts nothing, and the caller retries without the option elsewhere.
   // Misses answer NOT_FOUND as usual.
   uint64_t fast_path_max_bytes = 0;
+  // false: a first-tier copy is served after checking its header and length
+  // only, without the checksum pass (it was verified when it was stored).
+  // For a caller that verifies the bytes itself where they land (the UCX
+  // client, end to end); on a mismatch it must read again with true, which
+  // finds the corrupt copy, drops it and falls back like any read. Copies
+  // from lower tiers are always verified.
+  bool verify_first_tier = true;
 };
 
 class TieredStore;
@@ -446,6 +453,7 @@ class TieredStore {
   // The shared read path of Get and GetInto (dst != null: copy + verify).
   absl::StatusOr<BlockLease> Read(const BlockKey& key, absl::Duration lease_ttl,
                                   uint64_t fast_path_max_bytes,
+                                  bool verify_first_tier,
                                   absl::Span<uint8_t>* dst);
   // Drops `key`'s copy in tier `t` from the index and the tier.
   void DropCopy(size_t t, const BlockKey& key, uint64_t generation,

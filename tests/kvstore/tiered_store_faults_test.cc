@@ -6,6 +6,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "kvstore/block_format.h"
 #include "kvstore/fault_injection_file_system.h"
 #include "kvstore/tiered_store.h"
 #include "tests/kvstore/test_blocks.h"
@@ -87,6 +88,48 @@ TEST(TieredStoreFaults, CorruptDramCopyFallsBackToTheGoodSsdCopy) {
   EXPECT_EQ(lease->served_from(), TierKind::kSsd);
   EXPECT_TRUE(std::ranges::equal(lease->bytes(), block));
   EXPECT_EQ(store->Stats().tiers[0].checksum_failures, 1u);
+}
+
+// verify_first_tier = false (a caller that verifies where the bytes land):
+// a DRAM copy is served without the checksum pass, lower tiers are still
+// verified, and the caller's verified read afterwards drops the bad copy.
+TEST(TieredStoreFaults, UnverifiedDramReadsLeaveTheCheckToTheCallerOnly) {
+  ScratchDir dir;
+  TieredStoreOptions o;
+  o.dram_capacity_bytes = 4 << 20;
+  o.ssd_path = dir.Sub("ssd");
+  o.write_through = true;
+  auto store = *TieredStore::Open(o);
+  const auto block = MakeBlock(k64K, 1);
+  ASSERT_TRUE(store->Put(KeyFor(1), block).ok());
+  FlipDramByte(*store, KeyFor(1));
+  GetOptions unverified;
+  unverified.verify_first_tier = false;
+  auto lease = store->Get(KeyFor(1), unverified);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  EXPECT_EQ(lease->served_from(), TierKind::kDram);
+  EXPECT_FALSE(ParseBlock(lease->bytes()).ok());  // The caller's check fails.
+  EXPECT_EQ(ChecksumFailures(*store), 0u);
+  lease = store->Get(KeyFor(1));  // Asked again, verified.
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  EXPECT_EQ(lease->served_from(), TierKind::kSsd);
+  EXPECT_TRUE(std::ranges::equal(lease->bytes(), block));
+  EXPECT_EQ(store->Stats().tiers[0].checksum_failures, 1u);
+  // The SSD copy is verified even unasked (the DRAM copy was dropped, and
+  // promotion put back a good one).
+  lease = store->Get(KeyFor(1), unverified);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  EXPECT_TRUE(std::ranges::equal(lease->bytes(), block));
+  // A header that no longer parses is refused even unverified.
+  auto dram = store->Get(KeyFor(1));
+  ASSERT_TRUE(dram.ok());
+  ASSERT_EQ(dram->served_from(), TierKind::kDram);
+  const_cast<uint8_t*>(dram->bytes().data())[0] ^= 0xFF;  // The magic.
+  dram = absl::StatusOr<BlockLease>(absl::UnknownError("released"));
+  lease = store->Get(KeyFor(1), unverified);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  EXPECT_EQ(lease->served_from(), TierKind::kSsd);
+  EXPECT_TRUE(std::ranges::equal(lease->bytes(), block));
 }
 
 // Opens a store whose SSD tier writes through `fs`.
