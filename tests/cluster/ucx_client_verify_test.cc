@@ -1,0 +1,175 @@
+// End-to-end checksums over the UCX data plane: a sync Get verifies the block
+// where it lands and the daemon skips its own pass on DRAM copies
+// (docs/protocol.md, request flag bit 1). To damage a stored copy the daemon
+// runs in this process (the same ServiceContext, UcxDataPlane and gRPC
+// services stratad wires up), so the test can flip a byte of a DRAM copy the
+// way the kvstore fault tests do.
+#include <memory>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "client/strata_client.h"
+#include "cluster/block_service.h"
+#include "cluster/metrics.h"
+#include "cluster/ucx_data_plane.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "kvstore/block_format.h"
+#include "kvstore/tiered_store.h"
+#include "tests/cluster/ucx_test_env.h"
+#include "tests/kvstore/test_blocks.h"
+
+namespace strata {
+namespace {
+
+using ::strata::kvstore::testing::KeyFor;
+using ::strata::kvstore::testing::MakeBlock;
+using ::strata::kvstore::testing::ScratchDir;
+using ::strata::kvstore::testing::ShapeForBytes;
+using ::strata::testing::UcxTransport;
+using ::strata::testing::UcxTransportName;
+using ::strata::testing::UcxTransportTest;
+
+// A single-node daemon inside the test process.
+class InProcessDaemon {
+ public:
+  explicit InProcessDaemon(const kvstore::TieredStoreOptions& options) {
+    auto store = kvstore::TieredStore::Open(options);
+    EXPECT_TRUE(store.ok()) << store.status();
+    if (!store.ok()) return;
+    store_ = *std::move(store);
+    ctx_.store = store_.get();
+    ctx_.metrics = &metrics_;
+    ctx_.max_message_bytes = 64 << 20;
+    cluster::UcxDataPlaneOptions ucx;
+    ucx.listen = "127.0.0.1:0";
+    auto plane = cluster::UcxDataPlane::Start(&ctx_, ucx);
+    EXPECT_TRUE(plane.ok()) << plane.status();
+    if (!plane.ok()) return;
+    plane_ = *std::move(plane);
+    ctx_.ucx_address = plane_->address();
+    data_ = std::make_unique<cluster::DataServiceImpl>(&ctx_);
+    admin_ = std::make_unique<cluster::AdminServiceImpl>(&ctx_);
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                             &port_);
+    builder.RegisterService(data_.get());
+    builder.RegisterService(admin_.get());
+    server_ = builder.BuildAndStart();
+    EXPECT_NE(server_, nullptr);
+  }
+  ~InProcessDaemon() {
+    if (server_ != nullptr) server_->Shutdown();
+    plane_.reset();
+  }
+
+  kvstore::TieredStore& store() { return *store_; }
+
+  std::unique_ptr<client::Client> Connect() {
+    client::ClientOptions o;
+    o.address = "127.0.0.1:" + std::to_string(port_);
+    o.data_plane = "ucx";
+    o.ucx_min_bytes = 0;
+    auto c = client::Client::Connect(o);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? *std::move(c) : nullptr;
+  }
+
+  // Flips a payload byte of the key's DRAM copy where it lies.
+  void DamageDramCopy(const kvstore::BlockKey& key) {
+    auto lease = store_->Get(key);
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    ASSERT_EQ(lease->served_from(), kvstore::TierKind::kDram);
+    auto* p = const_cast<uint8_t*>(lease->payload().data());
+    p[lease->payload().size() / 2] ^= 0x04;
+  }
+
+  uint64_t StoreGets() { return store_->Stats().gets; }
+
+  uint64_t DramChecksumFailures() {
+    return store_->Stats().tiers[0].checksum_failures;
+  }
+
+ private:
+  std::unique_ptr<kvstore::TieredStore> store_;
+  cluster::ServiceMetrics metrics_;
+  cluster::ServiceContext ctx_;
+  std::unique_ptr<cluster::UcxDataPlane> plane_;
+  std::unique_ptr<cluster::DataServiceImpl> data_;
+  std::unique_ptr<cluster::AdminServiceImpl> admin_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+};
+
+class ClientVerify : public UcxTransportTest {};
+
+// The first read skips the daemon's pass; the client's check fails, it asks
+// again with the daemon verifying, which drops the DRAM copy and serves the
+// good SSD copy. The bytes the caller sees are always the stored block.
+TEST_P(ClientVerify, ADamagedDramCopyIsCaughtByTheClientAndReplacedFromSsd) {
+  ScratchDir dir;
+  kvstore::TieredStoreOptions o;
+  o.dram_capacity_bytes = 64 << 20;
+  o.ssd_path = dir.Sub("ssd");
+  o.write_through = true;
+  InProcessDaemon d(o);
+  auto c = d.Connect();
+  ASSERT_NE(c, nullptr);
+  const auto small = MakeBlock(ShapeForBytes(64 << 10), 1);
+  const auto large = MakeBlock(ShapeForBytes(4 << 20), 2);
+  ASSERT_TRUE(c->Put(KeyFor(1), small).ok());
+  ASSERT_TRUE(c->Put(KeyFor(2), large).ok());
+  d.DamageDramCopy(KeyFor(1));
+  d.DamageDramCopy(KeyFor(2));
+
+  auto got = c->Get(KeyFor(1));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->served_from, "ssd");
+  EXPECT_TRUE(got->block == small);
+  std::vector<uint8_t> region(large.size() + 4096);
+  auto handle = c->RegisterBuffer(region.data(), region.size());
+  ASSERT_TRUE(handle.ok());
+  auto n = c->GetInto(KeyFor(2), *handle, 4096, large.size());
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_TRUE(std::equal(large.begin(), large.end(), region.begin() + 4096));
+  EXPECT_TRUE(c->UnregisterBuffer(*handle).ok());
+  EXPECT_EQ(d.DramChecksumFailures(), 2u);  // Both copies found and dropped.
+  // Undamaged reads go on as before.
+  got = c->Get(KeyFor(1));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(got->block == small);
+}
+
+TEST_P(ClientVerify, ADamagedOnlyCopyIsDataLossOnSyncAndAsyncGets) {
+  kvstore::TieredStoreOptions o;
+  o.dram_capacity_bytes = 64 << 20;
+  InProcessDaemon d(o);
+  auto c = d.Connect();
+  ASSERT_NE(c, nullptr);
+  const auto block = MakeBlock(ShapeForBytes(256 << 10), 3);
+  ASSERT_TRUE(c->Put(KeyFor(3), block).ok());
+  ASSERT_TRUE(c->Put(KeyFor(4), block).ok());
+  d.DamageDramCopy(KeyFor(3));
+  d.DamageDramCopy(KeyFor(4));
+  uint64_t gets = d.StoreGets();
+  auto got = c->Get(KeyFor(3));  // Verified here, then by the daemon.
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kDataLoss) << got.status();
+  EXPECT_TRUE(absl::StrContains(got.status().message(), "checksum"))
+      << got.status();
+  EXPECT_EQ(d.StoreGets() - gets, 2u);  // Unverified read, then verified.
+  gets = d.StoreGets();
+  auto async = c->GetAsync(KeyFor(4)).get();  // Verified by the daemon.
+  EXPECT_EQ(async.status().code(), absl::StatusCode::kDataLoss)
+      << async.status();
+  EXPECT_EQ(d.StoreGets() - gets, 1u);
+  EXPECT_EQ(d.DramChecksumFailures(), 2u);
+  EXPECT_EQ(c->Get(KeyFor(3)).status().code(), absl::StatusCode::kNotFound);
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, ClientVerify,
+                         ::testing::Values(UcxTransport{"tcp", "tcp"},
+                                           UcxTransport{"shm", "shm,tcp"}),
+                         UcxTransportName);
+
+}  // namespace
+}  // namespace strata
