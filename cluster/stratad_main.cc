@@ -10,7 +10,8 @@
 // When serving, it prints one line on stdout:
 //   stratad ready grpc=HOST:PORT metrics=HOST:PORT ucx=HOST:PORT pid=PID
 // (ports resolved, so port 0 in the config picks free ones; "off" for a
-// disabled endpoint), then logs to stderr. The UCX data plane
+// disabled endpoint), then logs to stderr, and points stdout there too (UCX
+// writes its own log lines to stdout). The UCX data plane
 // (cluster/ucx_data_plane.h) honours the UCX_* environment of this process.
 // SIGTERM or SIGINT: stop accepting RPCs, finish those in flight (5 s grace),
 // close the store (flushing the SSD tier), exit 0.
@@ -27,6 +28,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -363,6 +365,14 @@ int Run(int argc, char** argv) {
               grpc_addr.c_str(), metrics_addr.c_str(), ucx_addr.c_str(),
               static_cast<int>(getpid()));
   std::fflush(stdout);
+  // stdout carries only that line. Whoever started us may stop reading it
+  // (a pipe), and UCX prints its own log lines to stdout: once a pipe's
+  // buffer filled, the thread printing would block for good (the UCX
+  // progress thread: every data-plane request). From here on fd 1 is the
+  // log stream, like stderr.
+  if (dup2(STDERR_FILENO, STDOUT_FILENO) < 0) {
+    LogError("stdout_redirect_failed", {{"errno", absl::StrCat(errno)}});
+  }
 
   int sig = 0;
   sigwait(&signals, &sig);

@@ -60,6 +60,7 @@ StratadProcess::StratadProcess(std::string data_dir,
 
 StratadProcess::~StratadProcess() {
   if (pid_ > 0) Kill();
+  if (stdout_fd_ >= 0) close(stdout_fd_);
 }
 
 absl::Status StratadProcess::Start() {
@@ -75,7 +76,12 @@ absl::Status StratadProcess::Start() {
   std::string line;
   char c;
   while (read(fd, &c, 1) == 1 && c != '\n') line.push_back(c);
-  close(fd);
+  if (hold_stdout_) {
+    if (stdout_fd_ >= 0) close(stdout_fd_);
+    stdout_fd_ = fd;
+  } else {
+    close(fd);
+  }
   if (line.rfind("stratad ready ", 0) != 0) {
     int status = 0;
     waitpid(pid_, &status, 0);

@@ -25,7 +25,11 @@ class StratadProcess {
   ~StratadProcess();  // SIGKILLs a still-running daemon.
 
   // Spawns the daemon and blocks until it prints its ready line (or exits).
+  // The pipe on its stdout is then closed, unless HoldStdoutUnread() was
+  // called before: then it stays open and is never read again (as a script
+  // that keeps a fifo open does), until this object dies.
   absl::Status Start();
+  void HoldStdoutUnread() { hold_stdout_ = true; }
   // SIGTERM, then waits; OK iff it exited with status 0.
   absl::Status Stop();
   // SIGKILL, then waits.
@@ -44,6 +48,8 @@ class StratadProcess {
   std::vector<std::string> flags_;
   std::map<std::string, std::string> env_;
   pid_t pid_ = -1;
+  bool hold_stdout_ = false;
+  int stdout_fd_ = -1;  // Held open, unread.
   std::string grpc_address_;
   std::string metrics_address_;
   std::string ucx_address_;

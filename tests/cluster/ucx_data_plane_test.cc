@@ -266,6 +266,30 @@ TEST_P(StratadUcx, ConcurrentPutsOfOneKeyAnswerOnlyOnceTheBlockIsStored) {
   EXPECT_EQ(total_present, (kClients - 1) * kKeys);
 }
 
+// A starter that keeps the daemon's stdout pipe open but never reads it
+// again (bench/service_bench.sh's fifo): UCX prints a log line or more to
+// stdout each time a client goes away, and once the pipe's buffer was full
+// the progress thread blocked on it for good. Far more clients come and go
+// here than 64 KiB of those lines need; the daemon keeps answering.
+TEST_P(StratadUcx, ClientsComingAndGoingDoNotStallADaemonWhoseStdoutIsUnread) {
+  ScratchDir dir;
+  StratadProcess d(dir.Sub("data"), Flags(), Env());
+  d.HoldStdoutUnread();
+  ASSERT_TRUE(d.Start().ok());
+  const auto block = MakeBlock(ShapeForBytes(64 << 10), 8);
+  {
+    auto c = ConnectUcx(d);
+    ASSERT_NE(c, nullptr);
+    ASSERT_TRUE(c->Put(KeyFor(8), block).ok());
+  }
+  for (int i = 0; i < 150; ++i) {
+    auto c = ConnectUcx(d, absl::Seconds(10));
+    ASSERT_NE(c, nullptr) << "client " << i;
+    auto got = c->Get(KeyFor(8));
+    ASSERT_TRUE(got.ok()) << "client " << i << ": " << got.status();
+  }
+}
+
 TEST_P(StratadUcx, DrainRefusesPutsAndServesGets) {
   ScratchDir dir;
   StratadProcess d(dir.Sub("data"), Flags(), Env());
