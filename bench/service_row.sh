@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One row of the service benchmark, for A/B comparisons of two builds on a
+# noisy machine: starts a fresh DRAM-only stratad from BUILD_DIR, runs
+# `stratactl bench` REPEAT times against it over UCX, prints each result
+# line, then the daemon's CPU time for the whole run (user + system clock
+# ticks from /proc: compare builds by it where GB/s drowns in noise).
+#
+#   bench/service_row.sh OP SIZE CLIENTS [REPEAT]
+#   TLS=shm BUILD_DIR=build bench/service_row.sh get 262144 4 3
+#   CLIENT_ENV="STRATA_UCX_CALLER_SPIN_US=0" DAEMON_ENV="..." bench/service_row.sh ...
+#
+# TLS: tcp (default) or shm (UCX_TLS=posix,cma,tcp). Alternate the builds
+# (A B A B ...) and compare like with like; bench/results/service.md has
+# the runs made with it.
+set -euo pipefail
+op=$1; size=$2; clients=$3; repeat=${4:-3}
+build=${BUILD_DIR:-build}
+tls="UCX_TLS=tcp"
+[ "${TLS:-tcp}" = shm ] && tls="UCX_TLS=posix,cma,tcp"
+work=$(mktemp -d)
+pid=""
+cleanup() { [ -n "$pid" ] && kill "$pid" 2> /dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+mkfifo "$work/ready"
+# shellcheck disable=SC2086
+env UCX_NET_DEVICES=lo $tls ${DAEMON_ENV:-} "$build/cluster/stratad" \
+  --listen=127.0.0.1:0 --metrics_listen= --data_plane_listen=127.0.0.1:0 \
+  --ssd_capacity=0 --dram_capacity=3GiB --data_dir="$work/data" \
+  --log_format=text > "$work/ready" 2> "$work/log" &
+pid=$!
+read -r line < "$work/ready"
+addr=$(sed -E 's/.*grpc=([^ ]+).*/\1/' <<< "$line")
+ops=$(( (256 << 20) / size / clients ))
+for _ in $(seq "$repeat"); do
+  # shellcheck disable=SC2086
+  env UCX_NET_DEVICES=lo $tls ${CLIENT_ENV:-} "$build/cluster/stratactl" \
+    --addr="$addr" bench --op="$op" --size="$size" --clients="$clients" \
+    --ops="$ops" --warmup=2 --data-plane=ucx 2> /dev/null | grep "GB/s"
+done
+echo "daemon cpu ticks: $(awk '{print $14 + $15}' "/proc/$pid/stat")"
