@@ -16,6 +16,7 @@
 #include "absl/synchronization/mutex.h"
 #include "cluster/log.h"
 #include "common/ucx_buffer_pool.h"
+#include "kvstore/block_format.h"
 
 namespace strata::cluster {
 
@@ -421,10 +422,18 @@ ucs_status_t UcxDataPlane::HandleRequest(const void* header,
     dst = buffer.get();
   }
   if (!rndv) {
-    std::memcpy(dst, data, length);  // Eager: valid only now.
+    // Eager: valid only now. Into the arena it is copied and verified in one
+    // pass, so Commit need not hash it again; a block that fails is left to
+    // Commit, which refuses and counts it.
     if (reservation.ok()) {
-      CommitOrSubmit(std::move(req), *std::move(reservation));
+      const bool verified =
+          kvstore::CopyVerifiedBlock(
+              absl::MakeConstSpan(static_cast<const uint8_t*>(data), length),
+              reservation->data())
+              .ok();
+      CommitOrSubmit(std::move(req), *std::move(reservation), verified);
     } else {
+      std::memcpy(dst, data, length);
       SubmitPut(std::move(req), std::move(buffer), capacity, length);
     }
     return UCS_OK;
@@ -450,7 +459,7 @@ ucs_status_t UcxDataPlane::HandleRequest(const void* header,
   if (r == nullptr) {  // Already received.
     if (pending->reservation.has_value()) {
       CommitOrSubmit(std::move(*pending->put),
-                     *std::move(pending->reservation));
+                     *std::move(pending->reservation), /*verified=*/false);
     } else {
       SubmitPut(std::move(*pending->put), std::move(pending->buffer), capacity,
                 length);
@@ -481,7 +490,8 @@ void UcxDataPlane::OnPutData(void* request, ucs_status_t status, size_t length,
     return;
   }
   if (p->reservation.has_value()) {
-    self->CommitOrSubmit(std::move(*p->put), *std::move(p->reservation));
+    self->CommitOrSubmit(std::move(*p->put), *std::move(p->reservation),
+                         /*verified=*/false);
     return;
   }
   self->SubmitPut(std::move(*p->put), std::move(p->buffer), p->capacity,
@@ -570,18 +580,20 @@ bool UcxDataPlane::TryInlineGet(const Request& req) {
 }
 
 void UcxDataPlane::CommitOrSubmit(Request req,
-                                  kvstore::BlockReservation reservation) {
+                                  kvstore::BlockReservation reservation,
+                                  bool verified) {
   const bool durable = (req.flags & ucx::kRequestDurable) != 0 ||
                        ctx_->store->options().write_through;
   if (durable || reservation.data().size() > options_.inline_store_max_bytes) {
-    SubmitCommit(std::move(req), std::move(reservation));
+    SubmitCommit(std::move(req), std::move(reservation), verified);
     return;
   }
   absl::Status s = CheckAcceptingBlocks(ctx_);
   if (s.ok()) {
     // Eviction may write the SSD tier: a store thread does it.
-    s = ctx_->store->Commit(std::move(reservation),
-                            kvstore::CommitOptions{.evict = false});
+    s = ctx_->store->Commit(
+        std::move(reservation),
+        kvstore::CommitOptions{.evict = false, .checksum_verified = verified});
   } else {
     reservation.Abort();
   }
@@ -596,14 +608,17 @@ void UcxDataPlane::CommitOrSubmit(Request req,
 }
 
 void UcxDataPlane::SubmitCommit(Request req,
-                                kvstore::BlockReservation reservation) {
+                                kvstore::BlockReservation reservation,
+                                bool verified) {
   const bool queued = commit_pool_->Submit(
-      [this, req, reservation = std::move(reservation)]() mutable {
-        // The drain check as StoreBlock makes it; the checksum pass reads
-        // the block where it landed.
+      [this, req, reservation = std::move(reservation), verified]() mutable {
+        // The drain check as StoreBlock makes it; the checksum pass (unless
+        // done while copying) reads the block where it landed.
         absl::Status s = CheckAcceptingBlocks(ctx_);
         if (s.ok()) {
-          s = ctx_->store->Commit(std::move(reservation));
+          s = ctx_->store->Commit(
+              std::move(reservation),
+              kvstore::CommitOptions{.checksum_verified = verified});
         } else {
           reservation.Abort();
         }

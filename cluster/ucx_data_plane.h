@@ -143,10 +143,14 @@ class UcxDataPlane {
   void SubmitGet(Request req);
   void SubmitPut(Request req, std::unique_ptr<uint8_t[]> buffer,
                  size_t capacity, size_t size);
-  void SubmitCommit(Request req, kvstore::BlockReservation reservation);
+  // `verified`: the reserved bytes were checksummed as they were copied in
+  // (CommitOptions::checksum_verified).
+  void SubmitCommit(Request req, kvstore::BlockReservation reservation,
+                    bool verified);
   // Commits here (progress thread) when small and not durable, else
   // SubmitCommit.
-  void CommitOrSubmit(Request req, kvstore::BlockReservation reservation);
+  void CommitOrSubmit(Request req, kvstore::BlockReservation reservation,
+                      bool verified);
   // Progress thread: a GET answered without a store thread; false when the
   // block must be read by one.
   bool TryInlineGet(const Request& req);

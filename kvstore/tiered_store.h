@@ -245,6 +245,11 @@ struct CommitOptions {
   // watermark (eviction may write the SSD tier); the caller runs
   // TieredStore::EvictToWatermarks soon after on a thread that may block.
   bool evict = true;
+  // true: the caller checked the block's checksum over the reserved bytes
+  // themselves, as they were written (CopyVerifiedBlock into data()), so
+  // Commit checks the header and the length only and skips the hashing
+  // pass. The caller must not write data() after that check.
+  bool checksum_verified = false;
 };
 
 struct ReserveOptions {

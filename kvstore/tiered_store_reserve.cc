@@ -140,8 +140,12 @@ absl::Status TieredStore::Commit(BlockReservation r,
         "store's)");
   }
   const absl::Span<const uint8_t> block = r.data();
-  // Header, length and checksum over the bytes where they lie.
-  if (absl::Status s = ParseBlock(block).status(); !s.ok()) {
+  // Header, length and checksum over the bytes where they lie (the caller
+  // may have hashed them as they were written).
+  absl::Status parsed = commit.checksum_verified
+                            ? ParseBlockFrame(block).status()
+                            : ParseBlock(block).status();
+  if (absl::Status s = parsed; !s.ok()) {
     AbortReservation(r, 0);
     absl::MutexLock lock(&mu_);
     ++counters_.rejected_puts;

@@ -8,6 +8,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "kvstore/block_format.h"
 #include "kvstore/dram_arena.h"
 #include "kvstore/tiered_store.h"
 #include "tests/kvstore/test_blocks.h"
@@ -212,6 +213,33 @@ TEST(Reservation, APutThatMeetsAReservationWaitsForItsOutcome) {
     EXPECT_TRUE(std::equal(want.begin(), want.end(), seen->bytes().begin(),
                            seen->bytes().end()));
   }
+}
+
+// A transport that copied the block in with CopyVerifiedBlock tells Commit
+// so: no second hashing pass, but the header and length are still checked.
+TEST(Reservation, CommitOfBytesVerifiedWhileCopiedStillChecksTheFrame) {
+  auto store = Open(DramFor(4));
+  const auto block = MakeBlock(k64K, 41);
+  auto r = store->Reserve(KeyFor(41), block.size());
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_TRUE(CopyVerifiedBlock(block, r->data()).ok());
+  ASSERT_TRUE(
+      store->Commit(*std::move(r), CommitOptions{.checksum_verified = true})
+          .ok());
+  auto lease = store->Get(KeyFor(41));
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  EXPECT_TRUE(std::equal(block.begin(), block.end(), lease->bytes().begin(),
+                         lease->bytes().end()));
+  // A bad magic is refused even so, and nothing is stored.
+  r = store->Reserve(KeyFor(42), block.size());
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::memcpy(r->data().data(), block.data(), block.size());
+  r->data()[0] ^= 0xFF;
+  const absl::Status s =
+      store->Commit(*std::move(r), CommitOptions{.checksum_verified = true});
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_FALSE(store->Exists(KeyFor(42)));
+  EXPECT_EQ(DramUsed(*store), kFootprint);
 }
 
 TEST(Reservation, SizeAndLabelChecksNameTheField) {
