@@ -111,28 +111,34 @@ absl::Status TieredStore::AwaitClaimable(const BlockKey& key,
   for (;;) {
     auto it = index_.find(key);
     if (it == index_.end()) return absl::OkStatus();
-    const Entry& e = it->second;
-    if (e.resident != 0) {
+    if (it->second.resident != 0) {
       return absl::AlreadyExistsError(
           absl::StrCat("key: ", key.ToHex(), " is already stored"));
     }
-    if ((e.incoming | e.erasing) == 0) return absl::OkStatus();
-    // Another write (whose outcome decides: stored, or failed and gone) or
-    // an erase is in flight: wait for the entry to settle, then look again.
-    auto settled = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      auto i = index_.find(key);
-      if (i == index_.end()) return true;
-      return i->second.resident != 0 ||
-             (i->second.incoming == 0 && i->second.erasing == 0);
-    };
-    if (e.incoming == 0) {
-      mu_.Await(absl::Condition(&settled));  // An erase: local and short.
-    } else if (!mu_.AwaitWithDeadline(absl::Condition(&settled),
-                                      write_wait_until)) {
-      return absl::AbortedError(
-          absl::StrCat("key: ", key.ToHex(),
-                       " is being stored by another write still in flight"));
+    if (it->second.incoming != 0) {
+      // Another write is in flight: its outcome decides (stored, or failed
+      // and rolled back).
+      auto decided = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        auto i = index_.find(key);
+        return i == index_.end() || i->second.resident != 0 ||
+               i->second.incoming == 0;
+      };
+      if (!mu_.AwaitWithDeadline(absl::Condition(&decided),
+                                 write_wait_until)) {
+        return absl::AbortedError(absl::StrCat(
+            "key: ", key.ToHex(),
+            " is being stored by another write still in flight"));
+      }
+      continue;
     }
+    // An erase, or a failed write's roll-back, is in flight (the entry goes
+    // once it ends): local and short. Wait for the entry to go, or for a
+    // write that got in first.
+    auto gone = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      auto i = index_.find(key);
+      return i == index_.end() || (i->second.resident | i->second.incoming);
+    };
+    mu_.Await(absl::Condition(&gone));
   }
 }
 
@@ -477,7 +483,10 @@ absl::StatusOr<PutOutcome> TieredStore::Put(const BlockKey& key,
       if (written & Bit(t)) tiers_[t]->tier->Erase(key).IgnoreError();
     }
     absl::MutexLock lock(&mu_);
-    index_.erase(key);
+    auto it = index_.find(key);
+    if (it != index_.end() && it->second.generation == generation) {
+      index_.erase(it);
+    }
     return failure;
   }
 
