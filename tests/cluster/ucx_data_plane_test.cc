@@ -266,6 +266,42 @@ TEST_P(StratadUcx, ConcurrentPutsOfOneKeyAnswerOnlyOnceTheBlockIsStored) {
   EXPECT_EQ(total_present, (kClients - 1) * kKeys);
 }
 
+// Sync calls of several threads on one client: one thread at a time drives
+// the worker (its reply wakes it directly), the others hand their calls to
+// whoever progresses it; every call still gets its own bytes.
+TEST_P(StratadUcx, ThreadsSharingOneClientTakeTurnsDrivingItsWorker) {
+  ScratchDir dir;
+  StratadProcess d(dir.Sub("data"), Flags({"--dram_capacity=512MiB"}), Env());
+  ASSERT_TRUE(d.Start().ok());
+  auto c = ConnectUcx(d);
+  ASSERT_NE(c, nullptr);
+  constexpr int kThreads = 4;
+  constexpr int kRounds = 40;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::vector<uint8_t> region(1 << 20);
+      auto handle = c->RegisterBuffer(region.data(), region.size());
+      ASSERT_TRUE(handle.ok());
+      for (int i = 0; i < kRounds; ++i) {
+        const uint64_t k = 1000 + t * kRounds + i;
+        // Eager-sized and rendezvous-sized blocks, alternating.
+        const auto block =
+            MakeBlock(ShapeForBytes(i % 2 ? 16 << 10 : 512 << 10), k);
+        ASSERT_TRUE(c->Put(KeyFor(k), block).ok()) << "thread " << t;
+        auto got = c->Get(KeyFor(k));
+        ASSERT_TRUE(got.ok()) << "thread " << t << ": " << got.status();
+        EXPECT_TRUE(got->block == block) << "thread " << t << " key " << k;
+        auto n = c->GetInto(KeyFor(k), *handle, 0, region.size());
+        ASSERT_TRUE(n.ok()) << "thread " << t << ": " << n.status();
+        EXPECT_TRUE(std::equal(block.begin(), block.end(), region.begin()));
+      }
+      EXPECT_TRUE(c->UnregisterBuffer(*handle).ok());
+    });
+  }
+  for (auto& th : threads) th.join();
+}
+
 // A starter that keeps the daemon's stdout pipe open but never reads it
 // again (bench/service_bench.sh's fifo): UCX prints a log line or more to
 // stdout each time a client goes away, and once the pipe's buffer was full
