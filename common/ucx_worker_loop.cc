@@ -245,16 +245,22 @@ bool WorkerLoop::TryDrive(absl::FunctionRef<void()> start,
   }
   callers_driving.fetch_sub(1, std::memory_order_relaxed);
   // Hand the worker back as the loop thread expects to find it when it
-  // sleeps: idle, armed (so events wake it), nothing posted.
+  // sleeps: idle, armed (so events wake it), nothing posted. A few rounds at
+  // most: under other threads' traffic there is always more to do, and this
+  // caller's answer is ready.
   std::optional<int> armed;
-  while (!exit_ && !armed.has_value()) {
+  for (int round = 0; round < kHandBackRounds && !exit_ && !armed.has_value();
+       ++round) {
     armed = Step(idle_since, absl::ZeroDuration());
   }
-  // It sleeps until events or loop_wakes_by_: wake it when tick wants it
-  // sooner (calls this thread started for others), or to exit.
-  const bool wake = exit_ || next_tick_ < loop_wakes_by_;
+  // The loop thread sleeps until events or loop_wakes_by_: wake it when the
+  // worker is not armed, when tick wants it sooner (calls this thread started
+  // for others), or to exit. Signalled before unlocking: once unlocked, an
+  // exiting loop may be destroyed at any moment.
+  if (exit_ || !armed.has_value() || next_tick_ < loop_wakes_by_) {
+    ucp_worker_signal(worker_);
+  }
   drive_mu_.Unlock();
-  if (wake) ucp_worker_signal(worker_);
   return true;
 }
 

@@ -132,7 +132,10 @@ class WorkerLoop {
   // back armed and returns true. Otherwise returns false at once without
   // running `start` (then Post it). `done` is evaluated under the lock, so
   // it may read state the loop's callbacks write. The loop thread waits
-  // meanwhile. Only on a loop made with `callers_drive`.
+  // meanwhile. Only on a loop made with `callers_drive`. Once `done()` holds
+  // it returns after a bounded hand-back, whatever other traffic there is.
+  // After it returns true the caller must not assume the loop still exists
+  // unless it owns it (a concurrent destructor may have stopped it).
   bool TryDrive(absl::FunctionRef<void()> start,
                 absl::FunctionRef<bool()> done);
   // The loop only: the loop exits after this iteration; later Posts fail.
@@ -172,6 +175,9 @@ class WorkerLoop {
   absl::Duration spin_;
   absl::Duration caller_spin_;
 
+  // TryDrive's rounds of Step to hand the worker back armed before it leaves
+  // that to the loop thread (signalled).
+  static constexpr int kHandBackRounds = 4;
   // Held by whichever thread progresses the worker (see Threading).
   absl::Mutex drive_mu_;
   absl::AnyInvocable<absl::Time()> tick_ ABSL_GUARDED_BY(drive_mu_);
