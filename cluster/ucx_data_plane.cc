@@ -16,7 +16,6 @@
 #include "absl/synchronization/mutex.h"
 #include "cluster/log.h"
 #include "common/ucx_buffer_pool.h"
-#include "kvstore/block_format.h"
 
 namespace strata::cluster {
 
@@ -422,16 +421,15 @@ ucs_status_t UcxDataPlane::HandleRequest(const void* header,
     dst = buffer.get();
   }
   if (!rndv) {
-    // Eager: valid only now. Into the arena it is copied and verified in one
-    // pass, so Commit need not hash it again; a block that fails is left to
-    // Commit, which refuses and counts it.
+    // Eager: valid only now. Into the arena it is copied and checksummed in
+    // one pass (Commit then skips its own); a block that fails is left to
+    // Commit, which refuses it with the same status and counts it.
     if (reservation.ok()) {
-      const bool verified =
-          kvstore::CopyVerifiedBlock(
-              absl::MakeConstSpan(static_cast<const uint8_t*>(data), length),
-              reservation->data())
-              .ok();
-      CommitOrSubmit(std::move(req), *std::move(reservation), verified);
+      reservation
+          ->CopyIn(absl::MakeConstSpan(static_cast<const uint8_t*>(data),
+                                       length))
+          .IgnoreError();
+      CommitOrSubmit(std::move(req), *std::move(reservation));
     } else {
       std::memcpy(dst, data, length);
       SubmitPut(std::move(req), std::move(buffer), capacity, length);
@@ -459,7 +457,7 @@ ucs_status_t UcxDataPlane::HandleRequest(const void* header,
   if (r == nullptr) {  // Already received.
     if (pending->reservation.has_value()) {
       CommitOrSubmit(std::move(*pending->put),
-                     *std::move(pending->reservation), /*verified=*/false);
+                     *std::move(pending->reservation));
     } else {
       SubmitPut(std::move(*pending->put), std::move(pending->buffer), capacity,
                 length);
@@ -490,8 +488,7 @@ void UcxDataPlane::OnPutData(void* request, ucs_status_t status, size_t length,
     return;
   }
   if (p->reservation.has_value()) {
-    self->CommitOrSubmit(std::move(*p->put), *std::move(p->reservation),
-                         /*verified=*/false);
+    self->CommitOrSubmit(std::move(*p->put), *std::move(p->reservation));
     return;
   }
   self->SubmitPut(std::move(*p->put), std::move(p->buffer), p->capacity,
@@ -580,20 +577,18 @@ bool UcxDataPlane::TryInlineGet(const Request& req) {
 }
 
 void UcxDataPlane::CommitOrSubmit(Request req,
-                                  kvstore::BlockReservation reservation,
-                                  bool verified) {
+                                  kvstore::BlockReservation reservation) {
   const bool durable = (req.flags & ucx::kRequestDurable) != 0 ||
                        ctx_->store->options().write_through;
   if (durable || reservation.data().size() > options_.inline_store_max_bytes) {
-    SubmitCommit(std::move(req), std::move(reservation), verified);
+    SubmitCommit(std::move(req), std::move(reservation));
     return;
   }
   absl::Status s = CheckAcceptingBlocks(ctx_);
   if (s.ok()) {
     // Eviction may write the SSD tier: a store thread does it.
-    s = ctx_->store->Commit(
-        std::move(reservation),
-        kvstore::CommitOptions{.evict = false, .checksum_verified = verified});
+    s = ctx_->store->Commit(std::move(reservation),
+                            kvstore::CommitOptions{.evict = false});
   } else {
     reservation.Abort();
   }
@@ -608,17 +603,14 @@ void UcxDataPlane::CommitOrSubmit(Request req,
 }
 
 void UcxDataPlane::SubmitCommit(Request req,
-                                kvstore::BlockReservation reservation,
-                                bool verified) {
+                                kvstore::BlockReservation reservation) {
   const bool queued = commit_pool_->Submit(
-      [this, req, reservation = std::move(reservation), verified]() mutable {
+      [this, req, reservation = std::move(reservation)]() mutable {
         // The drain check as StoreBlock makes it; the checksum pass (unless
-        // done while copying) reads the block where it landed.
+        // CopyIn did it) reads the block where it landed.
         absl::Status s = CheckAcceptingBlocks(ctx_);
         if (s.ok()) {
-          s = ctx_->store->Commit(
-              std::move(reservation),
-              kvstore::CommitOptions{.checksum_verified = verified});
+          s = ctx_->store->Commit(std::move(reservation));
         } else {
           reservation.Abort();
         }

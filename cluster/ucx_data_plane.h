@@ -62,8 +62,8 @@ struct UcxDataPlaneOptions {
   bool peer_error_handling = false;
   int worker_threads = 4;  // Store work; as many again commit received puts.
   // GETs of DRAM blocks and non-durable PUT commits of blocks up to this
-  // size run on the progress thread itself (a lookup plus one checksum pass,
-  // ~15 us for 256 KiB here) instead of hopping to a store thread and back
+  // size run on the progress thread itself (a lookup plus at most one
+  // checksum pass, ~15 us for 256 KiB here) instead of hopping to a store thread and back
   // (two thread wake-ups per request). Larger blocks, SSD reads and durable
   // puts always go to the store threads. 0: never inline. The environment
   // variable STRATA_UCX_INLINE_MAX_BYTES overrides it (measurements).
@@ -143,14 +143,10 @@ class UcxDataPlane {
   void SubmitGet(Request req);
   void SubmitPut(Request req, std::unique_ptr<uint8_t[]> buffer,
                  size_t capacity, size_t size);
-  // `verified`: the reserved bytes were checksummed as they were copied in
-  // (CommitOptions::checksum_verified).
-  void SubmitCommit(Request req, kvstore::BlockReservation reservation,
-                    bool verified);
+  void SubmitCommit(Request req, kvstore::BlockReservation reservation);
   // Commits here (progress thread) when small and not durable, else
   // SubmitCommit.
-  void CommitOrSubmit(Request req, kvstore::BlockReservation reservation,
-                      bool verified);
+  void CommitOrSubmit(Request req, kvstore::BlockReservation reservation);
   // Progress thread: a GET answered without a store thread; false when the
   // block must be read by one.
   bool TryInlineGet(const Request& req);

@@ -192,9 +192,9 @@ class BlockLease {
 //   key answers ALREADY_EXISTS; a key being put or reserved makes Reserve
 //   and Put wait for that write's outcome, up to
 //   PutOptions::in_flight_write_wait, then ABORTED; a holder must not Put or
-//   Reserve its own reserved key) and
-//   sets aside `size` bytes of the DRAM tier's arena, evicting as Put would unless told not to. The key is
-//   not visible (Get / Exists / LongestPrefix) until Commit succeeds.
+//   Reserve its own reserved key) and sets aside `size` bytes of the DRAM
+//   tier's arena, evicting as Put would unless told not to. The key is not
+//   visible (Get / Exists / LongestPrefix) until Commit succeeds.
 // - The holder writes exactly `size` bytes of an encoded block into data(),
 //   from any thread, then calls TieredStore::Commit, which must happen after
 //   those writes (the caller synchronises, e.g. a completion callback).
@@ -224,6 +224,13 @@ class BlockReservation {
     return absl::MakeSpan(range_.data(), range_.size());
   }
   const BlockKey& key() const { return key_; }
+  // Copies `block` into data() and checks its header, length and checksum in
+  // the same pass (CopyVerifiedBlock), so Commit skips its own hashing pass.
+  // For bytes that must be copied anyway (an eager network message). On
+  // error (INVALID_ARGUMENT naming "block" when its size is not the reserved
+  // size, else ParseBlock's codes) nothing is remembered and Commit checks
+  // and refuses as usual. Do not write data() after it succeeds.
+  absl::Status CopyIn(absl::Span<const uint8_t> block);
   // Neither committed nor aborted.
   bool active() const { return store_ != nullptr; }
   // Frees the range and releases the key. No-op when not active.
@@ -238,6 +245,7 @@ class BlockReservation {
   DramTier::Reservation range_;
   bool durable_ = false;
   BlockMeta meta_;
+  bool checksum_verified_ = false;  // By CopyIn.
 };
 
 struct CommitOptions {
@@ -245,11 +253,6 @@ struct CommitOptions {
   // watermark (eviction may write the SSD tier); the caller runs
   // TieredStore::EvictToWatermarks soon after on a thread that may block.
   bool evict = true;
-  // true: the caller checked the block's checksum over the reserved bytes
-  // themselves, as they were written (CopyVerifiedBlock into data()), so
-  // Commit checks the header and the length only and skips the hashing
-  // pass. The caller must not write data() after that check.
-  bool checksum_verified = false;
 };
 
 struct ReserveOptions {

@@ -30,8 +30,21 @@ BlockReservation& BlockReservation::operator=(
     range_ = std::move(other.range_);
     durable_ = other.durable_;
     meta_ = std::move(other.meta_);
+    checksum_verified_ = other.checksum_verified_;
   }
   return *this;
+}
+
+absl::Status BlockReservation::CopyIn(absl::Span<const uint8_t> block) {
+  checksum_verified_ = false;
+  if (block.size() != range_.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("block: ", block.size(), " bytes into a reservation of ",
+                     range_.size()));
+  }
+  absl::Status s = CopyVerifiedBlock(block, data()).status();
+  checksum_verified_ = s.ok();
+  return s;
 }
 
 BlockReservation::~BlockReservation() { Abort(); }
@@ -140,12 +153,11 @@ absl::Status TieredStore::Commit(BlockReservation r,
         "store's)");
   }
   const absl::Span<const uint8_t> block = r.data();
-  // Header, length and checksum over the bytes where they lie (the caller
-  // may have hashed them as they were written).
-  absl::Status parsed = commit.checksum_verified
-                            ? ParseBlockFrame(block).status()
-                            : ParseBlock(block).status();
-  if (absl::Status s = parsed; !s.ok()) {
+  // Header, length and checksum over the bytes where they lie (hashed
+  // already when CopyIn put them there).
+  if (absl::Status s = r.checksum_verified_ ? ValidateBlockFrame(block)
+                                            : ParseBlock(block).status();
+      !s.ok()) {
     AbortReservation(r, 0);
     absl::MutexLock lock(&mu_);
     ++counters_.rejected_puts;

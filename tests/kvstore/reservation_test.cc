@@ -215,17 +215,16 @@ TEST(Reservation, APutThatMeetsAReservationWaitsForItsOutcome) {
   }
 }
 
-// A transport that copied the block in with CopyVerifiedBlock tells Commit
-// so: no second hashing pass, but the header and length are still checked.
+// CopyIn copies and checksums in one pass (an eager network message), so
+// Commit does not hash again; a block that fails CopyIn is refused by Commit
+// as usual, and the header and length are checked either way.
 TEST(Reservation, CommitOfBytesVerifiedWhileCopiedStillChecksTheFrame) {
   auto store = Open(DramFor(4));
   const auto block = MakeBlock(k64K, 41);
   auto r = store->Reserve(KeyFor(41), block.size());
   ASSERT_TRUE(r.ok()) << r.status();
-  ASSERT_TRUE(CopyVerifiedBlock(block, r->data()).ok());
-  ASSERT_TRUE(
-      store->Commit(*std::move(r), CommitOptions{.checksum_verified = true})
-          .ok());
+  ASSERT_TRUE(r->CopyIn(block).ok());
+  ASSERT_TRUE(store->Commit(*std::move(r)).ok());
   auto lease = store->Get(KeyFor(41));
   ASSERT_TRUE(lease.ok()) << lease.status();
   EXPECT_TRUE(std::equal(block.begin(), block.end(), lease->bytes().begin(),
@@ -233,13 +232,29 @@ TEST(Reservation, CommitOfBytesVerifiedWhileCopiedStillChecksTheFrame) {
   // A bad magic is refused even so, and nothing is stored.
   r = store->Reserve(KeyFor(42), block.size());
   ASSERT_TRUE(r.ok()) << r.status();
-  std::memcpy(r->data().data(), block.data(), block.size());
-  r->data()[0] ^= 0xFF;
-  const absl::Status s =
-      store->Commit(*std::move(r), CommitOptions{.checksum_verified = true});
+  auto bad_magic = block;
+  bad_magic[0] ^= 0xFF;
+  EXPECT_TRUE(absl::IsInvalidArgument(r->CopyIn(bad_magic)));
+  const absl::Status s = store->Commit(*std::move(r));
   EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
   EXPECT_FALSE(store->Exists(KeyFor(42)));
   EXPECT_EQ(DramUsed(*store), kFootprint);
+  // A payload flip is DATA_LOSS from CopyIn and from Commit, counted once.
+  r = store->Reserve(KeyFor(43), block.size());
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto flipped = block;
+  flipped[flipped.size() - 1] ^= 1;
+  EXPECT_TRUE(absl::IsDataLoss(r->CopyIn(flipped)));
+  const uint64_t rejected = store->Stats().rejected_puts;
+  EXPECT_TRUE(absl::IsDataLoss(store->Commit(*std::move(r))));
+  EXPECT_EQ(store->Stats().rejected_puts, rejected + 1);
+  // A block of another size is refused naming it.
+  r = store->Reserve(KeyFor(44), block.size());
+  ASSERT_TRUE(r.ok()) << r.status();
+  const absl::Status short_copy =
+      r->CopyIn(absl::MakeConstSpan(block).first(block.size() - 1));
+  EXPECT_TRUE(absl::IsInvalidArgument(short_copy)) << short_copy;
+  EXPECT_THAT(std::string(short_copy.message()), HasSubstr("block"));
 }
 
 TEST(Reservation, SizeAndLabelChecksNameTheField) {
