@@ -178,6 +178,11 @@ bool WorkerLoop::RunPosted() {
   return !batch.empty();
 }
 
+void WorkerLoop::SleepOnEvents(int timeout_ms) {
+  pollfd pfd{efd_, POLLIN, 0};
+  poll(&pfd, 1, timeout_ms);
+}
+
 std::optional<int> WorkerLoop::Step(absl::Time& idle_since,
                                     absl::Duration spin) {
   while (ucp_worker_progress(worker_) != 0) {
@@ -215,8 +220,7 @@ void WorkerLoop::Run() {
     if (!timeout.has_value()) continue;
     loop_wakes_by_ = next_tick_;
     drive_mu_.Unlock();
-    pollfd pfd{efd_, POLLIN, 0};
-    poll(&pfd, 1, *timeout);
+    SleepOnEvents(*timeout);
     drive_mu_.Lock();
     loop_wakes_by_ = absl::InfinitePast();  // Awake.
   }
@@ -240,8 +244,7 @@ bool WorkerLoop::TryDrive(absl::FunctionRef<void()> start,
     const std::optional<int> timeout =
         Step(idle_since, alone ? caller_spin_ : absl::ZeroDuration());
     if (!timeout.has_value() || done()) continue;
-    pollfd pfd{efd_, POLLIN, 0};
-    poll(&pfd, 1, *timeout);
+    SleepOnEvents(*timeout);
   }
   callers_driving.fetch_sub(1, std::memory_order_relaxed);
   // Hand the worker back as the loop thread expects to find it when it
@@ -282,8 +285,7 @@ void WorkerLoop::Drain(std::vector<void*>* requests, absl::Duration timeout) {
   while (pending() && absl::Now() < until) {
     if (ucp_worker_progress(worker_) != 0) continue;
     if (ucp_worker_arm(worker_) != UCS_OK) continue;
-    pollfd pfd{efd_, POLLIN, 0};
-    poll(&pfd, 1, 10);
+    SleepOnEvents(10);
   }
   if (!requests->empty()) leak_on_destroy_ = true;
   for (void* r : *requests) ucp_request_free(r);  // Released on completion.

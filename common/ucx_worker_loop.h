@@ -83,9 +83,8 @@ inline constexpr size_t kTcpEagerMaxBytes = size_t{512} << 10;
 // events: a reply that comes within it skips the sleep and the wake-up. A
 // caller spins only while no other caller in the process is driving a worker
 // (several spinners starve a small machine). STRATA_UCX_CALLER_SPIN_US
-// overrides it
-// (0: never spin). Measured in bench/results/service.md ("caller-driven
-// progress").
+// overrides it (0: never spin). Measured in bench/results/service.md
+// ("caller-driven progress").
 inline constexpr absl::Duration kCallerSpin = absl::Microseconds(100);
 // kTcpEagerMaxBytes or its override, read once per process.
 size_t TcpEagerMaxBytes();
@@ -164,6 +163,9 @@ class WorkerLoop {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(drive_mu_);
   // Runs the closures posted so far; true if there were any.
   bool RunPosted();
+  // Sleeps until the worker's event fd is readable (after ucp_worker_arm or
+  // a signal) or `timeout_ms` passes (-1: no limit).
+  void SleepOnEvents(int timeout_ms);
 
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
