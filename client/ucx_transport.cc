@@ -358,14 +358,20 @@ void UcxTransport::MaybeFinishAttempt(uint64_t call_id) {
   by_request_.erase(c.request_id);
   c.request_id = 0;
   if (c.verify_here && c.status.ok() && !c.expired) {
-    absl::Status verified = VerifyLanded(c);
-    if (!verified.ok() && (c.flags & ucx::kRequestClientVerifies) != 0) {
+    const absl::Status landed = kvstore::ParseBlock(LandedBytes(c)).status();
+    if (!landed.ok() && (c.flags & ucx::kRequestClientVerifies) != 0) {
       // Ask again with the daemon verifying: it drops a corrupt copy.
       c.flags &= ~ucx::kRequestClientVerifies;
       StartAttempt(c);
       return;
     }
-    c.status = verified;
+    if (!landed.ok()) {
+      c.status = absl::DataLossError(absl::StrCat(
+          "checksum: the block of ", c.key.ToHex(),
+          " failed its check where it landed, also after the daemon verified "
+          "its copy (damaged in transit): ",
+          landed.message()));
+    }
   }
   if (c.expired) {
     Complete(call_id, absl::DeadlineExceededError(
@@ -386,22 +392,10 @@ void UcxTransport::MaybeFinishAttempt(uint64_t call_id) {
   Complete(call_id, c.status);
 }
 
-absl::Status UcxTransport::VerifyLanded(const Call& c) {
-  absl::Span<const uint8_t> bytes;
-  if (c.into) {
-    bytes = absl::MakeConstSpan(c.dst, c.received);
-  } else if (c.block != nullptr) {
-    bytes = absl::MakeConstSpan(*c.block);
-  }
-  absl::Status s = kvstore::ParseBlock(bytes).status();
-  if (s.ok()) return s;
-  return absl::DataLossError(absl::StrCat(
-      "checksum: the block of ", c.key.ToHex(), " failed its check where it "
-      "landed", (c.flags & ucx::kRequestClientVerifies) != 0
-                    ? ""
-                    : " again after the daemon verified its copy (damaged "
-                      "in transit)",
-      ": ", s.message()));
+absl::Span<const uint8_t> UcxTransport::LandedBytes(const Call& c) {
+  if (c.into) return absl::MakeConstSpan(c.dst, c.received);
+  if (c.block != nullptr) return absl::MakeConstSpan(*c.block);
+  return {};
 }
 
 void UcxTransport::Complete(uint64_t call_id, absl::Status status) {
