@@ -3,7 +3,7 @@
 // (docs/protocol.md, request flag bit 1). To damage a stored copy the daemon
 // runs in this process (the same ServiceContext, UcxDataPlane and gRPC
 // services stratad wires up), so the test can flip a byte of a DRAM copy the
-// way the kvstore fault tests do.
+// way the kvstore fault tests do (FlipDramPayloadByte).
 #include <memory>
 #include <string>
 
@@ -22,6 +22,7 @@
 namespace strata {
 namespace {
 
+using ::strata::kvstore::testing::FlipDramPayloadByte;
 using ::strata::kvstore::testing::KeyFor;
 using ::strata::kvstore::testing::MakeBlock;
 using ::strata::kvstore::testing::ScratchDir;
@@ -75,15 +76,6 @@ class InProcessDaemon {
     return c.ok() ? *std::move(c) : nullptr;
   }
 
-  // Flips a payload byte of the key's DRAM copy where it lies.
-  void DamageDramCopy(const kvstore::BlockKey& key) {
-    auto lease = store_->Get(key);
-    ASSERT_TRUE(lease.ok()) << lease.status();
-    ASSERT_EQ(lease->served_from(), kvstore::TierKind::kDram);
-    auto* p = const_cast<uint8_t*>(lease->payload().data());
-    p[lease->payload().size() / 2] ^= 0x04;
-  }
-
   uint64_t StoreGets() { return store_->Stats().gets; }
 
   uint64_t DramChecksumFailures() {
@@ -119,8 +111,8 @@ TEST_P(ClientVerify, ADamagedDramCopyIsCaughtByTheClientAndReplacedFromSsd) {
   const auto large = MakeBlock(ShapeForBytes(4 << 20), 2);
   ASSERT_TRUE(c->Put(KeyFor(1), small).ok());
   ASSERT_TRUE(c->Put(KeyFor(2), large).ok());
-  d.DamageDramCopy(KeyFor(1));
-  d.DamageDramCopy(KeyFor(2));
+  FlipDramPayloadByte(d.store(), KeyFor(1));
+  FlipDramPayloadByte(d.store(), KeyFor(2));
 
   auto got = c->Get(KeyFor(1));
   ASSERT_TRUE(got.ok()) << got.status();
@@ -149,8 +141,8 @@ TEST_P(ClientVerify, ADamagedOnlyCopyIsDataLossOnSyncAndAsyncGets) {
   const auto block = MakeBlock(ShapeForBytes(256 << 10), 3);
   ASSERT_TRUE(c->Put(KeyFor(3), block).ok());
   ASSERT_TRUE(c->Put(KeyFor(4), block).ok());
-  d.DamageDramCopy(KeyFor(3));
-  d.DamageDramCopy(KeyFor(4));
+  FlipDramPayloadByte(d.store(), KeyFor(3));
+  FlipDramPayloadByte(d.store(), KeyFor(4));
   uint64_t gets = d.StoreGets();
   auto got = c->Get(KeyFor(3));  // Verified here, then by the daemon.
   EXPECT_EQ(got.status().code(), absl::StatusCode::kDataLoss) << got.status();

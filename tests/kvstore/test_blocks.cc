@@ -47,6 +47,14 @@ BlockKey KeyFor(uint64_t i) {
   return BlockKey{0x5354524154410000ull ^ (i * 0x9E3779B97F4A7C15ull), i};
 }
 
+void FlipDramPayloadByte(TieredStore& store, const BlockKey& key) {
+  auto lease = store.Get(key);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  ASSERT_EQ(lease->served_from(), TierKind::kDram);
+  auto* p = const_cast<uint8_t*>(lease->payload().data());
+  p[lease->payload().size() / 3] ^= 0x10;
+}
+
 uint64_t TestSeed() {
   uint64_t seed;
   if (const char* env = std::getenv("STRATA_TEST_SEED")) {

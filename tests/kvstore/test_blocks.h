@@ -10,6 +10,7 @@
 #include "gtest/gtest.h"
 #include "kvstore/block_format.h"
 #include "kvstore/block_key.h"
+#include "kvstore/tiered_store.h"
 
 namespace strata::kvstore::testing {
 
@@ -30,6 +31,10 @@ inline std::string DTypeParamName(
 
 // A key that is a pure function of `i`.
 BlockKey KeyFor(uint64_t i);
+
+// Flips one byte of `key`'s payload where its DRAM copy lies (fails the
+// test if the key has no DRAM copy): a bit rot the next verified read finds.
+void FlipDramPayloadByte(TieredStore& store, const BlockKey& key);
 
 // The seed for randomized tests: $STRATA_TEST_SEED if set, else random.
 // Prints it so a failure can be replayed.

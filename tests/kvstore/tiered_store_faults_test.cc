@@ -14,6 +14,7 @@
 namespace strata::kvstore {
 namespace {
 
+using ::strata::kvstore::testing::FlipDramPayloadByte;
 using ::strata::kvstore::testing::KeyFor;
 using ::strata::kvstore::testing::MakeBlock;
 using ::strata::kvstore::testing::ScratchDir;
@@ -30,13 +31,15 @@ uint64_t ChecksumFailures(const TieredStore& store) {
   return n;
 }
 
-// Flips one byte of the block's payload where it lives in the DRAM arena.
-void FlipDramByte(TieredStore& store, const BlockKey& key) {
-  auto lease = store.Get(key);
-  ASSERT_TRUE(lease.ok()) << lease.status();
-  ASSERT_EQ(lease->served_from(), TierKind::kDram);
-  auto* p = const_cast<uint8_t*>(lease->payload().data());
-  p[lease->payload().size() / 3] ^= 0x10;
+// DRAM for a few blocks, every put also written to an SSD tier in `dir`.
+std::unique_ptr<TieredStore> OpenWriteThrough(const ScratchDir& dir) {
+  TieredStoreOptions o;
+  o.dram_capacity_bytes = 4 << 20;
+  o.ssd_path = dir.Sub("ssd");
+  o.write_through = true;
+  auto store = TieredStore::Open(o);
+  EXPECT_TRUE(store.ok()) << store.status();
+  return store.ok() ? *std::move(store) : nullptr;
 }
 
 TEST(TieredStoreFaults, FlippedDramByteIsDataLossCountedDroppedNeverReturned) {
@@ -45,7 +48,7 @@ TEST(TieredStoreFaults, FlippedDramByteIsDataLossCountedDroppedNeverReturned) {
   auto store = *TieredStore::Open(o);
   ASSERT_TRUE(store->Put(KeyFor(1), MakeBlock(k64K, 1)).ok());
   ASSERT_TRUE(store->Put(KeyFor(2), MakeBlock(k64K, 2)).ok());
-  FlipDramByte(*store, KeyFor(1));
+  FlipDramPayloadByte(*store, KeyFor(1));
 
   auto lease = store->Get(KeyFor(1));
   EXPECT_EQ(lease.status().code(), absl::StatusCode::kDataLoss);
@@ -65,7 +68,7 @@ TEST(TieredStoreFaults, FlippedDramByteIsDataLossCountedDroppedNeverReturned) {
 TEST(TieredStoreFaults, GetIntoDetectsAFlippedDramByte) {
   auto store = *TieredStore::Open(TieredStoreOptions{.dram_capacity_bytes = 4 << 20});
   ASSERT_TRUE(store->Put(KeyFor(1), MakeBlock(k64K, 1)).ok());
-  FlipDramByte(*store, KeyFor(1));
+  FlipDramPayloadByte(*store, KeyFor(1));
   std::vector<uint8_t> dst(EncodedBlockSize(k64K.RawBytes()));
   auto n = store->GetInto(KeyFor(1), absl::MakeSpan(dst));
   EXPECT_EQ(n.status().code(), absl::StatusCode::kDataLoss);
@@ -75,14 +78,11 @@ TEST(TieredStoreFaults, GetIntoDetectsAFlippedDramByte) {
 
 TEST(TieredStoreFaults, CorruptDramCopyFallsBackToTheGoodSsdCopy) {
   ScratchDir dir;
-  TieredStoreOptions o;
-  o.dram_capacity_bytes = 4 << 20;
-  o.ssd_path = dir.Sub("ssd");
-  o.write_through = true;
-  auto store = *TieredStore::Open(o);
+  auto store = OpenWriteThrough(dir);
+  ASSERT_NE(store, nullptr);
   const auto block = MakeBlock(k64K, 1);
   ASSERT_TRUE(store->Put(KeyFor(1), block).ok());
-  FlipDramByte(*store, KeyFor(1));
+  FlipDramPayloadByte(*store, KeyFor(1));
   auto lease = store->Get(KeyFor(1));
   ASSERT_TRUE(lease.ok()) << lease.status();
   EXPECT_EQ(lease->served_from(), TierKind::kSsd);
@@ -95,14 +95,11 @@ TEST(TieredStoreFaults, CorruptDramCopyFallsBackToTheGoodSsdCopy) {
 // verified, and the caller's verified read afterwards drops the bad copy.
 TEST(TieredStoreFaults, UnverifiedDramReadsLeaveTheCheckToTheCallerOnly) {
   ScratchDir dir;
-  TieredStoreOptions o;
-  o.dram_capacity_bytes = 4 << 20;
-  o.ssd_path = dir.Sub("ssd");
-  o.write_through = true;
-  auto store = *TieredStore::Open(o);
+  auto store = OpenWriteThrough(dir);
+  ASSERT_NE(store, nullptr);
   const auto block = MakeBlock(k64K, 1);
   ASSERT_TRUE(store->Put(KeyFor(1), block).ok());
-  FlipDramByte(*store, KeyFor(1));
+  FlipDramPayloadByte(*store, KeyFor(1));
   GetOptions unverified;
   unverified.verify_first_tier = false;
   auto lease = store->Get(KeyFor(1), unverified);
