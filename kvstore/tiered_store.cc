@@ -107,7 +107,9 @@ uint32_t TieredStore::InternLabels(const std::string& tenant,
 }
 
 absl::Status TieredStore::AwaitClaimable(const BlockKey& key,
-                                         absl::Time write_wait_until) {
+                                         absl::Duration write_wait) {
+  // Read the clock only when there is something to wait for.
+  absl::Time write_wait_until = absl::InfinitePast();
   for (;;) {
     auto it = index_.find(key);
     if (it == index_.end()) return absl::OkStatus();
@@ -123,6 +125,9 @@ absl::Status TieredStore::AwaitClaimable(const BlockKey& key,
         return i == index_.end() || i->second.resident != 0 ||
                i->second.incoming == 0;
       };
+      if (write_wait_until == absl::InfinitePast()) {
+        write_wait_until = absl::Now() + write_wait;
+      }
       if (!mu_.AwaitWithDeadline(absl::Condition(&decided),
                                  write_wait_until)) {
         return absl::AbortedError(absl::StrCat(
@@ -414,8 +419,7 @@ absl::StatusOr<PutOutcome> TieredStore::Put(const BlockKey& key,
   uint64_t generation;
   {
     absl::MutexLock lock(&mu_);
-    if (absl::Status s = AwaitClaimable(
-            key, absl::Now() + options.in_flight_write_wait);
+    if (absl::Status s = AwaitClaimable(key, options.in_flight_write_wait);
         !s.ok()) {
       if (!absl::IsAlreadyExists(s)) return s;
       ++counters_.duplicate_puts;

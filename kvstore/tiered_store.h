@@ -439,10 +439,10 @@ class TieredStore {
   BlockMeta MetaOf(const Entry& e) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether a new write may claim `key` now: OK (no entry: claim it),
   // ALREADY_EXISTS (stored), or ABORTED when another write is still in
-  // flight at `write_wait_until`. Until then waits (releasing mu_) for an
-  // in-flight write's outcome, and without limit for an erase or a failed
-  // write's roll-back to remove the entry.
-  absl::Status AwaitClaimable(const BlockKey& key, absl::Time write_wait_until)
+  // flight `write_wait` after this first had to wait for one. Until then
+  // waits (releasing mu_) for an in-flight write's outcome, and without
+  // limit for an erase or a failed write's roll-back to remove the entry.
+  absl::Status AwaitClaimable(const BlockKey& key, absl::Duration write_wait)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint32_t InternLabels(const std::string& tenant, const std::string& model)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

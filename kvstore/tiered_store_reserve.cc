@@ -98,8 +98,7 @@ absl::StatusOr<BlockReservation> TieredStore::Reserve(
       Bit(0) | (durable ? Bit(persistent_tier_) : uint32_t{0});
   {
     absl::MutexLock lock(&mu_);
-    if (absl::Status s = AwaitClaimable(
-            key, absl::Now() + options.in_flight_write_wait);
+    if (absl::Status s = AwaitClaimable(key, options.in_flight_write_wait);
         !s.ok()) {
       if (absl::IsAlreadyExists(s)) ++counters_.duplicate_puts;
       return s;
