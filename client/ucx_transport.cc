@@ -81,7 +81,11 @@ absl::StatusOr<std::unique_ptr<UcxTransport>> UcxTransport::Create(
   t->max_label_bytes_ = max_header > sizeof(ucx::RequestHeader)
                             ? max_header - sizeof(ucx::RequestHeader)
                             : 0;
-  t->loop_->Start([p = t.get()] { return p->Tick(); });
+  // Idle: no call and no send in flight (closing endpoints and orphaned
+  // buffers keep a tick due).
+  t->loop_->Start(
+      [p = t.get()] { return p->Tick(); },
+      [p = t.get()] { return p->calls_.empty() && p->sends_.empty(); });
   std::promise<absl::Status> ready;
   std::future<absl::Status> done = ready.get_future();
   t->loop_->Post([p = t.get(), &ready] {

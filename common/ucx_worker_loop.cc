@@ -135,8 +135,10 @@ WorkerLoop::~WorkerLoop() {
   if (context_ != nullptr) ucp_cleanup(context_);
 }
 
-void WorkerLoop::Start(absl::AnyInvocable<absl::Time()> tick) {
+void WorkerLoop::Start(absl::AnyInvocable<absl::Time()> tick,
+                       absl::AnyInvocable<bool()> idle) {
   tick_ = std::move(tick);
+  idle_ = std::move(idle);
   spin_ = MicrosFromEnv("STRATA_UCX_SPIN_US", 0);
   caller_spin_ = MicrosFromEnv("STRATA_UCX_CALLER_SPIN_US",
                                absl::ToInt64Microseconds(kCallerSpin));
@@ -148,9 +150,14 @@ bool WorkerLoop::Post(absl::AnyInvocable<void()> fn) {
     absl::MutexLock lock(&mu_);
     if (closed_) return false;
     posted_.push_back(std::move(fn));
+    posted_waiting_.store(true);
   }
   // Safe from any thread, whatever the worker's thread mode.
   ucp_worker_signal(worker_);
+  // A parked loop thread waits on the drive lock's condition, which is
+  // evaluated when the lock is released: release it, or leave that to
+  // whoever holds it.
+  if (loop_parked_.load() && drive_mu_.TryLock()) drive_mu_.Unlock();
   return true;
 }
 
@@ -173,6 +180,7 @@ bool WorkerLoop::RunPosted() {
   {
     absl::MutexLock lock(&mu_);
     batch.swap(posted_);
+    posted_waiting_.store(false);
   }
   for (auto& fn : batch) fn();
   return !batch.empty();
@@ -221,7 +229,13 @@ void WorkerLoop::Run() {
     loop_wakes_by_ = next_tick_;
     drive_mu_.Unlock();
     SleepOnEvents(*timeout);
-    drive_mu_.Lock();
+    // A caller may be driving the worker, woken by the same event: this
+    // thread then parks until a caller hands it work (LoopMayRun).
+    loop_parked_.store(true);
+    drive_mu_.LockWhen(absl::Condition(this, &WorkerLoop::LoopMayRun));
+    loop_parked_.store(false);
+    driven_ = false;
+    loop_needed_ = false;
     loop_wakes_by_ = absl::InfinitePast();  // Awake.
   }
   while (ucp_worker_progress(worker_) != 0) {
@@ -236,6 +250,7 @@ bool WorkerLoop::TryDrive(absl::FunctionRef<void()> start,
     drive_mu_.Unlock();
     return false;
   }
+  driven_ = true;
   start();
   absl::Time idle_since = absl::InfiniteFuture();
   callers_driving.fetch_add(1, std::memory_order_relaxed);
@@ -256,10 +271,14 @@ bool WorkerLoop::TryDrive(absl::FunctionRef<void()> start,
        ++round) {
     armed = Step(idle_since, absl::ZeroDuration());
   }
-  // The loop thread sleeps until events or loop_wakes_by_: wake it when the
-  // worker is not armed, when tick wants it sooner (calls this thread started
-  // for others), or to exit. Signalled before unlocking: once unlocked, an
-  // exiting loop may be destroyed at any moment.
+  // The loop thread sleeps until events or loop_wakes_by_, or is parked
+  // (LoopMayRun). It must run when the worker is not armed, when tick wants
+  // it, when the owner awaits events (calls this thread started for others),
+  // or to exit; otherwise it stays parked. Signalled before unlocking: once
+  // unlocked, an exiting loop may be destroyed at any moment.
+  loop_needed_ = exit_ || !armed.has_value() ||
+                 next_tick_ != absl::InfiniteFuture() || idle_ == nullptr ||
+                 !idle_();
   if (exit_ || !armed.has_value() || next_tick_ < loop_wakes_by_) {
     ucp_worker_signal(worker_);
   }

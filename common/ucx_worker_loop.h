@@ -31,6 +31,7 @@
 #include <sys/socket.h>
 #include <ucp/api/ucp.h>
 
+#include <atomic>
 #include <deque>
 #include <memory>
 #include <optional>
@@ -119,7 +120,15 @@ class WorkerLoop {
   // idle, runs posted closures, then calls `tick` (on the loop thread), which
   // returns when it next wants to run without an event
   // (absl::InfiniteFuture(): only on events).
-  void Start(absl::AnyInvocable<absl::Time()> tick);
+  // `idle` (optional; run by whichever thread drives, under the drive lock)
+  // says that the owner awaits no event: no operation of its own is in
+  // flight. After a caller drives the worker (TryDrive) and finds it idle,
+  // armed and with no tick due, the loop thread stays parked, off the
+  // worker's event fd, until work is posted or a later caller hands it work:
+  // back-to-back sync calls then wake only their own thread. Without `idle`
+  // the loop thread runs after every caller.
+  void Start(absl::AnyInvocable<absl::Time()> tick,
+             absl::AnyInvocable<bool()> idle = nullptr);
   // Thread-safe: runs `fn` on the loop soon. Returns false, dropping `fn`,
   // once the loop has exited.
   bool Post(absl::AnyInvocable<void()> fn);
@@ -131,7 +140,7 @@ class WorkerLoop {
   // back armed and returns true. Otherwise returns false at once without
   // running `start` (then Post it). `done` is evaluated under the lock, so
   // it may read state the loop's callbacks write. The loop thread waits
-  // meanwhile. Only on a loop made with `callers_drive`. Once `done()` holds
+  // meanwhile, and stays parked afterwards when the owner is idle (Start). Only on a loop made with `callers_drive`. Once `done()` holds
   // it returns after a bounded hand-back, whatever other traffic there is.
   // After it returns true the caller must not assume the loop still exists
   // unless it owns it (a concurrent destructor may have stopped it).
@@ -166,6 +175,12 @@ class WorkerLoop {
   // Sleeps until the worker's event fd is readable (after ucp_worker_arm or
   // a signal) or `timeout_ms` passes (-1: no limit).
   void SleepOnEvents(int timeout_ms);
+  // The loop thread takes the drive lock back only when this holds: no
+  // caller drove the worker since the loop thread last ran, or the last one
+  // handed it work, or closures are posted.
+  bool LoopMayRun() const ABSL_SHARED_LOCKS_REQUIRED(drive_mu_) {
+    return !driven_ || loop_needed_ || posted_waiting_.load();
+  }
 
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
@@ -183,6 +198,14 @@ class WorkerLoop {
   // Held by whichever thread progresses the worker (see Threading).
   absl::Mutex drive_mu_;
   absl::AnyInvocable<absl::Time()> tick_ ABSL_GUARDED_BY(drive_mu_);
+  absl::AnyInvocable<bool()> idle_ ABSL_GUARDED_BY(drive_mu_);
+  // A caller drove the worker since the loop thread last held the lock; and
+  // whether the last one left work for the loop thread (LoopMayRun).
+  bool driven_ ABSL_GUARDED_BY(drive_mu_) = false;
+  bool loop_needed_ ABSL_GUARDED_BY(drive_mu_) = false;
+  // The loop thread waits in LoopMayRun (Post then nudges the lock so that
+  // the condition is evaluated).
+  std::atomic<bool> loop_parked_{false};
   bool exit_ ABSL_GUARDED_BY(drive_mu_) = false;
   absl::Time next_tick_ ABSL_GUARDED_BY(drive_mu_);  // tick_'s last answer.
   // When the sleeping loop thread wakes without an event (InfinitePast while
@@ -192,6 +215,8 @@ class WorkerLoop {
 
   absl::Mutex mu_;
   std::deque<absl::AnyInvocable<void()>> posted_ ABSL_GUARDED_BY(mu_);
+  // !posted_.empty(), readable without mu_ (LoopMayRun).
+  std::atomic<bool> posted_waiting_{false};
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };
 
