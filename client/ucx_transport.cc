@@ -18,7 +18,39 @@ thread_local UcxTransport* tls_transport = nullptr;
 void* IdArg(uint64_t id) { return reinterpret_cast<void*>(id); }
 uint64_t ArgId(void* arg) { return reinterpret_cast<uint64_t>(arg); }
 
+// UCX's generic datatype over a PackSource: UCX pulls the block into its
+// own send buffer (the eager protocol's one copy) when it sends, from
+// wherever the source points then.
+void* StartPack(void* /*context*/, const void* buffer, size_t /*count*/) {
+  return const_cast<void*>(buffer);
+}
+void* StartUnpack(void* /*context*/, void* /*buffer*/, size_t /*count*/) {
+  return nullptr;  // Never used to receive.
+}
+size_t PackedSize(void* state) {
+  return static_cast<UcxTransport::PackSource*>(state)->size;
+}
+size_t Pack(void* state, size_t offset, void* dest, size_t max_length) {
+  const auto* source = static_cast<UcxTransport::PackSource*>(state);
+  if (offset >= source->size) return 0;
+  const size_t n = std::min(max_length, source->size - offset);
+  std::memcpy(dest, source->data + offset, n);
+  return n;
+}
+ucs_status_t Unpack(void* /*state*/, size_t /*offset*/, const void* /*src*/,
+                    size_t /*length*/) {
+  return UCS_ERR_UNSUPPORTED;
+}
+void FinishPack(void* /*state*/) {}
+
 }  // namespace
+
+void UcxTransport::PackSource::Detach() {
+  if (own != nullptr) return;
+  own = std::make_unique_for_overwrite<uint8_t[]>(size);
+  if (size != 0) std::memcpy(own.get(), data, size);
+  data = own.get();
+}
 
 struct UcxTransport::Call {
   uint64_t id = 0;
@@ -32,6 +64,10 @@ struct UcxTransport::Call {
   size_t size = 0;
   std::shared_ptr<const void> keepalive;
   bool zero_copy = false;
+  // Mode none, sync: `data` is the caller's memory, valid until the call
+  // completes. Sent eagerly through a PackSource (Complete detaches it), or
+  // copied into a pooled buffer when the attempt starts.
+  bool borrowed = false;
   // GET: into caller memory, or into `block`.
   bool into = false;
   uint8_t* dst = nullptr;
@@ -77,6 +113,15 @@ absl::StatusOr<std::unique_ptr<UcxTransport>> UcxTransport::Create(
                                       /*callers_drive=*/true);
   if (!loop.ok()) return loop.status();
   t->loop_ = *std::move(loop);
+  static const ucp_generic_dt_ops_t kPackOps = {
+      &StartPack, &StartUnpack, &PackedSize, &Pack, &Unpack, &FinishPack};
+  if (const ucs_status_t s =
+          ucp_dt_create_generic(&kPackOps, nullptr, &t->pack_dt_);
+      s != UCS_OK) {
+    return absl::UnavailableError(absl::StrCat(
+        "ucx: creating the pack datatype: ", ucs_status_string(s)));
+  }
+  t->pack_dt_created_ = true;
   const size_t max_header = t->loop_->max_am_header();
   t->max_label_bytes_ = max_header > sizeof(ucx::RequestHeader)
                             ? max_header - sizeof(ucx::RequestHeader)
@@ -114,6 +159,7 @@ UcxTransport::~UcxTransport() {
   loop_->Post([this] { Shutdown(); });
   loop_->Join();
   loop_.reset();  // Destroys the worker while the maps are still alive.
+  if (pack_dt_created_) ucp_dt_destroy(pack_dt_);
 }
 
 void UcxTransport::Shutdown() {
@@ -185,26 +231,37 @@ void UcxTransport::Put(const BlockKey& key, absl::Span<const uint8_t> block,
   c->flags = put.durable ? ucx::kRequestDurable : 0;
   c->tenant = put.tenant;
   c->model = put.model;
-  if (caller_waits && options_.peer_error_handling) {
-    c->data = block.data();  // A forced close can stop UCX reading it.
-    c->zero_copy = true;
-  } else {
-    // UCX may read the block after the call returns (async, or mode none,
-    // which cannot cancel a transfer): send from a pooled copy.
-    size_t capacity = 0;
-    std::unique_ptr<uint8_t[]> copy = copies_->Acquire(block.size(), &capacity);
-    if (!block.empty()) std::memcpy(copy.get(), block.data(), block.size());
-    c->data = copy.get();
-    c->keepalive = std::shared_ptr<uint8_t>(
-        copy.release(), [pool = copies_, capacity](uint8_t* p) {
-          pool->Release(std::unique_ptr<uint8_t[]>(p), capacity);
-        });
+  if (caller_waits) {
+    // The caller keeps the block until the call completes.
+    c->data = block.data();
+    if (options_.peer_error_handling) {
+      c->zero_copy = true;  // A forced close can stop UCX reading it.
+    } else {
+      c->borrowed = true;  // Mode none: see StartAttempt and Complete.
+    }
   }
   c->size = block.size();
+  if (!caller_waits) {
+    // UCX may read the block after the call returns.
+    c->data = block.data();
+    SendFromPooledCopy(*c);
+  }
   c->deadline = deadline;
   c->caller_waits = caller_waits;
   c->on_put = std::move(done);
   Submit(std::move(c));
+}
+
+void UcxTransport::SendFromPooledCopy(Call& c) {
+  size_t capacity = 0;
+  std::unique_ptr<uint8_t[]> copy = copies_->Acquire(c.size, &capacity);
+  if (c.size != 0) std::memcpy(copy.get(), c.data, c.size);
+  c.data = copy.get();
+  c.keepalive = std::shared_ptr<uint8_t>(
+      copy.release(), [pool = copies_, capacity](uint8_t* p) {
+        pool->Release(std::unique_ptr<uint8_t[]>(p), capacity);
+      });
+  c.borrowed = false;
 }
 
 void UcxTransport::Get(const BlockKey& key, bool caller_waits,
@@ -314,17 +371,6 @@ void UcxTransport::StartAttempt(Call& c) {
   c.key.ToBytes(h.key);
   h.tenant_length = static_cast<uint16_t>(c.tenant.size());
   h.model_length = static_cast<uint16_t>(c.model.size());
-  // UCX reads the header (and the block) until the send completes, possibly
-  // after this attempt: the holder keeps both alive.
-  Holder& holder = sends_[c.request_id];
-  holder.conn_id = c.conn_id;
-  holder.keepalive = c.keepalive;
-  std::vector<uint8_t>& header = holder.header;
-  header.resize(sizeof(h) + c.tenant.size() + c.model.size());
-  std::memcpy(header.data(), &h, sizeof(h));
-  std::memcpy(header.data() + sizeof(h), c.tenant.data(), c.tenant.size());
-  std::memcpy(header.data() + sizeof(h) + c.tenant.size(), c.model.data(),
-              c.model.size());
   ucp_request_param_t rp{};
   rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
                     UCP_OP_ATTR_FIELD_FLAGS;
@@ -336,10 +382,40 @@ void UcxTransport::StartAttempt(Call& c) {
     // No rendezvous round trip: the block goes with the request.
     if (*conn_->tcp_only) rp.flags |= UCP_AM_SEND_FLAG_EAGER;
   }
+  // UCX reads the header (and the block) until the send completes, possibly
+  // after this attempt: the holder keeps both alive.
+  Holder& holder = sends_[c.request_id];
+  holder.conn_id = c.conn_id;
+  holder.call_id = c.id;
+  const void* payload = c.data;
+  size_t count = c.size;
+  if (c.borrowed && (rp.flags & UCP_AM_SEND_FLAG_EAGER)) {
+    // Eager over TCP is a copy into UCX's send buffer anyway: UCX packs
+    // straight from the caller's memory, no copy of our own first.
+    holder.pack = std::make_shared<PackSource>();
+    holder.pack->data = c.data;
+    holder.pack->size = c.size;
+    rp.op_attr_mask |= UCP_OP_ATTR_FIELD_DATATYPE;
+    rp.datatype = pack_dt_;
+    payload = holder.pack.get();
+    count = 1;
+  } else if (c.borrowed) {
+    // Rendezvous (or shared memory): UCX reads the block in place, maybe
+    // after the call ends; send from a pooled copy.
+    SendFromPooledCopy(c);
+    payload = c.data;
+  }
+  holder.keepalive = c.keepalive;
+  std::vector<uint8_t>& header = holder.header;
+  header.resize(sizeof(h) + c.tenant.size() + c.model.size());
+  std::memcpy(header.data(), &h, sizeof(h));
+  std::memcpy(header.data() + sizeof(h), c.tenant.data(), c.tenant.size());
+  std::memcpy(header.data() + sizeof(h) + c.tenant.size(), c.model.data(),
+              c.model.size());
   rp.cb.send = &UcxTransport::OnSent;
   rp.user_data = IdArg(c.request_id);
   void* r = ucp_am_send_nbx(conn_->ep, ucx::kRequestAmId, header.data(),
-                            header.size(), c.data, c.size, &rp);
+                            header.size(), payload, count, &rp);
   if (r == nullptr || UCS_PTR_IS_ERR(r)) sends_.erase(c.request_id);
   if (UCS_PTR_IS_ERR(r)) {
     c.replied = true;
@@ -408,6 +484,15 @@ void UcxTransport::Complete(uint64_t call_id, absl::Status status) {
   std::unique_ptr<Call> c = std::move(it->second);
   calls_.erase(it);
   deadlines_.erase({c->deadline, call_id});
+  if (c->borrowed) {
+    // The caller may free the block once this returns: sends UCX has not
+    // finished (a deadline, a failed connection) go on from a copy.
+    for (auto& [id, holder] : sends_) {
+      if (holder.call_id == call_id && holder.pack != nullptr) {
+        holder.pack->Detach();
+      }
+    }
+  }
   if (c->request_id != 0) by_request_.erase(c->request_id);
   if (c->on_ping) c->on_ping(status);
   if (c->on_put) {

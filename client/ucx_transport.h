@@ -105,8 +105,10 @@ class UcxTransport {
   // `caller_waits`: the caller blocks until `done` runs (the sync API): the
   // call may run on the calling thread (Threading above), and for Put the
   // caller keeps `block` valid until then, so in peer mode UCX sends
-  // straight from it. Otherwise, and always in mode none, a Put's block is
-  // first copied into a pooled buffer that lives until UCX is done with it.
+  // straight from it, and in mode none an eager send over TCP is packed
+  // straight from it (a send still unfinished when the call ends goes on
+  // from a copy). Otherwise a Put's block is first copied into a pooled
+  // buffer that lives until UCX is done with it.
   void Put(const BlockKey& key, absl::Span<const uint8_t> block,
            bool caller_waits, const PutOptions& put, absl::Time deadline,
            PutCallback done);
@@ -126,14 +128,26 @@ class UcxTransport {
   // completed are kept before they are freed.
   static constexpr absl::Duration kOrphanGrace = absl::Seconds(10);
 
+  // The bytes UCX packs an eager send from (through a generic datatype):
+  // the sync caller's memory until its call completes, then, if UCX is not
+  // done by then, a copy of its own (Detach). The loop only.
+  struct PackSource {
+    const uint8_t* data = nullptr;
+    size_t size = 0;
+    std::unique_ptr<uint8_t[]> own;
+    void Detach();
+  };
+
  private:
   struct Call;
   // Memory UCX may still use for one operation in flight: a request header
   // and the block's owner (sends), a Get's receive buffer (receives).
   struct Holder {
     uint64_t conn_id = 0;
+    uint64_t call_id = 0;
     std::vector<uint8_t> header;
     std::shared_ptr<const void> keepalive;
+    std::shared_ptr<PackSource> pack;  // A send through pack_dt_.
     absl::Time release_at = absl::InfiniteFuture();  // Orphaned: when.
   };
   struct Conn {
@@ -149,6 +163,8 @@ class UcxTransport {
 
   UcxTransport() = default;
   void Submit(std::unique_ptr<Call> call);
+  // Points the call's block at a pooled copy of it (kept by c.keepalive).
+  void SendFromPooledCopy(Call& c);
   // The loop (the progress thread, or a caller driving it) from here on.
   void Begin(std::unique_ptr<Call> call);
   void StartAttempt(Call& call);
@@ -182,6 +198,9 @@ class UcxTransport {
   // Put copies; shared with the copies' deleters, which may outlive this.
   std::shared_ptr<ucx::BufferPool> copies_ =
       std::make_shared<ucx::BufferPool>(size_t{256} << 20);
+  // UCX's generic datatype over a PackSource (Create; destroyed last).
+  ucp_datatype_t pack_dt_ = 0;
+  bool pack_dt_created_ = false;
 
   // The loop only (declared before loop_: UCX may run completion
   // callbacks while the worker is destroyed).

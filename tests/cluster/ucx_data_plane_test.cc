@@ -5,6 +5,7 @@
 // any client exists: UCX reads it when a client starts).
 #include <signal.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <thread>
@@ -216,6 +217,55 @@ TEST_P(StratadUcx, DeadlinesFireAgainstAStoppedDaemonAndTheClientRecovers) {
   got = c->Get(KeyFor(2));
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_TRUE(got->block == large);
+}
+
+// A sync Put hands UCX the caller's block (over TCP an eager send packs
+// from it). Puts against a stopped daemon end at their deadline with their
+// sends still queued behind a full socket; the caller then reuses its
+// buffer. After the daemon resumes, what it stores is each caller's
+// original block, never the reused buffer's bytes: in mode none the client
+// finishes those sends from copies (all are stored); in peer mode the
+// deadline closed the connection, cancelling them (none need be).
+TEST_P(StratadUcx, PutsEndedByTheirDeadlineMidSendStoreTheBlockNotTheReusedBuffer) {
+  ScratchDir dir;
+  StratadProcess d(dir.Sub("data"), Flags(), Env());
+  ASSERT_TRUE(d.Start().ok());
+  auto c = ConnectUcx(d);
+  ASSERT_NE(c, nullptr);
+  // The connection has answered once: later puts of up to 512 KiB go
+  // eagerly over TCP.
+  ASSERT_TRUE(c->Put(KeyFor(1), MakeBlock(ShapeForBytes(4 << 10), 1)).ok());
+  d.Pause();
+  client::CallOptions short_call;
+  short_call.deadline = absl::Milliseconds(100);
+  constexpr int kPuts = 24;  // 6 MiB: more than the sockets take.
+  std::vector<std::vector<uint8_t>> blocks;
+  std::vector<uint8_t> buffer;
+  for (int i = 0; i < kPuts; ++i) {
+    blocks.push_back(MakeBlock(ShapeForBytes(256 << 10), 300 + i));
+    buffer = blocks.back();
+    auto put = c->Put(KeyFor(300 + i), buffer, {}, short_call);
+    EXPECT_EQ(put.status().code(), absl::StatusCode::kDeadlineExceeded)
+        << put.status();
+    std::fill(buffer.begin(), buffer.end(), uint8_t{0xEE});  // Reused.
+  }
+  d.Resume();
+  // A put on the same connection answers after every queued send.
+  ASSERT_TRUE(c->Put(KeyFor(2), MakeBlock(ShapeForBytes(4 << 10), 2)).ok());
+  int stored = 0;
+  for (int i = 0; i < kPuts; ++i) {
+    auto got = c->Get(KeyFor(300 + i));
+    if (got.status().code() == absl::StatusCode::kNotFound) continue;
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_TRUE(got->block == blocks[i]) << "put " << i;
+    ++stored;
+  }
+  if (!GetParam().peer) {
+    EXPECT_EQ(stored, kPuts) << "the queued sends were delivered";
+  }
+  auto stats = c->Stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->rejected_puts, 0u) << "no put arrived damaged";
 }
 
 // Engines sharing a prefix store the same keys at the same time. A put that
