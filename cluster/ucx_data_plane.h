@@ -51,6 +51,7 @@
 #include "common/ucx_buffer_pool.h"
 #include "common/ucx_protocol.h"
 #include "common/ucx_worker_loop.h"
+#include "kvstore/block_format.h"
 #include "kvstore/tiered_store.h"
 
 namespace strata::cluster {
@@ -62,12 +63,14 @@ struct UcxDataPlaneOptions {
   bool peer_error_handling = false;
   int worker_threads = 4;  // Store work; as many again commit received puts.
   // GETs of DRAM blocks and non-durable PUT commits of blocks up to this
-  // size run on the progress thread itself (a lookup plus at most one
-  // checksum pass, ~15 us for 256 KiB here) instead of hopping to a store thread and back
+  // size (whole blocks: the default is a 1 MiB payload and its header) run
+  // on the progress thread itself (a lookup plus at most one checksum pass,
+  // ~15 us for 256 KiB here) instead of hopping to a store thread and back
   // (two thread wake-ups per request). Larger blocks, SSD reads and durable
   // puts always go to the store threads. 0: never inline. The environment
   // variable STRATA_UCX_INLINE_MAX_BYTES overrides it (measurements).
-  uint64_t inline_store_max_bytes = uint64_t{1} << 20;
+  uint64_t inline_store_max_bytes =
+      (uint64_t{1} << 20) + kvstore::kBlockHeaderSize;
   // Stop(): how long replies already being sent may take to finish.
   absl::Duration stop_grace = absl::Seconds(2);
 };
