@@ -85,6 +85,9 @@ struct UcxTransport::Call {
   // GET: this client checks the block's checksum where it lands (asking the
   // daemon to skip its own pass on the first attempt).
   bool verify_here = false;
+  // The eager block was checked while it was copied where it landed.
+  bool landed_checked = false;
+  absl::Status landed_status;
 
   // The current attempt.
   uint64_t request_id = 0;  // 0: none in flight.
@@ -354,6 +357,7 @@ void UcxTransport::StartAttempt(Call& c) {
   c.status = absl::OkStatus();
   c.reply_flags = 0;
   c.received = 0;
+  c.landed_checked = false;
   c.request_id = next_id_++;
   by_request_[c.request_id] = c.id;
   finished_.push_back(c.id);  // Looked at after this returns.
@@ -438,7 +442,9 @@ void UcxTransport::MaybeFinishAttempt(uint64_t call_id) {
   by_request_.erase(c.request_id);
   c.request_id = 0;
   if (c.verify_here && c.status.ok() && !c.expired) {
-    const absl::Status landed = kvstore::ParseBlock(LandedBytes(c)).status();
+    const absl::Status landed =
+        c.landed_checked ? c.landed_status
+                         : kvstore::ParseBlock(LandedBytes(c)).status();
     if (!landed.ok() && (c.flags & ucx::kRequestClientVerifies) != 0) {
       // Ask again with the daemon verifying: it drops a corrupt copy.
       c.flags &= ~ucx::kRequestClientVerifies;
@@ -711,14 +717,28 @@ ucs_status_t UcxTransport::HandleReply(const void* header,
       return UCS_OK;  // The block is discarded.
     }
     dst = c.dst;
-  } else {
-    c.block = std::make_shared<std::vector<uint8_t>>(length);
-    dst = c.block->data();
   }
   c.received = length;
   if (!(param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)) {
-    std::memcpy(dst, data, length);  // Eager: valid only now.
+    // Eager: valid only now. Copied once (a new vector is not zeroed
+    // first); into caller memory, copied and checked in one pass.
+    const auto* src = static_cast<const uint8_t*>(data);
+    if (!c.into) {
+      c.block = std::make_shared<std::vector<uint8_t>>(src, src + length);
+    } else if (c.verify_here) {
+      c.landed_status = kvstore::CopyVerifiedBlock(
+                            absl::MakeConstSpan(src, length),
+                            absl::MakeSpan(dst, length))
+                            .status();
+      c.landed_checked = true;
+    } else {
+      std::memcpy(dst, src, length);
+    }
     return UCS_OK;
+  }
+  if (!c.into) {
+    c.block = std::make_shared<std::vector<uint8_t>>(length);
+    dst = c.block->data();
   }
   ucp_request_param_t rp{};
   rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;

@@ -109,10 +109,14 @@ TEST_P(ClientVerify, ADamagedDramCopyIsCaughtByTheClientAndReplacedFromSsd) {
   ASSERT_NE(c, nullptr);
   const auto small = MakeBlock(ShapeForBytes(64 << 10), 1);
   const auto large = MakeBlock(ShapeForBytes(4 << 20), 2);
+  // Into caller memory eagerly over TCP: checked while it is copied.
+  const auto medium = MakeBlock(ShapeForBytes(256 << 10), 5);
   ASSERT_TRUE(c->Put(KeyFor(1), small).ok());
   ASSERT_TRUE(c->Put(KeyFor(2), large).ok());
+  ASSERT_TRUE(c->Put(KeyFor(5), medium).ok());
   FlipDramPayloadByte(d.store(), KeyFor(1));
   FlipDramPayloadByte(d.store(), KeyFor(2));
+  FlipDramPayloadByte(d.store(), KeyFor(5));
 
   auto got = c->Get(KeyFor(1));
   ASSERT_TRUE(got.ok()) << got.status();
@@ -124,8 +128,11 @@ TEST_P(ClientVerify, ADamagedDramCopyIsCaughtByTheClientAndReplacedFromSsd) {
   auto n = c->GetInto(KeyFor(2), *handle, 4096, large.size());
   ASSERT_TRUE(n.ok()) << n.status();
   EXPECT_TRUE(std::equal(large.begin(), large.end(), region.begin() + 4096));
+  n = c->GetInto(KeyFor(5), *handle, 0, medium.size());
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_TRUE(std::equal(medium.begin(), medium.end(), region.begin()));
   EXPECT_TRUE(c->UnregisterBuffer(*handle).ok());
-  EXPECT_EQ(d.DramChecksumFailures(), 2u);  // Both copies found and dropped.
+  EXPECT_EQ(d.DramChecksumFailures(), 3u);  // Every copy found and dropped.
   // Undamaged reads go on as before.
   got = c->Get(KeyFor(1));
   ASSERT_TRUE(got.ok()) << got.status();
