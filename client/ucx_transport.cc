@@ -379,7 +379,7 @@ void UcxTransport::StartAttempt(Call& c) {
   rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
                     UCP_OP_ATTR_FIELD_FLAGS;
   rp.flags = UCP_AM_SEND_FLAG_REPLY;  // The daemon answers on this endpoint.
-  if (c.size != 0 && c.size <= ucx::TcpEagerMaxBytes() && conn_->answered) {
+  if (c.size != 0 && c.size <= ucx::TcpEagerPutMaxBytes() && conn_->answered) {
     if (!conn_->tcp_only.has_value()) {
       conn_->tcp_only = ucx::IsTcpOnly(conn_->ep);
     }

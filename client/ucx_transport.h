@@ -157,7 +157,7 @@ class UcxTransport {
     ucs_status_t error = UCS_OK;
     bool answered = false;  // A reply came: the lanes are final.
     // Known once answered: TCP-only lanes (puts up to
-    // ucx::TcpEagerMaxBytes() then go eagerly).
+    // ucx::TcpEagerPutMaxBytes() then go eagerly).
     std::optional<bool> tcp_only;
   };
 

@@ -665,7 +665,7 @@ void UcxDataPlane::Reply(const Request& req, const absl::Status& status,
   rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
   rp.cb.send = &UcxDataPlane::OnReplySent;
   rp.user_data = IdArg(id);
-  if (bytes_out != 0 && bytes_out <= ucx::TcpEagerMaxBytes()) {
+  if (bytes_out != 0 && bytes_out <= ucx::TcpEagerReplyMaxBytes()) {
     // The client's request arrived on this endpoint: its lanes are final.
     auto [known, inserted] = tcp_only_.try_emplace(req.conn_id, false);
     if (inserted) known->second = ucx::IsTcpOnly(conn->second);

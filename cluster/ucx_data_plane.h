@@ -176,7 +176,7 @@ class UcxDataPlane {
   absl::flat_hash_map<uint64_t, ucp_ep_h> conns_;
   absl::flat_hash_map<ucp_ep_h, uint64_t> conn_of_ep_;
   // Per connection, once a block was answered on it: whether its lanes are
-  // TCP only (blocks up to ucx::TcpEagerMaxBytes() then go eagerly).
+  // TCP only (blocks up to ucx::TcpEagerReplyMaxBytes() then go eagerly).
   absl::flat_hash_map<uint64_t, bool> tcp_only_;
   std::vector<uint64_t> failed_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<Pending>> pending_;

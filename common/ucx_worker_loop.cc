@@ -311,13 +311,24 @@ void WorkerLoop::Drain(std::vector<void*>* requests, absl::Duration timeout) {
   requests->clear();
 }
 
-size_t TcpEagerMaxBytes() {
-  static const size_t value = [] {
+namespace {
+// STRATA_UCX_TCP_EAGER_MAX_BYTES, or nullopt.
+std::optional<size_t> TcpEagerOverride() {
+  static const std::optional<size_t> value = []() -> std::optional<size_t> {
     const char* env = std::getenv("STRATA_UCX_TCP_EAGER_MAX_BYTES");
-    return env != nullptr ? static_cast<size_t>(std::strtoull(env, nullptr, 10))
-                          : kTcpEagerMaxBytes;
+    if (env == nullptr) return std::nullopt;
+    return static_cast<size_t>(std::strtoull(env, nullptr, 10));
   }();
   return value;
+}
+}  // namespace
+
+size_t TcpEagerPutMaxBytes() {
+  return TcpEagerOverride().value_or(kTcpEagerPutMaxBytes);
+}
+
+size_t TcpEagerReplyMaxBytes() {
+  return TcpEagerOverride().value_or(kTcpEagerReplyMaxBytes);
 }
 
 bool IsTcpOnly(ucp_ep_h ep) { return DescribeLanes(ep) == "tcp"; }

@@ -59,25 +59,31 @@ struct DefaultSetting {
   const char* value;
 };
 
-// Measured on loopback (bench/results/service.md, "tuned UCX defaults" and
-// "TCP segment size"): with eager sends (kTcpEagerMaxBytes) larger TCP
-// segments let a block travel in one fragment instead of 32 or more (UCX
-// 1.13 defaults: 8 KiB / 64 KiB). 544 KiB holds the largest eager block
-// (512 KiB) with its headers, so the receiver gets it in place, without
-// UCX's reassembly copy: 4-client 256 KiB puts went from 1.2-2.5 to 2.0-2.6
-// GB/s, the rest unchanged within noise. Only the TCP transport reads them.
+// Measured on loopback (bench/results/service.md, "tuned UCX defaults",
+// "TCP segment size" and session 7): with eager sends (TcpEagerMaxBytes)
+// larger TCP segments let a block travel in one fragment instead of 128 or
+// more (UCX 1.13 defaults: 8 KiB / 64 KiB), so the receiver gets it in
+// place, without UCX's reassembly copy. 1100 KiB holds the largest eager
+// put (a 1 MiB payload) with its headers. UCX requires RX >= TX and
+// allocates receive buffers of twice RX. Only the TCP transport reads them.
 inline constexpr DefaultSetting kDefaultSettings[] = {
-    {"UCX_TCP_TX_SEG_SIZE", "TX_SEG_SIZE", "544K"},
-    {"UCX_TCP_RX_SEG_SIZE", "RX_SEG_SIZE", "1M"},
+    {"UCX_TCP_TX_SEG_SIZE", "TX_SEG_SIZE", "1100K"},
+    {"UCX_TCP_RX_SEG_SIZE", "RX_SEG_SIZE", "1100K"},
 };
 
-// Blocks up to this size are sent eagerly (UCP_AM_SEND_FLAG_EAGER: the bytes
-// go with the message, no rendezvous round trip) on an endpoint whose lanes
-// are TCP only; larger ones, and every block over shared memory (where the
-// rendezvous is a single cma copy), follow UCX's own threshold. The
-// environment variable STRATA_UCX_TCP_EAGER_MAX_BYTES overrides it (0: never
-// force eager; for measurements).
-inline constexpr size_t kTcpEagerMaxBytes = size_t{512} << 10;
+// Blocks up to these sizes are sent eagerly (UCP_AM_SEND_FLAG_EAGER: the
+// bytes go with the message, no rendezvous round trips) on an endpoint whose
+// lanes are TCP only: PUT requests by the client, GET replies by the
+// daemon. Larger ones, and every block over shared memory (where the
+// rendezvous is a single cma copy), follow UCX's own threshold. A 1 MiB put
+// eagerly beat the rendezvous (RTS, RTR, data, ATP: three round trips) once
+// it went in one fragment and was packed from the caller's block: 4-client
+// 1 MiB puts 1.9-2.7 -> 2.5-3.8 GB/s (bench/results/service.md, session 7);
+// 1 MiB GET replies showed no clear difference and stay at 512 KiB. The
+// environment variable STRATA_UCX_TCP_EAGER_MAX_BYTES overrides both (0:
+// never force eager; for measurements).
+inline constexpr size_t kTcpEagerPutMaxBytes = (size_t{1} << 20) + 4096;
+inline constexpr size_t kTcpEagerReplyMaxBytes = size_t{512} << 10;
 
 // How long a caller driving its worker (WorkerLoop::TryDrive) keeps
 // progressing it, yielding the core between polls, before it sleeps on its
@@ -87,8 +93,10 @@ inline constexpr size_t kTcpEagerMaxBytes = size_t{512} << 10;
 // overrides it (0: never spin). Measured in bench/results/service.md
 // ("caller-driven progress").
 inline constexpr absl::Duration kCallerSpin = absl::Microseconds(100);
-// kTcpEagerMaxBytes or its override, read once per process.
-size_t TcpEagerMaxBytes();
+// kTcpEagerPutMaxBytes / kTcpEagerReplyMaxBytes or the override (read once
+// per process).
+size_t TcpEagerPutMaxBytes();
+size_t TcpEagerReplyMaxBytes();
 
 // Whether an endpoint carries data over TCP only, from DescribeLanes: the
 // callers cache it per connection. The loop only.
