@@ -68,6 +68,8 @@ struct UcxTransport::Call {
   // completes. Sent eagerly through a PackSource (Complete detaches it), or
   // copied into a pooled buffer when the attempt starts.
   bool borrowed = false;
+  // Request ids whose sends pack from `data` (Complete detaches them).
+  std::vector<uint64_t> packed_requests;
   // GET: into caller memory, or into `block`.
   bool into = false;
   uint8_t* dst = nullptr;
@@ -129,11 +131,8 @@ absl::StatusOr<std::unique_ptr<UcxTransport>> UcxTransport::Create(
   t->max_label_bytes_ = max_header > sizeof(ucx::RequestHeader)
                             ? max_header - sizeof(ucx::RequestHeader)
                             : 0;
-  // Idle: no call and no send in flight (closing endpoints and orphaned
-  // buffers keep a tick due).
-  t->loop_->Start(
-      [p = t.get()] { return p->Tick(); },
-      [p = t.get()] { return p->calls_.empty() && p->sends_.empty(); });
+  t->loop_->Start([p = t.get()] { return p->Tick(); },
+                  [p = t.get()] { return p->Idle(); });
   std::promise<absl::Status> ready;
   std::future<absl::Status> done = ready.get_future();
   t->loop_->Post([p = t.get(), &ready] {
@@ -253,6 +252,12 @@ void UcxTransport::Put(const BlockKey& key, absl::Span<const uint8_t> block,
   c->caller_waits = caller_waits;
   c->on_put = std::move(done);
   Submit(std::move(c));
+}
+
+bool UcxTransport::Idle() const {
+  // Closing endpoints and orphaned holders keep a tick due instead.
+  return calls_.empty() && sends_.empty() && recvs_.empty() &&
+         (!conn_.has_value() || conn_->replies_due == 0);
 }
 
 void UcxTransport::SendFromPooledCopy(Call& c) {
@@ -390,12 +395,12 @@ void UcxTransport::StartAttempt(Call& c) {
   // after this attempt: the holder keeps both alive.
   Holder& holder = sends_[c.request_id];
   holder.conn_id = c.conn_id;
-  holder.call_id = c.id;
   const void* payload = c.data;
   size_t count = c.size;
   if (c.borrowed && (rp.flags & UCP_AM_SEND_FLAG_EAGER)) {
     // Eager over TCP is a copy into UCX's send buffer anyway: UCX packs
     // straight from the caller's memory, no copy of our own first.
+    c.packed_requests.push_back(c.request_id);
     holder.pack = std::make_shared<PackSource>();
     holder.pack->data = c.data;
     holder.pack->size = c.size;
@@ -421,6 +426,7 @@ void UcxTransport::StartAttempt(Call& c) {
   void* r = ucp_am_send_nbx(conn_->ep, ucx::kRequestAmId, header.data(),
                             header.size(), payload, count, &rp);
   if (r == nullptr || UCS_PTR_IS_ERR(r)) sends_.erase(c.request_id);
+  if (!UCS_PTR_IS_ERR(r)) ++conn_->replies_due;
   if (UCS_PTR_IS_ERR(r)) {
     c.replied = true;
     c.status = absl::UnavailableError(
@@ -490,13 +496,11 @@ void UcxTransport::Complete(uint64_t call_id, absl::Status status) {
   std::unique_ptr<Call> c = std::move(it->second);
   calls_.erase(it);
   deadlines_.erase({c->deadline, call_id});
-  if (c->borrowed) {
-    // The caller may free the block once this returns: sends UCX has not
-    // finished (a deadline, a failed connection) go on from a copy.
-    for (auto& [id, holder] : sends_) {
-      if (holder.call_id == call_id && holder.pack != nullptr) {
-        holder.pack->Detach();
-      }
+  // The caller may free the block once this returns: sends UCX has not
+  // finished (a deadline, a failed connection) go on from a copy.
+  for (uint64_t request_id : c->packed_requests) {
+    if (auto h = sends_.find(request_id); h != sends_.end()) {
+      h->second.pack->Detach();
     }
   }
   if (c->request_id != 0) by_request_.erase(c->request_id);
@@ -680,6 +684,10 @@ ucs_status_t UcxTransport::HandleReply(const void* header,
                                        const ucp_am_recv_param_t* param) {
   // Returning UCS_OK without receiving drops a rendezvous block (the
   // daemon's send completes normally).
+  // Replies come on the current connection (a closed one's are not
+  // delivered); at worst a stray one ends the count early, and the reply it
+  // stood for is taken at the next call instead.
+  if (conn_.has_value() && conn_->replies_due > 0) --conn_->replies_due;
   if (header_length < sizeof(ucx::ReplyHeader)) return UCS_OK;
   ucx::ReplyHeader h;
   std::memcpy(&h, header, sizeof(h));

@@ -144,7 +144,6 @@ class UcxTransport {
   // and the block's owner (sends), a Get's receive buffer (receives).
   struct Holder {
     uint64_t conn_id = 0;
-    uint64_t call_id = 0;
     std::vector<uint8_t> header;
     std::shared_ptr<const void> keepalive;
     std::shared_ptr<PackSource> pack;  // A send through pack_dt_.
@@ -159,7 +158,14 @@ class UcxTransport {
     // Known once answered: TCP-only lanes (puts up to
     // ucx::TcpEagerPutMaxBytes() then go eagerly).
     std::optional<bool> tcp_only;
+    // Requests sent on it whose reply has not come, abandoned ones too (a
+    // late reply must still be taken: the daemon holds its block until the
+    // send completes). Kept while the connection lives.
+    uint64_t replies_due = 0;
   };
+  // No call, send, receive or reply in flight: the progress thread may
+  // park (ucx::WorkerLoop::Start).
+  bool Idle() const;
 
   UcxTransport() = default;
   void Submit(std::unique_ptr<Call> call);

@@ -150,15 +150,42 @@ bool WorkerLoop::Post(absl::AnyInvocable<void()> fn) {
     absl::MutexLock lock(&mu_);
     if (closed_) return false;
     posted_.push_back(std::move(fn));
-    posted_waiting_.store(true);
   }
   // Safe from any thread, whatever the worker's thread mode.
   ucp_worker_signal(worker_);
-  // A parked loop thread waits on the drive lock's condition, which is
-  // evaluated when the lock is released: release it, or leave that to
-  // whoever holds it.
-  if (loop_parked_.load() && drive_mu_.TryLock()) drive_mu_.Unlock();
+  WakeParkedLoop();
   return true;
+}
+
+void WorkerLoop::WakeParkedLoop() {
+  absl::MutexLock lock(&park_mu_);
+  park_wake_ = true;
+  park_cv_.Signal();
+}
+
+bool WorkerLoop::HasPosted() {
+  absl::MutexLock lock(&mu_);
+  return !posted_.empty();
+}
+
+void WorkerLoop::AcquireOrPark() {
+  for (;;) {
+    {
+      absl::MutexLock lock(&park_mu_);
+      park_wake_ = false;  // Wakes from here on are seen below or kept.
+    }
+    drive_mu_.Lock();  // A caller driving hands it back first.
+    if (!driven_ || loop_needed_ || exit_ || HasPosted()) {
+      driven_ = false;
+      loop_needed_ = false;
+      return;
+    }
+    // A caller drove the worker since this thread slept and left nothing
+    // for it: park, off the event fd, until a Post or a caller leaving work.
+    drive_mu_.Unlock();
+    absl::MutexLock lock(&park_mu_);
+    while (!park_wake_) park_cv_.Wait(&park_mu_);
+  }
 }
 
 void WorkerLoop::RequestExit() {
@@ -180,7 +207,6 @@ bool WorkerLoop::RunPosted() {
   {
     absl::MutexLock lock(&mu_);
     batch.swap(posted_);
-    posted_waiting_.store(false);
   }
   for (auto& fn : batch) fn();
   return !batch.empty();
@@ -229,13 +255,8 @@ void WorkerLoop::Run() {
     loop_wakes_by_ = next_tick_;
     drive_mu_.Unlock();
     SleepOnEvents(*timeout);
-    // A caller may be driving the worker, woken by the same event: this
-    // thread then parks until a caller hands it work (LoopMayRun).
-    loop_parked_.store(true);
-    drive_mu_.LockWhen(absl::Condition(this, &WorkerLoop::LoopMayRun));
-    loop_parked_.store(false);
-    driven_ = false;
-    loop_needed_ = false;
+    // A caller may be driving the worker, woken by the same event.
+    AcquireOrPark();
     loop_wakes_by_ = absl::InfinitePast();  // Awake.
   }
   while (ucp_worker_progress(worker_) != 0) {
@@ -272,16 +293,18 @@ bool WorkerLoop::TryDrive(absl::FunctionRef<void()> start,
     armed = Step(idle_since, absl::ZeroDuration());
   }
   // The loop thread sleeps until events or loop_wakes_by_, or is parked
-  // (LoopMayRun). It must run when the worker is not armed, when tick wants
-  // it, when the owner awaits events (calls this thread started for others),
-  // or to exit; otherwise it stays parked. Signalled before unlocking: once
-  // unlocked, an exiting loop may be destroyed at any moment.
+  // (AcquireOrPark). It must run when the worker is not armed, when tick
+  // wants it, when the owner awaits events (calls this thread started for
+  // others, replies still due), or to exit; otherwise it stays parked.
+  // Signalled before unlocking: once unlocked, an exiting loop may be
+  // destroyed at any moment.
   loop_needed_ = exit_ || !armed.has_value() ||
                  next_tick_ != absl::InfiniteFuture() || idle_ == nullptr ||
                  !idle_();
   if (exit_ || !armed.has_value() || next_tick_ < loop_wakes_by_) {
     ucp_worker_signal(worker_);
   }
+  if (loop_needed_) WakeParkedLoop();
   drive_mu_.Unlock();
   return true;
 }

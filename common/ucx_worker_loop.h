@@ -31,7 +31,6 @@
 #include <sys/socket.h>
 #include <ucp/api/ucp.h>
 
-#include <atomic>
 #include <deque>
 #include <memory>
 #include <optional>
@@ -148,8 +147,9 @@ class WorkerLoop {
   // back armed and returns true. Otherwise returns false at once without
   // running `start` (then Post it). `done` is evaluated under the lock, so
   // it may read state the loop's callbacks write. The loop thread waits
-  // meanwhile, and stays parked afterwards when the owner is idle (Start). Only on a loop made with `callers_drive`. Once `done()` holds
-  // it returns after a bounded hand-back, whatever other traffic there is.
+  // meanwhile, and stays parked afterwards when the owner is idle (Start).
+  // Only on a loop made with `callers_drive`. Once `done()` holds it
+  // returns after a bounded hand-back, whatever other traffic there is.
   // After it returns true the caller must not assume the loop still exists
   // unless it owns it (a concurrent destructor may have stopped it).
   bool TryDrive(absl::FunctionRef<void()> start,
@@ -183,12 +183,14 @@ class WorkerLoop {
   // Sleeps until the worker's event fd is readable (after ucp_worker_arm or
   // a signal) or `timeout_ms` passes (-1: no limit).
   void SleepOnEvents(int timeout_ms);
-  // The loop thread takes the drive lock back only when this holds: no
-  // caller drove the worker since the loop thread last ran, or the last one
-  // handed it work, or closures are posted.
-  bool LoopMayRun() const ABSL_SHARED_LOCKS_REQUIRED(drive_mu_) {
-    return !driven_ || loop_needed_ || posted_waiting_.load();
-  }
+  // The loop thread after a sleep on events: returns holding the drive lock
+  // once it must run (no caller drove the worker meanwhile, or the last one
+  // left it work, or closures are posted, or exit); until then it parks on
+  // park_cv_, off the worker's event fd.
+  void AcquireOrPark() ABSL_EXCLUSIVE_LOCK_FUNCTION(drive_mu_);
+  // Wakes the loop thread if it is parked (or makes its next park return).
+  void WakeParkedLoop();
+  bool HasPosted();
 
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
@@ -207,13 +209,16 @@ class WorkerLoop {
   absl::Mutex drive_mu_;
   absl::AnyInvocable<absl::Time()> tick_ ABSL_GUARDED_BY(drive_mu_);
   absl::AnyInvocable<bool()> idle_ ABSL_GUARDED_BY(drive_mu_);
-  // A caller drove the worker since the loop thread last held the lock; and
-  // whether the last one left work for the loop thread (LoopMayRun).
+  // A caller drove the worker since the loop thread last ran; and whether
+  // the last one left work for the loop thread (AcquireOrPark).
   bool driven_ ABSL_GUARDED_BY(drive_mu_) = false;
   bool loop_needed_ ABSL_GUARDED_BY(drive_mu_) = false;
-  // The loop thread waits in LoopMayRun (Post then nudges the lock so that
-  // the condition is evaluated).
-  std::atomic<bool> loop_parked_{false};
+  // Where the parked loop thread waits: park_wake_ is set by Post and by a
+  // caller leaving work, cleared by the loop thread before it checks
+  // whether to park (so a wake-up after the check is never lost).
+  absl::Mutex park_mu_ ABSL_ACQUIRED_AFTER(drive_mu_);
+  absl::CondVar park_cv_;
+  bool park_wake_ ABSL_GUARDED_BY(park_mu_) = false;
   bool exit_ ABSL_GUARDED_BY(drive_mu_) = false;
   absl::Time next_tick_ ABSL_GUARDED_BY(drive_mu_);  // tick_'s last answer.
   // When the sleeping loop thread wakes without an event (InfinitePast while
@@ -223,8 +228,6 @@ class WorkerLoop {
 
   absl::Mutex mu_;
   std::deque<absl::AnyInvocable<void()>> posted_ ABSL_GUARDED_BY(mu_);
-  // !posted_.empty(), readable without mu_ (LoopMayRun).
-  std::atomic<bool> posted_waiting_{false};
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };
 

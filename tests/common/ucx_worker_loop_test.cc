@@ -101,6 +101,30 @@ TEST(UcxWorkerLoop, APostWakesAParkedLoopThread) {
   EXPECT_TRUE(on_loop_thread.load());
 }
 
+// Closures posted while callers come and go (the loop thread parking and
+// unparking between them) all run, without any later call to carry them.
+TEST(UcxWorkerLoop, PostsRacingCallersAllRun) {
+  CountingLoop l;
+  ASSERT_NO_FATAL_FAILURE(l.Start(/*owner_idle=*/true));
+  constexpr int kPosts = 2000;
+  std::atomic<int> ran{0};
+  absl::Notification all_ran;
+  std::atomic<bool> posting{true};
+  std::thread caller([&] {
+    while (posting.load()) l.Drive();
+  });
+  for (int i = 0; i < kPosts; ++i) {
+    ASSERT_TRUE(l.loop->Post([&] {
+      if (ran.fetch_add(1) + 1 == kPosts) all_ran.Notify();
+    }));
+    if (i % 8 == 0) std::this_thread::yield();
+  }
+  posting.store(false);
+  caller.join();
+  EXPECT_TRUE(all_ran.WaitForNotificationWithTimeout(absl::Seconds(20)))
+      << ran.load() << " of " << kPosts << " posted closures ran";
+}
+
 TEST(UcxWorkerLoop, ALoopThreadWhoseOwnerAwaitsEventsStillWatchesThemAfterCallers) {
   CountingLoop l;
   ASSERT_NO_FATAL_FAILURE(l.Start(/*owner_idle=*/false));
