@@ -59,7 +59,7 @@ struct DefaultSetting {
 };
 
 // Measured on loopback (bench/results/service.md, "tuned UCX defaults",
-// "TCP segment size" and session 7): with eager sends (TcpEagerMaxBytes)
+// "TCP segment size" and session 7): with eager sends (TcpEagerPutMaxBytes)
 // larger TCP segments let a block travel in one fragment instead of 128 or
 // more (UCX 1.13 defaults: 8 KiB / 64 KiB), so the receiver gets it in
 // place, without UCX's reassembly copy. 1100 KiB holds the largest eager
