@@ -219,6 +219,37 @@ TEST_P(StratadUcx, DeadlinesFireAgainstAStoppedDaemonAndTheClientRecovers) {
   EXPECT_TRUE(got->block == large);
 }
 
+// A GET that expired against a stopped daemon is answered late, after the
+// daemon resumes, by a rendezvous send that holds the block's lease until
+// the client takes it. The client's progress thread must take it by itself
+// (it stays awake while a reply is due, instead of parking as between
+// back-to-back sync calls), without another data-plane call.
+TEST_P(StratadUcx, ALateReplyToAnExpiredGetIsTakenWithoutAnotherCall) {
+  ScratchDir dir;
+  StratadProcess d(dir.Sub("data"), Flags(), Env());
+  ASSERT_TRUE(d.Start().ok());
+  auto c = ConnectUcx(d);
+  ASSERT_NE(c, nullptr);
+  const auto large = MakeBlock(ShapeForBytes(8 << 20), 9);
+  ASSERT_TRUE(c->Put(KeyFor(9), large).ok());  // The progress thread parks.
+  d.Pause();
+  client::CallOptions short_call;
+  short_call.deadline = absl::Milliseconds(200);
+  EXPECT_EQ(c->Get(KeyFor(9), short_call).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  d.Resume();
+  // Stats travel over gRPC: they do not progress the client's UCX worker.
+  const absl::Time until = absl::Now() + absl::Seconds(5);
+  uint64_t leased = 1;
+  while (absl::Now() < until) {
+    auto stats = c->Stats();
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    leased = stats->leased_blocks;
+    if (leased == 0) break;
+  }
+  EXPECT_EQ(leased, 0u) << "the late reply's lease was never released";
+}
+
 // A sync Put hands UCX the caller's block (over TCP an eager send packs
 // from it). Puts against a stopped daemon end at their deadline with their
 // sends still queued behind a full socket; the caller then reuses its
