@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <future>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -87,9 +88,9 @@ struct UcxTransport::Call {
   // GET: this client checks the block's checksum where it lands (asking the
   // daemon to skip its own pass on the first attempt).
   bool verify_here = false;
-  // The eager block was checked while it was copied where it landed.
-  bool landed_checked = false;
-  absl::Status landed_status;
+  // Set when the eager block was checked while it was copied where it
+  // landed: that check's outcome.
+  std::optional<absl::Status> landed_check;
 
   // The current attempt.
   uint64_t request_id = 0;  // 0: none in flight.
@@ -362,7 +363,7 @@ void UcxTransport::StartAttempt(Call& c) {
   c.status = absl::OkStatus();
   c.reply_flags = 0;
   c.received = 0;
-  c.landed_checked = false;
+  c.landed_check.reset();
   c.request_id = next_id_++;
   by_request_[c.request_id] = c.id;
   finished_.push_back(c.id);  // Looked at after this returns.
@@ -449,8 +450,9 @@ void UcxTransport::MaybeFinishAttempt(uint64_t call_id) {
   c.request_id = 0;
   if (c.verify_here && c.status.ok() && !c.expired) {
     const absl::Status landed =
-        c.landed_checked ? c.landed_status
-                         : kvstore::ParseBlock(LandedBytes(c)).status();
+        c.landed_check.has_value()
+            ? *c.landed_check
+            : kvstore::ParseBlock(LandedBytes(c)).status();
     if (!landed.ok() && (c.flags & ucx::kRequestClientVerifies) != 0) {
       // Ask again with the daemon verifying: it drops a corrupt copy.
       c.flags &= ~ucx::kRequestClientVerifies;
@@ -734,11 +736,10 @@ ucs_status_t UcxTransport::HandleReply(const void* header,
     if (!c.into) {
       c.block = std::make_shared<std::vector<uint8_t>>(src, src + length);
     } else if (c.verify_here) {
-      c.landed_status = kvstore::CopyVerifiedBlock(
-                            absl::MakeConstSpan(src, length),
-                            absl::MakeSpan(dst, length))
-                            .status();
-      c.landed_checked = true;
+      c.landed_check = kvstore::CopyVerifiedBlock(
+                           absl::MakeConstSpan(src, length),
+                           absl::MakeSpan(dst, length))
+                           .status();
     } else {
       std::memcpy(dst, src, length);
     }

@@ -45,6 +45,16 @@ absl::Duration MicrosFromEnv(const char* name, int fallback) {
   return absl::Microseconds(env != nullptr ? std::atoi(env) : fallback);
 }
 
+// STRATA_UCX_TCP_EAGER_MAX_BYTES, or nullopt (read once per process).
+std::optional<size_t> TcpEagerOverride() {
+  static const std::optional<size_t> value = []() -> std::optional<size_t> {
+    const char* env = std::getenv("STRATA_UCX_TCP_EAGER_MAX_BYTES");
+    if (env == nullptr) return std::nullopt;
+    return static_cast<size_t>(std::strtoull(env, nullptr, 10));
+  }();
+  return value;
+}
+
 // Callers driving a worker in this process (any worker). A caller spins
 // only while it is the only one: with several, spinning took cores from the
 // daemon and from each other on a small machine (bench/results/service.md,
@@ -333,18 +343,6 @@ void WorkerLoop::Drain(std::vector<void*>* requests, absl::Duration timeout) {
   for (void* r : *requests) ucp_request_free(r);  // Released on completion.
   requests->clear();
 }
-
-namespace {
-// STRATA_UCX_TCP_EAGER_MAX_BYTES, or nullopt.
-std::optional<size_t> TcpEagerOverride() {
-  static const std::optional<size_t> value = []() -> std::optional<size_t> {
-    const char* env = std::getenv("STRATA_UCX_TCP_EAGER_MAX_BYTES");
-    if (env == nullptr) return std::nullopt;
-    return static_cast<size_t>(std::strtoull(env, nullptr, 10));
-  }();
-  return value;
-}
-}  // namespace
 
 size_t TcpEagerPutMaxBytes() {
   return TcpEagerOverride().value_or(kTcpEagerPutMaxBytes);
