@@ -71,6 +71,19 @@ class StratadUcx : public UcxTransportTest {
     }
     return *std::move(c);
   }
+
+  // A daemon with this transport's flags (kept in daemon_ for the test) and
+  // a client of it over UCX; null, with the failure recorded, if either
+  // does not start.
+  std::unique_ptr<client::Client> StartDaemonAndConnect() {
+    daemon_ = std::make_unique<StratadProcess>(dir_.Sub("data"), Flags(), Env());
+    const absl::Status started = daemon_->Start();
+    EXPECT_TRUE(started.ok()) << started;
+    return started.ok() ? ConnectUcx(*daemon_) : nullptr;
+  }
+
+  ScratchDir dir_;
+  std::unique_ptr<StratadProcess> daemon_;
 };
 
 TEST_P(StratadUcx, RoundTripsFrom1KiBTo64MiBAreByteExact) {
@@ -150,10 +163,7 @@ TEST_P(StratadUcx, CorruptOrOversizedPutsAreRejectedAndTheDaemonKeepsServing) {
 }
 
 TEST_P(StratadUcx, MissesAndSmallBuffersAnswerTheirCodes) {
-  ScratchDir dir;
-  StratadProcess d(dir.Sub("data"), Flags(), Env());
-  ASSERT_TRUE(d.Start().ok());
-  auto c = ConnectUcx(d);
+  auto c = StartDaemonAndConnect();
   ASSERT_NE(c, nullptr);
   std::vector<uint8_t> region(4 << 20);
   auto handle = c->RegisterBuffer(region.data(), region.size());
@@ -175,11 +185,9 @@ TEST_P(StratadUcx, MissesAndSmallBuffersAnswerTheirCodes) {
 }
 
 TEST_P(StratadUcx, DeadlinesFireAgainstAStoppedDaemonAndTheClientRecovers) {
-  ScratchDir dir;
-  StratadProcess d(dir.Sub("data"), Flags(), Env());
-  ASSERT_TRUE(d.Start().ok());
-  auto c = ConnectUcx(d);
+  auto c = StartDaemonAndConnect();
   ASSERT_NE(c, nullptr);
+  StratadProcess& d = *daemon_;
   const auto small = MakeBlock(ShapeForBytes(256 << 10), 1);
   const auto large = MakeBlock(ShapeForBytes(8 << 20), 2);
   ASSERT_TRUE(c->Put(KeyFor(1), small).ok());
@@ -225,11 +233,9 @@ TEST_P(StratadUcx, DeadlinesFireAgainstAStoppedDaemonAndTheClientRecovers) {
 // (it stays awake while a reply is due, instead of parking as between
 // back-to-back sync calls), without another data-plane call.
 TEST_P(StratadUcx, ALateReplyToAnExpiredGetIsTakenWithoutAnotherCall) {
-  ScratchDir dir;
-  StratadProcess d(dir.Sub("data"), Flags(), Env());
-  ASSERT_TRUE(d.Start().ok());
-  auto c = ConnectUcx(d);
+  auto c = StartDaemonAndConnect();
   ASSERT_NE(c, nullptr);
+  StratadProcess& d = *daemon_;
   const auto large = MakeBlock(ShapeForBytes(8 << 20), 9);
   ASSERT_TRUE(c->Put(KeyFor(9), large).ok());  // The progress thread parks.
   d.Pause();
@@ -258,13 +264,11 @@ TEST_P(StratadUcx, ALateReplyToAnExpiredGetIsTakenWithoutAnotherCall) {
 // finishes those sends from copies (all are stored); in peer mode the
 // deadline closed the connection, cancelling them (none need be).
 TEST_P(StratadUcx, PutsEndedByTheirDeadlineMidSendStoreTheBlockNotTheReusedBuffer) {
-  ScratchDir dir;
-  StratadProcess d(dir.Sub("data"), Flags(), Env());
-  ASSERT_TRUE(d.Start().ok());
-  auto c = ConnectUcx(d);
+  auto c = StartDaemonAndConnect();
   ASSERT_NE(c, nullptr);
-  // The connection has answered once: later puts of up to 512 KiB go
-  // eagerly over TCP.
+  StratadProcess& d = *daemon_;
+  // The connection has answered once: later puts of up to a 1 MiB payload
+  // go eagerly over TCP.
   ASSERT_TRUE(c->Put(KeyFor(1), MakeBlock(ShapeForBytes(4 << 10), 1)).ok());
   d.Pause();
   client::CallOptions short_call;
@@ -408,10 +412,7 @@ TEST_P(StratadUcx, ClientsComingAndGoingDoNotStallADaemonWhoseStdoutIsUnread) {
 }
 
 TEST_P(StratadUcx, DrainRefusesPutsAndServesGets) {
-  ScratchDir dir;
-  StratadProcess d(dir.Sub("data"), Flags(), Env());
-  ASSERT_TRUE(d.Start().ok());
-  auto c = ConnectUcx(d);
+  auto c = StartDaemonAndConnect();
   ASSERT_NE(c, nullptr);
   const auto block = MakeBlock(ShapeForBytes(1 << 20), 3);
   ASSERT_TRUE(c->Put(KeyFor(3), block).ok());
