@@ -782,7 +782,12 @@ absl::StatusOr<EvictResult> TieredStore::EvictMatching(
       const auto& [tenant, model] = labels_[e.labels];
       if (!filter.tenant.empty() && tenant != filter.tenant) continue;
       if (!filter.model.empty() && model != filter.model) continue;
-      if (e.stored_at_unix_ms > newest) continue;
+      // Without a minimum age every block matches, also one whose wall-clock
+      // stamp is ahead of `now` (the clock stepped back since its put).
+      if (filter.min_age > absl::ZeroDuration() &&
+          e.stored_at_unix_ms > newest) {
+        continue;
+      }
       if (!prefix.empty() && !absl::StartsWith(key.ToHex(), prefix)) continue;
       if (e.pinned_until > now && !filter.include_pinned) {
         ++result.skipped_pinned;

@@ -121,7 +121,9 @@ struct EvictFilter {
   std::string tenant;
   std::string model;
   std::string key_prefix;  // Hex prefix of BlockKey::ToHex(), any case.
-  absl::Duration min_age = absl::ZeroDuration();  // Stored at least this long ago.
+  // Stored at least this long ago by the store's (wall) clock; zero matches
+  // every block, whatever its stamp.
+  absl::Duration min_age = absl::ZeroDuration();
   bool dry_run = false;         // Count only.
   bool include_pinned = false;  // Otherwise pinned blocks are skipped.
 };

@@ -7,6 +7,7 @@
 // is checked for its header and one row.
 #include <unistd.h>
 
+#include <iostream>
 #include <memory>
 #include <regex>
 #include <set>
@@ -128,6 +129,19 @@ class StratactlClusterTest : public ::testing::Test {
     return *std::move(c);
   }
 
+  // Prints the members and each node's usage when the test has failed by the
+  // time it goes out of scope: what the cluster looked like, for failures
+  // seen only on loaded machines.
+  class PrintClusterOnFailure {
+   public:
+    ~PrintClusterOnFailure() {
+      if (!::testing::Test::HasFailure()) return;
+      std::cerr << "cluster members: "
+                << Ctl({"cluster", "members", "--json"}).out
+                << "cluster usage: " << Ctl({"cluster", "usage", "--json"}).out;
+    }
+  };
+
   // The members as placement sees them (capacity 64 MiB, zones z1..z3).
   static RendezvousPlacement Placement() {
     std::vector<PlacementNode> nodes;
@@ -177,6 +191,7 @@ TEST_F(StratactlClusterTest,
 }
 
 TEST_F(StratactlClusterTest, UsageShowsPerNodeTiersAndHitRates) {
+  PrintClusterOnFailure print_cluster_on_failure;
   auto c = ClientFor(1);  // n2
   const auto block = SmallBlock(1);
   for (uint64_t i = 0; i < 4; ++i) {
@@ -206,12 +221,14 @@ TEST_F(StratactlClusterTest, UsageShowsPerNodeTiersAndHitRates) {
 }
 
 TEST_F(StratactlClusterTest, EvictFansOutToEveryNodeAndSums) {
+  PrintClusterOnFailure print_cluster_on_failure;
   const auto block = SmallBlock(2);
   // 1, 2 and 3 blocks on n1, n2, n3.
   for (int node = 0; node < kNodes; ++node) {
     auto c = ClientFor(node);
     for (int i = 0; i <= node; ++i) {
-      ASSERT_TRUE(c->Put(TestKey(0x22, node * 10 + i), block).ok());
+      const auto put = c->Put(TestKey(0x22, node * 10 + i), block);
+      ASSERT_TRUE(put.ok()) << "node " << node << " block " << i << ": " << put.status();
     }
   }
   const std::string filter = "--key-prefix=22";
@@ -230,10 +247,12 @@ TEST_F(StratactlClusterTest, EvictFansOutToEveryNodeAndSums) {
   EXPECT_NE(real.out.find("evicted 6 blocks"), std::string::npos) << real.out;
   CommandResult again =
       Ctl({"cluster", "evict", filter, "--dry-run", "--json"});
+  ASSERT_EQ(again.exit_code, 0) << again.out;
   EXPECT_EQ(JsonInts(again.out, "blocks").back(), 0) << again.out;
 }
 
 TEST_F(StratactlClusterTest, PinGoesToTheKeysOwnersByPlacement) {
+  PrintClusterOnFailure print_cluster_on_failure;
   const BlockKey key = TestKey(0x33, 7);
   const auto block = SmallBlock(3);
   for (int node = 0; node < kNodes; ++node) {

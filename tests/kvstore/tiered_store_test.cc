@@ -657,6 +657,36 @@ TEST(TieredStoreEvict, EvictMatchingFiltersByTenantModelPrefixAndAgeAndSurvivesR
   EXPECT_THAT(std::string(bad.status().message()), ::testing::StartsWith("key_prefix:"));
 }
 
+// The store stamps blocks with its wall clock, which may step back (NTP, a
+// migrated VM). A filter without a minimum age still matches such blocks.
+TEST(TieredStoreEvict, NoMinAgeMatchesBlocksStampedAheadOfAClockThatSteppedBack) {
+  ::strata::kvstore::testing::ScratchDir dir;
+  ManualClock clock;
+  TieredStoreOptions o;
+  o.dram_capacity_bytes = 8 << 20;
+  o.ssd_path = dir.Sub("ssd");
+  o.clock = &clock;
+  const BlockShape shape = ::strata::kvstore::testing::ShapeForBytes(16 << 10);
+  using ::strata::kvstore::testing::KeyFor;
+  using ::strata::kvstore::testing::MakeBlock;
+  auto store = *TieredStore::Open(o);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(store->Put(KeyFor(i), MakeBlock(shape, i)).ok());
+  }
+  clock.Advance(-absl::Seconds(2));
+  auto dry = store->EvictMatching({.dry_run = true});
+  ASSERT_TRUE(dry.ok()) << dry.status();
+  EXPECT_EQ(dry->blocks, 3u);
+  // A minimum age still compares stamps: none is 1 s old by this clock.
+  auto aged = store->EvictMatching({.min_age = absl::Seconds(1), .dry_run = true});
+  ASSERT_TRUE(aged.ok()) << aged.status();
+  EXPECT_EQ(aged->blocks, 0u);
+  auto real = store->EvictMatching({});
+  ASSERT_TRUE(real.ok()) << real.status();
+  EXPECT_EQ(real->blocks, 3u);
+  for (int i = 0; i < 3; ++i) EXPECT_FALSE(store->Exists(KeyFor(i))) << i;
+}
+
 }  // namespace
 }  // namespace strata::kvstore
 
