@@ -8,6 +8,7 @@
 #   bench/service_row.sh OP SIZE CLIENTS [REPEAT]
 #   TLS=shm BUILD_DIR=build bench/service_row.sh get 262144 4 3
 #   CLIENT_ENV="STRATA_UCX_CALLER_SPIN_US=0" DAEMON_ENV="..." bench/service_row.sh ...
+#   DAEMON_FLAGS="--data_plane_error_mode=peer" bench/service_row.sh put 1048576 1
 #
 # TLS: tcp (default) or shm (UCX_TLS=posix,cma,tcp). Alternate the builds
 # (A B A B ...) and compare like with like; bench/results/service.md has
@@ -26,7 +27,7 @@ mkfifo "$work/ready"
 env UCX_NET_DEVICES=lo $tls ${DAEMON_ENV:-} "$build/cluster/stratad" \
   --listen=127.0.0.1:0 --metrics_listen= --data_plane_listen=127.0.0.1:0 \
   --ssd_capacity=0 --dram_capacity=3GiB --data_dir="$work/data" \
-  --log_format=text > "$work/ready" 2> "$work/log" &
+  --log_format=text ${DAEMON_FLAGS:-} > "$work/ready" 2> "$work/log" &
 pid=$!
 read -r line < "$work/ready"
 addr=$(sed -E 's/.*grpc=([^ ]+).*/\1/' <<< "$line")
@@ -37,4 +38,5 @@ for _ in $(seq "$repeat"); do
     --addr="$addr" bench --op="$op" --size="$size" --clients="$clients" \
     --ops="$ops" --warmup=2 --data-plane=ucx 2> /dev/null | grep "GB/s"
 done
+echo "client cpu ticks (all runs): $(awk '{print $16 + $17}' /proc/$$/stat)"
 echo "daemon cpu ticks: $(awk '{print $14 + $15}' "/proc/$pid/stat")"

@@ -258,7 +258,7 @@ void UcxTransport::Put(const BlockKey& key, absl::Span<const uint8_t> block,
 bool UcxTransport::Idle() const {
   // Closing endpoints and orphaned holders keep a tick due instead.
   return calls_.empty() && sends_.empty() && recvs_.empty() &&
-         (!conn_.has_value() || conn_->replies_due == 0);
+         (!conn_.has_value() || conn_->replies_due.empty());
 }
 
 void UcxTransport::SendFromPooledCopy(Call& c) {
@@ -427,7 +427,7 @@ void UcxTransport::StartAttempt(Call& c) {
   void* r = ucp_am_send_nbx(conn_->ep, ucx::kRequestAmId, header.data(),
                             header.size(), payload, count, &rp);
   if (r == nullptr || UCS_PTR_IS_ERR(r)) sends_.erase(c.request_id);
-  if (!UCS_PTR_IS_ERR(r)) ++conn_->replies_due;
+  if (!UCS_PTR_IS_ERR(r)) conn_->replies_due.insert(c.request_id);
   if (UCS_PTR_IS_ERR(r)) {
     c.replied = true;
     c.status = absl::UnavailableError(
@@ -686,13 +686,10 @@ ucs_status_t UcxTransport::HandleReply(const void* header,
                                        const ucp_am_recv_param_t* param) {
   // Returning UCS_OK without receiving drops a rendezvous block (the
   // daemon's send completes normally).
-  // Replies come on the current connection (a closed one's are not
-  // delivered); at worst a stray one ends the count early, and the reply it
-  // stood for is taken at the next call instead.
-  if (conn_.has_value() && conn_->replies_due > 0) --conn_->replies_due;
   if (header_length < sizeof(ucx::ReplyHeader)) return UCS_OK;
   ucx::ReplyHeader h;
   std::memcpy(&h, header, sizeof(h));
+  if (conn_.has_value()) conn_->replies_due.erase(h.request_id);
   auto r = by_request_.find(h.request_id);
   if (r == by_request_.end()) return UCS_OK;  // Late or abandoned: dropped.
   auto it = calls_.find(r->second);

@@ -64,6 +64,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -158,10 +159,11 @@ class UcxTransport {
     // Known once answered: TCP-only lanes (puts up to
     // ucx::TcpEagerPutMaxBytes() then go eagerly).
     std::optional<bool> tcp_only;
-    // Requests sent on it whose reply has not come, abandoned ones too (a
+    // Request ids sent on it whose reply has not come, abandoned ones too (a
     // late reply must still be taken: the daemon holds its block until the
-    // send completes). Kept while the connection lives.
-    uint64_t replies_due = 0;
+    // send completes). Kept while the connection lives; a reply for an id
+    // not here (another connection's) changes nothing.
+    absl::flat_hash_set<uint64_t> replies_due;
   };
   // No call, send, receive or reply in flight: the progress thread may
   // park (ucx::WorkerLoop::Start).
