@@ -2,8 +2,9 @@
 # One row of the service benchmark, for A/B comparisons of two builds on a
 # noisy machine: starts a fresh DRAM-only stratad from BUILD_DIR, runs
 # `stratactl bench` REPEAT times against it over UCX, prints each result
-# line, then the daemon's CPU time for the whole run (user + system clock
-# ticks from /proc: compare builds by it where GB/s drowns in noise).
+# line, then the client's and the daemon's CPU time over the runs (user +
+# system clock ticks from /proc, the daemon's start-up not counted: compare
+# builds by it where GB/s drowns in noise).
 #
 #   bench/service_row.sh OP SIZE CLIENTS [REPEAT]
 #   TLS=shm BUILD_DIR=build bench/service_row.sh get 262144 4 3
@@ -32,6 +33,8 @@ pid=$!
 read -r line < "$work/ready"
 addr=$(sed -E 's/.*grpc=([^ ]+).*/\1/' <<< "$line")
 ops=$(( (256 << 20) / size / clients ))
+# From here on: the start-up (the DRAM arena's pre-fault) is not counted.
+ticks_at_start=$(awk '{print $14 + $15}' "/proc/$pid/stat")
 for _ in $(seq "$repeat"); do
   # shellcheck disable=SC2086
   env UCX_NET_DEVICES=lo $tls ${CLIENT_ENV:-} "$build/cluster/stratactl" \
@@ -39,4 +42,4 @@ for _ in $(seq "$repeat"); do
     --ops="$ops" --warmup=2 --data-plane=ucx 2> /dev/null | grep "GB/s"
 done
 echo "client cpu ticks (all runs): $(awk '{print $16 + $17}' /proc/$$/stat)"
-echo "daemon cpu ticks: $(awk '{print $14 + $15}' "/proc/$pid/stat")"
+echo "daemon cpu ticks (all runs): $(awk -v s="$ticks_at_start" '{print $14 + $15 - s}' "/proc/$pid/stat")"
