@@ -32,7 +32,10 @@
 
 #include <bit>
 #include <cerrno>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string_view>
 #include <utility>
 
 #include "absl/base/internal/raw_logging.h"
@@ -276,6 +279,56 @@ class DramArena::Impl {
   uint64_t frees_ ABSL_GUARDED_BY(mu_) = 0;      // Free calls so far.
 };
 
+namespace {
+
+constexpr size_t kHugePageBytes = size_t{2} << 20;
+constexpr size_t kPageBytes = 4096;
+
+size_t RoundUp(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+// Maps `capacity` bytes of anonymous memory starting at a 2 MiB boundary,
+// asks for transparent huge pages (honoured when the kernel's THP mode is
+// "madvise" or "always"; 4 KiB pages otherwise) and pre-faults all of it.
+// Huge pages make the pre-fault several times cheaper and spare block copies
+// into and out of the arena most of their TLB misses.
+absl::StatusOr<uint8_t*> MapPrefaulted(size_t capacity) {
+  const size_t span = RoundUp(capacity, kPageBytes) + kHugePageBytes;
+  void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) {
+    const int err = errno;
+    return absl::ResourceExhaustedError(
+        absl::StrCat("dram arena: mmap of ", capacity,
+                     " bytes failed: ", std::strerror(err)));
+  }
+  // Keep exactly [base, base + capacity rounded to pages), 2 MiB aligned.
+  const uintptr_t start = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t base = RoundUp(start, kHugePageBytes);
+  const uintptr_t end = base + RoundUp(capacity, kPageBytes);
+  if (base > start) munmap(raw, base - start);
+  if (start + span > end) munmap(reinterpret_cast<void*>(end), start + span - end);
+  auto* mem = reinterpret_cast<uint8_t*>(base);
+  const char* thp = std::getenv("STRATA_ARENA_HUGE_PAGES");
+  if (thp == nullptr || std::string_view(thp) != "0") {
+    madvise(mem, end - base, MADV_HUGEPAGE);  // Advice: failure is harmless.
+  }
+  if (madvise(mem, end - base, MADV_POPULATE_WRITE) != 0) {
+    const int err = errno;
+    if (err != EINVAL) {  // EINVAL: a kernel before 5.14; touch it instead.
+      munmap(mem, end - base);
+      return absl::ResourceExhaustedError(
+          absl::StrCat("dram arena: pre-faulting ", capacity,
+                       " bytes failed: ", std::strerror(err)));
+    }
+    for (uintptr_t p = base; p < end; p += kPageBytes) {
+      *reinterpret_cast<volatile uint8_t*>(p) = 0;
+    }
+  }
+  return mem;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<DramArena>> DramArena::Create(
     size_t capacity_bytes) {
   if (capacity_bytes < kAlignment) {
@@ -289,17 +342,11 @@ absl::StatusOr<std::unique_ptr<DramArena>> DramArena::Create(
                      capacity_bytes));
   }
   const size_t capacity = capacity_bytes / kAlignment * kAlignment;
-  void* mem = mmap(nullptr, capacity, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-  if (mem == MAP_FAILED) {
-    const int err = errno;
-    return absl::ResourceExhaustedError(
-        absl::StrCat("dram arena: mmap of ", capacity,
-                     " bytes failed: ", std::strerror(err)));
-  }
+  auto mem = MapPrefaulted(capacity);
+  if (!mem.ok()) return mem.status();
   auto impl = std::make_unique<Impl>(capacity / kAlignment);
   return std::unique_ptr<DramArena>(
-      new DramArena(static_cast<uint8_t*>(mem), capacity, std::move(impl)));
+      new DramArena(*mem, capacity, std::move(impl)));
 }
 
 DramArena::DramArena(uint8_t* base, size_t capacity,
