@@ -263,12 +263,12 @@ bool UcxTransport::Idle() const {
 
 void UcxTransport::SendFromPooledCopy(Call& c) {
   size_t capacity = 0;
-  std::unique_ptr<uint8_t[]> copy = copies_->Acquire(c.size, &capacity);
+  ucx::PoolBuffer copy = copies_->Acquire(c.size, &capacity);
   if (c.size != 0) std::memcpy(copy.get(), c.data, c.size);
   c.data = copy.get();
   c.keepalive = std::shared_ptr<uint8_t>(
       copy.release(), [pool = copies_, capacity](uint8_t* p) {
-        pool->Release(std::unique_ptr<uint8_t[]>(p), capacity);
+        pool->Release(ucx::PoolBuffer(p), capacity);
       });
   c.borrowed = false;
 }

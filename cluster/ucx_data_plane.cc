@@ -413,7 +413,7 @@ ucs_status_t UcxDataPlane::HandleRequest(const void* header,
   }
   uint8_t* dst = nullptr;
   size_t capacity = 0;
-  std::unique_ptr<uint8_t[]> buffer;
+  ucx::PoolBuffer buffer;
   if (reservation.ok()) {
     dst = reservation->data().data();
   } else {
@@ -538,7 +538,7 @@ void UcxDataPlane::SubmitGet(Request req) {
   }
 }
 
-void UcxDataPlane::SubmitPut(Request req, std::unique_ptr<uint8_t[]> buffer,
+void UcxDataPlane::SubmitPut(Request req, ucx::PoolBuffer buffer,
                              size_t capacity, size_t size) {
   const bool queued = pool_->Submit([this, req, buffer = std::move(buffer),
                                      capacity, size]() mutable {

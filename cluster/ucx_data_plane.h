@@ -118,7 +118,7 @@ class UcxDataPlane {
     std::optional<Request> put;  // Receiving.
     // Where the block lands: an arena reservation, else `buffer`.
     std::optional<kvstore::BlockReservation> reservation;
-    std::unique_ptr<uint8_t[]> buffer;
+    ucx::PoolBuffer buffer;
     size_t capacity = 0;  // Of `buffer` (BufferPool).
     size_t size = 0;
     std::vector<uint8_t> header;  // Sending.
@@ -144,7 +144,7 @@ class UcxDataPlane {
                              void* data, size_t length,
                              const ucp_am_recv_param_t* param);
   void SubmitGet(Request req);
-  void SubmitPut(Request req, std::unique_ptr<uint8_t[]> buffer,
+  void SubmitPut(Request req, ucx::PoolBuffer buffer,
                  size_t capacity, size_t size);
   void SubmitCommit(Request req, kvstore::BlockReservation reservation);
   // Commits here (progress thread) when small and not durable, else

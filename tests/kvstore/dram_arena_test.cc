@@ -133,6 +133,20 @@ TEST(DramArenaTest, CreateRoundsCapacityDownAndWholeRegionIsWritable) {
   EXPECT_EQ(arena->base()[arena->capacity() - 1], 0xAB);
 }
 
+// The arena starts on a 2 MiB boundary, so every whole 2 MiB of it can be a
+// transparent huge page; a capacity that is not a page multiple still maps
+// and is writable to its last byte.
+TEST(DramArenaTest, TheRegionStartsOnAHugePageBoundary) {
+  for (size_t capacity : {size_t{3} << 20, (size_t{5} << 20) + 3 * kA}) {
+    auto arena = MakeArena(capacity);
+    ASSERT_NE(arena, nullptr);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(arena->base()) % (size_t{2} << 20),
+              0u);
+    std::memset(arena->base(), 0x5A, arena->capacity());
+    EXPECT_EQ(arena->base()[arena->capacity() - 1], 0x5A);
+  }
+}
+
 TEST(DramArenaTest, FootprintRoundsUpToAlignmentWithoutOverflow) {
   EXPECT_EQ(DramArena::Footprint(1), kA);
   EXPECT_EQ(DramArena::Footprint(kA), kA);
