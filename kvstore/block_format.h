@@ -129,13 +129,28 @@ absl::StatusOr<BlockView> ParseBlockFrame(absl::Span<const uint8_t> bytes);
 // checksum mismatch is DATA_LOSS naming "checksum".
 absl::StatusOr<BlockView> ParseBlock(absl::Span<const uint8_t> bytes);
 
+// How the destination of a copy is used next.
+enum class CopyDestination {
+  // Read soon, or a buffer reused from call to call (a GET into caller
+  // memory): plain stores, the copy stays in the cache.
+  kReadSoon,
+  // Kept and not read soon (a block landing in the store's arena, memory
+  // not touched lately): non-temporal stores skip the read-for-ownership of
+  // every line. On the dev VM a 1 MiB copy-and-verify into cold memory took
+  // 120 us instead of 153; into a hot reused buffer it is slower (the
+  // kvstore benchmark's BM_CopyVerifiedBlock: 2 MiB 149-171 -> 213-246 us),
+  // hence the choice.
+  kStored,
+};
+
 // Copies a stored block from `src` into `dst` (dst.size() >= src.size()) and
 // verifies the checksum over the bytes as they landed in `dst`, in one pass
-// (the copy and the hash share the cache). Returns a view into `dst`.
+// (64 KiB at a time: copy, then hash what landed). Returns a view into `dst`.
 // Errors as ParseBlock, plus OUT_OF_RANGE naming "dst" when it is too small.
 // On any error the contents of `dst` are unspecified and must not be used.
-absl::StatusOr<BlockView> CopyVerifiedBlock(absl::Span<const uint8_t> src,
-                                            absl::Span<uint8_t> dst);
+absl::StatusOr<BlockView> CopyVerifiedBlock(
+    absl::Span<const uint8_t> src, absl::Span<uint8_t> dst,
+    CopyDestination use = CopyDestination::kReadSoon);
 
 }  // namespace strata::kvstore
 

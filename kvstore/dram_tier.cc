@@ -75,7 +75,8 @@ absl::Status DramTier::Write(const BlockKey& key,
       std::make_shared<const Allocation>(arena_, offset, block.size());
   // Copy and verify in one pass: the hash reads what the copy just wrote.
   STRATA_RETURN_IF_ERROR(
-      CopyVerifiedBlock(block, absl::MakeSpan(allocation->data(), block.size()))
+      CopyVerifiedBlock(block, absl::MakeSpan(allocation->data(), block.size()),
+                        CopyDestination::kStored)
           .status());
   absl::MutexLock lock(&mu_);
   auto [it, inserted] = blocks_.emplace(key, std::move(allocation));

@@ -42,7 +42,8 @@ absl::Status BlockReservation::CopyIn(absl::Span<const uint8_t> block) {
         absl::StrCat("block: ", block.size(), " bytes into a reservation of ",
                      range_.size()));
   }
-  absl::Status s = CopyVerifiedBlock(block, data()).status();
+  absl::Status s =
+      CopyVerifiedBlock(block, data(), CopyDestination::kStored).status();
   checksum_verified_ = s.ok();
   return s;
 }

@@ -56,6 +56,27 @@ TEST_P(EveryDType, CopyVerifiedBlockCopiesExactBytes) {
   EXPECT_EQ(view->header.shape.dtype, GetParam());
 }
 
+// A copy into the store streams 64-byte runs around the cache and copies the
+// ends plainly: every destination alignment and a size that ends mid-run,
+// across the 64 KiB chunks of the hash, must land byte-exact.
+TEST(BlockFormat, CopyVerifiedBlockIsExactAtEveryDestinationAlignment) {
+  const BlockShape shape = testing::ShapeForBytes((192 << 10) + 40);
+  const std::vector<uint8_t> block = MakeBlock(shape, 11);
+  ASSERT_NE(block.size() % 64, 0u);
+  std::vector<uint8_t> dst(block.size() + 64 + 2);
+  for (size_t align = 0; align < 64; ++align) {
+    std::fill(dst.begin(), dst.end(), 0xEE);
+    auto view =
+        CopyVerifiedBlock(block, absl::MakeSpan(dst.data() + align, block.size()),
+                          CopyDestination::kStored);
+    ASSERT_TRUE(view.ok()) << align << ": " << view.status();
+    ASSERT_TRUE(std::equal(block.begin(), block.end(), dst.begin() + align))
+        << align;
+    for (size_t i = 0; i < align; ++i) ASSERT_EQ(dst[i], 0xEE) << align;
+    ASSERT_EQ(dst[align + block.size()], 0xEE) << align;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, EveryDType,
                          ::testing::ValuesIn(testing::kAllDTypes),
                          testing::DTypeParamName);
