@@ -424,10 +424,12 @@ void UcxTransport::StartAttempt(Call& c) {
               c.model.size());
   rp.cb.send = &UcxTransport::OnSent;
   rp.user_data = IdArg(c.request_id);
+  // Due before the send starts, so a reply taken while it runs finds it.
+  conn_->replies_due.insert(c.request_id);
   void* r = ucp_am_send_nbx(conn_->ep, ucx::kRequestAmId, header.data(),
                             header.size(), payload, count, &rp);
   if (r == nullptr || UCS_PTR_IS_ERR(r)) sends_.erase(c.request_id);
-  if (!UCS_PTR_IS_ERR(r)) conn_->replies_due.insert(c.request_id);
+  if (UCS_PTR_IS_ERR(r)) conn_->replies_due.erase(c.request_id);
   if (UCS_PTR_IS_ERR(r)) {
     c.replied = true;
     c.status = absl::UnavailableError(
@@ -775,6 +777,9 @@ void UcxTransport::OnSent(void* request, ucs_status_t status,
   if (auto h = self->sends_.find(ArgId(user_data)); h != self->sends_.end()) {
     if (h->second.release_at != absl::InfiniteFuture()) --self->orphans_;
     self->sends_.erase(h);  // UCX is done with the header and the block.
+  }
+  if (status != UCS_OK && self->conn_.has_value()) {
+    self->conn_->replies_due.erase(ArgId(user_data));  // None will come.
   }
   auto r = self->by_request_.find(ArgId(user_data));
   if (r == self->by_request_.end()) return;

@@ -8,9 +8,9 @@
 // Buffers of 2 MiB and more start at a 2 MiB boundary and ask for
 // transparent huge pages (MADV_HUGEPAGE, honoured when the kernel's THP mode
 // is "madvise" or "always"): the peer's cma read of a put copy pins every
-// page of it, and 2 MiB pages make 8 MiB shared-memory puts about 1.6x
-// faster (bench/results/service.md, session 8). STRATA_POOL_HUGE_PAGES=0
-// turns the advice off (A/B runs).
+// page of it, and with 2 MiB pages 8 MiB shared-memory puts were about 1.3x
+// faster on average, in noisy A/B runs (bench/results/service.md, session
+// 8). STRATA_POOL_HUGE_PAGES=0 turns the advice off (A/B runs).
 //
 // Thread-safe. The pool caches at most `max_cached_bytes` of free buffers
 // (oldest dropped first).
@@ -96,6 +96,7 @@ class BufferPool {
   // cache lines below.
   static size_t CapacityFor(size_t size) {
     const size_t unit = size >= kHugePageBytes ? 4096 : 64;
+    if (size > SIZE_MAX - unit) throw std::bad_alloc();  // No wrap to 0.
     return (size + unit - 1) / unit * unit;
   }
   static bool HugePagesWanted() {

@@ -137,7 +137,7 @@ enum class CopyDestination {
   // Kept and not read soon (a block landing in the store's arena, memory
   // not touched lately): non-temporal stores skip the read-for-ownership of
   // every line. On the dev VM a 1 MiB copy-and-verify into cold memory took
-  // 120 us instead of 153; into a hot reused buffer it is slower (the
+  // 120 us instead of 142-153; into a hot reused buffer it is slower (the
   // kvstore benchmark's BM_CopyVerifiedBlock: 2 MiB 149-171 -> 213-246 us),
   // hence the choice.
   kStored,

@@ -281,6 +281,10 @@ class DramArena::Impl {
 
 namespace {
 
+#ifndef MADV_POPULATE_WRITE  // Headers older than Linux 5.14's.
+#define MADV_POPULATE_WRITE 23
+#endif
+
 constexpr size_t kHugePageBytes = size_t{2} << 20;
 constexpr size_t kPageBytes = 4096;
 
