@@ -311,8 +311,20 @@ int Evict(const Cluster& c, const Args& a) {
   }
   f.dry_run = a.Bool("dry-run");
   f.include_pinned = a.Bool("include-pinned");
+  size_t min_members = 0;
+  if (a.flags.count("min-members") &&
+      !absl::SimpleAtoi(a.Flag("min-members"), &min_members)) {
+    return UsageError("min-members: want a number");
+  }
   auto rows = ListMembers(c);
   if (!rows.ok()) return Fail(rows.status());
+  // A member whose lease lapsed is not listed: its blocks would silently
+  // stay. An operator who knows the cluster's size can refuse that.
+  if (rows->size() < min_members) {
+    return Fail(absl::FailedPreconditionError(absl::StrCat(
+        "min-members: ", rows->size(), " members listed, fewer than ",
+        min_members, "; nothing evicted")));
+  }
   auto results = FanOut<client::EvictResult>(
       c, *rows, [&](Client& cl) { return cl.Evict(f); });
   client::EvictResult total;

@@ -125,6 +125,15 @@ class StratactlClusterTest : public ::testing::Test {
     argv.insert(argv.end(), args.begin(), args.end());
     return RunCommand(argv);
   }
+  // Ctl with stderr in `out` too (error messages). Arguments must not need
+  // shell quoting.
+  static CommandResult CtlWithErrors(const std::vector<std::string>& args) {
+    std::string line = absl::StrCat(STRATACTL_PATH, " --etcd=",
+                                    etcd_->endpoint(),
+                                    " --prefix=/strata/v1/ --deadline=30s");
+    for (const std::string& a : args) absl::StrAppend(&line, " ", a);
+    return RunCommand({"/bin/sh", "-c", line + " 2>&1"});
+  }
 
   static std::unique_ptr<client::Client> ClientFor(int node) {
     client::ClientOptions o;
@@ -257,6 +266,25 @@ TEST_F(StratactlClusterTest, EvictFansOutToEveryNodeAndSums) {
       Ctl({"cluster", "evict", filter, "--dry-run", "--json"});
   ASSERT_EQ(again.exit_code, 0) << again.out;
   EXPECT_EQ(JsonInts(again.out, "blocks").back(), 0) << again.out;
+}
+
+TEST_F(StratactlClusterTest, EvictWithMoreMinMembersThanListedEvictsNothing) {
+  PrintClusterOnFailure print_cluster_on_failure;
+  auto c = ClientFor(0);
+  ASSERT_TRUE(c->Put(TestKey(0x44, 1), SmallBlock(4)).ok());
+  CommandResult refused =
+      CtlWithErrors({"cluster", "evict", "--key-prefix=44", "--min-members=4"});
+  EXPECT_EQ(refused.exit_code, 1) << refused.out;
+  EXPECT_NE(refused.out.find("FAILED_PRECONDITION: min-members: 3 members "
+                             "listed, fewer than 4"),
+            std::string::npos)
+      << refused.out;
+  EXPECT_TRUE(c->Get(TestKey(0x44, 1)).ok());
+  // With the cluster's real size it goes ahead.
+  CommandResult done =
+      Ctl({"cluster", "evict", "--key-prefix=44", "--min-members=3"});
+  ASSERT_EQ(done.exit_code, 0) << done.out;
+  EXPECT_NE(done.out.find("evicted 1 blocks"), std::string::npos) << done.out;
 }
 
 TEST_F(StratactlClusterTest, PinGoesToTheKeysOwnersByPlacement) {
