@@ -1,5 +1,7 @@
 #include "kvstore/dram_arena.h"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -120,6 +122,26 @@ TEST(DramArenaTest, CreateRejectsCapacityAbove2To46NamingCapacityBytes) {
     EXPECT_EQ(arena.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(arena.status().message(), HasSubstr("capacity_bytes"));
   }
+}
+
+// In a child process: caps the address space at 4 GiB, asks for an 8 GiB
+// arena and exits 0 when that is RESOURCE_EXHAUSTED naming the arena.
+void CreateBeyondAnAddressSpaceLimitAndExit() {
+  const rlimit limit{size_t{4} << 30, size_t{4} << 30};
+  if (setrlimit(RLIMIT_AS, &limit) != 0) std::_Exit(2);
+  auto arena = DramArena::Create(size_t{8} << 30);
+  const bool ok =
+      arena.status().code() == absl::StatusCode::kResourceExhausted &&
+      std::string(arena.status().message()).find("dram arena") !=
+          std::string::npos;
+  std::_Exit(ok ? 0 : 1);
+}
+
+// A mapping the OS refuses is RESOURCE_EXHAUSTED naming the arena, not a
+// crash.
+TEST(DramArenaTest, RefusedMappingIsResourceExhaustedNamingTheArena) {
+  EXPECT_EXIT(CreateBeyondAnAddressSpaceLimitAndExit(),
+              ::testing::ExitedWithCode(0), "");
 }
 
 TEST(DramArenaTest, CreateRoundsCapacityDownAndWholeRegionIsWritable) {
