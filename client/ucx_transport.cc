@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/steady_time.h"
 #include "kvstore/block_format.h"
 
 namespace strata::client::internal {
@@ -220,7 +221,7 @@ void UcxTransport::Submit(std::unique_ptr<Call> call) {
 void UcxTransport::Ping(absl::Time deadline, StatusCallback done) {
   auto c = std::make_unique<Call>();
   c->op = ucx::Op::kPing;
-  c->deadline = deadline;
+  c->deadline = SteadyFromWall(deadline);
   c->on_ping = std::move(done);
   Submit(std::move(c));
 }
@@ -249,7 +250,7 @@ void UcxTransport::Put(const BlockKey& key, absl::Span<const uint8_t> block,
     c->data = block.data();
     SendFromPooledCopy(*c);
   }
-  c->deadline = deadline;
+  c->deadline = SteadyFromWall(deadline);
   c->caller_waits = caller_waits;
   c->on_put = std::move(done);
   Submit(std::move(c));
@@ -279,7 +280,7 @@ void UcxTransport::Get(const BlockKey& key, bool caller_waits,
   c->op = ucx::Op::kGet;
   c->key = key;
   c->caller_waits = caller_waits;
-  c->deadline = deadline;
+  c->deadline = SteadyFromWall(deadline);
   c->on_get = std::move(done);
   Submit(std::move(c));
 }
@@ -294,7 +295,7 @@ void UcxTransport::GetInto(const BlockKey& key, uint8_t* dst, size_t capacity,
   c->into = true;
   c->dst = dst;
   c->capacity = capacity;
-  c->deadline = deadline;
+  c->deadline = SteadyFromWall(deadline);
   c->on_into = std::move(done);
   Submit(std::move(c));
 }
@@ -478,7 +479,7 @@ void UcxTransport::MaybeFinishAttempt(uint64_t call_id) {
   if (absl::IsUnavailable(c.status) &&
       c.attempts < options_.retry.max_attempts) {
     const absl::Time when =
-        absl::Now() + options_.retry.Backoff(c.attempts + 1);
+        SteadyNow() + options_.retry.Backoff(c.attempts + 1);
     if (when < c.deadline) {
       c.waiting_retry = true;
       retries_.emplace(when, c.id);
@@ -577,7 +578,7 @@ void UcxTransport::Teardown(const absl::Status& why) {
   }
   // A forced close cancelled what was in flight: its memory is free now.
   // Without one, UCX may still finish an operation: keep its memory a while.
-  const absl::Time release_at = absl::Now() + kOrphanGrace;
+  const absl::Time release_at = SteadyNow() + kOrphanGrace;
   for (auto* holders : {&sends_, &recvs_}) {
     if (force) {
       absl::erase_if(*holders, [&](const auto& kv) {
@@ -626,7 +627,7 @@ absl::Time UcxTransport::Tick() {
         "data_plane: connection to ", options_.address,
         " failed: ", ucs_status_string(conn_->error))));
   }
-  absl::Time now = absl::Now();
+  absl::Time now = SteadyNow();
   while (!retries_.empty() && retries_.begin()->first <= now) {
     const uint64_t id = retries_.begin()->second;
     retries_.erase(retries_.begin());
@@ -640,7 +641,7 @@ absl::Time UcxTransport::Tick() {
     ids.swap(finished_);
     for (uint64_t id : ids) MaybeFinishAttempt(id);
   }
-  now = absl::Now();
+  now = SteadyNow();
   while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
     const uint64_t id = deadlines_.begin()->second;
     if (!calls_.contains(id)) {

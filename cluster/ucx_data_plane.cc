@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "cluster/log.h"
+#include "common/steady_time.h"
 #include "common/ucx_buffer_pool.h"
 
 namespace strata::cluster {
@@ -198,7 +199,7 @@ void UcxDataPlane::Stop() {
   commit_pool_->Shutdown();
   loop_->Post([this] {
     finishing_ = true;
-    finish_by_ = absl::Now() + options_.stop_grace;
+    finish_by_ = SteadyNow() + options_.stop_grace;
   });
   loop_->Join();
 }
@@ -208,7 +209,7 @@ absl::Time UcxDataPlane::Tick() {
   failed.swap(failed_);
   for (uint64_t id : failed) Teardown(id);
   ucx::FreeCompletedRequests(closing_);
-  const absl::Time now = absl::Now();
+  const absl::Time now = SteadyNow();
   absl::Time next_release = absl::InfiniteFuture();
   absl::erase_if(pending_, [&](const auto& kv) {
     if (kv.second->release_at <= now) return true;
@@ -262,7 +263,7 @@ void UcxDataPlane::Teardown(uint64_t conn_id) {
   // A forced close cancelled what was in flight: release it (leases
   // included). Without one, keep it a while: UCX may still finish it. A
   // completion that arrives later finds no entry and only frees its request.
-  const absl::Time release_at = absl::Now() + kOrphanGrace;
+  const absl::Time release_at = SteadyNow() + kOrphanGrace;
   if (force) {
     absl::erase_if(pending_, [&](const auto& kv) {
       return kv.second->conn_id == conn_id;
@@ -334,7 +335,7 @@ ucs_status_t UcxDataPlane::HandleRequest(const void* header,
   req.request_id = h.request_id;
   req.op = h.op;
   req.flags = h.flags;
-  req.start = absl::Now();
+  req.start = SteadyNow();
   if (h.op == static_cast<uint16_t>(ucx::Op::kPut)) req.bytes_in = length;
   auto reject = [&](const absl::Status& s) {
     Reply(req, s, 0, std::nullopt);
@@ -638,7 +639,7 @@ void UcxDataPlane::Reply(const Request& req, const absl::Status& status,
   if (IsBlockOp(req.op)) {
     ctx_->metrics->RecordRpc(
         req.op == static_cast<uint16_t>(ucx::Op::kPut) ? Rpc::kPut : Rpc::kGet,
-        status.code(), absl::Now() - req.start, req.bytes_in, bytes_out);
+        status.code(), SteadyNow() - req.start, req.bytes_in, bytes_out);
   }
   auto conn = conns_.find(req.conn_id);
   if (conn == conns_.end()) return;  // Torn down: nobody to answer.

@@ -110,7 +110,7 @@ class UcxDataPlane {
     kvstore::BlockKey key;
     std::string tenant, model;
     uint64_t bytes_in = 0;
-    absl::Time start;
+    absl::Time start;  // SteadyNow() when it arrived (for latency).
   };
   // One UCX operation in flight: receiving a PUT's block, or sending a reply.
   struct Pending {

@@ -22,6 +22,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/steady_time.h"
 
 namespace strata::ucx {
 namespace {
@@ -235,7 +236,7 @@ std::optional<int> WorkerLoop::Step(absl::Time& idle_since,
   const absl::Time next = tick_();
   next_tick_ = next;
   if (exit_ || ran) return std::nullopt;  // Closures may have started work.
-  const absl::Time now = absl::Now();
+  const absl::Time now = SteadyNow();
   if (next <= now) return std::nullopt;
   if (spin > absl::ZeroDuration()) {
     if (idle_since == absl::InfiniteFuture()) idle_since = now;
@@ -320,7 +321,7 @@ bool WorkerLoop::TryDrive(absl::FunctionRef<void()> start,
 }
 
 void WorkerLoop::Drain(std::vector<void*>* requests, absl::Duration timeout) {
-  const absl::Time until = absl::Now() + timeout;
+  const absl::Time until = SteadyNow() + timeout;
   auto pending = [&] {
     requests->erase(std::remove_if(requests->begin(), requests->end(),
                                    [](void* r) {
@@ -334,7 +335,7 @@ void WorkerLoop::Drain(std::vector<void*>* requests, absl::Duration timeout) {
                     requests->end());
     return !requests->empty();
   };
-  while (pending() && absl::Now() < until) {
+  while (pending() && SteadyNow() < until) {
     if (ucp_worker_progress(worker_) != 0) continue;
     if (ucp_worker_arm(worker_) != UCS_OK) continue;
     SleepOnEvents(10);

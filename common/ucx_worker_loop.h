@@ -125,8 +125,9 @@ class WorkerLoop {
 
   // Starts the loop thread. Each iteration progresses the worker until it is
   // idle, runs posted closures, then calls `tick` (on the loop thread), which
-  // returns when it next wants to run without an event
-  // (absl::InfiniteFuture(): only on events).
+  // returns when it next wants to run without an event, on the SteadyNow()
+  // time base (common/steady_time.h; absl::InfiniteFuture(): only on
+  // events).
   // `idle` (optional; run by whichever thread drives, under the drive lock)
   // says that the owner awaits no event: no operation of its own is in
   // flight. After a caller drives the worker (TryDrive) and finds it idle,
