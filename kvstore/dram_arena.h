@@ -33,9 +33,11 @@ class DramArena {
   static constexpr size_t kAlignment = 256;
 
   // Reserves `capacity_bytes` (rounded down to kAlignment) of anonymous
-  // memory and pre-faults it. INVALID_ARGUMENT naming "capacity_bytes" when it
-  // is smaller than kAlignment or larger than 2^46; RESOURCE_EXHAUSTED when
-  // the OS refuses the mapping.
+  // memory starting on a 2 MiB boundary, asks for transparent huge pages
+  // (STRATA_ARENA_HUGE_PAGES=0: not) and pre-faults it. INVALID_ARGUMENT
+  // naming "capacity_bytes" when it is smaller than kAlignment or larger than
+  // 2^46; RESOURCE_EXHAUSTED naming "dram arena" when the OS refuses the
+  // mapping or its pages.
   static absl::StatusOr<std::unique_ptr<DramArena>> Create(
       size_t capacity_bytes);
 
