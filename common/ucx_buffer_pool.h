@@ -10,14 +10,12 @@
 // is "madvise" or "always"): the peer's cma read of a put copy pins every
 // page of it, and with 2 MiB pages 8 MiB shared-memory puts were about 1.3x
 // faster on average, in noisy A/B runs (bench/results/service.md, session
-// 8). STRATA_POOL_HUGE_PAGES=0 turns the advice off (A/B runs).
+// 8). STRATA_POOL_HUGE_PAGES=0 turns the advice off (common/huge_pages.h).
 //
 // Thread-safe. The pool caches at most `max_cached_bytes` of free buffers
 // (oldest dropped first).
 #ifndef STRATA_COMMON_UCX_BUFFER_POOL_H_
 #define STRATA_COMMON_UCX_BUFFER_POOL_H_
-
-#include <sys/mman.h>
 
 #include <algorithm>
 #include <cstddef>
@@ -26,11 +24,11 @@
 #include <deque>
 #include <memory>
 #include <new>
-#include <string_view>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "common/huge_pages.h"
 
 namespace strata::ucx {
 
@@ -73,7 +71,7 @@ class BufferPool {
     if (posix_memalign(&p, huge ? kHugePageBytes : 64, want) != 0) {
       throw std::bad_alloc();
     }
-    if (huge && HugePagesWanted()) madvise(p, want, MADV_HUGEPAGE);
+    if (huge) AdviseHugePages(p, want, "STRATA_POOL_HUGE_PAGES");
     return PoolBuffer(static_cast<uint8_t*>(p));
   }
 
@@ -89,8 +87,6 @@ class BufferPool {
   }
 
  private:
-  static constexpr size_t kHugePageBytes = size_t{2} << 20;
-
   // Whole pages from 2 MiB up (the last, partial 2 MiB stays in 4 KiB
   // pages: a block of 2^k bytes plus its header does not double), whole
   // cache lines below.
@@ -98,13 +94,6 @@ class BufferPool {
     const size_t unit = size >= kHugePageBytes ? 4096 : 64;
     if (size > SIZE_MAX - unit) throw std::bad_alloc();  // No wrap to 0.
     return (size + unit - 1) / unit * unit;
-  }
-  static bool HugePagesWanted() {
-    static const bool wanted = [] {
-      const char* env = std::getenv("STRATA_POOL_HUGE_PAGES");
-      return env == nullptr || std::string_view(env) != "0";
-    }();
-    return wanted;
   }
 
   const size_t max_cached_;

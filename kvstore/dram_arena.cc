@@ -33,9 +33,7 @@
 #include <bit>
 #include <cerrno>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <string_view>
 #include <utility>
 
 #include "absl/base/internal/raw_logging.h"
@@ -44,6 +42,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/huge_pages.h"
 
 namespace strata::kvstore {
 namespace {
@@ -285,7 +284,6 @@ namespace {
 #define MADV_POPULATE_WRITE 23
 #endif
 
-constexpr size_t kHugePageBytes = size_t{2} << 20;
 constexpr size_t kPageBytes = 4096;
 
 size_t RoundUp(size_t n, size_t to) { return (n + to - 1) / to * to; }
@@ -312,10 +310,7 @@ absl::StatusOr<uint8_t*> MapPrefaulted(size_t capacity) {
   if (base > start) munmap(raw, base - start);
   if (start + span > end) munmap(reinterpret_cast<void*>(end), start + span - end);
   auto* mem = reinterpret_cast<uint8_t*>(base);
-  const char* thp = std::getenv("STRATA_ARENA_HUGE_PAGES");
-  if (thp == nullptr || std::string_view(thp) != "0") {
-    madvise(mem, end - base, MADV_HUGEPAGE);  // Advice: failure is harmless.
-  }
+  AdviseHugePages(mem, end - base, "STRATA_ARENA_HUGE_PAGES");
   if (madvise(mem, end - base, MADV_POPULATE_WRITE) != 0) {
     const int err = errno;
     if (err != EINVAL) {  // EINVAL: a kernel before 5.14; touch it instead.
