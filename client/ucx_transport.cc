@@ -235,20 +235,14 @@ void UcxTransport::Put(const BlockKey& key, absl::Span<const uint8_t> block,
   c->flags = put.durable ? ucx::kRequestDurable : 0;
   c->tenant = put.tenant;
   c->model = put.model;
-  if (caller_waits) {
-    // The caller keeps the block until the call completes.
-    c->data = block.data();
-    if (options_.peer_error_handling) {
-      c->zero_copy = true;  // A forced close can stop UCX reading it.
-    } else {
-      c->borrowed = true;  // Mode none: see StartAttempt and Complete.
-    }
-  }
+  c->data = block.data();
   c->size = block.size();
   if (!caller_waits) {
-    // UCX may read the block after the call returns.
-    c->data = block.data();
-    SendFromPooledCopy(*c);
+    SendFromPooledCopy(*c);  // UCX may read the block after the call returns.
+  } else if (options_.peer_error_handling) {
+    c->zero_copy = true;  // A forced close can stop UCX reading it.
+  } else {
+    c->borrowed = true;  // Mode none: see StartAttempt and Complete.
   }
   c->deadline = SteadyFromWall(deadline);
   c->caller_waits = caller_waits;
