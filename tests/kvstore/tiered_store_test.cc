@@ -603,17 +603,29 @@ TEST(TieredStore, ConcurrentPutsGetsAndRemovesNeverReturnWrongBytes) {
 namespace strata::kvstore {
 namespace {
 
-TEST(TieredStoreEvict, EvictMatchingFiltersByTenantModelPrefixAndAgeAndSurvivesRestart) {
-  ::strata::kvstore::testing::ScratchDir dir;
-  ManualClock clock;
+using ::strata::kvstore::testing::KeyFor;
+using ::strata::kvstore::testing::MakeBlock;
+
+// The evict tests' store: 8 MiB of DRAM over an SSD tier in `dir`, stamped
+// by `clock`; their blocks are 16 KiB (EvictTestShape).
+TieredStoreOptions EvictTestOptions(
+    const ::strata::kvstore::testing::ScratchDir& dir, ManualClock* clock) {
   TieredStoreOptions o;
   o.dram_capacity_bytes = 8 << 20;
   o.ssd_path = dir.Sub("ssd");
+  o.clock = clock;
+  return o;
+}
+BlockShape EvictTestShape() {
+  return ::strata::kvstore::testing::ShapeForBytes(16 << 10);
+}
+
+TEST(TieredStoreEvict, EvictMatchingFiltersByTenantModelPrefixAndAgeAndSurvivesRestart) {
+  ::strata::kvstore::testing::ScratchDir dir;
+  ManualClock clock;
+  TieredStoreOptions o = EvictTestOptions(dir, &clock);
   o.write_through = true;
-  o.clock = &clock;
-  const BlockShape shape = ::strata::kvstore::testing::ShapeForBytes(16 << 10);
-  using ::strata::kvstore::testing::KeyFor;
-  using ::strata::kvstore::testing::MakeBlock;
+  const BlockShape shape = EvictTestShape();
   {
     auto store = *TieredStore::Open(o);
     for (int i = 0; i < 12; ++i) {
@@ -662,14 +674,8 @@ TEST(TieredStoreEvict, EvictMatchingFiltersByTenantModelPrefixAndAgeAndSurvivesR
 TEST(TieredStoreEvict, NoMinAgeMatchesBlocksStampedAheadOfAClockThatSteppedBack) {
   ::strata::kvstore::testing::ScratchDir dir;
   ManualClock clock;
-  TieredStoreOptions o;
-  o.dram_capacity_bytes = 8 << 20;
-  o.ssd_path = dir.Sub("ssd");
-  o.clock = &clock;
-  const BlockShape shape = ::strata::kvstore::testing::ShapeForBytes(16 << 10);
-  using ::strata::kvstore::testing::KeyFor;
-  using ::strata::kvstore::testing::MakeBlock;
-  auto store = *TieredStore::Open(o);
+  const BlockShape shape = EvictTestShape();
+  auto store = *TieredStore::Open(EvictTestOptions(dir, &clock));
   for (int i = 0; i < 3; ++i) {
     ASSERT_TRUE(store->Put(KeyFor(i), MakeBlock(shape, i)).ok());
   }
