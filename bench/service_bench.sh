@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Service benchmark: stratad (over each transport) vs redis-server, put and
+# Service benchmark: stratad (over each transport: gRPC, the socket data
+# plane "tcp", UCX over TCP, UCX over shared memory) vs redis-server, put and
 # get of 256 KiB, 1 MiB, 8 MiB and 32 MiB values with 1 and 4 concurrent
 # clients, next to the raw ceilings measured in the same run (a plain TCP
 # stream over loopback, single-thread memcpy). Writes a markdown table to
@@ -23,7 +24,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR="${BUILD_DIR:-build-bench}"
-TRANSPORTS="${TRANSPORTS:-grpc ucx-tcp ucx-shm}"
+TRANSPORTS="${TRANSPORTS:-grpc tcp ucx-tcp ucx-shm}"
 SIZES="${SIZES:-262144 1048576 8388608 33554432}"
 CLIENTS="${CLIENTS:-1 4}"
 BYTES_PER_RUN="${BYTES_PER_RUN:-$((768 << 20))}"
@@ -93,6 +94,8 @@ for transport in $TRANSPORTS; do
   env_vars=()
   plane=grpc
   case "$transport" in
+    # The socket data plane (cluster/tcp_data_plane.h): plain TCP, no UCX.
+    tcp) plane=tcp ;;
     ucx-tcp) env_vars=(UCX_NET_DEVICES=lo UCX_TLS=tcp); plane=ucx ;;
     # UCX 1.13 needs tcp listed to connect by sockaddr; the bytes then move
     # over posix (messages) and cma (blocks) only (docs/protocol.md).

@@ -39,7 +39,7 @@ for _ in $(seq "$repeat"); do
   # shellcheck disable=SC2086
   env UCX_NET_DEVICES=lo $tls ${CLIENT_ENV:-} "$build/cluster/stratactl" \
     --addr="$addr" bench --op="$op" --size="$size" --clients="$clients" \
-    --ops="$ops" --warmup=2 --data-plane=ucx 2> /dev/null | grep "GB/s"
+    --ops="$ops" --warmup=2 --data-plane="${PLANE:-ucx}" 2> /dev/null | grep "GB/s"
 done
 echo "client cpu ticks (all runs): $(awk '{print $16 + $17}' /proc/$$/stat)"
 echo "daemon cpu ticks (all runs): $(awk -v s="$ticks_at_start" '{print $14 + $15 - s}' "/proc/$pid/stat")"

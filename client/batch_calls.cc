@@ -106,11 +106,11 @@ std::future<std::vector<absl::StatusOr<PutResult>>> GrpcClient::BatchPutAsync(
   }
 
   // Items UCX carries (as Put would send them), each its own request.
-  std::vector<size_t> over_ucx;
-  if (ucx_ != nullptr) {
+  std::vector<size_t> over_bulk;
+  if (bulk_ != nullptr) {
     std::vector<size_t> rest;
     for (size_t i : valid) {
-      (PutOverUcx(blocks[i], put) ? over_ucx : rest).push_back(i);
+      (PutOverBulk(blocks[i], put) ? over_bulk : rest).push_back(i);
     }
     valid = std::move(rest);
   }
@@ -131,11 +131,11 @@ std::future<std::vector<absl::StatusOr<PutResult>>> GrpcClient::BatchPutAsync(
   }
 
   auto future = state->promise.get_future();
-  state->pending.store(chunks.size() + over_ucx.size() + 1,
+  state->pending.store(chunks.size() + over_bulk.size() + 1,
                        std::memory_order_relaxed);
-  for (size_t i : over_ucx) {
+  for (size_t i : over_bulk) {
     // caller_waits = false: the transport copies the block before returning.
-    ucx_->Put(keys[i], blocks[i], /*caller_waits=*/false, put, *deadline,
+    bulk_->Put(keys[i], blocks[i], /*caller_waits=*/false, put, *deadline,
               [state, i](T r) {
                 state->results[i] = std::move(r);
                 state->Release();
@@ -223,11 +223,11 @@ std::future<std::vector<absl::StatusOr<GetResult>>> GrpcClient::BatchGetAsync(
   state->results.assign(distinct,
                         T(absl::InternalError("batch item was not sent")));
   auto future = state->promise.get_future();
-  if (ucx_ != nullptr) {
+  if (bulk_ != nullptr) {
     // Every key its own UCX Get, all in flight at once.
     state->pending.store(distinct + 1, std::memory_order_relaxed);
     for (size_t k = 0; k < distinct; ++k) {
-      ucx_->Get(state->keys[k], /*caller_waits=*/false, state->deadline,
+      bulk_->Get(state->keys[k], /*caller_waits=*/false, state->deadline,
                 [state, k](T r) {
                   state->results[k] = std::move(r);
                   state->Release();

@@ -1,6 +1,6 @@
-// GrpcClient's UCX data plane: discovery (Hello), connecting the UCX
-// transport, and the Put paths that use it. Get / GetInto pick UCX in
-// grpc_client.cc.
+// GrpcClient's bulk data plane: discovery (Hello), choosing and connecting
+// a transport (UCX or sockets), and the Put paths that use it. Get / GetInto
+// pick it in grpc_client.cc.
 #include <algorithm>
 #include <cstdint>
 #include <future>
@@ -8,23 +8,42 @@
 #include <string>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "client/grpc_client.h"
+#include "client/tcp_transport.h"
+#include "client/ucx_transport.h"
 #include "common/status_macros.h"
 
 namespace strata::client::internal {
 
+namespace {
+
+// A wildcard listen address means "the host you reached over gRPC".
+std::string Reachable(const std::string& advertised,
+                      const std::string& grpc_address) {
+  const std::string host = advertised.substr(0, advertised.rfind(':'));
+  if (host == "0.0.0.0" || host == "[::]" || host == "::") {
+    return absl::StrCat(grpc_address.substr(0, grpc_address.rfind(':')),
+                        advertised.substr(advertised.rfind(':')));
+  }
+  return advertised;
+}
+
+}  // namespace
+
 absl::Status GrpcClient::StartDataPlane() {
+  const std::string& want = options_.data_plane;
   // Hello: one attempt's worth of waiting in "auto" (a daemon that is down
-  // must not hold Connect for the whole deadline), the full deadline in
-  // "ucx".
+  // must not hold Connect for the whole deadline), the full deadline when a
+  // data plane is required.
   const absl::Duration budget =
-      options_.data_plane == "ucx"
-          ? options_.default_deadline
-          : std::min(options_.default_deadline, absl::Seconds(5));
+      want != "auto" ? options_.default_deadline
+                     : std::min(options_.default_deadline, absl::Seconds(5));
   const absl::Time deadline = absl::Now() + budget;
   v1::HelloRequest hello;
-  hello.add_transports("ucx");
+  if (want != "tcp") hello.add_transports("ucx");
+  if (want != "ucx") hello.add_transports("tcp");
   using R = absl::StatusOr<v1::HelloResponse>;
   R answer = Unary<v1::HelloRequest, v1::HelloResponse, v1::HelloResponse>(
                  deadline, std::move(hello), STRATA_RPC(data_, Hello),
@@ -35,26 +54,47 @@ absl::Status GrpcClient::StartDataPlane() {
         "data_plane: Hello to ", options_.address, " failed: ",
         answer.status().ToString()));
   }
-  if (answer->ucx_address().empty()) {
-    return absl::UnavailableError(absl::StrCat(
-        "data_plane: the daemon at ", options_.address,
-        " serves no UCX data plane (its data_plane_listen is off)"));
-  }
   if (answer->protocol_version() != ucx::kProtocolVersion) {
     return absl::UnavailableError(absl::StrCat(
         "data_plane: the daemon speaks data-plane protocol version ",
         answer->protocol_version(), ", this client ", ucx::kProtocolVersion));
   }
-  // A wildcard listen address means "the host you reached over gRPC".
-  std::string address = answer->ucx_address();
-  const std::string host = address.substr(0, address.rfind(':'));
-  if (host == "0.0.0.0" || host == "[::]" || host == "::") {
-    address = absl::StrCat(options_.address.substr(0, options_.address.rfind(':')),
-                           address.substr(address.rfind(':')));
+  const bool tcp_offered = !answer->tcp_address().empty();
+  absl::Status ucx_status = absl::UnavailableError(absl::StrCat(
+      "data_plane: the daemon at ", options_.address,
+      " serves no UCX data plane (its data_plane_listen is off)"));
+  if (want != "tcp" && !answer->ucx_address().empty()) {
+    ucx_status = StartUcx(*answer, deadline);
+    // "auto" keeps UCX when it moves the bytes through shared memory; over
+    // TCP the socket plane is faster (it copies each block once less on
+    // each side; bench/results/service.md).
+    if (ucx_status.ok() &&
+        (want == "ucx" || !tcp_offered ||
+         !absl::StrContains(data_plane_, "tcp"))) {
+      return absl::OkStatus();
+    }
   }
+  if (want == "ucx") return ucx_status;
+  if (!tcp_offered) {
+    if (bulk_ != nullptr) return absl::OkStatus();  // "auto": UCX over TCP.
+    return want == "tcp"
+               ? absl::UnavailableError(absl::StrCat(
+                     "data_plane: the daemon at ", options_.address,
+                     " serves no socket data plane (its tcp_data_plane_listen "
+                     "is off)"))
+               : ucx_status;
+  }
+  absl::Status tcp_status = StartTcp(*answer, deadline);
+  if (tcp_status.ok() || want == "tcp") return tcp_status;
+  // "auto": UCX over TCP, if it started, is still better than gRPC.
+  return bulk_ != nullptr ? absl::OkStatus() : tcp_status;
+}
+
+absl::Status GrpcClient::StartUcx(const v1::HelloResponse& hello,
+                                  absl::Time deadline) {
   UcxTransportOptions ucx_options;
-  ucx_options.address = address;
-  ucx_options.peer_error_handling = answer->ucx_peer_error_handling();
+  ucx_options.address = Reachable(hello.ucx_address(), options_.address);
+  ucx_options.peer_error_handling = hello.ucx_peer_error_handling();
   ucx_options.retry = policy_;
   auto transport = UcxTransport::Create(ucx_options);
   if (!transport.ok()) {
@@ -67,28 +107,50 @@ absl::Status GrpcClient::StartDataPlane() {
     pinged.set_value(std::move(s));
   });
   if (absl::Status s = done.get(); !s.ok()) {
-    return absl::UnavailableError(absl::StrCat(
-        "data_plane: no UCX round trip to ", address, ": ", s.ToString()));
+    return absl::UnavailableError(absl::StrCat("data_plane: no UCX round trip to ",
+                                               ucx_options.address, ": ",
+                                               s.ToString()));
   }
-  ucx_ = *std::move(transport);
-  data_plane_ = absl::StrCat("ucx:", ucx_->Describe());
+  data_plane_ = absl::StrCat("ucx:", (*transport)->Describe());
+  bulk_ = *std::move(transport);
   return absl::OkStatus();
 }
 
-bool GrpcClient::PutOverUcx(absl::Span<const uint8_t> block,
+absl::Status GrpcClient::StartTcp(const v1::HelloResponse& hello,
+                                  absl::Time deadline) {
+  TcpTransportOptions tcp_options;
+  tcp_options.address = Reachable(hello.tcp_address(), options_.address);
+  tcp_options.retry = policy_;
+  auto transport = TcpTransport::Create(tcp_options);
+  if (!transport.ok()) {
+    return absl::UnavailableError(absl::StrCat(
+        "data_plane: the socket data plane's address: ",
+        transport.status().message()));
+  }
+  if (absl::Status s = (*transport)->Ping(deadline); !s.ok()) {
+    return absl::UnavailableError(absl::StrCat(
+        "data_plane: no round trip to the socket data plane at ",
+        tcp_options.address, ": ", s.ToString()));
+  }
+  bulk_ = *std::move(transport);  // Replaces a UCX transport over TCP.
+  data_plane_ = "tcp";
+  return absl::OkStatus();
+}
+
+bool GrpcClient::PutOverBulk(absl::Span<const uint8_t> block,
                             const PutOptions& put) const {
-  return ucx_ != nullptr && block.size() >= options_.ucx_min_bytes &&
-         put.tenant.size() + put.model.size() <= ucx_->max_label_bytes() &&
+  return bulk_ != nullptr && block.size() >= options_.ucx_min_bytes &&
+         put.tenant.size() + put.model.size() <= bulk_->max_label_bytes() &&
          put.tenant.size() <= UINT16_MAX && put.model.size() <= UINT16_MAX;
 }
 
-std::future<absl::StatusOr<PutResult>> GrpcClient::UcxPut(
+std::future<absl::StatusOr<PutResult>> GrpcClient::BulkPut(
     const BlockKey& key, absl::Span<const uint8_t> block, bool caller_waits,
     const PutOptions& put, absl::Time deadline) {
   using R = absl::StatusOr<PutResult>;
   auto promise = std::make_shared<std::promise<R>>();
   std::future<R> future = promise->get_future();
-  ucx_->Put(key, block, caller_waits, put, deadline,
+  bulk_->Put(key, block, caller_waits, put, deadline,
             [promise](R r) { promise->set_value(std::move(r)); });
   return future;
 }
@@ -97,11 +159,11 @@ absl::StatusOr<PutResult> GrpcClient::Put(const BlockKey& key,
                                           absl::Span<const uint8_t> block,
                                           const PutOptions& put,
                                           const CallOptions& call) {
-  if (!PutOverUcx(block, put)) return PutAsync(key, block, put, call).get();
+  if (!PutOverBulk(block, put)) return PutAsync(key, block, put, call).get();
   STRATA_RETURN_IF_ERROR(ValidateBlock(block));
   STRATA_ASSIGN_OR_RETURN(absl::Time deadline, Deadline(call));
   // The caller waits: in peer mode UCX reads the block from its memory.
-  return UcxPut(key, block, /*caller_waits=*/true, put, deadline).get();
+  return BulkPut(key, block, /*caller_waits=*/true, put, deadline).get();
 }
 
 }  // namespace strata::client::internal

@@ -54,9 +54,10 @@ absl::Status ValidateOptions(const ClientOptions& o) {
                      INT_MAX, "], got ", o.max_message_bytes));
   }
   if (o.data_plane != "grpc" && o.data_plane != "ucx" &&
+      o.data_plane != "tcp" &&
       o.data_plane != "auto") {
     return absl::InvalidArgumentError(absl::StrCat(
-        "data_plane: \"", o.data_plane, "\" (want grpc, ucx or auto)"));
+        "data_plane: \"", o.data_plane, "\" (want grpc, ucx, tcp or auto)"));
   }
   if (o.max_batch_items < 1 || o.max_batch_items > kMaxRpcItems) {
     return absl::InvalidArgumentError(
@@ -103,7 +104,7 @@ GrpcClient::GrpcClient(const ClientOptions& options)
 GrpcClient::~GrpcClient() {
   // UCX calls still pending answer CANCELLED; their callbacks use the buffer
   // table.
-  ucx_.reset();
+  bulk_.reset();
   // In-flight callbacks use the stubs and the buffer table.
   tracker_->WaitIdle();
 }
@@ -165,9 +166,9 @@ std::future<absl::StatusOr<PutResult>> GrpcClient::PutAsync(
   if (absl::Status s = ValidateBlock(block); !s.ok()) return Ready<R>(s);
   absl::StatusOr<absl::Time> deadline = Deadline(call);
   if (!deadline.ok()) return Ready<R>(deadline.status());
-  if (PutOverUcx(block, put)) {
+  if (PutOverBulk(block, put)) {
     // The caller may free the block on return: the transport copies it.
-    return UcxPut(key, block, /*caller_waits=*/false, put, *deadline);
+    return BulkPut(key, block, /*caller_waits=*/false, put, *deadline);
   }
   v1::PutRequest req;
   FillPut(&req, key, block, put);
@@ -181,10 +182,10 @@ std::future<absl::StatusOr<GetResult>> GrpcClient::StartGet(
   using R = absl::StatusOr<GetResult>;
   absl::StatusOr<absl::Time> deadline = Deadline(call);
   if (!deadline.ok()) return Ready<R>(deadline.status());
-  if (ucx_ != nullptr) {
+  if (bulk_ != nullptr) {
     auto promise = std::make_shared<std::promise<R>>();
     std::future<R> future = promise->get_future();
-    ucx_->Get(key, caller_waits, *deadline,
+    bulk_->Get(key, caller_waits, *deadline,
               [promise](R r) { promise->set_value(std::move(r)); });
     return future;
   }
@@ -204,7 +205,7 @@ std::future<absl::StatusOr<size_t>> GrpcClient::StartGetInto(
     const BlockKey& key, BufferHandle buffer, uint64_t offset,
     uint64_t capacity, const CallOptions& call, bool caller_waits) {
   using R = absl::StatusOr<size_t>;
-  const bool over_ucx = ucx_ != nullptr && capacity >= options_.ucx_min_bytes;
+  const bool over_bulk = bulk_ != nullptr && capacity >= options_.ucx_min_bytes;
   uint8_t* dst = nullptr;
   absl::Time deadline;
   {
@@ -228,18 +229,18 @@ std::future<absl::StatusOr<size_t>> GrpcClient::StartGetInto(
     deadline = *d;
     dst = static_cast<uint8_t*>(region.data) + offset;
     // UCX writes into the region directly: UnregisterBuffer waits for it.
-    if (over_ucx) ++region.ucx_inflight;
+    if (over_bulk) ++region.bulk_inflight;
   }
-  if (over_ucx) {
+  if (over_bulk) {
     auto promise = std::make_shared<std::promise<R>>();
     std::future<R> future = promise->get_future();
-    ucx_->GetInto(key, dst, static_cast<size_t>(capacity), caller_waits,
+    bulk_->GetInto(key, dst, static_cast<size_t>(capacity), caller_waits,
                   deadline,
                   [this, id = buffer.id, promise](R r) {
                     {
                       absl::MutexLock lock(&buffers_mu_);
                       auto it = buffers_.find(id);
-                      if (it != buffers_.end()) --it->second->ucx_inflight;
+                      if (it != buffers_.end()) --it->second->bulk_inflight;
                     }
                     promise->set_value(std::move(r));
                   });
@@ -471,7 +472,7 @@ absl::Status GrpcClient::UnregisterBuffer(BufferHandle buffer) {
   region->unregistering = true;
   // UCX transfers into the region end by their deadlines at the latest.
   buffers_mu_.Await(absl::Condition(
-      +[](Region* r) { return r->ucx_inflight == 0; }, region));
+      +[](Region* r) { return r->bulk_inflight == 0; }, region));
   buffers_.erase(buffer.id);
   return absl::OkStatus();
 }
@@ -616,7 +617,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
   auto client = std::make_unique<internal::GrpcClient>(options);
   if (options.data_plane != "grpc") {
     absl::Status s = client->StartDataPlane();
-    if (!s.ok() && options.data_plane == "ucx") return s;
+    if (!s.ok() && options.data_plane != "auto") return s;
     // "auto": gRPC carries everything.
   }
   return std::unique_ptr<Client>(std::move(client));

@@ -22,7 +22,7 @@
 #include "absl/time/time.h"
 #include "client/rpc_call.h"
 #include "client/strata_client.h"
-#include "client/ucx_transport.h"
+#include "client/bulk_transport.h"
 #include "kvstore/block_format.h"
 #include "strata/v1/admin.grpc.pb.h"
 #include "strata/v1/data.grpc.pb.h"
@@ -59,9 +59,10 @@ class GrpcClient final : public Client {
   explicit GrpcClient(const ClientOptions& options);
   ~GrpcClient() override;
 
-  // Asks the daemon for its data plane (Hello) and connects to it over UCX;
-  // UNAVAILABLE naming "data_plane" when that fails. Called once, by
-  // Client::Connect, before the client is shared.
+  // Asks the daemon for its data planes (Hello) and connects to the one
+  // ClientOptions::data_plane picks; UNAVAILABLE naming "data_plane" when
+  // that fails. Called once, by Client::Connect, before the client is
+  // shared.
   absl::Status StartDataPlane();
 
   std::future<absl::StatusOr<PutResult>> PutAsync(
@@ -126,7 +127,7 @@ class GrpcClient final : public Client {
   struct Region {
     void* data;
     size_t size;
-    int ucx_inflight = 0;        // UCX GetIntos that may write into it.
+    int bulk_inflight = 0;       // Bulk GetIntos that may write into it.
     bool unregistering = false;  // UnregisterBuffer is waiting.
   };
   struct BatchGetState;
@@ -142,21 +143,25 @@ class GrpcClient final : public Client {
   // INVALID_ARGUMENT naming "block": empty, too large for one message, or a
   // header that does not parse or disagrees with the length.
   absl::Status ValidateBlock(absl::Span<const uint8_t> block) const;
-  // Whether a put of `block` goes over UCX.
-  bool PutOverUcx(absl::Span<const uint8_t> block, const PutOptions& put) const;
-  // Get and GetInto; `caller_waits` for the sync calls, which over UCX may
-  // then run on the calling thread (UcxTransport, Threading) and return a
-  // ready future.
+  // Whether a put of `block` goes over the bulk data plane.
+  bool PutOverBulk(absl::Span<const uint8_t> block, const PutOptions& put) const;
+  // Get and GetInto; `caller_waits` for the sync calls, which over the bulk
+  // data plane may then run on the calling thread (bulk_transport.h) and
+  // return a ready future.
   std::future<absl::StatusOr<GetResult>> StartGet(const BlockKey& key,
                                                   const CallOptions& call,
                                                   bool caller_waits);
   std::future<absl::StatusOr<size_t>> StartGetInto(
       const BlockKey& key, BufferHandle buffer, uint64_t offset,
       uint64_t capacity, const CallOptions& call, bool caller_waits);
-  // Put over UCX; `caller_waits` for the sync Put (UcxTransport::Put).
-  std::future<absl::StatusOr<PutResult>> UcxPut(
+  // Put over the bulk data plane; `caller_waits` for the sync Put.
+  std::future<absl::StatusOr<PutResult>> BulkPut(
       const BlockKey& key, absl::Span<const uint8_t> block, bool caller_waits,
       const PutOptions& put, absl::Time deadline);
+  // StartDataPlane's two transports: connect, prove a round trip, and make
+  // it bulk_ (replacing one already there).
+  absl::Status StartUcx(const v1::HelloResponse& hello, absl::Time deadline);
+  absl::Status StartTcp(const v1::HelloResponse& hello, absl::Time deadline);
   static void FillPut(v1::PutRequest* req, const BlockKey& key,
                       absl::Span<const uint8_t> block, const PutOptions& put);
   // Issues one BatchGet RPC for the keys of `state` at `indices`; re-sends
@@ -214,9 +219,9 @@ class GrpcClient final : public Client {
       generic_get_;
   std::unique_ptr<grpc::GenericStub> generic_;
 
-  // The UCX data plane, or null (gRPC only). Set before the client is
-  // shared; destroyed first (it answers its pending calls).
-  std::unique_ptr<UcxTransport> ucx_;
+  // The bulk data plane (UCX or sockets), or null (gRPC only). Set before
+  // the client is shared; destroyed first (it answers its pending calls).
+  std::unique_ptr<BulkTransport> bulk_;
   std::string data_plane_ = "grpc";
 
   absl::Mutex buffers_mu_;

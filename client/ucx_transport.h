@@ -70,6 +70,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "client/bulk_transport.h"
 #include "client/rpc_call.h"
 #include "client/strata_client.h"
 #include "common/ucx_buffer_pool.h"
@@ -85,19 +86,16 @@ struct UcxTransportOptions {
   RetryPolicy retry;
 };
 
-class UcxTransport {
+class UcxTransport final : public BulkTransport {
  public:
   using StatusCallback = absl::AnyInvocable<void(absl::Status)>;
-  using PutCallback = absl::AnyInvocable<void(absl::StatusOr<PutResult>)>;
-  using GetCallback = absl::AnyInvocable<void(absl::StatusOr<GetResult>)>;
-  using SizeCallback = absl::AnyInvocable<void(absl::StatusOr<size_t>)>;
 
   // Starts UCX (reading this process's UCX_* environment) and the progress
   // thread; connects on the first call. INVALID_ARGUMENT naming "address",
   // UNAVAILABLE naming "ucx" when UCX cannot start.
   static absl::StatusOr<std::unique_ptr<UcxTransport>> Create(
       const UcxTransportOptions& options);
-  ~UcxTransport();
+  ~UcxTransport() override;
   UcxTransport(const UcxTransport&) = delete;
   UcxTransport& operator=(const UcxTransport&) = delete;
 
@@ -112,18 +110,19 @@ class UcxTransport {
   // buffer that lives until UCX is done with it.
   void Put(const BlockKey& key, absl::Span<const uint8_t> block,
            bool caller_waits, const PutOptions& put, absl::Time deadline,
-           PutCallback done);
+           PutCallback done) override;
   void Get(const BlockKey& key, bool caller_waits, absl::Time deadline,
-           GetCallback done);
+           GetCallback done) override;
   void GetInto(const BlockKey& key, uint8_t* dst, size_t capacity,
-               bool caller_waits, absl::Time deadline, SizeCallback done);
+               bool caller_waits, absl::Time deadline,
+               SizeCallback done) override;
 
   // The UCX transports carrying the current connection, e.g. "tcp" or
   // "sysv,cma"; empty when not connected. Blocks briefly on the progress
   // thread; do not call from a callback.
   std::string Describe();
   // Labels (tenant + model bytes) up to this size fit a request header.
-  size_t max_label_bytes() const { return max_label_bytes_; }
+  size_t max_label_bytes() const override { return max_label_bytes_; }
 
   // Mode none: how long buffers of operations a failed connection never
   // completed are kept before they are freed.

@@ -321,6 +321,12 @@ grpc::Status DataServiceImpl::Hello(grpc::ServerContext*,
     resp->set_ucx_address(ctx_->ucx_address);
     resp->set_ucx_peer_error_handling(ctx_->ucx_peer_error_handling);
   }
+  const bool wants_tcp =
+      std::find(req->transports().begin(), req->transports().end(), "tcp") !=
+      req->transports().end();
+  if (wants_tcp && !ctx_->tcp_address.empty()) {
+    resp->set_tcp_address(ctx_->tcp_address);
+  }
   return rpc.Finish(absl::OkStatus());
 }
 

@@ -46,6 +46,8 @@ struct ServiceContext {
   // before the gRPC server starts, constant afterwards.
   std::string ucx_address;
   bool ucx_peer_error_handling = false;
+  // The socket data plane's "host:port"; empty when it is off. As above.
+  std::string tcp_address;
 };
 
 // Shared by the gRPC handlers and the UCX data plane, so both answer the same

@@ -110,6 +110,9 @@ absl::StatusOr<ServerConfig> ResolveConfig(StratadConfig c) {
   if (!c.has_log_format()) c.set_log_format("json");
   if (!c.has_data_plane_listen()) c.set_data_plane_listen("127.0.0.1:7071");
   if (!c.has_data_plane_error_mode()) c.set_data_plane_error_mode("none");
+  if (!c.has_tcp_data_plane_listen()) {
+    c.set_tcp_data_plane_listen("127.0.0.1:0");
+  }
   if (!c.has_grpc_threads()) {
     c.set_grpc_threads(std::max(4u, std::thread::hardware_concurrency()));
   }
@@ -124,14 +127,17 @@ absl::StatusOr<ServerConfig> ResolveConfig(StratadConfig c) {
     return absl::InvalidArgumentError(absl::StrCat(
         "metrics_listen: \"", c.metrics_listen(), "\" is not host:port"));
   }
-  if (!c.data_plane_listen().empty()) {
-    const std::string& d = c.data_plane_listen();
-    const size_t colon = d.rfind(':');
+  for (const auto& [field, value] :
+       {std::pair<const char*, const std::string*>{"data_plane_listen",
+                                                   &c.data_plane_listen()},
+        {"tcp_data_plane_listen", &c.tcp_data_plane_listen()}}) {
+    if (value->empty()) continue;
+    const size_t colon = value->rfind(':');
     uint32_t port = 0;
     if (colon == std::string::npos || colon == 0 ||
-        !absl::SimpleAtoi(d.substr(colon + 1), &port) || port > 65535) {
+        !absl::SimpleAtoi(value->substr(colon + 1), &port) || port > 65535) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "data_plane_listen: \"", d, "\" is not host:port (\"\" = off)"));
+          field, ": \"", *value, "\" is not host:port (\"\" = off)"));
     }
   }
   if (c.data_plane_error_mode() != "none" &&
@@ -154,6 +160,7 @@ absl::StatusOr<ServerConfig> ResolveConfig(StratadConfig c) {
   out.metrics_listen = c.metrics_listen();
   out.data_plane_listen = c.data_plane_listen();
   out.data_plane_peer_errors = c.data_plane_error_mode() == "peer";
+  out.tcp_data_plane_listen = c.tcp_data_plane_listen();
   out.data_dir = c.data_dir();
   out.log_format = c.log_format();
   out.grpc_threads = c.grpc_threads();

@@ -8,7 +8,8 @@
 // 127.0.0.1:7070 (gRPC) and 127.0.0.1:9464 (/metrics), data in ./strata-data.
 //
 // When serving, it prints one line on stdout:
-//   stratad ready grpc=HOST:PORT metrics=HOST:PORT ucx=HOST:PORT pid=PID
+//   stratad ready grpc=HOST:PORT metrics=HOST:PORT ucx=HOST:PORT tcp=HOST:PORT
+//   pid=PID
 // (ports resolved, so port 0 in the config picks free ones; "off" for a
 // disabled endpoint), then logs to stderr, and points stdout there too (UCX
 // writes its own log lines to stdout). The UCX data plane
@@ -45,6 +46,7 @@
 #include "cluster/metrics.h"
 #include "cluster/rebalance/node_config.h"
 #include "cluster/server_config.h"
+#include "cluster/tcp_data_plane.h"
 #include "cluster/ucx_data_plane.h"
 #include "google/protobuf/text_format.h"
 #include "httplib.h"
@@ -216,6 +218,22 @@ int Run(int argc, char** argv) {
     ctx.ucx_address = ucx_addr;
     ctx.ucx_peer_error_handling = resolved->data_plane_peer_errors;
   }
+  std::unique_ptr<TcpDataPlane> tcp_plane;
+  std::string tcp_addr = "off";
+  if (!resolved->tcp_data_plane_listen.empty()) {
+    TcpDataPlaneOptions tcp_options;
+    tcp_options.listen = resolved->tcp_data_plane_listen;
+    auto started = TcpDataPlane::Start(&ctx, tcp_options);
+    if (!started.ok()) {
+      LogError("tcp_data_plane_listen_failed",
+               {{"tcp_data_plane_listen", resolved->tcp_data_plane_listen},
+                {"error", std::string(started.status().message())}});
+      return 1;
+    }
+    tcp_plane = *std::move(started);
+    tcp_addr = tcp_plane->address();
+    ctx.tcp_address = tcp_addr;
+  }
 #ifdef STRATA_WITH_CLUSTER
   // Set once the node starts (after the gRPC port is known); read by the
   // Drain handler.
@@ -360,10 +378,11 @@ int Run(int argc, char** argv) {
   }
 
   LogInfo("serving", {{"grpc", grpc_addr}, {"metrics", metrics_addr},
-                      {"ucx", ucx_addr}, {"version", STRATA_VERSION}});
-  std::printf("stratad ready grpc=%s metrics=%s ucx=%s pid=%d\n",
+                      {"ucx", ucx_addr}, {"tcp", tcp_addr},
+                      {"version", STRATA_VERSION}});
+  std::printf("stratad ready grpc=%s metrics=%s ucx=%s tcp=%s pid=%d\n",
               grpc_addr.c_str(), metrics_addr.c_str(), ucx_addr.c_str(),
-              static_cast<int>(getpid()));
+              tcp_addr.c_str(), static_cast<int>(getpid()));
   std::fflush(stdout);
   // stdout carries only that line. Whoever started us may stop reading it
   // (a pipe), and UCX prints its own log lines to stdout: once a pipe's
@@ -388,6 +407,7 @@ int Run(int argc, char** argv) {
     http_thread.join();
   }
   if (data_plane != nullptr) data_plane->Stop();
+  if (tcp_plane != nullptr) tcp_plane->Stop();
   server.reset();
 #ifdef STRATA_WITH_CLUSTER
   config_follower.reset();  // Its callback reaches the node.
@@ -395,6 +415,7 @@ int Run(int argc, char** argv) {
   cluster_node.reset();  // Before the store it rebalances.
 #endif
   data_plane.reset();  // Releases its leases before the store closes.
+  tcp_plane.reset();
   store->reset();  // Closes RocksDB cleanly.
   LogInfo("stopped");
   return 0;

@@ -14,6 +14,7 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "cluster/data_plane_request.h"
 #include "cluster/log.h"
 #include "common/steady_time.h"
 #include "common/ucx_buffer_pool.h"
@@ -82,11 +83,6 @@ uint64_t ArgId(void* arg) { return reinterpret_cast<uint64_t>(arg); }
 // The data plane whose progress thread this is: UCX completion callbacks get
 // only an operation id.
 thread_local UcxDataPlane* tls_plane = nullptr;
-
-bool IsBlockOp(uint16_t op) {
-  return op == static_cast<uint16_t>(ucx::Op::kGet) ||
-         op == static_cast<uint16_t>(ucx::Op::kPut);
-}
 
 }  // namespace
 
@@ -327,39 +323,28 @@ ucs_status_t UcxDataPlane::HandleRequest(const void* header,
   if (conn == conn_of_ep_.end()) return UCS_OK;
   // version, op, flags and request_id: without them there is no one to
   // answer.
-  if (header_length < 16) return UCS_OK;
-  ucx::RequestHeader h{};
-  std::memcpy(&h, header, std::min(header_length, sizeof(h)));
+  if (header_length < kMinAnswerableHeaderBytes) return UCS_OK;
+  DataRequest parsed;
+  const absl::Status header_status = ParseDataRequest(
+      absl::MakeConstSpan(static_cast<const uint8_t*>(header), header_length),
+      &parsed);
   Request req;
   req.conn_id = conn->second;
-  req.request_id = h.request_id;
-  req.op = h.op;
-  req.flags = h.flags;
+  req.request_id = parsed.request_id;
+  req.op = parsed.op;
+  req.flags = parsed.flags;
   req.start = SteadyNow();
-  if (h.op == static_cast<uint16_t>(ucx::Op::kPut)) req.bytes_in = length;
+  if (parsed.op == static_cast<uint16_t>(ucx::Op::kPut)) req.bytes_in = length;
   auto reject = [&](const absl::Status& s) {
     Reply(req, s, 0, std::nullopt);
     return UCS_OK;
   };
-  if (h.version != ucx::kProtocolVersion) {
-    return reject(absl::InvalidArgumentError(absl::StrCat(
-        "version: data-plane protocol version ", h.version,
-        " is not supported (this daemon speaks ", ucx::kProtocolVersion, ")")));
-  }
-  if (header_length < sizeof(h) ||
-      header_length != sizeof(h) + h.tenant_length + h.model_length) {
-    return reject(absl::InvalidArgumentError(absl::StrCat(
-        "header: ", header_length, " bytes do not match a ", sizeof(h),
-        "-byte request header with ", h.tenant_length, " + ", h.model_length,
-        " label bytes")));
-  }
-  req.key = *kvstore::BlockKey::FromBytes(
-      std::string_view(reinterpret_cast<const char*>(h.key), sizeof(h.key)));
-  const char* labels = static_cast<const char*>(header) + sizeof(h);
-  req.tenant.assign(labels, h.tenant_length);
-  req.model.assign(labels + h.tenant_length, h.model_length);
+  if (!header_status.ok()) return reject(header_status);
+  req.key = parsed.key;
+  req.tenant = std::move(parsed.tenant);
+  req.model = std::move(parsed.model);
 
-  switch (static_cast<ucx::Op>(h.op)) {
+  switch (static_cast<ucx::Op>(req.op)) {
     case ucx::Op::kPing:
       return reject(absl::OkStatus());
     case ucx::Op::kGet:
@@ -373,7 +358,7 @@ ucs_status_t UcxDataPlane::HandleRequest(const void* header,
       break;
     default:
       return reject(absl::InvalidArgumentError(
-          absl::StrCat("op: unknown data-plane operation ", h.op)));
+          absl::StrCat("op: unknown data-plane operation ", req.op)));
   }
   if (stopping_) {
     return reject(absl::UnavailableError(
@@ -503,25 +488,6 @@ void UcxDataPlane::OnReplySent(void* request, ucs_status_t status,
   tls_plane->pending_.erase(ArgId(user_data));  // Releases the lease.
 }
 
-namespace {
-
-// The store options for a GET: a client that verifies the block where it
-// lands (kRequestClientVerifies) is served a DRAM copy without the daemon's
-// own checksum pass. And the reply flags of a hit.
-kvstore::GetOptions GetOptionsFor(uint32_t request_flags) {
-  kvstore::GetOptions options;
-  options.verify_first_tier = (request_flags & ucx::kRequestClientVerifies) == 0;
-  return options;
-}
-
-uint32_t ReplyFlagsFor(const kvstore::BlockLease& lease) {
-  return lease.served_from() == kvstore::TierKind::kSsd
-             ? ucx::kReplyServedFromSsd
-             : 0;
-}
-
-}  // namespace
-
 void UcxDataPlane::SubmitGet(Request req) {
   const bool queued = pool_->Submit([this, req]() mutable {
     const kvstore::GetOptions options = GetOptionsFor(req.flags);
@@ -643,22 +609,9 @@ void UcxDataPlane::Reply(const Request& req, const absl::Status& status,
   }
   auto conn = conns_.find(req.conn_id);
   if (conn == conns_.end()) return;  // Torn down: nobody to answer.
-  const std::string_view message(
-      status.message().data(),
-      std::min(status.message().size(), ucx::kMaxMessageBytes));
-  ucx::ReplyHeader h{};
-  h.version = ucx::kProtocolVersion;
-  h.op = req.op;
-  h.status = static_cast<int32_t>(status.code());
-  h.request_id = req.request_id;
-  h.message_length = static_cast<uint32_t>(message.size());
-  h.flags = flags;
   auto pending = std::make_unique<Pending>();
   pending->conn_id = req.conn_id;
-  pending->header.resize(sizeof(h) + message.size());
-  std::memcpy(pending->header.data(), &h, sizeof(h));
-  std::memcpy(pending->header.data() + sizeof(h), message.data(),
-              message.size());
+  pending->header = ReplyHeaderBytes(req.op, req.request_id, status, flags);
   const uint8_t* data = lease.has_value() ? lease->bytes().data() : nullptr;
   pending->lease = std::move(lease);
   const uint64_t id = next_id_++;

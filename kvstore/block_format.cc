@@ -344,4 +344,47 @@ absl::StatusOr<BlockView> CopyVerifiedBlock(absl::Span<const uint8_t> src,
   return BlockView{header, dst.subspan(kBlockHeaderSize, header.payload_length)};
 }
 
+struct StreamingBlockVerifier::State {
+  XXH3_state_t xxh;
+};
+
+StreamingBlockVerifier::StreamingBlockVerifier()
+    : state_(std::make_unique<State>()) {
+  XXH3_64bits_reset(&state_->xxh);
+}
+
+StreamingBlockVerifier::~StreamingBlockVerifier() = default;
+
+void StreamingBlockVerifier::Update(absl::Span<const uint8_t> bytes) {
+  // The checksum covers header bytes [0, kChecksumOffset) and everything
+  // from kBlockHeaderSize on: the checksum field itself is skipped.
+  const uint64_t begin = seen_;
+  const uint64_t end = seen_ + bytes.size();
+  seen_ = end;
+  auto hash_range = [&](uint64_t from, uint64_t to) {
+    from = std::max(from, begin);
+    to = std::min(to, end);
+    if (from < to) {
+      XXH3_64bits_update(&state_->xxh, bytes.data() + (from - begin), to - from);
+    }
+  };
+  hash_range(0, kChecksumOffset);
+  hash_range(kBlockHeaderSize, UINT64_MAX);
+}
+
+absl::StatusOr<BlockView> StreamingBlockVerifier::Finish(
+    absl::Span<const uint8_t> block) {
+  if (block.size() != seen_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("block: ", block.size(), " bytes, of which ", seen_,
+                     " were hashed as they arrived"));
+  }
+  STRATA_ASSIGN_OR_RETURN(BlockView view, ParseBlockFrame(block));
+  const uint64_t computed = XXH3_64bits_digest(&state_->xxh);
+  if (computed != view.header.checksum) {
+    return ChecksumMismatch(view.header.checksum, computed);
+  }
+  return view;
+}
+
 }  // namespace strata::kvstore

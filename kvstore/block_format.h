@@ -15,6 +15,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -151,6 +152,33 @@ enum class CopyDestination {
 absl::StatusOr<BlockView> CopyVerifiedBlock(
     absl::Span<const uint8_t> src, absl::Span<uint8_t> dst,
     CopyDestination use = CopyDestination::kReadSoon);
+
+// Verifies a block's checksum while its bytes arrive in pieces, in order (a
+// receive from a socket): each piece is hashed right after it landed, while
+// it is still in the cache and while the sender is still sending, instead of
+// in a second pass over the whole block once it is there.
+//
+// Not thread-safe; one block per verifier.
+class StreamingBlockVerifier {
+ public:
+  StreamingBlockVerifier();
+  ~StreamingBlockVerifier();
+  StreamingBlockVerifier(const StreamingBlockVerifier&) = delete;
+  StreamingBlockVerifier& operator=(const StreamingBlockVerifier&) = delete;
+
+  // The block's next bytes, where they landed (and will stay).
+  void Update(absl::Span<const uint8_t> bytes);
+  // `block` is the whole block: the memory every Update covered, in order.
+  // ParseBlock's checks and errors, without hashing the payload again;
+  // INVALID_ARGUMENT naming "block" when Update saw another number of
+  // bytes.
+  absl::StatusOr<BlockView> Finish(absl::Span<const uint8_t> block);
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+  uint64_t seen_ = 0;
+};
 
 }  // namespace strata::kvstore
 

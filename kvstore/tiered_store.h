@@ -233,6 +233,12 @@ class BlockReservation {
   // size, else ParseBlock's codes) nothing is remembered and Commit checks
   // and refuses as usual. Do not write data() after it succeeds.
   absl::Status CopyIn(absl::Span<const uint8_t> block);
+  // For a holder that wrote data() itself and hashed it as it landed
+  // (StreamingBlockVerifier over exactly data()): finishes that check, and
+  // when it passes Commit skips its own checksum pass. On an error
+  // (Finish's) nothing is remembered and Commit checks and refuses as
+  // usual. Do not write data() after it succeeds.
+  absl::Status FinishLandedCheck(StreamingBlockVerifier& verifier);
   // Neither committed nor aborted.
   bool active() const { return store_ != nullptr; }
   // Frees the range and releases the key. No-op when not active.
@@ -247,7 +253,7 @@ class BlockReservation {
   DramTier::Reservation range_;
   bool durable_ = false;
   BlockMeta meta_;
-  bool checksum_verified_ = false;  // By CopyIn.
+  bool checksum_verified_ = false;  // By CopyIn or FinishLandedCheck.
 };
 
 struct CommitOptions {

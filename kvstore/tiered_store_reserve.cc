@@ -48,6 +48,13 @@ absl::Status BlockReservation::CopyIn(absl::Span<const uint8_t> block) {
   return s;
 }
 
+absl::Status BlockReservation::FinishLandedCheck(
+    StreamingBlockVerifier& verifier) {
+  absl::Status s = verifier.Finish(data()).status();
+  checksum_verified_ = s.ok();
+  return s;
+}
+
 BlockReservation::~BlockReservation() { Abort(); }
 
 void BlockReservation::Abort() {

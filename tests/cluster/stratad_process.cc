@@ -96,6 +96,7 @@ absl::Status StratadProcess::Start() {
       metrics_address_ = std::string(field);
     }
     if (absl::ConsumePrefix(&field, "ucx=")) ucx_address_ = std::string(field);
+    if (absl::ConsumePrefix(&field, "tcp=")) tcp_address_ = std::string(field);
   }
   return absl::OkStatus();
 }

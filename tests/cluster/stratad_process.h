@@ -41,6 +41,8 @@ class StratadProcess {
   const std::string& metrics_address() const { return metrics_address_; }
   // The UCX data plane's "host:port", or "off".
   const std::string& ucx_address() const { return ucx_address_; }
+  // The socket data plane's address ("off" when disabled).
+  const std::string& tcp_address() const { return tcp_address_; }
   pid_t pid() const { return pid_; }
 
  private:
@@ -53,6 +55,7 @@ class StratadProcess {
   std::string grpc_address_;
   std::string metrics_address_;
   std::string ucx_address_;
+  std::string tcp_address_;
 };
 
 // Runs a command to completion and returns its exit status and stdout.

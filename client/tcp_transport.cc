@@ -1,0 +1,425 @@
+#include "client/tcp_transport.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/socket_io.h"
+#include "common/tcp_protocol.h"
+#include "common/ucx_protocol.h"
+#include "common/ucx_worker_loop.h"
+#include "kvstore/block_format.h"
+
+namespace strata::client::internal {
+namespace {
+
+using sockio::Io;
+
+// A GET's block is received this many bytes at a time, each piece hashed as
+// it lands (cluster/tcp_data_plane.h measured the same for PUT).
+constexpr size_t kVerifyChunkBytes = 256 << 10;
+
+absl::Status DeadlineError() {
+  return absl::DeadlineExceededError(
+      "deadline: the daemon did not answer within the call's deadline "
+      "(socket data plane)");
+}
+
+}  // namespace
+
+struct TcpTransport::Exchange {
+  ucx::Op op = ucx::Op::kPing;
+  BlockKey key;
+  uint32_t flags = 0;
+  std::string tenant, model;
+  absl::Span<const uint8_t> block;  // PUT.
+  // GET: into [dst, dst + capacity) when dst is set, else into `landed`.
+  uint8_t* dst = nullptr;
+  size_t capacity = 0;
+  std::vector<uint8_t> landed;
+  absl::Time deadline;
+  uint64_t request_id = 0;
+  // The reply.
+  uint32_t reply_flags = 0;
+  size_t received = 0;
+  // GET: the checksum check of the block, hashed as it landed.
+  absl::Status landed_check;
+
+  absl::Span<const uint8_t> LandedBytes() const {
+    return dst != nullptr ? absl::MakeConstSpan(dst, received)
+                          : absl::MakeConstSpan(landed);
+  }
+};
+
+absl::StatusOr<std::unique_ptr<TcpTransport>> TcpTransport::Create(
+    const TcpTransportOptions& options) {
+  std::unique_ptr<TcpTransport> t(new TcpTransport());
+  t->options_ = options;
+  if (absl::Status s = ucx::ParseSockAddr("address", options.address, &t->addr_,
+                                          &t->addr_len_);
+      !s.ok()) {
+    return s;
+  }
+  for (int i = 0; i < std::max(1, options.async_threads); ++i) {
+    t->threads_.emplace_back([p = t.get()] { p->AsyncLoop(); });
+  }
+  return t;
+}
+
+TcpTransport::~TcpTransport() {
+  std::deque<absl::AnyInvocable<void(bool)>> cancelled;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    // Calls in flight end now: their blocked I/O returns.
+    for (int fd : busy_) shutdown(fd, SHUT_RDWR);
+    cancelled.swap(queue_);
+  }
+  for (auto& fn : cancelled) fn(true);
+  for (std::thread& t : threads_) t.join();
+  absl::MutexLock lock(&mu_);
+  for (int fd : idle_) close(fd);
+  idle_.clear();
+}
+
+// ---- Connections.
+
+absl::StatusOr<int> TcpTransport::TakeConnection(absl::Time deadline) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) {
+      return absl::CancelledError("client: the client is being destroyed");
+    }
+    if (!idle_.empty()) {
+      const int fd = idle_.back();
+      idle_.pop_back();
+      busy_.insert(fd);
+      return fd;
+    }
+  }
+  const int fd = socket(addr_.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    return absl::UnavailableError(
+        absl::StrCat("data_plane: socket: ", std::strerror(errno)));
+  }
+  const int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  // connect() honours SO_SNDTIMEO.
+  sockio::SetIoTimeout(fd, deadline - absl::Now());
+  if (connect(fd, reinterpret_cast<const sockaddr*>(&addr_), addr_len_) != 0) {
+    const int error = errno;
+    close(fd);
+    if (error == EINPROGRESS || error == EAGAIN) return DeadlineError();
+    return absl::UnavailableError(absl::StrCat("data_plane: connecting to ",
+                                               options_.address, ": ",
+                                               std::strerror(error)));
+  }
+  absl::MutexLock lock(&mu_);
+  if (stopping_) {
+    close(fd);
+    return absl::CancelledError("client: the client is being destroyed");
+  }
+  busy_.insert(fd);
+  return fd;
+}
+
+void TcpTransport::ReturnConnection(int fd) {
+  absl::MutexLock lock(&mu_);
+  busy_.erase(fd);
+  if (stopping_ || idle_.size() >= options_.max_idle_connections) {
+    close(fd);
+  } else {
+    idle_.push_back(fd);
+  }
+}
+
+void TcpTransport::CloseConnection(int fd) {
+  absl::MutexLock lock(&mu_);
+  busy_.erase(fd);
+  close(fd);
+}
+
+// ---- One exchange.
+
+absl::Status TcpTransport::Attempt(Exchange& x) {
+  const absl::Duration left = x.deadline - absl::Now();
+  if (left <= absl::ZeroDuration()) return DeadlineError();
+  absl::StatusOr<int> taken = TakeConnection(x.deadline);
+  if (!taken.ok()) return taken.status();
+  const int fd = *taken;
+  // Any failure below leaves the stream mid-message: the connection closes
+  // (which is also what cancels the transfer at the daemon).
+  auto fail = [&](Io io, absl::string_view what) {
+    CloseConnection(fd);
+    if (io == Io::kTimedOut) return DeadlineError();
+    return absl::UnavailableError(absl::StrCat(
+        "data_plane: ", what, " ", options_.address,
+        io == Io::kClosed ? ": the daemon closed the connection"
+                          : absl::StrCat(": ", std::strerror(errno))));
+  };
+  sockio::SetIoTimeout(fd, x.deadline - absl::Now());
+
+  ucx::RequestHeader h{};
+  h.version = ucx::kProtocolVersion;
+  h.op = static_cast<uint16_t>(x.op);
+  h.flags = x.flags;
+  h.request_id = x.request_id;
+  const std::string key = x.key.ToBytesString();
+  std::memcpy(h.key, key.data(), sizeof(h.key));
+  h.tenant_length = static_cast<uint16_t>(x.tenant.size());
+  h.model_length = static_cast<uint16_t>(x.model.size());
+  std::string header(reinterpret_cast<const char*>(&h), sizeof(h));
+  header += x.tenant;
+  header += x.model;
+  tcp::TcpFrame frame{tcp::kFrameMagic, static_cast<uint32_t>(header.size()),
+                      x.block.size()};
+  iovec iov[3] = {{&frame, sizeof(frame)},
+                  {header.data(), header.size()},
+                  {const_cast<uint8_t*>(x.block.data()), x.block.size()}};
+  if (Io io = sockio::SendAll(fd, iov, x.block.empty() ? 2 : 3);
+      io != Io::kOk) {
+    return fail(io, "sending the request to");
+  }
+
+  tcp::TcpFrame reply{};
+  if (Io io = sockio::RecvAll(fd, &reply, sizeof(reply)); io != Io::kOk) {
+    return fail(io, "reading the reply from");
+  }
+  ucx::ReplyHeader r{};
+  if (reply.magic != tcp::kFrameMagic || reply.header_length < sizeof(r) ||
+      reply.header_length > sizeof(r) + ucx::kMaxMessageBytes) {
+    CloseConnection(fd);
+    return absl::InternalError(absl::StrCat(
+        "data_plane: ", options_.address,
+        " answered with a malformed frame (magic ", reply.magic,
+        ", header_length ", reply.header_length, ")"));
+  }
+  std::string reply_header(reply.header_length, '\0');
+  if (Io io = sockio::RecvAll(fd, reply_header.data(), reply_header.size());
+      io != Io::kOk) {
+    return fail(io, "reading the reply from");
+  }
+  std::memcpy(&r, reply_header.data(), sizeof(r));
+  if (r.request_id != x.request_id ||
+      r.message_length != reply.header_length - sizeof(r) ||
+      (reply.data_length != 0) !=
+          (x.op == ucx::Op::kGet && r.status == 0)) {
+    CloseConnection(fd);
+    return absl::InternalError(absl::StrCat(
+        "data_plane: ", options_.address,
+        " answered with a reply that does not match its request (id ",
+        r.request_id, " for ", x.request_id, ")"));
+  }
+  x.reply_flags = r.flags;
+  if (reply.data_length != 0) {
+    uint8_t* dst = x.dst;
+    if (dst != nullptr && reply.data_length > x.capacity) {
+      // The block is not read: the connection closes instead.
+      CloseConnection(fd);
+      return absl::OutOfRangeError(absl::StrCat(
+          "capacity: block is ", reply.data_length, " bytes, capacity ",
+          x.capacity));
+    }
+    if (dst == nullptr) {
+      x.landed.resize(reply.data_length);
+      dst = x.landed.data();
+    }
+    // Each piece is hashed as it lands, while the daemon sends the next.
+    kvstore::StreamingBlockVerifier verifier;
+    if (Io io = sockio::RecvInChunks(
+            fd, dst, reply.data_length, kVerifyChunkBytes,
+            [&](const uint8_t* p, size_t n) {
+              verifier.Update(absl::MakeConstSpan(p, n));
+            },
+            &x.received);
+        io != Io::kOk) {
+      return fail(io, "reading the block from");
+    }
+    x.landed_check = verifier.Finish(x.LandedBytes()).status();
+  }
+  ReturnConnection(fd);
+  if (r.status == 0) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(r.status),
+                      reply_header.substr(sizeof(r)));
+}
+
+absl::Status TcpTransport::Run(Exchange& x) {
+  static std::atomic<uint64_t> next_request_id{1};
+  const bool verify_here = x.op == ucx::Op::kGet;
+  if (verify_here) x.flags |= ucx::kRequestClientVerifies;
+  for (int attempt = 1;; ++attempt) {
+    x.request_id = next_request_id.fetch_add(1, std::memory_order_relaxed);
+    x.received = 0;
+    x.landed_check = absl::OkStatus();
+    absl::Status s = Attempt(x);
+    if (s.ok() && verify_here) {
+      const absl::Status landed = x.landed_check;
+      if (!landed.ok() && (x.flags & ucx::kRequestClientVerifies) != 0) {
+        // Ask again with the daemon verifying: it drops a corrupt copy.
+        x.flags &= ~ucx::kRequestClientVerifies;
+        continue;
+      }
+      if (!landed.ok()) {
+        return absl::DataLossError(absl::StrCat(
+            "checksum: the block of ", x.key.ToHex(),
+            " failed its check where it landed, also after the daemon "
+            "verified its copy (damaged in transit): ",
+            landed.message()));
+      }
+    }
+    if (!absl::IsUnavailable(s) || attempt >= options_.retry.max_attempts) {
+      return s;
+    }
+    const absl::Time when = absl::Now() + options_.retry.Backoff(attempt + 1);
+    if (when >= x.deadline) return s;
+    // The backoff, cut short if the transport is destroyed meanwhile.
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithDeadline(absl::Condition(&stopping_), when);
+    if (stopping_) {
+      return absl::CancelledError("client: the client is being destroyed");
+    }
+  }
+}
+
+absl::Status TcpTransport::Ping(absl::Time deadline) {
+  Exchange x;
+  x.op = ucx::Op::kPing;
+  x.deadline = deadline;
+  return Run(x);
+}
+
+// ---- Calls.
+
+void TcpTransport::Put(const BlockKey& key, absl::Span<const uint8_t> block,
+                       bool caller_waits, const PutOptions& put,
+                       absl::Time deadline, PutCallback done) {
+  auto x = std::make_shared<Exchange>();
+  x->op = ucx::Op::kPut;
+  x->key = key;
+  if (put.durable) x->flags |= ucx::kRequestDurable;
+  x->tenant = put.tenant;
+  x->model = put.model;
+  x->deadline = deadline;
+  auto run = [this, x](PutCallback& done) {
+    const absl::Status s = Run(*x);
+    if (!s.ok()) {
+      done(s);
+    } else {
+      done(PutResult{(x->reply_flags & ucx::kReplyAlreadyPresent) != 0});
+    }
+  };
+  if (caller_waits) {
+    x->block = block;  // Sent straight from the caller's memory.
+    run(done);
+    return;
+  }
+  // The caller may free its block on return: send from a copy.
+  auto copy = std::make_shared<std::vector<uint8_t>>(block.begin(), block.end());
+  x->block = absl::MakeConstSpan(*copy);
+  RunAsync([run, copy, done = std::move(done)](bool cancelled) mutable {
+    if (cancelled) {
+      done(absl::CancelledError("client: the client is being destroyed"));
+    } else {
+      run(done);
+    }
+  });
+}
+
+void TcpTransport::Get(const BlockKey& key, bool caller_waits,
+                       absl::Time deadline, GetCallback done) {
+  auto run = [this, key, deadline](GetCallback& done) {
+    Exchange x;
+    x.op = ucx::Op::kGet;
+    x.key = key;
+    x.deadline = deadline;
+    const absl::Status s = Run(x);
+    if (!s.ok()) {
+      done(s);
+      return;
+    }
+    GetResult r;
+    r.block = std::move(x.landed);
+    r.served_from = (x.reply_flags & ucx::kReplyServedFromSsd) ? "ssd" : "dram";
+    done(std::move(r));
+  };
+  if (caller_waits) {
+    run(done);
+    return;
+  }
+  RunAsync([run, done = std::move(done)](bool cancelled) mutable {
+    if (cancelled) {
+      done(absl::CancelledError("client: the client is being destroyed"));
+    } else {
+      run(done);
+    }
+  });
+}
+
+void TcpTransport::GetInto(const BlockKey& key, uint8_t* dst, size_t capacity,
+                           bool caller_waits, absl::Time deadline,
+                           SizeCallback done) {
+  auto run = [this, key, dst, capacity, deadline](SizeCallback& done) {
+    Exchange x;
+    x.op = ucx::Op::kGet;
+    x.key = key;
+    x.dst = dst;
+    x.capacity = capacity;
+    x.deadline = deadline;
+    const absl::Status s = Run(x);
+    if (!s.ok()) {
+      done(s);
+    } else {
+      done(x.received);
+    }
+  };
+  if (caller_waits) {
+    run(done);
+    return;
+  }
+  RunAsync([run, done = std::move(done)](bool cancelled) mutable {
+    if (cancelled) {
+      done(absl::CancelledError("client: the client is being destroyed"));
+    } else {
+      run(done);
+    }
+  });
+}
+
+// ---- Async threads.
+
+void TcpTransport::RunAsync(absl::AnyInvocable<void(bool cancelled)> fn) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!stopping_) {
+      queue_.push_back(std::move(fn));
+      return;
+    }
+  }
+  fn(true);
+}
+
+void TcpTransport::AsyncLoop() {
+  for (;;) {
+    absl::AnyInvocable<void(bool)> fn;
+    {
+      absl::MutexLock lock(&mu_);
+      auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+        return stopping_ || !queue_.empty();
+      };
+      mu_.Await(absl::Condition(&ready));
+      if (queue_.empty()) return;  // Stopping.
+      fn = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    fn(false);
+  }
+}
+
+}  // namespace strata::client::internal

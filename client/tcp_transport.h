@@ -1,0 +1,113 @@
+// Internal to the client library: the socket data plane's client end
+// (BulkTransport over plain TCP; the daemon's end is
+// cluster/tcp_data_plane.h; framing: common/tcp_protocol.h).
+//
+// Connections: a pool of idle TCP connections to the daemon. A call takes
+// one (or opens one), sends its request and reads its reply on it, and
+// gives it back; concurrent calls use separate connections. A connection
+// that failed, or that a deadline interrupted mid-message, is closed, never
+// reused: closing is what cancels a transfer here, so a deadline always
+// answers on time and the caller's memory is never touched after its call
+// ended.
+//
+// Copies: the sync Put sends straight from the caller's memory (one
+// sendmsg of frame, header and block); GetInto receives straight into the
+// caller's region; Get into a vector of the block's size. The kernel's
+// socket copy is the only one on this side.
+//
+// Calls with `caller_waits` run on the calling thread. The others run on
+// `async_threads` threads of the transport (PutAsync copies the block
+// first), each with connections of its own from the pool.
+//
+// Retries: UNAVAILABLE (refused, reset, closed by the daemon, e.g. an idle
+// pooled connection the daemon dropped) retries on a new connection with
+// the RetryPolicy's backoff while the deadline allows. GET checksums are
+// verified where the block landed; on a mismatch the GET is asked again
+// with the daemon verifying its copy, as over UCX.
+#ifndef STRATA_CLIENT_TCP_TRANSPORT_H_
+#define STRATA_CLIENT_TCP_TRANSPORT_H_
+
+#include <sys/socket.h>
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "client/bulk_transport.h"
+#include "client/rpc_call.h"
+
+namespace strata::client::internal {
+
+struct TcpTransportOptions {
+  std::string address;  // The daemon's socket plane "host:port" (Hello).
+  RetryPolicy retry;
+  int async_threads = 4;   // Threads for calls made without caller_waits.
+  size_t max_idle_connections = 16;
+};
+
+class TcpTransport final : public BulkTransport {
+ public:
+  // Resolves the address and starts the async threads; connects on the
+  // first call. INVALID_ARGUMENT naming "address".
+  static absl::StatusOr<std::unique_ptr<TcpTransport>> Create(
+      const TcpTransportOptions& options);
+  ~TcpTransport() override;
+  TcpTransport(const TcpTransport&) = delete;
+  TcpTransport& operator=(const TcpTransport&) = delete;
+
+  // An empty round trip on this thread: OK once the daemon answered.
+  absl::Status Ping(absl::Time deadline);
+
+  void Put(const BlockKey& key, absl::Span<const uint8_t> block,
+           bool caller_waits, const PutOptions& put, absl::Time deadline,
+           PutCallback done) override;
+  void Get(const BlockKey& key, bool caller_waits, absl::Time deadline,
+           GetCallback done) override;
+  void GetInto(const BlockKey& key, uint8_t* dst, size_t capacity,
+               bool caller_waits, absl::Time deadline,
+               SizeCallback done) override;
+  size_t max_label_bytes() const override { return 2 * size_t{UINT16_MAX}; }
+
+ private:
+  // One request and where its reply goes.
+  struct Exchange;
+
+  TcpTransport() = default;
+  // Runs the exchange with retries until it answers or its deadline passes.
+  absl::Status Run(Exchange& x);
+  // One attempt on one connection.
+  absl::Status Attempt(Exchange& x);
+  // An idle connection, or a new one (connected before `deadline`).
+  absl::StatusOr<int> TakeConnection(absl::Time deadline);
+  void ReturnConnection(int fd);
+  void CloseConnection(int fd);
+  // Queues `fn` for an async thread; it gets `true` when cancelled (the
+  // transport is being destroyed) instead of run.
+  void RunAsync(absl::AnyInvocable<void(bool cancelled)> fn);
+  void AsyncLoop();
+
+  TcpTransportOptions options_;
+  sockaddr_storage addr_{};
+  socklen_t addr_len_ = 0;
+
+  absl::Mutex mu_;
+  std::vector<int> idle_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<int> busy_ ABSL_GUARDED_BY(mu_);
+  std::deque<absl::AnyInvocable<void(bool)>> queue_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace strata::client::internal
+
+#endif  // STRATA_CLIENT_TCP_TRANSPORT_H_

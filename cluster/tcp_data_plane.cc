@@ -1,0 +1,350 @@
+#include "cluster/tcp_data_plane.h"
+
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "cluster/log.h"
+#include "common/socket_io.h"
+#include "common/steady_time.h"
+#include "common/tcp_protocol.h"
+#include "kvstore/block_format.h"
+
+namespace strata::cluster {
+namespace {
+
+using sockio::Io;
+
+constexpr char kListenField[] = "tcp_data_plane_listen";
+
+absl::Status ListenError(const std::string& listen, const std::string& what) {
+  return absl::UnavailableError(
+      absl::StrCat(kListenField, ": ", listen, ": ", what));
+}
+
+// The frame and header of a message without data.
+bool SendMessage(int fd, const std::vector<uint8_t>& header,
+                 absl::Span<const uint8_t> data) {
+  tcp::TcpFrame frame{tcp::kFrameMagic, static_cast<uint32_t>(header.size()),
+                      data.size()};
+  iovec iov[3] = {{&frame, sizeof(frame)},
+                  {const_cast<uint8_t*>(header.data()), header.size()},
+                  {const_cast<uint8_t*>(data.data()), data.size()}};
+  return sockio::SendAll(fd, iov, data.empty() ? 2 : 3) == Io::kOk;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<TcpDataPlane>> TcpDataPlane::Start(
+    ServiceContext* ctx, const TcpDataPlaneOptions& options) {
+  const size_t colon = options.listen.rfind(':');
+  if (colon == std::string::npos || colon == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kListenField, ": \"", options.listen, "\" is not host:port"));
+  }
+  std::string host = options.listen.substr(0, colon);
+  const std::string port = options.listen.substr(colon + 1);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  if (int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &found);
+      rc != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kListenField, ": \"", options.listen, "\": ", gai_strerror(rc)));
+  }
+  std::unique_ptr<TcpDataPlane> plane(new TcpDataPlane(ctx, options));
+  if (const char* env = std::getenv("STRATA_TCP_VERIFY_CHUNK_BYTES")) {
+    plane->options_.verify_chunk_bytes = std::strtoull(env, nullptr, 10);
+  }
+  int fd = socket(found->ai_family, found->ai_socktype | SOCK_CLOEXEC, 0);
+  const int one = 1;
+  if (fd < 0 ||
+      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+      bind(fd, found->ai_addr, found->ai_addrlen) != 0 || listen(fd, 128) != 0) {
+    const int error = errno;
+    freeaddrinfo(found);
+    if (fd >= 0) close(fd);
+    return ListenError(options.listen, std::strerror(error));
+  }
+  freeaddrinfo(found);
+  sockaddr_storage bound{};
+  socklen_t bound_len = sizeof(bound);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &bound_len);
+  const uint16_t bound_port =
+      bound.ss_family == AF_INET6
+          ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)
+          : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+  plane->address_ =
+      absl::StrCat(options.listen.substr(0, colon), ":", bound_port);
+  plane->listen_fd_ = fd;
+  plane->wake_fd_ = eventfd(0, EFD_CLOEXEC);
+  if (plane->wake_fd_ < 0) {
+    return ListenError(options.listen, std::strerror(errno));
+  }
+  plane->acceptor_ = std::thread([p = plane.get()] { p->AcceptLoop(); });
+  return plane;
+}
+
+TcpDataPlane::~TcpDataPlane() {
+  Stop();
+  if (listen_fd_ >= 0) close(listen_fd_);
+  if (wake_fd_ >= 0) close(wake_fd_);
+}
+
+void TcpDataPlane::Stop() {
+  if (stopped_ || listen_fd_ < 0) return;
+  stopped_ = true;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    // Idle connections end now; busy ones finish their request first.
+    for (int fd : conns_) {
+      if (!busy_.contains(fd)) shutdown(fd, SHUT_RDWR);
+    }
+  }
+  const uint64_t one = 1;
+  (void)!write(wake_fd_, &one, sizeof(one));
+  if (acceptor_.joinable()) acceptor_.join();
+  absl::MutexLock lock(&mu_);
+  auto all_gone = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return threads_ == 0;
+  };
+  if (!mu_.AwaitWithTimeout(absl::Condition(&all_gone), options_.stop_grace)) {
+    for (int fd : conns_) shutdown(fd, SHUT_RDWR);
+    mu_.Await(absl::Condition(&all_gone));
+  }
+}
+
+void TcpDataPlane::AcceptLoop() {
+  pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+  for (;;) {
+    if (poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      LogWarning("tcp_data_plane_poll_failed", {{"error", std::strerror(errno)}});
+      return;
+    }
+    if (fds[1].revents != 0) return;
+    const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) continue;  // The client gave up, or out of descriptors.
+    const int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    absl::MutexLock lock(&mu_);
+    if (stopping_ ||
+        conns_.size() >= static_cast<size_t>(options_.max_connections)) {
+      close(fd);
+      continue;
+    }
+    conns_.insert(fd);
+    ++threads_;
+    std::thread([this, fd] { Serve(fd); }).detach();
+  }
+}
+
+void TcpDataPlane::Serve(int fd) {
+  sockio::SetIoTimeout(fd, options_.stall_timeout);
+  std::vector<uint8_t> header;
+  for (;;) {
+    // Between messages a connection may stay idle for as long as it likes.
+    tcp::TcpFrame frame{};
+    size_t got = 0;
+    Io r = sockio::RecvAll(fd, &frame, sizeof(frame), &got);
+    while (r == Io::kTimedOut && got == 0) {
+      r = sockio::RecvAll(fd, &frame, sizeof(frame), &got);
+    }
+    if (r != Io::kOk) break;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) break;
+      busy_.insert(fd);
+    }
+    const absl::Time start = SteadyNow();
+    bool keep = false;
+    if (frame.magic == tcp::kFrameMagic &&
+        frame.header_length >= kMinAnswerableHeaderBytes &&
+        frame.header_length <= tcp::kMaxHeaderBytes) {
+      header.resize(frame.header_length);
+      if (sockio::RecvAll(fd, header.data(), header.size()) == Io::kOk) {
+        DataRequest req;
+        const absl::Status header_status = ParseDataRequest(header, &req);
+        keep = HandleRequest(fd, req, header_status, frame.data_length, start);
+      }
+    }
+    // else: a stream that is not ours, or lost its framing: nothing in it
+    // can be trusted or answered.
+    absl::MutexLock lock(&mu_);
+    busy_.erase(fd);
+    if (!keep || stopping_) break;
+  }
+  absl::MutexLock lock(&mu_);
+  conns_.erase(fd);
+  busy_.erase(fd);
+  close(fd);
+  --threads_;
+}
+
+bool TcpDataPlane::HandleRequest(int fd, const DataRequest& req,
+                                 const absl::Status& header_status,
+                                 uint64_t data_length, absl::Time start) {
+  const uint64_t bytes_in =
+      req.op == static_cast<uint16_t>(ucx::Op::kPut) ? data_length : 0;
+  absl::Status status = header_status;
+  uint32_t flags = 0;
+  if (status.ok()) {
+    switch (static_cast<ucx::Op>(req.op)) {
+      case ucx::Op::kPing:
+        break;
+      case ucx::Op::kGet:
+        if (data_length == 0) return HandleGet(fd, req, start);
+        status = absl::InvalidArgumentError(
+            "block: a GET request carries no data");
+        break;
+      case ucx::Op::kPut:
+        if (!HandlePut(fd, req, data_length, &status, &flags)) {
+          Record(req, status, start, bytes_in, 0);
+          return false;
+        }
+        data_length = 0;  // Received (or discarded) by HandlePut.
+        break;
+      default:
+        status = absl::InvalidArgumentError(
+            absl::StrCat("op: unknown data-plane operation ", req.op));
+    }
+  }
+  // A refused request's data is read and dropped: the stream stays framed.
+  if (data_length != 0 && sockio::Discard(fd, data_length) != Io::kOk) {
+    Record(req, status, start, 0, 0);
+    return false;
+  }
+  Record(req, status, start, bytes_in, 0);
+  return SendReply(fd, req, status, flags);
+}
+
+bool TcpDataPlane::HandlePut(int fd, const DataRequest& req,
+                             uint64_t data_length, absl::Status* status,
+                             uint32_t* flags) {
+  auto discard = [&](absl::Status why) {
+    *status = std::move(why);
+    return sockio::Discard(fd, data_length) == Io::kOk;
+  };
+  bool stopping = false;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping = stopping_;
+  }
+  if (stopping) {
+    return discard(absl::UnavailableError(
+        "data_plane: the daemon is shutting down"));
+  }
+  if (absl::Status s = CheckAcceptingBlocks(ctx_); !s.ok()) return discard(s);
+  // Refused before anything is set aside for it (the store's own message).
+  const uint64_t max_block = ctx_->store->options().max_block_bytes;
+  if (data_length > max_block) {
+    return discard(absl::InvalidArgumentError(absl::StrCat(
+        "block: ", data_length, " bytes exceed max_block_bytes ", max_block)));
+  }
+  kvstore::PutOptions put_options;
+  if (req.flags & ucx::kRequestDurable) put_options.durable = true;
+  put_options.tenant = req.tenant;
+  put_options.model = req.model;
+  put_options.in_flight_write_wait = kInFlightWriteWait;
+  absl::StatusOr<kvstore::BlockReservation> reservation =
+      ctx_->store->Reserve(req.key, data_length, put_options);
+  if (absl::IsAlreadyExists(reservation.status())) {
+    *flags = ucx::kReplyAlreadyPresent;  // First write wins.
+    return discard(absl::OkStatus());
+  }
+  if (reservation.ok()) {
+    // The kernel's copy lands the block in the arena: the only copy. Each
+    // piece is hashed as it lands, while the client still sends the next.
+    Io io;
+    if (options_.verify_chunk_bytes == 0) {
+      io = sockio::RecvAll(fd, reservation->data().data(), data_length);
+    } else {
+      kvstore::StreamingBlockVerifier verifier;
+      io = sockio::RecvInChunks(
+          fd, reservation->data().data(), data_length,
+          options_.verify_chunk_bytes, [&](const uint8_t* p, size_t n) {
+            verifier.Update(absl::MakeConstSpan(p, n));
+          });
+      // A block that fails is refused by Commit, with the same status.
+      if (io == Io::kOk) reservation->FinishLandedCheck(verifier).IgnoreError();
+    }
+    if (io != Io::kOk) {
+      *status = absl::UnavailableError(
+          "data_plane: the connection broke while receiving the block");
+      return false;  // The reservation aborts: nothing partial is stored.
+    }
+    *status = CheckAcceptingBlocks(ctx_);
+    if (status->ok()) {
+      *status = ctx_->store->Commit(*std::move(reservation));
+    }
+    return true;
+  }
+  if (!absl::IsResourceExhausted(reservation.status())) {
+    return discard(reservation.status());
+  }
+  // The arena cannot hold it now: Put may place it in a lower tier.
+  std::vector<uint8_t> block(data_length);
+  if (sockio::RecvAll(fd, block.data(), block.size()) != Io::kOk) {
+    *status = absl::UnavailableError(
+        "data_plane: the connection broke while receiving the block");
+    return false;
+  }
+  absl::StatusOr<kvstore::PutOutcome> outcome =
+      StoreBlock(ctx_, req.key, block, put_options);
+  *status = outcome.status();
+  if (outcome.ok() && *outcome == kvstore::PutOutcome::kAlreadyPresent) {
+    *flags = ucx::kReplyAlreadyPresent;
+  }
+  return true;
+}
+
+bool TcpDataPlane::HandleGet(int fd, const DataRequest& req, absl::Time start) {
+  absl::StatusOr<kvstore::BlockLease> lease =
+      ctx_->store->Get(req.key, GetOptionsFor(req.flags));
+  if (!lease.ok()) {
+    Record(req, lease.status(), start, 0, 0);
+    return SendReply(fd, req, lease.status(), 0);
+  }
+  const absl::Span<const uint8_t> block = lease->bytes();
+  Record(req, absl::OkStatus(), start, 0, block.size());
+  // Straight from the lease, which is held until the kernel has the bytes.
+  return SendMessage(fd,
+                     ReplyHeaderBytes(req.op, req.request_id, absl::OkStatus(),
+                                      ReplyFlagsFor(*lease)),
+                     block);
+}
+
+bool TcpDataPlane::SendReply(int fd, const DataRequest& req,
+                             const absl::Status& status, uint32_t flags) {
+  return SendMessage(
+      fd, ReplyHeaderBytes(req.op, req.request_id, status, flags), {});
+}
+
+void TcpDataPlane::Record(const DataRequest& req, const absl::Status& status,
+                          absl::Time start, uint64_t bytes_in,
+                          uint64_t bytes_out) {
+  if (!IsBlockOp(req.op)) return;
+  ctx_->metrics->RecordRpc(
+      req.op == static_cast<uint16_t>(ucx::Op::kPut) ? Rpc::kPut : Rpc::kGet,
+      status.code(), SteadyNow() - start, bytes_in, bytes_out);
+}
+
+}  // namespace strata::cluster

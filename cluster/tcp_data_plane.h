@@ -1,0 +1,128 @@
+// TcpDataPlane: stratad's bulk data path over plain TCP sockets, beside the
+// UCX data plane (cluster/ucx_data_plane.h) and gRPC. Same messages as UCX
+// (common/ucx_protocol.h), framed on a byte stream (common/tcp_protocol.h);
+// docs/protocol.md, "Socket data plane".
+//
+// Why it exists: over TCP, UCX 1.13 copies every block once more on each
+// side (packing into its send buffer, unpacking from its receive buffer).
+// Here the kernel's socket copy is the only one: a PUT's block is received
+// straight into a DRAM-arena reservation (TieredStore::Reserve), and a GET's
+// reply is sent straight from the block's lease. Clients pick it over UCX
+// when UCX would run over TCP (client/strata_client.h, data_plane "auto");
+// bench/results/service.md has the measurement.
+//
+// One thread per connection, blocking I/O: requests on a connection are
+// served in order, one at a time (the client opens more connections for
+// concurrency). Engines hold a few long-lived connections, so threads are
+// cheap next to the copies they save. At most `max_connections` are served;
+// more are closed at accept.
+//
+// - PUT: validation (drain, max_block_bytes) first; then Reserve, which may
+//   evict and waits at most kInFlightWriteWait for another write of the key;
+//   the block is received into the reservation and committed (the checksum
+//   pass reads it where it landed). "Already present" and refused puts read
+//   and discard the block, so the connection stays usable and the client
+//   reads its answer. When the arena cannot hold the block at all, it is
+//   received into a buffer and stored with Put (which falls back to lower
+//   tiers).
+// - GET: TieredStore::Get, then the reply and the block leave in one
+//   sendmsg from the lease.
+// - A connection that breaks mid-message (client gone, deadline closed it)
+//   aborts its reservation: nothing partial is stored. A client that stops
+//   sending or reading mid-message is dropped after `stall_timeout`.
+//
+// Threading: Start/Stop/address are for the owning thread. Connection
+// threads share only the ServiceContext (thread-safe) and the connection
+// set (mu_).
+#ifndef STRATA_CLUSTER_TCP_DATA_PLANE_H_
+#define STRATA_CLUSTER_TCP_DATA_PLANE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "cluster/block_service.h"
+#include "cluster/data_plane_request.h"
+
+namespace strata::cluster {
+
+struct TcpDataPlaneOptions {
+  // TCP "host:port"; port 0 = any free port (clients learn it with Hello).
+  std::string listen = "127.0.0.1:0";
+  int max_connections = 256;
+  // A message that makes no progress for this long ends its connection.
+  absl::Duration stall_timeout = absl::Seconds(30);
+  // Stop(): how long requests already being served may take to finish.
+  absl::Duration stop_grace = absl::Seconds(2);
+  // A PUT's block is received this many bytes at a time, each piece hashed
+  // as it lands (the sender meanwhile sends the next); 0: one receive, then
+  // Commit's checksum pass. The environment variable
+  // STRATA_TCP_VERIFY_CHUNK_BYTES overrides it (measurements).
+  uint64_t verify_chunk_bytes = 256 << 10;
+};
+
+class TcpDataPlane {
+ public:
+  // Binds and listens, then serves `ctx` (which, with ctx->store, must
+  // outlive this object). INVALID_ARGUMENT naming "tcp_data_plane_listen"
+  // for an address that is not host:port; UNAVAILABLE naming it when the
+  // socket cannot be bound (the message carries errno's text).
+  static absl::StatusOr<std::unique_ptr<TcpDataPlane>> Start(
+      ServiceContext* ctx, const TcpDataPlaneOptions& options);
+  ~TcpDataPlane();  // Stop()s.
+  TcpDataPlane(const TcpDataPlane&) = delete;
+  TcpDataPlane& operator=(const TcpDataPlane&) = delete;
+
+  // The bound "host:port" (the port resolved when the config said 0).
+  const std::string& address() const { return address_; }
+
+  // Stops accepting, lets requests being served finish for `stop_grace`
+  // (idle connections close at once), then closes every connection and
+  // waits for their threads, which release their leases and reservations.
+  // Idempotent.
+  void Stop();
+
+ private:
+  TcpDataPlane(ServiceContext* ctx, const TcpDataPlaneOptions& options)
+      : ctx_(ctx), options_(options) {}
+  void AcceptLoop();
+  void Serve(int fd);
+  // One request whose frame and header were read; false when the connection
+  // must close.
+  bool HandleRequest(int fd, const DataRequest& req,
+                     const absl::Status& header_status, uint64_t data_length,
+                     absl::Time start);
+  bool HandlePut(int fd, const DataRequest& req, uint64_t data_length,
+                 absl::Status* status, uint32_t* flags);
+  bool HandleGet(int fd, const DataRequest& req, absl::Time start);
+  // Sends a reply without data; false when the connection broke.
+  bool SendReply(int fd, const DataRequest& req, const absl::Status& status,
+                 uint32_t flags);
+  void Record(const DataRequest& req, const absl::Status& status,
+              absl::Time start, uint64_t bytes_in, uint64_t bytes_out);
+
+  ServiceContext* const ctx_;
+  TcpDataPlaneOptions options_;  // Fixed after Start.
+  std::string address_;
+  int listen_fd_ = -1;
+  int wake_fd_ = -1;  // eventfd: wakes the accept loop at Stop.
+  std::thread acceptor_;
+  bool stopped_ = false;  // Owning thread.
+
+  absl::Mutex mu_;
+  // Open connections, and whether each is between messages (idle).
+  absl::flat_hash_set<int> conns_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<int> busy_ ABSL_GUARDED_BY(mu_);
+  int threads_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace strata::cluster
+
+#endif  // STRATA_CLUSTER_TCP_DATA_PLANE_H_
