@@ -75,19 +75,22 @@ STRATA_C_API const char* strata_last_error(void);
 
 /* Opens a client to `address` ("host:port"). `deadline_ms` is the deadline of
  * every call of this client; <= 0 takes the default (10 s). It asks the
- * daemon for its UCX data plane (ClientOptions::data_plane "auto",
- * docs/protocol.md) and moves blocks over it when reachable; a daemon that
+ * daemon for its bulk data planes (ClientOptions::data_plane "auto",
+ * docs/protocol.md) and moves blocks over one when reachable; a daemon that
  * is not up makes it fall back to gRPC, not fail: the first call then fails
  * with 14 (UNAVAILABLE). On success *out is the new client. */
 STRATA_C_API int strata_client_open(const char* address, int64_t deadline_ms,
                                     strata_client_t** out);
 
 /* As strata_client_open, choosing the bulk data path (since 1.1):
- *   "auto" (or NULL)  UCX when the daemon offers it and a round trip over it
- *                     works, else gRPC (what strata_client_open does);
+ *   "auto" (or NULL)  UCX over shared memory, else the socket data plane,
+ *                     else UCX over TCP, whichever the daemon offers and
+ *                     answers a round trip, else gRPC (what
+ *                     strata_client_open does);
  *   "ucx"             UCX required: fails with 14 (UNAVAILABLE, message
  *                     naming "data_plane") when the daemon has no UCX data
  *                     plane or it cannot be reached within the deadline;
+ *   "tcp"             the socket data plane required, likewise;
  *   "grpc"            every byte over gRPC; does not wait for the daemon.
  * Anything else is 3 (INVALID_ARGUMENT naming "data_plane"). UCX picks TCP or
  * shared memory from this process's UCX_* environment (docs/protocol.md). */
@@ -97,8 +100,8 @@ STRATA_C_API int strata_client_open_with_data_plane(const char* address,
                                                     strata_client_t** out);
 
 /* Writes the data path chosen at open as a NUL-terminated string into
- * out[0, capacity): "grpc", or "ucx:" and the UCX transports carrying it
- * (e.g. "ucx:tcp", "ucx:cma,sysv"). 11 (OUT_OF_RANGE) when it does not fit
+ * out[0, capacity): "grpc", "tcp" (the socket data plane), or "ucx:" and
+ * the UCX transports carrying it (e.g. "ucx:tcp", "ucx:cma,sysv"). 11 (OUT_OF_RANGE) when it does not fit
  * (nothing written). Since 1.1. */
 STRATA_C_API int strata_client_data_plane(strata_client_t* client, char* out,
                                           size_t capacity);

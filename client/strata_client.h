@@ -18,18 +18,20 @@
 // Zero-copy reads: a caller registers a memory region once and GetInto()
 // lands blocks in it directly, with no intermediate buffer owned by the
 // client. Over gRPC the bytes are copied once, from the receive buffer into
-// the region; the UCX data plane (docs/protocol.md) writes them there
-// directly (rendezvous transfers: UCX places the block into the region; small
-// eager replies are copied once from UCX's receive buffer).
+// the region; the bulk data planes (docs/protocol.md) write them there
+// directly (the socket plane: the kernel's copy from the socket; UCX
+// rendezvous transfers: UCX places the block into the region; small eager
+// UCX replies are copied once from UCX's receive buffer).
 //
 // Data plane: gRPC carries control and small payloads. When
-// ClientOptions::data_plane allows it and the daemon runs its UCX data plane
+// ClientOptions::data_plane allows it and the daemon runs a bulk data plane
 // (learnt with the Hello RPC at Connect), Put / Get / GetInto of blocks of at
-// least `ucx_min_bytes` move over UCX (TCP, or shared memory between
-// processes of one host, as the UCX_* environment of each process selects;
-// docs/protocol.md). Deadlines, UNAVAILABLE retries and status codes are the
-// same on both paths. The sync Put sends straight from the caller's memory
-// over UCX; PutAsync copies the block first (it may be freed on return).
+// least `ucx_min_bytes` move over it: UCX (TCP, or shared memory between
+// processes of one host, as the UCX_* environment of each process selects)
+// or the socket plane (plain TCP); docs/protocol.md. Deadlines, UNAVAILABLE
+// retries and status codes are the same on every path. The sync Put sends
+// straight from the caller's memory; PutAsync copies the block first (it may
+// be freed on return).
 //
 // Thread safety: a Client is thread-safe; share one per process. It must
 // outlive every future it returned.
@@ -64,11 +66,14 @@ struct ClientOptions {
   // "grpc": every byte over gRPC. "ucx": bulk over UCX, required: Connect
   // fails with UNAVAILABLE naming "data_plane" unless Hello returns a UCX
   // address and a UCX round trip to it succeeds within default_deadline.
-  // "auto": as "ucx" when that works, else gRPC (Connect still succeeds).
+  // "tcp": bulk over the socket data plane, required, likewise. "auto": UCX
+  // when it runs over shared memory, else the socket plane, else UCX over
+  // TCP (measured: bench/results/service.md), else gRPC (Connect still
+  // succeeds).
   std::string data_plane = "auto";
   // Put blocks smaller than this, and GetInto with a smaller capacity, go
-  // over gRPC even when UCX is up (Get, whose size is unknown in advance,
-  // always takes UCX then). Default 0, every block over UCX: measured
+  // over gRPC even when a bulk plane is up (Get, whose size is unknown in
+  // advance, always takes the bulk plane then). Default 0, every block over UCX: measured
   // (bench/results/data_plane.md), UCX is 1.2-11x gRPC from 256 KiB up;
   // below 64 KiB it is within noise of gRPC for one client and ahead with
   // four (even for TCP at 64 KiB). No size favoured gRPC.
@@ -143,9 +148,9 @@ class Client {
   // Validates options (INVALID_ARGUMENT naming the field) and creates the
   // channel. With data_plane "grpc" it does not wait for the daemon: the
   // first call may fail with UNAVAILABLE (after retries) if it is not up.
-  // With "auto" or "ucx" it asks the daemon for its data plane (Hello) and
-  // connects to it; "auto" falls back to gRPC when that fails, "ucx" fails
-  // with UNAVAILABLE naming "data_plane".
+  // Otherwise it asks the daemon for its data planes (Hello) and connects to
+  // the one `data_plane` picks; "auto" falls back to gRPC when none works,
+  // "ucx" and "tcp" fail with UNAVAILABLE naming "data_plane".
   static absl::StatusOr<std::unique_ptr<Client>> Connect(
       const ClientOptions& options);
   virtual ~Client() = default;

@@ -29,6 +29,8 @@ using ::strata::testing::MetricsText;
 using ::strata::testing::StratadProcess;
 using ::strata::testing::UcxRoundTripShapes;
 using ::strata::testing::UcxTest;
+using ::strata::testing::IsSocketPlane;
+using ::strata::testing::kSocketPlane;
 using ::strata::testing::UcxTransport;
 using ::strata::testing::UcxTransportName;
 using ::strata::testing::UcxTransportTest;
@@ -41,11 +43,12 @@ class UcxBatch : public UcxTransportTest {
     client::ClientOptions o;
     o.address = d.grpc_address();
     o.default_deadline = absl::Seconds(30);
-    o.data_plane = "ucx";
+    o.data_plane = GetParam().plane;
     auto c = client::Client::Connect(o);
     EXPECT_TRUE(c.ok()) << c.status();
     if (!c.ok()) return nullptr;
-    EXPECT_THAT((*c)->DataPlane(), StartsWith("ucx:"));
+    EXPECT_THAT((*c)->DataPlane(),
+                StartsWith(IsSocketPlane(GetParam()) ? "tcp" : "ucx:"));
     return *std::move(c);
   }
 };
@@ -119,7 +122,8 @@ TEST_P(UcxBatch, BatchPutAndBatchGetFrom1KiBTo64MiBAreByteExactOverUcx) {
 
 INSTANTIATE_TEST_SUITE_P(Transports, UcxBatch,
                          ::testing::Values(UcxTransport{"tcp", "tcp"},
-                                           UcxTransport{"shm", "shm,tcp"}),
+                                           UcxTransport{"shm", "shm,tcp"},
+                                           kSocketPlane),
                          UcxTransportName);
 
 // The C ABI (1.1) opens clients on a chosen data plane.
@@ -132,7 +136,7 @@ class CAbiDataPlane : public UcxTest {
   }
 };
 
-TEST_F(CAbiDataPlane, OpenWithDataPlaneChoosesUcxOrGrpcAndRefusesOthers) {
+TEST_F(CAbiDataPlane, OpenWithDataPlaneChoosesUcxTcpOrGrpcAndRefusesOthers) {
   EXPECT_EQ(strata_abi_version(), STRATA_C_ABI_VERSION);
   EXPECT_EQ(strata_abi_minor_version(), 1);
   ScratchDir dir;
@@ -181,19 +185,31 @@ TEST_F(CAbiDataPlane, OpenWithDataPlaneChoosesUcxOrGrpcAndRefusesOthers) {
   EXPECT_THAT(strata_last_error(), StartsWith("data_plane:"));
   EXPECT_EQ(bad, nullptr);
 
-  // NULL is "auto": UCX here.
+  strata_client_t* sockets = nullptr;
+  ASSERT_EQ(strata_client_open_with_data_plane(addr.c_str(), 10000, "tcp",
+                                               &sockets),
+            0)
+      << strata_last_error();
+  EXPECT_EQ(PlaneOf(sockets), "tcp");
+  std::fill(dst.begin(), dst.end(), 0);
+  ASSERT_EQ(strata_get_into(sockets, key, dst.data(), dst.size(), &n), 0);
+  EXPECT_TRUE(std::equal(block.begin(), block.end(), dst.begin()));
+  strata_client_close(sockets);
+
+  // NULL is "auto": the socket plane here, since UCX would run over TCP.
   strata_client_t* automatic = nullptr;
   ASSERT_EQ(strata_client_open_with_data_plane(addr.c_str(), 10000, nullptr,
                                                &automatic),
             0);
-  EXPECT_EQ(PlaneOf(automatic), "ucx:tcp");
+  EXPECT_EQ(PlaneOf(automatic), "tcp");
   strata_client_close(automatic);
   EXPECT_TRUE(d.Stop().ok());
 }
 
 TEST_F(CAbiDataPlane, UcxRequiredIsUnavailableWhenTheDaemonHasNone) {
   ScratchDir dir;
-  StratadProcess d(dir.Sub("data"), {"--data_plane_listen="}, Env());
+  StratadProcess d(dir.Sub("data"),
+                   {"--data_plane_listen=", "--tcp_data_plane_listen="}, Env());
   ASSERT_TRUE(d.Start().ok());
   strata_client_t* c = nullptr;
   EXPECT_EQ(strata_client_open_with_data_plane(d.grpc_address().c_str(), 5000,

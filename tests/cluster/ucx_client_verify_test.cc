@@ -1,8 +1,8 @@
-// End-to-end checksums over the UCX data plane: a sync Get verifies the block
-// where it lands and the daemon skips its own pass on DRAM copies
-// (docs/protocol.md, request flag bit 1). To damage a stored copy the daemon
-// runs in this process (the same ServiceContext, UcxDataPlane and gRPC
-// services stratad wires up), so the test can flip a byte of a DRAM copy the
+// End-to-end checksums over the bulk data planes (UCX, sockets): a sync Get
+// verifies the block where it lands and the daemon skips its own pass on
+// DRAM copies (docs/protocol.md, request flag bit 1). To damage a stored copy
+// the daemon runs in this process (the same ServiceContext, data planes and
+// gRPC services stratad wires up), so the test can flip a byte of a DRAM copy the
 // way the kvstore fault tests do (FlipDramPayloadByte).
 #include <memory>
 #include <string>
@@ -11,6 +11,7 @@
 #include "client/strata_client.h"
 #include "cluster/block_service.h"
 #include "cluster/metrics.h"
+#include "cluster/tcp_data_plane.h"
 #include "cluster/ucx_data_plane.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -49,6 +50,11 @@ class InProcessDaemon {
     if (!plane.ok()) return;
     plane_ = *std::move(plane);
     ctx_.ucx_address = plane_->address();
+    auto socket_plane = cluster::TcpDataPlane::Start(&ctx_, {});
+    EXPECT_TRUE(socket_plane.ok()) << socket_plane.status();
+    if (!socket_plane.ok()) return;
+    socket_plane_ = *std::move(socket_plane);
+    ctx_.tcp_address = socket_plane_->address();
     data_ = std::make_unique<cluster::DataServiceImpl>(&ctx_);
     admin_ = std::make_unique<cluster::AdminServiceImpl>(&ctx_);
     grpc::ServerBuilder builder;
@@ -62,14 +68,15 @@ class InProcessDaemon {
   ~InProcessDaemon() {
     if (server_ != nullptr) server_->Shutdown();
     plane_.reset();
+    socket_plane_.reset();
   }
 
   kvstore::TieredStore& store() { return *store_; }
 
-  std::unique_ptr<client::Client> Connect() {
+  std::unique_ptr<client::Client> Connect(const std::string& plane) {
     client::ClientOptions o;
     o.address = "127.0.0.1:" + std::to_string(port_);
-    o.data_plane = "ucx";
+    o.data_plane = plane;
     o.ucx_min_bytes = 0;
     auto c = client::Client::Connect(o);
     EXPECT_TRUE(c.ok()) << c.status();
@@ -87,6 +94,7 @@ class InProcessDaemon {
   cluster::ServiceMetrics metrics_;
   cluster::ServiceContext ctx_;
   std::unique_ptr<cluster::UcxDataPlane> plane_;
+  std::unique_ptr<cluster::TcpDataPlane> socket_plane_;
   std::unique_ptr<cluster::DataServiceImpl> data_;
   std::unique_ptr<cluster::AdminServiceImpl> admin_;
   std::unique_ptr<grpc::Server> server_;
@@ -105,7 +113,7 @@ TEST_P(ClientVerify, ADamagedDramCopyIsCaughtByTheClientAndReplacedFromSsd) {
   o.ssd_path = dir.Sub("ssd");
   o.write_through = true;
   InProcessDaemon d(o);
-  auto c = d.Connect();
+  auto c = d.Connect(GetParam().plane);
   ASSERT_NE(c, nullptr);
   const auto small = MakeBlock(ShapeForBytes(64 << 10), 1);
   const auto large = MakeBlock(ShapeForBytes(4 << 20), 2);
@@ -143,7 +151,7 @@ TEST_P(ClientVerify, ADamagedOnlyCopyIsDataLossOnSyncAndAsyncGets) {
   kvstore::TieredStoreOptions o;
   o.dram_capacity_bytes = 64 << 20;
   InProcessDaemon d(o);
-  auto c = d.Connect();
+  auto c = d.Connect(GetParam().plane);
   ASSERT_NE(c, nullptr);
   const auto block = MakeBlock(ShapeForBytes(256 << 10), 3);
   ASSERT_TRUE(c->Put(KeyFor(3), block).ok());
@@ -157,17 +165,21 @@ TEST_P(ClientVerify, ADamagedOnlyCopyIsDataLossOnSyncAndAsyncGets) {
       << got.status();
   EXPECT_EQ(d.StoreGets() - gets, 2u);  // Unverified read, then verified.
   gets = d.StoreGets();
-  auto async = c->GetAsync(KeyFor(4)).get();  // Verified by the daemon.
+  // Over UCX verified by the daemon; the socket plane's async threads verify
+  // where the block lands, as a sync Get does.
+  auto async = c->GetAsync(KeyFor(4)).get();
   EXPECT_EQ(async.status().code(), absl::StatusCode::kDataLoss)
       << async.status();
-  EXPECT_EQ(d.StoreGets() - gets, 1u);
+  EXPECT_EQ(d.StoreGets() - gets,
+            ::strata::testing::IsSocketPlane(GetParam()) ? 2u : 1u);
   EXPECT_EQ(d.DramChecksumFailures(), 2u);
   EXPECT_EQ(c->Get(KeyFor(3)).status().code(), absl::StatusCode::kNotFound);
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, ClientVerify,
                          ::testing::Values(UcxTransport{"tcp", "tcp"},
-                                           UcxTransport{"shm", "shm,tcp"}),
+                                           UcxTransport{"shm", "shm,tcp"},
+                                           ::strata::testing::kSocketPlane),
                          UcxTransportName);
 
 }  // namespace

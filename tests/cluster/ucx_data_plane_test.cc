@@ -33,6 +33,8 @@ using ::strata::testing::MetricsText;
 using ::strata::testing::StratadProcess;
 using ::strata::testing::UcxRoundTripShapes;
 using ::strata::testing::UcxTest;
+using ::strata::testing::IsSocketPlane;
+using ::strata::testing::kSocketPlane;
 using ::strata::testing::UcxTransport;
 using ::strata::testing::UcxTransportName;
 using ::strata::testing::UcxTransportTest;
@@ -55,14 +57,16 @@ class StratadUcx : public UcxTransportTest {
     client::ClientOptions o;
     o.address = d.grpc_address();
     o.default_deadline = deadline;
-    o.data_plane = "ucx";
+    o.data_plane = GetParam().plane;
     o.ucx_min_bytes = 0;
     auto c = client::Client::Connect(o);
     EXPECT_TRUE(c.ok()) << c.status();
     if (!c.ok()) return nullptr;
     // The bytes move over the transport this test asked for.
     const std::string plane = (*c)->DataPlane();
-    if (std::string(GetParam().tls) == "tcp") {
+    if (IsSocketPlane(GetParam())) {
+      EXPECT_EQ(plane, "tcp");
+    } else if (std::string(GetParam().tls) == "tcp") {
       EXPECT_EQ(plane, "ucx:tcp");
     } else {
       EXPECT_THAT(plane, StartsWith("ucx:"));
@@ -261,8 +265,10 @@ TEST_P(StratadUcx, ALateReplyToAnExpiredGetIsTakenWithoutAnotherCall) {
 // sends still queued behind a full socket; the caller then reuses its
 // buffer. After the daemon resumes, what it stores is each caller's
 // original block, never the reused buffer's bytes: in mode none the client
-// finishes those sends from copies (all are stored); in peer mode the
-// deadline closed the connection, cancelling them (none need be).
+// finishes those sends from copies (all are stored); in peer mode and on
+// the socket plane the deadline closed the connection, cancelling them
+// (none need be; a block that had wholly reached the daemon's socket before
+// the close may still be stored, and then it is the original).
 TEST_P(StratadUcx, PutsEndedByTheirDeadlineMidSendStoreTheBlockNotTheReusedBuffer) {
   auto c = StartDaemonAndConnect();
   ASSERT_NE(c, nullptr);
@@ -295,7 +301,7 @@ TEST_P(StratadUcx, PutsEndedByTheirDeadlineMidSendStoreTheBlockNotTheReusedBuffe
     EXPECT_TRUE(got->block == blocks[i]) << "put " << i;
     ++stored;
   }
-  if (!GetParam().peer) {
+  if (!GetParam().peer && !IsSocketPlane(GetParam())) {
     EXPECT_EQ(stored, kPuts) << "the queued sends were delivered";
   }
   auto stats = c->Stats();
@@ -447,7 +453,8 @@ TEST_P(StratadUcx, AKilledDaemonAnswersUnavailableNotAHang) {
 INSTANTIATE_TEST_SUITE_P(Transports, StratadUcx,
                          ::testing::Values(UcxTransport{"tcp", "tcp"},
                                            UcxTransport{"shm", "shm,tcp"},
-                                           UcxTransport{"tcp_peer", "tcp", true}),
+                                           UcxTransport{"tcp_peer", "tcp", true},
+                                           kSocketPlane),
                          UcxTransportName);
 
 class StratadDataPlane : public UcxTest {
@@ -473,30 +480,79 @@ TEST_F(StratadDataPlane, UcxRequiredFailsConnectWhenTheDaemonHasNone) {
   EXPECT_THAT(Msg(c.status()), StartsWith("data_plane:"));
 }
 
-TEST_F(StratadDataPlane, AutoFallsBackToGrpcAndUsesUcxWhenOffered) {
+// "auto" takes UCX when it moves the bytes through shared memory (below),
+// else the socket plane, else UCX over TCP, else gRPC.
+TEST_F(StratadDataPlane, AutoPrefersTheSocketPlaneToUcxOverTcpAndFallsBackToGrpc) {
   ScratchDir dir;
   const auto block = MakeBlock(ShapeForBytes(1 << 20), 8);
   {
-    StratadProcess d(dir.Sub("grpc-only"), {"--data_plane_listen="}, Env());
+    StratadProcess d(dir.Sub("grpc-only"),
+                     {"--data_plane_listen=", "--tcp_data_plane_listen="},
+                     Env());
     ASSERT_TRUE(d.Start().ok());
+    EXPECT_EQ(d.tcp_address(), "off");
     auto c = Connect(d, "auto");
     ASSERT_TRUE(c.ok()) << c.status();
     EXPECT_EQ((*c)->DataPlane(), "grpc");
     ASSERT_TRUE((*c)->Put(KeyFor(8), block).ok());
     EXPECT_TRUE((*c)->Get(KeyFor(8))->block == block);
   }
-  StratadProcess d(dir.Sub("ucx"), {}, Env());
+  {
+    StratadProcess d(dir.Sub("ucx-only"), {"--tcp_data_plane_listen="}, Env());
+    ASSERT_TRUE(d.Start().ok());
+    auto c = Connect(d, "auto");
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_EQ((*c)->DataPlane(), "ucx:tcp");
+    ASSERT_TRUE((*c)->Put(KeyFor(8), block).ok());
+    EXPECT_TRUE((*c)->Get(KeyFor(8))->block == block);
+  }
+  StratadProcess d(dir.Sub("both"), {}, Env());
   ASSERT_TRUE(d.Start().ok());
   auto c = Connect(d, "auto");
   ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_EQ((*c)->DataPlane(), "ucx:tcp");
+  EXPECT_EQ((*c)->DataPlane(), "tcp");
   ASSERT_TRUE((*c)->Put(KeyFor(8), block).ok());
   EXPECT_TRUE((*c)->Get(KeyFor(8))->block == block);
-  // "grpc" never touches UCX, even when the daemon offers it.
+  // A required plane is what the client gets, whatever "auto" would pick.
+  auto u = Connect(d, "ucx");
+  ASSERT_TRUE(u.ok()) << u.status();
+  EXPECT_EQ((*u)->DataPlane(), "ucx:tcp");
+  EXPECT_TRUE((*u)->Get(KeyFor(8))->block == block);
+  // "grpc" never touches a bulk plane, even when the daemon offers them.
   auto g = Connect(d, "grpc");
   ASSERT_TRUE(g.ok());
   EXPECT_EQ((*g)->DataPlane(), "grpc");
   EXPECT_TRUE((*g)->Get(KeyFor(8))->block == block);
+}
+
+TEST_F(StratadDataPlane, SocketPlaneRequiredFailsConnectWhenTheDaemonHasNone) {
+  ScratchDir dir;
+  StratadProcess d(dir.Sub("data"), {"--tcp_data_plane_listen="}, Env());
+  ASSERT_TRUE(d.Start().ok());
+  auto c = Connect(d, "tcp");
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kUnavailable) << c.status();
+  EXPECT_THAT(Msg(c.status()), StartsWith("data_plane:"));
+  EXPECT_THAT(Msg(c.status()), HasSubstr("tcp_data_plane_listen"));
+}
+
+// UCX_TLS allows shared memory: "auto" keeps UCX.
+class StratadDataPlaneShm : public StratadDataPlane {
+ protected:
+  std::string Tls() const override { return "shm,tcp"; }
+};
+
+TEST_F(StratadDataPlaneShm, AutoKeepsUcxWhenItMovesTheBytesThroughSharedMemory) {
+  ScratchDir dir;
+  StratadProcess d(dir.Sub("data"), {}, Env());
+  ASSERT_TRUE(d.Start().ok());
+  auto c = Connect(d, "auto");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_THAT((*c)->DataPlane(), StartsWith("ucx:"));
+  EXPECT_THAT((*c)->DataPlane(), HasSubstr("cma"));
+  const auto block = MakeBlock(ShapeForBytes(1 << 20), 8);
+  ASSERT_TRUE((*c)->Put(KeyFor(8), block).ok());
+  EXPECT_TRUE((*c)->Get(KeyFor(8))->block == block);
 }
 
 TEST_F(StratadDataPlane, PeerErrorHandlingIsNegotiatedThroughHello) {
@@ -524,6 +580,8 @@ TEST_F(StratadDataPlane, BadDataPlaneSettingsAreRejected) {
   EXPECT_FALSE(d.Start().ok());
   StratadProcess e(dir.Sub("data2"), {"--data_plane_error_mode=maybe"}, Env());
   EXPECT_FALSE(e.Start().ok());
+  StratadProcess f(dir.Sub("data3"), {"--tcp_data_plane_listen=nohost"}, Env());
+  EXPECT_FALSE(f.Start().ok());
 }
 
 }  // namespace

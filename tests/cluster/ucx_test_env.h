@@ -23,14 +23,26 @@
 
 namespace strata::testing {
 
-// A UCX transport selection, as UCX_TLS. With UCX 1.13 the client-server
-// connection needs tcp in the list even when the bytes move over shared
-// memory (sysv/posix for messages, cma for rendezvous).
+// A bulk data plane for the client (ClientOptions::data_plane: "ucx", or
+// "tcp" for the socket plane) and, for UCX, a transport selection, as
+// UCX_TLS. With UCX 1.13 the client-server connection needs tcp in the list
+// even when the bytes move over shared memory (sysv/posix for messages, cma
+// for rendezvous).
 struct UcxTransport {
   const char* name;
   const char* tls;
   bool peer = false;  // --data_plane_error_mode=peer (TCP only).
+  const char* plane = "ucx";
 };
+
+// The socket data plane, as a parameter of the same suites.
+inline constexpr UcxTransport kSocketPlane{"socket", "tcp", false, "tcp"};
+
+// Client::DataPlane() of a client connected with `t`: "tcp" for the socket
+// plane; for UCX "ucx:" and the UCX transports (checked by the caller).
+inline bool IsSocketPlane(const UcxTransport& t) {
+  return std::string(t.plane) == "tcp";
+}
 
 inline void PrintTo(const UcxTransport& t, std::ostream* os) { *os << t.name; }
 

@@ -1,5 +1,6 @@
 """RemoteStore against a real stratad started by the test (conftest.Stratad):
-the same contract as LocalStore, over gRPC and over the UCX data plane."""
+the same contract as LocalStore, over gRPC, the UCX data plane and the
+socket data plane."""
 import numpy as np
 import pytest
 
@@ -8,7 +9,7 @@ import store_cases
 from stratad_process import Stratad
 
 
-@pytest.fixture(params=["grpc", "ucx"])
+@pytest.fixture(params=["grpc", "ucx", "tcp"])
 def store(request, stratad):
     s = strata.RemoteStore(stratad.grpc_address, deadline_ms=10000,
                            data_plane=request.param)
