@@ -29,6 +29,11 @@ using sockio::Io;
 
 constexpr char kListenField[] = "tcp_data_plane_listen";
 
+// A refused request's data up to this size is read and dropped, so the
+// connection stays usable (an oversized block, a put while draining); past
+// it the answer goes first and the connection closes.
+constexpr uint64_t kMaxDiscardBytes = uint64_t{256} << 20;
+
 absl::Status ListenError(const std::string& listen, const std::string& what) {
   return absl::UnavailableError(
       absl::StrCat(kListenField, ": ", listen, ": ", what));
@@ -216,11 +221,10 @@ bool TcpDataPlane::HandleRequest(int fd, const DataRequest& req,
             "block: a GET request carries no data");
         break;
       case ucx::Op::kPut:
-        if (!HandlePut(fd, req, data_length, &status, &flags)) {
+        if (!HandlePut(fd, req, &data_length, &status, &flags)) {
           Record(req, status, start, bytes_in, 0);
           return false;
         }
-        data_length = 0;  // Received (or discarded) by HandlePut.
         break;
       default:
         status = absl::InvalidArgumentError(
@@ -228,6 +232,12 @@ bool TcpDataPlane::HandleRequest(int fd, const DataRequest& req,
     }
   }
   // A refused request's data is read and dropped: the stream stays framed.
+  // Past kMaxDiscardBytes the answer goes first and the connection closes.
+  if (data_length > kMaxDiscardBytes) {
+    Record(req, status, start, bytes_in, 0);
+    SendReply(fd, req, status, flags);
+    return false;
+  }
   if (data_length != 0 && sockio::Discard(fd, data_length) != Io::kOk) {
     Record(req, status, start, 0, 0);
     return false;
@@ -237,11 +247,14 @@ bool TcpDataPlane::HandleRequest(int fd, const DataRequest& req,
 }
 
 bool TcpDataPlane::HandlePut(int fd, const DataRequest& req,
-                             uint64_t data_length, absl::Status* status,
+                             uint64_t* unread, absl::Status* status,
                              uint32_t* flags) {
-  auto discard = [&](absl::Status why) {
+  const uint64_t data_length = *unread;
+  // Refused (or already present): the block stays unread; HandleRequest
+  // reads and drops it, then answers.
+  auto refuse = [&](absl::Status why) {
     *status = std::move(why);
-    return sockio::Discard(fd, data_length) == Io::kOk;
+    return true;
   };
   bool stopping = false;
   {
@@ -249,14 +262,14 @@ bool TcpDataPlane::HandlePut(int fd, const DataRequest& req,
     stopping = stopping_;
   }
   if (stopping) {
-    return discard(absl::UnavailableError(
+    return refuse(absl::UnavailableError(
         "data_plane: the daemon is shutting down"));
   }
-  if (absl::Status s = CheckAcceptingBlocks(ctx_); !s.ok()) return discard(s);
+  if (absl::Status s = CheckAcceptingBlocks(ctx_); !s.ok()) return refuse(s);
   // Refused before anything is set aside for it (the store's own message).
   const uint64_t max_block = ctx_->store->options().max_block_bytes;
   if (data_length > max_block) {
-    return discard(absl::InvalidArgumentError(absl::StrCat(
+    return refuse(absl::InvalidArgumentError(absl::StrCat(
         "block: ", data_length, " bytes exceed max_block_bytes ", max_block)));
   }
   kvstore::PutOptions put_options;
@@ -268,9 +281,10 @@ bool TcpDataPlane::HandlePut(int fd, const DataRequest& req,
       ctx_->store->Reserve(req.key, data_length, put_options);
   if (absl::IsAlreadyExists(reservation.status())) {
     *flags = ucx::kReplyAlreadyPresent;  // First write wins.
-    return discard(absl::OkStatus());
+    return refuse(absl::OkStatus());
   }
   if (reservation.ok()) {
+    *unread = 0;  // Read here, or the connection closes.
     // The kernel's copy lands the block in the arena: the only copy. Each
     // piece is hashed as it lands, while the client still sends the next.
     Io io;
@@ -298,9 +312,10 @@ bool TcpDataPlane::HandlePut(int fd, const DataRequest& req,
     return true;
   }
   if (!absl::IsResourceExhausted(reservation.status())) {
-    return discard(reservation.status());
+    return refuse(reservation.status());
   }
   // The arena cannot hold it now: Put may place it in a lower tier.
+  *unread = 0;
   std::vector<uint8_t> block(data_length);
   if (sockio::RecvAll(fd, block.data(), block.size()) != Io::kOk) {
     *status = absl::UnavailableError(

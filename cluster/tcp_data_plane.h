@@ -98,7 +98,10 @@ class TcpDataPlane {
   bool HandleRequest(int fd, const DataRequest& req,
                      const absl::Status& header_status, uint64_t data_length,
                      absl::Time start);
-  bool HandlePut(int fd, const DataRequest& req, uint64_t data_length,
+  // Reads the block unless it refuses the put (then `*unread` stays the
+  // block's length and the caller drops it); false when the connection
+  // must close.
+  bool HandlePut(int fd, const DataRequest& req, uint64_t* unread,
                  absl::Status* status, uint32_t* flags);
   bool HandleGet(int fd, const DataRequest& req, absl::Time start);
   // Sends a reply without data; false when the connection broke.

@@ -1,0 +1,350 @@
+// The socket data plane's daemon end (cluster/tcp_data_plane.h) at the byte
+// level: a TcpDataPlane over a real TieredStore in this process, spoken to
+// through raw sockets, so the tests can send what no well-behaved client
+// sends (foreign bytes, unknown ops, half a block, nothing at all) and check
+// that the daemon answers or closes as docs/protocol.md says and keeps
+// serving. The client library over the same plane is tested end to end in
+// ucx_data_plane_test (the "socket" parameter).
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/time/clock.h"
+#include "cluster/block_service.h"
+#include "cluster/metrics.h"
+#include "cluster/tcp_data_plane.h"
+#include "common/tcp_protocol.h"
+#include "common/ucx_protocol.h"
+#include "gtest/gtest.h"
+#include "kvstore/tiered_store.h"
+#include "tests/kvstore/test_blocks.h"
+
+namespace strata {
+namespace {
+
+using ::strata::kvstore::testing::KeyFor;
+using ::strata::kvstore::testing::MakeBlock;
+using ::strata::kvstore::testing::ScratchDir;
+using ::strata::kvstore::testing::ShapeForBytes;
+
+// A reply as read off the stream.
+struct Reply {
+  ucx::ReplyHeader header{};
+  std::string message;
+  std::vector<uint8_t> data;
+  absl::StatusCode code() const {
+    return static_cast<absl::StatusCode>(header.status);
+  }
+};
+
+// One raw TCP connection to the plane.
+class RawConnection {
+ public:
+  explicit RawConnection(const std::string& address) {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<uint16_t>(
+        std::stoi(address.substr(address.rfind(':') + 1))));
+    connected_ =
+        connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  }
+  ~RawConnection() { close(fd_); }
+
+  bool connected() const { return connected_; }
+
+  bool SendBytes(const void* p, size_t n) {
+    return send(fd_, p, n, MSG_NOSIGNAL) == static_cast<ssize_t>(n);
+  }
+
+  // A request: frame, header (with `key`'s bytes), then `data`;
+  // `claimed_data` overrides the frame's data_length.
+  bool SendRequest(ucx::Op op, uint64_t request_id, const kvstore::BlockKey& key,
+                   const std::vector<uint8_t>& data,
+                   std::optional<uint64_t> claimed_data = std::nullopt,
+                   uint16_t version = ucx::kProtocolVersion) {
+    ucx::RequestHeader h{};
+    h.version = version;
+    h.op = static_cast<uint16_t>(op);
+    h.request_id = request_id;
+    const std::string k = key.ToBytesString();
+    std::memcpy(h.key, k.data(), sizeof(h.key));
+    tcp::TcpFrame frame{tcp::kFrameMagic, sizeof(h),
+                        claimed_data.value_or(data.size())};
+    return SendBytes(&frame, sizeof(frame)) && SendBytes(&h, sizeof(h)) &&
+           (data.empty() || SendBytes(data.data(), data.size()));
+  }
+
+  // The next reply; nullopt when the daemon closed the connection first.
+  std::optional<Reply> ReadReply() {
+    tcp::TcpFrame frame{};
+    if (!RecvBytes(&frame, sizeof(frame))) return std::nullopt;
+    EXPECT_EQ(frame.magic, tcp::kFrameMagic);
+    Reply r;
+    std::vector<char> header(frame.header_length);
+    if (!RecvBytes(header.data(), header.size())) return std::nullopt;
+    std::memcpy(&r.header, header.data(), sizeof(r.header));
+    r.message.assign(header.data() + sizeof(r.header),
+                     header.size() - sizeof(r.header));
+    r.data.resize(frame.data_length);
+    if (!RecvBytes(r.data.data(), r.data.size())) return std::nullopt;
+    return r;
+  }
+
+  // Blocks until the daemon closes the connection (true) or sends anything
+  // (false).
+  bool WaitForClose() {
+    char c;
+    return recv(fd_, &c, 1, 0) <= 0;
+  }
+
+ private:
+  bool RecvBytes(void* p, size_t n) {
+    return n == 0 || recv(fd_, p, n, MSG_WAITALL) == static_cast<ssize_t>(n);
+  }
+
+  int fd_ = -1;
+  bool connected_ = false;
+};
+
+class TcpDataPlaneTest : public ::testing::Test {
+ protected:
+  // Opens the store and starts the plane with `options` (listen on a free
+  // loopback port).
+  void Start(cluster::TcpDataPlaneOptions options = {},
+             uint64_t dram_bytes = 64 << 20) {
+    kvstore::TieredStoreOptions o;
+    o.dram_capacity_bytes = dram_bytes;
+    o.ssd_path = dir_.Sub("ssd");
+    auto store = kvstore::TieredStore::Open(o);
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = *std::move(store);
+    ctx_.store = store_.get();
+    ctx_.metrics = &metrics_;
+    options.listen = "127.0.0.1:0";
+    auto plane = cluster::TcpDataPlane::Start(&ctx_, options);
+    ASSERT_TRUE(plane.ok()) << plane.status();
+    plane_ = *std::move(plane);
+  }
+
+  void TearDown() override { plane_.reset(); }
+
+  // A put over a fresh connection; the reply.
+  std::optional<Reply> Put(uint64_t k, const std::vector<uint8_t>& block) {
+    RawConnection c(plane_->address());
+    EXPECT_TRUE(c.SendRequest(ucx::Op::kPut, 1, KeyFor(k), block));
+    return c.ReadReply();
+  }
+
+  ScratchDir dir_;
+  std::unique_ptr<kvstore::TieredStore> store_;
+  cluster::ServiceMetrics metrics_;
+  cluster::ServiceContext ctx_;
+  std::unique_ptr<cluster::TcpDataPlane> plane_;
+};
+
+TEST_F(TcpDataPlaneTest, PutThenGetReturnsTheBlockWithTheRequestsId) {
+  Start();
+  const auto block = MakeBlock(ShapeForBytes(1 << 20), 1);
+  RawConnection c(plane_->address());
+  ASSERT_TRUE(c.connected());
+  ASSERT_TRUE(c.SendRequest(ucx::Op::kPut, 41, KeyFor(1), block));
+  auto put = c.ReadReply();
+  ASSERT_TRUE(put.has_value());
+  EXPECT_EQ(put->code(), absl::StatusCode::kOk) << put->message;
+  EXPECT_EQ(put->header.request_id, 41u);
+  EXPECT_EQ(put->header.flags & ucx::kReplyAlreadyPresent, 0u);
+  // The same connection carries the next request.
+  ASSERT_TRUE(c.SendRequest(ucx::Op::kGet, 42, KeyFor(1), {}));
+  auto got = c.ReadReply();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->code(), absl::StatusCode::kOk) << got->message;
+  EXPECT_EQ(got->header.request_id, 42u);
+  EXPECT_TRUE(got->data == block);
+  // A second put of the key: already present, its block read and dropped.
+  ASSERT_TRUE(c.SendRequest(ucx::Op::kPut, 43, KeyFor(1), block));
+  put = c.ReadReply();
+  ASSERT_TRUE(put.has_value());
+  EXPECT_EQ(put->code(), absl::StatusCode::kOk);
+  EXPECT_NE(put->header.flags & ucx::kReplyAlreadyPresent, 0u);
+  ASSERT_TRUE(c.SendRequest(ucx::Op::kGet, 44, KeyFor(2), {}));
+  got = c.ReadReply();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(got->data.empty());
+}
+
+TEST_F(TcpDataPlaneTest, RefusedRequestsAreAnsweredAndTheConnectionStaysFramed) {
+  Start();
+  RawConnection c(plane_->address());
+  const std::vector<uint8_t> junk(3000, 0x5A);
+  struct Case {
+    const char* what;
+    ucx::Op op;
+    uint16_t version;
+    std::vector<uint8_t> data;
+    const char* field;
+  };
+  const Case cases[] = {
+      {"unknown op", static_cast<ucx::Op>(99), ucx::kProtocolVersion, junk,
+       "op:"},
+      {"other version", ucx::Op::kGet, 7, {}, "version:"},
+      {"GET with data", ucx::Op::kGet, ucx::kProtocolVersion, junk, "block:"},
+      {"PUT of junk", ucx::Op::kPut, ucx::kProtocolVersion, junk, "magic"},
+  };
+  uint64_t id = 100;
+  for (const Case& k : cases) {
+    ASSERT_TRUE(c.SendRequest(k.op, ++id, KeyFor(5), k.data, std::nullopt,
+                              k.version))
+        << k.what;
+    auto r = c.ReadReply();
+    ASSERT_TRUE(r.has_value()) << k.what << ": the daemon closed";
+    EXPECT_EQ(r->code(), absl::StatusCode::kInvalidArgument) << k.what;
+    EXPECT_TRUE(absl::StrContains(r->message, k.field))
+        << k.what << ": " << r->message;
+    EXPECT_EQ(r->header.request_id, id);
+    // Still in step: a ping answers.
+    ASSERT_TRUE(c.SendRequest(ucx::Op::kPing, ++id, KeyFor(5), {}));
+    r = c.ReadReply();
+    ASSERT_TRUE(r.has_value()) << k.what;
+    EXPECT_EQ(r->code(), absl::StatusCode::kOk) << k.what;
+  }
+  EXPECT_EQ(store_->Stats().puts, 0u);
+}
+
+TEST_F(TcpDataPlaneTest, AnOversizedPutIsRefusedBeforeAnythingIsSetAside) {
+  Start();
+  RawConnection c(plane_->address());
+  // Claims 1 TiB: too much to read and drop, so the answer comes at once,
+  // naming the field, and the connection closes.
+  const uint64_t claimed = uint64_t{1} << 40;
+  ASSERT_TRUE(c.SendRequest(ucx::Op::kPut, 7, KeyFor(6), {}, claimed));
+  auto r = c.ReadReply();
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StartsWith(r->message, "block:")) << r->message;
+  EXPECT_TRUE(c.WaitForClose());
+  EXPECT_EQ(store_->Stats().tiers[0].used_bytes, 0u);
+  EXPECT_EQ(store_->Stats().puts, 0u);
+}
+
+TEST_F(TcpDataPlaneTest, ForeignBytesCloseOnlyTheirConnection) {
+  Start();
+  RawConnection bad(plane_->address());
+  const char http[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_TRUE(bad.SendBytes(http, sizeof(http) - 1));
+  EXPECT_TRUE(bad.WaitForClose());
+  const auto block = MakeBlock(ShapeForBytes(64 << 10), 7);
+  auto put = Put(7, block);
+  ASSERT_TRUE(put.has_value());
+  EXPECT_EQ(put->code(), absl::StatusCode::kOk) << put->message;
+}
+
+TEST_F(TcpDataPlaneTest, AClientGoneMidPutStoresNothingAndFreesTheKey) {
+  Start();
+  const auto block = MakeBlock(ShapeForBytes(4 << 20), 8);
+  {
+    RawConnection c(plane_->address());
+    std::vector<uint8_t> half(block.begin(), block.begin() + block.size() / 2);
+    ASSERT_TRUE(c.SendRequest(ucx::Op::kPut, 1, KeyFor(8), half, block.size()));
+  }  // Closed mid-block.
+  // A second put of the key waits for the first write's outcome (its
+  // reservation), which is an abort: this one stores the block.
+  auto put = Put(8, block);
+  ASSERT_TRUE(put.has_value());
+  EXPECT_EQ(put->code(), absl::StatusCode::kOk) << put->message;
+  EXPECT_EQ(put->header.flags & ucx::kReplyAlreadyPresent, 0u)
+      << "the half block was stored";
+  RawConnection c(plane_->address());
+  ASSERT_TRUE(c.SendRequest(ucx::Op::kGet, 2, KeyFor(8), {}));
+  auto got = c.ReadReply();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_TRUE(got->data == block);
+}
+
+TEST_F(TcpDataPlaneTest, AStalledPutIsDroppedAfterTheStallTimeout) {
+  cluster::TcpDataPlaneOptions options;
+  options.stall_timeout = absl::Milliseconds(300);
+  Start(options);
+  const auto block = MakeBlock(ShapeForBytes(1 << 20), 9);
+  RawConnection c(plane_->address());
+  std::vector<uint8_t> part(block.begin(), block.begin() + 1000);
+  ASSERT_TRUE(c.SendRequest(ucx::Op::kPut, 1, KeyFor(9), part, block.size()));
+  const absl::Time start = absl::Now();
+  EXPECT_TRUE(c.WaitForClose());
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  auto put = Put(9, block);
+  ASSERT_TRUE(put.has_value());
+  EXPECT_EQ(put->code(), absl::StatusCode::kOk) << put->message;
+  EXPECT_EQ(put->header.flags & ucx::kReplyAlreadyPresent, 0u);
+}
+
+TEST_F(TcpDataPlaneTest, IdleConnectionsStayOpenUntilStop) {
+  cluster::TcpDataPlaneOptions options;
+  options.stall_timeout = absl::Milliseconds(200);
+  Start(options);
+  RawConnection idle(plane_->address());
+  // Longer than the stall timeout between two requests: still served.
+  const absl::Time until = absl::Now() + absl::Milliseconds(600);
+  for (uint64_t id = 1; absl::Now() < until; ++id) {
+    auto put = Put(100 + id, MakeBlock(ShapeForBytes(4 << 10), id));
+    ASSERT_TRUE(put.has_value());
+  }
+  ASSERT_TRUE(idle.SendRequest(ucx::Op::kPing, 1, KeyFor(1), {}));
+  ASSERT_TRUE(idle.ReadReply().has_value());
+  plane_->Stop();
+  EXPECT_TRUE(idle.WaitForClose());
+}
+
+TEST_F(TcpDataPlaneTest, ConnectionsBeyondTheLimitAreClosedAtAccept) {
+  cluster::TcpDataPlaneOptions options;
+  options.max_connections = 2;
+  Start(options);
+  RawConnection a(plane_->address()), b(plane_->address());
+  ASSERT_TRUE(a.SendRequest(ucx::Op::kPing, 1, KeyFor(1), {}));
+  ASSERT_TRUE(a.ReadReply().has_value());
+  ASSERT_TRUE(b.SendRequest(ucx::Op::kPing, 1, KeyFor(1), {}));
+  ASSERT_TRUE(b.ReadReply().has_value());
+  RawConnection c(plane_->address());
+  EXPECT_TRUE(c.WaitForClose());
+  // The two admitted ones still answer.
+  ASSERT_TRUE(a.SendRequest(ucx::Op::kPing, 2, KeyFor(1), {}));
+  EXPECT_TRUE(a.ReadReply().has_value());
+}
+
+TEST_F(TcpDataPlaneTest, ABlockTheArenaCannotHoldGoesToTheSsdTier) {
+  Start({}, /*dram_bytes=*/4 << 20);
+  const auto block = MakeBlock(ShapeForBytes(8 << 20), 10);
+  auto put = Put(10, block);
+  ASSERT_TRUE(put.has_value());
+  EXPECT_EQ(put->code(), absl::StatusCode::kOk) << put->message;
+  RawConnection c(plane_->address());
+  ASSERT_TRUE(c.SendRequest(ucx::Op::kGet, 2, KeyFor(10), {}));
+  auto got = c.ReadReply();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->code(), absl::StatusCode::kOk) << got->message;
+  EXPECT_NE(got->header.flags & ucx::kReplyServedFromSsd, 0u);
+  EXPECT_TRUE(got->data == block);
+}
+
+TEST_F(TcpDataPlaneTest, AnAddressThatIsNotHostPortIsRefusedNamingTheField) {
+  cluster::ServiceContext ctx;
+  cluster::TcpDataPlaneOptions options;
+  options.listen = "nohost";
+  auto plane = cluster::TcpDataPlane::Start(&ctx, options);
+  EXPECT_EQ(plane.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StartsWith(plane.status().message(),
+                               "tcp_data_plane_listen:"))
+      << plane.status();
+}
+
+}  // namespace
+}  // namespace strata
