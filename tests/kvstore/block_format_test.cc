@@ -3,6 +3,7 @@
 #include <cstring>
 #include <random>
 
+#include "absl/strings/match.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/kvstore/test_blocks.h"
@@ -75,6 +76,54 @@ TEST(BlockFormat, CopyVerifiedBlockIsExactAtEveryDestinationAlignment) {
     for (size_t i = 0; i < align; ++i) ASSERT_EQ(dst[i], 0xEE) << align;
     ASSERT_EQ(dst[align + block.size()], 0xEE) << align;
   }
+}
+
+// Pieces of every size from 1 to 200 bytes, so piece boundaries fall inside
+// the header, inside the checksum field and at every payload offset; and
+// one whole-block piece.
+TEST(StreamingBlockVerifier, AgreesWithParseBlockForEveryPieceSize) {
+  const std::vector<uint8_t> block =
+      MakeBlock(testing::ShapeForBytes((16 << 10) + 24), 12);
+  for (size_t piece = 1; piece <= 200; ++piece) {
+    StreamingBlockVerifier v;
+    for (size_t off = 0; off < block.size(); off += piece) {
+      v.Update(absl::MakeConstSpan(block).subspan(off, piece));
+    }
+    auto view = v.Finish(block);
+    ASSERT_TRUE(view.ok()) << piece << ": " << view.status();
+    EXPECT_EQ(view->payload.size(), block.size() - kBlockHeaderSize);
+  }
+  StreamingBlockVerifier whole;
+  whole.Update(block);
+  EXPECT_TRUE(whole.Finish(block).ok());
+}
+
+TEST(StreamingBlockVerifier, AFlippedByteAnywhereIsDataLossOrAHeaderError) {
+  const std::vector<uint8_t> good =
+      MakeBlock(testing::ShapeForBytes(4 << 10), 13);
+  for (size_t at : {size_t{0}, size_t{87}, size_t{90}, kBlockHeaderSize,
+                    good.size() / 2, good.size() - 1}) {
+    std::vector<uint8_t> block = good;
+    block[at] ^= 0x10;
+    StreamingBlockVerifier v;
+    for (size_t off = 0; off < block.size(); off += 1000) {
+      v.Update(absl::MakeConstSpan(block).subspan(off, 1000));
+    }
+    const absl::Status s = v.Finish(block).status();
+    // The same verdict as ParseBlock over the whole block.
+    EXPECT_EQ(s.code(), ParseBlock(block).status().code()) << at << ": " << s;
+    EXPECT_FALSE(s.ok()) << at;
+  }
+}
+
+TEST(StreamingBlockVerifier, FinishOverOtherBytesThanWereHashedIsInvalidArgument) {
+  const std::vector<uint8_t> block =
+      MakeBlock(testing::ShapeForBytes(4 << 10), 14);
+  StreamingBlockVerifier v;
+  v.Update(absl::MakeConstSpan(block).first(block.size() - 1));
+  const absl::Status s = v.Finish(block).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StartsWith(s.message(), "block:")) << s;
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, EveryDType,

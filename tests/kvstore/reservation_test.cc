@@ -257,6 +257,40 @@ TEST(Reservation, CommitOfBytesVerifiedWhileCopiedStillChecksTheFrame) {
   EXPECT_THAT(std::string(short_copy.message()), HasSubstr("block"));
 }
 
+// A holder that receives into data() itself and hashes each piece as it
+// lands (the socket data plane) finishes that check; Commit then skips its
+// own pass. A check that fails leaves Commit to refuse the block as usual.
+TEST(Reservation, BytesHashedAsTheyLandedAreCommittedOrRefusedOnce) {
+  auto store = Open(DramFor(4));
+  const auto block = MakeBlock(k64K, 45);
+  auto receive = [&](BlockReservation& r, const std::vector<uint8_t>& bytes) {
+    StreamingBlockVerifier v;
+    for (size_t off = 0; off < bytes.size(); off += 4096) {
+      const size_t n = std::min<size_t>(4096, bytes.size() - off);
+      std::memcpy(r.data().data() + off, bytes.data() + off, n);
+      v.Update(r.data().subspan(off, n));
+    }
+    return r.FinishLandedCheck(v);
+  };
+  auto r = store->Reserve(KeyFor(45), block.size());
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_TRUE(receive(*r, block).ok());
+  ASSERT_TRUE(store->Commit(*std::move(r)).ok());
+  auto lease = store->Get(KeyFor(45));
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  EXPECT_TRUE(std::equal(block.begin(), block.end(), lease->bytes().begin(),
+                         lease->bytes().end()));
+  r = store->Reserve(KeyFor(46), block.size());
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto flipped = block;
+  flipped[flipped.size() / 2] ^= 1;
+  EXPECT_TRUE(absl::IsDataLoss(receive(*r, flipped)));
+  const uint64_t rejected = store->Stats().rejected_puts;
+  EXPECT_TRUE(absl::IsDataLoss(store->Commit(*std::move(r))));
+  EXPECT_EQ(store->Stats().rejected_puts, rejected + 1);
+  EXPECT_FALSE(store->Exists(KeyFor(46)));
+}
+
 TEST(Reservation, SizeAndLabelChecksNameTheField) {
   auto o = DramFor(4);
   o.max_block_bytes = 2 * kBlockBytes;
