@@ -127,14 +127,32 @@ void TcpDataPlane::Stop() {
   const uint64_t one = 1;
   (void)!write(wake_fd_, &one, sizeof(one));
   if (acceptor_.joinable()) acceptor_.join();
-  absl::MutexLock lock(&mu_);
-  auto all_gone = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-    return threads_ == 0;
-  };
-  if (!mu_.AwaitWithTimeout(absl::Condition(&all_gone), options_.stop_grace)) {
-    for (int fd : conns_) shutdown(fd, SHUT_RDWR);
-    mu_.Await(absl::Condition(&all_gone));
+  {
+    absl::MutexLock lock(&mu_);
+    auto all_gone = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+      return conns_.empty();
+    };
+    if (!mu_.AwaitWithTimeout(absl::Condition(&all_gone),
+                              options_.stop_grace)) {
+      for (int fd : conns_) shutdown(fd, SHUT_RDWR);
+      mu_.Await(absl::Condition(&all_gone));
+    }
   }
+  ReapFinished();  // Every connection ended: joins them all.
+}
+
+void TcpDataPlane::ReapFinished() {
+  std::vector<std::thread> done;
+  {
+    absl::MutexLock lock(&mu_);
+    for (uint64_t id : finished_) {
+      auto it = threads_.find(id);
+      done.push_back(std::move(it->second));
+      threads_.erase(it);
+    }
+    finished_.clear();
+  }
+  for (std::thread& t : done) t.join();
 }
 
 void TcpDataPlane::AcceptLoop() {
@@ -150,6 +168,7 @@ void TcpDataPlane::AcceptLoop() {
     if (fd < 0) continue;  // The client gave up, or out of descriptors.
     const int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    ReapFinished();
     absl::MutexLock lock(&mu_);
     if (stopping_ ||
         conns_.size() >= static_cast<size_t>(options_.max_connections)) {
@@ -157,12 +176,12 @@ void TcpDataPlane::AcceptLoop() {
       continue;
     }
     conns_.insert(fd);
-    ++threads_;
-    std::thread([this, fd] { Serve(fd); }).detach();
+    const uint64_t id = next_id_++;
+    threads_.emplace(id, std::thread([this, id, fd] { Serve(id, fd); }));
   }
 }
 
-void TcpDataPlane::Serve(int fd) {
+void TcpDataPlane::Serve(uint64_t id, int fd) {
   sockio::SetIoTimeout(fd, options_.stall_timeout);
   std::vector<uint8_t> header;
   for (;;) {
@@ -201,7 +220,7 @@ void TcpDataPlane::Serve(int fd) {
   conns_.erase(fd);
   busy_.erase(fd);
   close(fd);
-  --threads_;
+  finished_.push_back(id);
 }
 
 bool TcpDataPlane::HandleRequest(int fd, const DataRequest& req,

@@ -41,8 +41,10 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -92,7 +94,10 @@ class TcpDataPlane {
   TcpDataPlane(ServiceContext* ctx, const TcpDataPlaneOptions& options)
       : ctx_(ctx), options_(options) {}
   void AcceptLoop();
-  void Serve(int fd);
+  void Serve(uint64_t id, int fd);
+  // Joins the threads of connections that ended (the accept loop, before
+  // each new one, and Stop).
+  void ReapFinished();
   // One request whose frame and header were read; false when the connection
   // must close.
   bool HandleRequest(int fd, const DataRequest& req,
@@ -119,10 +124,14 @@ class TcpDataPlane {
   bool stopped_ = false;  // Owning thread.
 
   absl::Mutex mu_;
-  // Open connections, and whether each is between messages (idle).
+  // Open connections, and which of them are mid-request (busy).
   absl::flat_hash_set<int> conns_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<int> busy_ ABSL_GUARDED_BY(mu_);
-  int threads_ ABSL_GUARDED_BY(mu_) = 0;
+  // One thread per connection, by connection id; joined once it ended
+  // (never detached: the plane outlives every one of them).
+  absl::flat_hash_map<uint64_t, std::thread> threads_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint64_t> finished_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 };
 
