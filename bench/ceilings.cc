@@ -3,13 +3,21 @@
 // concurrent connections, 1 MiB writes) and single-thread memcpy.
 //
 //   ceilings [--streams=4] [--bytes_per_stream=2GiB]
+//   ceilings --request_bytes=S [--clients=C] [--total_bytes=256MiB]
 // Prints one line per measurement: "<name> <GB/s>" (GB = 1e9 bytes).
+//
+// The second form is the closed-loop ceiling: C connections, each sending
+// an S-byte request and waiting for a 16-byte answer before the next, as
+// the service benchmark's clients (and redis-benchmark's) do; plain sockets,
+// no copy or hash beyond the kernel's. It prints
+// "loopback_tcp_request_reply_<S>x<C> <GB/s>".
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -79,6 +87,82 @@ double LoopbackStreamsGBps(int streams, uint64_t bytes_per_stream) {
   return static_cast<double>(bytes_per_stream) * streams / secs / 1e9;
 }
 
+bool ReadFull(int fd, char* p, size_t n) {
+  while (n > 0) {
+    const ssize_t r = read(fd, p, n);
+    if (r <= 0) return false;
+    p += r;
+    n -= static_cast<size_t>(r);
+  }
+  return true;
+}
+
+bool WriteFull(int fd, const char* p, size_t n) {
+  while (n > 0) {
+    const ssize_t r = write(fd, p, n);
+    if (r <= 0) return false;
+    p += r;
+    n -= static_cast<size_t>(r);
+  }
+  return true;
+}
+
+// C client threads, each with its server thread: `requests` rounds of an
+// S-byte request and a 16-byte answer.
+double RequestReplyGBps(int clients, size_t request_bytes, uint64_t requests) {
+  int listener = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      listen(listener, clients) != 0) {
+    std::perror("bind/listen");
+    std::exit(1);
+  }
+  socklen_t len = sizeof(addr);
+  getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len);
+  std::vector<std::thread> threads;
+  const auto start = Clock::now();
+  for (int c = 0; c < clients; ++c) {
+    threads.emplace_back([&] {
+      int fd = accept(listener, nullptr, nullptr);
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+      std::vector<char> buf(request_bytes);
+      char answer[16] = {};
+      for (uint64_t i = 0; i < requests; ++i) {
+        if (!ReadFull(fd, buf.data(), buf.size()) ||
+            !WriteFull(fd, answer, sizeof(answer))) {
+          break;
+        }
+      }
+      close(fd);
+    });
+    threads.emplace_back([&] {
+      int fd = socket(AF_INET, SOCK_STREAM, 0);
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+      if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+        std::perror("connect");
+        std::exit(1);
+      }
+      std::vector<char> buf(request_bytes, 'x');
+      char answer[16];
+      for (uint64_t i = 0; i < requests; ++i) {
+        if (!WriteFull(fd, buf.data(), buf.size()) ||
+            !ReadFull(fd, answer, sizeof(answer))) {
+          break;
+        }
+      }
+      close(fd);
+    });
+  }
+  for (auto& t : threads) t.join();
+  const double secs = Seconds(start, Clock::now());
+  close(listener);
+  return static_cast<double>(request_bytes) * requests * clients / secs / 1e9;
+}
+
 double MemcpyGBps(size_t size, int reps) {
   std::vector<char> src(size, 'a'), dst(size, 'b');
   std::memcpy(dst.data(), src.data(), size);  // Fault in both.
@@ -95,12 +179,31 @@ double MemcpyGBps(size_t size, int reps) {
 int main(int argc, char** argv) {
   int streams = 4;
   uint64_t bytes = uint64_t{2} << 30;
+  uint64_t request_bytes = 0;
+  int clients = 1;
+  uint64_t total_bytes = uint64_t{256} << 20;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a.rfind("--streams=", 0) == 0) streams = std::atoi(a.c_str() + 10);
     if (a.rfind("--bytes_per_stream=", 0) == 0) {
       bytes = std::strtoull(a.c_str() + 19, nullptr, 10);
     }
+    if (a.rfind("--request_bytes=", 0) == 0) {
+      request_bytes = std::strtoull(a.c_str() + 16, nullptr, 10);
+    }
+    if (a.rfind("--clients=", 0) == 0) clients = std::atoi(a.c_str() + 10);
+    if (a.rfind("--total_bytes=", 0) == 0) {
+      total_bytes = std::strtoull(a.c_str() + 14, nullptr, 10);
+    }
+  }
+  if (request_bytes > 0) {
+    clients = std::max(clients, 1);
+    const uint64_t requests = std::max<uint64_t>(
+        8, total_bytes / request_bytes / static_cast<uint64_t>(clients));
+    std::printf("loopback_tcp_request_reply_%llux%d %.2f\n",
+                static_cast<unsigned long long>(request_bytes), clients,
+                RequestReplyGBps(clients, request_bytes, requests));
+    return 0;
   }
   std::printf("loopback_tcp_1_stream %.2f\n", LoopbackStreamsGBps(1, bytes));
   std::printf("loopback_tcp_%d_streams %.2f\n", streams,

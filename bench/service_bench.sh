@@ -3,7 +3,8 @@
 # plane "tcp", UCX over TCP, UCX over shared memory) vs redis-server, put and
 # get of 256 KiB, 1 MiB, 8 MiB and 32 MiB values with 1 and 4 concurrent
 # clients, next to the raw ceilings measured in the same run (a plain TCP
-# stream over loopback, single-thread memcpy). Writes a markdown table to
+# stream over loopback, single-thread memcpy, and the closed-loop ceiling:
+# plain sockets with one request in flight per client). Writes a markdown table to
 # stdout (and to $OUT if set).
 #
 #   bench/service_bench.sh                  # all transports
@@ -63,6 +64,17 @@ for _ in $(seq "$REPEAT"); do
   read -r _ t < <("$BUILD_DIR/bench/ceilings" | grep loopback_tcp_1); tcp1=$(max_of "$tcp1" "$t")
   read -r _ t < <("$BUILD_DIR/bench/ceilings" --streams=4 | grep loopback_tcp_4); tcp4=$(max_of "$tcp4" "$t")
   read -r _ t < <("$BUILD_DIR/bench/ceilings" | grep memcpy_32MiB); memcpy=$(max_of "$memcpy" "$t")
+done
+# The closed-loop ceiling per row: plain sockets, one SIZE-byte request and a
+# 16-byte answer at a time per client, as the clients below work.
+declare -A closed_loop
+for size in $SIZES; do
+  for c in $CLIENTS; do
+    for _ in $(seq "$REPEAT"); do
+      read -r _ t < <("$BUILD_DIR/bench/ceilings" --request_bytes="$size" --clients="$c" --total_bytes="$BYTES_PER_RUN")
+      closed_loop["$size $c"]=$(max_of "${closed_loop["$size $c"]:-0}" "$t")
+    done
+  done
 done
 
 # --- redis
@@ -139,18 +151,28 @@ done
 {
   echo "Ceilings: loopback TCP 1 stream ${tcp1} GB/s, 4 streams ${tcp4} GB/s; memcpy (1 thread, 32 MiB) ${memcpy} GB/s."
   echo
-  echo "| value | clients | op | system | GB/s | p50 µs | p99 µs | vs Redis | vs ceiling |"
-  echo "|---:|---:|---|---|---:|---:|---:|---:|---:|"
+  echo "Closed loop (plain sockets, one request in flight per client, 16-byte answers), GB/s:"
+  for size in $SIZES; do
+    for c in $CLIENTS; do echo -n " $((size >> 10)) KiB x$c ${closed_loop["$size $c"]};"; done
+  done
+  echo
+  echo
+  echo "vs ceiling: TCP rows against the stream ceiling (1 or 4 streams), ucx-shm against memcpy. vs closed loop: TCP rows against the closed-loop ceiling of their size and clients."
+  echo
+  echo "| value | clients | op | system | GB/s | p50 µs | p99 µs | vs Redis | vs ceiling | vs closed loop |"
+  echo "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|"
   for size in $SIZES; do
     for c in $CLIENTS; do
       ceiling_tcp=$([ "$c" = 1 ] && echo "$tcp1" || echo "$tcp4")
+      loop=${closed_loop["$size $c"]}
       for op in put get; do
         read -r rg rp50 rp99 <<< "${result["redis $op $size $c"]:-0 - -}"
-        echo "| $((size >> 10)) KiB | $c | $op | redis | $rg | $rp50 | $rp99 | 1.00 | $(python3 -c "print(f'{$rg/$ceiling_tcp:.2f}')") |"
+        echo "| $((size >> 10)) KiB | $c | $op | redis | $rg | $rp50 | $rp99 | 1.00 | $(python3 -c "print(f'{$rg/$ceiling_tcp:.2f}')") | $(python3 -c "print(f'{$rg/$loop:.2f}')") |"
         for transport in $TRANSPORTS; do
           read -r g p50 p99 <<< "${result["$transport $op $size $c"]:-0 - -}"
           ceiling=$([ "$transport" = ucx-shm ] && echo "$memcpy" || echo "$ceiling_tcp")
-          echo "| $((size >> 10)) KiB | $c | $op | stratad $transport | $g | $p50 | $p99 | $(python3 -c "print(f'{$g/$rg:.2f}')") | $(python3 -c "print(f'{$g/$ceiling:.2f}')") |"
+          vs_loop=$([ "$transport" = ucx-shm ] && echo "-" || python3 -c "print(f'{$g/$loop:.2f}')")
+          echo "| $((size >> 10)) KiB | $c | $op | stratad $transport | $g | $p50 | $p99 | $(python3 -c "print(f'{$g/$rg:.2f}')") | $(python3 -c "print(f'{$g/$ceiling:.2f}')") | $vs_loop |"
         done
       done
     done
