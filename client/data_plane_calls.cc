@@ -8,7 +8,6 @@
 #include <string>
 #include <utility>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "client/grpc_client.h"
 #include "client/tcp_transport.h"
@@ -65,12 +64,12 @@ absl::Status GrpcClient::StartDataPlane() {
       " serves no UCX data plane (its data_plane_listen is off)"));
   if (want != "tcp" && !answer->ucx_address().empty()) {
     ucx_status = StartUcx(*answer, deadline);
-    // "auto" keeps UCX when it moves the bytes through shared memory; over
-    // TCP the socket plane is faster (it copies each block once less on
-    // each side; bench/results/service.md).
+    // "auto" keeps UCX unless every lane is TCP (any shared-memory lane
+    // moves blocks faster than a socket); over TCP only, the socket plane
+    // is faster (it copies each block once less on each side;
+    // bench/results/service.md).
     if (ucx_status.ok() &&
-        (want == "ucx" || !tcp_offered ||
-         !absl::StrContains(data_plane_, "tcp"))) {
+        (want == "ucx" || !tcp_offered || data_plane_ != "ucx:tcp")) {
       return absl::OkStatus();
     }
   }

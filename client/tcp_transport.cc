@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/socket_io.h"
+#include "common/steady_time.h"
 #include "common/tcp_protocol.h"
 #include "common/ucx_protocol.h"
 #include "common/ucx_worker_loop.h"
@@ -112,7 +113,7 @@ absl::StatusOr<int> TcpTransport::TakeConnection(absl::Time deadline) {
   const int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   // connect() honours SO_SNDTIMEO.
-  sockio::SetIoTimeout(fd, deadline - absl::Now());
+  sockio::SetIoTimeout(fd, deadline - SteadyNow());
   if (connect(fd, reinterpret_cast<const sockaddr*>(&addr_), addr_len_) != 0) {
     const int error = errno;
     close(fd);
@@ -149,22 +150,26 @@ void TcpTransport::CloseConnection(int fd) {
 // ---- One exchange.
 
 absl::Status TcpTransport::Attempt(Exchange& x) {
-  const absl::Duration left = x.deadline - absl::Now();
-  if (left <= absl::ZeroDuration()) return DeadlineError();
+  if (x.deadline <= SteadyNow()) return DeadlineError();
   absl::StatusOr<int> taken = TakeConnection(x.deadline);
   if (!taken.ok()) return taken.status();
   const int fd = *taken;
   // Any failure below leaves the stream mid-message: the connection closes
   // (which is also what cancels the transfer at the daemon).
   auto fail = [&](Io io, absl::string_view what) {
+    const int error = errno;
     CloseConnection(fd);
     if (io == Io::kTimedOut) return DeadlineError();
     return absl::UnavailableError(absl::StrCat(
         "data_plane: ", what, " ", options_.address,
         io == Io::kClosed ? ": the daemon closed the connection"
-                          : absl::StrCat(": ", std::strerror(errno))));
+                          : absl::StrCat(": ", std::strerror(error))));
   };
-  sockio::SetIoTimeout(fd, x.deadline - absl::Now());
+  auto malformed = [&](absl::string_view what) {
+    CloseConnection(fd);
+    return absl::InternalError(absl::StrCat("data_plane: ", options_.address,
+                                            " answered with ", what));
+  };
 
   ucx::RequestHeader h{};
   h.version = ucx::kProtocolVersion;
@@ -183,39 +188,49 @@ absl::Status TcpTransport::Attempt(Exchange& x) {
   iovec iov[3] = {{&frame, sizeof(frame)},
                   {header.data(), header.size()},
                   {const_cast<uint8_t*>(x.block.data()), x.block.size()}};
-  if (Io io = sockio::SendAll(fd, iov, x.block.empty() ? 2 : 3);
-      io != Io::kOk) {
-    return fail(io, "sending the request to");
-  }
+  const Io sent =
+      sockio::SendAll(fd, iov, x.block.empty() ? 2 : 3, x.deadline);
+  if (sent == Io::kTimedOut) return fail(sent, "sending the request to");
+  // A daemon that refused a large block may answer before it read it all,
+  // then close: its answer may still be waiting here, so read it.
+  const int send_errno = errno;
 
   tcp::TcpFrame reply{};
-  if (Io io = sockio::RecvAll(fd, &reply, sizeof(reply)); io != Io::kOk) {
+  if (Io io = sockio::RecvAll(fd, &reply, sizeof(reply), nullptr, x.deadline);
+      io != Io::kOk) {
+    if (sent != Io::kOk) {
+      errno = send_errno;
+      return fail(sent, "sending the request to");
+    }
     return fail(io, "reading the reply from");
   }
   ucx::ReplyHeader r{};
   if (reply.magic != tcp::kFrameMagic || reply.header_length < sizeof(r) ||
       reply.header_length > sizeof(r) + ucx::kMaxMessageBytes) {
-    CloseConnection(fd);
-    return absl::InternalError(absl::StrCat(
-        "data_plane: ", options_.address,
-        " answered with a malformed frame (magic ", reply.magic,
-        ", header_length ", reply.header_length, ")"));
+    return malformed(absl::StrCat("a malformed frame (magic ", reply.magic,
+                                  ", header_length ", reply.header_length,
+                                  ")"));
   }
   std::string reply_header(reply.header_length, '\0');
-  if (Io io = sockio::RecvAll(fd, reply_header.data(), reply_header.size());
+  if (Io io = sockio::RecvAll(fd, reply_header.data(), reply_header.size(),
+                              nullptr, x.deadline);
       io != Io::kOk) {
     return fail(io, "reading the reply from");
   }
   std::memcpy(&r, reply_header.data(), sizeof(r));
-  if (r.request_id != x.request_id ||
-      r.message_length != reply.header_length - sizeof(r) ||
-      (reply.data_length != 0) !=
-          (x.op == ucx::Op::kGet && r.status == 0)) {
-    CloseConnection(fd);
-    return absl::InternalError(absl::StrCat(
-        "data_plane: ", options_.address,
-        " answered with a reply that does not match its request (id ",
-        r.request_id, " for ", x.request_id, ")"));
+  if (r.version != ucx::kProtocolVersion || r.op != h.op ||
+      r.request_id != x.request_id ||
+      r.message_length != reply.header_length - sizeof(r)) {
+    return malformed(absl::StrCat(
+        "a reply that does not match its request (version ", r.version,
+        ", op ", r.op, ", id ", r.request_id, " for op ", h.op, " id ",
+        x.request_id, ", message_length ", r.message_length, ")"));
+  }
+  // Data comes with exactly the replies to GETs that hit.
+  if ((reply.data_length != 0) != (x.op == ucx::Op::kGet && r.status == 0) ||
+      reply.data_length > kvstore::kMaxPayloadBytes + kvstore::kBlockHeaderSize) {
+    return malformed(absl::StrCat("data_length ", reply.data_length,
+                                  " for op ", h.op, " status ", r.status));
   }
   x.reply_flags = r.flags;
   if (reply.data_length != 0) {
@@ -238,13 +253,17 @@ absl::Status TcpTransport::Attempt(Exchange& x) {
             [&](const uint8_t* p, size_t n) {
               verifier.Update(absl::MakeConstSpan(p, n));
             },
-            &x.received);
+            &x.received, x.deadline);
         io != Io::kOk) {
       return fail(io, "reading the block from");
     }
     x.landed_check = verifier.Finish(x.LandedBytes()).status();
   }
-  ReturnConnection(fd);
+  if (sent == Io::kOk) {
+    ReturnConnection(fd);
+  } else {
+    CloseConnection(fd);  // The daemon closes it after such an answer.
+  }
   if (r.status == 0) return absl::OkStatus();
   return absl::Status(static_cast<absl::StatusCode>(r.status),
                       reply_header.substr(sizeof(r)));
@@ -277,11 +296,11 @@ absl::Status TcpTransport::Run(Exchange& x) {
     if (!absl::IsUnavailable(s) || attempt >= options_.retry.max_attempts) {
       return s;
     }
-    const absl::Time when = absl::Now() + options_.retry.Backoff(attempt + 1);
+    const absl::Time when = SteadyNow() + options_.retry.Backoff(attempt + 1);
     if (when >= x.deadline) return s;
     // The backoff, cut short if the transport is destroyed meanwhile.
     absl::MutexLock lock(&mu_);
-    mu_.AwaitWithDeadline(absl::Condition(&stopping_), when);
+    mu_.AwaitWithTimeout(absl::Condition(&stopping_), when - SteadyNow());
     if (stopping_) {
       return absl::CancelledError("client: the client is being destroyed");
     }
@@ -291,7 +310,7 @@ absl::Status TcpTransport::Run(Exchange& x) {
 absl::Status TcpTransport::Ping(absl::Time deadline) {
   Exchange x;
   x.op = ucx::Op::kPing;
-  x.deadline = deadline;
+  x.deadline = SteadyFromWall(deadline);
   return Run(x);
 }
 
@@ -306,7 +325,7 @@ void TcpTransport::Put(const BlockKey& key, absl::Span<const uint8_t> block,
   if (put.durable) x->flags |= ucx::kRequestDurable;
   x->tenant = put.tenant;
   x->model = put.model;
-  x->deadline = deadline;
+  x->deadline = SteadyFromWall(deadline);
   auto run = [this, x](PutCallback& done) {
     const absl::Status s = Run(*x);
     if (!s.ok()) {
@@ -334,7 +353,8 @@ void TcpTransport::Put(const BlockKey& key, absl::Span<const uint8_t> block,
 
 void TcpTransport::Get(const BlockKey& key, bool caller_waits,
                        absl::Time deadline, GetCallback done) {
-  auto run = [this, key, deadline](GetCallback& done) {
+  auto run = [this, key, deadline = SteadyFromWall(deadline)](
+                 GetCallback& done) {
     Exchange x;
     x.op = ucx::Op::kGet;
     x.key = key;
@@ -365,7 +385,8 @@ void TcpTransport::Get(const BlockKey& key, bool caller_waits,
 void TcpTransport::GetInto(const BlockKey& key, uint8_t* dst, size_t capacity,
                            bool caller_waits, absl::Time deadline,
                            SizeCallback done) {
-  auto run = [this, key, dst, capacity, deadline](SizeCallback& done) {
+  auto run = [this, key, dst, capacity, deadline = SteadyFromWall(deadline)](
+                 SizeCallback& done) {
     Exchange x;
     x.op = ucx::Op::kGet;
     x.key = key;

@@ -6,9 +6,13 @@
 // one (or opens one), sends its request and reads its reply on it, and
 // gives it back; concurrent calls use separate connections. A connection
 // that failed, or that a deadline interrupted mid-message, is closed, never
-// reused: closing is what cancels a transfer here, so a deadline always
-// answers on time and the caller's memory is never touched after its call
-// ended.
+// reused: closing is what cancels a transfer here, so a deadline answers on
+// time and the caller's memory is never touched after its call ended.
+//
+// Deadlines: the caller's wall-clock deadline is converted once, at entry,
+// to the monotonic clock (common/steady_time.h); every syscall of the call
+// (connect, each send and receive) is limited to the time left
+// (common/socket_io.h), and backoff waits for it too.
 //
 // Copies: the sync Put sends straight from the caller's memory (one
 // sendmsg of frame, header and block); GetInto receives straight into the
@@ -87,7 +91,8 @@ class TcpTransport final : public BulkTransport {
   absl::Status Run(Exchange& x);
   // One attempt on one connection.
   absl::Status Attempt(Exchange& x);
-  // An idle connection, or a new one (connected before `deadline`).
+  // An idle connection, or a new one (connected before `deadline`, on the
+  // SteadyNow() clock, as every deadline below).
   absl::StatusOr<int> TakeConnection(absl::Time deadline);
   void ReturnConnection(int fd);
   void CloseConnection(int fd);

@@ -8,10 +8,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -29,9 +31,10 @@ using sockio::Io;
 
 constexpr char kListenField[] = "tcp_data_plane_listen";
 
-// A refused request's data up to this size is read and dropped, so the
-// connection stays usable (an oversized block, a put while draining); past
-// it the answer goes first and the connection closes.
+// A refused request's data up to this size, or up to max_block_bytes when
+// that is larger, is read and dropped, so the connection stays usable (an
+// oversized block, a put while draining, an already present block); past it
+// the answer goes first and the connection closes.
 constexpr uint64_t kMaxDiscardBytes = uint64_t{256} << 20;
 
 absl::Status ListenError(const std::string& listen, const std::string& what) {
@@ -114,7 +117,7 @@ TcpDataPlane::~TcpDataPlane() {
 }
 
 void TcpDataPlane::Stop() {
-  if (stopped_ || listen_fd_ < 0) return;
+  if (stopped_ || !acceptor_.joinable()) return;
   stopped_ = true;
   {
     absl::MutexLock lock(&mu_);
@@ -127,6 +130,9 @@ void TcpDataPlane::Stop() {
   const uint64_t one = 1;
   (void)!write(wake_fd_, &one, sizeof(one));
   if (acceptor_.joinable()) acceptor_.join();
+  // New connections are refused from here on, not left in the backlog.
+  close(listen_fd_);
+  listen_fd_ = -1;
   {
     absl::MutexLock lock(&mu_);
     auto all_gone = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
@@ -165,7 +171,19 @@ void TcpDataPlane::AcceptLoop() {
     }
     if (fds[1].revents != 0) return;
     const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd < 0) continue;  // The client gave up, or out of descriptors.
+    if (fd < 0) {
+      const int error = errno;
+      if (error == EMFILE || error == ENFILE || error == ENOBUFS ||
+          error == ENOMEM) {
+        // Out of descriptors or memory: the pending connection stays
+        // queued; wait for Stop or 100 ms instead of spinning on it.
+        LogWarning("tcp_data_plane_accept_failed",
+                   {{"error", std::strerror(error)}});
+        pollfd wake{wake_fd_, POLLIN, 0};
+        if (poll(&wake, 1, 100) > 0) return;
+      }
+      continue;  // Otherwise the client gave up first.
+    }
     const int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     ReapFinished();
@@ -175,9 +193,15 @@ void TcpDataPlane::AcceptLoop() {
       close(fd);
       continue;
     }
-    conns_.insert(fd);
     const uint64_t id = next_id_++;
-    threads_.emplace(id, std::thread([this, id, fd] { Serve(id, fd); }));
+    try {
+      threads_.emplace(id, std::thread([this, id, fd] { Serve(id, fd); }));
+    } catch (const std::system_error& e) {
+      LogWarning("tcp_data_plane_thread_failed", {{"error", e.what()}});
+      close(fd);
+      continue;
+    }
+    conns_.insert(fd);
   }
 }
 
@@ -251,10 +275,14 @@ bool TcpDataPlane::HandleRequest(int fd, const DataRequest& req,
     }
   }
   // A refused request's data is read and dropped: the stream stays framed.
-  // Past kMaxDiscardBytes the answer goes first and the connection closes.
-  if (data_length > kMaxDiscardBytes) {
+  // Past any block this daemon accepts (and kMaxDiscardBytes) the answer
+  // goes first and the connection closes; the client reads that answer
+  // even when its send failed.
+  if (data_length >
+      std::max(kMaxDiscardBytes, ctx_->store->options().max_block_bytes)) {
     Record(req, status, start, bytes_in, 0);
     SendReply(fd, req, status, flags);
+    shutdown(fd, SHUT_WR);
     return false;
   }
   if (data_length != 0 && sockio::Discard(fd, data_length) != Io::kOk) {

@@ -1,8 +1,18 @@
 // Blocking whole-buffer socket I/O for the socket data plane (daemon:
-// cluster/tcp_data_plane.cc, client: client/tcp_transport.cc). Timeouts come
-// from SO_RCVTIMEO / SO_SNDTIMEO on the socket (SetIoTimeout): one recv with
+// cluster/tcp_data_plane.cc, client: client/tcp_transport.cc). One recv with
 // MSG_WAITALL or one sendmsg moves a whole block with no wake-up per
 // segment. Header-only.
+//
+// Time limits. Linux applies SO_RCVTIMEO / SO_SNDTIMEO to each syscall, and
+// a syscall that moved some bytes before its timeout returns them without an
+// error, so a loop of syscalls can outlast any one timeout. Hence:
+// - With a finite `deadline` (on the SteadyNow() clock) every syscall is
+//   limited to the time left until it (the socket's timeouts are set before
+//   each one), and once it has passed the transfer ends kTimedOut, however
+//   much moved. The client's calls use this.
+// - With an infinite deadline the socket's own timeouts apply to each
+//   syscall: the transfer ends kTimedOut only when one syscall moved
+//   nothing in that time ("no progress"). The daemon uses this.
 //
 // Thread safety: one thread per socket and direction at a time.
 #ifndef STRATA_COMMON_SOCKET_IO_H_
@@ -18,6 +28,7 @@
 #include <cstdint>
 
 #include "absl/time/time.h"
+#include "common/steady_time.h"
 
 namespace strata::sockio {
 
@@ -25,20 +36,35 @@ namespace strata::sockio {
 enum class Io {
   kOk,        // Every byte moved.
   kClosed,    // The peer closed the connection (EOF) or reset it.
-  kTimedOut,  // The socket's timeout passed (EAGAIN).
-  kError,     // Another errno.
+  kTimedOut,  // The deadline passed, or a syscall made no progress.
+  kError,     // Another errno (in errno).
 };
+
+inline timeval TimevalOf(absl::Duration timeout) {
+  timeval tv{};  // Zero: no timeout.
+  if (timeout != absl::InfiniteDuration()) {
+    tv = absl::ToTimeval(std::max(timeout, absl::Milliseconds(1)));
+  }
+  return tv;
+}
 
 // Sets SO_RCVTIMEO and SO_SNDTIMEO to `timeout` (at least 1 ms; an infinite
 // duration clears them). False when setsockopt fails.
 inline bool SetIoTimeout(int fd, absl::Duration timeout) {
-  timeval tv{};
-  if (timeout != absl::InfiniteDuration()) {
-    timeout = std::max(timeout, absl::Milliseconds(1));
-    tv = absl::ToTimeval(timeout);
-  }
+  const timeval tv = TimevalOf(timeout);
   return setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) == 0 &&
          setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) == 0;
+}
+
+// Before one syscall: false when `deadline` has passed; else limits the
+// socket's `option` (SO_RCVTIMEO or SO_SNDTIMEO) to the time left.
+inline bool LimitToDeadline(int fd, int option, absl::Time deadline) {
+  if (deadline == absl::InfiniteFuture()) return true;
+  const absl::Duration left = deadline - SteadyNow();
+  if (left <= absl::ZeroDuration()) return false;
+  const timeval tv = TimevalOf(left);
+  setsockopt(fd, SOL_SOCKET, option, &tv, sizeof(tv));
+  return true;
 }
 
 inline Io ErrnoIo(int error) {
@@ -52,11 +78,16 @@ inline Io ErrnoIo(int error) {
 
 // Receives exactly `size` bytes into `dst`. `*received` (optional) counts
 // the bytes that arrived, also when it fails.
-inline Io RecvAll(int fd, void* dst, size_t size, size_t* received = nullptr) {
+inline Io RecvAll(int fd, void* dst, size_t size, size_t* received = nullptr,
+                  absl::Time deadline = absl::InfiniteFuture()) {
   uint8_t* p = static_cast<uint8_t*>(dst);
   size_t done = 0;
   Io result = Io::kOk;
   while (done < size) {
+    if (!LimitToDeadline(fd, SO_RCVTIMEO, deadline)) {
+      result = Io::kTimedOut;
+      break;
+    }
     const ssize_t n = recv(fd, p + done, size - done, MSG_WAITALL);
     if (n > 0) {
       done += static_cast<size_t>(n);
@@ -73,18 +104,19 @@ inline Io RecvAll(int fd, void* dst, size_t size, size_t* received = nullptr) {
 }
 
 // Receives exactly `size` bytes into `dst`, `chunk` bytes at a time, and
-// calls on_chunk(span of what just landed) after each piece: the caller
+// calls on_chunk(start, length) for each piece once it landed: the caller
 // works on bytes still in the cache while the sender goes on sending.
 template <typename OnChunk>
 Io RecvInChunks(int fd, uint8_t* dst, size_t size, size_t chunk,
-                OnChunk on_chunk, size_t* received = nullptr) {
+                OnChunk on_chunk, size_t* received = nullptr,
+                absl::Time deadline = absl::InfiniteFuture()) {
   chunk = std::max<size_t>(chunk, 1);
   size_t done = 0;
   Io result = Io::kOk;
   while (done < size && result == Io::kOk) {
     const size_t n = std::min(chunk, size - done);
     size_t got = 0;
-    result = RecvAll(fd, dst + done, n, &got);
+    result = RecvAll(fd, dst + done, n, &got, deadline);
     if (result == Io::kOk) on_chunk(dst + done, n);
     done += got;
   }
@@ -96,7 +128,8 @@ Io RecvInChunks(int fd, uint8_t* dst, size_t size, size_t chunk,
 inline Io Discard(int fd, uint64_t size) {
   uint8_t scratch[64 << 10];
   while (size > 0) {
-    const size_t n = static_cast<size_t>(std::min<uint64_t>(size, sizeof(scratch)));
+    const size_t n =
+        static_cast<size_t>(std::min<uint64_t>(size, sizeof(scratch)));
     if (Io r = RecvAll(fd, scratch, n); r != Io::kOk) return r;
     size -= n;
   }
@@ -104,8 +137,10 @@ inline Io Discard(int fd, uint64_t size) {
 }
 
 // Sends every byte of iov[0, count) (which it advances), without SIGPIPE.
-inline Io SendAll(int fd, iovec* iov, int count) {
+inline Io SendAll(int fd, iovec* iov, int count,
+                  absl::Time deadline = absl::InfiniteFuture()) {
   while (count > 0) {
+    if (!LimitToDeadline(fd, SO_SNDTIMEO, deadline)) return Io::kTimedOut;
     msghdr msg{};
     msg.msg_iov = iov;
     msg.msg_iovlen = static_cast<size_t>(count);

@@ -302,6 +302,10 @@ TEST_F(TcpDataPlaneTest, IdleConnectionsStayOpenUntilStop) {
   ASSERT_TRUE(idle.ReadReply().has_value());
   plane_->Stop();
   EXPECT_TRUE(idle.WaitForClose());
+  // And the listener is closed: a new client is refused at once, not left
+  // waiting in the backlog until its deadline.
+  RawConnection late(plane_->address());
+  EXPECT_FALSE(late.connected());
 }
 
 TEST_F(TcpDataPlaneTest, ConnectionsBeyondTheLimitAreClosedAtAccept) {
