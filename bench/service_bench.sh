@@ -21,7 +21,9 @@
 #
 # stratad runs DRAM-only (--ssd_capacity=0) so both systems serve from RAM.
 # Each client is a separate connection; load is closed-loop (one request in
-# flight per client), like redis-benchmark -P 1.
+# flight per client), like redis-benchmark -P 1. All servers run for the
+# whole benchmark and each row measures them back to back, so a row's
+# systems share the VM's phase.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR="${BUILD_DIR:-build-bench}"
@@ -65,19 +67,9 @@ for _ in $(seq "$REPEAT"); do
   read -r _ t < <("$BUILD_DIR/bench/ceilings" --streams=4 | grep loopback_tcp_4); tcp4=$(max_of "$tcp4" "$t")
   read -r _ t < <("$BUILD_DIR/bench/ceilings" | grep memcpy_32MiB); memcpy=$(max_of "$memcpy" "$t")
 done
-# The closed-loop ceiling per row: plain sockets, one SIZE-byte request and a
-# 16-byte answer at a time per client, as the clients below work.
-declare -A closed_loop
-for size in $SIZES; do
-  for c in $CLIENTS; do
-    for _ in $(seq "$REPEAT"); do
-      read -r _ t < <("$BUILD_DIR/bench/ceilings" --request_bytes="$size" --clients="$c" --total_bytes="$BYTES_PER_RUN")
-      closed_loop["$size $c"]=$(max_of "${closed_loop["$size $c"]:-0}" "$t")
-    done
-  done
-done
-
-# --- redis
+# --- the servers: redis and one stratad per transport, all up for the
+# whole run, so that each row measures every system back to back (the VM's
+# speed drifts over minutes; a row compares systems in the same phase).
 rport=$(free_port)
 redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no \
   --proto-max-bulk-len 1gb --client-query-buffer-limit 1gb --daemonize no \
@@ -85,23 +77,7 @@ redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no \
 pids+=($!)
 until redis-cli -p "$rport" ping > /dev/null 2>&1; do :; done  # startup poll
 
-declare -A result   # key "transport op size clients" -> "gbps p50_us p99_us"
-for size in $SIZES; do
-  for c in $CLIENTS; do
-    n=$(( BYTES_PER_RUN / size )); [ "$n" -lt $((8 * c)) ] && n=$((8 * c))
-    for _ in $(seq "$REPEAT"); do
-      while IFS=, read -r test rps avg min p50 p95 p99 max; do
-        test=${test//\"/}; rps=${rps//\"/}; p50=${p50//\"/}; p99=${p99//\"/}
-        op=$([ "$test" = SET ] && echo put || echo get)
-        gbps=$(python3 -c "print(f'{$rps*$size/1e9:.2f}')")
-        row="$gbps $(python3 -c "print(f'{$p50*1000:.0f} {$p99*1000:.0f}')")"
-        result["redis $op $size $c"]=$(best_of "${result["redis $op $size $c"]:-}" "$row")
-      done < <(redis-benchmark -p "$rport" -t set,get -d "$size" -c "$c" -n "$n" --csv 2> /dev/null | tail -n +2)
-    done
-  done
-done
-
-# --- stratad, one daemon per transport
+declare -A addr_of env_of plane_of
 for transport in $TRANSPORTS; do
   env_vars=()
   plane=grpc
@@ -119,21 +95,44 @@ for transport in $TRANSPORTS; do
   mkfifo "$work/ready.$transport"
   env "${env_vars[@]}" "$BUILD_DIR/cluster/stratad" --listen=127.0.0.1:0 \
     --metrics_listen= --data_plane_listen=127.0.0.1:0 --ssd_capacity=0 \
-    --dram_capacity=3GiB --data_dir="$work/data.$transport" --log_format=text \
+    --dram_capacity=2GiB --data_dir="$work/data.$transport" --log_format=text \
     > "$work/ready.$transport" 2> "$work/stratad.$transport.log" &
   pids+=($!)
   exec 3< "$work/ready.$transport"
   read -r line <&3
-  addr=$(sed -E 's/.*grpc=([^ ]+).*/\1/' <<< "$line")
-  for size in $SIZES; do
-    for c in $CLIENTS; do
-      ops=$(( BYTES_PER_RUN / size / c )); [ "$ops" -lt 8 ] && ops=8
-      for _ in $(seq "$REPEAT"); do
+  exec 3<&-
+  addr_of[$transport]=$(sed -E 's/.*grpc=([^ ]+).*/\1/' <<< "$line")
+  env_of[$transport]="${env_vars[*]:-}"
+  plane_of[$transport]=$plane
+done
+
+# --- the rows: per size and clients, REPEAT rounds of (closed-loop
+# ceiling, redis, each stratad transport); the best round of each is kept.
+declare -A closed_loop
+declare -A result   # key "transport op size clients" -> "gbps p50_us p99_us"
+for size in $SIZES; do
+  for c in $CLIENTS; do
+    n=$(( BYTES_PER_RUN / size )); [ "$n" -lt $((8 * c)) ] && n=$((8 * c))
+    ops=$(( BYTES_PER_RUN / size / c )); [ "$ops" -lt 8 ] && ops=8
+    for _ in $(seq "$REPEAT"); do
+      # The closed-loop ceiling: plain sockets, one SIZE-byte request and a
+      # 16-byte answer at a time per client, as the clients below work.
+      read -r _ t < <("$BUILD_DIR/bench/ceilings" --request_bytes="$size" --clients="$c" --total_bytes="$BYTES_PER_RUN")
+      closed_loop["$size $c"]=$(max_of "${closed_loop["$size $c"]:-0}" "$t")
+      while IFS=, read -r test rps avg min p50 p95 p99 max; do
+        test=${test//\"/}; rps=${rps//\"/}; p50=${p50//\"/}; p99=${p99//\"/}
+        op=$([ "$test" = SET ] && echo put || echo get)
+        gbps=$(python3 -c "print(f'{$rps*$size/1e9:.2f}')")
+        row="$gbps $(python3 -c "print(f'{$p50*1000:.0f} {$p99*1000:.0f}')")"
+        result["redis $op $size $c"]=$(best_of "${result["redis $op $size $c"]:-}" "$row")
+      done < <(redis-benchmark -p "$rport" -t set,get -d "$size" -c "$c" -n "$n" --csv 2> /dev/null | tail -n +2)
+      for transport in $TRANSPORTS; do
         for op in put get; do
           # A client that fails while exiting still printed its result.
-          out=$(env "${env_vars[@]}" "$BUILD_DIR/cluster/stratactl" --addr="$addr" bench \
+          # shellcheck disable=SC2086
+          out=$(env ${env_of[$transport]} "$BUILD_DIR/cluster/stratactl" --addr="${addr_of[$transport]}" bench \
                 --op=$op --size="$size" --clients="$c" --ops="$ops" --warmup=2 \
-                --data-plane="$plane" 2> "$work/stratactl.err") || \
+                --data-plane="${plane_of[$transport]}" 2> "$work/stratactl.err") || \
             echo "stratactl exited $? ($transport $op $size x$c): $(head -c 300 "$work/stratactl.err")" >&2
           if ! grep -q "GB/s" <<< "$out"; then echo "no result: $transport $op $size x$c" >&2; continue; fi
           gbps=$(sed -E 's/.*  ([0-9.]+) GB\/s.*/\1/' <<< "$out")
@@ -144,7 +143,6 @@ for transport in $TRANSPORTS; do
       done
     done
   done
-  exec 3<&-
 done
 
 # --- table
