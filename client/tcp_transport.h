@@ -82,6 +82,11 @@ class TcpTransport final : public BulkTransport {
                SizeCallback done) override;
   size_t max_label_bytes() const override { return 2 * size_t{UINT16_MAX}; }
 
+  // How long a call polls for its reply (yielding the core between polls)
+  // before it sleeps in recv, while it is the only call of the process
+  // polling; STRATA_TCP_CALLER_SPIN_US overrides it (0: never).
+  static constexpr absl::Duration kCallerSpin = absl::Microseconds(100);
+
  private:
   // One request and where its reply goes.
   struct Exchange;
