@@ -70,6 +70,14 @@ void ServiceMetrics::RecordRpc(Rpc rpc, absl::StatusCode code,
   r.latency.Observe(latency);
 }
 
+void ServiceMetrics::AddSocketConnections(int delta) {
+  socket_connections_.fetch_add(delta, kRelaxed);
+}
+
+void ServiceMetrics::RecordRefusedSocketConnection() {
+  socket_connections_refused_.fetch_add(1, kRelaxed);
+}
+
 void ServiceMetrics::RecordLookup(uint64_t keys, uint64_t hits,
                                   uint64_t hit_tokens) {
   lookup_requests_.fetch_add(1, kRelaxed);
@@ -116,6 +124,15 @@ std::string ServiceMetrics::Render(const kvstore::StoreStats& store,
     Header(&out, name, "gauge", help);
     Sample(&out, name, "", v);
   };
+  Header(&out, "strata:data_plane_connections", "gauge",
+         "Open connections of a bulk data plane.");
+  Sample(&out, "strata:data_plane_connections", "plane=\"tcp\"",
+         static_cast<double>(socket_connections_.load(kRelaxed)));
+  Header(&out, "strata:data_plane_refused_connections_total", "counter",
+         "Connections closed at accept (over the plane's connection limit).");
+  Sample(&out, "strata:data_plane_refused_connections_total",
+         "plane=\"tcp\"",
+         static_cast<double>(socket_connections_refused_.load(kRelaxed)));
   counter("strata:lookup_requests_total", "Leading-hits and prefix lookups.",
           lookup_requests_.load(kRelaxed));
   counter("strata:lookup_keys_total", "Keys asked about by lookups.",

@@ -53,6 +53,10 @@ class ServiceMetrics {
                  uint64_t bytes_in, uint64_t bytes_out);
   // A leading-hits / prefix lookup over `keys` keys that found `hits`.
   void RecordLookup(uint64_t keys, uint64_t hits, uint64_t hit_tokens);
+  // The socket data plane: a connection opened (+1) or closed (-1); one
+  // refused at accept (over its connection limit).
+  void AddSocketConnections(int delta);
+  void RecordRefusedSocketConnection();
 
   // The whole exposition: service metrics plus the store's statistics.
   std::string Render(const kvstore::StoreStats& store, bool draining,
@@ -71,6 +75,8 @@ class ServiceMetrics {
   std::atomic<uint64_t> lookup_keys_{0};
   std::atomic<uint64_t> lookup_hit_keys_{0};
   std::atomic<uint64_t> lookup_hit_tokens_{0};
+  std::atomic<int64_t> socket_connections_{0};
+  std::atomic<uint64_t> socket_connections_refused_{0};
 };
 
 }  // namespace strata::cluster

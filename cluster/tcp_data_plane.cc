@@ -190,6 +190,7 @@ void TcpDataPlane::AcceptLoop() {
     absl::MutexLock lock(&mu_);
     if (stopping_ ||
         conns_.size() >= static_cast<size_t>(options_.max_connections)) {
+      if (!stopping_) ctx_->metrics->RecordRefusedSocketConnection();
       close(fd);
       continue;
     }
@@ -202,6 +203,7 @@ void TcpDataPlane::AcceptLoop() {
       continue;
     }
     conns_.insert(fd);
+    ctx_->metrics->AddSocketConnections(1);
   }
 }
 
@@ -245,6 +247,7 @@ void TcpDataPlane::Serve(uint64_t id, int fd) {
   busy_.erase(fd);
   close(fd);
   finished_.push_back(id);
+  ctx_->metrics->AddSocketConnections(-1);
 }
 
 bool TcpDataPlane::HandleRequest(int fd, const DataRequest& req,

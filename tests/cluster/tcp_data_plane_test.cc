@@ -319,6 +319,14 @@ TEST_F(TcpDataPlaneTest, ConnectionsBeyondTheLimitAreClosedAtAccept) {
   ASSERT_TRUE(b.ReadReply().has_value());
   RawConnection c(plane_->address());
   EXPECT_TRUE(c.WaitForClose());
+  const std::string metrics =
+      metrics_.Render(store_->Stats(), false, absl::ZeroDuration());
+  EXPECT_TRUE(absl::StrContains(
+      metrics, "strata:data_plane_connections{plane=\"tcp\"} 2"))
+      << metrics;
+  EXPECT_TRUE(absl::StrContains(
+      metrics, "strata:data_plane_refused_connections_total{plane=\"tcp\"} 1"))
+      << metrics;
   // The two admitted ones still answer.
   ASSERT_TRUE(a.SendRequest(ucx::Op::kPing, 2, KeyFor(1), {}));
   EXPECT_TRUE(a.ReadReply().has_value());
