@@ -127,17 +127,24 @@ TcpTransport::~TcpTransport() {
 // ---- Connections.
 
 absl::StatusOr<int> TcpTransport::TakeConnection(absl::Time deadline) {
-  {
-    absl::MutexLock lock(&mu_);
-    if (stopping_) {
-      return absl::CancelledError("client: the client is being destroyed");
-    }
-    if (!idle_.empty()) {
-      const int fd = idle_.back();
+  for (;;) {
+    int fd = -1;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) {
+        return absl::CancelledError("client: the client is being destroyed");
+      }
+      if (idle_.empty()) break;
+      fd = idle_.back();
       idle_.pop_back();
       busy_.insert(fd);
-      return fd;
     }
+    // An idle connection has nothing to read: anything there (the daemon
+    // closed it, restarted, or dropped it) means it is not usable. Skipping
+    // it here saves the call a failed attempt and a retry's backoff.
+    pollfd p{fd, POLLIN | POLLRDHUP, 0};
+    if (poll(&p, 1, 0) == 0) return fd;
+    CloseConnection(fd);
   }
   const int fd = socket(addr_.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {

@@ -225,6 +225,36 @@ TEST(TcpTransport, AReplyThatDoesNotMatchItsRequestIsInternalNotRetried) {
   EXPECT_EQ(d.accepted(), 1);
 }
 
+// The daemon closed an idle pooled connection (a restart, or its own
+// limits): the next call opens a new one instead of failing on the dead
+// one, so it needs no retry (here it has none).
+TEST(TcpTransport, APooledConnectionTheDaemonClosedIsNotUsed) {
+  std::promise<void> first_closed;
+  std::atomic<int> served{0};
+  FakeDaemon d([&](int fd) {
+    tcp::TcpFrame frame;
+    ucx::RequestHeader h;
+    while (ReadRequest(fd, &frame, &h)) {
+      SendReply(fd, h, absl::StatusCode::kOk, "", 0);
+      if (served.fetch_add(1) == 0) {
+        shutdown(fd, SHUT_RDWR);  // The first connection ends after one call.
+        first_closed.set_value();
+        return;
+      }
+    }
+  });
+  TcpTransportOptions o;
+  o.address = d.address();
+  o.retry.max_attempts = 1;
+  auto t = TcpTransport::Create(o);
+  ASSERT_TRUE(t.ok()) << t.status();
+  ASSERT_TRUE((*t)->Ping(absl::Now() + absl::Seconds(10)).ok());
+  first_closed.get_future().wait();
+  const absl::Status second = (*t)->Ping(absl::Now() + absl::Seconds(10));
+  EXPECT_TRUE(second.ok()) << second;
+  EXPECT_EQ(d.accepted(), 2);
+}
+
 TEST(TcpTransport, AnAddressThatIsNotHostPortIsInvalidArgument) {
   TcpTransportOptions o;
   o.address = "no-port";
