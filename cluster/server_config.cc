@@ -113,6 +113,9 @@ absl::StatusOr<ServerConfig> ResolveConfig(StratadConfig c) {
   if (!c.has_tcp_data_plane_listen()) {
     c.set_tcp_data_plane_listen("127.0.0.1:0");
   }
+  if (!c.has_tcp_data_plane_max_connections()) {
+    c.set_tcp_data_plane_max_connections(256);
+  }
   if (!c.has_grpc_threads()) {
     c.set_grpc_threads(std::max(4u, std::thread::hardware_concurrency()));
   }
@@ -156,11 +159,16 @@ absl::StatusOr<ServerConfig> ResolveConfig(StratadConfig c) {
   if (c.grpc_threads() == 0) {
     return absl::InvalidArgumentError("grpc_threads: must be > 0");
   }
+  if (c.tcp_data_plane_max_connections() == 0) {
+    return absl::InvalidArgumentError(
+        "tcp_data_plane_max_connections: must be > 0");
+  }
   out.listen = c.listen();
   out.metrics_listen = c.metrics_listen();
   out.data_plane_listen = c.data_plane_listen();
   out.data_plane_peer_errors = c.data_plane_error_mode() == "peer";
   out.tcp_data_plane_listen = c.tcp_data_plane_listen();
+  out.tcp_data_plane_max_connections = c.tcp_data_plane_max_connections();
   out.data_dir = c.data_dir();
   out.log_format = c.log_format();
   out.grpc_threads = c.grpc_threads();

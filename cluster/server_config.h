@@ -22,6 +22,7 @@ struct ServerConfig {
   std::string data_plane_listen;  // UCX "host:port"; empty = off.
   bool data_plane_peer_errors = false;  // data_plane_error_mode == "peer".
   std::string tcp_data_plane_listen;  // Socket data plane; empty = off.
+  uint32_t tcp_data_plane_max_connections = 0;
   std::string data_dir;
   std::string log_format;      // "json" or "text".
   uint32_t grpc_threads = 0;

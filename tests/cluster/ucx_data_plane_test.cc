@@ -582,6 +582,9 @@ TEST_F(StratadDataPlane, BadDataPlaneSettingsAreRejected) {
   EXPECT_FALSE(e.Start().ok());
   StratadProcess f(dir.Sub("data3"), {"--tcp_data_plane_listen=nohost"}, Env());
   EXPECT_FALSE(f.Start().ok());
+  StratadProcess g(dir.Sub("data4"), {"--tcp_data_plane_max_connections=0"},
+                   Env());
+  EXPECT_FALSE(g.Start().ok());
 }
 
 }  // namespace
