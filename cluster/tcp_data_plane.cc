@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -80,6 +81,9 @@ absl::StatusOr<std::unique_ptr<TcpDataPlane>> TcpDataPlane::Start(
   std::unique_ptr<TcpDataPlane> plane(new TcpDataPlane(ctx, options));
   if (const char* env = std::getenv("STRATA_TCP_VERIFY_CHUNK_BYTES")) {
     plane->options_.verify_chunk_bytes = std::strtoull(env, nullptr, 10);
+  }
+  if (const char* env = std::getenv("STRATA_TCP_SERVE_SPIN_US")) {
+    plane->options_.serve_spin = absl::Microseconds(std::atoi(env));
   }
   int fd = socket(found->ai_family, found->ai_socktype | SOCK_CLOEXEC, 0);
   const int one = 1;
@@ -207,10 +211,21 @@ void TcpDataPlane::AcceptLoop() {
   }
 }
 
+void TcpDataPlane::PollForRequest(int fd) {
+  if (options_.serve_spin <= absl::ZeroDuration()) return;
+  if (polling_.fetch_add(1, std::memory_order_acq_rel) == 0) {
+    const absl::Time until = SteadyNow() + options_.serve_spin;
+    pollfd p{fd, POLLIN, 0};
+    while (poll(&p, 1, 0) == 0 && SteadyNow() < until) sched_yield();
+  }
+  polling_.fetch_sub(1, std::memory_order_acq_rel);
+}
+
 void TcpDataPlane::Serve(uint64_t id, int fd) {
   sockio::SetIoTimeout(fd, options_.stall_timeout);
   std::vector<uint8_t> header;
   for (;;) {
+    PollForRequest(fd);
     // Between messages a connection may stay idle for as long as it likes.
     tcp::TcpFrame frame{};
     size_t got = 0;

@@ -37,6 +37,7 @@
 #ifndef STRATA_CLUSTER_TCP_DATA_PLANE_H_
 #define STRATA_CLUSTER_TCP_DATA_PLANE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -67,6 +68,12 @@ struct TcpDataPlaneOptions {
   // Commit's checksum pass. The environment variable
   // STRATA_TCP_VERIFY_CHUNK_BYTES overrides it (measurements).
   uint64_t verify_chunk_bytes = 256 << 10;
+  // After answering, a connection's thread polls for the next request for
+  // this long (yielding the core between polls) before it sleeps in recv,
+  // while no other connection of the plane is polling: a request that comes
+  // within it costs no wake-up. 0: never poll. STRATA_TCP_SERVE_SPIN_US
+  // overrides it (measurements; bench/results/service.md, session 9).
+  absl::Duration serve_spin = absl::Microseconds(100);
 };
 
 class TcpDataPlane {
@@ -95,6 +102,9 @@ class TcpDataPlane {
       : ctx_(ctx), options_(options) {}
   void AcceptLoop();
   void Serve(uint64_t id, int fd);
+  // Before a connection's thread sleeps for its next request: polls for it
+  // (serve_spin).
+  void PollForRequest(int fd);
   // Joins the threads of connections that ended (the accept loop, before
   // each new one, and Stop).
   void ReapFinished();
@@ -122,6 +132,7 @@ class TcpDataPlane {
   int wake_fd_ = -1;  // eventfd: wakes the accept loop at Stop.
   std::thread acceptor_;
   bool stopped_ = false;  // Owning thread.
+  std::atomic<int> polling_{0};  // Connection threads in PollForRequest.
 
   absl::Mutex mu_;
   // Open connections, and which of them are mid-request (busy).
