@@ -58,8 +58,17 @@ void PollForReply(int fd, absl::Time deadline) {
 }
 
 // A GET's block is received this many bytes at a time, each piece hashed as
-// it lands (cluster/tcp_data_plane.h measured the same for PUT).
-constexpr size_t kVerifyChunkBytes = 256 << 10;
+// it lands (cluster/tcp_data_plane.h measured the same for PUT). The
+// environment variable STRATA_TCP_VERIFY_CHUNK_BYTES overrides it, as on the
+// daemon (measurements).
+size_t VerifyChunkBytes() {
+  static const size_t bytes = [] {
+    const char* env = std::getenv("STRATA_TCP_VERIFY_CHUNK_BYTES");
+    const size_t v = env != nullptr ? std::strtoull(env, nullptr, 10) : 0;
+    return v != 0 ? v : TcpTransport::kVerifyChunkBytes;
+  }();
+  return bytes;
+}
 
 absl::Status DeadlineError() {
   return absl::DeadlineExceededError(
@@ -291,7 +300,7 @@ absl::Status TcpTransport::Attempt(Exchange& x) {
     // Each piece is hashed as it lands, while the daemon sends the next.
     kvstore::StreamingBlockVerifier verifier;
     if (Io io = sockio::RecvInChunks(
-            fd, dst, reply.data_length, kVerifyChunkBytes,
+            fd, dst, reply.data_length, VerifyChunkBytes(),
             [&](const uint8_t* p, size_t n) {
               verifier.Update(absl::MakeConstSpan(p, n));
             },

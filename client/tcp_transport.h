@@ -86,6 +86,9 @@ class TcpTransport final : public BulkTransport {
   // before it sleeps in recv, while it is the only call of the process
   // polling; STRATA_TCP_CALLER_SPIN_US overrides it (0: never).
   static constexpr absl::Duration kCallerSpin = absl::Microseconds(100);
+  // A GET's block is received this many bytes at a time, each piece hashed
+  // as it lands.
+  static constexpr size_t kVerifyChunkBytes = 256 << 10;
 
  private:
   // One request and where its reply goes.

@@ -67,7 +67,9 @@ struct TcpDataPlaneOptions {
   // as it lands (the sender meanwhile sends the next); 0: one receive, then
   // Commit's checksum pass. The environment variable
   // STRATA_TCP_VERIFY_CHUNK_BYTES overrides it (measurements).
-  uint64_t verify_chunk_bytes = 256 << 10;
+  // 64 KiB measured best for 256 KiB - 8 MiB puts (bench/results/service.md,
+  // session 9: the hash of the last piece is on the critical path).
+  uint64_t verify_chunk_bytes = 64 << 10;
   // After answering, a connection's thread polls for the next request for
   // this long (yielding the core between polls) before it sleeps in recv,
   // while no other connection of the plane is polling: a request that comes
