@@ -27,9 +27,10 @@ namespace {
 
 using sockio::Io;
 
-// Calls of this process (any transport) waiting for a reply by polling. A
-// call polls only while it is the only one: several pollers would take the
-// cores of a small machine from the daemon and from each other.
+// 1 while a socket-plane call of this process is polling for its reply. A
+// call polls only while no other one does: several pollers would take the
+// cores of a small machine from the daemon and from each other. (UCX's
+// caller spin keeps its own count, common/ucx_worker_loop.cc.)
 std::atomic<int> callers_polling{0};
 
 // How long a call polls for its reply before it sleeps in recv: a reply
@@ -49,21 +50,24 @@ absl::Duration CallerSpin() {
 void PollForReply(int fd, absl::Time deadline) {
   const absl::Duration spin = CallerSpin();
   if (spin <= absl::ZeroDuration()) return;
-  if (callers_polling.fetch_add(1, std::memory_order_acq_rel) == 0) {
-    const absl::Time until = std::min(deadline, SteadyNow() + spin);
-    pollfd p{fd, POLLIN, 0};
-    while (poll(&p, 1, 0) == 0 && SteadyNow() < until) sched_yield();
+  int idle = 0;
+  if (!callers_polling.compare_exchange_strong(idle, 1,
+                                               std::memory_order_acq_rel)) {
+    return;  // Another call is polling.
   }
-  callers_polling.fetch_sub(1, std::memory_order_acq_rel);
+  const absl::Time until = std::min(deadline, SteadyNow() + spin);
+  pollfd p{fd, POLLIN, 0};
+  while (poll(&p, 1, 0) == 0 && SteadyNow() < until) sched_yield();
+  callers_polling.store(0, std::memory_order_release);
 }
 
 // A GET's block is received this many bytes at a time, each piece hashed as
-// it lands (cluster/tcp_data_plane.h measured the same for PUT). The
-// environment variable STRATA_TCP_VERIFY_CHUNK_BYTES overrides it, as on the
-// daemon (measurements).
+// it lands (TcpTransport::kVerifyChunkBytes). The environment variable
+// STRATA_TCP_GET_CHUNK_BYTES overrides it (measurements; 0 or unset: the
+// default).
 size_t VerifyChunkBytes() {
   static const size_t bytes = [] {
-    const char* env = std::getenv("STRATA_TCP_VERIFY_CHUNK_BYTES");
+    const char* env = std::getenv("STRATA_TCP_GET_CHUNK_BYTES");
     const size_t v = env != nullptr ? std::strtoull(env, nullptr, 10) : 0;
     return v != 0 ? v : TcpTransport::kVerifyChunkBytes;
   }();
@@ -152,7 +156,7 @@ absl::StatusOr<int> TcpTransport::TakeConnection(absl::Time deadline) {
     // closed it, restarted, or dropped it) means it is not usable. Skipping
     // it here saves the call a failed attempt and a retry's backoff.
     pollfd p{fd, POLLIN | POLLRDHUP, 0};
-    if (poll(&p, 1, 0) == 0) return fd;
+    if (poll(&p, 1, 0) <= 0) return fd;  // Nothing there (or poll failed).
     CloseConnection(fd);
   }
   const int fd = socket(addr_.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);

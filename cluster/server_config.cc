@@ -159,9 +159,11 @@ absl::StatusOr<ServerConfig> ResolveConfig(StratadConfig c) {
   if (c.grpc_threads() == 0) {
     return absl::InvalidArgumentError("grpc_threads: must be > 0");
   }
-  if (c.tcp_data_plane_max_connections() == 0) {
-    return absl::InvalidArgumentError(
-        "tcp_data_plane_max_connections: must be > 0");
+  if (c.tcp_data_plane_max_connections() == 0 ||
+      c.tcp_data_plane_max_connections() > 65536) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tcp_data_plane_max_connections: ", c.tcp_data_plane_max_connections(),
+        " (want 1..65536; each connection has a thread)"));
   }
   out.listen = c.listen();
   out.metrics_listen = c.metrics_listen();

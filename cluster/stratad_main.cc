@@ -224,8 +224,7 @@ int Run(int argc, char** argv) {
     TcpDataPlaneOptions tcp_options;
     tcp_options.listen = resolved->tcp_data_plane_listen;
     tcp_options.max_connections =
-        static_cast<int>(std::min<uint32_t>(
-            resolved->tcp_data_plane_max_connections, 1 << 20));
+        static_cast<int>(resolved->tcp_data_plane_max_connections);
     auto started = TcpDataPlane::Start(&ctx, tcp_options);
     if (!started.ok()) {
       LogError("tcp_data_plane_listen_failed",

@@ -213,12 +213,14 @@ void TcpDataPlane::AcceptLoop() {
 
 void TcpDataPlane::PollForRequest(int fd) {
   if (options_.serve_spin <= absl::ZeroDuration()) return;
-  if (polling_.fetch_add(1, std::memory_order_acq_rel) == 0) {
-    const absl::Time until = SteadyNow() + options_.serve_spin;
-    pollfd p{fd, POLLIN, 0};
-    while (poll(&p, 1, 0) == 0 && SteadyNow() < until) sched_yield();
+  int idle = 0;
+  if (!polling_.compare_exchange_strong(idle, 1, std::memory_order_acq_rel)) {
+    return;  // Another connection's thread is polling.
   }
-  polling_.fetch_sub(1, std::memory_order_acq_rel);
+  const absl::Time until = SteadyNow() + options_.serve_spin;
+  pollfd p{fd, POLLIN, 0};
+  while (poll(&p, 1, 0) == 0 && SteadyNow() < until) sched_yield();
+  polling_.store(0, std::memory_order_release);
 }
 
 void TcpDataPlane::Serve(uint64_t id, int fd) {

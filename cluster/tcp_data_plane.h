@@ -134,7 +134,7 @@ class TcpDataPlane {
   int wake_fd_ = -1;  // eventfd: wakes the accept loop at Stop.
   std::thread acceptor_;
   bool stopped_ = false;  // Owning thread.
-  std::atomic<int> polling_{0};  // Connection threads in PollForRequest.
+  std::atomic<int> polling_{0};  // 1 while a connection's thread polls.
 
   absl::Mutex mu_;
   // Open connections, and which of them are mid-request (busy).

@@ -7,6 +7,7 @@
 #include "client/tcp_transport.h"
 
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -237,7 +238,17 @@ TEST(TcpTransport, APooledConnectionTheDaemonClosedIsNotUsed) {
     while (ReadRequest(fd, &frame, &h)) {
       SendReply(fd, h, absl::StatusCode::kOk, "", 0);
       if (served.fetch_add(1) == 0) {
-        shutdown(fd, SHUT_RDWR);  // The first connection ends after one call.
+        // The first connection ends after one call; the test goes on once
+        // the client's kernel acknowledged the FIN (FIN_WAIT2 here), so the
+        // client's socket already shows the close.
+        shutdown(fd, SHUT_RDWR);
+        tcp_info info{};
+        socklen_t len = sizeof(info);
+        const absl::Time until = absl::Now() + absl::Seconds(10);
+        while (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) == 0 &&
+               info.tcpi_state != TCP_FIN_WAIT2 && absl::Now() < until) {
+          std::this_thread::yield();
+        }
         first_closed.set_value();
         return;
       }
