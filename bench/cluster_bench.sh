@@ -10,6 +10,7 @@
 #   bench/cluster_bench.sh                       # NODES="1 2 4"
 #   BUILD_DIR=build-x NODES="1 2" bench/cluster_bench.sh
 #   REPEAT=3 bench/cluster_bench.sh              # best of 3 per row
+#   DATA_PLANE=tcp bench/cluster_bench.sh        # blocks over the socket plane
 #
 # Honest limits: every daemon, etcd and the load generator share one
 # machine; on a 2-core VM more daemons add no CPU, so the numbers show the
@@ -21,6 +22,9 @@ BUILD_DIR="${BUILD_DIR:-build}"
 NODES="${NODES:-1 2 4}"
 CLIENTS="${CLIENTS:-4}"
 REPEAT="${REPEAT:-1}"
+# The clients' data plane (ClientOptions::data_plane): grpc, tcp (the socket
+# plane; every daemon serves it), or auto.
+DATA_PLANE="${DATA_PLANE:-grpc}"
 DURATION="${DURATION:-5s}"
 OUT="${OUT:-}"
 STRATAD="$BUILD_DIR/cluster/stratad"
@@ -61,7 +65,7 @@ start_cluster() {  # start_cluster N
   done
 }
 
-CTL() { "$STRATACTL" --etcd="$ETCD" --deadline=30s cluster bench "$@"; }
+CTL() { "$STRATACTL" --etcd="$ETCD" --deadline=30s --data-plane="$DATA_PLANE" cluster bench "$@"; }
 
 # "ops/s GB/s p50 p99" of one run's --json line.
 fields() {
