@@ -14,6 +14,7 @@
 #include <cstring>
 #include <utility>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "common/socket_io.h"
 #include "common/steady_time.h"
@@ -27,10 +28,13 @@ namespace {
 
 using sockio::Io;
 
-// 1 while a socket-plane call of this process is polling for its reply. A
-// call polls only while no other one does: several pollers would take the
-// cores of a small machine from the daemon and from each other. (UCX's
-// caller spin keeps its own count, common/ucx_worker_loop.cc.)
+// Socket-plane calls of this process with a request out (in Attempt), and
+// 1 while one of them is polling for its reply. A call polls only when it
+// is the only one out: with others in flight, polling takes the cores of a
+// small machine from the daemon and from them (their p99 tripled with four
+// client threads on the 2-vCPU VM). UCX's caller spin keeps its own count
+// (common/ucx_worker_loop.cc).
+std::atomic<int> calls_out{0};
 std::atomic<int> callers_polling{0};
 
 // How long a call polls for its reply before it sleeps in recv: a reply
@@ -50,6 +54,7 @@ absl::Duration CallerSpin() {
 void PollForReply(int fd, absl::Time deadline) {
   const absl::Duration spin = CallerSpin();
   if (spin <= absl::ZeroDuration()) return;
+  if (calls_out.load(std::memory_order_acquire) != 1) return;
   int idle = 0;
   if (!callers_polling.compare_exchange_strong(idle, 1,
                                                std::memory_order_acq_rel)) {
@@ -205,6 +210,8 @@ void TcpTransport::CloseConnection(int fd) {
 
 absl::Status TcpTransport::Attempt(Exchange& x) {
   if (x.deadline <= SteadyNow()) return DeadlineError();
+  calls_out.fetch_add(1, std::memory_order_acq_rel);
+  absl::Cleanup out = [] { calls_out.fetch_sub(1, std::memory_order_acq_rel); };
   absl::StatusOr<int> taken = TakeConnection(x.deadline);
   if (!taken.ok()) return taken.status();
   const int fd = *taken;

@@ -83,8 +83,8 @@ class TcpTransport final : public BulkTransport {
   size_t max_label_bytes() const override { return 2 * size_t{UINT16_MAX}; }
 
   // How long a call polls for its reply (yielding the core between polls)
-  // before it sleeps in recv, while it is the only call of the process
-  // polling; STRATA_TCP_CALLER_SPIN_US overrides it (0: never).
+  // before it sleeps in recv, when it is the only socket-plane call of the
+  // process in flight; STRATA_TCP_CALLER_SPIN_US overrides it (0: never).
   static constexpr absl::Duration kCallerSpin = absl::Microseconds(100);
   // A GET's block is received this many bytes at a time, each piece hashed
   // as it lands (64 KiB was no better for 1 MiB GETs; the daemon receives

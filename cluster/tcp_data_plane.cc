@@ -213,6 +213,9 @@ void TcpDataPlane::AcceptLoop() {
 
 void TcpDataPlane::PollForRequest(int fd) {
   if (options_.serve_spin <= absl::ZeroDuration()) return;
+  // Only while no connection is being served: polling would take a core
+  // from it (and from its client) on a small machine.
+  if (busy_count_.load(std::memory_order_acquire) != 0) return;
   int idle = 0;
   if (!polling_.compare_exchange_strong(idle, 1, std::memory_order_acq_rel)) {
     return;  // Another connection's thread is polling.
@@ -240,6 +243,7 @@ void TcpDataPlane::Serve(uint64_t id, int fd) {
       absl::MutexLock lock(&mu_);
       if (stopping_) break;
       busy_.insert(fd);
+      busy_count_.fetch_add(1, std::memory_order_acq_rel);
     }
     const absl::Time start = SteadyNow();
     bool keep = false;
@@ -257,6 +261,7 @@ void TcpDataPlane::Serve(uint64_t id, int fd) {
     // can be trusted or answered.
     absl::MutexLock lock(&mu_);
     busy_.erase(fd);
+    busy_count_.fetch_sub(1, std::memory_order_acq_rel);
     if (!keep || stopping_) break;
   }
   absl::MutexLock lock(&mu_);

@@ -72,7 +72,7 @@ struct TcpDataPlaneOptions {
   uint64_t verify_chunk_bytes = 64 << 10;
   // After answering, a connection's thread polls for the next request for
   // this long (yielding the core between polls) before it sleeps in recv,
-  // while no other connection of the plane is polling: a request that comes
+  // when no connection of the plane is being served: a request that comes
   // within it costs no wake-up. 0: never poll. STRATA_TCP_SERVE_SPIN_US
   // overrides it (measurements; bench/results/service.md, session 9).
   absl::Duration serve_spin = absl::Microseconds(100);
@@ -135,6 +135,7 @@ class TcpDataPlane {
   std::thread acceptor_;
   bool stopped_ = false;  // Owning thread.
   std::atomic<int> polling_{0};  // 1 while a connection's thread polls.
+  std::atomic<int> busy_count_{0};  // busy_.size(), read without mu_.
 
   absl::Mutex mu_;
   // Open connections, and which of them are mid-request (busy).
