@@ -19,17 +19,18 @@
 //
 // - PUT: validation (drain, max_block_bytes) first; then Reserve, which may
 //   evict and waits at most kInFlightWriteWait for another write of the key;
-//   the block is received into the reservation and committed (the checksum
-//   pass reads it where it landed). "Already present" and refused puts read
-//   and discard the block, so the connection stays usable and the client
+//   the block is received into the reservation in pieces, each hashed as it
+//   lands (verify_chunk_bytes), and committed without a second pass.
+//   "Already present" and refused puts read and discard the block, so the connection stays usable and the client
 //   reads its answer. When the arena cannot hold the block at all, it is
 //   received into a buffer and stored with Put (which falls back to lower
 //   tiers).
 // - GET: TieredStore::Get, then the reply and the block leave in one
 //   sendmsg from the lease.
 // - A connection that breaks mid-message (client gone, deadline closed it)
-//   aborts its reservation: nothing partial is stored. A client that stops
-//   sending or reading mid-message is dropped after `stall_timeout`.
+//   aborts its reservation: nothing partial is stored. A receive or send
+//   that moves nothing for `stall_timeout` mid-message drops the
+//   connection; TCP keepalive drops one whose peer vanished.
 //
 // Threading: Start/Stop/address are for the owning thread. Connection
 // threads share only the ServiceContext (thread-safe) and the connection
