@@ -59,6 +59,24 @@ std::vector<uint8_t> ReplyHeaderBytes(uint16_t op, uint64_t request_id,
   return bytes;
 }
 
+absl::Status CheckPutAdmissible(const ServiceContext* ctx, uint64_t length) {
+  if (absl::Status s = CheckAcceptingBlocks(ctx); !s.ok()) return s;
+  const uint64_t max_block = ctx->store->options().max_block_bytes;
+  if (length > max_block) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "block: ", length, " bytes exceed max_block_bytes ", max_block));
+  }
+  return absl::OkStatus();
+}
+
+kvstore::PutOptions PutOptionsFor(const DataRequest& req) {
+  kvstore::PutOptions options;
+  if (req.flags & ucx::kRequestDurable) options.durable = true;
+  options.tenant = req.tenant;
+  options.model = req.model;
+  return options;
+}
+
 kvstore::GetOptions GetOptionsFor(uint32_t request_flags) {
   kvstore::GetOptions options;
   options.verify_first_tier = (request_flags & ucx::kRequestClientVerifies) == 0;

@@ -14,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "cluster/block_service.h"
 #include "common/ucx_protocol.h"
 #include "kvstore/block_key.h"
 #include "kvstore/tiered_store.h"
@@ -48,6 +49,15 @@ bool IsBlockOp(uint16_t op);
 std::vector<uint8_t> ReplyHeaderBytes(uint16_t op, uint64_t request_id,
                                       const absl::Status& status,
                                       uint32_t flags);
+
+// Before anything is set aside for a PUT of `length` bytes: UNAVAILABLE
+// ("draining: ...") while the daemon drains, INVALID_ARGUMENT naming
+// "block" above max_block_bytes (the store's own message).
+absl::Status CheckPutAdmissible(const ServiceContext* ctx, uint64_t length);
+
+// The store options of a PUT: durability from the request's flags (unset:
+// the daemon's default), its labels. The caller sets in_flight_write_wait.
+kvstore::PutOptions PutOptionsFor(const DataRequest& req);
 
 // The store options for a GET: a client that verifies the block where it
 // lands (kRequestClientVerifies) is served a DRAM copy without the daemon's

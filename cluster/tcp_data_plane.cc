@@ -344,17 +344,10 @@ bool TcpDataPlane::HandlePut(int fd, const DataRequest& req,
     return refuse(absl::UnavailableError(
         "data_plane: the daemon is shutting down"));
   }
-  if (absl::Status s = CheckAcceptingBlocks(ctx_); !s.ok()) return refuse(s);
-  // Refused before anything is set aside for it (the store's own message).
-  const uint64_t max_block = ctx_->store->options().max_block_bytes;
-  if (data_length > max_block) {
-    return refuse(absl::InvalidArgumentError(absl::StrCat(
-        "block: ", data_length, " bytes exceed max_block_bytes ", max_block)));
+  if (absl::Status s = CheckPutAdmissible(ctx_, data_length); !s.ok()) {
+    return refuse(s);
   }
-  kvstore::PutOptions put_options;
-  if (req.flags & ucx::kRequestDurable) put_options.durable = true;
-  put_options.tenant = req.tenant;
-  put_options.model = req.model;
+  kvstore::PutOptions put_options = PutOptionsFor(req);
   put_options.in_flight_write_wait = kInFlightWriteWait;
   absl::StatusOr<kvstore::BlockReservation> reservation =
       ctx_->store->Reserve(req.key, data_length, put_options);

@@ -324,25 +324,18 @@ ucs_status_t UcxDataPlane::HandleRequest(const void* header,
   // version, op, flags and request_id: without them there is no one to
   // answer.
   if (header_length < kMinAnswerableHeaderBytes) return UCS_OK;
-  DataRequest parsed;
+  Request req;
   const absl::Status header_status = ParseDataRequest(
       absl::MakeConstSpan(static_cast<const uint8_t*>(header), header_length),
-      &parsed);
-  Request req;
+      &req);
   req.conn_id = conn->second;
-  req.request_id = parsed.request_id;
-  req.op = parsed.op;
-  req.flags = parsed.flags;
   req.start = SteadyNow();
-  if (parsed.op == static_cast<uint16_t>(ucx::Op::kPut)) req.bytes_in = length;
+  if (req.op == static_cast<uint16_t>(ucx::Op::kPut)) req.bytes_in = length;
   auto reject = [&](const absl::Status& s) {
     Reply(req, s, 0, std::nullopt);
     return UCS_OK;
   };
   if (!header_status.ok()) return reject(header_status);
-  req.key = parsed.key;
-  req.tenant = std::move(parsed.tenant);
-  req.model = std::move(parsed.model);
 
   switch (static_cast<ucx::Op>(req.op)) {
     case ucx::Op::kPing:
@@ -364,22 +357,15 @@ ucs_status_t UcxDataPlane::HandleRequest(const void* header,
     return reject(absl::UnavailableError(
         "data_plane: the daemon is shutting down"));
   }
-  if (absl::Status s = CheckAcceptingBlocks(ctx_); !s.ok()) return reject(s);
-  // Refuse before allocating anything for the block (same message as the
-  // store's check on the gRPC path).
-  const uint64_t max_block = ctx_->store->options().max_block_bytes;
-  if (length > max_block) {
-    return reject(absl::InvalidArgumentError(absl::StrCat(
-        "block: ", length, " bytes exceed max_block_bytes ", max_block)));
+  // Refused before anything is allocated for the block.
+  if (absl::Status s = CheckPutAdmissible(ctx_, length); !s.ok()) {
+    return reject(s);
   }
   const bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
   // Straight into the DRAM arena when it has room now (no eviction or
   // waiting on this thread), else into a pooled buffer that a pool thread
   // Put()s.
-  kvstore::PutOptions put_options;
-  if (req.flags & ucx::kRequestDurable) put_options.durable = true;
-  put_options.tenant = req.tenant;
-  put_options.model = req.model;
+  kvstore::PutOptions put_options = PutOptionsFor(req);
   put_options.in_flight_write_wait = absl::ZeroDuration();  // Never block.
   absl::StatusOr<kvstore::BlockReservation> reservation =
       ctx_->store->Reserve(req.key, length, put_options,
@@ -509,10 +495,7 @@ void UcxDataPlane::SubmitPut(Request req, ucx::PoolBuffer buffer,
                              size_t capacity, size_t size) {
   const bool queued = pool_->Submit([this, req, buffer = std::move(buffer),
                                      capacity, size]() mutable {
-    kvstore::PutOptions options;
-    if (req.flags & ucx::kRequestDurable) options.durable = true;
-    options.tenant = req.tenant;
-    options.model = req.model;
+    const kvstore::PutOptions options = PutOptionsFor(req);
     auto outcome = StoreBlock(ctx_, req.key,
                               absl::MakeConstSpan(buffer.get(), size), options);
     buffers_->Release(std::move(buffer), capacity);  // The store copied it.

@@ -48,6 +48,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "cluster/block_service.h"
+#include "cluster/data_plane_request.h"
 #include "common/ucx_buffer_pool.h"
 #include "common/ucx_protocol.h"
 #include "common/ucx_worker_loop.h"
@@ -100,15 +101,10 @@ class UcxDataPlane {
   void Stop();
 
  private:
-  // A parsed request, carried from the progress thread to a pool thread and
-  // back with the reply.
-  struct Request {
+  // A parsed request (DataRequest), carried from the progress thread to a
+  // pool thread and back with the reply.
+  struct Request : DataRequest {
     uint64_t conn_id = 0;
-    uint64_t request_id = 0;
-    uint16_t op = 0;
-    uint32_t flags = 0;
-    kvstore::BlockKey key;
-    std::string tenant, model;
     uint64_t bytes_in = 0;
     absl::Time start;  // SteadyNow() when it arrived (for latency).
   };
