@@ -93,6 +93,7 @@ struct TcpTransport::Exchange {
   uint32_t flags = 0;
   std::string tenant, model;
   absl::Span<const uint8_t> block;  // PUT.
+  std::vector<uint8_t> copy;        // PUT without caller_waits: the block.
   // GET: into [dst, dst + capacity) when dst is set, else into `landed`.
   uint8_t* dst = nullptr;
   size_t capacity = 0;
@@ -378,6 +379,22 @@ absl::Status TcpTransport::Ping(absl::Time deadline) {
 
 // ---- Calls.
 
+template <typename Fn, typename Callback>
+void TcpTransport::Dispatch(bool caller_waits, Fn run, Callback done) {
+  if (caller_waits) {
+    run(done);
+    return;
+  }
+  RunAsync([run = std::move(run), done = std::move(done)](
+               bool cancelled) mutable {
+    if (cancelled) {
+      done(absl::CancelledError("client: the client is being destroyed"));
+    } else {
+      run(done);
+    }
+  });
+}
+
 void TcpTransport::Put(const BlockKey& key, absl::Span<const uint8_t> block,
                        bool caller_waits, const PutOptions& put,
                        absl::Time deadline, PutCallback done) {
@@ -398,19 +415,13 @@ void TcpTransport::Put(const BlockKey& key, absl::Span<const uint8_t> block,
   };
   if (caller_waits) {
     x->block = block;  // Sent straight from the caller's memory.
-    run(done);
-    return;
+  } else {
+    // The caller may free its block on return: send from a copy, which the
+    // exchange keeps.
+    x->copy.assign(block.begin(), block.end());
+    x->block = absl::MakeConstSpan(x->copy);
   }
-  // The caller may free its block on return: send from a copy.
-  auto copy = std::make_shared<std::vector<uint8_t>>(block.begin(), block.end());
-  x->block = absl::MakeConstSpan(*copy);
-  RunAsync([run, copy, done = std::move(done)](bool cancelled) mutable {
-    if (cancelled) {
-      done(absl::CancelledError("client: the client is being destroyed"));
-    } else {
-      run(done);
-    }
-  });
+  Dispatch(caller_waits, std::move(run), std::move(done));
 }
 
 void TcpTransport::Get(const BlockKey& key, bool caller_waits,
@@ -431,17 +442,7 @@ void TcpTransport::Get(const BlockKey& key, bool caller_waits,
     r.served_from = (x.reply_flags & ucx::kReplyServedFromSsd) ? "ssd" : "dram";
     done(std::move(r));
   };
-  if (caller_waits) {
-    run(done);
-    return;
-  }
-  RunAsync([run, done = std::move(done)](bool cancelled) mutable {
-    if (cancelled) {
-      done(absl::CancelledError("client: the client is being destroyed"));
-    } else {
-      run(done);
-    }
-  });
+  Dispatch(caller_waits, std::move(run), std::move(done));
 }
 
 void TcpTransport::GetInto(const BlockKey& key, uint8_t* dst, size_t capacity,
@@ -462,17 +463,7 @@ void TcpTransport::GetInto(const BlockKey& key, uint8_t* dst, size_t capacity,
       done(x.received);
     }
   };
-  if (caller_waits) {
-    run(done);
-    return;
-  }
-  RunAsync([run, done = std::move(done)](bool cancelled) mutable {
-    if (cancelled) {
-      done(absl::CancelledError("client: the client is being destroyed"));
-    } else {
-      run(done);
-    }
-  });
+  Dispatch(caller_waits, std::move(run), std::move(done));
 }
 
 // ---- Async threads.

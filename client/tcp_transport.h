@@ -105,6 +105,10 @@ class TcpTransport final : public BulkTransport {
   absl::StatusOr<int> TakeConnection(absl::Time deadline);
   void ReturnConnection(int fd);
   void CloseConnection(int fd);
+  // Runs run(done) on this thread when the caller waits, else on an async
+  // thread (done gets CANCELLED if the transport is destroyed first).
+  template <typename Fn, typename Callback>
+  void Dispatch(bool caller_waits, Fn run, Callback done);
   // Queues `fn` for an async thread; it gets `true` when cancelled (the
   // transport is being destroyed) instead of run.
   void RunAsync(absl::AnyInvocable<void(bool cancelled)> fn);
