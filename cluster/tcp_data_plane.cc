@@ -386,16 +386,24 @@ bool TcpDataPlane::HandlePut(int fd, const DataRequest& req,
   if (!absl::IsResourceExhausted(reservation.status())) {
     return refuse(reservation.status());
   }
-  // The arena cannot hold it now: Put may place it in a lower tier.
+  // The arena cannot hold it now: Put may place it in a lower tier. The
+  // block goes through a reused buffer (not zeroed first).
   *unread = 0;
-  std::vector<uint8_t> block(data_length);
-  if (sockio::RecvAll(fd, block.data(), block.size()) != Io::kOk) {
-    *status = absl::UnavailableError(
-        "data_plane: the connection broke while receiving the block");
+  size_t capacity = 0;
+  ucx::PoolBuffer buffer = buffers_.Acquire(data_length, &capacity);
+  const Io io = sockio::RecvAll(fd, buffer.get(), data_length);
+  absl::StatusOr<kvstore::PutOutcome> outcome = absl::UnavailableError(
+      "data_plane: the connection broke while receiving the block");
+  if (io == Io::kOk) {
+    outcome = StoreBlock(ctx_, req.key,
+                         absl::MakeConstSpan(buffer.get(), data_length),
+                         put_options);
+  }
+  buffers_.Release(std::move(buffer), capacity);  // The store copied it.
+  if (io != Io::kOk) {
+    *status = outcome.status();
     return false;
   }
-  absl::StatusOr<kvstore::PutOutcome> outcome =
-      StoreBlock(ctx_, req.key, block, put_options);
   *status = outcome.status();
   if (outcome.ok() && *outcome == kvstore::PutOutcome::kAlreadyPresent) {
     *flags = ucx::kReplyAlreadyPresent;

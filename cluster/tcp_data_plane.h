@@ -53,6 +53,7 @@
 #include "absl/time/time.h"
 #include "cluster/block_service.h"
 #include "cluster/data_plane_request.h"
+#include "common/ucx_buffer_pool.h"
 
 namespace strata::cluster {
 
@@ -130,6 +131,8 @@ class TcpDataPlane {
 
   ServiceContext* const ctx_;
   TcpDataPlaneOptions options_;  // Fixed after Start.
+  // Receive buffers of blocks the arena cannot hold now (thread-safe).
+  ucx::BufferPool buffers_{size_t{256} << 20};
   std::string address_;
   int listen_fd_ = -1;
   int wake_fd_ = -1;  // eventfd: wakes the accept loop at Stop.
