@@ -34,20 +34,39 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
-// One sender thread and one receiver thread per stream, all concurrently.
-double LoopbackStreamsGBps(int streams, uint64_t bytes_per_stream) {
-  int listener = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  if (bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      listen(listener, streams) != 0) {
+// A listening socket on a free loopback port (its address in *addr); exits
+// on failure.
+int ListenLoopback(int backlog, sockaddr_in* addr) {
+  const int listener = socket(AF_INET, SOCK_STREAM, 0);
+  *addr = sockaddr_in{};
+  addr->sin_family = AF_INET;
+  addr->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (bind(listener, reinterpret_cast<sockaddr*>(addr), sizeof(*addr)) != 0 ||
+      listen(listener, backlog) != 0) {
     std::perror("bind/listen");
     std::exit(1);
   }
-  socklen_t len = sizeof(addr);
-  getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len);
+  socklen_t len = sizeof(*addr);
+  getsockname(listener, reinterpret_cast<sockaddr*>(addr), &len);
+  return listener;
+}
+
+// A connection to `addr` with TCP_NODELAY; exits on failure.
+int ConnectLoopback(const sockaddr_in& addr) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  const int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  if (connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+    std::perror("connect");
+    std::exit(1);
+  }
+  return fd;
+}
+
+// One sender thread and one receiver thread per stream, all concurrently.
+double LoopbackStreamsGBps(int streams, uint64_t bytes_per_stream) {
+  sockaddr_in addr{};
+  const int listener = ListenLoopback(streams, &addr);
   constexpr size_t kChunk = 1 << 20;
   std::vector<std::thread> threads;
   const auto start = Clock::now();
@@ -64,13 +83,7 @@ double LoopbackStreamsGBps(int streams, uint64_t bytes_per_stream) {
       close(fd);
     });
     threads.emplace_back([&] {
-      int fd = socket(AF_INET, SOCK_STREAM, 0);
-      int one = 1;
-      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-      if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-        std::perror("connect");
-        std::exit(1);
-      }
+      const int fd = ConnectLoopback(addr);
       std::vector<char> buf(kChunk, 'x');
       uint64_t sent = 0;
       while (sent < bytes_per_stream) {
@@ -110,17 +123,8 @@ bool WriteFull(int fd, const char* p, size_t n) {
 // C client threads, each with its server thread: `requests` rounds of an
 // S-byte request and a 16-byte answer.
 double RequestReplyGBps(int clients, size_t request_bytes, uint64_t requests) {
-  int listener = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      listen(listener, clients) != 0) {
-    std::perror("bind/listen");
-    std::exit(1);
-  }
-  socklen_t len = sizeof(addr);
-  getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len);
+  const int listener = ListenLoopback(clients, &addr);
   std::vector<std::thread> threads;
   const auto start = Clock::now();
   for (int c = 0; c < clients; ++c) {
@@ -139,13 +143,7 @@ double RequestReplyGBps(int clients, size_t request_bytes, uint64_t requests) {
       close(fd);
     });
     threads.emplace_back([&] {
-      int fd = socket(AF_INET, SOCK_STREAM, 0);
-      int one = 1;
-      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-      if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-        std::perror("connect");
-        std::exit(1);
-      }
+      const int fd = ConnectLoopback(addr);
       std::vector<char> buf(request_bytes, 'x');
       char answer[16];
       for (uint64_t i = 0; i < requests; ++i) {
