@@ -347,6 +347,21 @@ TEST_F(TcpDataPlaneTest, ABlockTheArenaCannotHoldGoesToTheSsdTier) {
   EXPECT_TRUE(got->data == block);
 }
 
+TEST_F(TcpDataPlaneTest, APortInUseIsUnavailableNamingTheField) {
+  Start();
+  cluster::TcpDataPlaneOptions options;
+  options.listen = plane_->address();  // Listening already.
+  auto second = cluster::TcpDataPlane::Start(&ctx_, options);
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(absl::StartsWith(second.status().message(),
+                               "tcp_data_plane_listen:"))
+      << second.status();
+  // The first plane still serves.
+  RawConnection c(plane_->address());
+  ASSERT_TRUE(c.SendRequest(ucx::Op::kPing, 1, KeyFor(1), {}));
+  EXPECT_TRUE(c.ReadReply().has_value());
+}
+
 TEST_F(TcpDataPlaneTest, AnAddressThatIsNotHostPortIsRefusedNamingTheField) {
   cluster::ServiceContext ctx;
   cluster::TcpDataPlaneOptions options;
