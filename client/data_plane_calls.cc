@@ -41,8 +41,9 @@ absl::Status GrpcClient::StartDataPlane() {
                      : std::min(options_.default_deadline, absl::Seconds(5));
   const absl::Time deadline = absl::Now() + budget;
   v1::HelloRequest hello;
-  if (want != "tcp") hello.add_transports("ucx");
-  if (want != "ucx") hello.add_transports("tcp");
+  if (want == "auto" || want == "ucx") hello.add_transports("ucx");
+  if (want == "auto" || want == "tcp") hello.add_transports("tcp");
+  if (want == "auto" || want == "local") hello.add_transports("local");
   using R = absl::StatusOr<v1::HelloResponse>;
   R answer = Unary<v1::HelloRequest, v1::HelloResponse, v1::HelloResponse>(
                  deadline, std::move(hello), STRATA_RPC(data_, Hello),
@@ -57,6 +58,15 @@ absl::Status GrpcClient::StartDataPlane() {
     return absl::UnavailableError(absl::StrCat(
         "data_plane: the daemon speaks data-plane protocol version ",
         answer->protocol_version(), ", this client ", ucx::kProtocolVersion));
+  }
+  // Local connections with the shared arena first: a block is copied once,
+  // by the client, with no socket transfer (bench/results/service.md).
+  if (want == "auto" || want == "local") {
+    absl::Status local_status = absl::UnavailableError(absl::StrCat(
+        "data_plane: the daemon at ", options_.address,
+        " serves no local connections (its local_data_plane_path is off)"));
+    if (!answer->local_path().empty()) local_status = StartLocal(*answer, deadline);
+    if (local_status.ok() || want == "local") return local_status;
   }
   const bool tcp_offered = !answer->tcp_address().empty();
   absl::Status ucx_status = absl::UnavailableError(absl::StrCat(
@@ -133,6 +143,29 @@ absl::Status GrpcClient::StartTcp(const v1::HelloResponse& hello,
   }
   bulk_ = *std::move(transport);  // Replaces a UCX transport over TCP.
   data_plane_ = "tcp";
+  return absl::OkStatus();
+}
+
+absl::Status GrpcClient::StartLocal(const v1::HelloResponse& hello,
+                                    absl::Time deadline) {
+  TcpTransportOptions options;
+  options.local_path = hello.local_path();
+  options.retry = policy_;
+  auto transport = TcpTransport::Create(options);
+  if (!transport.ok()) {
+    return absl::UnavailableError(absl::StrCat(
+        "data_plane: the local connections' path: ",
+        transport.status().message()));
+  }
+  if (absl::Status s =
+          (*transport)->MapSharedArena(hello.local_token(), deadline);
+      !s.ok()) {
+    return absl::UnavailableError(absl::StrCat(
+        "data_plane: no shared arena through ", options.local_path, ": ",
+        s.ToString()));
+  }
+  bulk_ = *std::move(transport);
+  data_plane_ = "local";
   return absl::OkStatus();
 }
 

@@ -54,10 +54,11 @@ absl::Status ValidateOptions(const ClientOptions& o) {
                      INT_MAX, "], got ", o.max_message_bytes));
   }
   if (o.data_plane != "grpc" && o.data_plane != "ucx" &&
-      o.data_plane != "tcp" &&
+      o.data_plane != "tcp" && o.data_plane != "local" &&
       o.data_plane != "auto") {
     return absl::InvalidArgumentError(absl::StrCat(
-        "data_plane: \"", o.data_plane, "\" (want grpc, ucx, tcp or auto)"));
+        "data_plane: \"", o.data_plane,
+        "\" (want grpc, ucx, tcp, local or auto)"));
   }
   if (o.max_batch_items < 1 || o.max_batch_items > kMaxRpcItems) {
     return absl::InvalidArgumentError(

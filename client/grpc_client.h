@@ -162,6 +162,7 @@ class GrpcClient final : public Client {
   // it bulk_ (replacing one already there).
   absl::Status StartUcx(const v1::HelloResponse& hello, absl::Time deadline);
   absl::Status StartTcp(const v1::HelloResponse& hello, absl::Time deadline);
+  absl::Status StartLocal(const v1::HelloResponse& hello, absl::Time deadline);
   static void FillPut(v1::PutRequest* req, const BlockKey& key,
                       absl::Span<const uint8_t> block, const PutOptions& put);
   // Issues one BatchGet RPC for the keys of `state` at `indices`; re-sends

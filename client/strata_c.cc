@@ -92,9 +92,10 @@ int strata_client_open_with_data_plane(const char* address,
   *out = nullptr;
   if (address == nullptr) return InvalidArgument("address: null");
   const std::string plane = data_plane == nullptr ? "auto" : data_plane;
-  if (plane != "auto" && plane != "ucx" && plane != "tcp" && plane != "grpc") {
+  if (plane != "auto" && plane != "ucx" && plane != "tcp" &&
+      plane != "local" && plane != "grpc") {
     return Report(absl::InvalidArgumentError(absl::StrCat(
-        "data_plane: \"", plane, "\" is not auto, ucx, tcp or grpc")));
+        "data_plane: \"", plane, "\" is not auto, ucx, tcp, local or grpc")));
   }
   return Guard([&]() -> absl::Status {
     strata::client::ClientOptions options;

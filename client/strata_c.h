@@ -83,14 +83,17 @@ STRATA_C_API int strata_client_open(const char* address, int64_t deadline_ms,
                                     strata_client_t** out);
 
 /* As strata_client_open, choosing the bulk data path (since 1.1):
- *   "auto" (or NULL)  UCX over shared memory, else the socket data plane,
- *                     else UCX over TCP, whichever the daemon offers and
- *                     answers a round trip, else gRPC (what
+ *   "auto" (or NULL)  local connections with the daemon's shared arena,
+ *                     else UCX over shared memory, else the socket data
+ *                     plane, else UCX over TCP, whichever the daemon offers
+ *                     and answers a round trip, else gRPC (what
  *                     strata_client_open does);
  *   "ucx"             UCX required: fails with 14 (UNAVAILABLE, message
  *                     naming "data_plane") when the daemon has no UCX data
  *                     plane or it cannot be reached within the deadline;
  *   "tcp"             the socket data plane required, likewise;
+ *   "local"           local connections with the shared arena required,
+ *                     likewise (since 1.2; docs/protocol.md);
  *   "grpc"            every byte over gRPC; does not wait for the daemon.
  * Anything else is 3 (INVALID_ARGUMENT naming "data_plane"). UCX picks TCP or
  * shared memory from this process's UCX_* environment (docs/protocol.md). */
@@ -100,7 +103,8 @@ STRATA_C_API int strata_client_open_with_data_plane(const char* address,
                                                     strata_client_t** out);
 
 /* Writes the data path chosen at open as a NUL-terminated string into
- * out[0, capacity): "grpc", "tcp" (the socket data plane), or "ucx:" and
+ * out[0, capacity): "grpc", "tcp" (the socket data plane), "local" (its
+ * local connections with the shared arena), or "ucx:" and
  * the UCX transports carrying it (e.g. "ucx:tcp", "ucx:cma,sysv"). 11 (OUT_OF_RANGE) when it does not fit
  * (nothing written). Since 1.1. */
 STRATA_C_API int strata_client_data_plane(strata_client_t* client, char* out,

@@ -66,9 +66,12 @@ struct ClientOptions {
   // "grpc": every byte over gRPC. "ucx": bulk over UCX, required: Connect
   // fails with UNAVAILABLE naming "data_plane" unless Hello returns a UCX
   // address and a UCX round trip to it succeeds within default_deadline.
-  // "tcp": bulk over the socket data plane, required, likewise. "auto": UCX
-  // when it runs over shared memory, else the socket plane, else UCX over
-  // TCP (measured: bench/results/service.md), else gRPC (Connect still
+  // "tcp": bulk over the socket data plane, required, likewise. "local":
+  // the socket plane's local connections with the daemon's shared DRAM
+  // arena (same host, same user; docs/protocol.md), required, likewise.
+  // "auto": local connections when the daemon offers them, else UCX when it
+  // runs over shared memory, else the socket plane, else UCX over TCP
+  // (measured: bench/results/service.md), else gRPC (Connect still
   // succeeds).
   std::string data_plane = "auto";
   // Put blocks smaller than this, and GetInto with a smaller capacity, go
@@ -150,7 +153,7 @@ class Client {
   // first call may fail with UNAVAILABLE (after retries) if it is not up.
   // Otherwise it asks the daemon for its data planes (Hello) and connects to
   // the one `data_plane` picks; "auto" falls back to gRPC when none works,
-  // "ucx" and "tcp" fail with UNAVAILABLE naming "data_plane".
+  // "ucx", "tcp" and "local" fail with UNAVAILABLE naming "data_plane".
   static absl::StatusOr<std::unique_ptr<Client>> Connect(
       const ClientOptions& options);
   virtual ~Client() = default;

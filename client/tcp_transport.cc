@@ -4,7 +4,10 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sched.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -79,6 +82,40 @@ size_t VerifyChunkBytes() {
   return bytes;
 }
 
+// Receives exactly `size` bytes like sockio::RecvAll, and the descriptor
+// that came with them (SCM_RIGHTS) into *passed (-1 when none came).
+Io RecvWithDescriptor(int fd, void* dst, size_t size, int* passed,
+                      absl::Time deadline) {
+  *passed = -1;
+  if (!sockio::LimitToDeadline(fd, SO_RCVTIMEO, deadline)) {
+    return Io::kTimedOut;
+  }
+  iovec iov{dst, size};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  ssize_t n;
+  do {
+    n = recvmsg(fd, &msg, MSG_WAITALL | MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  if (n == 0) return Io::kClosed;
+  if (n < 0) return sockio::ErrnoIo(errno);
+  for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm != nullptr;
+       cm = CMSG_NXTHDR(&msg, cm)) {
+    if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS &&
+        cm->cmsg_len == CMSG_LEN(sizeof(int))) {
+      std::memcpy(passed, CMSG_DATA(cm), sizeof(int));
+    }
+  }
+  const size_t got = static_cast<size_t>(n);
+  if (got == size) return Io::kOk;
+  return sockio::RecvAll(fd, static_cast<uint8_t*>(dst) + got, size - got,
+                         nullptr, deadline);
+}
+
 absl::Status DeadlineError() {
   return absl::DeadlineExceededError(
       "deadline: the daemon did not answer within the call's deadline "
@@ -94,6 +131,7 @@ struct TcpTransport::Exchange {
   std::string tenant, model;
   absl::Span<const uint8_t> block;  // PUT.
   std::vector<uint8_t> copy;        // PUT without caller_waits: the block.
+  uint64_t block_length = 0;        // RESERVE: sent as its data.
   // GET: into [dst, dst + capacity) when dst is set, else into `landed`.
   uint8_t* dst = nullptr;
   size_t capacity = 0;
@@ -103,6 +141,10 @@ struct TcpTransport::Exchange {
   // The reply.
   uint32_t reply_flags = 0;
   size_t received = 0;
+  // The data of replies that carry a few words, not a block: RESERVE's
+  // offset, an in-arena GET's offset and length, MAP_ARENA's token.
+  uint64_t words[2] = {0, 0};
+  int passed_fd = -1;  // MAP_ARENA: the arena's memfd (owned by the caller).
   // GET: the checksum check of the block, hashed as it landed.
   absl::Status landed_check;
 
@@ -116,9 +158,21 @@ absl::StatusOr<std::unique_ptr<TcpTransport>> TcpTransport::Create(
     const TcpTransportOptions& options) {
   std::unique_ptr<TcpTransport> t(new TcpTransport());
   t->options_ = options;
-  if (absl::Status s = ucx::ParseSockAddr("address", options.address, &t->addr_,
-                                          &t->addr_len_);
-      !s.ok()) {
+  if (!options.local_path.empty()) {
+    sockaddr_un un{};
+    un.sun_family = AF_UNIX;
+    if (options.local_path.size() >= sizeof(un.sun_path)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "local_path: \"", options.local_path, "\" is longer than ",
+          sizeof(un.sun_path) - 1, " bytes"));
+    }
+    std::memcpy(un.sun_path, options.local_path.data(),
+                options.local_path.size());
+    std::memcpy(&t->addr_, &un, sizeof(un));
+    t->addr_len_ = sizeof(un);
+  } else if (absl::Status s = ucx::ParseSockAddr(
+                 "address", options.address, &t->addr_, &t->addr_len_);
+             !s.ok()) {
     return s;
   }
   for (int i = 0; i < std::max(1, options.async_threads); ++i) {
@@ -141,6 +195,11 @@ TcpTransport::~TcpTransport() {
   absl::MutexLock lock(&mu_);
   for (int fd : idle_) close(fd);
   idle_.clear();
+  if (arena_base_ != nullptr) munmap(arena_base_, arena_bytes_);
+}
+
+const std::string& TcpTransport::Peer() const {
+  return options_.local_path.empty() ? options_.address : options_.local_path;
 }
 
 // ---- Connections.
@@ -171,16 +230,17 @@ absl::StatusOr<int> TcpTransport::TakeConnection(absl::Time deadline) {
         absl::StrCat("data_plane: socket: ", std::strerror(errno)));
   }
   const int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  if (addr_.ss_family != AF_UNIX) {
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  }
   // connect() honours SO_SNDTIMEO.
   sockio::SetIoTimeout(fd, deadline - SteadyNow());
   if (connect(fd, reinterpret_cast<const sockaddr*>(&addr_), addr_len_) != 0) {
     const int error = errno;
     close(fd);
     if (error == EINPROGRESS || error == EAGAIN) return DeadlineError();
-    return absl::UnavailableError(absl::StrCat("data_plane: connecting to ",
-                                               options_.address, ": ",
-                                               std::strerror(error)));
+    return absl::UnavailableError(absl::StrCat(
+        "data_plane: connecting to ", Peer(), ": ", std::strerror(error)));
   }
   absl::MutexLock lock(&mu_);
   if (stopping_) {
@@ -216,21 +276,39 @@ absl::Status TcpTransport::Attempt(Exchange& x) {
   absl::StatusOr<int> taken = TakeConnection(x.deadline);
   if (!taken.ok()) return taken.status();
   const int fd = *taken;
+  bool broken = false;
+  absl::Status s;
+  if (arena_base_ != nullptr && x.op == ucx::Op::kPut) {
+    s = PutInArena(fd, x, &broken);
+  } else if (arena_base_ != nullptr && x.op == ucx::Op::kGet) {
+    s = GetInArena(fd, x, &broken);
+  } else {
+    s = RoundTrip(fd, x, &broken);
+  }
+  if (broken) {
+    CloseConnection(fd);
+  } else {
+    ReturnConnection(fd);
+  }
+  return s;
+}
+
+absl::Status TcpTransport::RoundTrip(int fd, Exchange& x, bool* broken) {
   // Any failure below leaves the stream mid-message: the connection closes
   // (which is also what cancels the transfer at the daemon).
   auto fail = [&](Io io, absl::string_view what) {
     const int error = errno;
-    CloseConnection(fd);
+    *broken = true;
     if (io == Io::kTimedOut) return DeadlineError();
     return absl::UnavailableError(absl::StrCat(
-        "data_plane: ", what, " ", options_.address,
+        "data_plane: ", what, " ", Peer(),
         io == Io::kClosed ? ": the daemon closed the connection"
                           : absl::StrCat(": ", std::strerror(error))));
   };
   auto malformed = [&](absl::string_view what) {
-    CloseConnection(fd);
-    return absl::InternalError(absl::StrCat("data_plane: ", options_.address,
-                                            " answered with ", what));
+    *broken = true;
+    return absl::InternalError(
+        absl::StrCat("data_plane: ", Peer(), " answered with ", what));
   };
 
   ucx::RequestHeader h{};
@@ -245,27 +323,41 @@ absl::Status TcpTransport::Attempt(Exchange& x) {
   std::string header(reinterpret_cast<const char*>(&h), sizeof(h));
   header += x.tenant;
   header += x.model;
+  absl::Span<const uint8_t> data = x.block;
+  if (x.op == ucx::Op::kReserve) {
+    data = absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(&x.block_length),
+                               sizeof(x.block_length));
+  }
   tcp::TcpFrame frame{tcp::kFrameMagic, static_cast<uint32_t>(header.size()),
-                      x.block.size()};
+                      data.size()};
   iovec iov[3] = {{&frame, sizeof(frame)},
                   {header.data(), header.size()},
-                  {const_cast<uint8_t*>(x.block.data()), x.block.size()}};
-  const Io sent =
-      sockio::SendAll(fd, iov, x.block.empty() ? 2 : 3, x.deadline);
+                  {const_cast<uint8_t*>(data.data()), data.size()}};
+  const Io sent = sockio::SendAll(fd, iov, data.empty() ? 2 : 3, x.deadline);
   if (sent == Io::kTimedOut) return fail(sent, "sending the request to");
+  if (x.op == ucx::Op::kRelease) {  // No reply.
+    return sent == Io::kOk ? absl::OkStatus()
+                           : fail(sent, "sending the request to");
+  }
   // A daemon that refused a large block may answer before it read it all,
   // then close: its answer may still be waiting here, so read it.
   const int send_errno = errno;
+  // The daemon closes the connection after such an answer.
+  if (sent != Io::kOk) *broken = true;
 
   tcp::TcpFrame reply{};
   if (sent == Io::kOk) PollForReply(fd, x.deadline);
-  if (Io io = sockio::RecvAll(fd, &reply, sizeof(reply), nullptr, x.deadline);
-      io != Io::kOk) {
+  const Io got_frame =
+      x.op == ucx::Op::kMapArena
+          ? RecvWithDescriptor(fd, &reply, sizeof(reply), &x.passed_fd,
+                               x.deadline)
+          : sockio::RecvAll(fd, &reply, sizeof(reply), nullptr, x.deadline);
+  if (got_frame != Io::kOk) {
     if (sent != Io::kOk) {
       errno = send_errno;
       return fail(sent, "sending the request to");
     }
-    return fail(io, "reading the reply from");
+    return fail(got_frame, "reading the reply from");
   }
   ucx::ReplyHeader r{};
   if (reply.magic != tcp::kFrameMagic || reply.header_length < sizeof(r) ||
@@ -289,18 +381,35 @@ absl::Status TcpTransport::Attempt(Exchange& x) {
         ", op ", r.op, ", id ", r.request_id, " for op ", h.op, " id ",
         x.request_id, ", message_length ", r.message_length, ")"));
   }
-  // Data comes with exactly the replies to GETs that hit.
-  if ((reply.data_length != 0) != (x.op == ucx::Op::kGet && r.status == 0) ||
-      reply.data_length > kvstore::kMaxPayloadBytes + kvstore::kBlockHeaderSize) {
+  // Which data the reply must carry: a block with GETs that hit; a few
+  // words with RESERVE's offset, an in-arena GET and MAP_ARENA's token.
+  const bool ok = r.status == 0;
+  size_t words = 0;
+  if (ok && x.op == ucx::Op::kGet && (r.flags & ucx::kReplyInArena)) words = 2;
+  if (ok && x.op == ucx::Op::kReserve && !(r.flags & ucx::kReplyAlreadyPresent)) {
+    words = 1;
+  }
+  if (ok && x.op == ucx::Op::kMapArena) words = 1;
+  const bool block_reply = ok && x.op == ucx::Op::kGet && words == 0;
+  if (words != 0 ? reply.data_length != words * sizeof(uint64_t)
+                 : ((reply.data_length != 0) != block_reply ||
+                    reply.data_length >
+                        kvstore::kMaxPayloadBytes + kvstore::kBlockHeaderSize)) {
     return malformed(absl::StrCat("data_length ", reply.data_length,
                                   " for op ", h.op, " status ", r.status));
   }
   x.reply_flags = r.flags;
-  if (reply.data_length != 0) {
+  if (words != 0) {
+    if (Io io = sockio::RecvAll(fd, x.words, words * sizeof(uint64_t), nullptr,
+                                x.deadline);
+        io != Io::kOk) {
+      return fail(io, "reading the reply from");
+    }
+  } else if (reply.data_length != 0) {
     uint8_t* dst = x.dst;
     if (dst != nullptr && reply.data_length > x.capacity) {
       // The block is not read: the connection closes instead.
-      CloseConnection(fd);
+      *broken = true;
       return absl::OutOfRangeError(absl::StrCat(
           "capacity: block is ", reply.data_length, " bytes, capacity ",
           x.capacity));
@@ -322,14 +431,136 @@ absl::Status TcpTransport::Attempt(Exchange& x) {
     }
     x.landed_check = verifier.Finish(x.LandedBytes()).status();
   }
-  if (sent == Io::kOk) {
-    ReturnConnection(fd);
-  } else {
-    CloseConnection(fd);  // The daemon closes it after such an answer.
-  }
   if (r.status == 0) return absl::OkStatus();
   return absl::Status(static_cast<absl::StatusCode>(r.status),
                       reply_header.substr(sizeof(r)));
+}
+
+// ---- The shared arena (local connections).
+
+absl::Status TcpTransport::PutInArena(int fd, Exchange& x, bool* broken) {
+  Exchange reserve;
+  reserve.op = ucx::Op::kReserve;
+  reserve.key = x.key;
+  reserve.flags = x.flags;
+  reserve.tenant = x.tenant;
+  reserve.model = x.model;
+  reserve.block_length = x.block.size();
+  reserve.deadline = x.deadline;
+  reserve.request_id = x.request_id;
+  absl::Status s = RoundTrip(fd, reserve, broken);
+  x.reply_flags = reserve.reply_flags;
+  if (absl::IsResourceExhausted(s) && !*broken) {
+    // The arena cannot hold it now: a plain PUT may place it in a lower tier.
+    return RoundTrip(fd, x, broken);
+  }
+  if (!s.ok() || (reserve.reply_flags & ucx::kReplyAlreadyPresent)) return s;
+  const uint64_t offset = reserve.words[0];
+  if (offset > arena_bytes_ || x.block.size() > arena_bytes_ - offset) {
+    *broken = true;
+    return absl::InternalError(absl::StrCat(
+        "data_plane: ", Peer(), " reserved [", offset, ", +", x.block.size(),
+        ") outside its ", arena_bytes_, "-byte arena"));
+  }
+  // The only copy of the block: straight into its place in the store.
+  kvstore::CopyAroundTheCache(arena_base_ + offset, x.block.data(),
+                              x.block.size());
+  Exchange commit;
+  commit.op = ucx::Op::kCommit;
+  commit.key = x.key;
+  commit.deadline = x.deadline;
+  commit.request_id = x.request_id;
+  s = RoundTrip(fd, commit, broken);
+  x.reply_flags = commit.reply_flags;
+  return s;
+}
+
+absl::Status TcpTransport::GetInArena(int fd, Exchange& x, bool* broken) {
+  x.flags |= ucx::kRequestInArena;
+  absl::Status s = RoundTrip(fd, x, broken);
+  if (!s.ok() || !(x.reply_flags & ucx::kReplyInArena)) return s;
+  // The daemon holds the block's lease until RELEASE (or this connection's
+  // next message): the range stays the block's while it is copied.
+  const uint64_t offset = x.words[0], length = x.words[1];
+  if (offset > arena_bytes_ || length > arena_bytes_ - offset) {
+    *broken = true;
+    return absl::InternalError(absl::StrCat(
+        "data_plane: ", Peer(), " answered [", offset, ", +", length,
+        ") outside its ", arena_bytes_, "-byte arena"));
+  }
+  const absl::Span<const uint8_t> src(arena_base_ + offset, length);
+  if (x.dst != nullptr && length > x.capacity) {
+    s = absl::OutOfRangeError(absl::StrCat("capacity: block is ", length,
+                                           " bytes, capacity ", x.capacity));
+  } else {
+    uint8_t* dst = x.dst;
+    if (dst == nullptr) {
+      x.landed.resize(length);
+      dst = x.landed.data();
+    }
+    // One pass: copied and verified where it lands.
+    x.landed_check =
+        kvstore::CopyVerifiedBlock(src, absl::MakeSpan(dst, length)).status();
+    x.received = length;
+  }
+  Exchange release;
+  release.op = ucx::Op::kRelease;
+  release.key = x.key;
+  release.deadline = x.deadline;
+  release.request_id = x.request_id;
+  if (absl::Status r = RoundTrip(fd, release, broken); !r.ok()) *broken = true;
+  return s;
+}
+
+absl::Status TcpTransport::MapSharedArena(uint64_t token, absl::Time deadline) {
+  if (options_.local_path.empty()) {
+    return absl::FailedPreconditionError(
+        "local_path: the shared arena needs a local connection");
+  }
+  Exchange x;
+  x.op = ucx::Op::kMapArena;
+  x.deadline = SteadyFromWall(deadline);
+  x.request_id = 1;
+  absl::StatusOr<int> taken = TakeConnection(x.deadline);
+  if (!taken.ok()) return taken.status();
+  bool broken = false;
+  absl::Status s = RoundTrip(*taken, x, &broken);
+  if (broken) {
+    CloseConnection(*taken);
+  } else {
+    ReturnConnection(*taken);
+  }
+  absl::Cleanup close_passed = [&x] {
+    if (x.passed_fd >= 0) close(x.passed_fd);
+  };
+  if (!s.ok()) return s;
+  if (x.words[0] != token) {
+    // Another daemon owns this path on this host (the one Hello reached is
+    // elsewhere): its arena is not the one to use.
+    return absl::FailedPreconditionError(absl::StrCat(
+        "local_path: ", options_.local_path,
+        " is served by another daemon than the one Hello reached"));
+  }
+  struct stat st{};
+  if (x.passed_fd < 0 || fstat(x.passed_fd, &st) != 0 || st.st_size <= 0) {
+    return absl::InternalError(absl::StrCat(
+        "data_plane: ", Peer(), " answered MAP_ARENA without a usable arena"));
+  }
+  const size_t bytes = static_cast<size_t>(st.st_size);
+  // Mapped in now: a page first touched by a copy costs a fault in the
+  // copy, every put into a part of the arena this process has not written
+  // yet. Populating is 0.3-0.6 s for 3 GiB on the dev VM (4 KiB pages; far
+  // less where shared memory gets transparent huge pages).
+  void* base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                    MAP_SHARED | MAP_POPULATE, x.passed_fd, 0);
+  if (base == MAP_FAILED) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("data_plane: mapping the daemon's ", bytes,
+                     "-byte arena: ", std::strerror(errno)));
+  }
+  arena_base_ = static_cast<uint8_t*>(base);
+  arena_bytes_ = bytes;
+  return absl::OkStatus();
 }
 
 absl::Status TcpTransport::Run(Exchange& x) {

@@ -33,6 +33,7 @@
 
 #include <sys/socket.h>
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -54,6 +55,9 @@ namespace strata::client::internal {
 
 struct TcpTransportOptions {
   std::string address;  // The daemon's socket plane "host:port" (Hello).
+  // Instead of `address`: the daemon's local connections, a Unix socket path
+  // (Hello's local_path). Then MapSharedArena may map the daemon's arena.
+  std::string local_path;
   RetryPolicy retry;
   int async_threads = 4;   // Threads for calls made without caller_waits.
   size_t max_idle_connections = 16;
@@ -71,6 +75,17 @@ class TcpTransport final : public BulkTransport {
 
   // An empty round trip on this thread: OK once the daemon answered.
   absl::Status Ping(absl::Time deadline);
+  // Local connections only, before any other call: maps the daemon's shared
+  // DRAM arena (MAP_ARENA) after checking that the daemon on the socket is
+  // the one whose Hello announced `token`. From then on PUTs are written
+  // straight into the arena (RESERVE, copy, COMMIT) and GETs copied (and
+  // verified) straight out of it. FAILED_PRECONDITION naming "local_path"
+  // (not local, or another daemon), or the daemon's refusal
+  // (FAILED_PRECONDITION naming "dram_shared", PERMISSION_DENIED naming
+  // "local_data_plane_path"); then the transport still works, sending
+  // blocks through the socket.
+  absl::Status MapSharedArena(uint64_t token, absl::Time deadline);
+  bool arena_mapped() const { return arena_base_ != nullptr; }
 
   void Put(const BlockKey& key, absl::Span<const uint8_t> block,
            bool caller_waits, const PutOptions& put, absl::Time deadline,
@@ -100,6 +115,15 @@ class TcpTransport final : public BulkTransport {
   absl::Status Run(Exchange& x);
   // One attempt on one connection.
   absl::Status Attempt(Exchange& x);
+  // One request and its reply on `fd`; *broken when the connection can no
+  // longer be used (the caller closes it).
+  absl::Status RoundTrip(int fd, Exchange& x, bool* broken);
+  // With the shared arena: RESERVE, the copy, COMMIT (a plain PUT when the
+  // arena has no room); a GET answered in place, copied, then RELEASE.
+  absl::Status PutInArena(int fd, Exchange& x, bool* broken);
+  absl::Status GetInArena(int fd, Exchange& x, bool* broken);
+  // The daemon, for messages: local_path or address.
+  const std::string& Peer() const;
   // An idle connection, or a new one (connected before `deadline`, on the
   // SteadyNow() clock, as every deadline below).
   absl::StatusOr<int> TakeConnection(absl::Time deadline);
@@ -117,6 +141,9 @@ class TcpTransport final : public BulkTransport {
   TcpTransportOptions options_;
   sockaddr_storage addr_{};
   socklen_t addr_len_ = 0;
+  // The daemon's shared arena, mapped here (MapSharedArena; fixed after).
+  uint8_t* arena_base_ = nullptr;
+  size_t arena_bytes_ = 0;
 
   absl::Mutex mu_;
   std::vector<int> idle_ ABSL_GUARDED_BY(mu_);

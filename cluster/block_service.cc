@@ -327,6 +327,13 @@ grpc::Status DataServiceImpl::Hello(grpc::ServerContext*,
   if (wants_tcp && !ctx_->tcp_address.empty()) {
     resp->set_tcp_address(ctx_->tcp_address);
   }
+  const bool wants_local =
+      std::find(req->transports().begin(), req->transports().end(),
+                "local") != req->transports().end();
+  if (wants_local && !ctx_->local_path.empty()) {
+    resp->set_local_path(ctx_->local_path);
+    resp->set_local_token(ctx_->instance_token);
+  }
   return rpc.Finish(absl::OkStatus());
 }
 

@@ -48,6 +48,12 @@ struct ServiceContext {
   bool ucx_peer_error_handling = false;
   // The socket data plane's "host:port"; empty when it is off. As above.
   std::string tcp_address;
+  // Its local connections' Unix socket path; empty when off. As above.
+  std::string local_path;
+  // A random number that names this daemon process: Hello announces it and
+  // MAP_ARENA answers it, so a client maps only the arena of the daemon it
+  // reached over gRPC (another could own the same path on its host).
+  uint64_t instance_token = 0;
 };
 
 // Shared by the gRPC handlers and the UCX data plane, so both answer the same

@@ -1,6 +1,7 @@
 #include "cluster/server_config.h"
 
 #include <cctype>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -116,6 +117,7 @@ absl::StatusOr<ServerConfig> ResolveConfig(StratadConfig c) {
   if (!c.has_tcp_data_plane_max_connections()) {
     c.set_tcp_data_plane_max_connections(256);
   }
+  if (!c.has_local_data_plane_path()) c.set_local_data_plane_path("");
   if (!c.has_grpc_threads()) {
     c.set_grpc_threads(std::max(4u, std::thread::hardware_concurrency()));
   }
@@ -171,6 +173,24 @@ absl::StatusOr<ServerConfig> ResolveConfig(StratadConfig c) {
   out.data_plane_peer_errors = c.data_plane_error_mode() == "peer";
   out.tcp_data_plane_listen = c.tcp_data_plane_listen();
   out.tcp_data_plane_max_connections = c.tcp_data_plane_max_connections();
+  if (!c.local_data_plane_path().empty()) {
+    if (c.tcp_data_plane_listen().empty()) {
+      return absl::InvalidArgumentError(
+          "local_data_plane_path: needs the socket data plane "
+          "(tcp_data_plane_listen is off)");
+    }
+    std::error_code error;
+    const std::filesystem::path path =
+        std::filesystem::absolute(c.local_data_plane_path(), error);
+    // sockaddr_un's sun_path holds 107 bytes and a terminator.
+    if (error || path.native().size() > 107) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "local_data_plane_path: \"", c.local_data_plane_path(),
+          "\" is not a usable socket path (at most 107 bytes absolute)"));
+    }
+    out.local_data_plane_path = path.native();
+    out.store.dram_shared = true;
+  }
   out.data_dir = c.data_dir();
   out.log_format = c.log_format();
   out.grpc_threads = c.grpc_threads();

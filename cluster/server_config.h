@@ -23,6 +23,9 @@ struct ServerConfig {
   bool data_plane_peer_errors = false;  // data_plane_error_mode == "peer".
   std::string tcp_data_plane_listen;  // Socket data plane; empty = off.
   uint32_t tcp_data_plane_max_connections = 0;
+  // Its local connections' Unix socket, absolute; empty = off. When set,
+  // store.dram_shared is true.
+  std::string local_data_plane_path;
   std::string data_dir;
   std::string log_format;      // "json" or "text".
   uint32_t grpc_threads = 0;

@@ -21,7 +21,7 @@
 //         cluster, found in etcd (stratactl_cluster.cc)
 //   bench [--op=put|get|mixed] [--size=1MiB] [--clients=4] [--ops=200]
 //         [--warmup=0] [--durable]  GB/s and p50/p99 latency
-// Every command: --data-plane=grpc|ucx|tcp|auto (default grpc; ClientOptions::
+// Every command: --data-plane=grpc|ucx|tcp|local|auto (default grpc; ClientOptions::
 //   data_plane) and --ucx-min-bytes=SIZE (ClientOptions::ucx_min_bytes).
 // Namespace flags: --model=ID --dtype=bf16 --layers=N --kv-heads=N
 //   --head-dim=N --chunk=256 --tenant-salt=S

@@ -9,7 +9,7 @@
 //
 // When serving, it prints one line on stdout:
 //   stratad ready grpc=HOST:PORT metrics=HOST:PORT ucx=HOST:PORT tcp=HOST:PORT
-//   pid=PID
+//   local=PATH pid=PID
 // (ports resolved, so port 0 in the config picks free ones; "off" for a
 // disabled endpoint), then logs to stderr, and points stdout there too (UCX
 // writes its own log lines to stdout). The UCX data plane
@@ -40,6 +40,7 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include "absl/strings/match.h"
+#include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "cluster/block_service.h"
 #include "cluster/log.h"
@@ -220,11 +221,13 @@ int Run(int argc, char** argv) {
   }
   std::unique_ptr<TcpDataPlane> tcp_plane;
   std::string tcp_addr = "off";
+  std::string local_path = "off";
   if (!resolved->tcp_data_plane_listen.empty()) {
     TcpDataPlaneOptions tcp_options;
     tcp_options.listen = resolved->tcp_data_plane_listen;
     tcp_options.max_connections =
         static_cast<int>(resolved->tcp_data_plane_max_connections);
+    tcp_options.local_path = resolved->local_data_plane_path;
     auto started = TcpDataPlane::Start(&ctx, tcp_options);
     if (!started.ok()) {
       LogError("tcp_data_plane_listen_failed",
@@ -235,6 +238,11 @@ int Run(int argc, char** argv) {
     tcp_plane = *std::move(started);
     tcp_addr = tcp_plane->address();
     ctx.tcp_address = tcp_addr;
+    if (!tcp_plane->local_path().empty()) {
+      local_path = tcp_plane->local_path();
+      ctx.local_path = local_path;
+      ctx.instance_token = absl::Uniform<uint64_t>(absl::BitGen());
+    }
   }
 #ifdef STRATA_WITH_CLUSTER
   // Set once the node starts (after the gRPC port is known); read by the
@@ -381,10 +389,11 @@ int Run(int argc, char** argv) {
 
   LogInfo("serving", {{"grpc", grpc_addr}, {"metrics", metrics_addr},
                       {"ucx", ucx_addr}, {"tcp", tcp_addr},
-                      {"version", STRATA_VERSION}});
-  std::printf("stratad ready grpc=%s metrics=%s ucx=%s tcp=%s pid=%d\n",
-              grpc_addr.c_str(), metrics_addr.c_str(), ucx_addr.c_str(),
-              tcp_addr.c_str(), static_cast<int>(getpid()));
+                      {"local", local_path}, {"version", STRATA_VERSION}});
+  std::printf(
+      "stratad ready grpc=%s metrics=%s ucx=%s tcp=%s local=%s pid=%d\n",
+      grpc_addr.c_str(), metrics_addr.c_str(), ucx_addr.c_str(),
+      tcp_addr.c_str(), local_path.c_str(), static_cast<int>(getpid()));
   std::fflush(stdout);
   // stdout carries only that line. Whoever started us may stop reading it
   // (a pipe), and UCX prints its own log lines to stdout: once a pipe's

@@ -43,17 +43,6 @@ absl::Status ListenError(const std::string& listen, const std::string& what) {
       absl::StrCat(kListenField, ": ", listen, ": ", what));
 }
 
-// The frame and header of a message without data.
-bool SendMessage(int fd, const std::vector<uint8_t>& header,
-                 absl::Span<const uint8_t> data) {
-  tcp::TcpFrame frame{tcp::kFrameMagic, static_cast<uint32_t>(header.size()),
-                      data.size()};
-  iovec iov[3] = {{&frame, sizeof(frame)},
-                  {const_cast<uint8_t*>(header.data()), header.size()},
-                  {const_cast<uint8_t*>(data.data()), data.size()}};
-  return sockio::SendAll(fd, iov, data.empty() ? 2 : 3) == Io::kOk;
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<TcpDataPlane>> TcpDataPlane::Start(
@@ -110,6 +99,9 @@ absl::StatusOr<std::unique_ptr<TcpDataPlane>> TcpDataPlane::Start(
   if (plane->wake_fd_ < 0) {
     return ListenError(options.listen, std::strerror(errno));
   }
+  if (!options.local_path.empty()) {
+    if (absl::Status s = plane->ListenLocal(); !s.ok()) return s;
+  }
   plane->acceptor_ = std::thread([p = plane.get()] { p->AcceptLoop(); });
   return plane;
 }
@@ -117,6 +109,8 @@ absl::StatusOr<std::unique_ptr<TcpDataPlane>> TcpDataPlane::Start(
 TcpDataPlane::~TcpDataPlane() {
   Stop();
   if (listen_fd_ >= 0) close(listen_fd_);
+  if (local_listen_fd_ >= 0) close(local_listen_fd_);
+  if (!local_path_.empty()) unlink(local_path_.c_str());
   if (wake_fd_ >= 0) close(wake_fd_);
 }
 
@@ -137,6 +131,8 @@ void TcpDataPlane::Stop() {
   // New connections are refused from here on, not left in the backlog.
   close(listen_fd_);
   listen_fd_ = -1;
+  if (local_listen_fd_ >= 0) close(local_listen_fd_);
+  local_listen_fd_ = -1;
   {
     absl::MutexLock lock(&mu_);
     auto all_gone = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
@@ -166,29 +162,46 @@ void TcpDataPlane::ReapFinished() {
 }
 
 void TcpDataPlane::AcceptLoop() {
-  pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+  pollfd fds[3] = {{wake_fd_, POLLIN, 0},
+                   {listen_fd_, POLLIN, 0},
+                   {local_listen_fd_, POLLIN, 0}};  // fd -1: ignored.
   for (;;) {
-    if (poll(fds, 2, -1) < 0) {
+    if (poll(fds, 3, -1) < 0) {
       if (errno == EINTR) continue;
       LogWarning("tcp_data_plane_poll_failed", {{"error", std::strerror(errno)}});
       return;
     }
-    if (fds[1].revents != 0) return;
-    const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd < 0) {
-      const int error = errno;
-      if (error == EMFILE || error == ENFILE || error == ENOBUFS ||
-          error == ENOMEM) {
-        // Out of descriptors or memory: the pending connection stays
-        // queued; wait for Stop or 100 ms instead of spinning on it.
-        LogWarning("tcp_data_plane_accept_failed",
-                   {{"error", std::strerror(error)}});
-        pollfd wake{wake_fd_, POLLIN, 0};
-        if (poll(&wake, 1, 100) > 0) return;
-      }
-      continue;  // Otherwise the client gave up first.
+    if (fds[0].revents != 0) return;
+    if (fds[1].revents != 0) AcceptOne(listen_fd_, /*local=*/false);
+    if (fds[2].revents != 0) AcceptOne(local_listen_fd_, /*local=*/true);
+  }
+}
+
+void TcpDataPlane::AcceptOne(int listen_fd, bool local) {
+  const int fd = accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+  if (fd < 0) {
+    const int error = errno;
+    if (error == EMFILE || error == ENFILE || error == ENOBUFS ||
+        error == ENOMEM) {
+      // Out of descriptors or memory: the pending connection stays queued;
+      // wait for Stop or 100 ms instead of spinning on it.
+      LogWarning("tcp_data_plane_accept_failed",
+                 {{"error", std::strerror(error)}});
+      pollfd wake{wake_fd_, POLLIN, 0};
+      poll(&wake, 1, 100);  // AcceptLoop sees the wake-up next.
     }
-    const int one = 1;
+    return;  // Otherwise the client gave up first.
+  }
+  Connection c;
+  c.fd = fd;
+  c.local = local;
+  const int one = 1;
+  if (local) {
+    ucred peer{};
+    socklen_t len = sizeof(peer);
+    c.same_user = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &len) == 0 &&
+                  peer.uid == geteuid();
+  } else {
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     // A peer that vanished without closing (host down, partition) is found
     // by TCP keepalive within about 90 s, freeing its thread and its slot.
@@ -197,25 +210,27 @@ void TcpDataPlane::AcceptLoop() {
     setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle_s, sizeof(idle_s));
     setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval_s, sizeof(interval_s));
     setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof(probes));
-    ReapFinished();
-    absl::MutexLock lock(&mu_);
-    if (stopping_ ||
-        conns_.size() >= static_cast<size_t>(options_.max_connections)) {
-      if (!stopping_) ctx_->metrics->RecordRefusedSocketConnection();
-      close(fd);
-      continue;
-    }
-    const uint64_t id = next_id_++;
-    try {
-      threads_.emplace(id, std::thread([this, id, fd] { Serve(id, fd); }));
-    } catch (const std::system_error& e) {
-      LogWarning("tcp_data_plane_thread_failed", {{"error", e.what()}});
-      close(fd);
-      continue;
-    }
-    conns_.insert(fd);
-    ctx_->metrics->AddSocketConnections(1);
   }
+  ReapFinished();
+  absl::MutexLock lock(&mu_);
+  if (stopping_ ||
+      conns_.size() >= static_cast<size_t>(options_.max_connections)) {
+    if (!stopping_) ctx_->metrics->RecordRefusedSocketConnection();
+    close(fd);
+    return;
+  }
+  const uint64_t id = next_id_++;
+  try {
+    threads_.emplace(id, std::thread([this, id, c = std::move(c)]() mutable {
+                       Serve(id, std::move(c));
+                     }));
+  } catch (const std::system_error& e) {
+    LogWarning("tcp_data_plane_thread_failed", {{"error", e.what()}});
+    close(fd);
+    return;
+  }
+  conns_.insert(fd);
+  ctx_->metrics->AddSocketConnections(1);
 }
 
 void TcpDataPlane::PollForRequest(int fd) {
@@ -233,19 +248,23 @@ void TcpDataPlane::PollForRequest(int fd) {
   polling_.store(0, std::memory_order_release);
 }
 
-void TcpDataPlane::Serve(uint64_t id, int fd) {
+void TcpDataPlane::Serve(uint64_t id, Connection c) {
+  const int fd = c.fd;
   sockio::SetIoTimeout(fd, options_.stall_timeout);
   std::vector<uint8_t> header;
   for (;;) {
     PollForRequest(fd);
-    // Between messages a connection may stay idle for as long as it likes.
+    // Between messages a connection may stay idle for as long as it likes,
+    // unless it holds a reservation (which keeps other writers of its key
+    // waiting): then for stall_timeout.
     tcp::TcpFrame frame{};
     size_t got = 0;
     Io r = sockio::RecvAll(fd, &frame, sizeof(frame), &got);
-    while (r == Io::kTimedOut && got == 0) {
+    while (r == Io::kTimedOut && got == 0 && !c.reservation.has_value()) {
       r = sockio::RecvAll(fd, &frame, sizeof(frame), &got);
     }
     if (r != Io::kOk) break;
+    c.lease.reset();  // An in-arena GET's lease lasts until this message.
     {
       absl::MutexLock lock(&mu_);
       if (stopping_) break;
@@ -261,7 +280,7 @@ void TcpDataPlane::Serve(uint64_t id, int fd) {
       if (sockio::RecvAll(fd, header.data(), header.size()) == Io::kOk) {
         DataRequest req;
         const absl::Status header_status = ParseDataRequest(header, &req);
-        keep = HandleRequest(fd, req, header_status, frame.data_length, start);
+        keep = HandleRequest(c, req, header_status, frame.data_length, start);
       }
     }
     // else: a stream that is not ours, or lost its framing: nothing in it
@@ -271,6 +290,8 @@ void TcpDataPlane::Serve(uint64_t id, int fd) {
     busy_count_.fetch_sub(1, std::memory_order_acq_rel);
     if (!keep || stopping_) break;
   }
+  c.reservation.reset();  // Aborts: nothing partial is stored.
+  c.lease.reset();
   absl::MutexLock lock(&mu_);
   conns_.erase(fd);
   busy_.erase(fd);
@@ -279,18 +300,31 @@ void TcpDataPlane::Serve(uint64_t id, int fd) {
   ctx_->metrics->AddSocketConnections(-1);
 }
 
-bool TcpDataPlane::HandleRequest(int fd, const DataRequest& req,
+bool TcpDataPlane::HandleRequest(Connection& c, const DataRequest& req,
                                  const absl::Status& header_status,
                                  uint64_t data_length, absl::Time start) {
+  const int fd = c.fd;
   const uint64_t bytes_in =
       req.op == static_cast<uint16_t>(ucx::Op::kPut) ? data_length : 0;
   absl::Status status = header_status;
   uint32_t flags = 0;
+  // A reservation lasts until its COMMIT, the next message.
+  if (req.op != static_cast<uint16_t>(ucx::Op::kCommit) || !status.ok()) {
+    c.reservation.reset();
+  }
   if (status.ok()) {
     switch (static_cast<ucx::Op>(req.op)) {
       case ucx::Op::kPing:
         break;
+      case ucx::Op::kMapArena:
+      case ucx::Op::kReserve:
+      case ucx::Op::kCommit:
+      case ucx::Op::kRelease:
+        return HandleLocalOp(c, req, data_length, start);
       case ucx::Op::kGet:
+        if (data_length == 0 && (req.flags & ucx::kRequestInArena) != 0) {
+          return HandleGetInArena(c, req, start);
+        }
         if (data_length == 0) return HandleGet(fd, req, start);
         status = absl::InvalidArgumentError(
             "block: a GET request carries no data");
@@ -421,15 +455,25 @@ bool TcpDataPlane::HandleGet(int fd, const DataRequest& req, absl::Time start) {
   const absl::Span<const uint8_t> block = lease->bytes();
   Record(req, absl::OkStatus(), start, 0, block.size());
   // Straight from the lease, which is held until the kernel has the bytes.
-  return SendMessage(fd,
+  return SendFramed(fd,
                      ReplyHeaderBytes(req.op, req.request_id, absl::OkStatus(),
                                       ReplyFlagsFor(*lease)),
                      block);
 }
 
+bool TcpDataPlane::SendFramed(int fd, const std::vector<uint8_t>& header,
+                              absl::Span<const uint8_t> data) {
+  tcp::TcpFrame frame{tcp::kFrameMagic, static_cast<uint32_t>(header.size()),
+                      data.size()};
+  iovec iov[3] = {{&frame, sizeof(frame)},
+                  {const_cast<uint8_t*>(header.data()), header.size()},
+                  {const_cast<uint8_t*>(data.data()), data.size()}};
+  return sockio::SendAll(fd, iov, data.empty() ? 2 : 3) == Io::kOk;
+}
+
 bool TcpDataPlane::SendReply(int fd, const DataRequest& req,
                              const absl::Status& status, uint32_t flags) {
-  return SendMessage(
+  return SendFramed(
       fd, ReplyHeaderBytes(req.op, req.request_id, status, flags), {});
 }
 

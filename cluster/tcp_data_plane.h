@@ -32,6 +32,17 @@
 //   that moves nothing for `stall_timeout` mid-message drops the
 //   connection; TCP keepalive drops one whose peer vanished.
 //
+// Local connections (options.local_path, a Unix socket; docs/protocol.md,
+// "Local connections") speak the same messages, plus in-place access to a
+// shared DRAM arena (TieredStoreOptions::dram_shared) for clients of the
+// daemon's own user (SO_PEERCRED): MAP_ARENA hands the client the arena's
+// memfd; a PUT is RESERVE (the daemon answers where), the client's copy into
+// the arena, then COMMIT (the daemon hashes what landed and commits); a GET
+// with kRequestInArena answers where the block lies and holds its lease
+// until the connection's next message. The client's one copy is the only
+// copy of either. A connection holds at most one reservation (dropped by any
+// message but its COMMIT) and one lease; both go when it closes.
+//
 // Threading: Start/Stop/address are for the owning thread. Connection
 // threads share only the ServiceContext (thread-safe) and the connection
 // set (mu_).
@@ -41,6 +52,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -60,6 +72,10 @@ namespace strata::cluster {
 struct TcpDataPlaneOptions {
   // TCP "host:port"; port 0 = any free port (clients learn it with Hello).
   std::string listen = "127.0.0.1:0";
+  // A Unix socket path for local connections, or empty: none. Created with
+  // mode 0600 (a stale socket file there is replaced; a live one is
+  // UNAVAILABLE naming "local_data_plane_path") and removed at destruction.
+  std::string local_path;
   int max_connections = 256;
   // A message that makes no progress for this long ends its connection.
   absl::Duration stall_timeout = absl::Seconds(30);
@@ -94,6 +110,8 @@ class TcpDataPlane {
 
   // The bound "host:port" (the port resolved when the config said 0).
   const std::string& address() const { return address_; }
+  // options.local_path when local connections are served, else empty.
+  const std::string& local_path() const { return local_path_; }
 
   // Stops accepting, lets requests being served finish for `stop_grace`
   // (idle connections close at once), then closes every connection and
@@ -104,8 +122,23 @@ class TcpDataPlane {
  private:
   TcpDataPlane(ServiceContext* ctx, const TcpDataPlaneOptions& options)
       : ctx_(ctx), options_(options) {}
+  // One connection's state, owned by its thread.
+  struct Connection {
+    int fd = -1;
+    bool local = false;        // Accepted on the Unix socket.
+    bool same_user = false;    // Local, and its peer runs as our user.
+    // RESERVE's reservation until its COMMIT (or any other message).
+    std::optional<kvstore::BlockReservation> reservation;
+    uint64_t reservation_bytes = 0;
+    // An in-arena GET's lease until the connection's next message.
+    std::optional<kvstore::BlockLease> lease;
+  };
+  // Binds options.local_path (Start).
+  absl::Status ListenLocal();
   void AcceptLoop();
-  void Serve(uint64_t id, int fd);
+  // Accepts one connection on `listen_fd` and starts its thread.
+  void AcceptOne(int listen_fd, bool local);
+  void Serve(uint64_t id, Connection c);
   // Before a connection's thread sleeps for its next request: polls for it
   // (serve_spin).
   void PollForRequest(int fd);
@@ -114,15 +147,30 @@ class TcpDataPlane {
   void ReapFinished();
   // One request whose frame and header were read; false when the connection
   // must close.
-  bool HandleRequest(int fd, const DataRequest& req,
+  bool HandleRequest(Connection& c, const DataRequest& req,
                      const absl::Status& header_status, uint64_t data_length,
                      absl::Time start);
+  // MAP_ARENA, RESERVE, COMMIT and RELEASE (tcp_data_plane_local.cc).
+  bool HandleLocalOp(Connection& c, const DataRequest& req,
+                     uint64_t data_length, absl::Time start);
+  bool HandleReserve(Connection& c, const DataRequest& req,
+                     uint64_t block_length, absl::Time start);
+  bool HandleCommit(Connection& c, const DataRequest& req, absl::Time start);
+  bool SendArena(Connection& c, const DataRequest& req);
+  // A GET with kRequestInArena on a local connection: where the block lies,
+  // or its bytes as usual when it is not in the shared arena.
+  bool HandleGetInArena(Connection& c, const DataRequest& req,
+                        absl::Time start);
   // Reads the block unless it refuses the put (then `*unread` stays the
   // block's length and the caller drops it); false when the connection
   // must close.
   bool HandlePut(int fd, const DataRequest& req, uint64_t* unread,
                  absl::Status* status, uint32_t* flags);
   bool HandleGet(int fd, const DataRequest& req, absl::Time start);
+  // Sends frame, header and data (which may be empty); false when the
+  // connection broke.
+  static bool SendFramed(int fd, const std::vector<uint8_t>& header,
+                         absl::Span<const uint8_t> data);
   // Sends a reply without data; false when the connection broke.
   bool SendReply(int fd, const DataRequest& req, const absl::Status& status,
                  uint32_t flags);
@@ -134,7 +182,9 @@ class TcpDataPlane {
   // Receive buffers of blocks the arena cannot hold now (thread-safe).
   ucx::BufferPool buffers_{size_t{256} << 20};
   std::string address_;
+  std::string local_path_;
   int listen_fd_ = -1;
+  int local_listen_fd_ = -1;
   int wake_fd_ = -1;  // eventfd: wakes the accept loop at Stop.
   std::thread acceptor_;
   bool stopped_ = false;  // Owning thread.

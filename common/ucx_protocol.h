@@ -35,6 +35,14 @@ enum class Op : uint16_t {
   kGet = 1,
   kPut = 2,
   kPing = 3,  // Empty round trip: proves the connection works.
+  // Local connections of the socket plane only (a Unix socket; docs/
+  // protocol.md, "Local connections"); other connections answer
+  // FAILED_PRECONDITION naming "op".
+  kMapArena = 4,  // The reply carries the shared DRAM arena's memfd.
+  kReserve = 5,   // PUT, step 1: data = u64 block length; reply data = u64
+                  // arena offset where the client writes the block.
+  kCommit = 6,    // PUT, step 2: the reserved block was written; commit it.
+  kRelease = 7,   // Drops the lease of an in-arena GET. No reply.
 };
 
 // RequestHeader::flags.
@@ -43,10 +51,15 @@ inline constexpr uint32_t kRequestDurable = 1u << 0;  // Unset: daemon default.
 // daemon may serve a DRAM copy without its own pass. On a mismatch the
 // client asks again without it.
 inline constexpr uint32_t kRequestClientVerifies = 1u << 1;
+// GET on a local connection: answer with where the block lies in the shared
+// arena (reply data = u64 offset, u64 length; kReplyInArena) and hold its
+// lease until the connection's next message, instead of sending its bytes.
+inline constexpr uint32_t kRequestInArena = 1u << 2;
 
 // ReplyHeader::flags.
 inline constexpr uint32_t kReplyAlreadyPresent = 1u << 0;  // PUT.
 inline constexpr uint32_t kReplyServedFromSsd = 1u << 1;   // GET hit.
+inline constexpr uint32_t kReplyInArena = 1u << 2;  // GET hit: see above.
 
 struct RequestHeader {
   uint16_t version;     // kProtocolVersion.

@@ -31,34 +31,6 @@ static_assert(std::endian::native == std::endian::little,
 constexpr size_t kChecksumOffset = 88;
 constexpr size_t kCopyChunkBytes = 64 * 1024;
 
-// Copies n bytes with non-temporal stores where it can (x86-64: 64-byte
-// runs of the 16-byte-aligned middle; memcpy for the ends, and on other
-// architectures). See CopyDestination::kStored.
-void CopyAroundTheCache(uint8_t* dst, const uint8_t* src, size_t n) {
-#if defined(__x86_64__)
-  const size_t head =
-      std::min(n, (16 - reinterpret_cast<uintptr_t>(dst) % 16) % 16);
-  std::memcpy(dst, src, head);
-  size_t i = head;
-  for (; i + 64 <= n; i += 64) {
-    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
-    const __m128i b =
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 16));
-    const __m128i c =
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 32));
-    const __m128i d =
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 48));
-    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), a);
-    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 16), b);
-    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 32), c);
-    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 48), d);
-  }
-  std::memcpy(dst + i, src + i, n - i);
-  _mm_sfence();  // Ordered before any later store (another thread's view).
-#else
-  std::memcpy(dst, src, n);
-#endif
-}
 
 template <typename T>
 T Load(const uint8_t* p) {
@@ -125,6 +97,34 @@ absl::Status ChecksumMismatch(uint64_t stored, uint64_t computed) {
 }
 
 }  // namespace
+
+// x86-64: non-temporal stores for 64-byte runs of the 16-byte-aligned
+// middle; memcpy for the ends, and on other architectures.
+void CopyAroundTheCache(uint8_t* dst, const uint8_t* src, size_t n) {
+#if defined(__x86_64__)
+  const size_t head =
+      std::min(n, (16 - reinterpret_cast<uintptr_t>(dst) % 16) % 16);
+  std::memcpy(dst, src, head);
+  size_t i = head;
+  for (; i + 64 <= n; i += 64) {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    const __m128i b =
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 16));
+    const __m128i c =
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 32));
+    const __m128i d =
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 48));
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), a);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 16), b);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 32), c);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 48), d);
+  }
+  std::memcpy(dst + i, src + i, n - i);
+  _mm_sfence();  // Ordered before any later store (another thread's view).
+#else
+  std::memcpy(dst, src, n);
+#endif
+}
 
 uint64_t BlockShape::ElementCount() const {
   return uint64_t{2} * num_layers * num_tokens * num_kv_heads * head_dim;

@@ -144,6 +144,11 @@ enum class CopyDestination {
   kStored,
 };
 
+// Copies n bytes into memory that is kept and not read soon, around the
+// cache (CopyDestination::kStored's copy, without the checksum pass): a
+// local client's PUT into the shared arena.
+void CopyAroundTheCache(uint8_t* dst, const uint8_t* src, size_t n);
+
 // Copies a stored block from `src` into `dst` (dst.size() >= src.size()) and
 // verifies the checksum over the bytes as they landed in `dst`, in one pass
 // (64 KiB at a time: copy, then hash what landed). Returns a view into `dst`.

@@ -18,9 +18,11 @@
 #ifndef STRATA_KVSTORE_DRAM_ARENA_H_
 #define STRATA_KVSTORE_DRAM_ARENA_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <thread>
 
 #include "absl/status/statusor.h"
 
@@ -32,14 +34,18 @@ class DramArena {
   // its footprint is rounded up to a multiple of kAlignment.
   static constexpr size_t kAlignment = 256;
 
-  // Reserves `capacity_bytes` (rounded down to kAlignment) of anonymous
-  // memory starting on a 2 MiB boundary, asks for transparent huge pages
-  // (STRATA_ARENA_HUGE_PAGES=0: not) and pre-faults it. INVALID_ARGUMENT
+  // Reserves `capacity_bytes` (rounded down to kAlignment) of memory
+  // starting on a 2 MiB boundary, asks for transparent huge pages
+  // (STRATA_ARENA_HUGE_PAGES=0: not) and pre-faults it. Anonymous memory, or
+  // with `shared` a memfd (shared_fd()) that other processes may map: the
+  // socket plane's local connections read and write blocks in place through
+  // it (docs/protocol.md, "Local connections"); its memory is allocated at
+  // Create and mapped in by a background thread. INVALID_ARGUMENT
   // naming "capacity_bytes" when it is smaller than kAlignment or larger than
   // 2^46; RESOURCE_EXHAUSTED naming "dram arena" when the OS refuses the
   // mapping or its pages.
   static absl::StatusOr<std::unique_ptr<DramArena>> Create(
-      size_t capacity_bytes);
+      size_t capacity_bytes, bool shared = false);
 
   ~DramArena();  // Unmaps the region; all allocations must be freed first.
   DramArena(const DramArena&) = delete;
@@ -56,6 +62,10 @@ class DramArena {
 
   uint8_t* base() const { return base_; }
   size_t capacity() const { return capacity_; }
+  // The memfd behind a shared arena (owned by the arena: dup it to keep it
+  // past the arena's life; mapping it from offset 0 gives base()'s bytes);
+  // -1 when the arena is private.
+  int shared_fd() const { return shared_fd_; }
   // Bytes currently allocated, counting rounding to kAlignment.
   size_t allocated_bytes() const;
   // How many Free calls have returned; only grows.
@@ -67,11 +77,16 @@ class DramArena {
 
  private:
   class Impl;
-  DramArena(uint8_t* base, size_t capacity, std::unique_ptr<Impl> impl);
+  DramArena(uint8_t* base, size_t capacity, int shared_fd,
+            std::unique_ptr<Impl> impl);
 
   uint8_t* const base_;
   const size_t capacity_;
+  const int shared_fd_;
   std::unique_ptr<Impl> impl_;
+  // Shared arenas: maps the pages in after Create (see MapPrefaulted).
+  std::atomic<bool> stop_populate_{false};
+  std::thread populate_;
 };
 
 }  // namespace strata::kvstore

@@ -37,8 +37,8 @@ struct DramTier::Allocation {
 };
 
 absl::StatusOr<std::unique_ptr<DramTier>> DramTier::Create(
-    uint64_t capacity_bytes) {
-  auto arena = DramArena::Create(capacity_bytes);
+    uint64_t capacity_bytes, bool shared) {
+  auto arena = DramArena::Create(capacity_bytes, shared);
   if (!arena.ok()) {
     return absl::Status(arena.status().code(),
                         absl::StrCat("dram_capacity_bytes: ",

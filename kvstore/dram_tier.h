@@ -22,9 +22,10 @@ namespace strata::kvstore {
 class DramTier final : public Tier {
  public:
   // INVALID_ARGUMENT naming "dram_capacity_bytes" for a bad capacity;
-  // RESOURCE_EXHAUSTED if the memory cannot be reserved.
+  // RESOURCE_EXHAUSTED if the memory cannot be reserved. `shared`: the
+  // arena is a memfd other processes may map (DramArena::Create).
   static absl::StatusOr<std::unique_ptr<DramTier>> Create(
-      uint64_t capacity_bytes);
+      uint64_t capacity_bytes, bool shared = false);
   ~DramTier() override;
 
   TierKind kind() const override { return TierKind::kDram; }

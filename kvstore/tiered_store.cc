@@ -169,7 +169,8 @@ absl::StatusOr<std::unique_ptr<TieredStore>> TieredStore::Open(
     store->tiers_.push_back(std::move(slot));
   };
   STRATA_ASSIGN_OR_RETURN(auto dram,
-                          DramTier::Create(options.dram_capacity_bytes));
+                          DramTier::Create(options.dram_capacity_bytes,
+                                           options.dram_shared));
   add_tier(std::move(dram), options.dram_policy);
   if (!options.ssd_path.empty()) {
     SsdTierOptions ssd;
@@ -849,6 +850,12 @@ absl::Status TieredStore::Unpin(const BlockKey& key) {
 absl::Status TieredStore::Flush() {
   for (auto& slot : tiers_) STRATA_RETURN_IF_ERROR(slot->tier->Flush());
   return absl::OkStatus();
+}
+
+TieredStore::SharedArena TieredStore::SharedDramArena() const {
+  DramArena& arena = static_cast<DramTier*>(tiers_[0]->tier.get())->arena();
+  if (arena.shared_fd() < 0) return {};
+  return {arena.shared_fd(), arena.base(), arena.capacity()};
 }
 
 StoreStats TieredStore::Stats() const {

@@ -64,6 +64,9 @@ namespace strata::kvstore {
 struct TieredStoreOptions {
   // DRAM tier: a preallocated arena of this many bytes.
   uint64_t dram_capacity_bytes = uint64_t{1} << 30;
+  // The arena is a memfd that local clients may map (SharedDramArena()),
+  // instead of anonymous memory.
+  bool dram_shared = false;
   EvictionPolicyKind dram_policy = EvictionPolicyKind::kLru;
 
   // SSD tier: RocksDB under this directory; empty disables the tier.
@@ -429,6 +432,17 @@ class TieredStore {
 
   StoreStats Stats() const;
   const TieredStoreOptions& options() const { return options_; }
+
+  // The DRAM tier's arena when it is shared (options.dram_shared): its memfd
+  // (owned by the store), where it is mapped here, and its size. Every DRAM
+  // reservation's data() and every DRAM lease's bytes() lie inside it.
+  // fd == -1 when the arena is private.
+  struct SharedArena {
+    int fd = -1;
+    const uint8_t* base = nullptr;
+    size_t bytes = 0;
+  };
+  SharedArena SharedDramArena() const;
 
  private:
   struct Entry;

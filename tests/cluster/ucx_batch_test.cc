@@ -29,7 +29,10 @@ using ::strata::testing::MetricsText;
 using ::strata::testing::StratadProcess;
 using ::strata::testing::UcxRoundTripShapes;
 using ::strata::testing::UcxTest;
+using ::strata::testing::IsLocalPlane;
 using ::strata::testing::IsSocketPlane;
+using ::strata::testing::LocalPlaneFlags;
+using ::strata::testing::kLocalPlane;
 using ::strata::testing::kSocketPlane;
 using ::strata::testing::UcxTransport;
 using ::strata::testing::UcxTransportName;
@@ -48,14 +51,20 @@ class UcxBatch : public UcxTransportTest {
     EXPECT_TRUE(c.ok()) << c.status();
     if (!c.ok()) return nullptr;
     EXPECT_THAT((*c)->DataPlane(),
-                StartsWith(IsSocketPlane(GetParam()) ? "tcp" : "ucx:"));
+                StartsWith(IsSocketPlane(GetParam())  ? "tcp"
+                           : IsLocalPlane(GetParam()) ? "local"
+                                                      : "ucx:"));
     return *std::move(c);
   }
 };
 
 TEST_P(UcxBatch, BatchPutAndBatchGetFrom1KiBTo64MiBAreByteExactOverUcx) {
   ScratchDir dir;
-  StratadProcess d(dir.Sub("data"), {"--dram_capacity=512MiB"}, Env());
+  std::vector<std::string> flags = {"--dram_capacity=512MiB"};
+  for (std::string& f : LocalPlaneFlags(GetParam(), dir.path(), "d")) {
+    flags.push_back(std::move(f));
+  }
+  StratadProcess d(dir.Sub("data"), flags, Env());
   ASSERT_TRUE(d.Start().ok());
   auto c = ConnectUcx(d);
   ASSERT_NE(c, nullptr);
@@ -123,7 +132,7 @@ TEST_P(UcxBatch, BatchPutAndBatchGetFrom1KiBTo64MiBAreByteExactOverUcx) {
 INSTANTIATE_TEST_SUITE_P(Transports, UcxBatch,
                          ::testing::Values(UcxTransport{"tcp", "tcp"},
                                            UcxTransport{"shm", "shm,tcp"},
-                                           kSocketPlane),
+                                           kSocketPlane, kLocalPlane),
                          UcxTransportName);
 
 // The C ABI (1.1) opens clients on a chosen data plane.

@@ -35,7 +35,11 @@ using ::strata::testing::UcxTransportTest;
 // A single-node daemon inside the test process.
 class InProcessDaemon {
  public:
-  explicit InProcessDaemon(const kvstore::TieredStoreOptions& options) {
+  // `local_path`: the socket plane also serves local connections there
+  // (and the arena is shared).
+  explicit InProcessDaemon(kvstore::TieredStoreOptions options,
+                           const std::string& local_path = "") {
+    options.dram_shared = !local_path.empty();
     auto store = kvstore::TieredStore::Open(options);
     EXPECT_TRUE(store.ok()) << store.status();
     if (!store.ok()) return;
@@ -50,11 +54,15 @@ class InProcessDaemon {
     if (!plane.ok()) return;
     plane_ = *std::move(plane);
     ctx_.ucx_address = plane_->address();
-    auto socket_plane = cluster::TcpDataPlane::Start(&ctx_, {});
+    cluster::TcpDataPlaneOptions socket_options;
+    socket_options.local_path = local_path;
+    auto socket_plane = cluster::TcpDataPlane::Start(&ctx_, socket_options);
     EXPECT_TRUE(socket_plane.ok()) << socket_plane.status();
     if (!socket_plane.ok()) return;
     socket_plane_ = *std::move(socket_plane);
     ctx_.tcp_address = socket_plane_->address();
+    ctx_.local_path = socket_plane_->local_path();
+    ctx_.instance_token = 0x5EED;
     data_ = std::make_unique<cluster::DataServiceImpl>(&ctx_);
     admin_ = std::make_unique<cluster::AdminServiceImpl>(&ctx_);
     grpc::ServerBuilder builder;
@@ -101,7 +109,15 @@ class InProcessDaemon {
   int port_ = 0;
 };
 
-class ClientVerify : public UcxTransportTest {};
+class ClientVerify : public UcxTransportTest {
+ protected:
+  // The daemon's local socket in `dir` for the local plane, else none.
+  std::string LocalPath(const ScratchDir& dir) const {
+    return ::strata::testing::IsLocalPlane(GetParam())
+               ? dir.path() + "/stratad.sock"
+               : "";
+  }
+};
 
 // The first read skips the daemon's pass; the client's check fails, it asks
 // again with the daemon verifying, which drops the DRAM copy and serves the
@@ -112,7 +128,7 @@ TEST_P(ClientVerify, ADamagedDramCopyIsCaughtByTheClientAndReplacedFromSsd) {
   o.dram_capacity_bytes = 64 << 20;
   o.ssd_path = dir.Sub("ssd");
   o.write_through = true;
-  InProcessDaemon d(o);
+  InProcessDaemon d(o, LocalPath(dir));
   auto c = d.Connect(GetParam().plane);
   ASSERT_NE(c, nullptr);
   const auto small = MakeBlock(ShapeForBytes(64 << 10), 1);
@@ -148,9 +164,10 @@ TEST_P(ClientVerify, ADamagedDramCopyIsCaughtByTheClientAndReplacedFromSsd) {
 }
 
 TEST_P(ClientVerify, ADamagedOnlyCopyIsDataLossOnSyncAndAsyncGets) {
+  ScratchDir dir;
   kvstore::TieredStoreOptions o;
   o.dram_capacity_bytes = 64 << 20;
-  InProcessDaemon d(o);
+  InProcessDaemon d(o, LocalPath(dir));
   auto c = d.Connect(GetParam().plane);
   ASSERT_NE(c, nullptr);
   const auto block = MakeBlock(ShapeForBytes(256 << 10), 3);
@@ -171,7 +188,7 @@ TEST_P(ClientVerify, ADamagedOnlyCopyIsDataLossOnSyncAndAsyncGets) {
   EXPECT_EQ(async.status().code(), absl::StatusCode::kDataLoss)
       << async.status();
   EXPECT_EQ(d.StoreGets() - gets,
-            ::strata::testing::IsSocketPlane(GetParam()) ? 2u : 1u);
+            ::strata::testing::ClientVerifiesEveryGet(GetParam()) ? 2u : 1u);
   EXPECT_EQ(d.DramChecksumFailures(), 2u);
   EXPECT_EQ(c->Get(KeyFor(3)).status().code(), absl::StatusCode::kNotFound);
 }
@@ -179,7 +196,8 @@ TEST_P(ClientVerify, ADamagedOnlyCopyIsDataLossOnSyncAndAsyncGets) {
 INSTANTIATE_TEST_SUITE_P(Transports, ClientVerify,
                          ::testing::Values(UcxTransport{"tcp", "tcp"},
                                            UcxTransport{"shm", "shm,tcp"},
-                                           ::strata::testing::kSocketPlane),
+                                           ::strata::testing::kSocketPlane,
+                                           ::strata::testing::kLocalPlane),
                          UcxTransportName);
 
 }  // namespace

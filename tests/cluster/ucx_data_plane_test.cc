@@ -33,7 +33,10 @@ using ::strata::testing::MetricsText;
 using ::strata::testing::StratadProcess;
 using ::strata::testing::UcxRoundTripShapes;
 using ::strata::testing::UcxTest;
+using ::strata::testing::IsLocalPlane;
 using ::strata::testing::IsSocketPlane;
+using ::strata::testing::LocalPlaneFlags;
+using ::strata::testing::kLocalPlane;
 using ::strata::testing::kSocketPlane;
 using ::strata::testing::UcxTransport;
 using ::strata::testing::UcxTransportName;
@@ -46,8 +49,18 @@ std::string Msg(const absl::Status& s) { return std::string(s.message()); }
 class StratadUcx : public UcxTransportTest {
  protected:
   // The daemon's flags for this transport, then `flags`.
-  std::vector<std::string> Flags(std::vector<std::string> flags = {}) const {
+  std::vector<std::string> Flags(std::vector<std::string> flags = {}) {
+    if (IsLocalPlane(GetParam())) {
+      // Each client maps the whole shared arena in at Connect: a smaller
+      // one keeps the suite's 150 clients quick (a test's own capacity,
+      // later in the list, wins).
+      flags.insert(flags.begin(), "--dram_capacity=128MiB");
+    }
     if (GetParam().peer) flags.push_back("--data_plane_error_mode=peer");
+    for (std::string& f : LocalPlaneFlags(GetParam(), dir_.path(),
+                                          absl::StrCat("d", ++daemons_))) {
+      flags.push_back(std::move(f));
+    }
     return flags;
   }
 
@@ -66,6 +79,8 @@ class StratadUcx : public UcxTransportTest {
     const std::string plane = (*c)->DataPlane();
     if (IsSocketPlane(GetParam())) {
       EXPECT_EQ(plane, "tcp");
+    } else if (IsLocalPlane(GetParam())) {
+      EXPECT_EQ(plane, "local");
     } else if (std::string(GetParam().tls) == "tcp") {
       EXPECT_EQ(plane, "ucx:tcp");
     } else {
@@ -87,6 +102,7 @@ class StratadUcx : public UcxTransportTest {
   }
 
   ScratchDir dir_;
+  int daemons_ = 0;  // Names their local sockets.
   std::unique_ptr<StratadProcess> daemon_;
 };
 
@@ -266,7 +282,8 @@ TEST_P(StratadUcx, ALateReplyToAnExpiredGetIsTakenWithoutAnotherCall) {
 // buffer. After the daemon resumes, what it stores is each caller's
 // original block, never the reused buffer's bytes: in mode none the client
 // finishes those sends from copies (all are stored); in peer mode and on
-// the socket plane the deadline closed the connection, cancelling them
+// the socket plane (local connections too: there a put ends at RESERVE)
+// the deadline closed the connection, cancelling them
 // (none need be; a block that had wholly reached the daemon's socket before
 // the close may still be stored, and then it is the original).
 TEST_P(StratadUcx, PutsEndedByTheirDeadlineMidSendStoreTheBlockNotTheReusedBuffer) {
@@ -301,7 +318,8 @@ TEST_P(StratadUcx, PutsEndedByTheirDeadlineMidSendStoreTheBlockNotTheReusedBuffe
     EXPECT_TRUE(got->block == blocks[i]) << "put " << i;
     ++stored;
   }
-  if (!GetParam().peer && !IsSocketPlane(GetParam())) {
+  if (!GetParam().peer && !IsSocketPlane(GetParam()) &&
+      !IsLocalPlane(GetParam())) {
     EXPECT_EQ(stored, kPuts) << "the queued sends were delivered";
   }
   auto stats = c->Stats();
@@ -454,7 +472,7 @@ INSTANTIATE_TEST_SUITE_P(Transports, StratadUcx,
                          ::testing::Values(UcxTransport{"tcp", "tcp"},
                                            UcxTransport{"shm", "shm,tcp"},
                                            UcxTransport{"tcp_peer", "tcp", true},
-                                           kSocketPlane),
+                                           kSocketPlane, kLocalPlane),
                          UcxTransportName);
 
 class StratadDataPlane : public UcxTest {

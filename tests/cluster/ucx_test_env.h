@@ -37,11 +37,30 @@ struct UcxTransport {
 
 // The socket data plane, as a parameter of the same suites.
 inline constexpr UcxTransport kSocketPlane{"socket", "tcp", false, "tcp"};
+// Its local connections with the shared arena (the daemon needs
+// --local_data_plane_path: LocalPlaneFlags).
+inline constexpr UcxTransport kLocalPlane{"local", "tcp", false, "local"};
 
 // Client::DataPlane() of a client connected with `t`: "tcp" for the socket
-// plane; for UCX "ucx:" and the UCX transports (checked by the caller).
+// plane, "local" for its local connections; for UCX "ucx:" and the UCX
+// transports (checked by the caller).
 inline bool IsSocketPlane(const UcxTransport& t) {
   return std::string(t.plane) == "tcp";
+}
+inline bool IsLocalPlane(const UcxTransport& t) {
+  return std::string(t.plane) == "local";
+}
+// Planes whose client verifies every GET where it lands, sync or async.
+inline bool ClientVerifiesEveryGet(const UcxTransport& t) {
+  return IsSocketPlane(t) || IsLocalPlane(t);
+}
+// The daemon flags `t` needs: for the local plane a Unix socket in `dir`
+// (an existing directory), named by `name`.
+inline std::vector<std::string> LocalPlaneFlags(const UcxTransport& t,
+                                                const std::string& dir,
+                                                const std::string& name) {
+  if (!IsLocalPlane(t)) return {};
+  return {"--local_data_plane_path=" + dir + "/" + name + ".sock"};
 }
 
 inline void PrintTo(const UcxTransport& t, std::ostream* os) { *os << t.name; }

@@ -1,0 +1,298 @@
+// TcpDataPlane's local connections: the Unix socket, and in-place access to
+// the shared DRAM arena (MAP_ARENA, RESERVE/COMMIT, in-arena GETs). The
+// contract is in tcp_data_plane.h; the wire in docs/protocol.md, "Local
+// connections".
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <initializer_list>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "cluster/tcp_data_plane.h"
+#include "common/socket_io.h"
+#include "common/steady_time.h"
+#include "common/tcp_protocol.h"
+
+namespace strata::cluster {
+namespace {
+
+using sockio::Io;
+
+constexpr char kLocalPathField[] = "local_data_plane_path";
+
+absl::Status LocalPathError(const std::string& path, const std::string& what) {
+  return absl::UnavailableError(
+      absl::StrCat(kLocalPathField, ": ", path, ": ", what));
+}
+
+std::vector<uint8_t> U64s(std::initializer_list<uint64_t> values) {
+  std::vector<uint8_t> bytes(values.size() * sizeof(uint64_t));
+  size_t at = 0;
+  for (uint64_t v : values) {
+    std::memcpy(bytes.data() + at, &v, sizeof(v));
+    at += sizeof(v);
+  }
+  return bytes;
+}
+
+const char* OpName(ucx::Op op) {
+  switch (op) {
+    case ucx::Op::kMapArena:
+      return "MAP_ARENA";
+    case ucx::Op::kReserve:
+      return "RESERVE";
+    case ucx::Op::kCommit:
+      return "COMMIT";
+    default:
+      return "RELEASE";
+  }
+}
+
+}  // namespace
+
+absl::Status TcpDataPlane::ListenLocal() {
+  const std::string& path = options_.local_path;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(addr.sun_path)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kLocalPathField, ": \"", path, "\" is longer than ",
+                     sizeof(addr.sun_path) - 1, " bytes"));
+  }
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  const auto* sa = reinterpret_cast<const sockaddr*>(&addr);
+  struct stat st{};
+  if (lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) {
+      return LocalPathError(path, "exists and is not a socket");
+    }
+    // A live daemon answers; the file of one that died refuses.
+    const int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const bool live = probe >= 0 && connect(probe, sa, sizeof(addr)) == 0;
+    if (probe >= 0) close(probe);
+    if (live) return LocalPathError(path, "another process serves this socket");
+    unlink(path.c_str());
+  }
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0 || bind(fd, sa, sizeof(addr)) != 0) {
+    const int error = errno;
+    if (fd >= 0) close(fd);
+    return LocalPathError(path, std::strerror(error));
+  }
+  // The arena goes only to clients of our user (SO_PEERCRED); the mode
+  // keeps other users off the socket altogether.
+  if (chmod(path.c_str(), 0600) != 0 || listen(fd, 128) != 0) {
+    const int error = errno;
+    close(fd);
+    unlink(path.c_str());
+    return LocalPathError(path, std::strerror(error));
+  }
+  local_listen_fd_ = fd;
+  local_path_ = path;
+  return absl::OkStatus();
+}
+
+bool TcpDataPlane::HandleLocalOp(Connection& c, const DataRequest& req,
+                                 uint64_t data_length, absl::Time start) {
+  const auto op = static_cast<ucx::Op>(req.op);
+  const uint64_t expected = op == ucx::Op::kReserve ? sizeof(uint64_t) : 0;
+  if (data_length != expected) {
+    // Not worth reading: answer, then close (as for any broken framing).
+    if (op != ucx::Op::kRelease) {
+      SendReply(c.fd, req,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "block: ", OpName(op), " carries ", expected,
+                    " data bytes, not ", data_length)),
+                0);
+    }
+    shutdown(c.fd, SHUT_WR);
+    return false;
+  }
+  uint64_t block_length = 0;
+  if (expected != 0 &&
+      sockio::RecvAll(c.fd, &block_length, sizeof(block_length)) != Io::kOk) {
+    return false;
+  }
+  if (op == ucx::Op::kRelease) return true;  // The lease went; no reply.
+  if (!c.local) {
+    return SendReply(
+        c.fd, req,
+        absl::FailedPreconditionError(absl::StrCat(
+            "op: ", OpName(op),
+            " is served on local connections only (local_data_plane_path)")),
+        0);
+  }
+  switch (op) {
+    case ucx::Op::kMapArena:
+      return SendArena(c, req);
+    case ucx::Op::kReserve:
+      return HandleReserve(c, req, block_length, start);
+    default:
+      return HandleCommit(c, req, start);
+  }
+}
+
+bool TcpDataPlane::SendArena(Connection& c, const DataRequest& req) {
+  const kvstore::TieredStore::SharedArena arena =
+      ctx_->store->SharedDramArena();
+  if (arena.fd < 0) {
+    return SendReply(c.fd, req,
+                     absl::FailedPreconditionError(
+                         "dram_shared: this daemon's DRAM arena is private"),
+                     0);
+  }
+  if (!c.same_user) {
+    return SendReply(c.fd, req,
+                     absl::PermissionDeniedError(absl::StrCat(
+                         kLocalPathField,
+                         ": the shared arena goes only to clients running as "
+                         "the daemon's user")),
+                     0);
+  }
+  // The memfd rides on the reply's first byte (SCM_RIGHTS); the data is the
+  // daemon's instance token.
+  const std::vector<uint8_t> header =
+      ReplyHeaderBytes(req.op, req.request_id, absl::OkStatus(), 0);
+  const uint64_t token = ctx_->instance_token;
+  tcp::TcpFrame frame{tcp::kFrameMagic, static_cast<uint32_t>(header.size()),
+                      sizeof(token)};
+  iovec iov[3] = {{&frame, sizeof(frame)},
+                  {const_cast<uint8_t*>(header.data()), header.size()},
+                  {const_cast<uint64_t*>(&token), sizeof(token)}};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = iov;
+  msg.msg_iovlen = 3;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+  cm->cmsg_level = SOL_SOCKET;
+  cm->cmsg_type = SCM_RIGHTS;
+  cm->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(cm), &arena.fd, sizeof(int));
+  ssize_t n;
+  do {
+    n = sendmsg(c.fd, &msg, MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return false;
+  // The rest (rarely any), without the descriptor.
+  size_t left = static_cast<size_t>(n);
+  int count = 3;
+  iovec* rest = iov;
+  while (count > 0 && left >= rest->iov_len) {
+    left -= rest->iov_len;
+    ++rest;
+    --count;
+  }
+  if (count == 0) return true;
+  rest->iov_base = static_cast<uint8_t*>(rest->iov_base) + left;
+  rest->iov_len -= left;
+  return sockio::SendAll(c.fd, rest, count) == Io::kOk;
+}
+
+bool TcpDataPlane::HandleReserve(Connection& c, const DataRequest& req,
+                                 uint64_t block_length, absl::Time start) {
+  const kvstore::TieredStore::SharedArena arena =
+      ctx_->store->SharedDramArena();
+  auto answer = [&](const absl::Status& status, uint32_t flags) {
+    ctx_->metrics->RecordRpc(Rpc::kPut, status.code(), SteadyNow() - start, 0,
+                             0);
+    return SendReply(c.fd, req, status, flags);
+  };
+  if (arena.fd < 0 || !c.same_user) {
+    return answer(absl::FailedPreconditionError(
+                      "op: RESERVE needs the shared arena (MAP_ARENA)"),
+                  0);
+  }
+  bool stopping = false;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping = stopping_;
+  }
+  if (stopping) {
+    return answer(
+        absl::UnavailableError("data_plane: the daemon is shutting down"), 0);
+  }
+  if (absl::Status s = CheckPutAdmissible(ctx_, block_length); !s.ok()) {
+    return answer(s, 0);
+  }
+  kvstore::PutOptions put_options = PutOptionsFor(req);
+  put_options.in_flight_write_wait = kInFlightWriteWait;
+  absl::StatusOr<kvstore::BlockReservation> reservation =
+      ctx_->store->Reserve(req.key, block_length, put_options);
+  if (absl::IsAlreadyExists(reservation.status())) {
+    return answer(absl::OkStatus(), ucx::kReplyAlreadyPresent);
+  }
+  // RESOURCE_EXHAUSTED (the arena cannot hold it now): the client sends the
+  // block with a plain PUT, which may place it in a lower tier.
+  if (!reservation.ok()) return answer(reservation.status(), 0);
+  const uint64_t offset = static_cast<uint64_t>(
+      reservation->data().data() - arena.base);
+  c.reservation = *std::move(reservation);
+  c.reservation_bytes = block_length;
+  // Counted with its COMMIT.
+  return SendFramed(
+      c.fd, ReplyHeaderBytes(req.op, req.request_id, absl::OkStatus(), 0),
+      U64s({offset}));
+}
+
+bool TcpDataPlane::HandleCommit(Connection& c, const DataRequest& req,
+                                absl::Time start) {
+  absl::Status status;
+  uint64_t bytes_in = 0;
+  if (!c.reservation.has_value() || c.reservation->key() != req.key) {
+    status = absl::FailedPreconditionError(
+        "op: COMMIT must follow a RESERVE of its key on the same connection");
+    c.reservation.reset();
+  } else {
+    bytes_in = c.reservation_bytes;
+    // Commit hashes what landed: a block written wrong is refused (and
+    // nothing of it stored).
+    status = CheckAcceptingBlocks(ctx_);
+    if (status.ok()) {
+      status = ctx_->store->Commit(*std::move(c.reservation));
+    }
+    c.reservation.reset();
+  }
+  ctx_->metrics->RecordRpc(Rpc::kPut, status.code(), SteadyNow() - start,
+                           bytes_in, 0);
+  return SendReply(c.fd, req, status, 0);
+}
+
+bool TcpDataPlane::HandleGetInArena(Connection& c, const DataRequest& req,
+                                    absl::Time start) {
+  const kvstore::TieredStore::SharedArena arena =
+      ctx_->store->SharedDramArena();
+  if (!c.local || !c.same_user || arena.fd < 0) {
+    return HandleGet(c.fd, req, start);
+  }
+  absl::StatusOr<kvstore::BlockLease> lease =
+      ctx_->store->Get(req.key, GetOptionsFor(req.flags));
+  if (!lease.ok()) {
+    Record(req, lease.status(), start, 0, 0);
+    return SendReply(c.fd, req, lease.status(), 0);
+  }
+  const absl::Span<const uint8_t> block = lease->bytes();
+  Record(req, absl::OkStatus(), start, 0, block.size());
+  const uint32_t flags = ReplyFlagsFor(*lease);
+  if (block.data() < arena.base ||
+      block.data() + block.size() > arena.base + arena.bytes) {
+    // Not in the arena (served from the SSD tier): the bytes, as usual.
+    return SendFramed(
+        c.fd, ReplyHeaderBytes(req.op, req.request_id, absl::OkStatus(), flags),
+        block);
+  }
+  const uint64_t offset = static_cast<uint64_t>(block.data() - arena.base);
+  c.lease = *std::move(lease);  // Until the connection's next message.
+  return SendFramed(c.fd,
+                    ReplyHeaderBytes(req.op, req.request_id, absl::OkStatus(),
+                                     flags | ucx::kReplyInArena),
+                    U64s({offset, block.size()}));
+}
+
+}  // namespace strata::cluster
