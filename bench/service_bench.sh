@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Service benchmark: stratad (over each transport: gRPC, the socket data
-# plane "tcp", UCX over TCP, UCX over shared memory) vs redis-server, put and
+# plane "tcp", its local connections with the shared arena "local", UCX over
+# TCP, UCX over shared memory) vs redis-server, put and
 # get of 256 KiB, 1 MiB, 8 MiB and 32 MiB values with 1 and 4 concurrent
 # clients, next to the raw ceilings measured in the same run (a plain TCP
 # stream over loopback, single-thread memcpy, and the closed-loop ceiling:
@@ -27,7 +28,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR="${BUILD_DIR:-build-bench}"
-TRANSPORTS="${TRANSPORTS:-grpc tcp ucx-tcp ucx-shm}"
+TRANSPORTS="${TRANSPORTS:-grpc tcp local ucx-tcp ucx-shm}"
 SIZES="${SIZES:-262144 1048576 8388608 33554432}"
 CLIENTS="${CLIENTS:-1 4}"
 BYTES_PER_RUN="${BYTES_PER_RUN:-$((768 << 20))}"
@@ -80,10 +81,14 @@ until redis-cli -p "$rport" ping > /dev/null 2>&1; do :; done  # startup poll
 declare -A addr_of env_of plane_of
 for transport in $TRANSPORTS; do
   env_vars=()
+  flags=()
   plane=grpc
   case "$transport" in
     # The socket data plane (cluster/tcp_data_plane.h): plain TCP, no UCX.
     tcp) plane=tcp ;;
+    # Its local connections: the client copies blocks straight into and out
+    # of the daemon's shared arena (docs/protocol.md, "Local connections").
+    local) plane=local; flags=(--local_data_plane_path="$work/local.sock") ;;
     ucx-tcp) env_vars=(UCX_NET_DEVICES=lo UCX_TLS=tcp); plane=ucx ;;
     # UCX 1.13 needs tcp listed to connect by sockaddr; the bytes then move
     # over posix (messages) and cma (blocks) only (docs/protocol.md).
@@ -96,12 +101,21 @@ for transport in $TRANSPORTS; do
   env "${env_vars[@]}" "$BUILD_DIR/cluster/stratad" --listen=127.0.0.1:0 \
     --metrics_listen= --data_plane_listen=127.0.0.1:0 --ssd_capacity=0 \
     --dram_capacity=2GiB --data_dir="$work/data.$transport" --log_format=text \
-    > "$work/ready.$transport" 2> "$work/stratad.$transport.log" &
+    "${flags[@]}" > "$work/ready.$transport" 2> "$work/stratad.$transport.log" &
   pids+=($!)
   exec 3< "$work/ready.$transport"
   read -r line <&3
   exec 3<&-
   addr_of[$transport]=$(sed -E 's/.*grpc=([^ ]+).*/\1/' <<< "$line")
+  if [ "$transport" = local ]; then
+    # A shared arena is mapped in by a thread after start-up (4 KiB pages:
+    # seconds for 2 GiB): wait until the daemon has all of it mapped, so it
+    # does not compete with the rows.
+    pid=$(sed -E 's/.*pid=([0-9]+).*/\1/' <<< "$line")
+    until [ "$(awk '/RssShmem/ {print $2}' "/proc/$pid/status")" -ge $((2 << 20)) ]; do
+      sleep 0.2
+    done
+  fi
   env_of[$transport]="${env_vars[*]:-}"
   plane_of[$transport]=$plane
 done
@@ -155,7 +169,7 @@ done
   done
   echo
   echo
-  echo "vs ceiling: TCP rows against the stream ceiling (1 or 4 streams), ucx-shm against memcpy. vs closed loop: TCP rows against the closed-loop ceiling of their size and clients."
+  echo "vs ceiling: TCP rows against the stream ceiling (1 or 4 streams), local and ucx-shm against memcpy. vs closed loop: TCP rows against the closed-loop ceiling of their size and clients."
   echo
   echo "| value | clients | op | system | GB/s | p50 µs | p99 µs | vs Redis | vs ceiling | vs closed loop |"
   echo "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|"
@@ -168,8 +182,9 @@ done
         echo "| $((size >> 10)) KiB | $c | $op | redis | $rg | $rp50 | $rp99 | 1.00 | $(python3 -c "print(f'{$rg/$ceiling_tcp:.2f}')") | $(python3 -c "print(f'{$rg/$loop:.2f}')") |"
         for transport in $TRANSPORTS; do
           read -r g p50 p99 <<< "${result["$transport $op $size $c"]:-0 - -}"
-          ceiling=$([ "$transport" = ucx-shm ] && echo "$memcpy" || echo "$ceiling_tcp")
-          vs_loop=$([ "$transport" = ucx-shm ] && echo "-" || python3 -c "print(f'{$g/$loop:.2f}')")
+          shm=$([ "$transport" = ucx-shm ] || [ "$transport" = local ] && echo 1 || echo 0)
+          ceiling=$([ "$shm" = 1 ] && echo "$memcpy" || echo "$ceiling_tcp")
+          vs_loop=$([ "$shm" = 1 ] && echo "-" || python3 -c "print(f'{$g/$loop:.2f}')")
           echo "| $((size >> 10)) KiB | $c | $op | stratad $transport | $g | $p50 | $p99 | $(python3 -c "print(f'{$g/$rg:.2f}')") | $(python3 -c "print(f'{$g/$ceiling:.2f}')") | $vs_loop |"
         done
       done
