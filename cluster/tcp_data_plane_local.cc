@@ -251,8 +251,11 @@ bool TcpDataPlane::HandleCommit(Connection& c, const DataRequest& req,
     c.reservation.reset();
   } else {
     bytes_in = c.reservation_bytes;
-    // Commit hashes what landed: a block written wrong is refused (and
-    // nothing of it stored).
+    // Commit hashes what landed, unless the client checked the checksum as
+    // it wrote: a block written wrong is refused (and nothing of it stored).
+    if (req.flags & ucx::kRequestVerifiedInPlace) {
+      c.reservation->AcceptWritersChecksum();
+    }
     status = CheckAcceptingBlocks(ctx_);
     if (status.ok()) {
       status = ctx_->store->Commit(*std::move(c.reservation));

@@ -55,6 +55,9 @@ inline constexpr uint32_t kRequestClientVerifies = 1u << 1;
 // arena (reply data = u64 offset, u64 length; kReplyInArena) and hold its
 // lease until the connection's next message, instead of sending its bytes.
 inline constexpr uint32_t kRequestInArena = 1u << 2;
+// COMMIT: the client checked the block's checksum while it copied it into
+// the arena, so the daemon checks only its header and length.
+inline constexpr uint32_t kRequestVerifiedInPlace = 1u << 3;
 
 // ReplyHeader::flags.
 inline constexpr uint32_t kReplyAlreadyPresent = 1u << 0;  // PUT.

@@ -329,7 +329,12 @@ absl::StatusOr<BlockView> CopyVerifiedBlock(absl::Span<const uint8_t> src,
        off += kCopyChunkBytes) {
     size_t n = std::min(kCopyChunkBytes, src.size() - off);
     // The hash reads what landed in dst, not src: what is checked is what
-    // the caller gets, even if src changes underneath.
+    // the caller gets, even if src changes underneath (but kStoredHashSource).
+    if (use == CopyDestination::kStoredHashSource) {
+      XXH3_64bits_update(&state, src.data() + off, n);
+      CopyAroundTheCache(dst.data() + off, src.data() + off, n);
+      continue;
+    }
     if (use == CopyDestination::kStored) {
       CopyAroundTheCache(dst.data() + off, src.data() + off, n);
     } else {

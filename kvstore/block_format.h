@@ -142,6 +142,13 @@ enum class CopyDestination {
   // kvstore benchmark's BM_CopyVerifiedBlock: 2 MiB 149-171 -> 213-246 us),
   // hence the choice.
   kStored,
+  // As kStored, but each piece is hashed from `src` just before it is
+  // copied (while it is in the cache), not read back from `dst`: a local
+  // client's PUT into the shared arena, where reading the streamed bytes
+  // back would cost a pass over memory. A caller that changes `src` during
+  // the copy can leave `dst` not matching the checksum, which every read of
+  // the stored block catches (DATA_LOSS); nothing else differs.
+  kStoredHashSource,
 };
 
 // Copies n bytes into memory that is kept and not read soon, around the

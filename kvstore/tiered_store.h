@@ -242,6 +242,12 @@ class BlockReservation {
   // (Finish's) nothing is remembered and Commit checks and refuses as
   // usual. Do not write data() after it succeeds.
   absl::Status FinishLandedCheck(StreamingBlockVerifier& verifier);
+  // For bytes written into data() by a writer that checked the block's
+  // checksum as it wrote them (a local client's CopyVerifiedBlock into the
+  // shared arena): Commit skips its checksum pass and checks only the
+  // header and length. A writer that lied stores a block that every read
+  // refuses (DATA_LOSS); nothing wrong is ever returned.
+  void AcceptWritersChecksum() { checksum_verified_ = true; }
   // Neither committed nor aborted.
   bool active() const { return store_ != nullptr; }
   // Frees the range and releases the key. No-op when not active.
@@ -256,7 +262,8 @@ class BlockReservation {
   DramTier::Reservation range_;
   bool durable_ = false;
   BlockMeta meta_;
-  bool checksum_verified_ = false;  // By CopyIn or FinishLandedCheck.
+  // By CopyIn, FinishLandedCheck or the writer (AcceptWritersChecksum).
+  bool checksum_verified_ = false;
 };
 
 struct CommitOptions {

@@ -1,6 +1,6 @@
 // stratad's configuration resolution (cluster/server_config.h): the socket
-// data plane's settings get their embedded defaults, and bad values are
-// INVALID_ARGUMENT naming the field.
+// data plane's settings (its local connections too) get their embedded
+// defaults, and bad values are INVALID_ARGUMENT naming the field.
 #include "cluster/server_config.h"
 
 #include "absl/strings/match.h"
@@ -45,6 +45,39 @@ TEST(ServerConfig, BadSocketDataPlaneSettingsNameTheirField) {
   auto resolved = ResolveConfig(off);
   ASSERT_TRUE(resolved.ok()) << resolved.status();
   EXPECT_EQ(resolved->tcp_data_plane_listen, "");
+}
+
+TEST(ServerConfig, LocalConnectionsAreOffByDefaultAndShareTheArenaWhenOn) {
+  auto resolved = ResolveConfig(strata::v1::StratadConfig());
+  ASSERT_TRUE(resolved.ok()) << resolved.status();
+  EXPECT_EQ(resolved->local_data_plane_path, "");
+  EXPECT_FALSE(resolved->store.dram_shared);
+  strata::v1::StratadConfig on;
+  on.set_local_data_plane_path("run/stratad.sock");  // Relative.
+  resolved = ResolveConfig(on);
+  ASSERT_TRUE(resolved.ok()) << resolved.status();
+  EXPECT_TRUE(resolved->store.dram_shared);
+  EXPECT_EQ(resolved->local_data_plane_path.front(), '/');
+  EXPECT_TRUE(absl::EndsWith(resolved->local_data_plane_path,
+                             "/run/stratad.sock"));
+}
+
+TEST(ServerConfig, BadLocalConnectionSettingsNameTheirField) {
+  strata::v1::StratadConfig no_socket_plane;
+  no_socket_plane.set_local_data_plane_path("/tmp/stratad.sock");
+  no_socket_plane.set_tcp_data_plane_listen("");
+  auto resolved = ResolveConfig(no_socket_plane);
+  EXPECT_EQ(resolved.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StartsWith(resolved.status().message(),
+                               "local_data_plane_path:"))
+      << resolved.status();
+  strata::v1::StratadConfig too_long;
+  too_long.set_local_data_plane_path("/tmp/" + std::string(120, 's'));
+  resolved = ResolveConfig(too_long);
+  EXPECT_EQ(resolved.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StartsWith(resolved.status().message(),
+                               "local_data_plane_path:"))
+      << resolved.status();
 }
 
 }  // namespace

@@ -24,6 +24,7 @@
 #include "common/ucx_protocol.h"
 #include "gtest/gtest.h"
 #include "kvstore/tiered_store.h"
+#include "tests/cluster/raw_data_plane_connection.h"
 #include "tests/kvstore/test_blocks.h"
 
 namespace strata {
@@ -33,87 +34,8 @@ using ::strata::kvstore::testing::KeyFor;
 using ::strata::kvstore::testing::MakeBlock;
 using ::strata::kvstore::testing::ScratchDir;
 using ::strata::kvstore::testing::ShapeForBytes;
-
-// A reply as read off the stream.
-struct Reply {
-  ucx::ReplyHeader header{};
-  std::string message;
-  std::vector<uint8_t> data;
-  absl::StatusCode code() const {
-    return static_cast<absl::StatusCode>(header.status);
-  }
-};
-
-// One raw TCP connection to the plane.
-class RawConnection {
- public:
-  explicit RawConnection(const std::string& address) {
-    fd_ = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    addr.sin_port = htons(static_cast<uint16_t>(
-        std::stoi(address.substr(address.rfind(':') + 1))));
-    connected_ =
-        connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-  }
-  ~RawConnection() { close(fd_); }
-
-  bool connected() const { return connected_; }
-
-  bool SendBytes(const void* p, size_t n) {
-    return send(fd_, p, n, MSG_NOSIGNAL) == static_cast<ssize_t>(n);
-  }
-
-  // A request: frame, header (with `key`'s bytes), then `data`;
-  // `claimed_data` overrides the frame's data_length.
-  bool SendRequest(ucx::Op op, uint64_t request_id, const kvstore::BlockKey& key,
-                   const std::vector<uint8_t>& data,
-                   std::optional<uint64_t> claimed_data = std::nullopt,
-                   uint16_t version = ucx::kProtocolVersion) {
-    ucx::RequestHeader h{};
-    h.version = version;
-    h.op = static_cast<uint16_t>(op);
-    h.request_id = request_id;
-    const std::string k = key.ToBytesString();
-    std::memcpy(h.key, k.data(), sizeof(h.key));
-    tcp::TcpFrame frame{tcp::kFrameMagic, sizeof(h),
-                        claimed_data.value_or(data.size())};
-    return SendBytes(&frame, sizeof(frame)) && SendBytes(&h, sizeof(h)) &&
-           (data.empty() || SendBytes(data.data(), data.size()));
-  }
-
-  // The next reply; nullopt when the daemon closed the connection first.
-  std::optional<Reply> ReadReply() {
-    tcp::TcpFrame frame{};
-    if (!RecvBytes(&frame, sizeof(frame))) return std::nullopt;
-    EXPECT_EQ(frame.magic, tcp::kFrameMagic);
-    Reply r;
-    std::vector<char> header(frame.header_length);
-    if (!RecvBytes(header.data(), header.size())) return std::nullopt;
-    std::memcpy(&r.header, header.data(), sizeof(r.header));
-    r.message.assign(header.data() + sizeof(r.header),
-                     header.size() - sizeof(r.header));
-    r.data.resize(frame.data_length);
-    if (!RecvBytes(r.data.data(), r.data.size())) return std::nullopt;
-    return r;
-  }
-
-  // Blocks until the daemon closes the connection (true) or sends anything
-  // (false).
-  bool WaitForClose() {
-    char c;
-    return recv(fd_, &c, 1, 0) <= 0;
-  }
-
- private:
-  bool RecvBytes(void* p, size_t n) {
-    return n == 0 || recv(fd_, p, n, MSG_WAITALL) == static_cast<ssize_t>(n);
-  }
-
-  int fd_ = -1;
-  bool connected_ = false;
-};
+using ::strata::testing::RawConnection;
+using ::strata::testing::Reply;
 
 class TcpDataPlaneTest : public ::testing::Test {
  protected:

@@ -61,7 +61,7 @@ class UcxBatch : public UcxTransportTest {
 TEST_P(UcxBatch, BatchPutAndBatchGetFrom1KiBTo64MiBAreByteExactOverUcx) {
   ScratchDir dir;
   std::vector<std::string> flags = {"--dram_capacity=512MiB"};
-  for (std::string& f : LocalPlaneFlags(GetParam(), dir.path(), "d")) {
+  for (std::string& f : LocalPlaneFlags(GetParam(), dir, "d")) {
     flags.push_back(std::move(f));
   }
   StratadProcess d(dir.Sub("data"), flags, Env());

@@ -112,9 +112,9 @@ class InProcessDaemon {
 class ClientVerify : public UcxTransportTest {
  protected:
   // The daemon's local socket in `dir` for the local plane, else none.
-  std::string LocalPath(const ScratchDir& dir) const {
+  std::string LocalPath(ScratchDir& dir) const {
     return ::strata::testing::IsLocalPlane(GetParam())
-               ? dir.path() + "/stratad.sock"
+               ? dir.SocketPath("stratad.sock")
                : "";
   }
 };

@@ -57,7 +57,7 @@ class StratadUcx : public UcxTransportTest {
       flags.insert(flags.begin(), "--dram_capacity=128MiB");
     }
     if (GetParam().peer) flags.push_back("--data_plane_error_mode=peer");
-    for (std::string& f : LocalPlaneFlags(GetParam(), dir_.path(),
+    for (std::string& f : LocalPlaneFlags(GetParam(), dir_,
                                           absl::StrCat("d", ++daemons_))) {
       flags.push_back(std::move(f));
     }
@@ -554,6 +554,17 @@ TEST_F(StratadDataPlane, SocketPlaneRequiredFailsConnectWhenTheDaemonHasNone) {
   EXPECT_THAT(Msg(c.status()), HasSubstr("tcp_data_plane_listen"));
 }
 
+TEST_F(StratadDataPlane, LocalRequiredFailsConnectWhenTheDaemonHasNone) {
+  ScratchDir dir;
+  StratadProcess d(dir.Sub("data"), {}, Env());
+  ASSERT_TRUE(d.Start().ok());
+  auto c = Connect(d, "local");
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kUnavailable) << c.status();
+  EXPECT_THAT(Msg(c.status()), StartsWith("data_plane:"));
+  EXPECT_THAT(Msg(c.status()), HasSubstr("local_data_plane_path"));
+}
+
 // UCX_TLS allows shared memory: "auto" keeps UCX.
 class StratadDataPlaneShm : public StratadDataPlane {
  protected:
@@ -571,6 +582,30 @@ TEST_F(StratadDataPlaneShm, AutoKeepsUcxWhenItMovesTheBytesThroughSharedMemory) 
   const auto block = MakeBlock(ShapeForBytes(1 << 20), 8);
   ASSERT_TRUE((*c)->Put(KeyFor(8), block).ok());
   EXPECT_TRUE((*c)->Get(KeyFor(8))->block == block);
+}
+
+// A daemon with local connections: "auto" takes them before UCX over shared
+// memory; "tcp" and "ucx" still get what they ask for from the same daemon.
+TEST_F(StratadDataPlaneShm, AutoTakesLocalConnectionsWhenTheDaemonOffersThem) {
+  ScratchDir dir;
+  StratadProcess d(
+      dir.Sub("data"),
+      {"--local_data_plane_path=" + dir.SocketPath("stratad.sock")}, Env());
+  ASSERT_TRUE(d.Start().ok());
+  const auto block = MakeBlock(ShapeForBytes(1 << 20), 9);
+  auto c = Connect(d, "auto");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ((*c)->DataPlane(), "local");
+  ASSERT_TRUE((*c)->Put(KeyFor(9), block).ok());
+  EXPECT_TRUE((*c)->Get(KeyFor(9))->block == block);
+  auto t = Connect(d, "tcp");
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ((*t)->DataPlane(), "tcp");
+  EXPECT_TRUE((*t)->Get(KeyFor(9))->block == block);
+  auto u = Connect(d, "ucx");
+  ASSERT_TRUE(u.ok()) << u.status();
+  EXPECT_THAT((*u)->DataPlane(), StartsWith("ucx:"));
+  EXPECT_TRUE((*u)->Get(KeyFor(9))->block == block);
 }
 
 TEST_F(StratadDataPlane, PeerErrorHandlingIsNegotiatedThroughHello) {

@@ -54,13 +54,13 @@ inline bool IsLocalPlane(const UcxTransport& t) {
 inline bool ClientVerifiesEveryGet(const UcxTransport& t) {
   return IsSocketPlane(t) || IsLocalPlane(t);
 }
-// The daemon flags `t` needs: for the local plane a Unix socket in `dir`
-// (an existing directory), named by `name`.
-inline std::vector<std::string> LocalPlaneFlags(const UcxTransport& t,
-                                                const std::string& dir,
-                                                const std::string& name) {
+// The daemon flags `t` needs: for the local plane a Unix socket of `dir`
+// (ScratchDir::SocketPath), named by `name`.
+inline std::vector<std::string> LocalPlaneFlags(
+    const UcxTransport& t, kvstore::testing::ScratchDir& dir,
+    const std::string& name) {
   if (!IsLocalPlane(t)) return {};
-  return {"--local_data_plane_path=" + dir + "/" + name + ".sock"};
+  return {"--local_data_plane_path=" + dir.SocketPath(name + ".sock")};
 }
 
 inline void PrintTo(const UcxTransport& t, std::ostream* os) { *os << t.name; }

@@ -78,6 +78,26 @@ TEST(BlockFormat, CopyVerifiedBlockIsExactAtEveryDestinationAlignment) {
   }
 }
 
+// Hashing the source while it is copied (a local client's PUT into the shared
+// arena) lands the same bytes and refuses a damaged block the same way.
+TEST(BlockFormat, CopyVerifiedBlockHashingTheSourceIsExactAndCatchesDamage) {
+  const std::vector<uint8_t> block =
+      MakeBlock(testing::ShapeForBytes((192 << 10) + 40), 13);
+  std::vector<uint8_t> dst(block.size() + 1);
+  for (size_t align : {0, 1}) {
+    auto view = CopyVerifiedBlock(
+        block, absl::MakeSpan(dst.data() + align, block.size()),
+        CopyDestination::kStoredHashSource);
+    ASSERT_TRUE(view.ok()) << view.status();
+    EXPECT_TRUE(std::equal(block.begin(), block.end(), dst.begin() + align));
+  }
+  auto damaged = block;
+  damaged[damaged.size() - 100] ^= 0x10;
+  auto view = CopyVerifiedBlock(damaged, absl::MakeSpan(dst),
+                                CopyDestination::kStoredHashSource);
+  EXPECT_EQ(view.status().code(), absl::StatusCode::kDataLoss) << view.status();
+}
+
 // Pieces of every size from 1 to 200 bytes, so piece boundaries fall inside
 // the header, inside the checksum field and at every payload offset; and
 // one whole-block piece.

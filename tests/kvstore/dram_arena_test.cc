@@ -1,6 +1,8 @@
 #include "kvstore/dram_arena.h"
 
+#include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <atomic>
@@ -167,6 +169,31 @@ TEST(DramArenaTest, TheRegionStartsOnAHugePageBoundary) {
     std::memset(arena->base(), 0x5A, arena->capacity());
     EXPECT_EQ(arena->base()[arena->capacity() - 1], 0x5A);
   }
+}
+
+// A shared arena is a memfd: another mapping of it (a local client's) sees
+// the arena's bytes and writes into it land there; a private arena has none.
+TEST(DramArenaTest, ASharedArenasMemfdMapsTheSameBytes) {
+  auto priv = DramArena::Create(size_t{3} << 20);
+  ASSERT_TRUE(priv.ok()) << priv.status();
+  EXPECT_EQ((*priv)->shared_fd(), -1);
+  auto shared = DramArena::Create((size_t{3} << 20) + 3 * kA, /*shared=*/true);
+  ASSERT_TRUE(shared.ok()) << shared.status();
+  DramArena& a = **shared;
+  ASSERT_GE(a.shared_fd(), 0);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(a.base()) % (size_t{2} << 20), 0u);
+  struct stat st{};
+  ASSERT_EQ(fstat(a.shared_fd(), &st), 0);
+  ASSERT_GE(static_cast<size_t>(st.st_size), a.capacity());
+  void* p = mmap(nullptr, a.capacity(), PROT_READ | PROT_WRITE, MAP_SHARED,
+                 a.shared_fd(), 0);
+  ASSERT_NE(p, MAP_FAILED);
+  auto* other = static_cast<uint8_t*>(p);
+  a.base()[a.capacity() - 1] = 0x3C;
+  EXPECT_EQ(other[a.capacity() - 1], 0x3C);
+  other[0] = 0xC3;
+  EXPECT_EQ(a.base()[0], 0xC3);
+  munmap(p, a.capacity());
 }
 
 TEST(DramArenaTest, FootprintRoundsUpToAlignmentWithoutOverflow) {

@@ -291,6 +291,41 @@ TEST(Reservation, BytesHashedAsTheyLandedAreCommittedOrRefusedOnce) {
   EXPECT_FALSE(store->Exists(KeyFor(46)));
 }
 
+// A writer that checked the checksum as it wrote (a local client copying into
+// the shared arena): Commit checks only header and length. A writer that lied
+// stores a block that every read refuses: nothing wrong is returned.
+TEST(Reservation, AWritersChecksumSkipsTheCommitPassButNotTheReadChecks) {
+  auto store = Open(DramFor(4));
+  const auto block = MakeBlock(k64K, 47);
+  auto r = store->Reserve(KeyFor(47), block.size());
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::memcpy(r->data().data(), block.data(), block.size());
+  r->AcceptWritersChecksum();
+  ASSERT_TRUE(store->Commit(*std::move(r)).ok());
+  auto lease = store->Get(KeyFor(47));
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  EXPECT_TRUE(std::equal(block.begin(), block.end(), lease->bytes().begin(),
+                         lease->bytes().end()));
+  // The frame is still checked.
+  r = store->Reserve(KeyFor(48), block.size());
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto bad_magic = block;
+  bad_magic[0] ^= 0xFF;
+  std::memcpy(r->data().data(), bad_magic.data(), bad_magic.size());
+  r->AcceptWritersChecksum();
+  EXPECT_TRUE(absl::IsInvalidArgument(store->Commit(*std::move(r))));
+  EXPECT_FALSE(store->Exists(KeyFor(48)));
+  // A lying writer's block is stored, and refused by reads.
+  r = store->Reserve(KeyFor(49), block.size());
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto flipped = block;
+  flipped[flipped.size() / 2] ^= 1;
+  std::memcpy(r->data().data(), flipped.data(), flipped.size());
+  r->AcceptWritersChecksum();
+  ASSERT_TRUE(store->Commit(*std::move(r)).ok());
+  EXPECT_TRUE(absl::IsDataLoss(store->Get(KeyFor(49)).status()));
+}
+
 TEST(Reservation, SizeAndLabelChecksNameTheField) {
   auto o = DramFor(4);
   o.max_block_bytes = 2 * kBlockBytes;

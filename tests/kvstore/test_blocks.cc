@@ -82,9 +82,24 @@ ScratchDir::ScratchDir() {
   path_ = buf.data();
 }
 
+std::string ScratchDir::SocketPath(const std::string& name) {
+  std::string path = Sub(name);
+  if (path.size() <= 107) return path;
+  if (short_dir_.empty()) {
+    char templ[] = "/tmp/strata-sock-XXXXXX";
+    if (mkdtemp(templ) == nullptr) {
+      std::perror("mkdtemp");
+      std::abort();
+    }
+    short_dir_ = templ;
+  }
+  return short_dir_ + "/" + name;
+}
+
 ScratchDir::~ScratchDir() {
   std::error_code ec;
   std::filesystem::remove_all(path_, ec);
+  if (!short_dir_.empty()) std::filesystem::remove_all(short_dir_, ec);
 }
 
 }  // namespace strata::kvstore::testing

@@ -48,9 +48,14 @@ class ScratchDir {
   ~ScratchDir();
   const std::string& path() const { return path_; }
   std::string Sub(const std::string& name) const { return path_ + "/" + name; }
+  // A path for a Unix socket named `name`: Sub(name) when it fits a
+  // sockaddr_un (107 bytes), else one in a short directory under /tmp that
+  // the destructor removes too (a deep build tree).
+  std::string SocketPath(const std::string& name);
 
  private:
   std::string path_;
+  std::string short_dir_;  // Made by SocketPath when needed.
 };
 
 }  // namespace strata::kvstore::testing

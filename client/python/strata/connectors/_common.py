@@ -24,7 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "local_ssd_path": None,      # LocalStore SSD tier directory (None: DRAM only)
     "local_ssd_bytes": 0,
     "deadline_ms": 5000,         # RemoteStore per-call deadline
-    "data_plane": "auto",        # RemoteStore data plane: auto | ucx | grpc
+    "data_plane": "auto",        # RemoteStore data plane: auto | local | ucx | tcp | grpc
     "codec": "raw",              # strata.encode_kv codec spec (docs/codecs.md)
     "model_id": None,            # key namespace model id (default: the engine's model name)
     "tenant_salt": "",           # key namespace salt (vLLM: a request's cache_salt is appended)

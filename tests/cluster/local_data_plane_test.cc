@@ -1,0 +1,332 @@
+// The socket plane's local connections (cluster/tcp_data_plane_local.cc) at
+// the byte level: a TcpDataPlane with a Unix socket over a real TieredStore
+// whose DRAM arena is shared, spoken to through raw sockets and the arena
+// mapped here, so the tests can do what a well-behaved client does not
+// (commit bad bytes, commit without a reservation, vanish mid-put) and check
+// that the daemon answers as docs/protocol.md ("Local connections") says.
+// The client library over local connections is tested end to end in
+// ucx_data_plane_test, ucx_batch_test and ucx_client_verify_test (the
+// "local" parameter).
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "cluster/block_service.h"
+#include "cluster/metrics.h"
+#include "cluster/tcp_data_plane.h"
+#include "common/ucx_protocol.h"
+#include "gtest/gtest.h"
+#include "kvstore/tiered_store.h"
+#include "tests/cluster/raw_data_plane_connection.h"
+#include "tests/kvstore/test_blocks.h"
+
+namespace strata {
+namespace {
+
+using ::strata::kvstore::testing::KeyFor;
+using ::strata::kvstore::testing::MakeBlock;
+using ::strata::kvstore::testing::ScratchDir;
+using ::strata::kvstore::testing::ShapeForBytes;
+using ::strata::testing::RawConnection;
+using ::strata::testing::Reply;
+
+constexpr uint64_t kToken = 0x70CA1;
+
+std::vector<uint8_t> U64(uint64_t v) {
+  std::vector<uint8_t> bytes(sizeof(v));
+  std::memcpy(bytes.data(), &v, sizeof(v));
+  return bytes;
+}
+
+uint64_t Word(const Reply& r, size_t i) {
+  uint64_t v = 0;
+  EXPECT_GE(r.data.size(), (i + 1) * sizeof(v));
+  if (r.data.size() >= (i + 1) * sizeof(v)) {
+    std::memcpy(&v, r.data.data() + i * sizeof(v), sizeof(v));
+  }
+  return v;
+}
+
+class LocalDataPlaneTest : public ::testing::Test {
+ protected:
+  // Opens the store (its arena shared unless `shared` is false) and starts
+  // the plane with local connections on sock_.
+  void Start(bool shared = true) {
+    kvstore::TieredStoreOptions o;
+    o.dram_capacity_bytes = 64 << 20;
+    o.dram_shared = shared;
+    auto store = kvstore::TieredStore::Open(o);
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = *std::move(store);
+    ctx_.store = store_.get();
+    ctx_.metrics = &metrics_;
+    ctx_.instance_token = kToken;
+    cluster::TcpDataPlaneOptions options;
+    options.local_path = sock_;
+    auto plane = cluster::TcpDataPlane::Start(&ctx_, options);
+    ASSERT_TRUE(plane.ok()) << plane.status();
+    plane_ = *std::move(plane);
+  }
+
+  void TearDown() override {
+    if (arena_ != nullptr) munmap(arena_, arena_bytes_);
+    plane_.reset();
+  }
+
+  // MAP_ARENA on `c`, then maps the arena here (arena_).
+  void MapArena(RawConnection& c) {
+    ASSERT_TRUE(c.SendRequest(ucx::Op::kMapArena, 1, KeyFor(0), {}));
+    auto r = c.ReadReply();
+    ASSERT_TRUE(r.has_value());
+    ASSERT_EQ(r->code(), absl::StatusCode::kOk) << r->message;
+    EXPECT_EQ(Word(*r, 0), kToken);
+    ASSERT_GE(c.passed_fd(), 0);
+    struct stat st{};
+    ASSERT_EQ(fstat(c.passed_fd(), &st), 0);
+    EXPECT_EQ(static_cast<size_t>(st.st_size),
+              store_->SharedDramArena().bytes);
+    arena_bytes_ = static_cast<size_t>(st.st_size);
+    void* p = mmap(nullptr, arena_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED,
+                   c.passed_fd(), 0);
+    ASSERT_NE(p, MAP_FAILED);
+    arena_ = static_cast<uint8_t*>(p);
+  }
+
+  // RESERVE of `k` for `length` bytes; the reply.
+  std::optional<Reply> Reserve(RawConnection& c, uint64_t k, uint64_t length) {
+    EXPECT_TRUE(c.SendRequest(ucx::Op::kReserve, 2, KeyFor(k), U64(length)));
+    return c.ReadReply();
+  }
+
+  std::optional<Reply> Commit(RawConnection& c, uint64_t k) {
+    EXPECT_TRUE(c.SendRequest(ucx::Op::kCommit, 3, KeyFor(k), {}));
+    return c.ReadReply();
+  }
+
+  ScratchDir dir_;
+  const std::string sock_ = dir_.SocketPath("stratad.sock");
+  std::unique_ptr<kvstore::TieredStore> store_;
+  cluster::ServiceMetrics metrics_;
+  cluster::ServiceContext ctx_;
+  std::unique_ptr<cluster::TcpDataPlane> plane_;
+  uint8_t* arena_ = nullptr;
+  size_t arena_bytes_ = 0;
+};
+
+TEST_F(LocalDataPlaneTest, APutWrittenInPlaceIsCommittedAndReadsBackExact) {
+  Start();
+  EXPECT_EQ(plane_->local_path(), sock_);
+  RawConnection c(sock_);
+  ASSERT_TRUE(c.connected());
+  MapArena(c);
+  const auto block = MakeBlock(ShapeForBytes(1 << 20), 1);
+  auto reserved = Reserve(c, 1, block.size());
+  ASSERT_TRUE(reserved.has_value());
+  ASSERT_EQ(reserved->code(), absl::StatusCode::kOk) << reserved->message;
+  const uint64_t offset = Word(*reserved, 0);
+  ASSERT_LE(offset + block.size(), arena_bytes_);
+  std::memcpy(arena_ + offset, block.data(), block.size());
+  auto committed = Commit(c, 1);
+  ASSERT_TRUE(committed.has_value());
+  EXPECT_EQ(committed->code(), absl::StatusCode::kOk) << committed->message;
+  auto got = store_->Get(KeyFor(1));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(std::equal(block.begin(), block.end(), got->bytes().begin(),
+                         got->bytes().end()));
+  // The second put of the key is answered at RESERVE.
+  auto again = Reserve(c, 1, block.size());
+  ASSERT_TRUE(again.has_value());
+  EXPECT_EQ(again->code(), absl::StatusCode::kOk);
+  EXPECT_NE(again->header.flags & ucx::kReplyAlreadyPresent, 0u);
+  EXPECT_TRUE(again->data.empty());
+}
+
+TEST_F(LocalDataPlaneTest, ACommitOfDamagedBytesIsRefusedAndStoresNothing) {
+  Start();
+  RawConnection c(sock_);
+  MapArena(c);
+  auto block = MakeBlock(ShapeForBytes(256 << 10), 2);
+  auto reserved = Reserve(c, 2, block.size());
+  ASSERT_TRUE(reserved.has_value());
+  ASSERT_EQ(reserved->code(), absl::StatusCode::kOk);
+  block[block.size() / 2] ^= 0x5A;  // Not the block its checksum covers.
+  std::memcpy(arena_ + Word(*reserved, 0), block.data(), block.size());
+  auto committed = Commit(c, 2);
+  ASSERT_TRUE(committed.has_value());
+  EXPECT_EQ(committed->code(), absl::StatusCode::kDataLoss)
+      << committed->message;
+  EXPECT_EQ(store_->Get(KeyFor(2)).status().code(),
+            absl::StatusCode::kNotFound);
+  // The key is free again, and the connection serves on.
+  auto retry = Reserve(c, 2, block.size());
+  ASSERT_TRUE(retry.has_value());
+  EXPECT_EQ(retry->code(), absl::StatusCode::kOk) << retry->message;
+}
+
+TEST_F(LocalDataPlaneTest, ACommitWithoutItsReserveIsFailedPrecondition) {
+  Start();
+  RawConnection c(sock_);
+  MapArena(c);
+  auto alone = Commit(c, 3);
+  ASSERT_TRUE(alone.has_value());
+  EXPECT_EQ(alone->code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StartsWith(alone->message, "op:")) << alone->message;
+  // Any other message drops the reservation: its COMMIT comes too late.
+  const auto block = MakeBlock(ShapeForBytes(64 << 10), 3);
+  ASSERT_EQ(Reserve(c, 3, block.size())->code(), absl::StatusCode::kOk);
+  ASSERT_TRUE(c.SendRequest(ucx::Op::kPing, 4, KeyFor(0), {}));
+  ASSERT_EQ(c.ReadReply()->code(), absl::StatusCode::kOk);
+  EXPECT_EQ(Commit(c, 3)->code(), absl::StatusCode::kFailedPrecondition);
+  // A COMMIT of another key than the one reserved, likewise.
+  ASSERT_EQ(Reserve(c, 3, block.size())->code(), absl::StatusCode::kOk);
+  EXPECT_EQ(Commit(c, 4)->code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(store_->Get(KeyFor(3)).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(LocalDataPlaneTest, AClientGoneAfterReserveStoresNothingAndFreesTheKey) {
+  Start();
+  const auto block = MakeBlock(ShapeForBytes(256 << 10), 5);
+  {
+    RawConnection gone(sock_);
+    MapArena(gone);
+    auto reserved = Reserve(gone, 5, block.size());
+    ASSERT_TRUE(reserved.has_value());
+    ASSERT_EQ(reserved->code(), absl::StatusCode::kOk);
+    std::memcpy(arena_ + Word(*reserved, 0), block.data(), block.size() / 2);
+  }  // Closed before COMMIT.
+  // This RESERVE waits for the other reservation's outcome: aborted.
+  RawConnection c(sock_);
+  auto reserved = Reserve(c, 5, block.size());
+  ASSERT_TRUE(reserved.has_value());
+  EXPECT_EQ(reserved->code(), absl::StatusCode::kOk) << reserved->message;
+  EXPECT_EQ(reserved->header.flags & ucx::kReplyAlreadyPresent, 0u);
+  EXPECT_EQ(store_->Get(KeyFor(5)).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(LocalDataPlaneTest, AnInArenaGetHoldsItsLeaseUntilTheNextMessage) {
+  Start();
+  const auto block = MakeBlock(ShapeForBytes(512 << 10), 6);
+  ASSERT_TRUE(store_->Put(KeyFor(6), block).ok());
+  RawConnection c(sock_);
+  MapArena(c);
+  ASSERT_TRUE(c.SendRequest(ucx::Op::kGet, 7, KeyFor(6), {}, std::nullopt,
+                            ucx::kProtocolVersion,
+                            ucx::kRequestInArena |
+                                ucx::kRequestClientVerifies));
+  auto got = c.ReadReply();
+  ASSERT_TRUE(got.has_value());
+  ASSERT_EQ(got->code(), absl::StatusCode::kOk) << got->message;
+  EXPECT_NE(got->header.flags & ucx::kReplyInArena, 0u);
+  const uint64_t offset = Word(*got, 0), length = Word(*got, 1);
+  ASSERT_EQ(length, block.size());
+  ASSERT_LE(offset + length, arena_bytes_);
+  EXPECT_EQ(std::memcmp(arena_ + offset, block.data(), length), 0);
+  EXPECT_EQ(store_->Stats().leased_blocks, 1u);
+  // RELEASE has no reply; the PING after it is answered with the lease gone.
+  ASSERT_TRUE(c.SendRequest(ucx::Op::kRelease, 8, KeyFor(6), {}));
+  ASSERT_TRUE(c.SendRequest(ucx::Op::kPing, 9, KeyFor(0), {}));
+  auto ping = c.ReadReply();
+  ASSERT_TRUE(ping.has_value());
+  EXPECT_EQ(ping->header.request_id, 9u);
+  EXPECT_EQ(store_->Stats().leased_blocks, 0u);
+  // A plain GET on the same connection still gets the bytes.
+  ASSERT_TRUE(c.SendRequest(ucx::Op::kGet, 10, KeyFor(6), {}));
+  auto bytes = c.ReadReply();
+  ASSERT_TRUE(bytes.has_value());
+  EXPECT_EQ(bytes->data, block);
+}
+
+TEST_F(LocalDataPlaneTest, LocalOpsOnATcpConnectionAreRefusedNamingOp) {
+  Start();
+  RawConnection c(plane_->address());
+  ASSERT_TRUE(c.connected());
+  for (ucx::Op op : {ucx::Op::kMapArena, ucx::Op::kCommit}) {
+    ASSERT_TRUE(c.SendRequest(op, 11, KeyFor(0), {}));
+    auto r = c.ReadReply();
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_TRUE(absl::StartsWith(r->message, "op:")) << r->message;
+    EXPECT_EQ(c.passed_fd(), -1);
+  }
+  auto reserve = Reserve(c, 12, 4096);
+  ASSERT_TRUE(reserve.has_value());
+  EXPECT_EQ(reserve->code(), absl::StatusCode::kFailedPrecondition);
+  // An in-arena GET over TCP is served as a plain one.
+  const auto block = MakeBlock(ShapeForBytes(64 << 10), 12);
+  ASSERT_TRUE(store_->Put(KeyFor(12), block).ok());
+  ASSERT_TRUE(c.SendRequest(ucx::Op::kGet, 13, KeyFor(12), {}, std::nullopt,
+                            ucx::kProtocolVersion, ucx::kRequestInArena));
+  auto got = c.ReadReply();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->header.flags & ucx::kReplyInArena, 0u);
+  EXPECT_EQ(got->data, block);
+}
+
+TEST_F(LocalDataPlaneTest, APrivateArenaIsRefusedNamingDramShared) {
+  Start(/*shared=*/false);
+  RawConnection c(sock_);
+  ASSERT_TRUE(c.SendRequest(ucx::Op::kMapArena, 1, KeyFor(0), {}));
+  auto r = c.ReadReply();
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StartsWith(r->message, "dram_shared:")) << r->message;
+  EXPECT_EQ(c.passed_fd(), -1);
+  // The connection still carries blocks as bytes.
+  const auto block = MakeBlock(ShapeForBytes(64 << 10), 14);
+  ASSERT_TRUE(c.SendRequest(ucx::Op::kPut, 2, KeyFor(14), block));
+  EXPECT_EQ(c.ReadReply()->code(), absl::StatusCode::kOk);
+}
+
+TEST_F(LocalDataPlaneTest, AStaleSocketIsReplacedAndALiveOrForeignOneRefused) {
+  // A socket file left by a process that died: replaced.
+  {
+    const int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, sock_.data(), sock_.size());
+    ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    close(fd);  // The file stays; nobody listens.
+  }
+  Start();
+  EXPECT_TRUE(RawConnection(sock_).connected());
+  // A live one: UNAVAILABLE naming the field; the first keeps serving.
+  cluster::TcpDataPlaneOptions second;
+  second.local_path = sock_;
+  auto refused = cluster::TcpDataPlane::Start(&ctx_, second);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(absl::StartsWith(refused.status().message(),
+                               "local_data_plane_path:"))
+      << refused.status();
+  EXPECT_TRUE(RawConnection(sock_).connected());
+  // A file that is not a socket is left alone.
+  const std::string file = dir_.path() + "/not-a-socket";
+  std::ofstream(file) << "data";
+  second.local_path = file;
+  refused = cluster::TcpDataPlane::Start(&ctx_, second);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "not a socket"))
+      << refused.status();
+  std::ifstream kept(file);
+  std::string content;
+  kept >> content;
+  EXPECT_EQ(content, "data");
+  // Stopped, the plane removes its socket file.
+  plane_.reset();
+  struct stat st{};
+  EXPECT_NE(lstat(sock_.c_str(), &st), 0);
+}
+
+}  // namespace
+}  // namespace strata
