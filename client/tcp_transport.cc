@@ -469,12 +469,17 @@ absl::Status TcpTransport::PutInArena(int fd, Exchange& x, bool* broken) {
   absl::StatusOr<kvstore::BlockView> copied = kvstore::CopyVerifiedBlock(
       x.block, absl::MakeSpan(arena_base_ + offset, x.block.size()),
       kvstore::CopyDestination::kStoredHashSource);
-  if (!copied.ok()) {
-    *broken = true;  // Closing the connection aborts the reservation.
-    return copied.status();
-  }
   Exchange commit;
-  commit.flags = ucx::kRequestVerifiedInPlace;
+  // A block that failed here is committed unverified: the daemon's own
+  // check refuses it (and counts it), with the same codes as elsewhere.
+  if (copied.ok()) {
+    commit.flags = ucx::kRequestVerifiedInPlace;
+  } else if (!absl::IsDataLoss(copied.status())) {
+    // Not a block (bad header or length): the same refusal from the daemon;
+    // copy what fits so its check sees the caller's bytes.
+    kvstore::CopyAroundTheCache(arena_base_ + offset, x.block.data(),
+                                x.block.size());
+  }
   commit.op = ucx::Op::kCommit;
   commit.key = x.key;
   commit.deadline = x.deadline;
