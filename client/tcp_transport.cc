@@ -91,7 +91,7 @@ Io RecvWithDescriptor(int fd, void* dst, size_t size, int* passed,
     return Io::kTimedOut;
   }
   iovec iov{dst, size};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  alignas(cmsghdr) char control[CMSG_SPACE(4 * sizeof(int))] = {};
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
@@ -103,11 +103,19 @@ Io RecvWithDescriptor(int fd, void* dst, size_t size, int* passed,
   } while (n < 0 && errno == EINTR);
   if (n == 0) return Io::kClosed;
   if (n < 0) return sockio::ErrnoIo(errno);
+  // The first descriptor is the one; any other is closed, not leaked.
   for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm != nullptr;
        cm = CMSG_NXTHDR(&msg, cm)) {
-    if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS &&
-        cm->cmsg_len == CMSG_LEN(sizeof(int))) {
-      std::memcpy(passed, CMSG_DATA(cm), sizeof(int));
+    if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+    const size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; ++i) {
+      int fd_in = -1;
+      std::memcpy(&fd_in, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+      if (*passed < 0) {
+        *passed = fd_in;
+      } else {
+        close(fd_in);
+      }
     }
   }
   const size_t got = static_cast<size_t>(n);
@@ -143,7 +151,7 @@ struct TcpTransport::Exchange {
   size_t received = 0;
   // The data of replies that carry a few words, not a block: RESERVE's
   // offset, an in-arena GET's offset and length, MAP_ARENA's token.
-  uint64_t words[2] = {0, 0};
+  uint64_t words[3] = {0, 0, 0};
   int passed_fd = -1;  // MAP_ARENA: the arena's memfd (owned by the caller).
   // GET: the checksum check of the block, hashed as it landed.
   absl::Status landed_check;
@@ -278,9 +286,12 @@ absl::Status TcpTransport::Attempt(Exchange& x) {
   const int fd = *taken;
   bool broken = false;
   absl::Status s;
-  if (arena_base_ != nullptr && x.op == ucx::Op::kPut) {
+  const bool in_arena =
+      arena_base_ != nullptr && !arena_stale_.load(std::memory_order_acquire);
+  x.flags &= ~ucx::kRequestInArena;  // Only GetInArena asks for it.
+  if (in_arena && x.op == ucx::Op::kPut) {
     s = PutInArena(fd, x, &broken);
-  } else if (arena_base_ != nullptr && x.op == ucx::Op::kGet) {
+  } else if (in_arena && x.op == ucx::Op::kGet) {
     s = GetInArena(fd, x, &broken);
   } else {
     s = RoundTrip(fd, x, &broken);
@@ -384,10 +395,14 @@ absl::Status TcpTransport::RoundTrip(int fd, Exchange& x, bool* broken) {
   // Which data the reply must carry: a block with GETs that hit; a few
   // words with RESERVE's offset, an in-arena GET and MAP_ARENA's token.
   const bool ok = r.status == 0;
+  if ((r.flags & ucx::kReplyInArena) && !(x.flags & ucx::kRequestInArena)) {
+    return malformed("an in-arena reply to a request that did not ask for one");
+  }
+  // RESERVE: offset, token; in-arena GET: offset, length, token.
   size_t words = 0;
-  if (ok && x.op == ucx::Op::kGet && (r.flags & ucx::kReplyInArena)) words = 2;
+  if (ok && x.op == ucx::Op::kGet && (r.flags & ucx::kReplyInArena)) words = 3;
   if (ok && x.op == ucx::Op::kReserve && !(r.flags & ucx::kReplyAlreadyPresent)) {
-    words = 1;
+    words = 2;
   }
   if (ok && x.op == ucx::Op::kMapArena) words = 1;
   const bool block_reply = ok && x.op == ucx::Op::kGet && words == 0;
@@ -455,6 +470,10 @@ absl::Status TcpTransport::PutInArena(int fd, Exchange& x, bool* broken) {
     return RoundTrip(fd, x, broken);
   }
   if (!s.ok() || (reserve.reply_flags & ucx::kReplyAlreadyPresent)) return s;
+  if (reserve.words[1] != arena_token_) {
+    *broken = true;  // Aborts the reservation in the other arena.
+    return StaleArena();
+  }
   const uint64_t offset = reserve.words[0];
   if (offset > arena_bytes_ || x.block.size() > arena_bytes_ - offset) {
     *broken = true;
@@ -496,6 +515,10 @@ absl::Status TcpTransport::GetInArena(int fd, Exchange& x, bool* broken) {
   // The daemon holds the block's lease until RELEASE (or this connection's
   // next message): the range stays the block's while it is copied.
   const uint64_t offset = x.words[0], length = x.words[1];
+  if (x.words[2] != arena_token_) {
+    *broken = true;  // Drops the lease; the retry reads the bytes instead.
+    return StaleArena();
+  }
   if (offset > arena_bytes_ || length > arena_bytes_ - offset) {
     *broken = true;
     return absl::InternalError(absl::StrCat(
@@ -526,6 +549,17 @@ absl::Status TcpTransport::GetInArena(int fd, Exchange& x, bool* broken) {
   return s;
 }
 
+absl::Status TcpTransport::StaleArena() {
+  // The daemon on the socket is not the one whose arena is mapped here (it
+  // restarted): from now on blocks go through the socket. The old mapping
+  // stays until the transport is destroyed (a call may be copying).
+  arena_stale_.store(true, std::memory_order_release);
+  return absl::UnavailableError(absl::StrCat(
+      "data_plane: the daemon at ", Peer(),
+      " is not the one whose arena this client mapped (it restarted); "
+      "blocks go through the socket until the client reconnects"));
+}
+
 absl::Status TcpTransport::MapSharedArena(uint64_t token, absl::Time deadline) {
   if (options_.local_path.empty()) {
     return absl::FailedPreconditionError(
@@ -537,6 +571,16 @@ absl::Status TcpTransport::MapSharedArena(uint64_t token, absl::Time deadline) {
   x.request_id = 1;
   absl::StatusOr<int> taken = TakeConnection(x.deadline);
   if (!taken.ok()) return taken.status();
+  // Blocks go only into an arena of a daemon of our own user.
+  ucred peer{};
+  socklen_t peer_len = sizeof(peer);
+  if (getsockopt(*taken, SOL_SOCKET, SO_PEERCRED, &peer, &peer_len) != 0 ||
+      peer.uid != geteuid()) {
+    CloseConnection(*taken);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "local_path: ", options_.local_path,
+        " is served by a process of another user"));
+  }
   bool broken = false;
   absl::Status s = RoundTrip(*taken, x, &broken);
   if (broken) {
@@ -574,6 +618,7 @@ absl::Status TcpTransport::MapSharedArena(uint64_t token, absl::Time deadline) {
   }
   arena_base_ = static_cast<uint8_t*>(base);
   arena_bytes_ = bytes;
+  arena_token_ = token;
   return absl::OkStatus();
 }
 

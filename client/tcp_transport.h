@@ -83,7 +83,9 @@ class TcpTransport final : public BulkTransport {
   // (not local, or another daemon), or the daemon's refusal
   // (FAILED_PRECONDITION naming "dram_shared", PERMISSION_DENIED naming
   // "local_data_plane_path"); then the transport still works, sending
-  // blocks through the socket.
+  // blocks through the socket. Every RESERVE and in-arena GET reply names
+  // its arena's token too: once one names another (the daemon restarted),
+  // blocks go through the socket for the rest of the transport's life.
   absl::Status MapSharedArena(uint64_t token, absl::Time deadline);
   bool arena_mapped() const { return arena_base_ != nullptr; }
 
@@ -124,6 +126,9 @@ class TcpTransport final : public BulkTransport {
   absl::Status GetInArena(int fd, Exchange& x, bool* broken);
   // The daemon, for messages: local_path or address.
   const std::string& Peer() const;
+  // A reply named another arena than the mapped one: marks it stale, and
+  // answers UNAVAILABLE (the retry goes through the socket).
+  absl::Status StaleArena();
   // An idle connection, or a new one (connected before `deadline`, on the
   // SteadyNow() clock, as every deadline below).
   absl::StatusOr<int> TakeConnection(absl::Time deadline);
@@ -144,6 +149,9 @@ class TcpTransport final : public BulkTransport {
   // The daemon's shared arena, mapped here (MapSharedArena; fixed after).
   uint8_t* arena_base_ = nullptr;
   size_t arena_bytes_ = 0;
+  uint64_t arena_token_ = 0;  // Of the daemon whose arena is mapped.
+  // Set once a reply names another arena (the daemon restarted).
+  std::atomic<bool> arena_stale_{false};
 
   absl::Mutex mu_;
   std::vector<int> idle_ ABSL_GUARDED_BY(mu_);

@@ -222,6 +222,8 @@ int Run(int argc, char** argv) {
   std::unique_ptr<TcpDataPlane> tcp_plane;
   std::string tcp_addr = "off";
   std::string local_path = "off";
+  // Before the plane starts: its connection threads answer it (MAP_ARENA).
+  ctx.instance_token = absl::Uniform<uint64_t>(absl::BitGen());
   if (!resolved->tcp_data_plane_listen.empty()) {
     TcpDataPlaneOptions tcp_options;
     tcp_options.listen = resolved->tcp_data_plane_listen;
@@ -241,7 +243,6 @@ int Run(int argc, char** argv) {
     if (!tcp_plane->local_path().empty()) {
       local_path = tcp_plane->local_path();
       ctx.local_path = local_path;
-      ctx.instance_token = absl::Uniform<uint64_t>(absl::BitGen());
     }
   }
 #ifdef STRATA_WITH_CLUSTER

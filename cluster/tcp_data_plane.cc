@@ -7,6 +7,7 @@
 #include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -110,7 +111,11 @@ TcpDataPlane::~TcpDataPlane() {
   Stop();
   if (listen_fd_ >= 0) close(listen_fd_);
   if (local_listen_fd_ >= 0) close(local_listen_fd_);
-  if (!local_path_.empty()) unlink(local_path_.c_str());
+  struct stat st{};
+  if (!local_path_.empty() && lstat(local_path_.c_str(), &st) == 0 &&
+      st.st_dev == local_dev_ && st.st_ino == local_ino_) {
+    unlink(local_path_.c_str());  // Still ours, not a successor's.
+  }
   if (wake_fd_ >= 0) close(wake_fd_);
 }
 
@@ -254,13 +259,16 @@ void TcpDataPlane::Serve(uint64_t id, Connection c) {
   std::vector<uint8_t> header;
   for (;;) {
     PollForRequest(fd);
-    // Between messages a connection may stay idle for as long as it likes,
-    // unless it holds a reservation (which keeps other writers of its key
-    // waiting): then for stall_timeout.
+    // Between messages a connection may stay idle for as long as it likes.
+    // So may a local one holding a reservation: its client may still be
+    // writing the block into the arena range, which therefore stays the
+    // reservation's until the client commits or its connection closes (a
+    // client stopped mid-put holds its key: other writers of the key wait
+    // kInFlightWriteWait, then ABORTED naming "key").
     tcp::TcpFrame frame{};
     size_t got = 0;
     Io r = sockio::RecvAll(fd, &frame, sizeof(frame), &got);
-    while (r == Io::kTimedOut && got == 0 && !c.reservation.has_value()) {
+    while (r == Io::kTimedOut && got == 0) {
       r = sockio::RecvAll(fd, &frame, sizeof(frame), &got);
     }
     if (r != Io::kOk) break;
@@ -311,6 +319,11 @@ bool TcpDataPlane::HandleRequest(Connection& c, const DataRequest& req,
   // A reservation lasts until its COMMIT, the next message.
   if (req.op != static_cast<uint16_t>(ucx::Op::kCommit) || !status.ok()) {
     c.reservation.reset();
+  }
+  // RELEASE has no reply: one that cannot be parsed closes the connection
+  // (an answer would be taken for the next request's).
+  if (!status.ok() && req.op == static_cast<uint16_t>(ucx::Op::kRelease)) {
+    return false;
   }
   if (status.ok()) {
     switch (static_cast<ucx::Op>(req.op)) {

@@ -37,17 +37,22 @@
 // shared DRAM arena (TieredStoreOptions::dram_shared) for clients of the
 // daemon's own user (SO_PEERCRED): MAP_ARENA hands the client the arena's
 // memfd; a PUT is RESERVE (the daemon answers where), the client's copy into
-// the arena, then COMMIT (the daemon hashes what landed and commits); a GET
+// the arena, then COMMIT (the daemon commits what landed, hashing it unless
+// the client checked it as it copied: kRequestVerifiedInPlace); a GET
 // with kRequestInArena answers where the block lies and holds its lease
 // until the connection's next message. The client's one copy is the only
 // copy of either. A connection holds at most one reservation (dropped by any
-// message but its COMMIT) and one lease; both go when it closes.
+// message but its COMMIT; kept however long the connection idles, since its
+// client may still be writing the range) and one lease; both go when it
+// closes.
 //
 // Threading: Start/Stop/address are for the owning thread. Connection
 // threads share only the ServiceContext (thread-safe) and the connection
 // set (mu_).
 #ifndef STRATA_CLUSTER_TCP_DATA_PLANE_H_
 #define STRATA_CLUSTER_TCP_DATA_PLANE_H_
+
+#include <sys/types.h>
 
 #include <atomic>
 #include <cstdint>
@@ -73,8 +78,10 @@ struct TcpDataPlaneOptions {
   // TCP "host:port"; port 0 = any free port (clients learn it with Hello).
   std::string listen = "127.0.0.1:0";
   // A Unix socket path for local connections, or empty: none. Created with
-  // mode 0600 (a stale socket file there is replaced; a live one is
-  // UNAVAILABLE naming "local_data_plane_path") and removed at destruction.
+  // mode 0600 (a stale socket file there, one that refuses connections, is
+  // replaced; a live one, or one it cannot probe, is UNAVAILABLE naming
+  // "local_data_plane_path") and removed at destruction if it is still the
+  // file this plane made.
   std::string local_path;
   int max_connections = 256;
   // A message that makes no progress for this long ends its connection.
@@ -183,6 +190,8 @@ class TcpDataPlane {
   ucx::BufferPool buffers_{size_t{256} << 20};
   std::string address_;
   std::string local_path_;
+  dev_t local_dev_ = 0;  // The socket file ListenLocal made.
+  ino_t local_ino_ = 0;
   int listen_fd_ = -1;
   int local_listen_fd_ = -1;
   int wake_fd_ = -1;  // eventfd: wakes the accept loop at Stop.

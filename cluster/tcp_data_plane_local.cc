@@ -71,11 +71,22 @@ absl::Status TcpDataPlane::ListenLocal() {
     if (!S_ISSOCK(st.st_mode)) {
       return LocalPathError(path, "exists and is not a socket");
     }
-    // A live daemon answers; the file of one that died refuses.
-    const int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    const bool live = probe >= 0 && connect(probe, sa, sizeof(addr)) == 0;
-    if (probe >= 0) close(probe);
-    if (live) return LocalPathError(path, "another process serves this socket");
+    // A live daemon answers (or its backlog is full); the file of one that
+    // died refuses. Anything else (another user's socket: EACCES) is left
+    // alone. Non-blocking: a peer that does not accept cannot hold us.
+    const int probe =
+        socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (probe < 0) return LocalPathError(path, std::strerror(errno));
+    const int error = connect(probe, sa, sizeof(addr)) == 0 ? 0 : errno;
+    close(probe);
+    if (error == 0 || error == EAGAIN) {
+      return LocalPathError(path, "another process serves this socket");
+    }
+    if (error != ECONNREFUSED) {
+      return LocalPathError(
+          path, absl::StrCat("cannot tell whether a process serves it: ",
+                             std::strerror(error)));
+    }
     unlink(path.c_str());
   }
   const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -91,6 +102,12 @@ absl::Status TcpDataPlane::ListenLocal() {
     close(fd);
     unlink(path.c_str());
     return LocalPathError(path, std::strerror(error));
+  }
+  // The file this plane made: the destructor removes it only if it is still
+  // this one (a successor may have replaced it after Stop).
+  if (lstat(path.c_str(), &st) == 0) {
+    local_dev_ = st.st_dev;
+    local_ino_ = st.st_ino;
   }
   local_listen_fd_ = fd;
   local_path_ = path;
@@ -200,13 +217,24 @@ bool TcpDataPlane::HandleReserve(Connection& c, const DataRequest& req,
   const kvstore::TieredStore::SharedArena arena =
       ctx_->store->SharedDramArena();
   auto answer = [&](const absl::Status& status, uint32_t flags) {
-    ctx_->metrics->RecordRpc(Rpc::kPut, status.code(), SteadyNow() - start, 0,
-                             0);
+    // RESOURCE_EXHAUSTED is followed by the client's plain PUT, counted
+    // there.
+    if (!absl::IsResourceExhausted(status)) {
+      ctx_->metrics->RecordRpc(Rpc::kPut, status.code(), SteadyNow() - start,
+                               0, 0);
+    }
     return SendReply(c.fd, req, status, flags);
   };
-  if (arena.fd < 0 || !c.same_user) {
+  if (arena.fd < 0) {
     return answer(absl::FailedPreconditionError(
-                      "op: RESERVE needs the shared arena (MAP_ARENA)"),
+                      "dram_shared: this daemon's DRAM arena is private"),
+                  0);
+  }
+  if (!c.same_user) {
+    return answer(absl::PermissionDeniedError(absl::StrCat(
+                      kLocalPathField,
+                      ": the shared arena goes only to clients running as "
+                      "the daemon's user")),
                   0);
   }
   bool stopping = false;
@@ -235,10 +263,12 @@ bool TcpDataPlane::HandleReserve(Connection& c, const DataRequest& req,
       reservation->data().data() - arena.base);
   c.reservation = *std::move(reservation);
   c.reservation_bytes = block_length;
-  // Counted with its COMMIT.
+  // Counted with its COMMIT. The token names the arena the offset is in: a
+  // client whose mapping is of another daemon's (this one restarted) must
+  // not write there.
   return SendFramed(
       c.fd, ReplyHeaderBytes(req.op, req.request_id, absl::OkStatus(), 0),
-      U64s({offset}));
+      U64s({offset, ctx_->instance_token}));
 }
 
 bool TcpDataPlane::HandleCommit(Connection& c, const DataRequest& req,
@@ -295,7 +325,7 @@ bool TcpDataPlane::HandleGetInArena(Connection& c, const DataRequest& req,
   return SendFramed(c.fd,
                     ReplyHeaderBytes(req.op, req.request_id, absl::OkStatus(),
                                      flags | ucx::kReplyInArena),
-                    U64s({offset, block.size()}));
+                    U64s({offset, block.size(), ctx_->instance_token}));
 }
 
 }  // namespace strata::cluster

@@ -134,6 +134,7 @@ TEST_F(LocalDataPlaneTest, APutWrittenInPlaceIsCommittedAndReadsBackExact) {
   ASSERT_TRUE(reserved.has_value());
   ASSERT_EQ(reserved->code(), absl::StatusCode::kOk) << reserved->message;
   const uint64_t offset = Word(*reserved, 0);
+  EXPECT_EQ(Word(*reserved, 1), kToken);  // Names the arena it is in.
   ASSERT_LE(offset + block.size(), arena_bytes_);
   std::memcpy(arena_ + offset, block.data(), block.size());
   auto committed = Commit(c, 1);
@@ -230,6 +231,7 @@ TEST_F(LocalDataPlaneTest, AnInArenaGetHoldsItsLeaseUntilTheNextMessage) {
   ASSERT_EQ(got->code(), absl::StatusCode::kOk) << got->message;
   EXPECT_NE(got->header.flags & ucx::kReplyInArena, 0u);
   const uint64_t offset = Word(*got, 0), length = Word(*got, 1);
+  EXPECT_EQ(Word(*got, 2), kToken);
   ASSERT_EQ(length, block.size());
   ASSERT_LE(offset + length, arena_bytes_);
   EXPECT_EQ(std::memcmp(arena_ + offset, block.data(), length), 0);

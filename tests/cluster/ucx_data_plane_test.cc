@@ -565,6 +565,48 @@ TEST_F(StratadDataPlane, LocalRequiredFailsConnectWhenTheDaemonHasNone) {
   EXPECT_THAT(Msg(c.status()), HasSubstr("local_data_plane_path"));
 }
 
+// The daemon restarts on the same socket path (a new arena): a client that
+// mapped the old one never reads or writes it again; its calls go through
+// the socket and return the stored bytes. A kill -9 leaves the socket file
+// behind, which the new daemon replaces.
+TEST_F(StratadDataPlane, ALocalClientOfARestartedDaemonNeverUsesTheOldArena) {
+  ScratchDir dir;
+  const std::vector<std::string> flags = {
+      "--local_data_plane_path=" + dir.SocketPath("stratad.sock"),
+      "--write_through=true", "--dram_capacity=64MiB"};
+  const auto zeroth = MakeBlock(ShapeForBytes(256 << 10), 30);
+  const auto first = MakeBlock(ShapeForBytes(256 << 10), 31);
+  const auto second = MakeBlock(ShapeForBytes(256 << 10), 32);
+  auto d = std::make_unique<StratadProcess>(dir.Sub("data"), flags, Env());
+  ASSERT_TRUE(d->Start().ok());
+  auto c = Connect(*d, "local");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ((*c)->DataPlane(), "local");
+  ASSERT_TRUE((*c)->Put(KeyFor(30), zeroth).ok());  // The arena's first range.
+  ASSERT_TRUE((*c)->Put(KeyFor(31), first).ok());
+  d->Kill();
+  d = std::make_unique<StratadProcess>(dir.Sub("data"), flags, Env());
+  ASSERT_TRUE(d->Start().ok());
+  // A new client stores key 33 in the new arena's first range, where the
+  // old arena, still mapped by the first client, holds key 30's valid
+  // block: read there, it would pass its checksum.
+  const auto third = MakeBlock(ShapeForBytes(256 << 10), 33);
+  auto fresh = Connect(*d, "local");
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  ASSERT_TRUE((*fresh)->Put(KeyFor(33), third).ok());
+  auto got = (*c)->Get(KeyFor(33));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(got->block == third);
+  got = (*c)->Get(KeyFor(31));  // From the SSD tier.
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(got->block == first);
+  // A put by the first client lands in the new daemon, not the old arena.
+  ASSERT_TRUE((*c)->Put(KeyFor(32), second).ok());
+  got = (*fresh)->Get(KeyFor(32));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(got->block == second);
+}
+
 // UCX_TLS allows shared memory: "auto" keeps UCX.
 class StratadDataPlaneShm : public StratadDataPlane {
  protected:
