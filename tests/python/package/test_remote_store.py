@@ -1,6 +1,8 @@
 """RemoteStore against a real stratad started by the test (conftest.Stratad):
-the same contract as LocalStore, over gRPC, the UCX data plane and the
-socket data plane."""
+the same contract as LocalStore, over gRPC, the UCX data plane, the socket
+data plane and its local connections with the shared arena."""
+import tempfile
+
 import numpy as np
 import pytest
 
@@ -9,13 +11,21 @@ import store_cases
 from stratad_process import Stratad
 
 
-@pytest.fixture(params=["grpc", "ucx", "tcp"])
-def store(request, stratad):
-    s = strata.RemoteStore(stratad.grpc_address, deadline_ms=10000,
-                           data_plane=request.param)
-    assert s.data_plane.startswith(request.param)
-    yield s
-    s.close()
+@pytest.fixture(params=["grpc", "ucx", "tcp", "local"])
+def store(request, stratad_binary, scratch_dir):
+    flags = []
+    with tempfile.TemporaryDirectory(prefix="strata-sock-") as sock_dir:
+        if request.param == "local":  # A short path: sockaddr_un holds 107.
+            flags.append(f"--local_data_plane_path={sock_dir}/stratad.sock")
+        daemon = Stratad(stratad_binary, scratch_dir / "stratad", flags).start()
+        try:
+            s = strata.RemoteStore(daemon.grpc_address, deadline_ms=10000,
+                                   data_plane=request.param)
+            assert s.data_plane.startswith(request.param)
+            yield s
+            s.close()
+        finally:
+            daemon.kill()
 
 
 @pytest.mark.parametrize("case", store_cases.ALL_CASES, ids=lambda c: c.__name__)
