@@ -203,6 +203,7 @@ TcpTransport::~TcpTransport() {
   absl::MutexLock lock(&mu_);
   for (int fd : idle_) close(fd);
   idle_.clear();
+  spares_.clear();
   if (arena_base_ != nullptr) munmap(arena_base_, arena_bytes_);
 }
 
@@ -263,6 +264,7 @@ void TcpTransport::ReturnConnection(int fd) {
   absl::MutexLock lock(&mu_);
   busy_.erase(fd);
   if (stopping_ || idle_.size() >= options_.max_idle_connections) {
+    spares_.erase(fd);
     close(fd);
   } else {
     idle_.push_back(fd);
@@ -272,6 +274,7 @@ void TcpTransport::ReturnConnection(int fd) {
 void TcpTransport::CloseConnection(int fd) {
   absl::MutexLock lock(&mu_);
   busy_.erase(fd);
+  spares_.erase(fd);  // The daemon frees it with the connection.
   close(fd);
 }
 
@@ -335,7 +338,7 @@ absl::Status TcpTransport::RoundTrip(int fd, Exchange& x, bool* broken) {
   header += x.tenant;
   header += x.model;
   absl::Span<const uint8_t> data = x.block;
-  if (x.op == ucx::Op::kReserve) {
+  if (x.op == ucx::Op::kReserve || x.op == ucx::Op::kPutSpare) {
     data = absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(&x.block_length),
                                sizeof(x.block_length));
   }
@@ -405,6 +408,11 @@ absl::Status TcpTransport::RoundTrip(int fd, Exchange& x, bool* broken) {
     words = 2;
   }
   if (ok && x.op == ucx::Op::kMapArena) words = 1;
+  // COMMIT and PUT_SPARE: the connection's spare range, offset and token.
+  if ((x.op == ucx::Op::kCommit || x.op == ucx::Op::kPutSpare) &&
+      (r.flags & ucx::kReplySpare)) {
+    words = 2;
+  }
   const bool block_reply = ok && x.op == ucx::Op::kGet && words == 0;
   if (words != 0 ? reply.data_length != words * sizeof(uint64_t)
                  : ((reply.data_length != 0) != block_reply ||
@@ -454,6 +462,29 @@ absl::Status TcpTransport::RoundTrip(int fd, Exchange& x, bool* broken) {
 // ---- The shared arena (local connections).
 
 absl::Status TcpTransport::PutInArena(int fd, Exchange& x, bool* broken) {
+  // The connection's spare range, when it fits: one round trip, PUT_SPARE.
+  std::optional<Spare> spare = TakeSpare(fd);
+  if (spare.has_value() && spare->bytes == x.block.size() &&
+      spare->token == arena_token_ && spare->offset <= arena_bytes_ &&
+      x.block.size() <= arena_bytes_ - spare->offset) {
+    Exchange put;
+    put.op = ucx::Op::kPutSpare;
+    put.key = x.key;
+    put.flags = x.flags | ucx::kRequestSpareNext;
+    put.tenant = x.tenant;
+    put.model = x.model;
+    put.block_length = x.block.size();
+    put.deadline = x.deadline;
+    put.request_id = x.request_id;
+    if (CopyIntoArena(x.block, spare->offset)) {
+      put.flags |= ucx::kRequestVerifiedInPlace;
+    }
+    absl::Status s = RoundTrip(fd, put, broken);
+    x.reply_flags = put.reply_flags;
+    if (!*broken) KeepSpare(fd, put);
+    // FAILED_PRECONDITION: the daemon holds no such spare; reserve instead.
+    if (*broken || !absl::IsFailedPrecondition(s)) return s;
+  }
   Exchange reserve;
   reserve.op = ucx::Op::kReserve;
   reserve.key = x.key;
@@ -481,23 +512,11 @@ absl::Status TcpTransport::PutInArena(int fd, Exchange& x, bool* broken) {
         "data_plane: ", Peer(), " reserved [", offset, ", +", x.block.size(),
         ") outside its ", arena_bytes_, "-byte arena"));
   }
-  // The only copy of the block: straight into its place in the store, its
-  // checksum checked on the way (so the daemon need not read it again).
-  // (1 MiB puts 10.3-11.1 GB/s against 9.3-9.9 with the daemon hashing the
-  // arena's copy; 256 KiB within noise: bench/results/service.md, session 10.)
-  absl::StatusOr<kvstore::BlockView> copied = kvstore::CopyVerifiedBlock(
-      x.block, absl::MakeSpan(arena_base_ + offset, x.block.size()),
-      kvstore::CopyDestination::kStoredHashSource);
   Exchange commit;
-  // A block that failed here is committed unverified: the daemon's own
-  // check refuses it (and counts it), with the same codes as elsewhere.
-  if (copied.ok()) {
-    commit.flags = ucx::kRequestVerifiedInPlace;
-  } else if (!absl::IsDataLoss(copied.status())) {
-    // Not a block (bad header or length): the same refusal from the daemon;
-    // copy what fits so its check sees the caller's bytes.
-    kvstore::CopyAroundTheCache(arena_base_ + offset, x.block.data(),
-                                x.block.size());
+  commit.flags = ucx::kRequestSpareNext;
+  commit.block_length = x.block.size();  // The spare asked for (not sent).
+  if (CopyIntoArena(x.block, offset)) {
+    commit.flags |= ucx::kRequestVerifiedInPlace;
   }
   commit.op = ucx::Op::kCommit;
   commit.key = x.key;
@@ -505,7 +524,43 @@ absl::Status TcpTransport::PutInArena(int fd, Exchange& x, bool* broken) {
   commit.request_id = x.request_id;
   s = RoundTrip(fd, commit, broken);
   x.reply_flags = commit.reply_flags;
+  if (!*broken) KeepSpare(fd, commit);
   return s;
+}
+
+bool TcpTransport::CopyIntoArena(absl::Span<const uint8_t> block,
+                                 uint64_t offset) {
+  // The only copy of the block: straight into its place in the store, its
+  // checksum checked on the way (so the daemon need not read it again).
+  // (1 MiB puts 10.3-11.1 GB/s against 9.3-9.9 with the daemon hashing the
+  // arena's copy; 256 KiB within noise: bench/results/service.md, session 10.)
+  absl::StatusOr<kvstore::BlockView> copied = kvstore::CopyVerifiedBlock(
+      block, absl::MakeSpan(arena_base_ + offset, block.size()),
+      kvstore::CopyDestination::kStoredHashSource);
+  // A block that failed here is committed unverified: the daemon's own
+  // check refuses it (and counts it), with the same codes as elsewhere.
+  if (!copied.ok() && !absl::IsDataLoss(copied.status())) {
+    // Not a block (bad header or length): copy it all, so the daemon's
+    // check sees the caller's bytes.
+    kvstore::CopyAroundTheCache(arena_base_ + offset, block.data(),
+                                block.size());
+  }
+  return copied.ok();
+}
+
+std::optional<TcpTransport::Spare> TcpTransport::TakeSpare(int fd) {
+  absl::MutexLock lock(&mu_);
+  auto it = spares_.find(fd);
+  if (it == spares_.end()) return std::nullopt;
+  Spare spare = it->second;
+  spares_.erase(it);
+  return spare;
+}
+
+void TcpTransport::KeepSpare(int fd, const Exchange& reply) {
+  if (!(reply.reply_flags & ucx::kReplySpare)) return;
+  absl::MutexLock lock(&mu_);
+  spares_[fd] = Spare{reply.words[0], reply.block_length, reply.words[1]};
 }
 
 absl::Status TcpTransport::GetInArena(int fd, Exchange& x, bool* broken) {

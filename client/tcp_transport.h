@@ -37,11 +37,13 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
@@ -123,6 +125,20 @@ class TcpTransport final : public BulkTransport {
   // With the shared arena: RESERVE, the copy, COMMIT (a plain PUT when the
   // arena has no room); a GET answered in place, copied, then RELEASE.
   absl::Status PutInArena(int fd, Exchange& x, bool* broken);
+  // Copies `block` to arena offset `offset`, checking its checksum on the
+  // way; false when the check failed (the daemon is then left to refuse it).
+  bool CopyIntoArena(absl::Span<const uint8_t> block, uint64_t offset);
+  // A connection's spare arena range (kReplySpare): where its next put of
+  // `bytes` bytes may go in one round trip (PUT_SPARE).
+  struct Spare {
+    uint64_t offset = 0;
+    uint64_t bytes = 0;
+    uint64_t token = 0;
+  };
+  std::optional<Spare> TakeSpare(int fd);
+  // Remembers the spare a COMMIT or PUT_SPARE reply named (of
+  // reply.block_length bytes), if any.
+  void KeepSpare(int fd, const Exchange& reply);
   absl::Status GetInArena(int fd, Exchange& x, bool* broken);
   // The daemon, for messages: local_path or address.
   const std::string& Peer() const;
@@ -155,6 +171,9 @@ class TcpTransport final : public BulkTransport {
 
   absl::Mutex mu_;
   std::vector<int> idle_ ABSL_GUARDED_BY(mu_);
+  // Spare ranges the daemon holds for connections (local only), by fd;
+  // erased when the connection closes.
+  absl::flat_hash_map<int, Spare> spares_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<int> busy_ ABSL_GUARDED_BY(mu_);
   std::deque<absl::AnyInvocable<void(bool)>> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

@@ -300,6 +300,7 @@ void TcpDataPlane::Serve(uint64_t id, Connection c) {
   }
   c.reservation.reset();  // Aborts: nothing partial is stored.
   c.lease.reset();
+  c.spare = kvstore::ArenaSpace();  // Its client is done writing it.
   absl::MutexLock lock(&mu_);
   conns_.erase(fd);
   busy_.erase(fd);
@@ -333,6 +334,7 @@ bool TcpDataPlane::HandleRequest(Connection& c, const DataRequest& req,
       case ucx::Op::kReserve:
       case ucx::Op::kCommit:
       case ucx::Op::kRelease:
+      case ucx::Op::kPutSpare:
         return HandleLocalOp(c, req, data_length, start);
       case ucx::Op::kGet:
         if (data_length == 0 && (req.flags & ucx::kRequestInArena) != 0) {

@@ -139,6 +139,9 @@ class TcpDataPlane {
     uint64_t reservation_bytes = 0;
     // An in-arena GET's lease until the connection's next message.
     std::optional<kvstore::BlockLease> lease;
+    // Arena space for the connection's next put (kRequestSpareNext), kept
+    // until a PUT_SPARE uses it or the connection closes.
+    kvstore::ArenaSpace spare;
   };
   // Binds options.local_path (Start).
   absl::Status ListenLocal();
@@ -163,6 +166,14 @@ class TcpDataPlane {
   bool HandleReserve(Connection& c, const DataRequest& req,
                      uint64_t block_length, absl::Time start);
   bool HandleCommit(Connection& c, const DataRequest& req, absl::Time start);
+  bool HandlePutSpare(Connection& c, const DataRequest& req,
+                      uint64_t block_length, absl::Time start);
+  // Answers a COMMIT or PUT_SPARE: with kRequestSpareNext, first sets aside
+  // a spare range of `size` bytes (unless the connection holds one) and
+  // names it in the reply (kReplySpare).
+  bool ReplyWithSpare(Connection& c, const DataRequest& req,
+                      const absl::Status& status, uint32_t flags,
+                      uint64_t size);
   bool SendArena(Connection& c, const DataRequest& req);
   // A GET with kRequestInArena on a local connection: where the block lies,
   // or its bytes as usual when it is not in the shared arena.

@@ -48,6 +48,8 @@ const char* OpName(ucx::Op op) {
       return "RESERVE";
     case ucx::Op::kCommit:
       return "COMMIT";
+    case ucx::Op::kPutSpare:
+      return "PUT_SPARE";
     default:
       return "RELEASE";
   }
@@ -117,7 +119,9 @@ absl::Status TcpDataPlane::ListenLocal() {
 bool TcpDataPlane::HandleLocalOp(Connection& c, const DataRequest& req,
                                  uint64_t data_length, absl::Time start) {
   const auto op = static_cast<ucx::Op>(req.op);
-  const uint64_t expected = op == ucx::Op::kReserve ? sizeof(uint64_t) : 0;
+  const uint64_t expected =
+      op == ucx::Op::kReserve || op == ucx::Op::kPutSpare ? sizeof(uint64_t)
+                                                          : 0;
   if (data_length != expected) {
     // Not worth reading: answer, then close (as for any broken framing).
     if (op != ucx::Op::kRelease) {
@@ -149,6 +153,8 @@ bool TcpDataPlane::HandleLocalOp(Connection& c, const DataRequest& req,
       return SendArena(c, req);
     case ucx::Op::kReserve:
       return HandleReserve(c, req, block_length, start);
+    case ucx::Op::kPutSpare:
+      return HandlePutSpare(c, req, block_length, start);
     default:
       return HandleCommit(c, req, start);
   }
@@ -294,7 +300,83 @@ bool TcpDataPlane::HandleCommit(Connection& c, const DataRequest& req,
   }
   ctx_->metrics->RecordRpc(Rpc::kPut, status.code(), SteadyNow() - start,
                            bytes_in, 0);
-  return SendReply(c.fd, req, status, 0);
+  return ReplyWithSpare(c, req, status, 0, bytes_in);
+}
+
+bool TcpDataPlane::HandlePutSpare(Connection& c, const DataRequest& req,
+                                  uint64_t block_length, absl::Time start) {
+  const kvstore::TieredStore::SharedArena arena =
+      ctx_->store->SharedDramArena();
+  auto answer = [&](const absl::Status& status, uint32_t flags,
+                    uint64_t bytes_in) {
+    ctx_->metrics->RecordRpc(Rpc::kPut, status.code(), SteadyNow() - start,
+                             bytes_in, 0);
+    return ReplyWithSpare(c, req, status, flags, block_length);
+  };
+  bool stopping = false;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping = stopping_;
+  }
+  if (stopping) {
+    return answer(
+        absl::UnavailableError("data_plane: the daemon is shutting down"), 0,
+        0);
+  }
+  if (arena.fd < 0 || !c.same_user || !c.spare.active() ||
+      c.spare.data().size() != block_length) {
+    // Not counted: the client goes on with RESERVE.
+    return SendReply(c.fd, req,
+                     absl::FailedPreconditionError(absl::StrCat(
+                         "op: PUT_SPARE without a spare range of ",
+                         block_length, " bytes on this connection")),
+                     0);
+  }
+  if (absl::Status s = CheckPutAdmissible(ctx_, block_length); !s.ok()) {
+    return answer(s, 0, 0);
+  }
+  kvstore::PutOptions put_options = PutOptionsFor(req);
+  put_options.in_flight_write_wait = kInFlightWriteWait;
+  // The spare becomes the key's reservation (or stays the connection's when
+  // the key cannot be claimed).
+  absl::StatusOr<kvstore::BlockReservation> reservation =
+      ctx_->store->ReserveInto(req.key, c.spare, put_options);
+  if (absl::IsAlreadyExists(reservation.status())) {
+    return answer(absl::OkStatus(), ucx::kReplyAlreadyPresent, 0);
+  }
+  if (!reservation.ok()) return answer(reservation.status(), 0, 0);
+  if (req.flags & ucx::kRequestVerifiedInPlace) {
+    reservation->AcceptWritersChecksum();
+  }
+  absl::Status status = CheckAcceptingBlocks(ctx_);
+  if (status.ok()) status = ctx_->store->Commit(*std::move(reservation));
+  return answer(status, 0, block_length);
+}
+
+bool TcpDataPlane::ReplyWithSpare(Connection& c, const DataRequest& req,
+                                  const absl::Status& status, uint32_t flags,
+                                  uint64_t size) {
+  const kvstore::TieredStore::SharedArena arena =
+      ctx_->store->SharedDramArena();
+  if (!(req.flags & ucx::kRequestSpareNext) || arena.fd < 0 ||
+      !c.same_user || size == 0) {
+    return SendReply(c.fd, req, status, flags);
+  }
+  if (c.spare.active() && c.spare.data().size() != size) {
+    c.spare = kvstore::ArenaSpace();  // Sizes changed: one of the new size.
+  }
+  if (!c.spare.active()) {
+    // No room now: the next put reserves as usual.
+    absl::StatusOr<kvstore::ArenaSpace> space = ctx_->store->ReserveSpace(size);
+    if (space.ok()) c.spare = *std::move(space);
+  }
+  if (!c.spare.active()) return SendReply(c.fd, req, status, flags);
+  const uint64_t offset =
+      static_cast<uint64_t>(c.spare.data().data() - arena.base);
+  return SendFramed(c.fd,
+                    ReplyHeaderBytes(req.op, req.request_id, status,
+                                     flags | ucx::kReplySpare),
+                    U64s({offset, ctx_->instance_token}));
 }
 
 bool TcpDataPlane::HandleGetInArena(Connection& c, const DataRequest& req,

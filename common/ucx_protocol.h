@@ -43,6 +43,8 @@ enum class Op : uint16_t {
                   // arena offset where the client writes the block.
   kCommit = 6,    // PUT, step 2: the reserved block was written; commit it.
   kRelease = 7,   // Drops the lease of an in-arena GET. No reply.
+  kPutSpare = 8,  // PUT in one step: data = u64 block length; the block was
+                  // written into the connection's spare range (below).
 };
 
 // RequestHeader::flags.
@@ -58,11 +60,17 @@ inline constexpr uint32_t kRequestInArena = 1u << 2;
 // COMMIT: the client checked the block's checksum while it copied it into
 // the arena, so the daemon checks only its header and length.
 inline constexpr uint32_t kRequestVerifiedInPlace = 1u << 3;
+// COMMIT or PUT_SPARE: afterwards set aside a spare range of the same size
+// for this connection's next put (kReplySpare).
+inline constexpr uint32_t kRequestSpareNext = 1u << 4;
 
 // ReplyHeader::flags.
 inline constexpr uint32_t kReplyAlreadyPresent = 1u << 0;  // PUT.
 inline constexpr uint32_t kReplyServedFromSsd = 1u << 1;   // GET hit.
 inline constexpr uint32_t kReplyInArena = 1u << 2;  // GET hit: see above.
+// COMMIT or PUT_SPARE: the connection holds a spare range; reply data = u64
+// offset, u64 arena token. Without it the connection holds none.
+inline constexpr uint32_t kReplySpare = 1u << 3;
 
 struct RequestHeader {
   uint16_t version;     // kProtocolVersion.

@@ -281,6 +281,27 @@ struct ReserveOptions {
   bool may_evict = true;
 };
 
+// DRAM-arena space set aside before its key is known (ReserveSpace): a local
+// client writes its next block there, then ReserveInto claims the key for
+// those bytes, saving a round trip per put. Charged to the DRAM tier from
+// ReserveSpace on; dropping it unused frees the range. Move-only; the bytes
+// may be written from any thread (or process, through a shared arena).
+// Must not outlive its store.
+class ArenaSpace {
+ public:
+  ArenaSpace() = default;
+  ArenaSpace(ArenaSpace&&) noexcept = default;
+  ArenaSpace& operator=(ArenaSpace&&) noexcept = default;
+  absl::Span<uint8_t> data() const {
+    return absl::MakeSpan(range_.data(), range_.size());
+  }
+  bool active() const { return static_cast<bool>(range_); }
+
+ private:
+  friend class TieredStore;
+  DramTier::Reservation range_;
+};
+
 struct TierStats {
   TierKind kind = TierKind::kDram;
   uint64_t capacity_bytes = 0;
@@ -348,6 +369,18 @@ class TieredStore {
   absl::StatusOr<BlockReservation> Reserve(
       const BlockKey& key, uint64_t size, const PutOptions& options = {},
       const ReserveOptions& reserve = {});
+  // `size` bytes of the DRAM arena for a block whose key comes later
+  // (ArenaSpace), evicting as Reserve does. INVALID_ARGUMENT naming "block"
+  // or "size" as Reserve; RESOURCE_EXHAUSTED when there is no room.
+  absl::StatusOr<ArenaSpace> ReserveSpace(uint64_t size,
+                                          const ReserveOptions& reserve = {});
+  // As Reserve for data().size() bytes, but the block is the bytes already
+  // written into `space`, which the reservation takes on success (then
+  // `space` is inactive). On any error `space` is left as it was (still the
+  // caller's), e.g. ALREADY_EXISTS when the key is stored.
+  absl::StatusOr<BlockReservation> ReserveInto(const BlockKey& key,
+                                               ArenaSpace& space,
+                                               const PutOptions& options = {});
   // Verifies the reserved bytes and stores them as the key's block (contract
   // above BlockReservation). FAILED_PRECONDITION naming "reservation" when it
   // is not active. The reservation is consumed either way.
@@ -479,6 +512,15 @@ class TieredStore {
   // returns the bytes freed.
   uint64_t EvictFromTier(size_t t, uint64_t target_bytes);
   void MaybeEvict(size_t t);
+  // Reserve's parts (tiered_store_reserve.cc): the size checks (counting a
+  // refusal as a rejected put); a DRAM range, evicting unless told not to;
+  // claiming the key, then a range, or `space`'s when given.
+  absl::Status CheckReserveSize(uint64_t size);
+  absl::StatusOr<DramTier::Reservation> ReserveRange(
+      uint64_t size, const ReserveOptions& reserve);
+  absl::StatusOr<BlockReservation> ClaimAndReserve(
+      const BlockKey& key, uint64_t size, const PutOptions& options,
+      const ReserveOptions& reserve, ArenaSpace* space);
   // After a write of `charge` bytes into tier `t` found no room: evicts
   // towards room for it and says whether to try the write again (our
   // eviction freed bytes; or others released bytes of the tier since its

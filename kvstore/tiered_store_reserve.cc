@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "kvstore/block_format.h"
 #include "kvstore/dram_tier.h"
 #include "kvstore/tiered_store.h"
@@ -64,6 +65,18 @@ void BlockReservation::Abort() {
 absl::StatusOr<BlockReservation> TieredStore::Reserve(
     const BlockKey& key, uint64_t size, const PutOptions& options,
     const ReserveOptions& reserve) {
+  return ClaimAndReserve(key, size, options, reserve, nullptr);
+}
+
+absl::StatusOr<BlockReservation> TieredStore::ReserveInto(
+    const BlockKey& key, ArenaSpace& space, const PutOptions& options) {
+  if (!space.active()) {
+    return absl::FailedPreconditionError("space: not active (already used)");
+  }
+  return ClaimAndReserve(key, space.range_.size(), options, {}, &space);
+}
+
+absl::Status TieredStore::CheckReserveSize(uint64_t size) {
   auto reject = [&](absl::Status s) {
     absl::MutexLock lock(&mu_);
     ++counters_.rejected_puts;
@@ -79,6 +92,55 @@ absl::StatusOr<BlockReservation> TieredStore::Reserve(
         absl::StrCat("size: ", size, " bytes cannot hold the ",
                      kBlockHeaderSize, "-byte block header")));
   }
+  TierSlot& dram = *tiers_[0];
+  if (dram.tier->Charge(size) > dram.tier->capacity_bytes()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "block: ", size, " bytes exceed the dram tier capacity ",
+        dram.tier->capacity_bytes()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<DramTier::Reservation> TieredStore::ReserveRange(
+    uint64_t size, const ReserveOptions& reserve) {
+  TierSlot& dram = *tiers_[0];
+  const uint64_t charge = dram.tier->Charge(size);
+  auto* dram_tier = static_cast<DramTier*>(dram.tier.get());
+  int rounds = 0;
+  for (;;) {
+    const uint64_t releases = dram.tier->release_count();
+    absl::StatusOr<DramTier::Reservation> range = dram_tier->Reserve(size);
+    if (range.ok() || !absl::IsResourceExhausted(range.status()) ||
+        !reserve.may_evict) {
+      return range;
+    }
+    if (!MakeRoomForRetry(0, charge, releases, rounds)) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "dram tier: no room for a ", size,
+          "-byte block after evicting everything evictable (",
+          dram.tier->used_bytes(), " of ", dram.tier->capacity_bytes(),
+          " bytes held by pinned, leased or in-flight blocks)"));
+    }
+  }
+}
+
+absl::StatusOr<ArenaSpace> TieredStore::ReserveSpace(
+    uint64_t size, const ReserveOptions& reserve) {
+  STRATA_RETURN_IF_ERROR(CheckReserveSize(size));
+  ArenaSpace space;
+  STRATA_ASSIGN_OR_RETURN(space.range_, ReserveRange(size, reserve));
+  return space;
+}
+
+absl::StatusOr<BlockReservation> TieredStore::ClaimAndReserve(
+    const BlockKey& key, uint64_t size, const PutOptions& options,
+    const ReserveOptions& reserve, ArenaSpace* space) {
+  auto reject = [&](absl::Status s) {
+    absl::MutexLock lock(&mu_);
+    ++counters_.rejected_puts;
+    return s;
+  };
+  STRATA_RETURN_IF_ERROR(CheckReserveSize(size));
   if (options.tenant.size() > kMaxLabelBytes ||
       options.model.size() > kMaxLabelBytes) {
     return reject(absl::InvalidArgumentError(absl::StrCat(
@@ -89,13 +151,6 @@ absl::StatusOr<BlockReservation> TieredStore::Reserve(
   if (durable && persistent_tier_ == SIZE_MAX) {
     return reject(absl::FailedPreconditionError(
         "durable: no persistent tier is configured (set ssd_path)"));
-  }
-  TierSlot& dram = *tiers_[0];
-  const uint64_t charge = dram.tier->Charge(size);
-  if (charge > dram.tier->capacity_bytes()) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "block: ", size, " bytes exceed the dram tier capacity ",
-        dram.tier->capacity_bytes()));
   }
   BlockReservation r;
   r.key_ = key;
@@ -119,26 +174,13 @@ absl::StatusOr<BlockReservation> TieredStore::Reserve(
     e.stored_at_unix_ms = r.meta_.stored_at_unix_ms;
   }
   r.store_ = this;  // From here on, dropping `r` releases the key.
-  auto* dram_tier = static_cast<DramTier*>(dram.tier.get());
-  int rounds = 0;
-  for (;;) {
-    const uint64_t releases = dram.tier->release_count();
-    absl::StatusOr<DramTier::Reservation> range = dram_tier->Reserve(size);
-    if (range.ok()) {
-      r.range_ = *std::move(range);
-      return r;
-    }
-    if (!absl::IsResourceExhausted(range.status()) || !reserve.may_evict) {
-      return range.status();
-    }
-    if (!MakeRoomForRetry(0, charge, releases, rounds)) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "dram tier: no room for a ", size,
-          "-byte block after evicting everything evictable (",
-          dram.tier->used_bytes(), " of ", dram.tier->capacity_bytes(),
-          " bytes held by pinned, leased or in-flight blocks)"));
-    }
+  if (space != nullptr) {
+    r.range_ = std::move(space->range_);
+    space->range_ = DramTier::Reservation();
+    return r;
   }
+  STRATA_ASSIGN_OR_RETURN(r.range_, ReserveRange(size, reserve));
+  return r;
 }
 
 bool TieredStore::NeedsEviction() const {

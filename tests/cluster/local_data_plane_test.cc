@@ -26,6 +26,7 @@
 #include "cluster/tcp_data_plane.h"
 #include "common/ucx_protocol.h"
 #include "gtest/gtest.h"
+#include "kvstore/dram_arena.h"
 #include "kvstore/tiered_store.h"
 #include "tests/cluster/raw_data_plane_connection.h"
 #include "tests/kvstore/test_blocks.h"
@@ -248,6 +249,70 @@ TEST_F(LocalDataPlaneTest, AnInArenaGetHoldsItsLeaseUntilTheNextMessage) {
   auto bytes = c.ReadReply();
   ASSERT_TRUE(bytes.has_value());
   EXPECT_EQ(bytes->data, block);
+}
+
+// COMMIT with kRequestSpareNext leaves the connection a spare range of the
+// same size; PUT_SPARE stores the block written there in one round trip and
+// hands out the next. A spare of another size, or a stored key, is answered
+// without losing anything; the spare goes with the connection.
+TEST_F(LocalDataPlaneTest, ASpareRangeTakesTheNextPutInOneRoundTrip) {
+  Start();
+  const auto a = MakeBlock(ShapeForBytes(256 << 10), 20);
+  const auto b = MakeBlock(ShapeForBytes(256 << 10), 21);
+  const uint64_t base_used = store_->Stats().tiers[0].used_bytes;
+  {
+    RawConnection c(sock_);
+    MapArena(c);
+    auto reserved = Reserve(c, 20, a.size());
+    ASSERT_EQ(reserved->code(), absl::StatusCode::kOk);
+    std::memcpy(arena_ + Word(*reserved, 0), a.data(), a.size());
+    ASSERT_TRUE(c.SendRequest(ucx::Op::kCommit, 3, KeyFor(20), {},
+                              std::nullopt, ucx::kProtocolVersion,
+                              ucx::kRequestSpareNext));
+    auto committed = c.ReadReply();
+    ASSERT_TRUE(committed.has_value());
+    ASSERT_EQ(committed->code(), absl::StatusCode::kOk) << committed->message;
+    ASSERT_NE(committed->header.flags & ucx::kReplySpare, 0u);
+    const uint64_t spare = Word(*committed, 0);
+    EXPECT_EQ(Word(*committed, 1), kToken);
+    ASSERT_LE(spare + b.size(), arena_bytes_);
+    // PUT_SPARE of another size: refused, the spare kept.
+    ASSERT_TRUE(c.SendRequest(ucx::Op::kPutSpare, 4, KeyFor(21),
+                              U64(b.size() + 256)));
+    auto wrong = c.ReadReply();
+    ASSERT_TRUE(wrong.has_value());
+    EXPECT_EQ(wrong->code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_TRUE(absl::StartsWith(wrong->message, "op:")) << wrong->message;
+    // The block written into the spare, then stored in one step.
+    std::memcpy(arena_ + spare, b.data(), b.size());
+    ASSERT_TRUE(c.SendRequest(ucx::Op::kPutSpare, 5, KeyFor(21), U64(b.size()),
+                              std::nullopt, ucx::kProtocolVersion,
+                              ucx::kRequestSpareNext));
+    auto put = c.ReadReply();
+    ASSERT_TRUE(put.has_value());
+    ASSERT_EQ(put->code(), absl::StatusCode::kOk) << put->message;
+    ASSERT_NE(put->header.flags & ucx::kReplySpare, 0u);
+    EXPECT_NE(Word(*put, 0), spare);  // The old spare is key 21's block now.
+    auto got = store_->Get(KeyFor(21));
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_TRUE(std::equal(b.begin(), b.end(), got->bytes().begin(),
+                           got->bytes().end()));
+    // A stored key: already present, the same spare kept.
+    const uint64_t next = Word(*put, 0);
+    ASSERT_TRUE(c.SendRequest(ucx::Op::kPutSpare, 6, KeyFor(20), U64(a.size()),
+                              std::nullopt, ucx::kProtocolVersion,
+                              ucx::kRequestSpareNext));
+    auto again = c.ReadReply();
+    ASSERT_TRUE(again.has_value());
+    EXPECT_EQ(again->code(), absl::StatusCode::kOk);
+    EXPECT_NE(again->header.flags & ucx::kReplyAlreadyPresent, 0u);
+    EXPECT_EQ(Word(*again, 0), next);
+  }  // Closed: its thread frees the spare.
+  plane_.reset();  // Joins every connection's thread.
+  EXPECT_EQ(store_->Stats().tiers[0].blocks, 2u);
+  EXPECT_EQ(store_->Stats().tiers[0].used_bytes,
+            base_used + kvstore::DramArena::Footprint(a.size()) +
+                kvstore::DramArena::Footprint(b.size()));
 }
 
 TEST_F(LocalDataPlaneTest, LocalOpsOnATcpConnectionAreRefusedNamingOp) {

@@ -326,6 +326,40 @@ TEST(Reservation, AWritersChecksumSkipsTheCommitPassButNotTheReadChecks) {
   EXPECT_TRUE(absl::IsDataLoss(store->Get(KeyFor(49)).status()));
 }
 
+// Arena space set aside before its key is known (a local connection's spare
+// range): written first, then claimed for a key. A key already stored leaves
+// the space with its holder; dropping it frees the range.
+TEST(Reservation, SpaceReservedBeforeItsKeyIsClaimedWithTheBytesWritten) {
+  auto store = Open(DramFor(4));
+  const auto block = MakeBlock(k64K, 50);
+  auto space = store->ReserveSpace(block.size());
+  ASSERT_TRUE(space.ok()) << space.status();
+  EXPECT_EQ(DramUsed(*store), kFootprint);  // Charged from here on.
+  std::memcpy(space->data().data(), block.data(), block.size());
+  auto r = store->ReserveInto(KeyFor(50), *space);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(space->active());
+  ASSERT_TRUE(store->Commit(*std::move(r)).ok());
+  auto lease = store->Get(KeyFor(50));
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  EXPECT_TRUE(std::equal(block.begin(), block.end(), lease->bytes().begin(),
+                         lease->bytes().end()));
+  EXPECT_EQ(DramUsed(*store), kFootprint);
+  // A stored key: ALREADY_EXISTS, and the space is still the holder's.
+  space = store->ReserveSpace(block.size());
+  ASSERT_TRUE(space.ok()) << space.status();
+  EXPECT_TRUE(absl::IsAlreadyExists(
+      store->ReserveInto(KeyFor(50), *space).status()));
+  EXPECT_TRUE(space->active());
+  EXPECT_EQ(DramUsed(*store), 2 * kFootprint);
+  *space = ArenaSpace();  // Dropped unused: freed.
+  EXPECT_EQ(DramUsed(*store), kFootprint);
+  EXPECT_TRUE(absl::IsFailedPrecondition(
+      store->ReserveInto(KeyFor(51), *space).status()));
+  // Sizes are checked as Reserve checks them.
+  EXPECT_TRUE(absl::IsInvalidArgument(store->ReserveSpace(10).status()));
+}
+
 TEST(Reservation, SizeAndLabelChecksNameTheField) {
   auto o = DramFor(4);
   o.max_block_bytes = 2 * kBlockBytes;
