@@ -41,10 +41,12 @@
 // the client checked it as it copied: kRequestVerifiedInPlace); a GET
 // with kRequestInArena answers where the block lies and holds its lease
 // until the connection's next message. The client's one copy is the only
-// copy of either. A connection holds at most one reservation (dropped by any
-// message but its COMMIT; kept however long the connection idles, since its
-// client may still be writing the range) and one lease; both go when it
-// closes.
+// copy of either. After a COMMIT the connection may keep a spare range of
+// the same size (kRequestSpareNext), into which the client writes its next
+// block and stores it with one PUT_SPARE round trip. A connection holds at
+// most one reservation (dropped by any message but its COMMIT; kept however
+// long the connection idles, since its client may still be writing the
+// range), one spare and one lease; all go when it closes.
 //
 // Threading: Start/Stop/address are for the owning thread. Connection
 // threads share only the ServiceContext (thread-safe) and the connection
