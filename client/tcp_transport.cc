@@ -18,6 +18,7 @@
 #include <utility>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/socket_io.h"
 #include "common/steady_time.h"
@@ -482,8 +483,12 @@ absl::Status TcpTransport::PutInArena(int fd, Exchange& x, bool* broken) {
     absl::Status s = RoundTrip(fd, put, broken);
     x.reply_flags = put.reply_flags;
     if (!*broken) KeepSpare(fd, put);
-    // FAILED_PRECONDITION: the daemon holds no such spare; reserve instead.
-    if (*broken || !absl::IsFailedPrecondition(s)) return s;
+    // FAILED_PRECONDITION naming "op": the daemon holds no such spare;
+    // reserve instead. Any other answer is the put's.
+    if (*broken || !absl::IsFailedPrecondition(s) ||
+        !absl::StartsWith(s.message(), "op:")) {
+      return s;
+    }
   }
   Exchange reserve;
   reserve.op = ucx::Op::kReserve;

@@ -150,6 +150,9 @@ void TcpDataPlane::Stop() {
     }
   }
   ReapFinished();  // Every connection ended: joins them all.
+  absl::MutexLock lock(&mu_);
+  retired_spares_.clear();
+  retired_reservations_.clear();  // Aborted: nothing partial is stored.
 }
 
 void TcpDataPlane::ReapFinished() {
@@ -298,9 +301,9 @@ void TcpDataPlane::Serve(uint64_t id, Connection c) {
     busy_count_.fetch_sub(1, std::memory_order_acq_rel);
     if (!keep || stopping_) break;
   }
-  c.reservation.reset();  // Aborts: nothing partial is stored.
+  DropReservation(c);  // Aborts: nothing partial is stored.
   c.lease.reset();
-  c.spare = kvstore::ArenaSpace();  // Its client is done writing it.
+  DropSpare(c);
   absl::MutexLock lock(&mu_);
   conns_.erase(fd);
   busy_.erase(fd);

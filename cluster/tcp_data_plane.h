@@ -41,7 +41,7 @@
 // the client checked it as it copied: kRequestVerifiedInPlace); a GET
 // with kRequestInArena answers where the block lies and holds its lease
 // until the connection's next message. The client's one copy is the only
-// copy of either. After a COMMIT the connection may keep a spare range of
+// copy of either. After a COMMIT or PUT_SPARE the connection may keep a spare range of
 // the same size (kRequestSpareNext), into which the client writes its next
 // block and stores it with one PUT_SPARE round trip. A connection holds at
 // most one reservation (dropped by any message but its COMMIT; kept however
@@ -168,11 +168,18 @@ class TcpDataPlane {
   bool HandleReserve(Connection& c, const DataRequest& req,
                      uint64_t block_length, absl::Time start);
   bool HandleCommit(Connection& c, const DataRequest& req, absl::Time start);
+  // Frees a connection's spare (or reservation), or while stopping keeps it
+  // until Stop has joined every connection: the client may still be
+  // writing the range, and requests still being served must not get it.
+  void DropSpare(Connection& c);
+  void DropReservation(Connection& c);
   bool HandlePutSpare(Connection& c, const DataRequest& req,
                       uint64_t block_length, absl::Time start);
   // Answers a COMMIT or PUT_SPARE: with kRequestSpareNext, first sets aside
-  // a spare range of `size` bytes (unless the connection holds one) and
-  // names it in the reply (kReplySpare).
+  // a spare range of `size` bytes (unless the connection holds one; not
+  // while stopping or draining; without evicting; all spares together at
+  // most a quarter of the DRAM tier) and names it in the reply
+  // (kReplySpare). A reply without it leaves the connection none.
   bool ReplyWithSpare(Connection& c, const DataRequest& req,
                       const absl::Status& status, uint32_t flags,
                       uint64_t size);
@@ -211,6 +218,7 @@ class TcpDataPlane {
   std::thread acceptor_;
   bool stopped_ = false;  // Owning thread.
   std::atomic<int> polling_{0};  // 1 while a connection's thread polls.
+  std::atomic<uint64_t> spare_bytes_{0};  // Held by all connections' spares.
   std::atomic<int> busy_count_{0};  // busy_.size(), read without mu_.
 
   absl::Mutex mu_;
@@ -223,6 +231,10 @@ class TcpDataPlane {
   std::vector<uint64_t> finished_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // Spares and reservations of connections closed while stopping (DropSpare).
+  std::vector<kvstore::ArenaSpace> retired_spares_ ABSL_GUARDED_BY(mu_);
+  std::vector<kvstore::BlockReservation> retired_reservations_
+      ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace strata::cluster

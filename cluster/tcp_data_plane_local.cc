@@ -255,6 +255,8 @@ bool TcpDataPlane::HandleReserve(Connection& c, const DataRequest& req,
   if (absl::Status s = CheckPutAdmissible(ctx_, block_length); !s.ok()) {
     return answer(s, 0);
   }
+  // The client took its record of a spare of another size: free it.
+  if (c.spare.active() && c.spare.data().size() != block_length) DropSpare(c);
   kvstore::PutOptions put_options = PutOptionsFor(req);
   put_options.in_flight_write_wait = kInFlightWriteWait;
   absl::StatusOr<kvstore::BlockReservation> reservation =
@@ -319,13 +321,17 @@ bool TcpDataPlane::HandlePutSpare(Connection& c, const DataRequest& req,
     stopping = stopping_;
   }
   if (stopping) {
-    return answer(
-        absl::UnavailableError("data_plane: the daemon is shutting down"), 0,
-        0);
+    DropSpare(c);
+    ctx_->metrics->RecordRpc(Rpc::kPut, absl::StatusCode::kUnavailable,
+                             SteadyNow() - start, 0, 0);
+    return SendReply(
+        c.fd, req,
+        absl::UnavailableError("data_plane: the daemon is shutting down"), 0);
   }
   if (arena.fd < 0 || !c.same_user || !c.spare.active() ||
       c.spare.data().size() != block_length) {
-    // Not counted: the client goes on with RESERVE.
+    // Not counted: the client goes on with RESERVE (on "op:" only).
+    DropSpare(c);
     return SendReply(c.fd, req,
                      absl::FailedPreconditionError(absl::StrCat(
                          "op: PUT_SPARE without a spare range of ",
@@ -358,17 +364,33 @@ bool TcpDataPlane::ReplyWithSpare(Connection& c, const DataRequest& req,
                                   uint64_t size) {
   const kvstore::TieredStore::SharedArena arena =
       ctx_->store->SharedDramArena();
+  bool stopping = false;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping = stopping_;
+  }
   if (!(req.flags & ucx::kRequestSpareNext) || arena.fd < 0 ||
-      !c.same_user || size == 0) {
+      !c.same_user || size == 0 || stopping ||
+      !CheckAcceptingBlocks(ctx_).ok()) {
+    DropSpare(c);  // The client keeps no record of one: none is held.
     return SendReply(c.fd, req, status, flags);
   }
   if (c.spare.active() && c.spare.data().size() != size) {
-    c.spare = kvstore::ArenaSpace();  // Sizes changed: one of the new size.
+    DropSpare(c);  // Sizes changed: one of the new size.
   }
-  if (!c.spare.active()) {
-    // No room now: the next put reserves as usual.
-    absl::StatusOr<kvstore::ArenaSpace> space = ctx_->store->ReserveSpace(size);
-    if (space.ok()) c.spare = *std::move(space);
+  // Spares are a guess at the next put: never worth evicting a block for,
+  // and all of them together take at most a quarter of the DRAM tier.
+  const uint64_t cap = ctx_->store->options().dram_capacity_bytes / 4;
+  if (!c.spare.active() &&
+      spare_bytes_.load(std::memory_order_relaxed) + size <= cap) {
+    kvstore::ReserveOptions no_eviction;
+    no_eviction.may_evict = false;
+    absl::StatusOr<kvstore::ArenaSpace> space =
+        ctx_->store->ReserveSpace(size, no_eviction);
+    if (space.ok()) {
+      c.spare = *std::move(space);
+      spare_bytes_.fetch_add(size, std::memory_order_relaxed);
+    }
   }
   if (!c.spare.active()) return SendReply(c.fd, req, status, flags);
   const uint64_t offset =
@@ -377,6 +399,25 @@ bool TcpDataPlane::ReplyWithSpare(Connection& c, const DataRequest& req,
                     ReplyHeaderBytes(req.op, req.request_id, status,
                                      flags | ucx::kReplySpare),
                     U64s({offset, ctx_->instance_token}));
+}
+
+void TcpDataPlane::DropSpare(Connection& c) {
+  if (!c.spare.active()) return;
+  spare_bytes_.fetch_sub(c.spare.data().size(), std::memory_order_relaxed);
+  absl::MutexLock lock(&mu_);
+  if (stopping_) {
+    retired_spares_.push_back(std::move(c.spare));
+  }
+  c.spare = kvstore::ArenaSpace();
+}
+
+void TcpDataPlane::DropReservation(Connection& c) {
+  if (!c.reservation.has_value()) return;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) retired_reservations_.push_back(*std::move(c.reservation));
+  }
+  c.reservation.reset();
 }
 
 bool TcpDataPlane::HandleGetInArena(Connection& c, const DataRequest& req,

@@ -69,7 +69,8 @@ inline constexpr uint32_t kReplyAlreadyPresent = 1u << 0;  // PUT.
 inline constexpr uint32_t kReplyServedFromSsd = 1u << 1;   // GET hit.
 inline constexpr uint32_t kReplyInArena = 1u << 2;  // GET hit: see above.
 // COMMIT or PUT_SPARE: the connection holds a spare range; reply data = u64
-// offset, u64 arena token. Without it the connection holds none.
+// offset, u64 arena token. Without it the connection holds none (the
+// daemon dropped any it held).
 inline constexpr uint32_t kReplySpare = 1u << 3;
 
 struct RequestHeader {

@@ -370,8 +370,9 @@ class TieredStore {
       const BlockKey& key, uint64_t size, const PutOptions& options = {},
       const ReserveOptions& reserve = {});
   // `size` bytes of the DRAM arena for a block whose key comes later
-  // (ArenaSpace), evicting as Reserve does. INVALID_ARGUMENT naming "block"
-  // or "size" as Reserve; RESOURCE_EXHAUSTED when there is no room.
+  // (ArenaSpace), evicting as Reserve does unless reserve.may_evict is
+  // false. INVALID_ARGUMENT naming "block" or "size" as Reserve (not counted:
+  // no put was refused); RESOURCE_EXHAUSTED when there is no room.
   absl::StatusOr<ArenaSpace> ReserveSpace(uint64_t size,
                                           const ReserveOptions& reserve = {});
   // As Reserve for data().size() bytes, but the block is the bytes already
@@ -512,10 +513,13 @@ class TieredStore {
   // returns the bytes freed.
   uint64_t EvictFromTier(size_t t, uint64_t target_bytes);
   void MaybeEvict(size_t t);
-  // Reserve's parts (tiered_store_reserve.cc): the size checks (counting a
-  // refusal as a rejected put); a DRAM range, evicting unless told not to;
-  // claiming the key, then a range, or `space`'s when given.
-  absl::Status CheckReserveSize(uint64_t size);
+  // Reserve's parts (tiered_store_reserve.cc), in Reserve's order: the size
+  // checks (INVALID_ARGUMENT; Reserve counts them as rejected puts), then
+  // after the label and durability checks whether the DRAM tier could hold
+  // it at all (RESOURCE_EXHAUSTED); a DRAM range, evicting unless told not
+  // to; claiming the key, then a range, or `space`'s when given.
+  absl::Status CheckReserveSize(uint64_t size) const;
+  absl::Status CheckFitsDram(uint64_t size) const;
   absl::StatusOr<DramTier::Reservation> ReserveRange(
       uint64_t size, const ReserveOptions& reserve);
   absl::StatusOr<BlockReservation> ClaimAndReserve(

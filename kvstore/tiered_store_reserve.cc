@@ -76,23 +76,22 @@ absl::StatusOr<BlockReservation> TieredStore::ReserveInto(
   return ClaimAndReserve(key, space.range_.size(), options, {}, &space);
 }
 
-absl::Status TieredStore::CheckReserveSize(uint64_t size) {
-  auto reject = [&](absl::Status s) {
-    absl::MutexLock lock(&mu_);
-    ++counters_.rejected_puts;
-    return s;
-  };
+absl::Status TieredStore::CheckReserveSize(uint64_t size) const {
   if (size > options_.max_block_bytes) {
-    return reject(absl::InvalidArgumentError(
+    return absl::InvalidArgumentError(
         absl::StrCat("block: ", size, " bytes exceed max_block_bytes ",
-                     options_.max_block_bytes)));
+                     options_.max_block_bytes));
   }
   if (size < kBlockHeaderSize) {
-    return reject(absl::InvalidArgumentError(
+    return absl::InvalidArgumentError(
         absl::StrCat("size: ", size, " bytes cannot hold the ",
-                     kBlockHeaderSize, "-byte block header")));
+                     kBlockHeaderSize, "-byte block header"));
   }
-  TierSlot& dram = *tiers_[0];
+  return absl::OkStatus();
+}
+
+absl::Status TieredStore::CheckFitsDram(uint64_t size) const {
+  const TierSlot& dram = *tiers_[0];
   if (dram.tier->Charge(size) > dram.tier->capacity_bytes()) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "block: ", size, " bytes exceed the dram tier capacity ",
@@ -127,6 +126,7 @@ absl::StatusOr<DramTier::Reservation> TieredStore::ReserveRange(
 absl::StatusOr<ArenaSpace> TieredStore::ReserveSpace(
     uint64_t size, const ReserveOptions& reserve) {
   STRATA_RETURN_IF_ERROR(CheckReserveSize(size));
+  STRATA_RETURN_IF_ERROR(CheckFitsDram(size));
   ArenaSpace space;
   STRATA_ASSIGN_OR_RETURN(space.range_, ReserveRange(size, reserve));
   return space;
@@ -140,7 +140,7 @@ absl::StatusOr<BlockReservation> TieredStore::ClaimAndReserve(
     ++counters_.rejected_puts;
     return s;
   };
-  STRATA_RETURN_IF_ERROR(CheckReserveSize(size));
+  if (absl::Status s = CheckReserveSize(size); !s.ok()) return reject(s);
   if (options.tenant.size() > kMaxLabelBytes ||
       options.model.size() > kMaxLabelBytes) {
     return reject(absl::InvalidArgumentError(absl::StrCat(
@@ -152,6 +152,7 @@ absl::StatusOr<BlockReservation> TieredStore::ClaimAndReserve(
     return reject(absl::FailedPreconditionError(
         "durable: no persistent tier is configured (set ssd_path)"));
   }
+  STRATA_RETURN_IF_ERROR(CheckFitsDram(size));
   BlockReservation r;
   r.key_ = key;
   r.durable_ = durable;

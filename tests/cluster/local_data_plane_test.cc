@@ -253,8 +253,9 @@ TEST_F(LocalDataPlaneTest, AnInArenaGetHoldsItsLeaseUntilTheNextMessage) {
 
 // COMMIT with kRequestSpareNext leaves the connection a spare range of the
 // same size; PUT_SPARE stores the block written there in one round trip and
-// hands out the next. A spare of another size, or a stored key, is answered
-// without losing anything; the spare goes with the connection.
+// hands out the next. A stored key is answered already present with the
+// spare kept; a PUT_SPARE the connection holds no spare for is refused
+// naming op and leaves none; no spare outlives its connection.
 TEST_F(LocalDataPlaneTest, ASpareRangeTakesTheNextPutInOneRoundTrip) {
   Start();
   const auto a = MakeBlock(ShapeForBytes(256 << 10), 20);
@@ -276,13 +277,6 @@ TEST_F(LocalDataPlaneTest, ASpareRangeTakesTheNextPutInOneRoundTrip) {
     const uint64_t spare = Word(*committed, 0);
     EXPECT_EQ(Word(*committed, 1), kToken);
     ASSERT_LE(spare + b.size(), arena_bytes_);
-    // PUT_SPARE of another size: refused, the spare kept.
-    ASSERT_TRUE(c.SendRequest(ucx::Op::kPutSpare, 4, KeyFor(21),
-                              U64(b.size() + 256)));
-    auto wrong = c.ReadReply();
-    ASSERT_TRUE(wrong.has_value());
-    EXPECT_EQ(wrong->code(), absl::StatusCode::kFailedPrecondition);
-    EXPECT_TRUE(absl::StartsWith(wrong->message, "op:")) << wrong->message;
     // The block written into the spare, then stored in one step.
     std::memcpy(arena_ + spare, b.data(), b.size());
     ASSERT_TRUE(c.SendRequest(ucx::Op::kPutSpare, 5, KeyFor(21), U64(b.size()),
@@ -307,6 +301,20 @@ TEST_F(LocalDataPlaneTest, ASpareRangeTakesTheNextPutInOneRoundTrip) {
     EXPECT_EQ(again->code(), absl::StatusCode::kOk);
     EXPECT_NE(again->header.flags & ucx::kReplyAlreadyPresent, 0u);
     EXPECT_EQ(Word(*again, 0), next);
+    // PUT_SPARE of another size: refused naming op, and the spare dropped
+    // (a reply without kReplySpare leaves none), so the right size is
+    // refused too; the client then reserves.
+    ASSERT_TRUE(c.SendRequest(ucx::Op::kPutSpare, 7, KeyFor(22),
+                              U64(b.size() + 256)));
+    auto wrong = c.ReadReply();
+    ASSERT_TRUE(wrong.has_value());
+    EXPECT_EQ(wrong->code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_TRUE(absl::StartsWith(wrong->message, "op:")) << wrong->message;
+    EXPECT_EQ(wrong->header.flags & ucx::kReplySpare, 0u);
+    ASSERT_TRUE(c.SendRequest(ucx::Op::kPutSpare, 8, KeyFor(22), U64(b.size()),
+                              std::nullopt, ucx::kProtocolVersion,
+                              ucx::kRequestSpareNext));
+    EXPECT_EQ(c.ReadReply()->code(), absl::StatusCode::kFailedPrecondition);
   }  // Closed: its thread frees the spare.
   plane_.reset();  // Joins every connection's thread.
   EXPECT_EQ(store_->Stats().tiers[0].blocks, 2u);
