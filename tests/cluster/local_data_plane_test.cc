@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -115,7 +116,7 @@ class LocalDataPlaneTest : public ::testing::Test {
   }
 
   ScratchDir dir_;
-  const std::string sock_ = dir_.SocketPath("stratad.sock");
+  std::string sock_ = dir_.SocketPath("stratad.sock");
   std::unique_ptr<kvstore::TieredStore> store_;
   cluster::ServiceMetrics metrics_;
   cluster::ServiceContext ctx_;
@@ -347,6 +348,48 @@ TEST_F(LocalDataPlaneTest, LocalOpsOnATcpConnectionAreRefusedNamingOp) {
   ASSERT_TRUE(got.has_value());
   EXPECT_EQ(got->header.flags & ucx::kReplyInArena, 0u);
   EXPECT_EQ(got->data, block);
+}
+
+// A process of another user gets no arena: PERMISSION_DENIED naming the
+// field, no descriptor. (The socket's mode keeps such processes out; the
+// test opens it up to reach the check behind it.) Needs root to switch user.
+TEST_F(LocalDataPlaneTest, APeerOfAnotherUserGetsNoArena) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to run a child as nobody";
+  // A socket nobody can reach: under /tmp (the build tree's directories may
+  // be closed to other users), in a directory opened for traversal.
+  char open_dir[] = "/tmp/strata-peer-XXXXXX";
+  ASSERT_NE(mkdtemp(open_dir), nullptr);
+  ASSERT_EQ(chmod(open_dir, 0711), 0);
+  sock_ = std::string(open_dir) + "/stratad.sock";
+  Start();
+  ASSERT_EQ(chmod(sock_.c_str(), 0666), 0);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // Exit codes: 0 refused as expected; 1-5 what went wrong.
+    if (setgid(65534) != 0 || setuid(65534) != 0) _exit(1);
+    RawConnection c(sock_);
+    if (!c.connected()) _exit(2);
+    if (!c.SendRequest(ucx::Op::kMapArena, 1, KeyFor(0), {})) _exit(3);
+    std::optional<Reply> r = c.ReadReply();
+    if (!r.has_value() || r->code() != absl::StatusCode::kPermissionDenied ||
+        !absl::StartsWith(r->message, "local_data_plane_path:")) {
+      _exit(4);
+    }
+    if (c.passed_fd() != -1) _exit(5);
+    if (!c.SendRequest(ucx::Op::kReserve, 2, KeyFor(1), U64(4096))) _exit(3);
+    r = c.ReadReply();
+    if (!r.has_value() || r->code() != absl::StatusCode::kPermissionDenied) {
+      _exit(4);
+    }
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  plane_.reset();  // Removes the socket file.
+  rmdir(open_dir);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
 TEST_F(LocalDataPlaneTest, APrivateArenaIsRefusedNamingDramShared) {
