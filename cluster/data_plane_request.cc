@@ -69,8 +69,10 @@ absl::Status CheckPutAdmissible(const ServiceContext* ctx, uint64_t length) {
   return absl::OkStatus();
 }
 
-kvstore::PutOptions PutOptionsFor(const DataRequest& req) {
+kvstore::PutOptions PutOptionsFor(const DataRequest& req,
+                                  absl::Duration in_flight_write_wait) {
   kvstore::PutOptions options;
+  options.in_flight_write_wait = in_flight_write_wait;
   if (req.flags & ucx::kRequestDurable) options.durable = true;
   options.tenant = req.tenant;
   options.model = req.model;

@@ -56,8 +56,10 @@ std::vector<uint8_t> ReplyHeaderBytes(uint16_t op, uint64_t request_id,
 absl::Status CheckPutAdmissible(const ServiceContext* ctx, uint64_t length);
 
 // The store options of a PUT: durability from the request's flags (unset:
-// the daemon's default), its labels. The caller sets in_flight_write_wait.
-kvstore::PutOptions PutOptionsFor(const DataRequest& req);
+// the daemon's default), its labels, and how long it waits for another
+// write of the key in flight.
+kvstore::PutOptions PutOptionsFor(const DataRequest& req,
+                                  absl::Duration in_flight_write_wait);
 
 // The store options for a GET: a client that verifies the block where it
 // lands (kRequestClientVerifies) is served a DRAM copy without the daemon's

@@ -387,20 +387,15 @@ bool TcpDataPlane::HandlePut(int fd, const DataRequest& req,
     *status = std::move(why);
     return true;
   };
-  bool stopping = false;
-  {
-    absl::MutexLock lock(&mu_);
-    stopping = stopping_;
-  }
-  if (stopping) {
+  if (Stopping()) {
     return refuse(absl::UnavailableError(
         "data_plane: the daemon is shutting down"));
   }
   if (absl::Status s = CheckPutAdmissible(ctx_, data_length); !s.ok()) {
     return refuse(s);
   }
-  kvstore::PutOptions put_options = PutOptionsFor(req);
-  put_options.in_flight_write_wait = kInFlightWriteWait;
+  const kvstore::PutOptions put_options =
+      PutOptionsFor(req, kInFlightWriteWait);
   absl::StatusOr<kvstore::BlockReservation> reservation =
       ctx_->store->Reserve(req.key, data_length, put_options);
   if (absl::IsAlreadyExists(reservation.status())) {
@@ -480,13 +475,19 @@ bool TcpDataPlane::HandleGet(int fd, const DataRequest& req, absl::Time start) {
 }
 
 bool TcpDataPlane::SendFramed(int fd, const std::vector<uint8_t>& header,
-                              absl::Span<const uint8_t> data) {
+                              absl::Span<const uint8_t> data, int pass_fd) {
   tcp::TcpFrame frame{tcp::kFrameMagic, static_cast<uint32_t>(header.size()),
                       data.size()};
   iovec iov[3] = {{&frame, sizeof(frame)},
                   {const_cast<uint8_t*>(header.data()), header.size()},
                   {const_cast<uint8_t*>(data.data()), data.size()}};
-  return sockio::SendAll(fd, iov, data.empty() ? 2 : 3) == Io::kOk;
+  return sockio::SendAll(fd, iov, data.empty() ? 2 : 3,
+                         absl::InfiniteFuture(), pass_fd) == Io::kOk;
+}
+
+bool TcpDataPlane::Stopping() {
+  absl::MutexLock lock(&mu_);
+  return stopping_;
 }
 
 bool TcpDataPlane::SendReply(int fd, const DataRequest& req,

@@ -195,9 +195,18 @@ class TcpDataPlane {
                  absl::Status* status, uint32_t* flags);
   bool HandleGet(int fd, const DataRequest& req, absl::Time start);
   // Sends frame, header and data (which may be empty); false when the
-  // connection broke.
+  // connection broke. `pass_fd` >= 0 rides along (SCM_RIGHTS).
   static bool SendFramed(int fd, const std::vector<uint8_t>& header,
-                         absl::Span<const uint8_t> data);
+                         absl::Span<const uint8_t> data, int pass_fd = -1);
+  bool Stopping();
+  // Whether `c` may use the shared arena: FAILED_PRECONDITION naming
+  // "dram_shared" when the arena is private, PERMISSION_DENIED naming
+  // "local_data_plane_path" for a peer of another user.
+  absl::Status ArenaAccess(const Connection& c) const;
+  // Commits a block written in place (COMMIT, PUT_SPARE): the daemon's
+  // checksum pass unless the client did it (kRequestVerifiedInPlace).
+  absl::Status CommitInPlace(kvstore::BlockReservation reservation,
+                             uint32_t request_flags);
   // Sends a reply without data; false when the connection broke.
   bool SendReply(int fd, const DataRequest& req, const absl::Status& status,
                  uint32_t flags);

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "cluster/tcp_data_plane.h"
 #include "common/socket_io.h"
+#include "common/status_macros.h"
 #include "common/steady_time.h"
 #include "common/tcp_protocol.h"
 
@@ -160,62 +161,40 @@ bool TcpDataPlane::HandleLocalOp(Connection& c, const DataRequest& req,
   }
 }
 
-bool TcpDataPlane::SendArena(Connection& c, const DataRequest& req) {
-  const kvstore::TieredStore::SharedArena arena =
-      ctx_->store->SharedDramArena();
-  if (arena.fd < 0) {
-    return SendReply(c.fd, req,
-                     absl::FailedPreconditionError(
-                         "dram_shared: this daemon's DRAM arena is private"),
-                     0);
+absl::Status TcpDataPlane::ArenaAccess(const Connection& c) const {
+  if (ctx_->store->SharedDramArena().fd < 0) {
+    return absl::FailedPreconditionError(
+        "dram_shared: this daemon's DRAM arena is private");
   }
   if (!c.same_user) {
-    return SendReply(c.fd, req,
-                     absl::PermissionDeniedError(absl::StrCat(
-                         kLocalPathField,
-                         ": the shared arena goes only to clients running as "
-                         "the daemon's user")),
-                     0);
+    return absl::PermissionDeniedError(absl::StrCat(
+        kLocalPathField,
+        ": the shared arena goes only to clients running as the daemon's "
+        "user"));
   }
-  // The memfd rides on the reply's first byte (SCM_RIGHTS); the data is the
-  // daemon's instance token.
-  const std::vector<uint8_t> header =
-      ReplyHeaderBytes(req.op, req.request_id, absl::OkStatus(), 0);
-  const uint64_t token = ctx_->instance_token;
-  tcp::TcpFrame frame{tcp::kFrameMagic, static_cast<uint32_t>(header.size()),
-                      sizeof(token)};
-  iovec iov[3] = {{&frame, sizeof(frame)},
-                  {const_cast<uint8_t*>(header.data()), header.size()},
-                  {const_cast<uint64_t*>(&token), sizeof(token)}};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = iov;
-  msg.msg_iovlen = 3;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  cmsghdr* cm = CMSG_FIRSTHDR(&msg);
-  cm->cmsg_level = SOL_SOCKET;
-  cm->cmsg_type = SCM_RIGHTS;
-  cm->cmsg_len = CMSG_LEN(sizeof(int));
-  std::memcpy(CMSG_DATA(cm), &arena.fd, sizeof(int));
-  ssize_t n;
-  do {
-    n = sendmsg(c.fd, &msg, MSG_NOSIGNAL);
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) return false;
-  // The rest (rarely any), without the descriptor.
-  size_t left = static_cast<size_t>(n);
-  int count = 3;
-  iovec* rest = iov;
-  while (count > 0 && left >= rest->iov_len) {
-    left -= rest->iov_len;
-    ++rest;
-    --count;
+  return absl::OkStatus();
+}
+
+absl::Status TcpDataPlane::CommitInPlace(kvstore::BlockReservation reservation,
+                                         uint32_t request_flags) {
+  // Commit hashes what landed, unless the client checked the checksum as it
+  // wrote: a block written wrong is refused (and nothing of it stored).
+  if (request_flags & ucx::kRequestVerifiedInPlace) {
+    reservation.AcceptWritersChecksum();
   }
-  if (count == 0) return true;
-  rest->iov_base = static_cast<uint8_t*>(rest->iov_base) + left;
-  rest->iov_len -= left;
-  return sockio::SendAll(c.fd, rest, count) == Io::kOk;
+  STRATA_RETURN_IF_ERROR(CheckAcceptingBlocks(ctx_));
+  return ctx_->store->Commit(std::move(reservation));
+}
+
+bool TcpDataPlane::SendArena(Connection& c, const DataRequest& req) {
+  if (absl::Status s = ArenaAccess(c); !s.ok()) {
+    return SendReply(c.fd, req, s, 0);
+  }
+  // The memfd rides on the reply's first bytes; the data is the daemon's
+  // instance token.
+  return SendFramed(
+      c.fd, ReplyHeaderBytes(req.op, req.request_id, absl::OkStatus(), 0),
+      U64s({ctx_->instance_token}), ctx_->store->SharedDramArena().fd);
 }
 
 bool TcpDataPlane::HandleReserve(Connection& c, const DataRequest& req,
@@ -231,24 +210,8 @@ bool TcpDataPlane::HandleReserve(Connection& c, const DataRequest& req,
     }
     return SendReply(c.fd, req, status, flags);
   };
-  if (arena.fd < 0) {
-    return answer(absl::FailedPreconditionError(
-                      "dram_shared: this daemon's DRAM arena is private"),
-                  0);
-  }
-  if (!c.same_user) {
-    return answer(absl::PermissionDeniedError(absl::StrCat(
-                      kLocalPathField,
-                      ": the shared arena goes only to clients running as "
-                      "the daemon's user")),
-                  0);
-  }
-  bool stopping = false;
-  {
-    absl::MutexLock lock(&mu_);
-    stopping = stopping_;
-  }
-  if (stopping) {
+  if (absl::Status s = ArenaAccess(c); !s.ok()) return answer(s, 0);
+  if (Stopping()) {
     return answer(
         absl::UnavailableError("data_plane: the daemon is shutting down"), 0);
   }
@@ -257,10 +220,8 @@ bool TcpDataPlane::HandleReserve(Connection& c, const DataRequest& req,
   }
   // The client took its record of a spare of another size: free it.
   if (c.spare.active() && c.spare.data().size() != block_length) DropSpare(c);
-  kvstore::PutOptions put_options = PutOptionsFor(req);
-  put_options.in_flight_write_wait = kInFlightWriteWait;
-  absl::StatusOr<kvstore::BlockReservation> reservation =
-      ctx_->store->Reserve(req.key, block_length, put_options);
+  absl::StatusOr<kvstore::BlockReservation> reservation = ctx_->store->Reserve(
+      req.key, block_length, PutOptionsFor(req, kInFlightWriteWait));
   if (absl::IsAlreadyExists(reservation.status())) {
     return answer(absl::OkStatus(), ucx::kReplyAlreadyPresent);
   }
@@ -289,15 +250,7 @@ bool TcpDataPlane::HandleCommit(Connection& c, const DataRequest& req,
     c.reservation.reset();
   } else {
     bytes_in = c.reservation_bytes;
-    // Commit hashes what landed, unless the client checked the checksum as
-    // it wrote: a block written wrong is refused (and nothing of it stored).
-    if (req.flags & ucx::kRequestVerifiedInPlace) {
-      c.reservation->AcceptWritersChecksum();
-    }
-    status = CheckAcceptingBlocks(ctx_);
-    if (status.ok()) {
-      status = ctx_->store->Commit(*std::move(c.reservation));
-    }
+    status = CommitInPlace(*std::move(c.reservation), req.flags);
     c.reservation.reset();
   }
   ctx_->metrics->RecordRpc(Rpc::kPut, status.code(), SteadyNow() - start,
@@ -307,28 +260,18 @@ bool TcpDataPlane::HandleCommit(Connection& c, const DataRequest& req,
 
 bool TcpDataPlane::HandlePutSpare(Connection& c, const DataRequest& req,
                                   uint64_t block_length, absl::Time start) {
-  const kvstore::TieredStore::SharedArena arena =
-      ctx_->store->SharedDramArena();
   auto answer = [&](const absl::Status& status, uint32_t flags,
                     uint64_t bytes_in) {
     ctx_->metrics->RecordRpc(Rpc::kPut, status.code(), SteadyNow() - start,
                              bytes_in, 0);
     return ReplyWithSpare(c, req, status, flags, block_length);
   };
-  bool stopping = false;
-  {
-    absl::MutexLock lock(&mu_);
-    stopping = stopping_;
+  if (Stopping()) {  // The reply drops the spare.
+    return answer(
+        absl::UnavailableError("data_plane: the daemon is shutting down"), 0,
+        0);
   }
-  if (stopping) {
-    DropSpare(c);
-    ctx_->metrics->RecordRpc(Rpc::kPut, absl::StatusCode::kUnavailable,
-                             SteadyNow() - start, 0, 0);
-    return SendReply(
-        c.fd, req,
-        absl::UnavailableError("data_plane: the daemon is shutting down"), 0);
-  }
-  if (arena.fd < 0 || !c.same_user || !c.spare.active() ||
+  if (!ArenaAccess(c).ok() || !c.spare.active() ||
       c.spare.data().size() != block_length) {
     // Not counted: the client goes on with RESERVE (on "op:" only).
     DropSpare(c);
@@ -341,37 +284,24 @@ bool TcpDataPlane::HandlePutSpare(Connection& c, const DataRequest& req,
   if (absl::Status s = CheckPutAdmissible(ctx_, block_length); !s.ok()) {
     return answer(s, 0, 0);
   }
-  kvstore::PutOptions put_options = PutOptionsFor(req);
-  put_options.in_flight_write_wait = kInFlightWriteWait;
   // The spare becomes the key's reservation (or stays the connection's when
   // the key cannot be claimed).
   absl::StatusOr<kvstore::BlockReservation> reservation =
-      ctx_->store->ReserveInto(req.key, c.spare, put_options);
+      ctx_->store->ReserveInto(req.key, c.spare,
+                               PutOptionsFor(req, kInFlightWriteWait));
   if (absl::IsAlreadyExists(reservation.status())) {
     return answer(absl::OkStatus(), ucx::kReplyAlreadyPresent, 0);
   }
   if (!reservation.ok()) return answer(reservation.status(), 0, 0);
-  if (req.flags & ucx::kRequestVerifiedInPlace) {
-    reservation->AcceptWritersChecksum();
-  }
-  absl::Status status = CheckAcceptingBlocks(ctx_);
-  if (status.ok()) status = ctx_->store->Commit(*std::move(reservation));
-  return answer(status, 0, block_length);
+  return answer(CommitInPlace(*std::move(reservation), req.flags), 0,
+                block_length);
 }
 
 bool TcpDataPlane::ReplyWithSpare(Connection& c, const DataRequest& req,
                                   const absl::Status& status, uint32_t flags,
                                   uint64_t size) {
-  const kvstore::TieredStore::SharedArena arena =
-      ctx_->store->SharedDramArena();
-  bool stopping = false;
-  {
-    absl::MutexLock lock(&mu_);
-    stopping = stopping_;
-  }
-  if (!(req.flags & ucx::kRequestSpareNext) || arena.fd < 0 ||
-      !c.same_user || size == 0 || stopping ||
-      !CheckAcceptingBlocks(ctx_).ok()) {
+  if (!(req.flags & ucx::kRequestSpareNext) || size == 0 ||
+      !ArenaAccess(c).ok() || Stopping() || !CheckAcceptingBlocks(ctx_).ok()) {
     DropSpare(c);  // The client keeps no record of one: none is held.
     return SendReply(c.fd, req, status, flags);
   }
@@ -393,8 +323,8 @@ bool TcpDataPlane::ReplyWithSpare(Connection& c, const DataRequest& req,
     }
   }
   if (!c.spare.active()) return SendReply(c.fd, req, status, flags);
-  const uint64_t offset =
-      static_cast<uint64_t>(c.spare.data().data() - arena.base);
+  const uint64_t offset = static_cast<uint64_t>(
+      c.spare.data().data() - ctx_->store->SharedDramArena().base);
   return SendFramed(c.fd,
                     ReplyHeaderBytes(req.op, req.request_id, status,
                                      flags | ucx::kReplySpare),
@@ -422,11 +352,9 @@ void TcpDataPlane::DropReservation(Connection& c) {
 
 bool TcpDataPlane::HandleGetInArena(Connection& c, const DataRequest& req,
                                     absl::Time start) {
+  if (!c.local || !ArenaAccess(c).ok()) return HandleGet(c.fd, req, start);
   const kvstore::TieredStore::SharedArena arena =
       ctx_->store->SharedDramArena();
-  if (!c.local || !c.same_user || arena.fd < 0) {
-    return HandleGet(c.fd, req, start);
-  }
   absl::StatusOr<kvstore::BlockLease> lease =
       ctx_->store->Get(req.key, GetOptionsFor(req.flags));
   if (!lease.ok()) {

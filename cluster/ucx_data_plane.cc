@@ -365,8 +365,8 @@ ucs_status_t UcxDataPlane::HandleRequest(const void* header,
   // Straight into the DRAM arena when it has room now (no eviction or
   // waiting on this thread), else into a pooled buffer that a pool thread
   // Put()s.
-  kvstore::PutOptions put_options = PutOptionsFor(req);
-  put_options.in_flight_write_wait = absl::ZeroDuration();  // Never block.
+  const kvstore::PutOptions put_options =
+      PutOptionsFor(req, absl::ZeroDuration());  // Never block.
   absl::StatusOr<kvstore::BlockReservation> reservation =
       ctx_->store->Reserve(req.key, length, put_options,
                            kvstore::ReserveOptions{.may_evict = false});
@@ -495,7 +495,7 @@ void UcxDataPlane::SubmitPut(Request req, ucx::PoolBuffer buffer,
                              size_t capacity, size_t size) {
   const bool queued = pool_->Submit([this, req, buffer = std::move(buffer),
                                      capacity, size]() mutable {
-    const kvstore::PutOptions options = PutOptionsFor(req);
+    const kvstore::PutOptions options = PutOptionsFor(req, kInFlightWriteWait);
     auto outcome = StoreBlock(ctx_, req.key,
                               absl::MakeConstSpan(buffer.get(), size), options);
     buffers_->Release(std::move(buffer), capacity);  // The store copied it.

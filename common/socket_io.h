@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "absl/time/time.h"
 #include "common/steady_time.h"
@@ -137,18 +138,32 @@ inline Io Discard(int fd, uint64_t size) {
 }
 
 // Sends every byte of iov[0, count) (which it advances), without SIGPIPE.
+// `pass_fd` >= 0: that descriptor rides on the first bytes sent (SCM_RIGHTS,
+// Unix sockets), once.
 inline Io SendAll(int fd, iovec* iov, int count,
-                  absl::Time deadline = absl::InfiniteFuture()) {
+                  absl::Time deadline = absl::InfiniteFuture(),
+                  int pass_fd = -1) {
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
   while (count > 0) {
     if (!LimitToDeadline(fd, SO_SNDTIMEO, deadline)) return Io::kTimedOut;
     msghdr msg{};
     msg.msg_iov = iov;
     msg.msg_iovlen = static_cast<size_t>(count);
+    if (pass_fd >= 0) {
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof(control);
+      cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+      cm->cmsg_level = SOL_SOCKET;
+      cm->cmsg_type = SCM_RIGHTS;
+      cm->cmsg_len = CMSG_LEN(sizeof(int));
+      std::memcpy(CMSG_DATA(cm), &pass_fd, sizeof(int));
+    }
     const ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
       return ErrnoIo(errno);
     }
+    pass_fd = -1;  // Sent with those bytes.
     size_t left = static_cast<size_t>(n);
     while (count > 0 && left >= iov->iov_len) {
       left -= iov->iov_len;
