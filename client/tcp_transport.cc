@@ -161,6 +161,24 @@ struct TcpTransport::Exchange {
     return dst != nullptr ? absl::MakeConstSpan(dst, received)
                           : absl::MakeConstSpan(landed);
   }
+
+  // A step of this call on the shared arena (RESERVE, COMMIT, PUT_SPARE,
+  // RELEASE): its key, id and deadline; for RESERVE and PUT_SPARE also the
+  // flags, labels and the block's length.
+  Exchange Step(ucx::Op step_op) const {
+    Exchange e;
+    e.op = step_op;
+    e.key = key;
+    e.deadline = deadline;
+    e.request_id = request_id;
+    if (step_op == ucx::Op::kReserve || step_op == ucx::Op::kPutSpare) {
+      e.flags = flags;
+      e.tenant = tenant;
+      e.model = model;
+      e.block_length = block.size();
+    }
+    return e;
+  }
 };
 
 absl::StatusOr<std::unique_ptr<TcpTransport>> TcpTransport::Create(
@@ -466,17 +484,10 @@ absl::Status TcpTransport::PutInArena(int fd, Exchange& x, bool* broken) {
   // The connection's spare range, when it fits: one round trip, PUT_SPARE.
   std::optional<Spare> spare = TakeSpare(fd);
   if (spare.has_value() && spare->bytes == x.block.size() &&
-      spare->token == arena_token_ && spare->offset <= arena_bytes_ &&
-      x.block.size() <= arena_bytes_ - spare->offset) {
-    Exchange put;
-    put.op = ucx::Op::kPutSpare;
-    put.key = x.key;
-    put.flags = x.flags | ucx::kRequestSpareNext;
-    put.tenant = x.tenant;
-    put.model = x.model;
-    put.block_length = x.block.size();
-    put.deadline = x.deadline;
-    put.request_id = x.request_id;
+      spare->token == arena_token_ &&
+      InArena(spare->offset, x.block.size())) {
+    Exchange put = x.Step(ucx::Op::kPutSpare);
+    put.flags |= ucx::kRequestSpareNext;
     if (CopyIntoArena(x.block, spare->offset)) {
       put.flags |= ucx::kRequestVerifiedInPlace;
     }
@@ -490,15 +501,7 @@ absl::Status TcpTransport::PutInArena(int fd, Exchange& x, bool* broken) {
       return s;
     }
   }
-  Exchange reserve;
-  reserve.op = ucx::Op::kReserve;
-  reserve.key = x.key;
-  reserve.flags = x.flags;
-  reserve.tenant = x.tenant;
-  reserve.model = x.model;
-  reserve.block_length = x.block.size();
-  reserve.deadline = x.deadline;
-  reserve.request_id = x.request_id;
+  Exchange reserve = x.Step(ucx::Op::kReserve);
   absl::Status s = RoundTrip(fd, reserve, broken);
   x.reply_flags = reserve.reply_flags;
   if (absl::IsResourceExhausted(s) && !*broken) {
@@ -511,22 +514,18 @@ absl::Status TcpTransport::PutInArena(int fd, Exchange& x, bool* broken) {
     return StaleArena();
   }
   const uint64_t offset = reserve.words[0];
-  if (offset > arena_bytes_ || x.block.size() > arena_bytes_ - offset) {
+  if (!InArena(offset, x.block.size())) {
     *broken = true;
     return absl::InternalError(absl::StrCat(
         "data_plane: ", Peer(), " reserved [", offset, ", +", x.block.size(),
         ") outside its ", arena_bytes_, "-byte arena"));
   }
-  Exchange commit;
+  Exchange commit = x.Step(ucx::Op::kCommit);
   commit.flags = ucx::kRequestSpareNext;
   commit.block_length = x.block.size();  // The spare asked for (not sent).
   if (CopyIntoArena(x.block, offset)) {
     commit.flags |= ucx::kRequestVerifiedInPlace;
   }
-  commit.op = ucx::Op::kCommit;
-  commit.key = x.key;
-  commit.deadline = x.deadline;
-  commit.request_id = x.request_id;
   s = RoundTrip(fd, commit, broken);
   x.reply_flags = commit.reply_flags;
   if (!*broken) KeepSpare(fd, commit);
@@ -579,7 +578,7 @@ absl::Status TcpTransport::GetInArena(int fd, Exchange& x, bool* broken) {
     *broken = true;  // Drops the lease; the retry reads the bytes instead.
     return StaleArena();
   }
-  if (offset > arena_bytes_ || length > arena_bytes_ - offset) {
+  if (!InArena(offset, length)) {
     *broken = true;
     return absl::InternalError(absl::StrCat(
         "data_plane: ", Peer(), " answered [", offset, ", +", length,
@@ -600,13 +599,13 @@ absl::Status TcpTransport::GetInArena(int fd, Exchange& x, bool* broken) {
         kvstore::CopyVerifiedBlock(src, absl::MakeSpan(dst, length)).status();
     x.received = length;
   }
-  Exchange release;
-  release.op = ucx::Op::kRelease;
-  release.key = x.key;
-  release.deadline = x.deadline;
-  release.request_id = x.request_id;
+  Exchange release = x.Step(ucx::Op::kRelease);
   if (absl::Status r = RoundTrip(fd, release, broken); !r.ok()) *broken = true;
   return s;
+}
+
+bool TcpTransport::InArena(uint64_t offset, uint64_t length) const {
+  return offset <= arena_bytes_ && length <= arena_bytes_ - offset;
 }
 
 absl::Status TcpTransport::StaleArena() {

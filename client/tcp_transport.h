@@ -142,6 +142,8 @@ class TcpTransport final : public BulkTransport {
   absl::Status GetInArena(int fd, Exchange& x, bool* broken);
   // The daemon, for messages: local_path or address.
   const std::string& Peer() const;
+  // Whether [offset, offset + length) lies inside the mapped arena.
+  bool InArena(uint64_t offset, uint64_t length) const;
   // A reply named another arena than the mapped one: marks it stale, and
   // answers UNAVAILABLE (the retry goes through the socket).
   absl::Status StaleArena();
