@@ -6,10 +6,13 @@
 // Time limits. Linux applies SO_RCVTIMEO / SO_SNDTIMEO to each syscall, and
 // a syscall that moved some bytes before its timeout returns them without an
 // error, so a loop of syscalls can outlast any one timeout. Hence:
-// - With a finite `deadline` (on the SteadyNow() clock) every syscall is
-//   limited to the time left until it (the socket's timeouts are set before
-//   each one), and once it has passed the transfer ends kTimedOut, however
-//   much moved. The client's calls use this.
+// - With a finite `deadline` (on the SteadyNow() clock) every syscall that
+//   may wait is limited to the time left until it (the socket's timeouts
+//   are set before each one), and once it has passed the transfer ends
+//   kTimedOut, however much moved. The client's calls use this. Each call
+//   first moves what it can without waiting (MSG_DONTWAIT, no timeout to
+//   set): a reply that is already there, or a request the socket buffer
+//   takes whole, costs one syscall instead of two.
 // - With an infinite deadline the socket's own timeouts apply to each
 //   syscall: the transfer ends kTimedOut only when one syscall moved
 //   nothing in that time ("no progress"). The daemon uses this.
@@ -84,17 +87,25 @@ inline Io RecvAll(int fd, void* dst, size_t size, size_t* received = nullptr,
   uint8_t* p = static_cast<uint8_t*>(dst);
   size_t done = 0;
   Io result = Io::kOk;
+  bool without_waiting = deadline != absl::InfiniteFuture();
   while (done < size) {
-    if (!LimitToDeadline(fd, SO_RCVTIMEO, deadline)) {
+    if (without_waiting ? SteadyNow() >= deadline
+                        : !LimitToDeadline(fd, SO_RCVTIMEO, deadline)) {
       result = Io::kTimedOut;
       break;
     }
-    const ssize_t n = recv(fd, p + done, size - done, MSG_WAITALL);
+    const ssize_t n = recv(fd, p + done, size - done,
+                           without_waiting ? MSG_DONTWAIT : MSG_WAITALL);
+    const bool tried_without_waiting = without_waiting;
+    without_waiting = false;
     if (n > 0) {
       done += static_cast<size_t>(n);
     } else if (n == 0) {
       result = Io::kClosed;
       break;
+    } else if (tried_without_waiting &&
+               (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      continue;  // Nothing there yet: wait for it, within the deadline.
     } else if (errno != EINTR) {
       result = ErrnoIo(errno);
       break;
@@ -144,8 +155,12 @@ inline Io SendAll(int fd, iovec* iov, int count,
                   absl::Time deadline = absl::InfiniteFuture(),
                   int pass_fd = -1) {
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  bool without_waiting = deadline != absl::InfiniteFuture();
   while (count > 0) {
-    if (!LimitToDeadline(fd, SO_SNDTIMEO, deadline)) return Io::kTimedOut;
+    if (without_waiting ? SteadyNow() >= deadline
+                        : !LimitToDeadline(fd, SO_SNDTIMEO, deadline)) {
+      return Io::kTimedOut;
+    }
     msghdr msg{};
     msg.msg_iov = iov;
     msg.msg_iovlen = static_cast<size_t>(count);
@@ -158,9 +173,16 @@ inline Io SendAll(int fd, iovec* iov, int count,
       cm->cmsg_len = CMSG_LEN(sizeof(int));
       std::memcpy(CMSG_DATA(cm), &pass_fd, sizeof(int));
     }
-    const ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+    const ssize_t n = sendmsg(
+        fd, &msg, MSG_NOSIGNAL | (without_waiting ? MSG_DONTWAIT : 0));
+    const bool tried_without_waiting = without_waiting;
+    without_waiting = false;
     if (n < 0) {
       if (errno == EINTR) continue;
+      // The socket buffer is full: wait for room, within the deadline.
+      if (tried_without_waiting && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        continue;
+      }
       return ErrnoIo(errno);
     }
     pass_fd = -1;  // Sent with those bytes.
