@@ -20,6 +20,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/local_channel.h"
 #include "common/socket_io.h"
 #include "common/steady_time.h"
 #include "common/tcp_protocol.h"
@@ -68,6 +69,97 @@ void PollForReply(int fd, absl::Time deadline) {
   pollfd p{fd, POLLIN, 0};
   while (poll(&p, 1, 0) == 0 && SteadyNow() < until) sched_yield();
   callers_polling.store(0, std::memory_order_release);
+}
+
+// Reads the next frame that is not a doorbell (a late one may wait on a
+// connection with a message channel).
+Io RecvFrame(int fd, tcp::TcpFrame* frame, absl::Time deadline) {
+  for (;;) {
+    const Io io = sockio::RecvAll(fd, frame, sizeof(*frame), nullptr, deadline);
+    if (io != Io::kOk || !tcp::IsDoorbell(*frame)) return io;
+  }
+}
+
+// Whether an idle connection's unread bytes, if any, are only late
+// doorbells (which it consumes): then the connection is still usable.
+bool OnlyDoorbellsWaiting(int fd) {
+  for (;;) {
+    pollfd p{fd, POLLIN | POLLRDHUP, 0};
+    if (poll(&p, 1, 0) <= 0) return true;  // Nothing there (or poll failed).
+    if (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) return false;
+    tcp::TcpFrame f{};
+    if (recv(fd, &f, sizeof(f), MSG_PEEK | MSG_DONTWAIT) !=
+            static_cast<ssize_t>(sizeof(f)) ||
+        !tcp::IsDoorbell(f) ||
+        recv(fd, &f, sizeof(f), MSG_DONTWAIT) !=
+            static_cast<ssize_t>(sizeof(f))) {
+      return false;
+    }
+  }
+}
+
+// Posts a request into the channel's request slot as request number `seq`
+// and rings the daemon if it sleeps.
+Io PostToChannel(int fd, local::LocalChannel& channel, const iovec* iov,
+                 int count, uint32_t seq, absl::Time deadline) {
+  local::ChannelSlot& slot = channel.request;
+  size_t at = 0;
+  for (int i = 0; i < count; ++i) {
+    std::memcpy(slot.bytes + at, iov[i].iov_base, iov[i].iov_len);
+    at += iov[i].iov_len;
+  }
+  slot.length = static_cast<uint32_t>(at);
+  slot.seq.store(seq, std::memory_order_seq_cst);
+  if (slot.reader_asleep.load(std::memory_order_seq_cst) == 0) return Io::kOk;
+  tcp::TcpFrame doorbell{tcp::kDoorbellMagic, 0, 0};
+  iovec bell{&doorbell, sizeof(doorbell)};
+  return sockio::SendAll(fd, &bell, 1, deadline);
+}
+
+// Waits for the reply to request `seq`: polled in the channel (on
+// PollForReply's terms), then asleep on the socket until a doorbell. A
+// reply in the channel is copied into *message and its frame into *frame;
+// one that came on the socket leaves *message empty and *frame read from
+// the socket (its header and data follow there).
+Io AwaitChannelReply(int fd, local::LocalChannel& channel, uint32_t seq,
+                     absl::Time deadline, tcp::TcpFrame* frame,
+                     std::vector<uint8_t>* message) {
+  local::ChannelSlot& slot = channel.reply;
+  auto arrived = [&] {
+    return slot.seq.load(std::memory_order_acquire) == seq;
+  };
+  const absl::Duration spin = CallerSpin();
+  int idle = 0;
+  if (!arrived() && spin > absl::ZeroDuration() &&
+      calls_out.load(std::memory_order_acquire) == 1 &&
+      callers_polling.compare_exchange_strong(idle, 1,
+                                              std::memory_order_acq_rel)) {
+    const absl::Time until = std::min(deadline, SteadyNow() + spin);
+    while (!arrived() && SteadyNow() < until) sched_yield();
+    callers_polling.store(0, std::memory_order_release);
+  }
+  while (!arrived()) {
+    slot.reader_asleep.store(1, std::memory_order_seq_cst);
+    if (slot.seq.load(std::memory_order_seq_cst) == seq) {
+      slot.reader_asleep.store(0, std::memory_order_relaxed);
+      break;
+    }
+    const Io io = sockio::RecvAll(fd, frame, sizeof(*frame), nullptr, deadline);
+    slot.reader_asleep.store(0, std::memory_order_relaxed);
+    if (io != Io::kOk) return io;
+    if (!tcp::IsDoorbell(*frame)) return Io::kOk;  // The reply, on the socket.
+  }
+  // Copied out before it is looked at (the daemon's page).
+  const uint32_t length = slot.length;
+  if (length == local::kReplyOnSocket) return RecvFrame(fd, frame, deadline);
+  if (length < sizeof(*frame) || length > local::kChannelMessageBytes) {
+    *frame = tcp::TcpFrame{};  // Read as a malformed reply.
+    message->assign(sizeof(*frame), 0);
+    return Io::kOk;
+  }
+  message->assign(slot.bytes, slot.bytes + length);
+  std::memcpy(frame, message->data(), sizeof(*frame));
+  return Io::kOk;
 }
 
 // A GET's block is received this many bytes at a time, each piece hashed as
@@ -220,9 +312,18 @@ TcpTransport::~TcpTransport() {
   for (auto& fn : cancelled) fn(true);
   for (std::thread& t : threads_) t.join();
   absl::MutexLock lock(&mu_);
-  for (int fd : idle_) close(fd);
+  for (int fd : idle_) {
+    ForgetConnection(fd);
+    close(fd);
+  }
   idle_.clear();
   spares_.clear();
+  for (auto& [fd, channel] : channels_) {
+    if (channel->mapped != nullptr) {
+      munmap(channel->mapped, local::kChannelBytes);
+    }
+  }
+  channels_.clear();
   if (arena_base_ != nullptr) munmap(arena_base_, arena_bytes_);
 }
 
@@ -245,11 +346,11 @@ absl::StatusOr<int> TcpTransport::TakeConnection(absl::Time deadline) {
       idle_.pop_back();
       busy_.insert(fd);
     }
-    // An idle connection has nothing to read: anything there (the daemon
-    // closed it, restarted, or dropped it) means it is not usable. Skipping
-    // it here saves the call a failed attempt and a retry's backoff.
-    pollfd p{fd, POLLIN | POLLRDHUP, 0};
-    if (poll(&p, 1, 0) <= 0) return fd;  // Nothing there (or poll failed).
+    // An idle connection has nothing to read but late doorbells: anything
+    // else there (the daemon closed it, restarted, or dropped it) means it
+    // is not usable. Skipping it here saves the call a failed attempt and a
+    // retry's backoff.
+    if (OnlyDoorbellsWaiting(fd)) return fd;
     CloseConnection(fd);
   }
   const int fd = socket(addr_.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -283,7 +384,7 @@ void TcpTransport::ReturnConnection(int fd) {
   absl::MutexLock lock(&mu_);
   busy_.erase(fd);
   if (stopping_ || idle_.size() >= options_.max_idle_connections) {
-    spares_.erase(fd);
+    ForgetConnection(fd);
     close(fd);
   } else {
     idle_.push_back(fd);
@@ -293,8 +394,18 @@ void TcpTransport::ReturnConnection(int fd) {
 void TcpTransport::CloseConnection(int fd) {
   absl::MutexLock lock(&mu_);
   busy_.erase(fd);
-  spares_.erase(fd);  // The daemon frees it with the connection.
+  ForgetConnection(fd);
   close(fd);
+}
+
+void TcpTransport::ForgetConnection(int fd) {
+  spares_.erase(fd);  // The daemon frees it with the connection.
+  auto it = channels_.find(fd);
+  if (it == channels_.end()) return;
+  if (it->second->mapped != nullptr) {
+    munmap(it->second->mapped, local::kChannelBytes);
+  }
+  channels_.erase(it);
 }
 
 // ---- One exchange.
@@ -326,7 +437,8 @@ absl::Status TcpTransport::Attempt(Exchange& x) {
   return s;
 }
 
-absl::Status TcpTransport::RoundTrip(int fd, Exchange& x, bool* broken) {
+absl::Status TcpTransport::RoundTrip(int fd, Exchange& x, bool* broken,
+                                     Channel* channel) {
   // Any failure below leaves the stream mid-message: the connection closes
   // (which is also what cancels the transfer at the daemon).
   auto fail = [&](Io io, absl::string_view what) {
@@ -366,7 +478,17 @@ absl::Status TcpTransport::RoundTrip(int fd, Exchange& x, bool* broken) {
   iovec iov[3] = {{&frame, sizeof(frame)},
                   {header.data(), header.size()},
                   {const_cast<uint8_t*>(data.data()), data.size()}};
-  const Io sent = sockio::SendAll(fd, iov, data.empty() ? 2 : 3, x.deadline);
+  const int iov_count = data.empty() ? 2 : 3;
+  const bool via_channel =
+      channel != nullptr && channel->mapped != nullptr &&
+      sizeof(frame) + header.size() + data.size() <=
+          local::kChannelMessageBytes;
+  uint32_t seq = 0;
+  if (via_channel) seq = ++channel->seq;
+  const Io sent =
+      via_channel
+          ? PostToChannel(fd, *channel->mapped, iov, iov_count, seq, x.deadline)
+          : sockio::SendAll(fd, iov, iov_count, x.deadline);
   if (sent == Io::kTimedOut) return fail(sent, "sending the request to");
   if (x.op == ucx::Op::kRelease) {  // No reply.
     return sent == Io::kOk ? absl::OkStatus()
@@ -379,12 +501,31 @@ absl::Status TcpTransport::RoundTrip(int fd, Exchange& x, bool* broken) {
   if (sent != Io::kOk) *broken = true;
 
   tcp::TcpFrame reply{};
-  if (sent == Io::kOk) PollForReply(fd, x.deadline);
-  const Io got_frame =
-      x.op == ucx::Op::kMapArena
-          ? RecvWithDescriptor(fd, &reply, sizeof(reply), &x.passed_fd,
-                               x.deadline)
-          : sockio::RecvAll(fd, &reply, sizeof(reply), nullptr, x.deadline);
+  // A reply that came in the channel: its bytes, read through `read`.
+  std::vector<uint8_t> in_channel;
+  size_t channel_at = sizeof(reply);
+  auto read = [&](void* dst, size_t n) {
+    if (in_channel.empty()) {
+      return sockio::RecvAll(fd, dst, n, nullptr, x.deadline);
+    }
+    // Within the message: its lengths were checked against it.
+    std::memcpy(dst, in_channel.data() + channel_at, n);
+    channel_at += n;
+    return Io::kOk;
+  };
+  Io got_frame;
+  if (via_channel) {
+    got_frame = sent == Io::kOk
+                    ? AwaitChannelReply(fd, *channel->mapped, seq, x.deadline,
+                                        &reply, &in_channel)
+                    : sent;
+  } else {
+    if (sent == Io::kOk) PollForReply(fd, x.deadline);
+    got_frame = x.op == ucx::Op::kMapArena || x.op == ucx::Op::kMapChannel
+                    ? RecvWithDescriptor(fd, &reply, sizeof(reply),
+                                         &x.passed_fd, x.deadline)
+                    : RecvFrame(fd, &reply, x.deadline);
+  }
   if (got_frame != Io::kOk) {
     if (sent != Io::kOk) {
       errno = send_errno;
@@ -399,10 +540,16 @@ absl::Status TcpTransport::RoundTrip(int fd, Exchange& x, bool* broken) {
                                   ", header_length ", reply.header_length,
                                   ")"));
   }
+  if (!in_channel.empty() &&
+      sizeof(reply) + reply.header_length + reply.data_length !=
+          in_channel.size()) {
+    return malformed(absl::StrCat("a ", in_channel.size(),
+                                  "-byte message in the channel framed as ",
+                                  reply.header_length, " + ",
+                                  reply.data_length, " bytes"));
+  }
   std::string reply_header(reply.header_length, '\0');
-  if (Io io = sockio::RecvAll(fd, reply_header.data(), reply_header.size(),
-                              nullptr, x.deadline);
-      io != Io::kOk) {
+  if (Io io = read(reply_header.data(), reply_header.size()); io != Io::kOk) {
     return fail(io, "reading the reply from");
   }
   std::memcpy(&r, reply_header.data(), sizeof(r));
@@ -433,6 +580,9 @@ absl::Status TcpTransport::RoundTrip(int fd, Exchange& x, bool* broken) {
     words = 2;
   }
   const bool block_reply = ok && x.op == ucx::Op::kGet && words == 0;
+  if (block_reply && !in_channel.empty()) {
+    return malformed("a block in the message channel (blocks come on the socket)");
+  }
   if (words != 0 ? reply.data_length != words * sizeof(uint64_t)
                  : ((reply.data_length != 0) != block_reply ||
                     reply.data_length >
@@ -442,9 +592,7 @@ absl::Status TcpTransport::RoundTrip(int fd, Exchange& x, bool* broken) {
   }
   x.reply_flags = r.flags;
   if (words != 0) {
-    if (Io io = sockio::RecvAll(fd, x.words, words * sizeof(uint64_t), nullptr,
-                                x.deadline);
-        io != Io::kOk) {
+    if (Io io = read(x.words, words * sizeof(uint64_t)); io != Io::kOk) {
       return fail(io, "reading the reply from");
     }
   } else if (reply.data_length != 0) {
@@ -481,6 +629,8 @@ absl::Status TcpTransport::RoundTrip(int fd, Exchange& x, bool* broken) {
 // ---- The shared arena (local connections).
 
 absl::Status TcpTransport::PutInArena(int fd, Exchange& x, bool* broken) {
+  absl::StatusOr<Channel*> channel = ChannelOf(fd, x, broken);
+  if (!channel.ok()) return channel.status();
   // The connection's spare range, when it fits: one round trip, PUT_SPARE.
   std::optional<Spare> spare = TakeSpare(fd);
   if (spare.has_value() && spare->bytes == x.block.size() &&
@@ -491,7 +641,7 @@ absl::Status TcpTransport::PutInArena(int fd, Exchange& x, bool* broken) {
     if (CopyIntoArena(x.block, spare->offset)) {
       put.flags |= ucx::kRequestVerifiedInPlace;
     }
-    absl::Status s = RoundTrip(fd, put, broken);
+    absl::Status s = RoundTrip(fd, put, broken, *channel);
     x.reply_flags = put.reply_flags;
     if (!*broken) KeepSpare(fd, put);
     // FAILED_PRECONDITION naming "op": the daemon holds no such spare;
@@ -502,7 +652,7 @@ absl::Status TcpTransport::PutInArena(int fd, Exchange& x, bool* broken) {
     }
   }
   Exchange reserve = x.Step(ucx::Op::kReserve);
-  absl::Status s = RoundTrip(fd, reserve, broken);
+  absl::Status s = RoundTrip(fd, reserve, broken, *channel);
   x.reply_flags = reserve.reply_flags;
   if (absl::IsResourceExhausted(s) && !*broken) {
     // The arena cannot hold it now: a plain PUT may place it in a lower tier.
@@ -526,7 +676,7 @@ absl::Status TcpTransport::PutInArena(int fd, Exchange& x, bool* broken) {
   if (CopyIntoArena(x.block, offset)) {
     commit.flags |= ucx::kRequestVerifiedInPlace;
   }
-  s = RoundTrip(fd, commit, broken);
+  s = RoundTrip(fd, commit, broken, *channel);
   x.reply_flags = commit.reply_flags;
   if (!*broken) KeepSpare(fd, commit);
   return s;
@@ -568,8 +718,10 @@ void TcpTransport::KeepSpare(int fd, const Exchange& reply) {
 }
 
 absl::Status TcpTransport::GetInArena(int fd, Exchange& x, bool* broken) {
+  absl::StatusOr<Channel*> channel = ChannelOf(fd, x, broken);
+  if (!channel.ok()) return channel.status();
   x.flags |= ucx::kRequestInArena;
-  absl::Status s = RoundTrip(fd, x, broken);
+  absl::Status s = RoundTrip(fd, x, broken, *channel);
   if (!s.ok() || !(x.reply_flags & ucx::kReplyInArena)) return s;
   // The daemon holds the block's lease until RELEASE (or this connection's
   // next message): the range stays the block's while it is copied.
@@ -600,8 +752,59 @@ absl::Status TcpTransport::GetInArena(int fd, Exchange& x, bool* broken) {
     x.received = length;
   }
   Exchange release = x.Step(ucx::Op::kRelease);
-  if (absl::Status r = RoundTrip(fd, release, broken); !r.ok()) *broken = true;
+  if (absl::Status r = RoundTrip(fd, release, broken, *channel); !r.ok()) {
+    *broken = true;
+  }
   return s;
+}
+
+absl::StatusOr<TcpTransport::Channel*> TcpTransport::ChannelOf(
+    int fd, const Exchange& x, bool* broken) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = channels_.find(fd);
+    if (it != channels_.end()) {
+      return it->second->mapped != nullptr ? it->second.get() : nullptr;
+    }
+  }
+  // STRATA_LOCAL_CHANNEL=0: no channel (measurements).
+  static const bool enabled = [] {
+    const char* env = std::getenv("STRATA_LOCAL_CHANNEL");
+    return env == nullptr || std::atoi(env) != 0;
+  }();
+  auto channel = std::make_unique<Channel>();
+  if (enabled) {
+    Exchange map;
+    map.op = ucx::Op::kMapChannel;
+    map.deadline = x.deadline;
+    map.request_id = x.request_id;
+    absl::Status s = RoundTrip(fd, map, broken);
+    absl::Cleanup close_passed = [&map] {
+      if (map.passed_fd >= 0) close(map.passed_fd);
+    };
+    if (*broken) return s.ok() ? absl::UnavailableError("data_plane: MAP_CHANNEL broke the connection") : s;
+    // Refused (a daemon without channels answers "op"): none, and not
+    // asked again on this connection.
+    struct stat st{};
+    if (s.ok() && map.passed_fd >= 0 && fstat(map.passed_fd, &st) == 0 &&
+        static_cast<size_t>(st.st_size) >= local::kChannelBytes) {
+      void* mapped = mmap(nullptr, local::kChannelBytes,
+                          PROT_READ | PROT_WRITE, MAP_SHARED, map.passed_fd, 0);
+      if (mapped != MAP_FAILED) {
+        auto* c = static_cast<local::LocalChannel*>(mapped);
+        if (c->magic == local::kChannelMagic &&
+            c->version == local::kChannelVersion) {
+          channel->mapped = c;
+        } else {
+          munmap(mapped, local::kChannelBytes);
+        }
+      }
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  Channel* result = channel->mapped != nullptr ? channel.get() : nullptr;
+  channels_[fd] = std::move(channel);
+  return result;
 }
 
 bool TcpTransport::InArena(uint64_t offset, uint64_t length) const {

@@ -53,6 +53,10 @@
 #include "client/bulk_transport.h"
 #include "client/rpc_call.h"
 
+namespace strata::local {
+struct LocalChannel;
+}  // namespace strata::local
+
 namespace strata::client::internal {
 
 struct TcpTransportOptions {
@@ -119,9 +123,18 @@ class TcpTransport final : public BulkTransport {
   absl::Status Run(Exchange& x);
   // One attempt on one connection.
   absl::Status Attempt(Exchange& x);
-  // One request and its reply on `fd`; *broken when the connection can no
-  // longer be used (the caller closes it).
-  absl::Status RoundTrip(int fd, Exchange& x, bool* broken);
+  // A local connection's message channel (MAP_CHANNEL; common/
+  // local_channel.h), mapped while the connection is open.
+  struct Channel;
+  // One request and its reply on `fd`, through `channel` when given (and
+  // the request fits); *broken when the connection can no longer be used
+  // (the caller closes it).
+  absl::Status RoundTrip(int fd, Exchange& x, bool* broken,
+                         Channel* channel = nullptr);
+  // The channel of connection `fd`, mapped on its first in-arena call
+  // (MAP_CHANNEL); nullptr when it has none (the daemon offers none, or
+  // STRATA_LOCAL_CHANNEL=0). An error only when the connection broke.
+  absl::StatusOr<Channel*> ChannelOf(int fd, const Exchange& x, bool* broken);
   // With the shared arena: RESERVE, the copy, COMMIT (a plain PUT when the
   // arena has no room); a GET answered in place, copied, then RELEASE.
   absl::Status PutInArena(int fd, Exchange& x, bool* broken);
@@ -152,6 +165,9 @@ class TcpTransport final : public BulkTransport {
   absl::StatusOr<int> TakeConnection(absl::Time deadline);
   void ReturnConnection(int fd);
   void CloseConnection(int fd);
+  // Drops what this side keeps of a connection being closed: its spare and
+  // its channel's mapping.
+  void ForgetConnection(int fd) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Runs run(done) on this thread when the caller waits, else on an async
   // thread (done gets CANCELLED if the transport is destroyed first).
   template <typename Fn, typename Callback>
@@ -176,10 +192,20 @@ class TcpTransport final : public BulkTransport {
   // Spare ranges the daemon holds for connections (local only), by fd;
   // erased when the connection closes.
   absl::flat_hash_map<int, Spare> spares_ ABSL_GUARDED_BY(mu_);
+  // Channels by fd (a null mapping: the connection has none; not asked
+  // again); erased and unmapped when the connection closes. A channel is
+  // used only by the call that holds its connection.
+  absl::flat_hash_map<int, std::unique_ptr<Channel>> channels_
+      ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<int> busy_ ABSL_GUARDED_BY(mu_);
   std::deque<absl::AnyInvocable<void(bool)>> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
+};
+
+struct TcpTransport::Channel {
+  local::LocalChannel* mapped = nullptr;
+  uint32_t seq = 0;  // The number of the connection's last request in it.
 };
 
 }  // namespace strata::client::internal

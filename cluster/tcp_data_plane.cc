@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -28,6 +29,23 @@
 
 namespace strata::cluster {
 namespace {
+
+// The requests a local connection may send over its message channel: the
+// small messages of in-arena puts and gets (and PING, to prove it works).
+bool ServedOverChannel(const DataRequest& req) {
+  switch (static_cast<ucx::Op>(req.op)) {
+    case ucx::Op::kPing:
+    case ucx::Op::kReserve:
+    case ucx::Op::kCommit:
+    case ucx::Op::kPutSpare:
+    case ucx::Op::kRelease:
+      return true;
+    case ucx::Op::kGet:
+      return (req.flags & ucx::kRequestInArena) != 0;
+    default:
+      return false;
+  }
+}
 
 using sockio::Io;
 
@@ -261,7 +279,6 @@ void TcpDataPlane::Serve(uint64_t id, Connection c) {
   sockio::SetIoTimeout(fd, options_.stall_timeout);
   std::vector<uint8_t> header;
   for (;;) {
-    PollForRequest(fd);
     // Between messages a connection may stay idle for as long as it likes.
     // So may a local one holding a reservation: its client may still be
     // writing the block into the arena range, which therefore stays the
@@ -269,12 +286,24 @@ void TcpDataPlane::Serve(uint64_t id, Connection c) {
     // client stopped mid-put holds its key: other writers of the key wait
     // kInFlightWriteWait, then ABORTED naming "key").
     tcp::TcpFrame frame{};
-    size_t got = 0;
-    Io r = sockio::RecvAll(fd, &frame, sizeof(frame), &got);
-    while (r == Io::kTimedOut && got == 0) {
-      r = sockio::RecvAll(fd, &frame, sizeof(frame), &got);
+    c.from_channel = false;
+    if (c.channel != nullptr && AwaitChannelRequest(c)) {
+      if (!TakeChannelRequest(c, &frame, &header)) break;
+    } else {
+      if (c.channel == nullptr) PollForRequest(fd);
+      size_t got = 0;
+      Io r = sockio::RecvAll(fd, &frame, sizeof(frame), &got);
+      while (r == Io::kTimedOut && got == 0) {
+        r = sockio::RecvAll(fd, &frame, sizeof(frame), &got);
+      }
+      if (c.channel != nullptr) {
+        c.channel->request.reader_asleep.store(0, std::memory_order_relaxed);
+      }
+      if (r != Io::kOk) break;
+      // A doorbell: the next request is in the channel (or was, and this
+      // doorbell came late).
+      if (c.channel != nullptr && tcp::IsDoorbell(frame)) continue;
     }
-    if (r != Io::kOk) break;
     c.lease.reset();  // An in-arena GET's lease lasts until this message.
     {
       absl::MutexLock lock(&mu_);
@@ -284,12 +313,22 @@ void TcpDataPlane::Serve(uint64_t id, Connection c) {
     }
     const absl::Time start = SteadyNow();
     bool keep = false;
-    if (frame.magic == tcp::kFrameMagic &&
-        frame.header_length >= kMinAnswerableHeaderBytes &&
-        frame.header_length <= tcp::kMaxHeaderBytes) {
+    DataRequest req;
+    if (c.from_channel) {
+      const absl::Status header_status = ParseDataRequest(header, &req);
+      keep = HandleRequest(c, req, header_status, frame.data_length, start);
+      // A reply that went on the socket: the client may be polling the
+      // channel for it (no doorbell: a client asleep reads the socket).
+      if (keep && !c.replied_in_channel &&
+          req.op != static_cast<uint16_t>(ucx::Op::kRelease)) {
+        c.channel->reply.length = local::kReplyOnSocket;
+        c.channel->reply.seq.store(c.channel_seq, std::memory_order_seq_cst);
+      }
+    } else if (frame.magic == tcp::kFrameMagic &&
+               frame.header_length >= kMinAnswerableHeaderBytes &&
+               frame.header_length <= tcp::kMaxHeaderBytes) {
       header.resize(frame.header_length);
       if (sockio::RecvAll(fd, header.data(), header.size()) == Io::kOk) {
-        DataRequest req;
         const absl::Status header_status = ParseDataRequest(header, &req);
         keep = HandleRequest(c, req, header_status, frame.data_length, start);
       }
@@ -304,6 +343,7 @@ void TcpDataPlane::Serve(uint64_t id, Connection c) {
   DropReservation(c);  // Aborts: nothing partial is stored.
   c.lease.reset();
   DropSpare(c);
+  if (c.channel != nullptr) munmap(c.channel, local::kChannelBytes);
   absl::MutexLock lock(&mu_);
   conns_.erase(fd);
   busy_.erase(fd);
@@ -320,6 +360,12 @@ bool TcpDataPlane::HandleRequest(Connection& c, const DataRequest& req,
       req.op == static_cast<uint16_t>(ucx::Op::kPut) ? data_length : 0;
   absl::Status status = header_status;
   uint32_t flags = 0;
+  if (c.from_channel && status.ok() && !ServedOverChannel(req)) {
+    status = absl::InvalidArgumentError(absl::StrCat(
+        "op: operation ", req.op,
+        " is not served over the message channel (only RESERVE, COMMIT, "
+        "PUT_SPARE, RELEASE, PING and GET with kRequestInArena)"));
+  }
   // A reservation lasts until its COMMIT, the next message.
   if (req.op != static_cast<uint16_t>(ucx::Op::kCommit) || !status.ok()) {
     c.reservation.reset();
@@ -334,6 +380,7 @@ bool TcpDataPlane::HandleRequest(Connection& c, const DataRequest& req,
       case ucx::Op::kPing:
         break;
       case ucx::Op::kMapArena:
+      case ucx::Op::kMapChannel:
       case ucx::Op::kReserve:
       case ucx::Op::kCommit:
       case ucx::Op::kRelease:
@@ -362,6 +409,7 @@ bool TcpDataPlane::HandleRequest(Connection& c, const DataRequest& req,
   // Past any block this daemon accepts (and kMaxDiscardBytes) the answer
   // goes first and the connection closes; the client reads that answer
   // even when its send failed.
+  if (c.from_channel) data_length = 0;  // It came in the message.
   if (data_length >
       std::max(kMaxDiscardBytes, ctx_->store->options().max_block_bytes)) {
     Record(req, status, start, bytes_in, 0);
@@ -374,7 +422,7 @@ bool TcpDataPlane::HandleRequest(Connection& c, const DataRequest& req,
     return false;
   }
   Record(req, status, start, bytes_in, 0);
-  return SendReply(fd, req, status, flags);
+  return AnswerStatus(c, req, status, flags);
 }
 
 bool TcpDataPlane::HandlePut(int fd, const DataRequest& req,

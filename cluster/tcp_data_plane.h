@@ -46,7 +46,12 @@
 // block and stores it with one PUT_SPARE round trip. A connection holds at
 // most one reservation (dropped by any message but its COMMIT; kept however
 // long the connection idles, since its client may still be writing the
-// range), one spare and one lease; all go when it closes.
+// range), one spare and one lease; all go when it closes. A local
+// connection may also get a message channel (MAP_CHANNEL; common/
+// local_channel.h): shared memory through which those small messages and
+// their replies go instead of the socket, polled while the thread would
+// otherwise poll the socket (serve_spin), with doorbells on the socket to
+// wake a thread that went to sleep.
 //
 // Threading: Start/Stop/address are for the owning thread. Connection
 // threads share only the ServiceContext (thread-safe) and the connection
@@ -72,6 +77,8 @@
 #include "absl/time/time.h"
 #include "cluster/block_service.h"
 #include "cluster/data_plane_request.h"
+#include "common/local_channel.h"
+#include "common/tcp_protocol.h"
 #include "common/ucx_buffer_pool.h"
 
 namespace strata::cluster {
@@ -144,6 +151,16 @@ class TcpDataPlane {
     // Arena space for the connection's next put (kRequestSpareNext), kept
     // until a PUT_SPARE uses it or the connection closes.
     kvstore::ArenaSpace spare;
+    // The message channel (MAP_CHANNEL), mapped until the connection
+    // closes, and the number of its last request.
+    local::LocalChannel* channel = nullptr;
+    uint32_t channel_seq = 0;
+    // The request being served came over the channel: its data is
+    // channel_data, and its reply goes back there (Answer) when it fits.
+    bool from_channel = false;
+    bool replied_in_channel = false;
+    std::vector<uint8_t> channel_message;  // The request, copied out.
+    absl::Span<const uint8_t> channel_data;  // Its data, in channel_message.
   };
   // Binds options.local_path (Start).
   absl::Status ListenLocal();
@@ -154,6 +171,23 @@ class TcpDataPlane {
   // Before a connection's thread sleeps for its next request: polls for it
   // (serve_spin).
   void PollForRequest(int fd);
+  // Connections with a message channel: true when a request waits there;
+  // false when the socket is to be read next (something came there, or
+  // the thread is to sleep on it: then the channel's reader_asleep is set,
+  // and the caller clears it once the socket delivered).
+  bool AwaitChannelRequest(Connection& c);
+  // Copies the channel's request out and splits it into frame, header and
+  // data; false when it is malformed (the connection closes).
+  bool TakeChannelRequest(Connection& c, tcp::TcpFrame* frame,
+                          std::vector<uint8_t>* header);
+  // MAP_CHANNEL: creates the connection's channel and passes its memfd.
+  bool SendChannel(Connection& c, const DataRequest& req);
+  // Sends a reply to `c`'s request: into the channel when the request came
+  // from there and the reply fits, else on the socket (SendFramed).
+  bool Answer(Connection& c, const std::vector<uint8_t>& header,
+              absl::Span<const uint8_t> data, int pass_fd = -1);
+  bool AnswerStatus(Connection& c, const DataRequest& req,
+                    const absl::Status& status, uint32_t flags);
   // Joins the threads of connections that ended (the accept loop, before
   // each new one, and Stop).
   void ReapFinished();

@@ -2,6 +2,9 @@
 // the shared DRAM arena (MAP_ARENA, RESERVE/COMMIT, in-arena GETs). The
 // contract is in tcp_data_plane.h; the wire in docs/protocol.md, "Local
 // connections".
+#include <poll.h>
+#include <sched.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -10,6 +13,7 @@
 #include <cerrno>
 #include <cstring>
 #include <initializer_list>
+#include <new>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -45,6 +49,8 @@ const char* OpName(ucx::Op op) {
   switch (op) {
     case ucx::Op::kMapArena:
       return "MAP_ARENA";
+    case ucx::Op::kMapChannel:
+      return "MAP_CHANNEL";
     case ucx::Op::kReserve:
       return "RESERVE";
     case ucx::Op::kCommit:
@@ -126,24 +132,26 @@ bool TcpDataPlane::HandleLocalOp(Connection& c, const DataRequest& req,
   if (data_length != expected) {
     // Not worth reading: answer, then close (as for any broken framing).
     if (op != ucx::Op::kRelease) {
-      SendReply(c.fd, req,
-                absl::InvalidArgumentError(absl::StrCat(
-                    "block: ", OpName(op), " carries ", expected,
-                    " data bytes, not ", data_length)),
-                0);
+      AnswerStatus(c, req,
+                   absl::InvalidArgumentError(absl::StrCat(
+                       "block: ", OpName(op), " carries ", expected,
+                       " data bytes, not ", data_length)),
+                   0);
     }
     shutdown(c.fd, SHUT_WR);
     return false;
   }
   uint64_t block_length = 0;
-  if (expected != 0 &&
-      sockio::RecvAll(c.fd, &block_length, sizeof(block_length)) != Io::kOk) {
+  if (expected != 0 && c.from_channel) {
+    std::memcpy(&block_length, c.channel_data.data(), sizeof(block_length));
+  } else if (expected != 0 && sockio::RecvAll(c.fd, &block_length,
+                                              sizeof(block_length)) != Io::kOk) {
     return false;
   }
   if (op == ucx::Op::kRelease) return true;  // The lease went; no reply.
   if (!c.local) {
-    return SendReply(
-        c.fd, req,
+    return AnswerStatus(
+        c, req,
         absl::FailedPreconditionError(absl::StrCat(
             "op: ", OpName(op),
             " is served on local connections only (local_data_plane_path)")),
@@ -152,6 +160,8 @@ bool TcpDataPlane::HandleLocalOp(Connection& c, const DataRequest& req,
   switch (op) {
     case ucx::Op::kMapArena:
       return SendArena(c, req);
+    case ucx::Op::kMapChannel:
+      return SendChannel(c, req);
     case ucx::Op::kReserve:
       return HandleReserve(c, req, block_length, start);
     case ucx::Op::kPutSpare:
@@ -188,7 +198,7 @@ absl::Status TcpDataPlane::CommitInPlace(kvstore::BlockReservation reservation,
 
 bool TcpDataPlane::SendArena(Connection& c, const DataRequest& req) {
   if (absl::Status s = ArenaAccess(c); !s.ok()) {
-    return SendReply(c.fd, req, s, 0);
+    return AnswerStatus(c, req, s, 0);
   }
   // The memfd rides on the reply's first bytes; the data is the daemon's
   // instance token.
@@ -208,7 +218,7 @@ bool TcpDataPlane::HandleReserve(Connection& c, const DataRequest& req,
       ctx_->metrics->RecordRpc(Rpc::kPut, status.code(), SteadyNow() - start,
                                0, 0);
     }
-    return SendReply(c.fd, req, status, flags);
+    return AnswerStatus(c, req, status, flags);
   };
   if (absl::Status s = ArenaAccess(c); !s.ok()) return answer(s, 0);
   if (Stopping()) {
@@ -235,8 +245,8 @@ bool TcpDataPlane::HandleReserve(Connection& c, const DataRequest& req,
   // Counted with its COMMIT. The token names the arena the offset is in: a
   // client whose mapping is of another daemon's (this one restarted) must
   // not write there.
-  return SendFramed(
-      c.fd, ReplyHeaderBytes(req.op, req.request_id, absl::OkStatus(), 0),
+  return Answer(
+      c, ReplyHeaderBytes(req.op, req.request_id, absl::OkStatus(), 0),
       U64s({offset, ctx_->instance_token}));
 }
 
@@ -275,7 +285,7 @@ bool TcpDataPlane::HandlePutSpare(Connection& c, const DataRequest& req,
       c.spare.data().size() != block_length) {
     // Not counted: the client goes on with RESERVE (on "op:" only).
     DropSpare(c);
-    return SendReply(c.fd, req,
+    return AnswerStatus(c, req,
                      absl::FailedPreconditionError(absl::StrCat(
                          "op: PUT_SPARE without a spare range of ",
                          block_length, " bytes on this connection")),
@@ -303,7 +313,7 @@ bool TcpDataPlane::ReplyWithSpare(Connection& c, const DataRequest& req,
   if (!(req.flags & ucx::kRequestSpareNext) || size == 0 ||
       !ArenaAccess(c).ok() || Stopping() || !CheckAcceptingBlocks(ctx_).ok()) {
     DropSpare(c);  // The client keeps no record of one: none is held.
-    return SendReply(c.fd, req, status, flags);
+    return AnswerStatus(c, req, status, flags);
   }
   if (c.spare.active() && c.spare.data().size() != size) {
     DropSpare(c);  // Sizes changed: one of the new size.
@@ -322,13 +332,13 @@ bool TcpDataPlane::ReplyWithSpare(Connection& c, const DataRequest& req,
       spare_bytes_.fetch_add(size, std::memory_order_relaxed);
     }
   }
-  if (!c.spare.active()) return SendReply(c.fd, req, status, flags);
+  if (!c.spare.active()) return AnswerStatus(c, req, status, flags);
   const uint64_t offset = static_cast<uint64_t>(
       c.spare.data().data() - ctx_->store->SharedDramArena().base);
-  return SendFramed(c.fd,
-                    ReplyHeaderBytes(req.op, req.request_id, status,
-                                     flags | ucx::kReplySpare),
-                    U64s({offset, ctx_->instance_token}));
+  return Answer(c,
+                ReplyHeaderBytes(req.op, req.request_id, status,
+                                 flags | ucx::kReplySpare),
+                U64s({offset, ctx_->instance_token}));
 }
 
 void TcpDataPlane::DropSpare(Connection& c) {
@@ -359,24 +369,159 @@ bool TcpDataPlane::HandleGetInArena(Connection& c, const DataRequest& req,
       ctx_->store->Get(req.key, GetOptionsFor(req.flags));
   if (!lease.ok()) {
     Record(req, lease.status(), start, 0, 0);
-    return SendReply(c.fd, req, lease.status(), 0);
+    return AnswerStatus(c, req, lease.status(), 0);
   }
   const absl::Span<const uint8_t> block = lease->bytes();
   Record(req, absl::OkStatus(), start, 0, block.size());
   const uint32_t flags = ReplyFlagsFor(*lease);
   if (block.data() < arena.base ||
       block.data() + block.size() > arena.base + arena.bytes) {
-    // Not in the arena (served from the SSD tier): the bytes, as usual.
+    // Not in the arena (served from the SSD tier): the bytes, as usual, on
+    // the socket (a request from the channel is told so there).
     return SendFramed(
         c.fd, ReplyHeaderBytes(req.op, req.request_id, absl::OkStatus(), flags),
         block);
   }
   const uint64_t offset = static_cast<uint64_t>(block.data() - arena.base);
   c.lease = *std::move(lease);  // Until the connection's next message.
-  return SendFramed(c.fd,
-                    ReplyHeaderBytes(req.op, req.request_id, absl::OkStatus(),
-                                     flags | ucx::kReplyInArena),
-                    U64s({offset, block.size(), ctx_->instance_token}));
+  return Answer(c,
+                ReplyHeaderBytes(req.op, req.request_id, absl::OkStatus(),
+                                 flags | ucx::kReplyInArena),
+                U64s({offset, block.size(), ctx_->instance_token}));
+}
+
+// ---- The message channel (common/local_channel.h).
+
+bool TcpDataPlane::SendChannel(Connection& c, const DataRequest& req) {
+  if (absl::Status s = ArenaAccess(c); !s.ok()) {
+    return AnswerStatus(c, req, s, 0);
+  }
+  if (c.channel != nullptr) {
+    return AnswerStatus(c, req,
+                        absl::FailedPreconditionError(
+                            "op: this connection has its message channel"),
+                        0);
+  }
+  const int fd = memfd_create("strata-channel", MFD_CLOEXEC);
+  void* mapped = MAP_FAILED;
+  if (fd >= 0 && ftruncate(fd, local::kChannelBytes) == 0) {
+    mapped = mmap(nullptr, local::kChannelBytes, PROT_READ | PROT_WRITE,
+                  MAP_SHARED, fd, 0);
+  }
+  if (mapped == MAP_FAILED) {
+    const int error = errno;
+    if (fd >= 0) close(fd);
+    return AnswerStatus(
+        c, req,
+        absl::ResourceExhaustedError(absl::StrCat(
+            "channel: cannot create the message channel: ",
+            std::strerror(error))),
+        0);
+  }
+  // A fresh memfd reads as zeros: no message in either slot.
+  c.channel = new (mapped) local::LocalChannel();
+  c.channel->magic = local::kChannelMagic;
+  c.channel->version = local::kChannelVersion;
+  c.channel_seq = 0;
+  const bool sent = SendFramed(
+      c.fd, ReplyHeaderBytes(req.op, req.request_id, absl::OkStatus(), 0), {},
+      fd);
+  close(fd);  // The mapping stays until the connection closes.
+  return sent;
+}
+
+bool TcpDataPlane::AwaitChannelRequest(Connection& c) {
+  local::ChannelSlot& slot = c.channel->request;
+  auto fresh = [&] {
+    return slot.seq.load(std::memory_order_acquire) != c.channel_seq;
+  };
+  if (fresh()) return true;
+  // Polled on the PollForRequest terms (serve_spin, only while no
+  // connection is being served, one thread at a time); the socket is looked
+  // at every few rounds, for the messages that do not go in the channel.
+  int idle = 0;
+  if (options_.serve_spin > absl::ZeroDuration() &&
+      busy_count_.load(std::memory_order_acquire) == 0 &&
+      polling_.compare_exchange_strong(idle, 1, std::memory_order_acq_rel)) {
+    const absl::Time until = SteadyNow() + options_.serve_spin;
+    pollfd p{c.fd, POLLIN, 0};
+    bool socket_ready = false;
+    for (unsigned round = 1; !fresh() && SteadyNow() < until; ++round) {
+      if (round % 16 == 0 && poll(&p, 1, 0) > 0) {
+        socket_ready = true;
+        break;
+      }
+      sched_yield();
+    }
+    polling_.store(0, std::memory_order_release);
+    if (socket_ready) return false;
+    if (fresh()) return true;
+  }
+  // To sleep on the socket: a client that posts from now on rings.
+  slot.reader_asleep.store(1, std::memory_order_seq_cst);
+  if (slot.seq.load(std::memory_order_seq_cst) != c.channel_seq) {
+    slot.reader_asleep.store(0, std::memory_order_relaxed);
+    return true;
+  }
+  return false;
+}
+
+bool TcpDataPlane::TakeChannelRequest(Connection& c, tcp::TcpFrame* frame,
+                                      std::vector<uint8_t>* header) {
+  local::ChannelSlot& slot = c.channel->request;
+  c.channel_seq = slot.seq.load(std::memory_order_acquire);
+  // Copied out before anything is looked at: the client may write the page
+  // at any time.
+  const uint32_t length = slot.length;
+  if (length < sizeof(*frame) || length > local::kChannelMessageBytes) {
+    return false;
+  }
+  c.channel_message.assign(slot.bytes, slot.bytes + length);
+  std::memcpy(frame, c.channel_message.data(), sizeof(*frame));
+  if (frame->magic != tcp::kFrameMagic ||
+      frame->header_length < kMinAnswerableHeaderBytes ||
+      frame->header_length > length - sizeof(*frame) ||
+      frame->data_length != length - sizeof(*frame) - frame->header_length) {
+    return false;  // Framing lost: nothing in it can be answered.
+  }
+  const uint8_t* at = c.channel_message.data() + sizeof(*frame);
+  header->assign(at, at + frame->header_length);
+  c.channel_data = absl::MakeConstSpan(at + frame->header_length,
+                                       frame->data_length);
+  c.from_channel = true;
+  c.replied_in_channel = false;
+  return true;
+}
+
+bool TcpDataPlane::Answer(Connection& c, const std::vector<uint8_t>& header,
+                          absl::Span<const uint8_t> data, int pass_fd) {
+  const size_t length = sizeof(tcp::TcpFrame) + header.size() + data.size();
+  if (!c.from_channel || pass_fd >= 0 ||
+      length > local::kChannelMessageBytes) {
+    return SendFramed(c.fd, header, data, pass_fd);
+  }
+  local::ChannelSlot& slot = c.channel->reply;
+  const tcp::TcpFrame frame{tcp::kFrameMagic,
+                            static_cast<uint32_t>(header.size()), data.size()};
+  std::memcpy(slot.bytes, &frame, sizeof(frame));
+  std::memcpy(slot.bytes + sizeof(frame), header.data(), header.size());
+  if (!data.empty()) {
+    std::memcpy(slot.bytes + sizeof(frame) + header.size(), data.data(),
+                data.size());
+  }
+  slot.length = static_cast<uint32_t>(length);
+  slot.seq.store(c.channel_seq, std::memory_order_seq_cst);
+  c.replied_in_channel = true;
+  if (slot.reader_asleep.load(std::memory_order_seq_cst) == 0) return true;
+  tcp::TcpFrame doorbell{tcp::kDoorbellMagic, 0, 0};
+  iovec iov{&doorbell, sizeof(doorbell)};
+  return sockio::SendAll(c.fd, &iov, 1) == Io::kOk;
+}
+
+bool TcpDataPlane::AnswerStatus(Connection& c, const DataRequest& req,
+                                const absl::Status& status, uint32_t flags) {
+  return Answer(c, ReplyHeaderBytes(req.op, req.request_id, status, flags),
+                {});
 }
 
 }  // namespace strata::cluster

@@ -25,6 +25,11 @@ namespace strata::tcp {
 
 // "STK1" read as a little-endian uint32: the framing's version 1.
 inline constexpr uint32_t kFrameMagic = 0x314B5453;
+// A frame with this magic and no header or data is a doorbell: it wakes the
+// other end of a local connection to read the message channel
+// (common/local_channel.h). Readers skip doorbells wherever they read a
+// frame; elsewhere it is broken framing.
+inline constexpr uint32_t kDoorbellMagic = 0x4C4C4244;  // "DBLL"
 
 struct TcpFrame {
   uint32_t magic;          // kFrameMagic.
@@ -32,6 +37,11 @@ struct TcpFrame {
   uint64_t data_length;    // Data bytes after the header.
 };
 static_assert(sizeof(TcpFrame) == 16);
+
+inline bool IsDoorbell(const TcpFrame& f) {
+  return f.magic == kDoorbellMagic && f.header_length == 0 &&
+         f.data_length == 0;
+}
 
 // The largest header either side accepts: a request header with two
 // maximal labels (tenant and model lengths are uint16).

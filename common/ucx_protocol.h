@@ -45,6 +45,8 @@ enum class Op : uint16_t {
   kRelease = 7,   // Drops the lease of an in-arena GET. No reply.
   kPutSpare = 8,  // PUT in one step: data = u64 block length; the block was
                   // written into the connection's spare range (below).
+  kMapChannel = 9,  // The reply carries the connection's message channel, a
+                    // memfd (common/local_channel.h).
 };
 
 // RequestHeader::flags.

@@ -1,0 +1,75 @@
+// The message channel of a local connection (docs/protocol.md, "Local
+// connections", "The message channel"): a page of shared memory beside the
+// connection's Unix socket, created by the daemon for one connection
+// (MAP_CHANNEL) and mapped by both ends, through which the small messages
+// of in-arena puts and gets (RESERVE, COMMIT, PUT_SPARE, RELEASE, GET with
+// kRequestInArena) and their replies go instead of the socket. A waiting
+// end polls the shared sequence number instead of sleeping in a syscall, so
+// a message that comes while it polls costs no syscall on either side and
+// no wake-up. The socket stays the connection: it carries everything else,
+// the doorbells that wake an end that went to sleep on it, and its closing
+// ends the connection (and the channel) as before.
+//
+// The bytes of a message are exactly those it has on the socket: a
+// tcp::TcpFrame, the header, the data (common/tcp_protocol.h).
+//
+// One slot per direction, one message in flight per connection (the
+// protocol is request/reply). A writer fills `bytes` and `length`, then
+// stores `seq` (the request's number; its reply carries the same number);
+// a reader that sees a new `seq` copies the message out before it parses
+// it (the other process may write the page at any time: nothing in it is
+// trusted). Lost wake-ups are ruled out Dekker-style: the writer stores
+// `seq`, then loads `reader_asleep`; the reader stores `reader_asleep`,
+// then loads `seq` (both sequentially consistent), so at least one of them
+// sees the other's store, and a reader that goes to sleep in recv gets a
+// doorbell (a frame with kDoorbellMagic and nothing after it). A doorbell
+// may come late, after its reader saw the message anyway: readers skip
+// doorbells wherever they read a frame.
+//
+// A reply that does not fit (a GET of a block not in the arena, which comes
+// as bytes) goes on the socket; the channel's reply then has length
+// kReplyOnSocket, and the client reads the reply from the socket.
+//
+// Header-only; the layout is shared by both processes of one host.
+#ifndef STRATA_COMMON_LOCAL_CHANNEL_H_
+#define STRATA_COMMON_LOCAL_CHANNEL_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace strata::local {
+
+inline constexpr uint32_t kChannelMagic = 0x4E484353;  // "SCHN"
+inline constexpr uint32_t kChannelVersion = 1;
+// A message of more bytes goes on the socket.
+inline constexpr size_t kChannelMessageBytes = 4096 - 64;
+// ChannelSlot::length of a reply sent on the socket instead.
+inline constexpr uint32_t kReplyOnSocket = 0xFFFFFFFFu;
+
+static_assert(std::atomic<uint32_t>::is_always_lock_free,
+              "channel atomics are shared between processes");
+
+// One direction.
+struct alignas(64) ChannelSlot {
+  // The number of the last message written here; 0: none yet.
+  std::atomic<uint32_t> seq;
+  // 1 while the reader of this slot sleeps in recv on the socket: a writer
+  // that sees it sends a doorbell.
+  std::atomic<uint32_t> reader_asleep;
+  uint32_t length;  // Bytes of the message, or kReplyOnSocket.
+  uint8_t bytes[kChannelMessageBytes];
+};
+
+struct LocalChannel {
+  uint32_t magic;    // kChannelMagic.
+  uint32_t version;  // kChannelVersion.
+  ChannelSlot request;  // Client -> daemon.
+  ChannelSlot reply;    // Daemon -> client.
+};
+
+inline constexpr size_t kChannelBytes = sizeof(LocalChannel);
+
+}  // namespace strata::local
+
+#endif  // STRATA_COMMON_LOCAL_CHANNEL_H_
