@@ -10,8 +10,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -20,6 +20,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "client/tcp_exchange.h"
 #include "common/local_channel.h"
 #include "common/socket_io.h"
 #include "common/steady_time.h"
@@ -224,54 +225,6 @@ absl::Status DeadlineError() {
 }
 
 }  // namespace
-
-struct TcpTransport::Exchange {
-  ucx::Op op = ucx::Op::kPing;
-  BlockKey key;
-  uint32_t flags = 0;
-  std::string tenant, model;
-  absl::Span<const uint8_t> block;  // PUT.
-  std::vector<uint8_t> copy;        // PUT without caller_waits: the block.
-  uint64_t block_length = 0;        // RESERVE: sent as its data.
-  // GET: into [dst, dst + capacity) when dst is set, else into `landed`.
-  uint8_t* dst = nullptr;
-  size_t capacity = 0;
-  std::vector<uint8_t> landed;
-  absl::Time deadline;
-  uint64_t request_id = 0;
-  // The reply.
-  uint32_t reply_flags = 0;
-  size_t received = 0;
-  // The data of replies that carry a few words, not a block: RESERVE's
-  // offset, an in-arena GET's offset and length, MAP_ARENA's token.
-  uint64_t words[3] = {0, 0, 0};
-  int passed_fd = -1;  // MAP_ARENA: the arena's memfd (owned by the caller).
-  // GET: the checksum check of the block, hashed as it landed.
-  absl::Status landed_check;
-
-  absl::Span<const uint8_t> LandedBytes() const {
-    return dst != nullptr ? absl::MakeConstSpan(dst, received)
-                          : absl::MakeConstSpan(landed);
-  }
-
-  // A step of this call on the shared arena (RESERVE, COMMIT, PUT_SPARE,
-  // RELEASE): its key, id and deadline; for RESERVE and PUT_SPARE also the
-  // flags, labels and the block's length.
-  Exchange Step(ucx::Op step_op) const {
-    Exchange e;
-    e.op = step_op;
-    e.key = key;
-    e.deadline = deadline;
-    e.request_id = request_id;
-    if (step_op == ucx::Op::kReserve || step_op == ucx::Op::kPutSpare) {
-      e.flags = flags;
-      e.tenant = tenant;
-      e.model = model;
-      e.block_length = block.size();
-    }
-    return e;
-  }
-};
 
 absl::StatusOr<std::unique_ptr<TcpTransport>> TcpTransport::Create(
     const TcpTransportOptions& options) {
@@ -479,16 +432,14 @@ absl::Status TcpTransport::RoundTrip(int fd, Exchange& x, bool* broken,
                   {header.data(), header.size()},
                   {const_cast<uint8_t*>(data.data()), data.size()}};
   const int iov_count = data.empty() ? 2 : 3;
-  const bool via_channel =
-      channel != nullptr && channel->mapped != nullptr &&
-      sizeof(frame) + header.size() + data.size() <=
-          local::kChannelMessageBytes;
+  const bool via_channel = channel != nullptr && channel->mapped != nullptr &&
+                           sizeof(frame) + header.size() + data.size() <=
+                               local::kChannelMessageBytes;
   uint32_t seq = 0;
   if (via_channel) seq = ++channel->seq;
-  const Io sent =
-      via_channel
-          ? PostToChannel(fd, *channel->mapped, iov, iov_count, seq, x.deadline)
-          : sockio::SendAll(fd, iov, iov_count, x.deadline);
+  const Io sent = via_channel ? PostToChannel(fd, *channel->mapped, iov,
+                                              iov_count, seq, x.deadline)
+                              : sockio::SendAll(fd, iov, iov_count, x.deadline);
   if (sent == Io::kTimedOut) return fail(sent, "sending the request to");
   if (x.op == ucx::Op::kRelease) {  // No reply.
     return sent == Io::kOk ? absl::OkStatus()
@@ -543,10 +494,9 @@ absl::Status TcpTransport::RoundTrip(int fd, Exchange& x, bool* broken,
   if (!in_channel.empty() &&
       sizeof(reply) + reply.header_length + reply.data_length !=
           in_channel.size()) {
-    return malformed(absl::StrCat("a ", in_channel.size(),
-                                  "-byte message in the channel framed as ",
-                                  reply.header_length, " + ",
-                                  reply.data_length, " bytes"));
+    return malformed(absl::StrCat(
+        "a ", in_channel.size(), "-byte message in the channel framed as ",
+        reply.header_length, " + ", reply.data_length, " bytes"));
   }
   std::string reply_header(reply.header_length, '\0');
   if (Io io = read(reply_header.data(), reply_header.size()); io != Io::kOk) {
@@ -581,7 +531,8 @@ absl::Status TcpTransport::RoundTrip(int fd, Exchange& x, bool* broken,
   }
   const bool block_reply = ok && x.op == ucx::Op::kGet && words == 0;
   if (block_reply && !in_channel.empty()) {
-    return malformed("a block in the message channel (blocks come on the socket)");
+    return malformed(
+        "a block in the message channel (blocks come on the socket)");
   }
   if (words != 0 ? reply.data_length != words * sizeof(uint64_t)
                  : ((reply.data_length != 0) != block_reply ||
@@ -624,264 +575,6 @@ absl::Status TcpTransport::RoundTrip(int fd, Exchange& x, bool* broken,
   if (r.status == 0) return absl::OkStatus();
   return absl::Status(static_cast<absl::StatusCode>(r.status),
                       reply_header.substr(sizeof(r)));
-}
-
-// ---- The shared arena (local connections).
-
-absl::Status TcpTransport::PutInArena(int fd, Exchange& x, bool* broken) {
-  absl::StatusOr<Channel*> channel = ChannelOf(fd, x, broken);
-  if (!channel.ok()) return channel.status();
-  // The connection's spare range, when it fits: one round trip, PUT_SPARE.
-  std::optional<Spare> spare = TakeSpare(fd);
-  if (spare.has_value() && spare->bytes == x.block.size() &&
-      spare->token == arena_token_ &&
-      InArena(spare->offset, x.block.size())) {
-    Exchange put = x.Step(ucx::Op::kPutSpare);
-    put.flags |= ucx::kRequestSpareNext;
-    if (CopyIntoArena(x.block, spare->offset)) {
-      put.flags |= ucx::kRequestVerifiedInPlace;
-    }
-    absl::Status s = RoundTrip(fd, put, broken, *channel);
-    x.reply_flags = put.reply_flags;
-    if (!*broken) KeepSpare(fd, put);
-    // FAILED_PRECONDITION naming "op": the daemon holds no such spare;
-    // reserve instead. Any other answer is the put's.
-    if (*broken || !absl::IsFailedPrecondition(s) ||
-        !absl::StartsWith(s.message(), "op:")) {
-      return s;
-    }
-  }
-  Exchange reserve = x.Step(ucx::Op::kReserve);
-  absl::Status s = RoundTrip(fd, reserve, broken, *channel);
-  x.reply_flags = reserve.reply_flags;
-  if (absl::IsResourceExhausted(s) && !*broken) {
-    // The arena cannot hold it now: a plain PUT may place it in a lower tier.
-    return RoundTrip(fd, x, broken);
-  }
-  if (!s.ok() || (reserve.reply_flags & ucx::kReplyAlreadyPresent)) return s;
-  if (reserve.words[1] != arena_token_) {
-    *broken = true;  // Aborts the reservation in the other arena.
-    return StaleArena();
-  }
-  const uint64_t offset = reserve.words[0];
-  if (!InArena(offset, x.block.size())) {
-    *broken = true;
-    return absl::InternalError(absl::StrCat(
-        "data_plane: ", Peer(), " reserved [", offset, ", +", x.block.size(),
-        ") outside its ", arena_bytes_, "-byte arena"));
-  }
-  Exchange commit = x.Step(ucx::Op::kCommit);
-  commit.flags = ucx::kRequestSpareNext;
-  commit.block_length = x.block.size();  // The spare asked for (not sent).
-  if (CopyIntoArena(x.block, offset)) {
-    commit.flags |= ucx::kRequestVerifiedInPlace;
-  }
-  s = RoundTrip(fd, commit, broken, *channel);
-  x.reply_flags = commit.reply_flags;
-  if (!*broken) KeepSpare(fd, commit);
-  return s;
-}
-
-bool TcpTransport::CopyIntoArena(absl::Span<const uint8_t> block,
-                                 uint64_t offset) {
-  // The only copy of the block: straight into its place in the store, its
-  // checksum checked on the way (so the daemon need not read it again).
-  // (1 MiB puts 10.3-11.1 GB/s against 9.3-9.9 with the daemon hashing the
-  // arena's copy; 256 KiB within noise: bench/results/service.md, session 10.)
-  absl::StatusOr<kvstore::BlockView> copied = kvstore::CopyVerifiedBlock(
-      block, absl::MakeSpan(arena_base_ + offset, block.size()),
-      kvstore::CopyDestination::kStoredHashSource);
-  // A block that failed here is committed unverified: the daemon's own
-  // check refuses it (and counts it), with the same codes as elsewhere.
-  if (!copied.ok() && !absl::IsDataLoss(copied.status())) {
-    // Not a block (bad header or length): copy it all, so the daemon's
-    // check sees the caller's bytes.
-    kvstore::CopyAroundTheCache(arena_base_ + offset, block.data(),
-                                block.size());
-  }
-  return copied.ok();
-}
-
-std::optional<TcpTransport::Spare> TcpTransport::TakeSpare(int fd) {
-  absl::MutexLock lock(&mu_);
-  auto it = spares_.find(fd);
-  if (it == spares_.end()) return std::nullopt;
-  Spare spare = it->second;
-  spares_.erase(it);
-  return spare;
-}
-
-void TcpTransport::KeepSpare(int fd, const Exchange& reply) {
-  if (!(reply.reply_flags & ucx::kReplySpare)) return;
-  absl::MutexLock lock(&mu_);
-  spares_[fd] = Spare{reply.words[0], reply.block_length, reply.words[1]};
-}
-
-absl::Status TcpTransport::GetInArena(int fd, Exchange& x, bool* broken) {
-  absl::StatusOr<Channel*> channel = ChannelOf(fd, x, broken);
-  if (!channel.ok()) return channel.status();
-  x.flags |= ucx::kRequestInArena;
-  absl::Status s = RoundTrip(fd, x, broken, *channel);
-  if (!s.ok() || !(x.reply_flags & ucx::kReplyInArena)) return s;
-  // The daemon holds the block's lease until RELEASE (or this connection's
-  // next message): the range stays the block's while it is copied.
-  const uint64_t offset = x.words[0], length = x.words[1];
-  if (x.words[2] != arena_token_) {
-    *broken = true;  // Drops the lease; the retry reads the bytes instead.
-    return StaleArena();
-  }
-  if (!InArena(offset, length)) {
-    *broken = true;
-    return absl::InternalError(absl::StrCat(
-        "data_plane: ", Peer(), " answered [", offset, ", +", length,
-        ") outside its ", arena_bytes_, "-byte arena"));
-  }
-  const absl::Span<const uint8_t> src(arena_base_ + offset, length);
-  if (x.dst != nullptr && length > x.capacity) {
-    s = absl::OutOfRangeError(absl::StrCat("capacity: block is ", length,
-                                           " bytes, capacity ", x.capacity));
-  } else {
-    uint8_t* dst = x.dst;
-    if (dst == nullptr) {
-      x.landed.resize(length);
-      dst = x.landed.data();
-    }
-    // One pass: copied and verified where it lands.
-    x.landed_check =
-        kvstore::CopyVerifiedBlock(src, absl::MakeSpan(dst, length)).status();
-    x.received = length;
-  }
-  Exchange release = x.Step(ucx::Op::kRelease);
-  if (absl::Status r = RoundTrip(fd, release, broken, *channel); !r.ok()) {
-    *broken = true;
-  }
-  return s;
-}
-
-absl::StatusOr<TcpTransport::Channel*> TcpTransport::ChannelOf(
-    int fd, const Exchange& x, bool* broken) {
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = channels_.find(fd);
-    if (it != channels_.end()) {
-      return it->second->mapped != nullptr ? it->second.get() : nullptr;
-    }
-  }
-  // STRATA_LOCAL_CHANNEL=0: no channel (measurements).
-  static const bool enabled = [] {
-    const char* env = std::getenv("STRATA_LOCAL_CHANNEL");
-    return env == nullptr || std::atoi(env) != 0;
-  }();
-  auto channel = std::make_unique<Channel>();
-  if (enabled) {
-    Exchange map;
-    map.op = ucx::Op::kMapChannel;
-    map.deadline = x.deadline;
-    map.request_id = x.request_id;
-    absl::Status s = RoundTrip(fd, map, broken);
-    absl::Cleanup close_passed = [&map] {
-      if (map.passed_fd >= 0) close(map.passed_fd);
-    };
-    if (*broken) return s.ok() ? absl::UnavailableError("data_plane: MAP_CHANNEL broke the connection") : s;
-    // Refused (a daemon without channels answers "op"): none, and not
-    // asked again on this connection.
-    struct stat st{};
-    if (s.ok() && map.passed_fd >= 0 && fstat(map.passed_fd, &st) == 0 &&
-        static_cast<size_t>(st.st_size) >= local::kChannelBytes) {
-      void* mapped = mmap(nullptr, local::kChannelBytes,
-                          PROT_READ | PROT_WRITE, MAP_SHARED, map.passed_fd, 0);
-      if (mapped != MAP_FAILED) {
-        auto* c = static_cast<local::LocalChannel*>(mapped);
-        if (c->magic == local::kChannelMagic &&
-            c->version == local::kChannelVersion) {
-          channel->mapped = c;
-        } else {
-          munmap(mapped, local::kChannelBytes);
-        }
-      }
-    }
-  }
-  absl::MutexLock lock(&mu_);
-  Channel* result = channel->mapped != nullptr ? channel.get() : nullptr;
-  channels_[fd] = std::move(channel);
-  return result;
-}
-
-bool TcpTransport::InArena(uint64_t offset, uint64_t length) const {
-  return offset <= arena_bytes_ && length <= arena_bytes_ - offset;
-}
-
-absl::Status TcpTransport::StaleArena() {
-  // The daemon on the socket is not the one whose arena is mapped here (it
-  // restarted): from now on blocks go through the socket. The old mapping
-  // stays until the transport is destroyed (a call may be copying).
-  arena_stale_.store(true, std::memory_order_release);
-  return absl::UnavailableError(absl::StrCat(
-      "data_plane: the daemon at ", Peer(),
-      " is not the one whose arena this client mapped (it restarted); "
-      "blocks go through the socket until the client reconnects"));
-}
-
-absl::Status TcpTransport::MapSharedArena(uint64_t token, absl::Time deadline) {
-  if (options_.local_path.empty()) {
-    return absl::FailedPreconditionError(
-        "local_path: the shared arena needs a local connection");
-  }
-  Exchange x;
-  x.op = ucx::Op::kMapArena;
-  x.deadline = SteadyFromWall(deadline);
-  x.request_id = 1;
-  absl::StatusOr<int> taken = TakeConnection(x.deadline);
-  if (!taken.ok()) return taken.status();
-  // Blocks go only into an arena of a daemon of our own user.
-  ucred peer{};
-  socklen_t peer_len = sizeof(peer);
-  if (getsockopt(*taken, SOL_SOCKET, SO_PEERCRED, &peer, &peer_len) != 0 ||
-      peer.uid != geteuid()) {
-    CloseConnection(*taken);
-    return absl::FailedPreconditionError(absl::StrCat(
-        "local_path: ", options_.local_path,
-        " is served by a process of another user"));
-  }
-  bool broken = false;
-  absl::Status s = RoundTrip(*taken, x, &broken);
-  if (broken) {
-    CloseConnection(*taken);
-  } else {
-    ReturnConnection(*taken);
-  }
-  absl::Cleanup close_passed = [&x] {
-    if (x.passed_fd >= 0) close(x.passed_fd);
-  };
-  if (!s.ok()) return s;
-  if (x.words[0] != token) {
-    // Another daemon owns this path on this host (the one Hello reached is
-    // elsewhere): its arena is not the one to use.
-    return absl::FailedPreconditionError(absl::StrCat(
-        "local_path: ", options_.local_path,
-        " is served by another daemon than the one Hello reached"));
-  }
-  struct stat st{};
-  if (x.passed_fd < 0 || fstat(x.passed_fd, &st) != 0 || st.st_size <= 0) {
-    return absl::InternalError(absl::StrCat(
-        "data_plane: ", Peer(), " answered MAP_ARENA without a usable arena"));
-  }
-  const size_t bytes = static_cast<size_t>(st.st_size);
-  // Mapped in now: a page first touched by a copy costs a fault in the
-  // copy, every put into a part of the arena this process has not written
-  // yet. Populating is 0.3-0.6 s for 3 GiB on the dev VM (4 KiB pages; far
-  // less where shared memory gets transparent huge pages).
-  void* base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
-                    MAP_SHARED | MAP_POPULATE, x.passed_fd, 0);
-  if (base == MAP_FAILED) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("data_plane: mapping the daemon's ", bytes,
-                     "-byte arena: ", std::strerror(errno)));
-  }
-  arena_base_ = static_cast<uint8_t*>(base);
-  arena_bytes_ = bytes;
-  arena_token_ = token;
-  return absl::OkStatus();
 }
 
 absl::Status TcpTransport::Run(Exchange& x) {

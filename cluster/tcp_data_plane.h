@@ -21,10 +21,10 @@
 //   evict and waits at most kInFlightWriteWait for another write of the key;
 //   the block is received into the reservation in pieces, each hashed as it
 //   lands (verify_chunk_bytes), and committed without a second pass.
-//   "Already present" and refused puts read and discard the block, so the connection stays usable and the client
-//   reads its answer. When the arena cannot hold the block at all, it is
-//   received into a buffer and stored with Put (which falls back to lower
-//   tiers).
+//   "Already present" and refused puts read and discard the block, so the
+//   connection stays usable and the client reads its answer. When the arena
+//   cannot hold the block at all, it is received into a buffer and stored with
+//   Put (which falls back to lower tiers).
 // - GET: TieredStore::Get, then the reply and the block leave in one
 //   sendmsg from the lease.
 // - A connection that breaks mid-message (client gone, deadline closed it)
@@ -41,9 +41,9 @@
 // the client checked it as it copied: kRequestVerifiedInPlace); a GET
 // with kRequestInArena answers where the block lies and holds its lease
 // until the connection's next message. The client's one copy is the only
-// copy of either. After a COMMIT or PUT_SPARE the connection may keep a spare range of
-// the same size (kRequestSpareNext), into which the client writes its next
-// block and stores it with one PUT_SPARE round trip. A connection holds at
+// copy of either. After a COMMIT or PUT_SPARE the connection may keep a spare
+// range of the same size (kRequestSpareNext), into which the client writes its
+// next block and stores it with one PUT_SPARE round trip. A connection holds at
 // most one reservation (dropped by any message but its COMMIT; kept however
 // long the connection idles, since its client may still be writing the
 // range), one spare and one lease; all go when it closes. A local
@@ -159,7 +159,7 @@ class TcpDataPlane {
     // channel_data, and its reply goes back there (Answer) when it fits.
     bool from_channel = false;
     bool replied_in_channel = false;
-    std::vector<uint8_t> channel_message;  // The request, copied out.
+    std::vector<uint8_t> channel_message;    // The request, copied out.
     absl::Span<const uint8_t> channel_data;  // Its data, in channel_message.
   };
   // Binds options.local_path (Start).

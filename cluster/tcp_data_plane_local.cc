@@ -144,8 +144,9 @@ bool TcpDataPlane::HandleLocalOp(Connection& c, const DataRequest& req,
   uint64_t block_length = 0;
   if (expected != 0 && c.from_channel) {
     std::memcpy(&block_length, c.channel_data.data(), sizeof(block_length));
-  } else if (expected != 0 && sockio::RecvAll(c.fd, &block_length,
-                                              sizeof(block_length)) != Io::kOk) {
+  } else if (expected != 0 &&
+             sockio::RecvAll(c.fd, &block_length, sizeof(block_length)) !=
+                 Io::kOk) {
     return false;
   }
   if (op == ucx::Op::kRelease) return true;  // The lease went; no reply.
@@ -245,9 +246,9 @@ bool TcpDataPlane::HandleReserve(Connection& c, const DataRequest& req,
   // Counted with its COMMIT. The token names the arena the offset is in: a
   // client whose mapping is of another daemon's (this one restarted) must
   // not write there.
-  return Answer(
-      c, ReplyHeaderBytes(req.op, req.request_id, absl::OkStatus(), 0),
-      U64s({offset, ctx_->instance_token}));
+  return Answer(c,
+                ReplyHeaderBytes(req.op, req.request_id, absl::OkStatus(), 0),
+                U64s({offset, ctx_->instance_token}));
 }
 
 bool TcpDataPlane::HandleCommit(Connection& c, const DataRequest& req,
@@ -286,10 +287,10 @@ bool TcpDataPlane::HandlePutSpare(Connection& c, const DataRequest& req,
     // Not counted: the client goes on with RESERVE (on "op:" only).
     DropSpare(c);
     return AnswerStatus(c, req,
-                     absl::FailedPreconditionError(absl::StrCat(
-                         "op: PUT_SPARE without a spare range of ",
-                         block_length, " bytes on this connection")),
-                     0);
+                        absl::FailedPreconditionError(absl::StrCat(
+                            "op: PUT_SPARE without a spare range of ",
+                            block_length, " bytes on this connection")),
+                        0);
   }
   if (absl::Status s = CheckPutAdmissible(ctx_, block_length); !s.ok()) {
     return answer(s, 0, 0);
@@ -411,12 +412,11 @@ bool TcpDataPlane::SendChannel(Connection& c, const DataRequest& req) {
   if (mapped == MAP_FAILED) {
     const int error = errno;
     if (fd >= 0) close(fd);
-    return AnswerStatus(
-        c, req,
-        absl::ResourceExhaustedError(absl::StrCat(
-            "channel: cannot create the message channel: ",
-            std::strerror(error))),
-        0);
+    return AnswerStatus(c, req,
+                        absl::ResourceExhaustedError(absl::StrCat(
+                            "channel: cannot create the message channel: ",
+                            std::strerror(error))),
+                        0);
   }
   // A fresh memfd reads as zeros: no message in either slot.
   c.channel = new (mapped) local::LocalChannel();
@@ -486,8 +486,8 @@ bool TcpDataPlane::TakeChannelRequest(Connection& c, tcp::TcpFrame* frame,
   }
   const uint8_t* at = c.channel_message.data() + sizeof(*frame);
   header->assign(at, at + frame->header_length);
-  c.channel_data = absl::MakeConstSpan(at + frame->header_length,
-                                       frame->data_length);
+  c.channel_data =
+      absl::MakeConstSpan(at + frame->header_length, frame->data_length);
   c.from_channel = true;
   c.replied_in_channel = false;
   return true;
@@ -496,8 +496,7 @@ bool TcpDataPlane::TakeChannelRequest(Connection& c, tcp::TcpFrame* frame,
 bool TcpDataPlane::Answer(Connection& c, const std::vector<uint8_t>& header,
                           absl::Span<const uint8_t> data, int pass_fd) {
   const size_t length = sizeof(tcp::TcpFrame) + header.size() + data.size();
-  if (!c.from_channel || pass_fd >= 0 ||
-      length > local::kChannelMessageBytes) {
+  if (!c.from_channel || pass_fd >= 0 || length > local::kChannelMessageBytes) {
     return SendFramed(c.fd, header, data, pass_fd);
   }
   local::ChannelSlot& slot = c.channel->reply;
@@ -520,8 +519,7 @@ bool TcpDataPlane::Answer(Connection& c, const std::vector<uint8_t>& header,
 
 bool TcpDataPlane::AnswerStatus(Connection& c, const DataRequest& req,
                                 const absl::Status& status, uint32_t flags) {
-  return Answer(c, ReplyHeaderBytes(req.op, req.request_id, status, flags),
-                {});
+  return Answer(c, ReplyHeaderBytes(req.op, req.request_id, status, flags), {});
 }
 
 }  // namespace strata::cluster

@@ -62,8 +62,8 @@ struct alignas(64) ChannelSlot {
 };
 
 struct LocalChannel {
-  uint32_t magic;    // kChannelMagic.
-  uint32_t version;  // kChannelVersion.
+  uint32_t magic;       // kChannelMagic.
+  uint32_t version;     // kChannelVersion.
   ChannelSlot request;  // Client -> daemon.
   ChannelSlot reply;    // Daemon -> client.
 };

@@ -173,8 +173,8 @@ inline Io SendAll(int fd, iovec* iov, int count,
       cm->cmsg_len = CMSG_LEN(sizeof(int));
       std::memcpy(CMSG_DATA(cm), &pass_fd, sizeof(int));
     }
-    const ssize_t n = sendmsg(
-        fd, &msg, MSG_NOSIGNAL | (without_waiting ? MSG_DONTWAIT : 0));
+    const ssize_t n =
+        sendmsg(fd, &msg, MSG_NOSIGNAL | (without_waiting ? MSG_DONTWAIT : 0));
     const bool tried_without_waiting = without_waiting;
     without_waiting = false;
     if (n < 0) {

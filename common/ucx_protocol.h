@@ -38,13 +38,13 @@ enum class Op : uint16_t {
   // Local connections of the socket plane only (a Unix socket; docs/
   // protocol.md, "Local connections"); other connections answer
   // FAILED_PRECONDITION naming "op".
-  kMapArena = 4,  // The reply carries the shared DRAM arena's memfd.
-  kReserve = 5,   // PUT, step 1: data = u64 block length; reply data = u64
-                  // arena offset where the client writes the block.
-  kCommit = 6,    // PUT, step 2: the reserved block was written; commit it.
-  kRelease = 7,   // Drops the lease of an in-arena GET. No reply.
-  kPutSpare = 8,  // PUT in one step: data = u64 block length; the block was
-                  // written into the connection's spare range (below).
+  kMapArena = 4,    // The reply carries the shared DRAM arena's memfd.
+  kReserve = 5,     // PUT, step 1: data = u64 block length; reply data = u64
+                    // arena offset where the client writes the block.
+  kCommit = 6,      // PUT, step 2: the reserved block was written; commit it.
+  kRelease = 7,     // Drops the lease of an in-arena GET. No reply.
+  kPutSpare = 8,    // PUT in one step: data = u64 block length; the block was
+                    // written into the connection's spare range (below).
   kMapChannel = 9,  // The reply carries the connection's message channel, a
                     // memfd (common/local_channel.h).
 };
