@@ -3,10 +3,12 @@
 // whose DRAM arena is shared, spoken to through raw sockets and the arena
 // mapped here, so the tests can do what a well-behaved client does not
 // (commit bad bytes, commit without a reservation, vanish mid-put) and check
-// that the daemon answers as docs/protocol.md ("Local connections") says.
+// that the daemon answers as docs/protocol.md ("Local connections") says;
+// the message channel likewise, through its page mapped here (RawChannel).
 // The client library over local connections is tested end to end in
 // ucx_data_plane_test, ucx_batch_test and ucx_client_verify_test (the
 // "local" parameter).
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -25,6 +27,8 @@
 #include "cluster/block_service.h"
 #include "cluster/metrics.h"
 #include "cluster/tcp_data_plane.h"
+#include "common/local_channel.h"
+#include "common/tcp_protocol.h"
 #include "common/ucx_protocol.h"
 #include "gtest/gtest.h"
 #include "kvstore/dram_arena.h"
@@ -59,6 +63,103 @@ uint64_t Word(const Reply& r, size_t i) {
   return v;
 }
 
+// The client end of a connection's message channel (common/
+// local_channel.h) at the byte level: posts requests into the mapped page,
+// rings when the daemon sleeps, and waits for replies the way the client
+// library does (asleep on the socket until a doorbell).
+class RawChannel {
+ public:
+  // Maps the channel whose memfd the last reply on `c` carried.
+  explicit RawChannel(RawConnection& c) : c_(c) {
+    struct stat st{};
+    EXPECT_EQ(fstat(c.passed_fd(), &st), 0);
+    EXPECT_GE(static_cast<size_t>(st.st_size), local::kChannelBytes);
+    void* p = mmap(nullptr, local::kChannelBytes, PROT_READ | PROT_WRITE,
+                   MAP_SHARED, c.passed_fd(), 0);
+    EXPECT_NE(p, MAP_FAILED);
+    if (p != MAP_FAILED) ch_ = static_cast<local::LocalChannel*>(p);
+  }
+  ~RawChannel() {
+    if (ch_ != nullptr) munmap(ch_, local::kChannelBytes);
+  }
+  local::LocalChannel* page() { return ch_; }
+
+  // Posts `length` bytes of `message` (default: all) as the next request.
+  bool PostBytes(const std::vector<uint8_t>& message,
+                 std::optional<uint32_t> length = std::nullopt) {
+    std::memcpy(ch_->request.bytes, message.data(),
+                std::min(message.size(), local::kChannelMessageBytes));
+    ch_->request.length = length.value_or(message.size());
+    ch_->request.seq.store(++seq_, std::memory_order_seq_cst);
+    if (ch_->request.reader_asleep.load(std::memory_order_seq_cst) == 0) {
+      return true;
+    }
+    tcp::TcpFrame bell{tcp::kDoorbellMagic, 0, 0};
+    return c_.SendBytes(&bell, sizeof(bell));
+  }
+  bool Post(ucx::Op op, uint64_t request_id, const kvstore::BlockKey& key,
+            const std::vector<uint8_t>& data, uint32_t flags = 0) {
+    ucx::RequestHeader h{};
+    h.version = ucx::kProtocolVersion;
+    h.op = static_cast<uint16_t>(op);
+    h.flags = flags;
+    h.request_id = request_id;
+    const std::string k = key.ToBytesString();
+    std::memcpy(h.key, k.data(), sizeof(h.key));
+    const tcp::TcpFrame frame{tcp::kFrameMagic, sizeof(h), data.size()};
+    std::vector<uint8_t> m(sizeof(frame) + sizeof(h));
+    std::memcpy(m.data(), &frame, sizeof(frame));
+    std::memcpy(m.data() + sizeof(frame), &h, sizeof(h));
+    m.insert(m.end(), data.begin(), data.end());
+    return PostBytes(m);
+  }
+
+  // The reply to the last request from the channel; nullopt with
+  // *on_socket set when the daemon answered on the socket instead (read it
+  // with ReadReply), or nullopt when the connection closed.
+  std::optional<Reply> Await(bool* on_socket = nullptr) {
+    local::ChannelSlot& slot = ch_->reply;
+    bool socket = false;
+    // Asleep at once (no polling): the daemon rings whenever it answers
+    // after this point.
+    while (!socket && slot.seq.load(std::memory_order_acquire) != seq_) {
+      slot.reader_asleep.store(1, std::memory_order_seq_cst);
+      if (slot.seq.load(std::memory_order_seq_cst) == seq_) break;
+      tcp::TcpFrame f{};
+      if (!c_.ReadFrame(&f, /*peek=*/true)) return std::nullopt;
+      if (tcp::IsDoorbell(f)) {
+        c_.ReadFrame(&f);
+      } else {
+        socket = true;  // The reply itself, left there for ReadReply.
+      }
+    }
+    slot.reader_asleep.store(0, std::memory_order_relaxed);
+    socket = socket || slot.length == local::kReplyOnSocket;
+    if (on_socket != nullptr) *on_socket = socket;
+    EXPECT_TRUE(!socket || on_socket != nullptr) << "a reply on the socket";
+    if (socket) return std::nullopt;
+    EXPECT_LE(slot.length, local::kChannelMessageBytes);
+    std::vector<uint8_t> m(slot.bytes, slot.bytes + slot.length);
+    tcp::TcpFrame frame{};
+    std::memcpy(&frame, m.data(), sizeof(frame));
+    EXPECT_EQ(frame.magic, tcp::kFrameMagic);
+    EXPECT_EQ(sizeof(frame) + frame.header_length + frame.data_length,
+              m.size());
+    Reply r;
+    std::memcpy(&r.header, m.data() + sizeof(frame), sizeof(r.header));
+    r.message.assign(
+        reinterpret_cast<const char*>(m.data()) + sizeof(frame) +
+            sizeof(r.header),
+        frame.header_length - sizeof(r.header));
+    r.data.assign(m.begin() + sizeof(frame) + frame.header_length, m.end());
+    return r;
+  }
+ private:
+  RawConnection& c_;
+  local::LocalChannel* ch_ = nullptr;
+  uint32_t seq_ = 0;
+};
+
 class LocalDataPlaneTest : public ::testing::Test {
  protected:
   // Opens the store (its arena shared unless `shared` is false) and starts
@@ -67,6 +168,11 @@ class LocalDataPlaneTest : public ::testing::Test {
     kvstore::TieredStoreOptions o;
     o.dram_capacity_bytes = 64 << 20;
     o.dram_shared = shared;
+    if (with_ssd_) {
+      o.ssd_path = dir_.Sub("ssd");
+      o.write_through = true;
+      o.promote_on_read = false;
+    }
     auto store = kvstore::TieredStore::Open(o);
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = *std::move(store);
@@ -75,6 +181,7 @@ class LocalDataPlaneTest : public ::testing::Test {
     ctx_.instance_token = kToken;
     cluster::TcpDataPlaneOptions options;
     options.local_path = sock_;
+    options.serve_spin = serve_spin_;
     auto plane = cluster::TcpDataPlane::Start(&ctx_, options);
     ASSERT_TRUE(plane.ok()) << plane.status();
     plane_ = *std::move(plane);
@@ -115,6 +222,87 @@ class LocalDataPlaneTest : public ::testing::Test {
     return c.ReadReply();
   }
 
+  // In-arena puts and gets over a message channel: every request and reply
+  // goes through the shared page; the socket carries only doorbells.
+  void PutAndGetThroughTheChannel() {
+    RawConnection c(sock_);
+    ASSERT_TRUE(c.connected());
+    MapArena(c);
+    std::unique_ptr<RawChannel> ch = MapChannel(c);
+    ASSERT_NE(ch, nullptr);
+    ASSERT_NE(ch->page(), nullptr);
+    EXPECT_EQ(ch->page()->magic, local::kChannelMagic);
+    EXPECT_EQ(ch->page()->version, local::kChannelVersion);
+    const auto block = MakeBlock(ShapeForBytes(256 << 10), 40);
+    ASSERT_TRUE(ch->Post(ucx::Op::kReserve, 2, KeyFor(40), U64(block.size())));
+    auto reserved = ch->Await();
+    ASSERT_TRUE(reserved.has_value());
+    ASSERT_EQ(reserved->code(), absl::StatusCode::kOk) << reserved->message;
+    EXPECT_EQ(reserved->header.request_id, 2u);
+    EXPECT_EQ(Word(*reserved, 1), kToken);
+    std::memcpy(arena_ + Word(*reserved, 0), block.data(), block.size());
+    ASSERT_TRUE(ch->Post(ucx::Op::kCommit, 3, KeyFor(40), {},
+                         ucx::kRequestSpareNext));
+    auto committed = ch->Await();
+    ASSERT_TRUE(committed.has_value());
+    ASSERT_EQ(committed->code(), absl::StatusCode::kOk) << committed->message;
+    EXPECT_NE(committed->header.flags & ucx::kReplySpare, 0u);
+    // A second block into the spare, stored in one step.
+    const auto next = MakeBlock(ShapeForBytes(256 << 10), 41);
+    std::memcpy(arena_ + Word(*committed, 0), next.data(), next.size());
+    ASSERT_TRUE(ch->Post(ucx::Op::kPutSpare, 4, KeyFor(41), U64(next.size())));
+    auto put = ch->Await();
+    ASSERT_TRUE(put.has_value());
+    ASSERT_EQ(put->code(), absl::StatusCode::kOk) << put->message;
+    for (auto [k, b] : {std::pair{40, &block}, std::pair{41, &next}}) {
+      ASSERT_TRUE(ch->Post(ucx::Op::kGet, 5, KeyFor(k), {},
+                           ucx::kRequestInArena | ucx::kRequestClientVerifies));
+      auto got = ch->Await();
+      ASSERT_TRUE(got.has_value());
+      ASSERT_EQ(got->code(), absl::StatusCode::kOk) << got->message;
+      ASSERT_NE(got->header.flags & ucx::kReplyInArena, 0u);
+      ASSERT_EQ(Word(*got, 1), b->size());
+      EXPECT_EQ(std::memcmp(arena_ + Word(*got, 0), b->data(), b->size()), 0);
+      EXPECT_EQ(store_->Stats().leased_blocks, 1u);
+      // RELEASE has no reply; the PING after it finds the lease gone.
+      ASSERT_TRUE(ch->Post(ucx::Op::kRelease, 6, KeyFor(k), {}));
+      ASSERT_TRUE(ch->Post(ucx::Op::kPing, 7, KeyFor(0), {}));
+      auto ping = ch->Await();
+      ASSERT_TRUE(ping.has_value());
+      EXPECT_EQ(ping->header.request_id, 7u);
+      EXPECT_EQ(store_->Stats().leased_blocks, 0u);
+    }
+    // Nothing but doorbells ever came on the socket.
+    for (;;) {
+      pollfd p{c.fd(), POLLIN, 0};
+      if (poll(&p, 1, 0) <= 0) break;
+      tcp::TcpFrame f{};
+      ASSERT_TRUE(c.ReadFrame(&f));
+      EXPECT_TRUE(tcp::IsDoorbell(f));
+    }
+    // The socket still serves what the channel does not carry.
+    ASSERT_TRUE(c.SendRequest(ucx::Op::kGet, 8, KeyFor(40), {}));
+    auto bytes = c.ReadReply();
+    ASSERT_TRUE(bytes.has_value());
+    EXPECT_EQ(bytes->data, block);
+  }
+
+  // MAP_CHANNEL on `c` (after MapArena), then maps the channel here.
+  std::unique_ptr<RawChannel> MapChannel(RawConnection& c) {
+    EXPECT_TRUE(c.SendRequest(ucx::Op::kMapChannel, 1, KeyFor(0), {}));
+    auto r = c.ReadReply();
+    EXPECT_TRUE(r.has_value());
+    if (!r.has_value()) return nullptr;
+    EXPECT_EQ(r->code(), absl::StatusCode::kOk) << r->message;
+    EXPECT_GE(c.passed_fd(), 0);
+    if (c.passed_fd() < 0) return nullptr;
+    return std::make_unique<RawChannel>(c);
+  }
+
+  // Set before Start(): the plane's serve_spin, and an SSD tier under the
+  // DRAM one (write-through, no promotion on read).
+  absl::Duration serve_spin_ = cluster::TcpDataPlaneOptions().serve_spin;
+  bool with_ssd_ = false;
   ScratchDir dir_;
   std::string sock_ = dir_.SocketPath("stratad.sock");
   std::unique_ptr<kvstore::TieredStore> store_;
@@ -382,6 +570,13 @@ TEST_F(LocalDataPlaneTest, APeerOfAnotherUserGetsNoArena) {
     if (!r.has_value() || r->code() != absl::StatusCode::kPermissionDenied) {
       _exit(4);
     }
+    // No message channel either.
+    if (!c.SendRequest(ucx::Op::kMapChannel, 3, KeyFor(0), {})) _exit(3);
+    r = c.ReadReply();
+    if (!r.has_value() || r->code() != absl::StatusCode::kPermissionDenied) {
+      _exit(4);
+    }
+    if (c.passed_fd() != -1) _exit(5);
     _exit(0);
   }
   int status = 0;
@@ -401,9 +596,16 @@ TEST_F(LocalDataPlaneTest, APrivateArenaIsRefusedNamingDramShared) {
   EXPECT_EQ(r->code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_TRUE(absl::StartsWith(r->message, "dram_shared:")) << r->message;
   EXPECT_EQ(c.passed_fd(), -1);
+  // No message channel either (its messages are all about the arena).
+  ASSERT_TRUE(c.SendRequest(ucx::Op::kMapChannel, 2, KeyFor(0), {}));
+  r = c.ReadReply();
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StartsWith(r->message, "dram_shared:")) << r->message;
+  EXPECT_EQ(c.passed_fd(), -1);
   // The connection still carries blocks as bytes.
   const auto block = MakeBlock(ShapeForBytes(64 << 10), 14);
-  ASSERT_TRUE(c.SendRequest(ucx::Op::kPut, 2, KeyFor(14), block));
+  ASSERT_TRUE(c.SendRequest(ucx::Op::kPut, 3, KeyFor(14), block));
   EXPECT_EQ(c.ReadReply()->code(), absl::StatusCode::kOk);
 }
 
@@ -444,6 +646,124 @@ TEST_F(LocalDataPlaneTest, AStaleSocketIsReplacedAndALiveOrForeignOneRefused) {
   plane_.reset();
   struct stat st{};
   EXPECT_NE(lstat(sock_.c_str(), &st), 0);
+}
+
+TEST_F(LocalDataPlaneTest, InArenaPutsAndGetsGoThroughTheMessageChannel) {
+  Start();
+  PutAndGetThroughTheChannel();
+}
+
+// serve_spin 0: the daemon never polls the channel, so every request must
+// ring it awake (and the test's side sleeps at once, so replies ring too).
+TEST_F(LocalDataPlaneTest, DoorbellsWakeADaemonThatNeverPollsTheChannel) {
+  serve_spin_ = absl::ZeroDuration();
+  Start();
+  PutAndGetThroughTheChannel();
+}
+
+TEST_F(LocalDataPlaneTest, RequestsTheChannelDoesNotCarryAreRefusedNamingOp) {
+  Start();
+  RawConnection c(sock_);
+  MapArena(c);
+  std::unique_ptr<RawChannel> ch = MapChannel(c);
+  ASSERT_NE(ch, nullptr);
+  // A PUT with data, a GET of bytes, MAP_ARENA, a second MAP_CHANNEL.
+  const std::vector<std::pair<ucx::Op, std::vector<uint8_t>>> refused = {
+      {ucx::Op::kPut, std::vector<uint8_t>(512, 7)},
+      {ucx::Op::kGet, {}},
+      {ucx::Op::kMapArena, {}},
+      {ucx::Op::kMapChannel, {}}};
+  uint64_t id = 10;
+  for (const auto& [op, data] : refused) {
+    ASSERT_TRUE(ch->Post(op, ++id, KeyFor(42), data));
+    auto r = ch->Await();
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->code(), absl::StatusCode::kInvalidArgument) << r->message;
+    EXPECT_TRUE(absl::StartsWith(r->message, "op:")) << r->message;
+    EXPECT_EQ(r->header.request_id, id);
+  }
+  EXPECT_EQ(store_->Get(KeyFor(42)).status().code(),
+            absl::StatusCode::kNotFound);
+  // The connection serves on; a second MAP_CHANNEL on the socket is refused.
+  ASSERT_TRUE(ch->Post(ucx::Op::kPing, 20, KeyFor(0), {}));
+  EXPECT_EQ(ch->Await()->code(), absl::StatusCode::kOk);
+  ASSERT_TRUE(c.SendRequest(ucx::Op::kMapChannel, 21, KeyFor(0), {}));
+  auto again = c.ReadReply();
+  ASSERT_TRUE(again.has_value());
+  EXPECT_EQ(again->code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StartsWith(again->message, "op:")) << again->message;
+}
+
+// What the client writes into the page is not trusted: a message longer
+// than the slot, or framed as more bytes than it has, closes its connection
+// (its framing is lost) and nothing else.
+TEST_F(LocalDataPlaneTest, AMalformedChannelMessageClosesOnlyItsConnection) {
+  Start();
+  RawConnection healthy(sock_);
+  MapArena(healthy);
+  std::unique_ptr<RawChannel> healthy_ch = MapChannel(healthy);
+  ASSERT_NE(healthy_ch, nullptr);
+  for (int variant = 0; variant < 2; ++variant) {
+    RawConnection c(sock_);
+    ASSERT_TRUE(c.connected());
+    ASSERT_TRUE(c.SendRequest(ucx::Op::kMapChannel, 1, KeyFor(0), {}));
+    ASSERT_EQ(c.ReadReply()->code(), absl::StatusCode::kOk);
+    RawChannel ch(c);
+    ASSERT_NE(ch.page(), nullptr);
+    ucx::RequestHeader h{};
+    h.version = ucx::kProtocolVersion;
+    h.op = static_cast<uint16_t>(ucx::Op::kPing);
+    // Variant 0: claims 8 data bytes the message lacks; 1: a length past
+    // the slot.
+    const tcp::TcpFrame frame{tcp::kFrameMagic, sizeof(h), 8};
+    std::vector<uint8_t> m(sizeof(frame) + sizeof(h));
+    std::memcpy(m.data(), &frame, sizeof(frame));
+    std::memcpy(m.data() + sizeof(frame), &h, sizeof(h));
+    ASSERT_TRUE(variant == 0
+                    ? ch.PostBytes(m)
+                    : ch.PostBytes(m, local::kChannelMessageBytes + 1));
+    EXPECT_TRUE(c.WaitForClose()) << "variant " << variant;
+  }
+  ASSERT_TRUE(healthy_ch->Post(ucx::Op::kPing, 2, KeyFor(0), {}));
+  auto ping = healthy_ch->Await();
+  ASSERT_TRUE(ping.has_value());
+  EXPECT_EQ(ping->code(), absl::StatusCode::kOk);
+}
+
+// A block that is not in the arena (only on SSD) comes as bytes, on the
+// socket; the channel's reply says so (kReplyOnSocket).
+TEST_F(LocalDataPlaneTest, AGetOfABlockOutsideTheArenaIsAnsweredOnTheSocket) {
+  with_ssd_ = true;
+  Start();
+  const auto block = MakeBlock(ShapeForBytes(1 << 20), 43);
+  ASSERT_TRUE(store_->Put(KeyFor(43), block).ok());
+  // Fill the 64 MiB DRAM tier until key 43's DRAM copy is evicted.
+  for (uint64_t k = 100; store_->Stats().tiers[0].evictions == 0 && k < 300;
+       ++k) {
+    ASSERT_TRUE(store_->Put(KeyFor(k), MakeBlock(ShapeForBytes(1 << 20), k))
+                    .ok());
+  }
+  RawConnection c(sock_);
+  MapArena(c);
+  std::unique_ptr<RawChannel> ch = MapChannel(c);
+  ASSERT_NE(ch, nullptr);
+  ASSERT_TRUE(ch->Post(ucx::Op::kGet, 2, KeyFor(43), {},
+                       ucx::kRequestInArena | ucx::kRequestClientVerifies));
+  bool on_socket = false;
+  EXPECT_FALSE(ch->Await(&on_socket).has_value());
+  ASSERT_TRUE(on_socket);
+  auto bytes = c.ReadReply();
+  ASSERT_TRUE(bytes.has_value());
+  EXPECT_EQ(bytes->code(), absl::StatusCode::kOk) << bytes->message;
+  EXPECT_EQ(bytes->header.request_id, 2u);
+  EXPECT_EQ(bytes->header.flags & ucx::kReplyInArena, 0u);
+  EXPECT_NE(bytes->header.flags & ucx::kReplyServedFromSsd, 0u);
+  EXPECT_EQ(bytes->data, block);
+  // The channel carries the next request as before.
+  ASSERT_TRUE(ch->Post(ucx::Op::kPing, 3, KeyFor(0), {}));
+  auto ping = ch->Await();
+  ASSERT_TRUE(ping.has_value());
+  EXPECT_EQ(ping->header.request_id, 3u);
 }
 
 }  // namespace

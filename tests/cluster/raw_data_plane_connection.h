@@ -100,7 +100,10 @@ class RawConnection {
     msg.msg_iovlen = 1;
     msg.msg_control = control;
     msg.msg_controllen = sizeof(control);
-    if (recvmsg(fd_, &msg, MSG_WAITALL) != sizeof(frame)) return std::nullopt;
+    // Late doorbells of a message channel are skipped.
+    do {
+      if (recvmsg(fd_, &msg, MSG_WAITALL) != sizeof(frame)) return std::nullopt;
+    } while (tcp::IsDoorbell(frame));
     for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm != nullptr;
          cm = CMSG_NXTHDR(&msg, cm)) {
       if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
@@ -122,6 +125,15 @@ class RawConnection {
 
   // The descriptor the last reply carried (owned here), or -1.
   int passed_fd() const { return passed_fd_; }
+  int fd() const { return fd_; }
+
+  // The next frame, whatever it is (a doorbell, a reply's first bytes),
+  // read or (peek) left there.
+  bool ReadFrame(tcp::TcpFrame* frame, bool peek = false) {
+    return recv(fd_, frame, sizeof(*frame),
+                MSG_WAITALL | (peek ? MSG_PEEK : 0)) ==
+           static_cast<ssize_t>(sizeof(*frame));
+  }
 
   // Blocks until the daemon closes the connection (true) or sends anything
   // (false).
