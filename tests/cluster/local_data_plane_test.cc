@@ -71,7 +71,7 @@ class RawChannel {
  public:
   // Maps the channel whose memfd the last reply on `c` carried.
   explicit RawChannel(RawConnection& c) : c_(c) {
-    struct stat st{};
+    struct stat st {};
     EXPECT_EQ(fstat(c.passed_fd(), &st), 0);
     EXPECT_GE(static_cast<size_t>(st.st_size), local::kChannelBytes);
     void* p = mmap(nullptr, local::kChannelBytes, PROT_READ | PROT_WRITE,
@@ -147,13 +147,13 @@ class RawChannel {
               m.size());
     Reply r;
     std::memcpy(&r.header, m.data() + sizeof(frame), sizeof(r.header));
-    r.message.assign(
-        reinterpret_cast<const char*>(m.data()) + sizeof(frame) +
-            sizeof(r.header),
-        frame.header_length - sizeof(r.header));
+    r.message.assign(reinterpret_cast<const char*>(m.data()) + sizeof(frame) +
+                         sizeof(r.header),
+                     frame.header_length - sizeof(r.header));
     r.data.assign(m.begin() + sizeof(frame) + frame.header_length, m.end());
     return r;
   }
+
  private:
   RawConnection& c_;
   local::LocalChannel* ch_ = nullptr;
@@ -241,8 +241,8 @@ class LocalDataPlaneTest : public ::testing::Test {
     EXPECT_EQ(reserved->header.request_id, 2u);
     EXPECT_EQ(Word(*reserved, 1), kToken);
     std::memcpy(arena_ + Word(*reserved, 0), block.data(), block.size());
-    ASSERT_TRUE(ch->Post(ucx::Op::kCommit, 3, KeyFor(40), {},
-                         ucx::kRequestSpareNext));
+    ASSERT_TRUE(
+        ch->Post(ucx::Op::kCommit, 3, KeyFor(40), {}, ucx::kRequestSpareNext));
     auto committed = ch->Await();
     ASSERT_TRUE(committed.has_value());
     ASSERT_EQ(committed->code(), absl::StatusCode::kOk) << committed->message;
@@ -740,8 +740,8 @@ TEST_F(LocalDataPlaneTest, AGetOfABlockOutsideTheArenaIsAnsweredOnTheSocket) {
   // Fill the 64 MiB DRAM tier until key 43's DRAM copy is evicted.
   for (uint64_t k = 100; store_->Stats().tiers[0].evictions == 0 && k < 300;
        ++k) {
-    ASSERT_TRUE(store_->Put(KeyFor(k), MakeBlock(ShapeForBytes(1 << 20), k))
-                    .ok());
+    ASSERT_TRUE(
+        store_->Put(KeyFor(k), MakeBlock(ShapeForBytes(1 << 20), k)).ok());
   }
   RawConnection c(sock_);
   MapArena(c);
