@@ -70,6 +70,14 @@ struct LocalChannel {
 
 inline constexpr size_t kChannelBytes = sizeof(LocalChannel);
 
+// The layout of version 1 (docs/protocol.md, "The message channel").
+static_assert(offsetof(ChannelSlot, length) == 8);
+static_assert(offsetof(ChannelSlot, bytes) == 12);
+static_assert(sizeof(ChannelSlot) == 4096);
+static_assert(offsetof(LocalChannel, request) == 64);
+static_assert(offsetof(LocalChannel, reply) == 64 + 4096);
+static_assert(kChannelBytes == 8256);
+
 }  // namespace strata::local
 
 #endif  // STRATA_COMMON_LOCAL_CHANNEL_H_
