@@ -92,6 +92,10 @@ class TcpTransport final : public BulkTransport {
   // blocks through the socket. Every RESERVE and in-arena GET reply names
   // its arena's token too: once one names another (the daemon restarted),
   // blocks go through the socket for the rest of the transport's life.
+  // Each connection's first in-arena call also maps its message channel
+  // (MAP_CHANNEL; common/local_channel.h), through which that connection's
+  // in-arena messages then go (none from a daemon without channels, or
+  // with STRATA_LOCAL_CHANNEL=0 in the environment).
   absl::Status MapSharedArena(uint64_t token, absl::Time deadline);
   bool arena_mapped() const { return arena_base_ != nullptr; }
 
