@@ -42,6 +42,9 @@ using sockio::Io;
 // (common/ucx_worker_loop.cc).
 std::atomic<int> calls_out{0};
 std::atomic<int> callers_polling{0};
+// Calls of this process polling their message channels (local connections;
+// at most local::ChannelPollers() at once, whatever else is in flight).
+std::atomic<int> channel_pollers{0};
 
 // How long a call polls for its reply before it sleeps in recv: a reply
 // that comes within it costs no sleep and no wake-up. The environment
@@ -117,8 +120,8 @@ Io PostToChannel(int fd, local::LocalChannel& channel, const iovec* iov,
   return sockio::SendAll(fd, &bell, 1, deadline);
 }
 
-// Waits for the reply to request `seq`: polled in the channel (on
-// PollForReply's terms), then asleep on the socket until a doorbell. A
+// Waits for the reply to request `seq`: polled in the channel for
+// CallerSpin(), then asleep on the socket until a doorbell. A
 // reply in the channel is copied into *message and its frame into *frame;
 // one that came on the socket leaves *message empty and *frame read from
 // the socket (its header and data follow there).
@@ -130,14 +133,12 @@ Io AwaitChannelReply(int fd, local::LocalChannel& channel, uint32_t seq,
     return slot.seq.load(std::memory_order_acquire) == seq;
   };
   const absl::Duration spin = CallerSpin();
-  int idle = 0;
-  if (!arrived() && spin > absl::ZeroDuration() &&
-      calls_out.load(std::memory_order_acquire) == 1 &&
-      callers_polling.compare_exchange_strong(idle, 1,
-                                              std::memory_order_acq_rel)) {
-    const absl::Time until = std::min(deadline, SteadyNow() + spin);
-    while (!arrived() && SteadyNow() < until) sched_yield();
-    callers_polling.store(0, std::memory_order_release);
+  if (!arrived() && spin > absl::ZeroDuration()) {
+    local::ChannelPollerSlot slot_taken(channel_pollers);
+    if (slot_taken.admitted()) {
+      const absl::Time until = std::min(deadline, SteadyNow() + spin);
+      while (!arrived() && SteadyNow() < until) sched_yield();
+    }
   }
   while (!arrived()) {
     slot.reader_asleep.store(1, std::memory_order_seq_cst);

@@ -171,7 +171,8 @@ class TcpDataPlane {
   // Before a connection's thread sleeps for its next request: polls for it
   // (serve_spin).
   void PollForRequest(int fd);
-  // Connections with a message channel: true when a request waits there;
+  // Connections with a message channel: true when a request waits there
+  // (polled for serve_spin, by at most local::ChannelPollers() threads);
   // false when the socket is to be read next (something came there, or
   // the thread is to sleep on it: then the channel's reader_asleep is set,
   // and the caller clears it once the socket delivered).
@@ -261,6 +262,8 @@ class TcpDataPlane {
   std::thread acceptor_;
   bool stopped_ = false;  // Owning thread.
   std::atomic<int> polling_{0};  // 1 while a connection's thread polls.
+  // Connection threads polling their message channels.
+  std::atomic<int> channel_pollers_{0};
   std::atomic<uint64_t> spare_bytes_{0};  // Held by all connections' spares.
   std::atomic<int> busy_count_{0};  // busy_.size(), read without mu_.
 

@@ -436,26 +436,20 @@ bool TcpDataPlane::AwaitChannelRequest(Connection& c) {
     return slot.seq.load(std::memory_order_acquire) != c.channel_seq;
   };
   if (fresh()) return true;
-  // Polled on the PollForRequest terms (serve_spin, only while no
-  // connection is being served, one thread at a time); the socket is looked
-  // at every few rounds, for the messages that do not go in the channel.
-  int idle = 0;
-  if (options_.serve_spin > absl::ZeroDuration() &&
-      busy_count_.load(std::memory_order_acquire) == 0 &&
-      polling_.compare_exchange_strong(idle, 1, std::memory_order_acq_rel)) {
-    const absl::Time until = SteadyNow() + options_.serve_spin;
-    pollfd p{c.fd, POLLIN, 0};
-    bool socket_ready = false;
-    for (unsigned round = 1; !fresh() && SteadyNow() < until; ++round) {
-      if (round % 16 == 0 && poll(&p, 1, 0) > 0) {
-        socket_ready = true;
-        break;
+  // Polled for serve_spin (by at most local::ChannelPollers() threads at
+  // once); the socket is looked at every few rounds, for the messages that
+  // do not go in the channel.
+  if (options_.serve_spin > absl::ZeroDuration()) {
+    local::ChannelPollerSlot slot_taken(channel_pollers_);
+    if (slot_taken.admitted()) {
+      const absl::Time until = SteadyNow() + options_.serve_spin;
+      pollfd p{c.fd, POLLIN, 0};
+      for (unsigned round = 1; !fresh() && SteadyNow() < until; ++round) {
+        if (round % 16 == 0 && poll(&p, 1, 0) > 0) return false;
+        sched_yield();
       }
-      sched_yield();
+      if (fresh()) return true;
     }
-    polling_.store(0, std::memory_order_release);
-    if (socket_ready) return false;
-    if (fresh()) return true;
   }
   // To sleep on the socket: a client that posts from now on rings.
   slot.reader_asleep.store(1, std::memory_order_seq_cst);

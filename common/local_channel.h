@@ -34,9 +34,12 @@
 #ifndef STRATA_COMMON_LOCAL_CHANNEL_H_
 #define STRATA_COMMON_LOCAL_CHANNEL_H_
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <thread>
 
 namespace strata::local {
 
@@ -77,6 +80,40 @@ static_assert(sizeof(ChannelSlot) == 4096);
 static_assert(offsetof(LocalChannel, request) == 64);
 static_assert(offsetof(LocalChannel, reply) == 64 + 4096);
 static_assert(kChannelBytes == 8256);
+
+// How many threads of one process may poll channels at once (each waiting
+// end polls its own channel, yielding the core between rounds; the others
+// sleep on their sockets until rung): the machine's cores. Polling a word
+// costs no syscall, so unlike polling sockets it pays with several calls
+// in flight too: 256 KiB puts with 4 clients on the 2-vCPU VM 11.9-14.7
+// GB/s and p99 139-157 us against 8.5-11.2 GB/s and 368-641 us with one
+// poller per process (bench/results/service.md, session 11). The
+// environment variable STRATA_CHANNEL_POLLERS overrides it (measurements).
+inline int ChannelPollers() {
+  static const int pollers = [] {
+    const char* env = std::getenv("STRATA_CHANNEL_POLLERS");
+    if (env != nullptr) return std::atoi(env);
+    return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  }();
+  return pollers;
+}
+
+// Admits one poller while fewer than ChannelPollers() poll.
+class ChannelPollerSlot {
+ public:
+  explicit ChannelPollerSlot(std::atomic<int>& pollers) : pollers_(pollers) {
+    admitted_ = pollers_.fetch_add(1, std::memory_order_acq_rel) <
+                ChannelPollers();
+  }
+  ~ChannelPollerSlot() { pollers_.fetch_sub(1, std::memory_order_acq_rel); }
+  ChannelPollerSlot(const ChannelPollerSlot&) = delete;
+  ChannelPollerSlot& operator=(const ChannelPollerSlot&) = delete;
+  bool admitted() const { return admitted_; }
+
+ private:
+  std::atomic<int>& pollers_;
+  bool admitted_ = false;
+};
 
 }  // namespace strata::local
 
