@@ -102,8 +102,8 @@ inline int ChannelPollers() {
 class ChannelPollerSlot {
  public:
   explicit ChannelPollerSlot(std::atomic<int>& pollers) : pollers_(pollers) {
-    admitted_ = pollers_.fetch_add(1, std::memory_order_acq_rel) <
-                ChannelPollers();
+    admitted_ =
+        pollers_.fetch_add(1, std::memory_order_acq_rel) < ChannelPollers();
   }
   ~ChannelPollerSlot() { pollers_.fetch_sub(1, std::memory_order_acq_rel); }
   ChannelPollerSlot(const ChannelPollerSlot&) = delete;
