@@ -103,16 +103,24 @@ bool OnlyDoorbellsWaiting(int fd) {
 }
 
 // Posts a request into the channel's request slot as request number `seq`
-// and rings the daemon if it sleeps.
+// and rings the daemon if it sleeps. First waits until the daemon has taken
+// request seq - 1 (at once, but after a RELEASE, which has no reply).
 Io PostToChannel(int fd, local::LocalChannel& channel, const iovec* iov,
                  int count, uint32_t seq, absl::Time deadline) {
   local::ChannelSlot& slot = channel.request;
+  for (unsigned round = 1;
+       slot.taken.load(std::memory_order_acquire) != seq - 1; ++round) {
+    if (SteadyNow() >= deadline) return Io::kTimedOut;
+    pollfd p{fd, POLLRDHUP, 0};
+    if (round % 64 == 0 && poll(&p, 1, 0) > 0) return Io::kClosed;
+    sched_yield();
+  }
   size_t at = 0;
   for (int i = 0; i < count; ++i) {
     std::memcpy(slot.bytes + at, iov[i].iov_base, iov[i].iov_len);
     at += iov[i].iov_len;
   }
-  slot.length = static_cast<uint32_t>(at);
+  slot.length.store(static_cast<uint32_t>(at), std::memory_order_relaxed);
   slot.seq.store(seq, std::memory_order_seq_cst);
   if (slot.reader_asleep.load(std::memory_order_seq_cst) == 0) return Io::kOk;
   tcp::TcpFrame doorbell{tcp::kDoorbellMagic, 0, 0};
@@ -152,7 +160,7 @@ Io AwaitChannelReply(int fd, local::LocalChannel& channel, uint32_t seq,
     if (!tcp::IsDoorbell(*frame)) return Io::kOk;  // The reply, on the socket.
   }
   // Copied out before it is looked at (the daemon's page).
-  const uint32_t length = slot.length;
+  const uint32_t length = slot.length.load(std::memory_order_relaxed);
   if (length == local::kReplyOnSocket) return RecvFrame(fd, frame, deadline);
   if (length < sizeof(*frame) || length > local::kChannelMessageBytes) {
     *frame = tcp::TcpFrame{};  // Read as a malformed reply.

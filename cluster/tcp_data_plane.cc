@@ -321,7 +321,8 @@ void TcpDataPlane::Serve(uint64_t id, Connection c) {
       // channel for it (no doorbell: a client asleep reads the socket).
       if (keep && !c.replied_in_channel &&
           req.op != static_cast<uint16_t>(ucx::Op::kRelease)) {
-        c.channel->reply.length = local::kReplyOnSocket;
+        c.channel->reply.length.store(local::kReplyOnSocket,
+                                      std::memory_order_relaxed);
         c.channel->reply.seq.store(c.channel_seq, std::memory_order_seq_cst);
       }
     } else if (frame.magic == tcp::kFrameMagic &&

@@ -184,9 +184,13 @@ class TcpDataPlane {
   // MAP_CHANNEL: creates the connection's channel and passes its memfd.
   bool SendChannel(Connection& c, const DataRequest& req);
   // Sends a reply to `c`'s request: into the channel when the request came
-  // from there and the reply fits, else on the socket (SendFramed).
+  // from there and the reply fits, else on the socket (AnswerOnSocket).
   bool Answer(Connection& c, const std::vector<uint8_t>& header,
               absl::Span<const uint8_t> data, int pass_fd = -1);
+  // On the socket (SendFramed); a request from the channel is first told
+  // so there (kReplyOnSocket).
+  bool AnswerOnSocket(Connection& c, const std::vector<uint8_t>& header,
+                      absl::Span<const uint8_t> data, int pass_fd = -1);
   bool AnswerStatus(Connection& c, const DataRequest& req,
                     const absl::Status& status, uint32_t flags);
   // Joins the threads of connections that ended (the accept loop, before

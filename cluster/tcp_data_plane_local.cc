@@ -2,6 +2,7 @@
 // the shared DRAM arena (MAP_ARENA, RESERVE/COMMIT, in-arena GETs). The
 // contract is in tcp_data_plane.h; the wire in docs/protocol.md, "Local
 // connections".
+#include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -379,8 +380,8 @@ bool TcpDataPlane::HandleGetInArena(Connection& c, const DataRequest& req,
       block.data() + block.size() > arena.base + arena.bytes) {
     // Not in the arena (served from the SSD tier): the bytes, as usual, on
     // the socket (a request from the channel is told so there).
-    return SendFramed(
-        c.fd, ReplyHeaderBytes(req.op, req.request_id, absl::OkStatus(), flags),
+    return AnswerOnSocket(
+        c, ReplyHeaderBytes(req.op, req.request_id, absl::OkStatus(), flags),
         block);
   }
   const uint64_t offset = static_cast<uint64_t>(block.data() - arena.base);
@@ -403,9 +404,13 @@ bool TcpDataPlane::SendChannel(Connection& c, const DataRequest& req) {
                             "op: this connection has its message channel"),
                         0);
   }
-  const int fd = memfd_create("strata-channel", MFD_CLOEXEC);
+  const int fd =
+      memfd_create("strata-channel", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   void* mapped = MAP_FAILED;
-  if (fd >= 0 && ftruncate(fd, local::kChannelBytes) == 0) {
+  // Sealed at its size: the client cannot shrink it under this thread
+  // (SIGBUS would end the daemon).
+  if (fd >= 0 && ftruncate(fd, local::kChannelBytes) == 0 &&
+      fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0) {
     mapped = mmap(nullptr, local::kChannelBytes, PROT_READ | PROT_WRITE,
                   MAP_SHARED, fd, 0);
   }
@@ -466,11 +471,13 @@ bool TcpDataPlane::TakeChannelRequest(Connection& c, tcp::TcpFrame* frame,
   c.channel_seq = slot.seq.load(std::memory_order_acquire);
   // Copied out before anything is looked at: the client may write the page
   // at any time.
-  const uint32_t length = slot.length;
+  const uint32_t length = slot.length.load(std::memory_order_relaxed);
   if (length < sizeof(*frame) || length > local::kChannelMessageBytes) {
     return false;
   }
   c.channel_message.assign(slot.bytes, slot.bytes + length);
+  // The client may write the slot again (its next request after a RELEASE).
+  slot.taken.store(c.channel_seq, std::memory_order_release);
   std::memcpy(frame, c.channel_message.data(), sizeof(*frame));
   if (frame->magic != tcp::kFrameMagic ||
       frame->header_length < kMinAnswerableHeaderBytes ||
@@ -487,11 +494,28 @@ bool TcpDataPlane::TakeChannelRequest(Connection& c, tcp::TcpFrame* frame,
   return true;
 }
 
+bool TcpDataPlane::AnswerOnSocket(Connection& c,
+                                  const std::vector<uint8_t>& header,
+                                  absl::Span<const uint8_t> data,
+                                  int pass_fd) {
+  if (c.from_channel) {
+    // Told first, so a client polling the channel goes to the socket while
+    // a large reply is still being sent (no doorbell: a client asleep on
+    // the socket reads the reply there).
+    local::ChannelSlot& slot = c.channel->reply;
+    slot.length.store(local::kReplyOnSocket, std::memory_order_relaxed);
+    slot.seq.store(c.channel_seq, std::memory_order_seq_cst);
+    c.replied_in_channel = true;
+  }
+  return SendFramed(c.fd, header, data, pass_fd);
+}
+
 bool TcpDataPlane::Answer(Connection& c, const std::vector<uint8_t>& header,
                           absl::Span<const uint8_t> data, int pass_fd) {
   const size_t length = sizeof(tcp::TcpFrame) + header.size() + data.size();
-  if (!c.from_channel || pass_fd >= 0 || length > local::kChannelMessageBytes) {
-    return SendFramed(c.fd, header, data, pass_fd);
+  if (!c.from_channel || pass_fd >= 0 ||
+      length > local::kChannelMessageBytes) {
+    return AnswerOnSocket(c, header, data, pass_fd);
   }
   local::ChannelSlot& slot = c.channel->reply;
   const tcp::TcpFrame frame{tcp::kFrameMagic,
@@ -502,7 +526,7 @@ bool TcpDataPlane::Answer(Connection& c, const std::vector<uint8_t>& header,
     std::memcpy(slot.bytes + sizeof(frame) + header.size(), data.data(),
                 data.size());
   }
-  slot.length = static_cast<uint32_t>(length);
+  slot.length.store(static_cast<uint32_t>(length), std::memory_order_relaxed);
   slot.seq.store(c.channel_seq, std::memory_order_seq_cst);
   c.replied_in_channel = true;
   if (slot.reader_asleep.load(std::memory_order_seq_cst) == 0) return true;

@@ -3,7 +3,9 @@
 // connection's Unix socket, created by the daemon for one connection
 // (MAP_CHANNEL) and mapped by both ends, through which the small messages
 // of in-arena puts and gets (RESERVE, COMMIT, PUT_SPARE, RELEASE, GET with
-// kRequestInArena) and their replies go instead of the socket. A waiting
+// kRequestInArena; and PING) and their replies go instead of the socket.
+// The memfd is sealed at its size (a client cannot shrink it under the
+// daemon). A waiting
 // end polls the shared sequence number instead of sleeping in a syscall, so
 // a message that comes while it polls costs no syscall on either side and
 // no wake-up. The socket stays the connection: it carries everything else,
@@ -13,12 +15,13 @@
 // The bytes of a message are exactly those it has on the socket: a
 // tcp::TcpFrame, the header, the data (common/tcp_protocol.h).
 //
-// One slot per direction, one message in flight per connection (the
-// protocol is request/reply). A writer fills `bytes` and `length`, then
-// stores `seq` (the request's number; its reply carries the same number);
-// a reader that sees a new `seq` copies the message out before it parses
-// it (the other process may write the page at any time: nothing in it is
-// trusted). Lost wake-ups are ruled out Dekker-style: the writer stores
+// One slot per direction, one message in it at a time. A writer first
+// waits until the reader has `taken` its previous message (at once but
+// after a RELEASE, which has no reply), fills `bytes` and `length`, then
+// stores `seq` (requests are numbered 1, 2, ...; a reply carries its
+// request's number); a reader that sees a new `seq` copies the message out
+// before it parses it (the other process may write the page at any time:
+// nothing in it is trusted), then stores `taken`. Lost wake-ups are ruled out Dekker-style: the writer stores
 // `seq`, then loads `reader_asleep`; the reader stores `reader_asleep`,
 // then loads `seq` (both sequentially consistent), so at least one of them
 // sees the other's store, and a reader that goes to sleep in recv gets a
@@ -27,8 +30,9 @@
 // doorbells wherever they read a frame.
 //
 // A reply that does not fit (a GET of a block not in the arena, which comes
-// as bytes) goes on the socket; the channel's reply then has length
-// kReplyOnSocket, and the client reads the reply from the socket.
+// as bytes; any reply over kChannelMessageBytes) goes on the socket; the
+// channel's reply, posted first, then has length kReplyOnSocket, and the
+// client reads the reply from the socket.
 //
 // Header-only; the layout is shared by both processes of one host.
 #ifndef STRATA_COMMON_LOCAL_CHANNEL_H_
@@ -46,7 +50,7 @@ namespace strata::local {
 inline constexpr uint32_t kChannelMagic = 0x4E484353;  // "SCHN"
 inline constexpr uint32_t kChannelVersion = 1;
 // A message of more bytes goes on the socket.
-inline constexpr size_t kChannelMessageBytes = 4096 - 64;
+inline constexpr size_t kChannelMessageBytes = 4096 - 16;
 // ChannelSlot::length of a reply sent on the socket instead.
 inline constexpr uint32_t kReplyOnSocket = 0xFFFFFFFFu;
 
@@ -60,7 +64,12 @@ struct alignas(64) ChannelSlot {
   // 1 while the reader of this slot sleeps in recv on the socket: a writer
   // that sees it sends a doorbell.
   std::atomic<uint32_t> reader_asleep;
-  uint32_t length;  // Bytes of the message, or kReplyOnSocket.
+  // The number of the last message the reader copied out: the writer does
+  // not write the slot again before (a RELEASE has no reply, so the next
+  // request could otherwise overwrite it while the daemon copies it).
+  std::atomic<uint32_t> taken;
+  // Bytes of the message, or kReplyOnSocket. Relaxed: `seq` orders it.
+  std::atomic<uint32_t> length;
   uint8_t bytes[kChannelMessageBytes];
 };
 
@@ -74,8 +83,9 @@ struct LocalChannel {
 inline constexpr size_t kChannelBytes = sizeof(LocalChannel);
 
 // The layout of version 1 (docs/protocol.md, "The message channel").
-static_assert(offsetof(ChannelSlot, length) == 8);
-static_assert(offsetof(ChannelSlot, bytes) == 12);
+static_assert(offsetof(ChannelSlot, taken) == 8);
+static_assert(offsetof(ChannelSlot, length) == 12);
+static_assert(offsetof(ChannelSlot, bytes) == 16);
 static_assert(sizeof(ChannelSlot) == 4096);
 static_assert(offsetof(LocalChannel, request) == 64);
 static_assert(offsetof(LocalChannel, reply) == 64 + 4096);
@@ -85,9 +95,9 @@ static_assert(kChannelBytes == 8256);
 // end polls its own channel, yielding the core between rounds; the others
 // sleep on their sockets until rung): the machine's cores. Polling a word
 // costs no syscall, so unlike polling sockets it pays with several calls
-// in flight too: 256 KiB puts with 4 clients on the 2-vCPU VM 11.9-14.7
-// GB/s and p99 139-157 us against 8.5-11.2 GB/s and 368-641 us with one
-// poller per process (bench/results/service.md, session 11). The
+// in flight too: 256 KiB puts with 4 clients on the 2-vCPU VM 14.2-15.1
+// GB/s against 10.7-11.9 with one poller per process (uncapped: p99 lower,
+// GB/s lower too; bench/results/service.md, session 11). The
 // environment variable STRATA_CHANNEL_POLLERS overrides it (measurements).
 inline int ChannelPollers() {
   static const int pollers = [] {

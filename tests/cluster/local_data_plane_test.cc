@@ -9,6 +9,7 @@
 // ucx_data_plane_test, ucx_batch_test and ucx_client_verify_test (the
 // "local" parameter).
 #include <poll.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -16,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <memory>
@@ -87,9 +89,14 @@ class RawChannel {
   // Posts `length` bytes of `message` (default: all) as the next request.
   bool PostBytes(const std::vector<uint8_t>& message,
                  std::optional<uint32_t> length = std::nullopt) {
+    // Not before the daemon took the last one (a RELEASE has no reply).
+    while (ch_->request.taken.load(std::memory_order_acquire) != seq_) {
+      sched_yield();
+    }
     std::memcpy(ch_->request.bytes, message.data(),
                 std::min(message.size(), local::kChannelMessageBytes));
-    ch_->request.length = length.value_or(message.size());
+    ch_->request.length.store(length.value_or(message.size()),
+                              std::memory_order_relaxed);
     ch_->request.seq.store(++seq_, std::memory_order_seq_cst);
     if (ch_->request.reader_asleep.load(std::memory_order_seq_cst) == 0) {
       return true;
@@ -134,12 +141,13 @@ class RawChannel {
       }
     }
     slot.reader_asleep.store(0, std::memory_order_relaxed);
-    socket = socket || slot.length == local::kReplyOnSocket;
+    const uint32_t length = slot.length.load(std::memory_order_relaxed);
+    socket = socket || length == local::kReplyOnSocket;
     if (on_socket != nullptr) *on_socket = socket;
     EXPECT_TRUE(!socket || on_socket != nullptr) << "a reply on the socket";
     if (socket) return std::nullopt;
-    EXPECT_LE(slot.length, local::kChannelMessageBytes);
-    std::vector<uint8_t> m(slot.bytes, slot.bytes + slot.length);
+    EXPECT_LE(length, local::kChannelMessageBytes);
+    std::vector<uint8_t> m(slot.bytes, slot.bytes + length);
     tcp::TcpFrame frame{};
     std::memcpy(&frame, m.data(), sizeof(frame));
     EXPECT_EQ(frame.magic, tcp::kFrameMagic);
@@ -205,6 +213,9 @@ class LocalDataPlaneTest : public ::testing::Test {
     EXPECT_EQ(static_cast<size_t>(st.st_size),
               store_->SharedDramArena().bytes);
     arena_bytes_ = static_cast<size_t>(st.st_size);
+    // Sealed at its size: a client cannot shrink it under the daemon.
+    EXPECT_NE(ftruncate(c.passed_fd(), 0), 0);
+    EXPECT_EQ(errno, EPERM);
     void* p = mmap(nullptr, arena_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED,
                    c.passed_fd(), 0);
     ASSERT_NE(p, MAP_FAILED);
@@ -296,6 +307,9 @@ class LocalDataPlaneTest : public ::testing::Test {
     EXPECT_EQ(r->code(), absl::StatusCode::kOk) << r->message;
     EXPECT_GE(c.passed_fd(), 0);
     if (c.passed_fd() < 0) return nullptr;
+    // Sealed at its size: the client cannot shrink it under the daemon.
+    EXPECT_NE(ftruncate(c.passed_fd(), 0), 0);
+    EXPECT_EQ(errno, EPERM);
     return std::make_unique<RawChannel>(c);
   }
 

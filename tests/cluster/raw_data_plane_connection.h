@@ -99,9 +99,9 @@ class RawConnection {
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control;
-    msg.msg_controllen = sizeof(control);
     // Late doorbells of a message channel are skipped.
     do {
+      msg.msg_controllen = sizeof(control);
       if (recvmsg(fd_, &msg, MSG_WAITALL) != sizeof(frame)) return std::nullopt;
     } while (tcp::IsDoorbell(frame));
     for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm != nullptr;

@@ -607,6 +607,38 @@ TEST_F(StratadDataPlane, ALocalClientOfARestartedDaemonNeverUsesTheOldArena) {
   EXPECT_TRUE(got->block == second);
 }
 
+// A local client's in-arena GET ends with RELEASE, which has no reply, so
+// the next request on the connection follows at once; through the message
+// channel it must not overwrite the RELEASE before the daemon took it (the
+// daemon would then run it twice: a put answered "already present", which
+// it was not before the call). The client waits until the daemon marked the
+// RELEASE taken; without that wait this fails only when the daemon is
+// preempted between seeing the RELEASE and copying it out, which is rare.
+TEST_F(StratadDataPlane, ALocalPutRightAfterAnInArenaGetIsStoredOnce) {
+  ScratchDir dir;
+  auto d = std::make_unique<StratadProcess>(
+      dir.Sub("data"),
+      std::vector<std::string>{
+          "--local_data_plane_path=" + dir.SocketPath("stratad.sock"),
+          "--dram_capacity=512MiB"},
+      Env());
+  ASSERT_TRUE(d->Start().ok());
+  auto c = Connect(*d, "local");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ((*c)->DataPlane(), "local");
+  const auto first = MakeBlock(ShapeForBytes(64 << 10), 50);
+  ASSERT_TRUE((*c)->Put(KeyFor(50), first).ok());
+  std::vector<uint8_t> dst(first.size());
+  for (uint64_t i = 0; i < 400; ++i) {
+    auto got = (*c)->Get(KeyFor(50));
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_TRUE(got->block == first);
+    auto put = (*c)->Put(KeyFor(1000 + i), MakeBlock(ShapeForBytes(64 << 10), i));
+    ASSERT_TRUE(put.ok()) << put.status();
+    ASSERT_FALSE(put->already_present) << "put " << i << " ran twice";
+  }
+}
+
 // UCX_TLS allows shared memory: "auto" keeps UCX.
 class StratadDataPlaneShm : public StratadDataPlane {
  protected:
