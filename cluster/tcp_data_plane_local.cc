@@ -496,8 +496,7 @@ bool TcpDataPlane::TakeChannelRequest(Connection& c, tcp::TcpFrame* frame,
 
 bool TcpDataPlane::AnswerOnSocket(Connection& c,
                                   const std::vector<uint8_t>& header,
-                                  absl::Span<const uint8_t> data,
-                                  int pass_fd) {
+                                  absl::Span<const uint8_t> data, int pass_fd) {
   if (c.from_channel) {
     // Told first, so a client polling the channel goes to the socket while
     // a large reply is still being sent (no doorbell: a client asleep on
@@ -513,8 +512,7 @@ bool TcpDataPlane::AnswerOnSocket(Connection& c,
 bool TcpDataPlane::Answer(Connection& c, const std::vector<uint8_t>& header,
                           absl::Span<const uint8_t> data, int pass_fd) {
   const size_t length = sizeof(tcp::TcpFrame) + header.size() + data.size();
-  if (!c.from_channel || pass_fd >= 0 ||
-      length > local::kChannelMessageBytes) {
+  if (!c.from_channel || pass_fd >= 0 || length > local::kChannelMessageBytes) {
     return AnswerOnSocket(c, header, data, pass_fd);
   }
   local::ChannelSlot& slot = c.channel->reply;

@@ -21,12 +21,12 @@
 // stores `seq` (requests are numbered 1, 2, ...; a reply carries its
 // request's number); a reader that sees a new `seq` copies the message out
 // before it parses it (the other process may write the page at any time:
-// nothing in it is trusted), then stores `taken`. Lost wake-ups are ruled out Dekker-style: the writer stores
-// `seq`, then loads `reader_asleep`; the reader stores `reader_asleep`,
-// then loads `seq` (both sequentially consistent), so at least one of them
-// sees the other's store, and a reader that goes to sleep in recv gets a
-// doorbell (a frame with kDoorbellMagic and nothing after it). A doorbell
-// may come late, after its reader saw the message anyway: readers skip
+// nothing in it is trusted), then stores `taken`. Lost wake-ups are ruled out
+// Dekker-style: the writer stores `seq`, then loads `reader_asleep`; the reader
+// stores `reader_asleep`, then loads `seq` (both sequentially consistent), so
+// at least one of them sees the other's store, and a reader that goes to sleep
+// in recv gets a doorbell (a frame with kDoorbellMagic and nothing after it). A
+// doorbell may come late, after its reader saw the message anyway: readers skip
 // doorbells wherever they read a frame.
 //
 // A reply that does not fit (a GET of a block not in the arena, which comes

@@ -633,7 +633,8 @@ TEST_F(StratadDataPlane, ALocalPutRightAfterAnInArenaGetIsStoredOnce) {
     auto got = (*c)->Get(KeyFor(50));
     ASSERT_TRUE(got.ok()) << got.status();
     ASSERT_TRUE(got->block == first);
-    auto put = (*c)->Put(KeyFor(1000 + i), MakeBlock(ShapeForBytes(64 << 10), i));
+    auto put =
+        (*c)->Put(KeyFor(1000 + i), MakeBlock(ShapeForBytes(64 << 10), i));
     ASSERT_TRUE(put.ok()) << put.status();
     ASSERT_FALSE(put->already_present) << "put " << i << " ran twice";
   }
