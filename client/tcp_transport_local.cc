@@ -22,11 +22,30 @@
 #include "client/tcp_exchange.h"
 #include "client/tcp_transport.h"
 #include "common/local_channel.h"
+#include "common/socket_io.h"
 #include "common/steady_time.h"
+#include "common/tcp_protocol.h"
 #include "common/ucx_protocol.h"
 #include "kvstore/block_format.h"
 
 namespace strata::client::internal {
+namespace {
+
+// Releases the lease of in-arena GET number `seq` (the channel's release
+// word), ringing the daemon if it sleeps so the lease goes now; false when
+// the doorbell could not be sent.
+bool ReleaseInChannel(int fd, local::LocalChannel& channel, uint32_t seq,
+                      absl::Time deadline) {
+  channel.release.store(seq, std::memory_order_seq_cst);
+  if (channel.request.reader_asleep.load(std::memory_order_seq_cst) == 0) {
+    return true;
+  }
+  tcp::TcpFrame doorbell{tcp::kDoorbellMagic, 0, 0};
+  iovec bell{&doorbell, sizeof(doorbell)};
+  return sockio::SendAll(fd, &bell, 1, deadline) == sockio::Io::kOk;
+}
+
+}  // namespace
 
 // ---- The shared arena (local connections).
 
@@ -122,8 +141,13 @@ absl::Status TcpTransport::GetInArena(int fd, Exchange& x, bool* broken) {
   absl::StatusOr<Channel*> channel = ChannelOf(fd, x, broken);
   if (!channel.ok()) return channel.status();
   x.flags |= ucx::kRequestInArena;
+  const uint32_t seq_before = *channel != nullptr ? (*channel)->seq : 0;
   absl::Status s = RoundTrip(fd, x, broken, *channel);
   if (!s.ok() || !(x.reply_flags & ucx::kReplyInArena)) return s;
+  // The GET went through the channel (it fits, unless its labels do not).
+  Channel* const released_in_channel =
+      *channel != nullptr && (*channel)->seq != seq_before ? *channel
+                                                            : nullptr;
   // The daemon holds the block's lease until RELEASE (or this connection's
   // next message): the range stays the block's while it is copied.
   const uint64_t offset = x.words[0], length = x.words[1];
@@ -151,6 +175,15 @@ absl::Status TcpTransport::GetInArena(int fd, Exchange& x, bool* broken) {
     x.landed_check =
         kvstore::CopyVerifiedBlock(src, absl::MakeSpan(dst, length)).status();
     x.received = length;
+  }
+  if (released_in_channel != nullptr) {
+    // Through the channel's release word: no message, so the connection's
+    // next request need not wait for the daemon to take one.
+    if (!ReleaseInChannel(fd, *released_in_channel->mapped,
+                          released_in_channel->seq, x.deadline)) {
+      *broken = true;
+    }
+    return s;
   }
   Exchange release = x.Step(ucx::Op::kRelease);
   if (absl::Status r = RoundTrip(fd, release, broken, *channel); !r.ok()) {

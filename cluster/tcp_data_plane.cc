@@ -305,6 +305,7 @@ void TcpDataPlane::Serve(uint64_t id, Connection c) {
       if (c.channel != nullptr && tcp::IsDoorbell(frame)) continue;
     }
     c.lease.reset();  // An in-arena GET's lease lasts until this message.
+    c.lease_seq = 0;
     {
       absl::MutexLock lock(&mu_);
       if (stopping_) break;

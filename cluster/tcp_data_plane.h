@@ -146,8 +146,11 @@ class TcpDataPlane {
     // RESERVE's reservation until its COMMIT (or any other message).
     std::optional<kvstore::BlockReservation> reservation;
     uint64_t reservation_bytes = 0;
-    // An in-arena GET's lease until the connection's next message.
+    // An in-arena GET's lease until the connection's next message (or, for
+    // a GET from the channel, number lease_seq, until the channel's release
+    // word names it).
     std::optional<kvstore::BlockLease> lease;
+    uint32_t lease_seq = 0;
     // Arena space for the connection's next put (kRequestSpareNext), kept
     // until a PUT_SPARE uses it or the connection closes.
     kvstore::ArenaSpace spare;
@@ -177,6 +180,8 @@ class TcpDataPlane {
   // the thread is to sleep on it: then the channel's reader_asleep is set,
   // and the caller clears it once the socket delivered).
   bool AwaitChannelRequest(Connection& c);
+  // Drops c.lease when the channel's release word names its GET.
+  static void DropReleasedLease(Connection& c);
   // Copies the channel's request out and splits it into frame, header and
   // data; false when it is malformed (the connection closes).
   bool TakeChannelRequest(Connection& c, tcp::TcpFrame* frame,

@@ -386,6 +386,7 @@ bool TcpDataPlane::HandleGetInArena(Connection& c, const DataRequest& req,
   }
   const uint64_t offset = static_cast<uint64_t>(block.data() - arena.base);
   c.lease = *std::move(lease);  // Until the connection's next message.
+  c.lease_seq = c.from_channel ? c.channel_seq : 0;
   return Answer(c,
                 ReplyHeaderBytes(req.op, req.request_id, absl::OkStatus(),
                                  flags | ucx::kReplyInArena),
@@ -435,9 +436,18 @@ bool TcpDataPlane::SendChannel(Connection& c, const DataRequest& req) {
   return sent;
 }
 
+void TcpDataPlane::DropReleasedLease(Connection& c) {
+  if (c.lease.has_value() && c.lease_seq != 0 &&
+      c.channel->release.load(std::memory_order_seq_cst) == c.lease_seq) {
+    c.lease.reset();
+    c.lease_seq = 0;
+  }
+}
+
 bool TcpDataPlane::AwaitChannelRequest(Connection& c) {
   local::ChannelSlot& slot = c.channel->request;
   auto fresh = [&] {
+    DropReleasedLease(c);
     return slot.seq.load(std::memory_order_acquire) != c.channel_seq;
   };
   if (fresh()) return true;
@@ -462,6 +472,9 @@ bool TcpDataPlane::AwaitChannelRequest(Connection& c) {
     slot.reader_asleep.store(0, std::memory_order_relaxed);
     return true;
   }
+  // A release stored before reader_asleep was is seen here; one after it
+  // rings.
+  DropReleasedLease(c);
   return false;
 }
 

@@ -16,8 +16,9 @@
 // tcp::TcpFrame, the header, the data (common/tcp_protocol.h).
 //
 // One slot per direction, one message in it at a time. A writer first
-// waits until the reader has `taken` its previous message (at once but
-// after a RELEASE, which has no reply), fills `bytes` and `length`, then
+// waits until the reader has `taken` its previous message (at once, unless
+// the client sent a RELEASE, which has no reply: the client releases
+// through the `release` word instead), fills `bytes` and `length`, then
 // stores `seq` (requests are numbered 1, 2, ...; a reply carries its
 // request's number); a reader that sees a new `seq` copies the message out
 // before it parses it (the other process may write the page at any time:
@@ -74,8 +75,11 @@ struct alignas(64) ChannelSlot {
 };
 
 struct LocalChannel {
-  uint32_t magic;       // kChannelMagic.
-  uint32_t version;     // kChannelVersion.
+  uint32_t magic;    // kChannelMagic.
+  uint32_t version;  // kChannelVersion.
+  // The number of an in-arena GET whose lease the client is done with
+  // (instead of a RELEASE message; the client rings a sleeping daemon).
+  std::atomic<uint32_t> release;
   ChannelSlot request;  // Client -> daemon.
   ChannelSlot reply;    // Daemon -> client.
 };
@@ -87,6 +91,7 @@ static_assert(offsetof(ChannelSlot, taken) == 8);
 static_assert(offsetof(ChannelSlot, length) == 12);
 static_assert(offsetof(ChannelSlot, bytes) == 16);
 static_assert(sizeof(ChannelSlot) == 4096);
+static_assert(offsetof(LocalChannel, release) == 8);
 static_assert(offsetof(LocalChannel, request) == 64);
 static_assert(offsetof(LocalChannel, reply) == 64 + 4096);
 static_assert(kChannelBytes == 8256);
