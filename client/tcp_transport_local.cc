@@ -146,8 +146,7 @@ absl::Status TcpTransport::GetInArena(int fd, Exchange& x, bool* broken) {
   if (!s.ok() || !(x.reply_flags & ucx::kReplyInArena)) return s;
   // The GET went through the channel (it fits, unless its labels do not).
   Channel* const released_in_channel =
-      *channel != nullptr && (*channel)->seq != seq_before ? *channel
-                                                            : nullptr;
+      *channel != nullptr && (*channel)->seq != seq_before ? *channel : nullptr;
   // The daemon holds the block's lease until RELEASE (or this connection's
   // next message): the range stays the block's while it is copied.
   const uint64_t offset = x.words[0], length = x.words[1];
