@@ -104,12 +104,14 @@ bool OnlyDoorbellsWaiting(int fd) {
 
 // Posts a request into the channel's request slot as request number `seq`
 // and rings the daemon if it sleeps. First waits until the daemon has taken
-// request seq - 1 (at once, but after a RELEASE, which has no reply).
+// the previous request, number `previous` (at once: every request through
+// the channel but RELEASE is answered, and this client sends none there).
 Io PostToChannel(int fd, local::LocalChannel& channel, const iovec* iov,
-                 int count, uint32_t seq, absl::Time deadline) {
+                 int count, uint32_t previous, uint32_t seq,
+                 absl::Time deadline) {
   local::ChannelSlot& slot = channel.request;
   for (unsigned round = 1;
-       slot.taken.load(std::memory_order_acquire) != seq - 1; ++round) {
+       slot.taken.load(std::memory_order_acquire) != previous; ++round) {
     if (SteadyNow() >= deadline) return Io::kTimedOut;
     pollfd p{fd, POLLRDHUP, 0};
     if (round % 64 == 0 && poll(&p, 1, 0) > 0) return Io::kClosed;
@@ -445,10 +447,12 @@ absl::Status TcpTransport::RoundTrip(int fd, Exchange& x, bool* broken,
                            sizeof(frame) + header.size() + data.size() <=
                                local::kChannelMessageBytes;
   uint32_t seq = 0;
-  if (via_channel) seq = ++channel->seq;
-  const Io sent = via_channel ? PostToChannel(fd, *channel->mapped, iov,
-                                              iov_count, seq, x.deadline)
-                              : sockio::SendAll(fd, iov, iov_count, x.deadline);
+  const uint32_t previous = via_channel ? channel->seq : 0;
+  if (via_channel) seq = channel->seq = local::NextRequestNumber(previous);
+  const Io sent = via_channel
+                      ? PostToChannel(fd, *channel->mapped, iov, iov_count,
+                                      previous, seq, x.deadline)
+                      : sockio::SendAll(fd, iov, iov_count, x.deadline);
   if (sent == Io::kTimedOut) return fail(sent, "sending the request to");
   if (x.op == ucx::Op::kRelease) {  // No reply.
     return sent == Io::kOk ? absl::OkStatus()

@@ -177,15 +177,24 @@ absl::Status TcpTransport::GetInArena(int fd, Exchange& x, bool* broken) {
   }
   if (released_in_channel != nullptr) {
     // Through the channel's release word: no message, so the connection's
-    // next request need not wait for the daemon to take one.
-    if (!ReleaseInChannel(fd, *released_in_channel->mapped,
-                          released_in_channel->seq, x.deadline)) {
+    // next request need not wait for the daemon to take one. (A doorbell
+    // is tried even when the copy used up the call's deadline.)
+    if (!ReleaseInChannel(
+            fd, *released_in_channel->mapped, released_in_channel->seq,
+            std::max(x.deadline, SteadyNow() + absl::Milliseconds(100)))) {
       *broken = true;
     }
     return s;
   }
+  if (*channel != nullptr) {
+    // A GET that went on the socket (its labels did not fit the channel)
+    // on a connection with a channel: no RELEASE, which could be overtaken
+    // by (and then drop the lease of) a later request through the channel;
+    // the lease goes with the connection's next message.
+    return s;
+  }
   Exchange release = x.Step(ucx::Op::kRelease);
-  if (absl::Status r = RoundTrip(fd, release, broken, *channel); !r.ok()) {
+  if (absl::Status r = RoundTrip(fd, release, broken); !r.ok()) {
     *broken = true;
   }
   return s;

@@ -318,8 +318,9 @@ void TcpDataPlane::Serve(uint64_t id, Connection c) {
     if (c.from_channel) {
       const absl::Status header_status = ParseDataRequest(header, &req);
       keep = HandleRequest(c, req, header_status, frame.data_length, start);
-      // A reply that went on the socket: the client may be polling the
-      // channel for it (no doorbell: a client asleep reads the socket).
+      // A reply that went on the socket without AnswerOnSocket (none does
+      // today): the client may be polling the channel for it (no doorbell:
+      // a client asleep reads the socket).
       if (keep && !c.replied_in_channel &&
           req.op != static_cast<uint16_t>(ucx::Op::kRelease)) {
         c.channel->reply.length.store(local::kReplyOnSocket,

@@ -387,6 +387,9 @@ bool TcpDataPlane::HandleGetInArena(Connection& c, const DataRequest& req,
   const uint64_t offset = static_cast<uint64_t>(block.data() - arena.base);
   c.lease = *std::move(lease);  // Until the connection's next message.
   c.lease_seq = c.from_channel ? c.channel_seq : 0;
+  // A release word left from an earlier GET cannot name this one (request
+  // numbers wrap): cleared before the client learns where the block is.
+  if (c.from_channel) c.channel->release.store(0, std::memory_order_relaxed);
   return Answer(c,
                 ReplyHeaderBytes(req.op, req.request_id, absl::OkStatus(),
                                  flags | ucx::kReplyInArena),
@@ -460,7 +463,8 @@ bool TcpDataPlane::AwaitChannelRequest(Connection& c) {
       const absl::Time until = SteadyNow() + options_.serve_spin;
       pollfd p{c.fd, POLLIN, 0};
       for (unsigned round = 1; !fresh() && SteadyNow() < until; ++round) {
-        if (round % 16 == 0 && poll(&p, 1, 0) > 0) return false;
+        // Something on the socket: a request in the channel goes first.
+        if (round % 16 == 0 && poll(&p, 1, 0) > 0) return fresh();
         sched_yield();
       }
       if (fresh()) return true;

@@ -15,20 +15,21 @@
 // The bytes of a message are exactly those it has on the socket: a
 // tcp::TcpFrame, the header, the data (common/tcp_protocol.h).
 //
-// One slot per direction, one message in it at a time. A writer first
-// waits until the reader has `taken` its previous message (at once, unless
-// the client sent a RELEASE, which has no reply: the client releases
-// through the `release` word instead), fills `bytes` and `length`, then
-// stores `seq` (requests are numbered 1, 2, ...; a reply carries its
-// request's number); a reader that sees a new `seq` copies the message out
-// before it parses it (the other process may write the page at any time:
-// nothing in it is trusted), then stores `taken`. Lost wake-ups are ruled out
-// Dekker-style: the writer stores `seq`, then loads `reader_asleep`; the reader
-// stores `reader_asleep`, then loads `seq` (both sequentially consistent), so
-// at least one of them sees the other's store, and a reader that goes to sleep
-// in recv gets a doorbell (a frame with kDoorbellMagic and nothing after it). A
-// doorbell may come late, after its reader saw the message anyway: readers skip
-// doorbells wherever they read a frame.
+// One slot per direction, one message in it at a time. The client first
+// waits until the daemon has `taken` its previous request (at once, unless
+// that was a RELEASE, which has no reply; our client releases through the
+// `release` word instead; the reply slot's `taken` is unused), fills `bytes`
+// and `length`, then stores `seq` (requests are numbered 1, 2, ...,
+// NextRequestNumber; a reply carries its request's number); a reader that sees
+// a new `seq` copies the message out before it parses it (the other process may
+// write the page at any time: nothing in it is trusted), then stores `taken`.
+// Lost wake-ups are ruled out Dekker-style: the writer stores `seq`, then loads
+// `reader_asleep`; the reader stores `reader_asleep`, then loads `seq` (both
+// sequentially consistent), so at least one of them sees the other's store, and
+// a reader that goes to sleep in recv gets a doorbell (a frame with
+// kDoorbellMagic and nothing after it). A doorbell may come late, after its
+// reader saw the message anyway: readers skip doorbells wherever they read a
+// frame.
 //
 // A reply that does not fit (a GET of a block not in the arena, which comes
 // as bytes; any reply over kChannelMessageBytes) goes on the socket; the
@@ -85,6 +86,12 @@ struct LocalChannel {
 };
 
 inline constexpr size_t kChannelBytes = sizeof(LocalChannel);
+
+// Requests are numbered 1, 2, ...; 0 is skipped when the count wraps (0 is
+// a fresh page's "none yet", in `seq`, `taken` and `release`).
+inline uint32_t NextRequestNumber(uint32_t previous) {
+  return previous + 1 != 0 ? previous + 1 : 1;
+}
 
 // The layout of version 1 (docs/protocol.md, "The message channel").
 static_assert(offsetof(ChannelSlot, taken) == 8);
