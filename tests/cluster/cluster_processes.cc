@@ -294,8 +294,11 @@ absl::Status DaemonProcess::Stop() {
 
 void DaemonProcess::Pause() {
   kill(pid_, SIGSTOP);
+  // waitpid reports the stop once every thread has stopped; a signal to
+  // this process must not end the wait early (EINTR).
   int status = 0;
-  waitpid(pid_, &status, WUNTRACED);
+  while (waitpid(pid_, &status, WUNTRACED) < 0 && errno == EINTR) {
+  }
 }
 
 void DaemonProcess::Resume() {

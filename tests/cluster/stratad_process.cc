@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 
@@ -126,8 +127,11 @@ void StratadProcess::Kill() {
 // plane answers a call sent right after kill() otherwise), and running again.
 void StratadProcess::Pause() {
   kill(pid_, SIGSTOP);
+  // waitpid reports the stop once every thread has stopped; a signal to
+  // this process must not end the wait early (EINTR).
   int status = 0;
-  waitpid(pid_, &status, WUNTRACED);
+  while (waitpid(pid_, &status, WUNTRACED) < 0 && errno == EINTR) {
+  }
 }
 
 void StratadProcess::Resume() {
