@@ -6,6 +6,7 @@
 // local_channel_test.cc; the client library over local connections is
 // tested end to end in ucx_data_plane_test, ucx_batch_test and
 // ucx_client_verify_test (the "local" parameter).
+#include <sched.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -15,6 +16,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -365,6 +367,58 @@ TEST_F(LocalDataPlaneTest, AStaleSocketIsReplacedAndALiveOrForeignOneRefused) {
   plane_.reset();
   struct stat st{};
   EXPECT_NE(lstat(sock_.c_str(), &st), 0);
+}
+
+// Stop() while a client may still write: the reservation of a connection
+// that Stop closes (it was idle) is kept, not freed, until Stop has joined
+// every connection, so no request still being served can be given its
+// range meanwhile; then it is freed with everything else.
+TEST_F(LocalDataPlaneTest, StopFreesTheRangesOfClosedConnectionsOnlyAtTheEnd) {
+  Start();
+  const uint64_t base = store_->Stats().tiers[0].used_bytes;
+  auto connections = [&] {
+    const std::string text =
+        metrics_.Render(store_->Stats(), false, absl::ZeroDuration());
+    const std::string name = "strata:data_plane_connections{plane=\"tcp\"} ";
+    const size_t at = text.find(name);
+    return at == std::string::npos ? -1.0
+                                   : std::stod(text.substr(at + name.size()));
+  };
+  RawConnection a(sock_);
+  MapArena(a);
+  auto reserved = Reserve(a, 60, 1 << 20);
+  ASSERT_TRUE(reserved.has_value());
+  ASSERT_EQ(reserved->code(), absl::StatusCode::kOk) << reserved->message;
+  const uint64_t with_a = store_->Stats().tiers[0].used_bytes;
+  ASSERT_GT(with_a, base);
+  // Connection b is mid-request: a PUT whose frame claims 1 MiB, of which it
+  // sent 4 KiB. Once its reservation shows, its thread is busy receiving.
+  auto b = std::make_unique<RawConnection>(sock_);
+  ASSERT_TRUE(b->SendRequest(ucx::Op::kPut, 2, KeyFor(61),
+                             std::vector<uint8_t>(4096, 1), 1 << 20));
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (store_->Stats().tiers[0].used_bytes == with_a &&
+         absl::Now() < give_up) {
+    sched_yield();
+  }
+  const uint64_t with_both = store_->Stats().tiers[0].used_bytes;
+  ASSERT_GT(with_both, with_a);
+  std::thread stopper([&] { plane_->Stop(); });
+  // a was idle: Stop closes it at once and its thread ends (the gauge
+  // falls to 1, b), leaving its reservation retired, not freed.
+  while (connections() != 1.0 && absl::Now() < give_up) sched_yield();
+  ASSERT_EQ(connections(), 1.0);
+  EXPECT_EQ(store_->Stats().tiers[0].used_bytes, with_both);
+  // b's client goes: its request ends, Stop joins every connection and
+  // frees what they held.
+  b.reset();
+  stopper.join();
+  EXPECT_EQ(connections(), 0.0);
+  EXPECT_EQ(store_->Stats().tiers[0].used_bytes, base);
+  EXPECT_EQ(store_->Get(KeyFor(60)).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->Get(KeyFor(61)).status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 }  // namespace
