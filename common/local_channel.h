@@ -105,17 +105,20 @@ static_assert(kChannelBytes == 8256);
 
 // How many threads of one process may poll channels at once (each waiting
 // end polls its own channel, yielding the core between rounds; the others
-// sleep on their sockets until rung): the machine's cores. Polling a word
-// costs no syscall, so unlike polling sockets it pays with several calls
-// in flight too: 256 KiB puts with 4 clients on the 2-vCPU VM 14.2-15.1
-// GB/s against 10.7-11.9 with one poller per process (uncapped: p99 lower,
-// GB/s lower too; bench/results/service.md, session 11). The
+// sleep on their sockets until rung): twice the machine's cores. Polling a
+// word costs no syscall and a poller gives its core away every round, so
+// unlike polling sockets it pays with several calls in flight: 256 KiB
+// with 4 clients on the 2-vCPU VM (7 alternated rounds), puts median 11.6
+// GB/s and gets 12.7 with every thread polling (cap 4) against 9.8 and 10.3
+// with the cap at the cores (2), and lower again with one poller per
+// process; p99 fell too (bench/results/service.md, session 11). The
 // environment variable STRATA_CHANNEL_POLLERS overrides it (measurements).
 inline int ChannelPollers() {
   static const int pollers = [] {
     const char* env = std::getenv("STRATA_CHANNEL_POLLERS");
     if (env != nullptr) return std::atoi(env);
-    return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+    return std::max(2,
+                    2 * static_cast<int>(std::thread::hardware_concurrency()));
   }();
   return pollers;
 }
