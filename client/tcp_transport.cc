@@ -124,10 +124,7 @@ Io PostToChannel(int fd, local::LocalChannel& channel, const iovec* iov,
   }
   slot.length.store(static_cast<uint32_t>(at), std::memory_order_relaxed);
   slot.seq.store(seq, std::memory_order_seq_cst);
-  if (slot.reader_asleep.load(std::memory_order_seq_cst) == 0) return Io::kOk;
-  tcp::TcpFrame doorbell{tcp::kDoorbellMagic, 0, 0};
-  iovec bell{&doorbell, sizeof(doorbell)};
-  return sockio::SendAll(fd, &bell, 1, deadline);
+  return local::RingIfAsleep(fd, slot, deadline);
 }
 
 // Waits for the reply to request `seq`: polled in the channel for

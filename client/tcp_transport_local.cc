@@ -37,12 +37,7 @@ namespace {
 bool ReleaseInChannel(int fd, local::LocalChannel& channel, uint32_t seq,
                       absl::Time deadline) {
   channel.release.store(seq, std::memory_order_seq_cst);
-  if (channel.request.reader_asleep.load(std::memory_order_seq_cst) == 0) {
-    return true;
-  }
-  tcp::TcpFrame doorbell{tcp::kDoorbellMagic, 0, 0};
-  iovec bell{&doorbell, sizeof(doorbell)};
-  return sockio::SendAll(fd, &bell, 1, deadline) == sockio::Io::kOk;
+  return local::RingIfAsleep(fd, channel.request, deadline) == sockio::Io::kOk;
 }
 
 }  // namespace

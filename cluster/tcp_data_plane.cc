@@ -318,15 +318,6 @@ void TcpDataPlane::Serve(uint64_t id, Connection c) {
     if (c.from_channel) {
       const absl::Status header_status = ParseDataRequest(header, &req);
       keep = HandleRequest(c, req, header_status, frame.data_length, start);
-      // A reply that went on the socket without AnswerOnSocket (none does
-      // today): the client may be polling the channel for it (no doorbell:
-      // a client asleep reads the socket).
-      if (keep && !c.replied_in_channel &&
-          req.op != static_cast<uint16_t>(ucx::Op::kRelease)) {
-        c.channel->reply.length.store(local::kReplyOnSocket,
-                                      std::memory_order_relaxed);
-        c.channel->reply.seq.store(c.channel_seq, std::memory_order_seq_cst);
-      }
     } else if (frame.magic == tcp::kFrameMagic &&
                frame.header_length >= kMinAnswerableHeaderBytes &&
                frame.header_length <= tcp::kMaxHeaderBytes) {

@@ -159,9 +159,10 @@ class TcpDataPlane {
     local::LocalChannel* channel = nullptr;
     uint32_t channel_seq = 0;
     // The request being served came over the channel: its data is
-    // channel_data, and its reply goes back there (Answer) when it fits.
+    // channel_data, and its reply goes back there when it fits, else on
+    // the socket with the channel told first (Answer, AnswerOnSocket: every
+    // reply to a channel request goes through them).
     bool from_channel = false;
-    bool replied_in_channel = false;
     std::vector<uint8_t> channel_message;    // The request, copied out.
     absl::Span<const uint8_t> channel_data;  // Its data, in channel_message.
   };

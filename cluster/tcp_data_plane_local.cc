@@ -507,7 +507,6 @@ bool TcpDataPlane::TakeChannelRequest(Connection& c, tcp::TcpFrame* frame,
   c.channel_data =
       absl::MakeConstSpan(at + frame->header_length, frame->data_length);
   c.from_channel = true;
-  c.replied_in_channel = false;
   return true;
 }
 
@@ -521,7 +520,6 @@ bool TcpDataPlane::AnswerOnSocket(Connection& c,
     local::ChannelSlot& slot = c.channel->reply;
     slot.length.store(local::kReplyOnSocket, std::memory_order_relaxed);
     slot.seq.store(c.channel_seq, std::memory_order_seq_cst);
-    c.replied_in_channel = true;
   }
   return SendFramed(c.fd, header, data, pass_fd);
 }
@@ -543,11 +541,7 @@ bool TcpDataPlane::Answer(Connection& c, const std::vector<uint8_t>& header,
   }
   slot.length.store(static_cast<uint32_t>(length), std::memory_order_relaxed);
   slot.seq.store(c.channel_seq, std::memory_order_seq_cst);
-  c.replied_in_channel = true;
-  if (slot.reader_asleep.load(std::memory_order_seq_cst) == 0) return true;
-  tcp::TcpFrame doorbell{tcp::kDoorbellMagic, 0, 0};
-  iovec iov{&doorbell, sizeof(doorbell)};
-  return sockio::SendAll(c.fd, &iov, 1) == Io::kOk;
+  return local::RingIfAsleep(c.fd, slot) == Io::kOk;
 }
 
 bool TcpDataPlane::AnswerStatus(Connection& c, const DataRequest& req,

@@ -47,6 +47,10 @@
 #include <cstdlib>
 #include <thread>
 
+#include "absl/time/time.h"
+#include "common/socket_io.h"
+#include "common/tcp_protocol.h"
+
 namespace strata::local {
 
 inline constexpr uint32_t kChannelMagic = 0x4E484353;  // "SCHN"
@@ -86,6 +90,20 @@ struct LocalChannel {
 };
 
 inline constexpr size_t kChannelBytes = sizeof(LocalChannel);
+
+// After a sequentially consistent store that the reader of `slot` must see
+// (its `seq`, or the channel's `release`): rings that reader with a
+// doorbell on the connection's socket `fd` if it sleeps there (the other
+// half of the Dekker pairing: it stores reader_asleep, then loads).
+inline sockio::Io RingIfAsleep(int fd, const ChannelSlot& slot,
+                               absl::Time deadline = absl::InfiniteFuture()) {
+  if (slot.reader_asleep.load(std::memory_order_seq_cst) == 0) {
+    return sockio::Io::kOk;
+  }
+  tcp::TcpFrame doorbell{tcp::kDoorbellMagic, 0, 0};
+  iovec bell{&doorbell, sizeof(doorbell)};
+  return sockio::SendAll(fd, &bell, 1, deadline);
+}
 
 // Requests are numbered 1, 2, ...; 0 is skipped when the count wraps (0 is
 // a fresh page's "none yet", in `seq`, `taken` and `release`).

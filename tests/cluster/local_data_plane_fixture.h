@@ -95,11 +95,7 @@ class RawChannel {
     ch_->request.length.store(length.value_or(message.size()),
                               std::memory_order_relaxed);
     ch_->request.seq.store(++seq_, std::memory_order_seq_cst);
-    if (ch_->request.reader_asleep.load(std::memory_order_seq_cst) == 0) {
-      return true;
-    }
-    tcp::TcpFrame bell{tcp::kDoorbellMagic, 0, 0};
-    return c_.SendBytes(&bell, sizeof(bell));
+    return local::RingIfAsleep(c_.fd(), ch_->request) == sockio::Io::kOk;
   }
   bool Post(ucx::Op op, uint64_t request_id, const kvstore::BlockKey& key,
             const std::vector<uint8_t>& data, uint32_t flags = 0) {
@@ -166,11 +162,7 @@ class RawChannel {
   // channel's release word, ringing a sleeping daemon.
   bool ReleaseLast() {
     ch_->release.store(seq_, std::memory_order_seq_cst);
-    if (ch_->request.reader_asleep.load(std::memory_order_seq_cst) == 0) {
-      return true;
-    }
-    tcp::TcpFrame bell{tcp::kDoorbellMagic, 0, 0};
-    return c_.SendBytes(&bell, sizeof(bell));
+    return local::RingIfAsleep(c_.fd(), ch_->request) == sockio::Io::kOk;
   }
 
  private:
