@@ -103,9 +103,12 @@ bool TcpTransport::CopyIntoArena(absl::Span<const uint8_t> block,
   // checksum checked on the way (so the daemon need not read it again).
   // (1 MiB puts 10.3-11.1 GB/s against 9.3-9.9 with the daemon hashing the
   // arena's copy; 256 KiB within noise: bench/results/service.md, session 10.)
+  // A large block's hash is taken over by the checksum helper thread while
+  // this one copies (kvstore/checksum_helper.h).
   absl::StatusOr<kvstore::BlockView> copied = kvstore::CopyVerifiedBlock(
       block, absl::MakeSpan(arena_base_ + offset, block.size()),
-      kvstore::CopyDestination::kStoredHashSource);
+      kvstore::CopyDestination::kStoredHashSource,
+      kvstore::CopyHelp::kHelperForLargeBlocks);
   // A block that failed here is committed unverified: the daemon's own
   // check refuses it (and counts it), with the same codes as elsewhere.
   if (!copied.ok() && !absl::IsDataLoss(copied.status())) {
@@ -165,9 +168,13 @@ absl::Status TcpTransport::GetInArena(int fd, Exchange& x, bool* broken) {
       x.landed.resize(length);
       dst = x.landed.data();
     }
-    // One pass: copied and verified where it lands.
+    // One pass: copied and verified where it lands (a large block's hash
+    // taken over by the checksum helper thread while this one copies).
     x.landed_check =
-        kvstore::CopyVerifiedBlock(src, absl::MakeSpan(dst, length)).status();
+        kvstore::CopyVerifiedBlock(src, absl::MakeSpan(dst, length),
+                                   kvstore::CopyDestination::kReadSoon,
+                                   kvstore::CopyHelp::kHelperForLargeBlocks)
+            .status();
     x.received = length;
   }
   if (released_in_channel != nullptr) {

@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "kvstore/checksum_helper.h"
 #define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack.
 #include "xxhash.h"
 #include "xxh_x86dispatch.h"  // Runtime SIMD dispatch (AVX2 when present).
@@ -307,7 +308,8 @@ absl::StatusOr<BlockView> ParseBlock(absl::Span<const uint8_t> bytes) {
 
 absl::StatusOr<BlockView> CopyVerifiedBlock(absl::Span<const uint8_t> src,
                                             absl::Span<uint8_t> dst,
-                                            CopyDestination use) {
+                                            CopyDestination use,
+                                            CopyHelp help) {
   if (dst.size() < src.size()) {
     return absl::OutOfRangeError(absl::StrCat(
         "dst: ", dst.size(), " bytes cannot hold a ", src.size(),
@@ -322,6 +324,34 @@ absl::StatusOr<BlockView> CopyVerifiedBlock(absl::Span<const uint8_t> src,
   STRATA_ASSIGN_OR_RETURN(BlockHeader header,
                           ParseBlockHeader(dst.first(kBlockHeaderSize)));
   STRATA_RETURN_IF_ERROR(CheckTotalLength(header, src.size()));
+  ChecksumHelper* helper = help == CopyHelp::kHelperForLargeBlocks &&
+                                   src.size() >= kHelpedCopyMinBytes
+                               ? ChecksumHelper::TryAcquire()
+                               : nullptr;
+  if (helper != nullptr) {
+    const size_t payload = src.size() - kBlockHeaderSize;
+    const uint8_t* hashed = use == CopyDestination::kStoredHashSource
+                                ? src.data() + kBlockHeaderSize
+                                : dst.data() + kBlockHeaderSize;
+    helper->Start(dst.data(), kChecksumOffset, hashed, payload);
+    for (size_t done = 0; done < payload; done += kCopyChunkBytes) {
+      const size_t n = std::min(kCopyChunkBytes, payload - done);
+      uint8_t* to = dst.data() + kBlockHeaderSize + done;
+      const uint8_t* from = src.data() + kBlockHeaderSize + done;
+      if (use == CopyDestination::kReadSoon) {
+        std::memcpy(to, from, n);
+      } else {
+        CopyAroundTheCache(to, from, n);  // Ends with a store fence.
+      }
+      helper->Advance(done + n);
+    }
+    const uint64_t computed = helper->Finish();
+    if (computed != header.checksum) {
+      return ChecksumMismatch(header.checksum, computed);
+    }
+    return BlockView{header,
+                     dst.subspan(kBlockHeaderSize, header.payload_length)};
+  }
   XXH3_state_t state;
   XXH3_64bits_reset(&state);
   XXH3_64bits_update(&state, dst.data(), kChecksumOffset);

@@ -156,6 +156,23 @@ enum class CopyDestination {
 // local client's PUT into the shared arena.
 void CopyAroundTheCache(uint8_t* dst, const uint8_t* src, size_t n);
 
+// Who computes a copy's checksum.
+enum class CopyHelp {
+  // The calling thread, piece by piece after each piece's copy.
+  kCallerOnly,
+  // For a block of kHelpedCopyMinBytes or more: the process's
+  // ChecksumHelper thread (kvstore/checksum_helper.h), trailing the
+  // caller's copy piece by piece, when it is free and the machine has more
+  // than one CPU; otherwise the caller. The same bytes are hashed either
+  // way (what landed in `dst`, or `src` for kStoredHashSource), so results
+  // and errors do not change. For callers that wait on the copy (a client's
+  // GET or PUT of a large block), not for a daemon serving many at once.
+  kHelperForLargeBlocks,
+};
+// Below this a helper's wake-up costs more than its hashing saves
+// (bench/results/kvstore.md, BM_CopyVerifiedBlockHelped).
+inline constexpr size_t kHelpedCopyMinBytes = size_t{2} << 20;
+
 // Copies a stored block from `src` into `dst` (dst.size() >= src.size()) and
 // verifies the checksum over the bytes as they landed in `dst`, in one pass
 // (64 KiB at a time: copy, then hash what landed). Returns a view into `dst`.
@@ -163,7 +180,8 @@ void CopyAroundTheCache(uint8_t* dst, const uint8_t* src, size_t n);
 // On any error the contents of `dst` are unspecified and must not be used.
 absl::StatusOr<BlockView> CopyVerifiedBlock(
     absl::Span<const uint8_t> src, absl::Span<uint8_t> dst,
-    CopyDestination use = CopyDestination::kReadSoon);
+    CopyDestination use = CopyDestination::kReadSoon,
+    CopyHelp help = CopyHelp::kCallerOnly);
 
 // Verifies a block's checksum while its bytes arrive in pieces, in order (a
 // receive from a socket): each piece is hashed right after it landed, while

@@ -1,0 +1,252 @@
+#include "kvstore/checksum_helper.h"
+
+#include <pthread.h>
+#include <sched.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <string_view>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack.
+#include "xxh_x86dispatch.h"     // Runtime SIMD dispatch (AVX2 when present).
+#include "xxhash.h"
+
+namespace strata::kvstore {
+namespace {
+
+// Polls `word` until `done` holds for its value: a few rounds of the CPU's
+// spin hint, then yielding the core (the other side may share it).
+template <typename T, typename Pred>
+T PollUntil(const std::atomic<T>& word, Pred done) {
+  for (int round = 0;; ++round) {
+    const T v = word.load(std::memory_order_acquire);
+    if (done(v)) return v;
+    if (round < 256) {
+#if defined(__x86_64__)
+      __builtin_ia32_pause();
+#endif
+    } else {
+      sched_yield();
+    }
+  }
+}
+
+bool MoreThanOneCpu() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) {
+    return std::thread::hardware_concurrency() > 1;
+  }
+  return CPU_COUNT(&set) > 1;
+}
+
+// A job's phase, with its number so a late helper cannot act on the next
+// job: posted by the copier, claimed by a helper that woke up, handed over
+// by the copier at its next piece, or withdrawn by a copier that finished
+// first.
+enum Phase : uint64_t {
+  kPosted = 1,
+  kClaimed = 2,
+  kHandedOver = 3,
+  kWithdrawn = 4,
+};
+constexpr uint64_t Tag(uint64_t job, Phase phase) { return job << 3 | phase; }
+constexpr bool IsPosted(uint64_t tagged) { return (tagged & 7) == kPosted; }
+
+}  // namespace
+
+struct ChecksumHelper::Shared {
+  Shared() : handle(this) {}
+
+  // The next posted job after `handled`: polled for kWarmMicros, then
+  // waited for on `wake`.
+  uint64_t NextJob(uint64_t handled) {
+    const auto until = std::chrono::steady_clock::now() +
+                       std::chrono::microseconds(kWarmMicros);
+    for (int round = 0;; ++round) {
+      const uint64_t p = phase.load(std::memory_order_acquire);
+      if (IsPosted(p) && (p >> 3) > handled) return p >> 3;
+      if (round % 64 == 63 && std::chrono::steady_clock::now() > until) break;
+      sched_yield();
+    }
+    absl::MutexLock lock(&mu);
+    while (posted == handled) wake.Wait(&mu);
+    return posted;
+  }
+
+  // The helper thread: takes over each block's hash once it is awake.
+  void Run() {
+    uint64_t handled = 0;
+    for (;;) {
+      const uint64_t job = NextJob(handled);
+      handled = job;
+      const uint8_t* data;
+      size_t bytes;
+      {
+        absl::MutexLock lock(&mu);
+        if (posted != job) continue;  // A later one is there.
+        data = job_data;
+        bytes = job_bytes;
+      }
+      uint64_t expected = Tag(job, kPosted);
+      if (!phase.compare_exchange_strong(expected, Tag(job, kClaimed),
+                                         std::memory_order_acq_rel)) {
+        continue;  // Withdrawn: the copier finished first.
+      }
+      // The copier answers at its next piece (or when it finishes).
+      const uint64_t answer = PollUntil(
+          phase, [job](uint64_t p) { return p != Tag(job, kClaimed); });
+      if (answer != Tag(job, kHandedOver)) continue;
+      taken_over_.fetch_add(1, std::memory_order_relaxed);
+      size_t done_bytes = hashed;
+      while (done_bytes < bytes) {
+        const size_t now =
+            PollUntil(ready, [done_bytes](size_t r) { return r > done_bytes; });
+        XXH3_64bits_update(&state, data + done_bytes, now - done_bytes);
+        done_bytes = now;
+      }
+      digest = XXH3_64bits_digest(&state);
+      done.store(true, std::memory_order_release);
+    }
+  }
+
+  // Lent to one copier at a time (TryAcquire / Finish).
+  std::atomic<bool> lent{false};
+  std::atomic<uint64_t> phase{0};  // Tag(job, Phase).
+  absl::Mutex mu;
+  absl::CondVar wake;
+  uint64_t posted ABSL_GUARDED_BY(mu) = 0;  // The last job's number.
+  const uint8_t* job_data ABSL_GUARDED_BY(mu) = nullptr;
+  size_t job_bytes ABSL_GUARDED_BY(mu) = 0;
+
+  // The running hash: the copier's until it hands it over (phase
+  // kHandedOver, release), the helper's after.
+  XXH3_state_t state;
+  size_t hashed = 0;  // Bytes of data in `state` at the hand-over.
+  std::atomic<size_t> ready{0};
+  std::atomic<bool> done{false};
+  uint64_t digest = 0;  // Written by the helper before `done`.
+
+  // The copier's own view of its job.
+  uint64_t job = 0;
+  const uint8_t* data = nullptr;
+  size_t bytes = 0;
+  size_t copier_hashed = 0;
+  bool handed_over = false;
+
+  ChecksumHelper handle;
+};
+
+// In a forked child the parent's helper has no thread (and its mutex may be
+// held by a thread that is not there): it is left alone, never freed, and
+// the child starts its own.
+std::atomic<ChecksumHelper::Shared*> ChecksumHelper::process_helper_{nullptr};
+std::atomic<uint64_t> ChecksumHelper::taken_over_{0};
+
+bool ChecksumHelper::Enabled() {
+  static const bool enabled = [] {
+    const char* env = std::getenv("STRATA_CHECKSUM_HELPER");
+    if (env != nullptr && std::string_view(env) == "0") return false;
+    return MoreThanOneCpu();
+  }();
+  return enabled;
+}
+
+uint64_t ChecksumHelper::TakenOver() {
+  return taken_over_.load(std::memory_order_relaxed);
+}
+
+void ChecksumHelper::ForgetInForkedChild() {
+  process_helper_.store(nullptr, std::memory_order_relaxed);
+}
+
+ChecksumHelper* ChecksumHelper::TryAcquire() {
+  if (!Enabled()) return nullptr;
+  static const int fork_handler =
+      pthread_atfork(nullptr, nullptr, ForgetInForkedChild);
+  (void)fork_handler;
+  Shared* shared = process_helper_.load(std::memory_order_acquire);
+  if (shared == nullptr) {
+    auto* fresh = new Shared;
+    if (process_helper_.compare_exchange_strong(shared, fresh,
+                                                std::memory_order_acq_rel)) {
+      shared = fresh;
+      // Detached: it sleeps between blocks for the life of the process.
+      std::thread([fresh] { fresh->Run(); }).detach();
+    } else {
+      delete fresh;  // Another caller's went in first; `shared` is it.
+    }
+  }
+  bool expected = false;
+  if (!shared->lent.compare_exchange_strong(expected, true,
+                                            std::memory_order_acquire)) {
+    return nullptr;
+  }
+  return &shared->handle;
+}
+
+void ChecksumHelper::Start(const uint8_t* prefix, size_t prefix_bytes,
+                           const uint8_t* data, size_t bytes) {
+  Shared& h = *shared_;
+  h.data = data;
+  h.bytes = bytes;
+  h.copier_hashed = 0;
+  h.handed_over = false;
+  XXH3_64bits_reset(&h.state);
+  XXH3_64bits_update(&h.state, prefix, prefix_bytes);
+  h.ready.store(0, std::memory_order_relaxed);
+  h.done.store(false, std::memory_order_relaxed);
+  absl::MutexLock lock(&h.mu);
+  h.job = ++h.posted;
+  h.job_data = data;
+  h.job_bytes = bytes;
+  h.phase.store(Tag(h.job, kPosted), std::memory_order_release);
+  h.wake.Signal();
+}
+
+void ChecksumHelper::Advance(size_t ready) {
+  Shared& h = *shared_;
+  if (h.handed_over) {
+    h.ready.store(ready, std::memory_order_release);
+    return;
+  }
+  if (h.phase.load(std::memory_order_acquire) == Tag(h.job, kClaimed)) {
+    // The helper is awake and waiting: it goes on from here.
+    h.hashed = h.copier_hashed;
+    h.ready.store(ready, std::memory_order_relaxed);
+    h.phase.store(Tag(h.job, kHandedOver), std::memory_order_release);
+    h.handed_over = true;
+    return;
+  }
+  XXH3_64bits_update(&h.state, h.data + h.copier_hashed,
+                     ready - h.copier_hashed);
+  h.copier_hashed = ready;
+}
+
+uint64_t ChecksumHelper::Finish() {
+  Shared& h = *shared_;
+  uint64_t digest;
+  if (h.handed_over) {
+    h.ready.store(h.bytes, std::memory_order_release);
+    PollUntil(h.done, [](bool d) { return d; });
+    digest = h.digest;
+  } else {
+    Advance(h.bytes);
+    if (h.handed_over) return Finish();  // Claimed at the last piece.
+    // Withdrawn, so a helper waking now leaves it (and `state`) alone.
+    uint64_t p = h.phase.load(std::memory_order_acquire);
+    while ((p == Tag(h.job, kPosted) || p == Tag(h.job, kClaimed)) &&
+           !h.phase.compare_exchange_weak(p, Tag(h.job, kWithdrawn),
+                                          std::memory_order_acq_rel)) {
+    }
+    digest = XXH3_64bits_digest(&h.state);
+  }
+  h.lent.store(false, std::memory_order_release);
+  return digest;
+}
+
+}  // namespace strata::kvstore
