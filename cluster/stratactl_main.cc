@@ -262,6 +262,9 @@ int Bench(const client::ClientOptions& base, const Args& a) {
   client::PutOptions put;
   put.durable = a.Bool("durable");
 
+  // Each client's GET destination (declared first: it outlives the
+  // connections it is registered with).
+  std::vector<std::vector<uint8_t>> dsts(*clients);
   // get: preload what the readers will read (not timed).
   std::vector<std::unique_ptr<Client>> conns;
   for (uint32_t c = 0; c < *clients; ++c) {
@@ -276,12 +279,11 @@ int Bench(const client::ClientOptions& base, const Args& a) {
       if (!r.ok()) return Fail(r.status());
     }
   }
-  // Each client's GET destination, allocated, registered and touched before
-  // the clock starts (a fresh 32 MiB buffer faults in 8192 pages on its
-  // first GET), and reused by the warm-up and the timed calls alike.
-  std::vector<std::vector<uint8_t>> dsts(*clients);
+  // The GET destinations are allocated, registered and touched before the
+  // clock starts (a fresh 32 MiB buffer faults in 8192 pages on its first
+  // GET), and reused by the warm-up and the timed calls alike.
   std::vector<client::BufferHandle> handles;
-  for (uint32_t c = 0; c < *clients; ++c) {
+  for (uint32_t c = 0; c < *clients && op != "put"; ++c) {
     dsts[c].assign(block.size(), 0);
     auto handle = conns[c]->RegisterBuffer(dsts[c].data(), dsts[c].size());
     if (!handle.ok()) return Fail(handle.status());
@@ -303,12 +305,15 @@ int Bench(const client::ClientOptions& base, const Args& a) {
   std::vector<std::vector<double>> lat(*clients);
   for (auto& v : lat) v.reserve(*ops);
   std::vector<absl::Status> errors(*clients);
-  // The clock starts once every client thread is up and waiting.
-  std::latch ready(*clients + 1);
+  // The clock starts once every client thread is up and waiting, and the
+  // threads go only after it started.
+  std::latch arrived(*clients);
+  std::latch go(1);
   std::vector<std::thread> threads;
   for (uint32_t c = 0; c < *clients; ++c) {
     threads.emplace_back([&, c] {
-      ready.arrive_and_wait();
+      arrived.count_down();
+      go.wait();
       for (uint32_t i = 0; i < *ops && errors[c].ok(); ++i) {
         const bool do_put = op == "put" || (op == "mixed" && i % 2 == 0);
         const auto t0 = std::chrono::steady_clock::now();
@@ -327,13 +332,14 @@ int Bench(const client::ClientOptions& base, const Args& a) {
       }
     });
   }
-  ready.arrive_and_wait();
+  arrived.wait();
   const auto start = std::chrono::steady_clock::now();
+  go.count_down();
   for (auto& t : threads) t.join();
   const double secs =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
           .count();
-  for (uint32_t c = 0; c < *clients; ++c) {
+  for (size_t c = 0; c < handles.size(); ++c) {
     (void)conns[c]->UnregisterBuffer(handles[c]);
   }
   for (const auto& e : errors) {

@@ -2,11 +2,14 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <cassert>
 #include <chrono>
 #include <cstdlib>
 #include <string_view>
+#include <system_error>
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
@@ -35,12 +38,16 @@ T PollUntil(const std::atomic<T>& word, Pred done) {
   }
 }
 
+// The CPUs the process may run on: its main thread's (a copier may be
+// pinned to fewer, and the helper must not inherit that).
+bool ProcessCpus(cpu_set_t* set) {
+  CPU_ZERO(set);
+  return sched_getaffinity(getpid(), sizeof(*set), set) == 0;
+}
+
 bool MoreThanOneCpu() {
   cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof(set), &set) != 0) {
-    return std::thread::hardware_concurrency() > 1;
-  }
+  if (!ProcessCpus(&set)) return std::thread::hardware_concurrency() > 1;
   return CPU_COUNT(&set) > 1;
 }
 
@@ -80,6 +87,11 @@ struct ChecksumHelper::Shared {
 
   // The helper thread: takes over each block's hash once it is awake.
   void Run() {
+    pthread_setname_np(pthread_self(), "strata-hash");
+    // Free to run wherever the process may, not only on its creator's CPUs.
+    if (cpu_set_t set; ProcessCpus(&set)) {
+      pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+    }
     uint64_t handled = 0;
     for (;;) {
       const uint64_t job = NextJob(handled);
@@ -176,7 +188,12 @@ ChecksumHelper* ChecksumHelper::TryAcquire() {
                                                 std::memory_order_acq_rel)) {
       shared = fresh;
       // Detached: it sleeps between blocks for the life of the process.
-      std::thread([fresh] { fresh->Run(); }).detach();
+      try {
+        std::thread([fresh] { fresh->Run(); }).detach();
+      } catch (const std::system_error&) {
+        // No thread (EAGAIN): never lent, so copiers hash on their own.
+        fresh->lent.store(true, std::memory_order_release);
+      }
     } else {
       delete fresh;  // Another caller's went in first; `shared` is it.
     }
@@ -210,11 +227,14 @@ void ChecksumHelper::Start(const uint8_t* prefix, size_t prefix_bytes,
 
 void ChecksumHelper::Advance(size_t ready) {
   Shared& h = *shared_;
+  assert(ready >= h.copier_hashed && ready <= h.bytes);
   if (h.handed_over) {
     h.ready.store(ready, std::memory_order_release);
     return;
   }
-  if (h.phase.load(std::memory_order_acquire) == Tag(h.job, kClaimed)) {
+  // Handed over only while there is copying left to overlap with.
+  if (ready < h.bytes &&
+      h.phase.load(std::memory_order_acquire) == Tag(h.job, kClaimed)) {
     // The helper is awake and waiting: it goes on from here.
     h.hashed = h.copier_hashed;
     h.ready.store(ready, std::memory_order_relaxed);
@@ -235,9 +255,11 @@ uint64_t ChecksumHelper::Finish() {
     PollUntil(h.done, [](bool d) { return d; });
     digest = h.digest;
   } else {
-    Advance(h.bytes);
-    if (h.handed_over) return Finish();  // Claimed at the last piece.
-    // Withdrawn, so a helper waking now leaves it (and `state`) alone.
+    // Nothing left to overlap: the rest is hashed here, and the job
+    // withdrawn, so a helper waking now leaves it (and `state`) alone.
+    XXH3_64bits_update(&h.state, h.data + h.copier_hashed,
+                       h.bytes - h.copier_hashed);
+    h.copier_hashed = h.bytes;
     uint64_t p = h.phase.load(std::memory_order_acquire);
     while ((p == Tag(h.job, kPosted) || p == Tag(h.job, kClaimed)) &&
            !h.phase.compare_exchange_weak(p, Tag(h.job, kWithdrawn),

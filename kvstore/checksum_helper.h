@@ -7,8 +7,11 @@
 // One helper per process, lent to one copier at a time; a copier that
 // finds it lent hashes on its own thread. The copier starts hashing each
 // piece itself and hands the running hash to the helper once the helper has
-// woken up (a sleeping vCPU can take hundreds of microseconds to wake), so
-// a helped copy is never much slower than one hashed by the copier. Between
+// woken up (a sleeping vCPU can take hundreds of microseconds to wake), and
+// only while copying is left to overlap with, so a helped copy does not
+// wait for a helper that is not there. Once handed over the hash stays
+// with the helper: on CPUs oversubscribed enough that the helper is not
+// scheduled, Finish waits for it (yielding its core). Between
 // blocks the helper polls for the next one for kWarmMicros, yielding its
 // core between polls, then sleeps on a condition variable. After a fork
 // the child starts a helper of its own on first use (the parent's thread
@@ -45,7 +48,8 @@ class ChecksumHelper {
 
   // Begins an XXH3-64 over `prefix_bytes` bytes at `prefix`, then over
   // `bytes` bytes at `data` as Advance declares them ready. Both ranges must
-  // stay valid and, once declared ready, unchanged until Finish returns.
+  // stay valid until Finish returns; bytes changed after they were declared
+  // ready may or may not be in the hash (never anything outside the ranges).
   void Start(const uint8_t* prefix, size_t prefix_bytes, const uint8_t* data,
              size_t bytes);
   // Bytes [0, ready) of `data` are ready (non-decreasing, at most `bytes`):
@@ -53,7 +57,8 @@ class ChecksumHelper {
   // the hash over, and from then on only tells the helper (release
   // ordering: what the caller wrote there before is what is hashed).
   void Advance(size_t ready);
-  // Declares every byte ready, waits for the hash and gives the helper back.
+  // Declares every byte ready, waits for the hash and gives the helper back
+  // (the pointer TryAcquire returned must not be used after).
   uint64_t Finish();
 
   ChecksumHelper(const ChecksumHelper&) = delete;

@@ -22,7 +22,6 @@ namespace strata::kvstore {
 namespace {
 
 using ::strata::kvstore::testing::MakeBlock;
-using ::strata::kvstore::testing::ShapeForBytes;
 using ::strata::kvstore::testing::TestSeed;
 
 constexpr CopyDestination kEveryUse[] = {CopyDestination::kReadSoon,
@@ -36,36 +35,105 @@ absl::Status HelpedCopy(const std::vector<uint8_t>& block,
       .status();
 }
 
+// Copies `block` (helped) until the helper has taken one over; false if it
+// never did in `rounds` copies (each wakes it, and it stays awake between).
+bool CopyUntilTakenOver(const std::vector<uint8_t>& block, int rounds) {
+  const uint64_t before = ChecksumHelper::TakenOver();
+  std::vector<uint8_t> dst(block.size());
+  for (int i = 0; i < rounds; ++i) {
+    if (!HelpedCopy(block, dst, CopyDestination::kReadSoon).ok() ||
+        dst != block) {
+      return false;
+    }
+    if (ChecksumHelper::TakenOver() > before) return true;
+  }
+  return false;
+}
+
+// Blocks around and past the helper's threshold: just below it (the
+// caller's path), a payload of exactly 2 MiB, 37.5 pieces of 64 KiB (a
+// partial last piece), and an fp8 payload of no multiple of 64 bytes (an
+// unaligned tail for the non-temporal copy).
+std::vector<BlockShape> ShapesAroundTheThreshold() {
+  return {
+      BlockShape{DType::kFloat16, 1, 511, 8, 128},
+      BlockShape{DType::kFloat16, 1, 512, 8, 128},
+      BlockShape{DType::kFloat16, 1, 600, 8, 128},
+      BlockShape{DType::kFloat8E4M3, 1, 65521, 2, 17},
+  };
+}
+
 TEST(ChecksumHelper, HelpedCopiesMatchTheCallersOwnAtEverySizeAndUse) {
-  // Below the threshold (the caller's path), at it, and past it by amounts
-  // that leave a partial last piece.
-  const uint64_t payloads[] = {kHelpedCopyMinBytes / 2, kHelpedCopyMinBytes,
-                               kHelpedCopyMinBytes + 4096,
-                               5 * kHelpedCopyMinBytes / 2 + 8192};
-  for (uint64_t payload : payloads) {
-    const std::vector<uint8_t> block = MakeBlock(ShapeForBytes(payload), 11);
-    for (CopyDestination use : kEveryUse) {
-      // Many rounds: the helper is asleep for some, awake for others, and
-      // takes over at different pieces.
-      for (int round = 0; round < 20; ++round) {
-        std::vector<uint8_t> dst(block.size(), 0xEE);
-        ASSERT_TRUE(HelpedCopy(block, dst, use).ok())
-            << "payload " << payload << " round " << round;
-        ASSERT_EQ(dst, block) << "payload " << payload << " round " << round;
+  for (const BlockShape& shape : ShapesAroundTheThreshold()) {
+    const std::vector<uint8_t> block = MakeBlock(shape, 11);
+    // Destinations at 0 and at odd offsets (unaligned streamed stores).
+    for (size_t skew : {size_t{0}, size_t{1}, size_t{13}}) {
+      for (CopyDestination use : kEveryUse) {
+        // Several rounds: the helper is asleep for some, awake for others,
+        // and takes over at different pieces.
+        for (int round = 0; round < 8; ++round) {
+          std::vector<uint8_t> dst(block.size() + skew, 0xEE);
+          absl::StatusOr<BlockView> view =
+              CopyVerifiedBlock(block, absl::MakeSpan(dst).subspan(skew), use,
+                                CopyHelp::kHelperForLargeBlocks);
+          ASSERT_TRUE(view.ok())
+              << block.size() << " bytes at +" << skew << ": " << view.status();
+          ASSERT_TRUE(
+              std::equal(block.begin(), block.end(), dst.begin() + skew))
+              << block.size() << " bytes at +" << skew << " round " << round;
+        }
       }
     }
   }
-  // Not vacuous: the helper hashed some of them.
-  if (ChecksumHelper::Enabled()) {
-    EXPECT_GT(ChecksumHelper::TakenOver(), 0u);
+}
+
+// The helper's API directly, against the checksum the block was encoded
+// with: declared ready all at once, in 64 KiB pieces, in uneven pieces, or
+// not at all before Finish (each reaches the copier's own hashing, the
+// hand-over, or the withdrawal, as the helper's timing falls).
+TEST(ChecksumHelper, EveryWayOfDeclaringBytesReadyGivesTheBlocksChecksum) {
+  const std::vector<uint8_t> block =
+      MakeBlock(BlockShape{DType::kFloat16, 1, 600, 8, 128}, 21);
+  absl::StatusOr<BlockHeader> header =
+      ParseBlockHeader(absl::MakeConstSpan(block).first(kBlockHeaderSize));
+  ASSERT_TRUE(header.ok()) << header.status();
+  const uint8_t* payload = block.data() + kBlockHeaderSize;
+  const size_t bytes = block.size() - kBlockHeaderSize;
+  const std::vector<std::vector<size_t>> patterns = {
+      {},
+      {bytes},
+      {1, 4095, 65536, 65537, 1 << 20, bytes - 1, bytes},
+  };
+  std::vector<size_t> pieces;
+  for (size_t at = 65536; at < bytes; at += 65536) pieces.push_back(at);
+  if (!ChecksumHelper::Enabled()) GTEST_SKIP() << "one CPU: no helper";
+  for (int round = 0; round < 20; ++round) {
+    for (const std::vector<size_t>& ready :
+         {patterns[0], patterns[1], patterns[2], pieces}) {
+      ChecksumHelper* helper = ChecksumHelper::TryAcquire();
+      ASSERT_NE(helper, nullptr) << "lent to nobody else in this test";
+      helper->Start(block.data(), 88, payload, bytes);
+      for (size_t r : ready) helper->Advance(r);
+      EXPECT_EQ(helper->Finish(), header->checksum)
+          << "round " << round << ", " << ready.size() << " steps";
+    }
   }
+}
+
+// Over many helped copies the helper does take hashes over (so the tests
+// above covered its side, not only the copier's).
+TEST(ChecksumHelper, TheHelperTakesHashesOver) {
+  if (!ChecksumHelper::Enabled()) GTEST_SKIP() << "one CPU: no helper";
+  const std::vector<uint8_t> block =
+      MakeBlock(BlockShape{DType::kFloat16, 1, 600, 8, 128}, 2);
+  EXPECT_TRUE(CopyUntilTakenOver(block, 1000));
 }
 
 TEST(ChecksumHelper, HelpedCopiesCatchADamagedByteWherever) {
   const uint64_t seed = TestSeed();
   std::mt19937_64 rng(seed);
   const std::vector<uint8_t> good =
-      MakeBlock(ShapeForBytes(3 * kHelpedCopyMinBytes), 5);
+      MakeBlock(BlockShape{DType::kFloat16, 1, 1500, 8, 128}, 5);
   const size_t payload = good.size() - kBlockHeaderSize;
   std::vector<size_t> places = {kBlockHeaderSize, good.size() - 1,
                                 kBlockHeaderSize + 64 * 1024,
@@ -87,7 +155,7 @@ TEST(ChecksumHelper, HelpedCopiesCatchADamagedByteWherever) {
 TEST(ChecksumHelper, CopiersRacingForTheHelperAllGetTheRightAnswer) {
   const uint64_t seed = TestSeed();
   const std::vector<uint8_t> good =
-      MakeBlock(ShapeForBytes(kHelpedCopyMinBytes + 65536), 9);
+      MakeBlock(BlockShape{DType::kFloat16, 1, 600, 8, 128}, 9);
   constexpr int kThreads = 4, kCopies = 40;
   std::vector<std::thread> threads;
   std::vector<int> wrong(kThreads, 0);
@@ -114,25 +182,10 @@ TEST(ChecksumHelper, CopiersRacingForTheHelperAllGetTheRightAnswer) {
   for (int t = 0; t < kThreads; ++t) EXPECT_EQ(wrong[t], 0) << "thread " << t;
 }
 
-// Copies `block` (helped) until the helper has taken one over; false if it
-// never did in `rounds` copies (each wakes it, and it stays awake between).
-bool CopyUntilTakenOver(const std::vector<uint8_t>& block, int rounds) {
-  const uint64_t before = ChecksumHelper::TakenOver();
-  std::vector<uint8_t> dst(block.size());
-  for (int i = 0; i < rounds; ++i) {
-    if (!HelpedCopy(block, dst, CopyDestination::kReadSoon).ok() ||
-        dst != block) {
-      return false;
-    }
-    if (ChecksumHelper::TakenOver() > before) return true;
-  }
-  return false;
-}
-
 TEST(ChecksumHelper, AForkedChildGetsAHelperOfItsOwn) {
   if (!ChecksumHelper::Enabled()) GTEST_SKIP() << "one CPU: no helper";
   const std::vector<uint8_t> block =
-      MakeBlock(ShapeForBytes(2 * kHelpedCopyMinBytes), 4);
+      MakeBlock(BlockShape{DType::kFloat16, 1, 1024, 8, 128}, 4);
   // The parent's helper thread exists and has taken a hash over.
   ASSERT_TRUE(CopyUntilTakenOver(block, 1000));
   const pid_t child = fork();
