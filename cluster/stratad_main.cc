@@ -23,6 +23,8 @@
 // rebalance_bytes_per_s / rebalance_blocks_per_s), and on Drain moves every
 // block to its new owners, deregisters and exits 0. SIGTERM deregisters
 // first (the lease is revoked) without moving blocks.
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
 #include <malloc.h>
 #include <signal.h>
 #include <unistd.h>
@@ -35,9 +37,6 @@
 #include <memory>
 #include <string>
 #include <thread>
-
-#include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
 
 #include "absl/random/random.h"
 #include "absl/strings/match.h"

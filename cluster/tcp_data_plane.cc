@@ -93,6 +93,9 @@ absl::StatusOr<std::unique_ptr<TcpDataPlane>> TcpDataPlane::Start(
   if (const char* env = std::getenv("STRATA_TCP_SERVE_SPIN_US")) {
     plane->options_.serve_spin = absl::Microseconds(std::atoi(env));
   }
+  if (const char* env = std::getenv("STRATA_CHANNEL_SPIN_US")) {
+    plane->options_.channel_spin = absl::Microseconds(std::atoi(env));
+  }
   int fd = socket(found->ai_family, found->ai_socktype | SOCK_CLOEXEC, 0);
   const int one = 1;
   if (fd < 0 ||

@@ -49,8 +49,8 @@
 // range), one spare and one lease; all go when it closes. A local
 // connection may also get a message channel (MAP_CHANNEL; common/
 // local_channel.h): shared memory through which those small messages and
-// their replies go instead of the socket, polled while the thread would
-// otherwise poll the socket (serve_spin), with doorbells on the socket to
+// their replies go instead of the socket, polled after each request for
+// channel_spin, with doorbells on the socket to
 // wake a thread that went to sleep.
 //
 // Threading: Start/Stop/address are for the owning thread. Connection
@@ -110,6 +110,17 @@ struct TcpDataPlaneOptions {
   // within it costs no wake-up. 0: never poll. STRATA_TCP_SERVE_SPIN_US
   // overrides it (measurements; bench/results/service.md, session 9).
   absl::Duration serve_spin = absl::Microseconds(100);
+  // The same for a local connection's message channel, polled (a word in
+  // shared memory, no syscall) by at most local::ChannelPollers() threads.
+  // Longer than serve_spin: the next request of a client that copies the
+  // block it just put or got comes after that copy (~80-100 us for 1 MiB
+  // on the dev VM); if the thread slept by then, it must be rung awake.
+  // 250 against 100 us, one daemon each, alternated: 1 MiB gets with one
+  // client faster in 12 of 14 rounds (medians 10.1 against 8.6 GB/s), 256
+  // KiB puts with 4 clients median 6.9 against 5.8 GB/s, 256 KiB gets with
+  // 4 clients and 1 MiB puts within noise (bench/results/service.md,
+  // session 12). 0: never poll. STRATA_CHANNEL_SPIN_US overrides it.
+  absl::Duration channel_spin = absl::Microseconds(250);
 };
 
 class TcpDataPlane {
@@ -176,7 +187,7 @@ class TcpDataPlane {
   // (serve_spin).
   void PollForRequest(int fd);
   // Connections with a message channel: true when a request waits there
-  // (polled for serve_spin, by at most local::ChannelPollers() threads);
+  // (polled for channel_spin, by at most local::ChannelPollers() threads);
   // false when the socket is to be read next (something came there, or
   // the thread is to sleep on it: then the channel's reader_asleep is set,
   // and the caller clears it once the socket delivered).

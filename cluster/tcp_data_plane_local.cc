@@ -454,13 +454,13 @@ bool TcpDataPlane::AwaitChannelRequest(Connection& c) {
     return slot.seq.load(std::memory_order_acquire) != c.channel_seq;
   };
   if (fresh()) return true;
-  // Polled for serve_spin (by at most local::ChannelPollers() threads at
+  // Polled for channel_spin (by at most local::ChannelPollers() threads at
   // once); the socket is looked at every few rounds, for the messages that
   // do not go in the channel.
-  if (options_.serve_spin > absl::ZeroDuration()) {
+  if (options_.channel_spin > absl::ZeroDuration()) {
     local::ChannelPollerSlot slot_taken(channel_pollers_);
     if (slot_taken.admitted()) {
-      const absl::Time until = SteadyNow() + options_.serve_spin;
+      const absl::Time until = SteadyNow() + options_.channel_spin;
       pollfd p{c.fd, POLLIN, 0};
       for (unsigned round = 1; !fresh() && SteadyNow() < until; ++round) {
         // Something on the socket: a request in the channel goes first.

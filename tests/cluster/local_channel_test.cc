@@ -35,10 +35,12 @@ TEST_F(LocalDataPlaneTest, InArenaPutsAndGetsGoThroughTheMessageChannel) {
   PutAndGetThroughTheChannel();
 }
 
-// serve_spin 0: the daemon never polls the channel, so every request must
-// ring it awake (and the test's side sleeps at once, so replies ring too).
+// serve_spin and channel_spin 0: the daemon never polls the channel (nor
+// the socket), so every request must ring it awake (and the test's side
+// sleeps at once, so replies ring too).
 TEST_F(LocalDataPlaneTest, DoorbellsWakeADaemonThatNeverPollsTheChannel) {
   serve_spin_ = absl::ZeroDuration();
+  channel_spin_ = absl::ZeroDuration();
   Start();
   PutAndGetThroughTheChannel();
 }

@@ -193,6 +193,7 @@ class LocalDataPlaneTest : public ::testing::Test {
     cluster::TcpDataPlaneOptions options;
     options.local_path = sock_;
     options.serve_spin = serve_spin_;
+    options.channel_spin = channel_spin_;
     auto plane = cluster::TcpDataPlane::Start(&ctx_, options);
     ASSERT_TRUE(plane.ok()) << plane.status();
     plane_ = *std::move(plane);
@@ -326,9 +327,10 @@ class LocalDataPlaneTest : public ::testing::Test {
     return std::make_unique<RawChannel>(c);
   }
 
-  // Set before Start(): the plane's serve_spin, and an SSD tier under the
-  // DRAM one (write-through, no promotion on read).
+  // Set before Start(): the plane's serve_spin and channel_spin, and an SSD
+  // tier under the DRAM one (write-through, no promotion on read).
   absl::Duration serve_spin_ = cluster::TcpDataPlaneOptions().serve_spin;
+  absl::Duration channel_spin_ = cluster::TcpDataPlaneOptions().channel_spin;
   bool with_ssd_ = false;
   ScratchDir dir_;
   std::string sock_ = dir_.SocketPath("stratad.sock");
