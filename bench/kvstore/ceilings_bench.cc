@@ -123,8 +123,8 @@ void BM_ParseBlock(benchmark::State& state) {
 }
 
 // The fused copy + verify primitive alone (no store, no locks): the part of
-// GetInto that is not bookkeeping.
-void BM_CopyVerifiedBlock(benchmark::State& state) {
+// GetInto that is not bookkeeping; `help` says who hashes.
+void CopyVerifiedBlockLoop(benchmark::State& state, kv::CopyHelp help) {
   const BlockPool& pool = Pool(state.range(0));
   const size_t n = pool.block_bytes();
   Buffer dst(n);
@@ -132,7 +132,8 @@ void BM_CopyVerifiedBlock(benchmark::State& state) {
   size_t i = 0;
   for (auto _ : state) {
     auto t0 = SteadyClock::now();
-    auto view = kv::CopyVerifiedBlock(pool.block(i++), dst.span());
+    auto view = kv::CopyVerifiedBlock(pool.block(i++), dst.span(),
+                                      kv::CopyDestination::kReadSoon, help);
     lat.Add(t0, SteadyClock::now());
     if (!view.ok()) {
       state.SkipWithError(view.status().ToString().c_str());
@@ -144,29 +145,16 @@ void BM_CopyVerifiedBlock(benchmark::State& state) {
   SetLabel(state, pool, pool.working_set_bytes());
 }
 
-// The same with the checksum computed by the process's helper thread
-// trailing the copy (CopyHelp::kHelperForLargeBlocks): blocks below
+// The calling thread copies and hashes.
+void BM_CopyVerifiedBlock(benchmark::State& state) {
+  CopyVerifiedBlockLoop(state, kv::CopyHelp::kCallerOnly);
+}
+
+// The process's checksum helper thread takes the hash over while the
+// caller copies (CopyHelp::kHelperForLargeBlocks): blocks below
 // kHelpedCopyMinBytes take the caller-only path, so that row is the control.
 void BM_CopyVerifiedBlockHelped(benchmark::State& state) {
-  const BlockPool& pool = Pool(state.range(0));
-  const size_t n = pool.block_bytes();
-  Buffer dst(n);
-  Latencies lat(state);
-  size_t i = 0;
-  for (auto _ : state) {
-    auto t0 = SteadyClock::now();
-    auto view = kv::CopyVerifiedBlock(pool.block(i++), dst.span(),
-                                      kv::CopyDestination::kReadSoon,
-                                      kv::CopyHelp::kHelperForLargeBlocks);
-    lat.Add(t0, SteadyClock::now());
-    if (!view.ok()) {
-      state.SkipWithError(view.status().ToString().c_str());
-      break;
-    }
-  }
-  state.SetBytesProcessed(state.iterations() * n);
-  lat.Report(state);
-  SetLabel(state, pool, pool.working_set_bytes());
+  CopyVerifiedBlockLoop(state, kv::CopyHelp::kHelperForLargeBlocks);
 }
 
 BENCHMARK(BM_Memcpy)->Apply(Sizes);
