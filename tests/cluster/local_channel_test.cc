@@ -5,6 +5,7 @@
 // channel does not carry, malformed messages, stale release words).
 #include "common/local_channel.h"
 
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -76,6 +77,40 @@ TEST_F(LocalDataPlaneTest, RequestsTheChannelDoesNotCarryAreRefusedNamingOp) {
   ASSERT_TRUE(again.has_value());
   EXPECT_EQ(again->code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_TRUE(absl::StartsWith(again->message, "op:")) << again->message;
+}
+
+// A daemon that cannot create a channel (here: out of descriptors, the
+// soft limit lowered to the lowest free one) answers RESOURCE_EXHAUSTED
+// naming channel, keeps the connection, and maps one once it can.
+TEST_F(LocalDataPlaneTest, AChannelThatCannotBeCreatedIsRefusedNamingChannel) {
+  Start();
+  RawConnection c(sock_);
+  ASSERT_TRUE(c.connected());
+  MapArena(c);
+  const int arena_fd = c.passed_fd();
+  rlimit before{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &before), 0);
+  const int lowest_free = dup(0);
+  ASSERT_GE(lowest_free, 0);
+  close(lowest_free);
+  rlimit none_left = before;
+  none_left.rlim_cur = static_cast<rlim_t>(lowest_free);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &none_left), 0);
+  ASSERT_TRUE(c.SendRequest(ucx::Op::kMapChannel, 5, KeyFor(0), {}));
+  auto refused = c.ReadReply();
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &before), 0);
+  ASSERT_TRUE(refused.has_value());
+  EXPECT_EQ(refused->code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(absl::StartsWith(refused->message, "channel:"))
+      << refused->message;
+  EXPECT_EQ(c.passed_fd(), arena_fd) << "no descriptor rides on a refusal";
+  // The connection serves on, and gets its channel now.
+  std::unique_ptr<RawChannel> ch = MapChannel(c);
+  ASSERT_NE(ch, nullptr);
+  ASSERT_TRUE(ch->Post(ucx::Op::kPing, 6, KeyFor(0), {}));
+  auto pong = ch->Await();
+  ASSERT_TRUE(pong.has_value());
+  EXPECT_EQ(pong->code(), absl::StatusCode::kOk);
 }
 
 // What the client writes into the page is not trusted: a message longer
