@@ -324,55 +324,43 @@ absl::StatusOr<BlockView> CopyVerifiedBlock(absl::Span<const uint8_t> src,
   STRATA_ASSIGN_OR_RETURN(BlockHeader header,
                           ParseBlockHeader(dst.first(kBlockHeaderSize)));
   STRATA_RETURN_IF_ERROR(CheckTotalLength(header, src.size()));
+  // The hash reads what landed in dst, not src: what is checked is what the
+  // caller gets, even if src changes underneath (but kStoredHashSource).
+  const bool hash_source = use == CopyDestination::kStoredHashSource;
+  const uint8_t* hashed = (hash_source ? src.data() : dst.data());
   ChecksumHelper* helper = help == CopyHelp::kHelperForLargeBlocks &&
                                    src.size() >= kHelpedCopyMinBytes
                                ? ChecksumHelper::TryAcquire()
                                : nullptr;
-  if (helper != nullptr) {
-    const size_t payload = src.size() - kBlockHeaderSize;
-    const uint8_t* hashed = use == CopyDestination::kStoredHashSource
-                                ? src.data() + kBlockHeaderSize
-                                : dst.data() + kBlockHeaderSize;
-    helper->Start(dst.data(), kChecksumOffset, hashed, payload);
-    for (size_t done = 0; done < payload; done += kCopyChunkBytes) {
-      const size_t n = std::min(kCopyChunkBytes, payload - done);
-      uint8_t* to = dst.data() + kBlockHeaderSize + done;
-      const uint8_t* from = src.data() + kBlockHeaderSize + done;
-      if (use == CopyDestination::kReadSoon) {
-        std::memcpy(to, from, n);
-      } else {
-        CopyAroundTheCache(to, from, n);  // Ends with a store fence.
-      }
-      helper->Advance(done + n);
-    }
-    const uint64_t computed = helper->Finish();
-    if (computed != header.checksum) {
-      return ChecksumMismatch(header.checksum, computed);
-    }
-    return BlockView{header,
-                     dst.subspan(kBlockHeaderSize, header.payload_length)};
-  }
   XXH3_state_t state;
-  XXH3_64bits_reset(&state);
-  XXH3_64bits_update(&state, dst.data(), kChecksumOffset);
+  if (helper != nullptr) {
+    helper->Start(dst.data(), kChecksumOffset, hashed + kBlockHeaderSize,
+                  src.size() - kBlockHeaderSize);
+  } else {
+    XXH3_64bits_reset(&state);
+    XXH3_64bits_update(&state, dst.data(), kChecksumOffset);
+  }
   for (size_t off = kBlockHeaderSize; off < src.size();
        off += kCopyChunkBytes) {
-    size_t n = std::min(kCopyChunkBytes, src.size() - off);
-    // The hash reads what landed in dst, not src: what is checked is what
-    // the caller gets, even if src changes underneath (but kStoredHashSource).
-    if (use == CopyDestination::kStoredHashSource) {
+    const size_t n = std::min(kCopyChunkBytes, src.size() - off);
+    // Hashing the source on this thread: just before its copy, while the
+    // piece is in the cache.
+    if (helper == nullptr && hash_source) {
       XXH3_64bits_update(&state, src.data() + off, n);
-      CopyAroundTheCache(dst.data() + off, src.data() + off, n);
-      continue;
     }
-    if (use == CopyDestination::kStored) {
-      CopyAroundTheCache(dst.data() + off, src.data() + off, n);
-    } else {
+    if (use == CopyDestination::kReadSoon) {
       std::memcpy(dst.data() + off, src.data() + off, n);
+    } else {
+      CopyAroundTheCache(dst.data() + off, src.data() + off, n);  // Fenced.
     }
-    XXH3_64bits_update(&state, dst.data() + off, n);
+    if (helper != nullptr) {
+      helper->Advance(off + n - kBlockHeaderSize);
+    } else if (!hash_source) {
+      XXH3_64bits_update(&state, dst.data() + off, n);
+    }
   }
-  uint64_t computed = XXH3_64bits_digest(&state);
+  const uint64_t computed =
+      helper != nullptr ? helper->Finish() : XXH3_64bits_digest(&state);
   if (computed != header.checksum) {
     return ChecksumMismatch(header.checksum, computed);
   }
