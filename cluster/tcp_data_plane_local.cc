@@ -2,7 +2,6 @@
 // the shared DRAM arena (MAP_ARENA, RESERVE/COMMIT, in-arena GETs). The
 // contract is in tcp_data_plane.h; the wire in docs/protocol.md, "Local
 // connections".
-#include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -19,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cluster/tcp_data_plane.h"
+#include "common/sealed_memfd.h"
 #include "common/socket_io.h"
 #include "common/status_macros.h"
 #include "common/steady_time.h"
@@ -408,13 +408,10 @@ bool TcpDataPlane::SendChannel(Connection& c, const DataRequest& req) {
                             "op: this connection has its message channel"),
                         0);
   }
-  const int fd =
-      memfd_create("strata-channel", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  // Sealed at its size: the client cannot shrink it under this thread.
+  const int fd = SealedMemfd("strata-channel", local::kChannelBytes);
   void* mapped = MAP_FAILED;
-  // Sealed at its size: the client cannot shrink it under this thread
-  // (SIGBUS would end the daemon).
-  if (fd >= 0 && ftruncate(fd, local::kChannelBytes) == 0 &&
-      fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0) {
+  if (fd >= 0) {
     mapped = mmap(nullptr, local::kChannelBytes, PROT_READ | PROT_WRITE,
                   MAP_SHARED, fd, 0);
   }

@@ -46,6 +46,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/huge_pages.h"
+#include "common/sealed_memfd.h"
 
 namespace strata::kvstore {
 namespace {
@@ -317,14 +318,11 @@ absl::StatusOr<uint8_t*> MapPrefaulted(size_t capacity, bool shared,
   };
   int fd = -1;
   if (shared) {
-    fd = memfd_create("strata-dram-arena", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    if (fd < 0) return fail("memfd_create", errno);
     // Sealed at its size: a client that maps it cannot shrink it under the
-    // daemon (which would then die of SIGBUS on its next access).
-    if (ftruncate(fd, static_cast<off_t>(bytes)) != 0 ||
-        fallocate(fd, 0, 0, static_cast<off_t>(bytes)) != 0 ||
-        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) !=
-            0) {
+    // daemon.
+    fd = SealedMemfd("strata-dram-arena", bytes);
+    if (fd < 0) return fail("creating the shared memory", errno);
+    if (fallocate(fd, 0, 0, static_cast<off_t>(bytes)) != 0) {
       const int err = errno;
       close(fd);
       return fail("allocating the shared memory", err);
