@@ -21,19 +21,23 @@
 namespace strata::kvstore {
 namespace {
 
-// Polls `word` until `done` holds for its value: a few rounds of the CPU's
-// spin hint, then yielding the core (the other side may share it).
+// Waits until `done` holds for `word`'s value: spins with the CPU's pause
+// hint for a few microseconds (the other side usually answers within a
+// piece's copy), then blocks on the word (a futex; every store to it that
+// a waiter may need is followed by a notify). Not sched_yield, which
+// leaves it to the scheduler whether the thread waited for gets the CPU:
+// on a shared CPU it may not before the next tick.
 template <typename T, typename Pred>
-T PollUntil(const std::atomic<T>& word, Pred done) {
+T AwaitValue(const std::atomic<T>& word, Pred done) {
   for (int round = 0;; ++round) {
     const T v = word.load(std::memory_order_acquire);
     if (done(v)) return v;
-    if (round < 256) {
+    if (round < 1024) {
 #if defined(__x86_64__)
       __builtin_ia32_pause();
 #endif
     } else {
-      sched_yield();
+      word.wait(v, std::memory_order_acquire);
     }
   }
 }
@@ -96,33 +100,28 @@ struct ChecksumHelper::Shared {
     for (;;) {
       const uint64_t job = NextJob(handled);
       handled = job;
-      const uint8_t* data;
-      size_t bytes;
-      {
-        absl::MutexLock lock(&mu);
-        if (posted != job) continue;  // A later one is there.
-        data = job_data;
-        bytes = job_bytes;
-      }
       uint64_t expected = Tag(job, kPosted);
       if (!phase.compare_exchange_strong(expected, Tag(job, kClaimed),
                                          std::memory_order_acq_rel)) {
         continue;  // Withdrawn: the copier finished first.
       }
       // The copier answers at its next piece (or when it finishes).
-      const uint64_t answer = PollUntil(
+      const uint64_t answer = AwaitValue(
           phase, [job](uint64_t p) { return p != Tag(job, kClaimed); });
       if (answer != Tag(job, kHandedOver)) continue;
       taken_over_.fetch_add(1, std::memory_order_relaxed);
-      size_t done_bytes = hashed;
+      // The job's fields and the running hash are the copier's hand-over
+      // (the acquire above pairs with its release of kHandedOver).
+      size_t done_bytes = copier_hashed;
       while (done_bytes < bytes) {
-        const size_t now =
-            PollUntil(ready, [done_bytes](size_t r) { return r > done_bytes; });
+        const size_t now = AwaitValue(
+            ready, [done_bytes](size_t r) { return r > done_bytes; });
         XXH3_64bits_update(&state, data + done_bytes, now - done_bytes);
         done_bytes = now;
       }
       digest = XXH3_64bits_digest(&state);
       done.store(true, std::memory_order_release);
+      done.notify_one();
     }
   }
 
@@ -132,22 +131,18 @@ struct ChecksumHelper::Shared {
   absl::Mutex mu;
   absl::CondVar wake;
   uint64_t posted ABSL_GUARDED_BY(mu) = 0;  // The last job's number.
-  const uint8_t* job_data ABSL_GUARDED_BY(mu) = nullptr;
-  size_t job_bytes ABSL_GUARDED_BY(mu) = 0;
 
-  // The running hash: the copier's until it hands it over (phase
-  // kHandedOver, release), the helper's after.
-  XXH3_state_t state;
-  size_t hashed = 0;  // Bytes of data in `state` at the hand-over.
-  std::atomic<size_t> ready{0};
-  std::atomic<bool> done{false};
-  uint64_t digest = 0;  // Written by the helper before `done`.
-
-  // The copier's own view of its job.
+  // The job and its running hash: written by the copier, which hashes into
+  // `state` until it hands it over (phase kHandedOver, release); read and
+  // written by the helper after (acquire), never before.
   uint64_t job = 0;
   const uint8_t* data = nullptr;
   size_t bytes = 0;
-  size_t copier_hashed = 0;
+  XXH3_state_t state;
+  size_t copier_hashed = 0;  // Bytes of data in `state` (the copier's).
+  std::atomic<size_t> ready{0};
+  std::atomic<bool> done{false};
+  uint64_t digest = 0;  // Written by the helper before `done`.
   bool handed_over = false;
 
   ChecksumHelper handle;
@@ -219,8 +214,6 @@ void ChecksumHelper::Start(const uint8_t* prefix, size_t prefix_bytes,
   h.done.store(false, std::memory_order_relaxed);
   absl::MutexLock lock(&h.mu);
   h.job = ++h.posted;
-  h.job_data = data;
-  h.job_bytes = bytes;
   h.phase.store(Tag(h.job, kPosted), std::memory_order_release);
   h.wake.Signal();
 }
@@ -230,15 +223,16 @@ void ChecksumHelper::Advance(size_t ready) {
   assert(ready >= h.copier_hashed && ready <= h.bytes);
   if (h.handed_over) {
     h.ready.store(ready, std::memory_order_release);
+    h.ready.notify_one();
     return;
   }
   // Handed over only while there is copying left to overlap with.
   if (ready < h.bytes &&
       h.phase.load(std::memory_order_acquire) == Tag(h.job, kClaimed)) {
     // The helper is awake and waiting: it goes on from here.
-    h.hashed = h.copier_hashed;
     h.ready.store(ready, std::memory_order_relaxed);
     h.phase.store(Tag(h.job, kHandedOver), std::memory_order_release);
+    h.phase.notify_one();
     h.handed_over = true;
     return;
   }
@@ -252,7 +246,8 @@ uint64_t ChecksumHelper::Finish() {
   uint64_t digest;
   if (h.handed_over) {
     h.ready.store(h.bytes, std::memory_order_release);
-    PollUntil(h.done, [](bool d) { return d; });
+    h.ready.notify_one();
+    AwaitValue(h.done, [](bool d) { return d; });
     digest = h.digest;
   } else {
     // Nothing left to overlap: the rest is hashed here, and the job
@@ -265,6 +260,7 @@ uint64_t ChecksumHelper::Finish() {
            !h.phase.compare_exchange_weak(p, Tag(h.job, kWithdrawn),
                                           std::memory_order_acq_rel)) {
     }
+    h.phase.notify_one();  // A helper waiting for its claim's answer.
     digest = XXH3_64bits_digest(&h.state);
   }
   h.lent.store(false, std::memory_order_release);

@@ -11,11 +11,11 @@
 // only while copying is left to overlap with, so a helped copy does not
 // wait for a helper that is not there. Once handed over the hash stays
 // with the helper: on CPUs oversubscribed enough that the helper is not
-// scheduled, Finish waits for it (yielding its core). Between
-// blocks the helper polls for the next one for kWarmMicros, yielding its
-// core between polls, then sleeps on a condition variable. After a fork
-// the child starts a helper of its own on first use (the parent's thread
-// does not exist there).
+// scheduled, Finish waits for it (spinning briefly, then asleep on a futex).
+// Between blocks the helper polls for the next one for kWarmMicros, yielding
+// its core between polls, then sleeps on a condition variable. After a fork the
+// child starts a helper of its own on first use (the parent's thread does not
+// exist there).
 #ifndef STRATA_KVSTORE_CHECKSUM_HELPER_H_
 #define STRATA_KVSTORE_CHECKSUM_HELPER_H_
 
