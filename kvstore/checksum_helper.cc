@@ -6,14 +6,11 @@
 
 #include <atomic>
 #include <cassert>
-#include <chrono>
 #include <cstdlib>
 #include <string_view>
 #include <system_error>
 #include <thread>
 
-#include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 #define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack.
 #include "xxh_x86dispatch.h"     // Runtime SIMD dispatch (AVX2 when present).
 #include "xxhash.h"
@@ -73,20 +70,13 @@ constexpr bool IsPosted(uint64_t tagged) { return (tagged & 7) == kPosted; }
 struct ChecksumHelper::Shared {
   Shared() : handle(this) {}
 
-  // The next posted job after `handled`: polled for kWarmMicros, then
-  // waited for on `wake`.
+  // The next posted job after `handled` (spun for briefly, then waited for
+  // asleep on `phase`, which Start notifies).
   uint64_t NextJob(uint64_t handled) {
-    const auto until = std::chrono::steady_clock::now() +
-                       std::chrono::microseconds(kWarmMicros);
-    for (int round = 0;; ++round) {
-      const uint64_t p = phase.load(std::memory_order_acquire);
-      if (IsPosted(p) && (p >> 3) > handled) return p >> 3;
-      if (round % 64 == 63 && std::chrono::steady_clock::now() > until) break;
-      sched_yield();
-    }
-    absl::MutexLock lock(&mu);
-    while (posted == handled) wake.Wait(&mu);
-    return posted;
+    return AwaitValue(phase, [handled](uint64_t p) {
+             return IsPosted(p) && (p >> 3) > handled;
+           }) >>
+           3;
   }
 
   // The helper thread: takes over each block's hash once it is awake.
@@ -128,9 +118,6 @@ struct ChecksumHelper::Shared {
   // Lent to one copier at a time (TryAcquire / Finish).
   std::atomic<bool> lent{false};
   std::atomic<uint64_t> phase{0};  // Tag(job, Phase).
-  absl::Mutex mu;
-  absl::CondVar wake;
-  uint64_t posted ABSL_GUARDED_BY(mu) = 0;  // The last job's number.
 
   // The job and its running hash: written by the copier, which hashes into
   // `state` until it hands it over (phase kHandedOver, release); read and
@@ -157,7 +144,7 @@ std::atomic<uint64_t> ChecksumHelper::taken_over_{0};
 bool ChecksumHelper::Enabled() {
   static const bool enabled = [] {
     const char* env = std::getenv("STRATA_CHECKSUM_HELPER");
-    if (env != nullptr && std::string_view(env) == "0") return false;
+    if (env == nullptr || std::string_view(env) != "1") return false;
     return MoreThanOneCpu();
   }();
   return enabled;
@@ -212,10 +199,9 @@ void ChecksumHelper::Start(const uint8_t* prefix, size_t prefix_bytes,
   XXH3_64bits_update(&h.state, prefix, prefix_bytes);
   h.ready.store(0, std::memory_order_relaxed);
   h.done.store(false, std::memory_order_relaxed);
-  absl::MutexLock lock(&h.mu);
-  h.job = ++h.posted;
+  ++h.job;  // One copier at a time: numbered 1, 2, ... per process.
   h.phase.store(Tag(h.job, kPosted), std::memory_order_release);
-  h.wake.Signal();
+  h.phase.notify_one();
 }
 
 void ChecksumHelper::Advance(size_t ready) {

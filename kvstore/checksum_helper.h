@@ -12,10 +12,9 @@
 // wait for a helper that is not there. Once handed over the hash stays
 // with the helper: on CPUs oversubscribed enough that the helper is not
 // scheduled, Finish waits for it (spinning briefly, then asleep on a futex).
-// Between blocks the helper polls for the next one for kWarmMicros, yielding
-// its core between polls, then sleeps on a condition variable. After a fork the
-// child starts a helper of its own on first use (the parent's thread does not
-// exist there).
+// Between blocks the helper spins briefly, then sleeps on a futex until the
+// next Start. After a fork the child starts a helper of its own on first
+// use (the parent's thread does not exist there).
 #ifndef STRATA_KVSTORE_CHECKSUM_HELPER_H_
 #define STRATA_KVSTORE_CHECKSUM_HELPER_H_
 
@@ -29,18 +28,19 @@ namespace strata::kvstore {
 // thread that acquired the helper, in the order Start, Advance..., Finish.
 class ChecksumHelper {
  public:
-  // How long the helper polls for the next block before it sleeps.
-  static constexpr int kWarmMicros = 500;
-
   // The process's helper, now lent to the caller; nullptr when another
   // caller has it, or when !Enabled() (on one CPU a helper would only take
   // turns with the copier). The caller must call Start
   // and then Finish, which gives the helper back.
   static ChecksumHelper* TryAcquire();
 
-  // Whether TryAcquire can lend a helper here: more than one CPU, and the
-  // environment does not say STRATA_CHECKSUM_HELPER=0 (a process that must
-  // keep to one core; measurements).
+  // Whether TryAcquire can lend a helper here: the environment says
+  // STRATA_CHECKSUM_HELPER=1, and the process may run on more than one CPU.
+  // Off by default: on the 2-vCPU dev VM, helped copies ran 3-5x slower
+  // than unhelped ones for whole processes at a time (2 MiB p50 ~870 us
+  // against ~170; the unhelped copy in the same process unaffected; ~10%
+  // of benchmark processes in some phases, all of them in others), for a
+  // reason not yet found (bench/results/kvstore.md, session 12).
   static bool Enabled();
   // How many blocks' hashes a helper took over in this process so far
   // (inherited by a forked child): for tests and measurements.

@@ -150,6 +150,10 @@ void BM_CopyVerifiedBlock(benchmark::State& state) {
   CopyVerifiedBlockLoop(state, kv::CopyHelp::kCallerOnly);
 }
 
+// The helper is opt-in (STRATA_CHECKSUM_HELPER=1): on in this binary, for
+// BM_CopyVerifiedBlockHelped (the only benchmark asking for it).
+[[maybe_unused]] const bool kHelperTurnedOn = setenv("STRATA_CHECKSUM_HELPER", "1", 1) == 0;
+
 // The process's checksum helper thread takes the hash over while the
 // caller copies (CopyHelp::kHelperForLargeBlocks): blocks below
 // kHelpedCopyMinBytes take the caller-only path, so that row is the control.

@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <thread>
@@ -23,6 +24,10 @@ namespace {
 
 using ::strata::kvstore::testing::MakeBlock;
 using ::strata::kvstore::testing::TestSeed;
+
+// The helper is opt-in: on for this test binary (before anything asks).
+[[maybe_unused]] const bool kHelperTurnedOn =
+    setenv("STRATA_CHECKSUM_HELPER", "1", 1) == 0;
 
 constexpr CopyDestination kEveryUse[] = {CopyDestination::kReadSoon,
                                          CopyDestination::kStored,
