@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 
@@ -328,10 +329,24 @@ absl::StatusOr<BlockView> CopyVerifiedBlock(absl::Span<const uint8_t> src,
   // caller gets, even if src changes underneath (but kStoredHashSource).
   const bool hash_source = use == CopyDestination::kStoredHashSource;
   const uint8_t* hashed = (hash_source ? src.data() : dst.data());
-  ChecksumHelper* helper = help == CopyHelp::kHelperForLargeBlocks &&
-                                   src.size() >= kHelpedCopyMinBytes
-                               ? ChecksumHelper::TryAcquire()
-                               : nullptr;
+  // Large copies go helped or alone as this process's measurements say
+  // (CopyHelpChooser); each timed copy adds to them.
+  const bool large = help == CopyHelp::kHelperForLargeBlocks &&
+                     src.size() >= kHelpedCopyMinBytes &&
+                     ChecksumHelper::Enabled();
+  const bool choose = large && ChecksumHelper::CurrentPolicy() ==
+                                   ChecksumHelper::Policy::kMeasured;
+  CopyHelpChooser::Choice choice;
+  if (choose) choice = CopyHelpChooser::Process().Choose();
+  ChecksumHelper* helper =
+      large && (!choose || choice.mode == CopyHelpChooser::Mode::kHelped)
+          ? ChecksumHelper::TryAcquire()
+          : nullptr;
+  const bool timed =
+      choose && choice.counted &&
+      (helper != nullptr) == (choice.mode == CopyHelpChooser::Mode::kHelped);
+  const auto started = timed ? std::chrono::steady_clock::now()
+                             : std::chrono::steady_clock::time_point();
   XXH3_state_t state;
   if (helper != nullptr) {
     helper->Start(dst.data(), kChecksumOffset, hashed + kBlockHeaderSize,
@@ -361,6 +376,14 @@ absl::StatusOr<BlockView> CopyVerifiedBlock(absl::Span<const uint8_t> src,
   }
   const uint64_t computed =
       helper != nullptr ? helper->Finish() : XXH3_64bits_digest(&state);
+  if (timed) {
+    CopyHelpChooser::Process().Record(
+        choice, src.size(),
+        static_cast<uint64_t>(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(
+                std::chrono::steady_clock::now() - started)
+                .count()));
+  }
   if (computed != header.checksum) {
     return ChecksumMismatch(header.checksum, computed);
   }

@@ -162,8 +162,10 @@ enum class CopyHelp {
   kCallerOnly,
   // For a block of kHelpedCopyMinBytes or more: the process's
   // ChecksumHelper thread (kvstore/checksum_helper.h), trailing the
-  // caller's copy piece by piece, when it is free and the machine has more
-  // than one CPU; otherwise the caller. The same bytes are hashed either
+  // caller's copy piece by piece, when the process's measurements favour it
+  // (CopyHelpChooser; ChecksumHelper::Policy), it is free and the machine
+  // has more than one CPU; otherwise the caller. The same bytes are hashed
+  // either
   // way (what landed in `dst`, or `src` for kStoredHashSource), so results
   // and errors do not change. For callers that wait on the copy (a client's
   // GET or PUT of a large block), not for a daemon serving many at once.

@@ -4,6 +4,7 @@
 #include <sched.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cassert>
 #include <cstdlib>
@@ -141,13 +142,31 @@ struct ChecksumHelper::Shared {
 std::atomic<ChecksumHelper::Shared*> ChecksumHelper::process_helper_{nullptr};
 std::atomic<uint64_t> ChecksumHelper::taken_over_{0};
 
-bool ChecksumHelper::Enabled() {
-  static const bool enabled = [] {
+std::atomic<int> ChecksumHelper::policy_{-1};
+
+ChecksumHelper::Policy ChecksumHelper::CurrentPolicy() {
+  int p = policy_.load(std::memory_order_acquire);
+  if (p < 0) {
     const char* env = std::getenv("STRATA_CHECKSUM_HELPER");
-    if (env == nullptr || std::string_view(env) != "1") return false;
-    return MoreThanOneCpu();
-  }();
-  return enabled;
+    const std::string_view value = env == nullptr ? "" : env;
+    const Policy read = value == "0"        ? Policy::kOff
+                        : value == "always" ? Policy::kAlways
+                                            : Policy::kMeasured;
+    // A SetPolicy that came meanwhile wins.
+    policy_.compare_exchange_strong(p, static_cast<int>(read),
+                                    std::memory_order_acq_rel);
+    p = policy_.load(std::memory_order_acquire);
+  }
+  return static_cast<Policy>(p);
+}
+
+void ChecksumHelper::SetPolicy(Policy policy) {
+  policy_.store(static_cast<int>(policy), std::memory_order_release);
+}
+
+bool ChecksumHelper::Enabled() {
+  static const bool more_than_one_cpu = MoreThanOneCpu();
+  return more_than_one_cpu && CurrentPolicy() != Policy::kOff;
 }
 
 uint64_t ChecksumHelper::TakenOver() {
@@ -251,6 +270,134 @@ uint64_t ChecksumHelper::Finish() {
   }
   h.lent.store(false, std::memory_order_release);
   return digest;
+}
+
+// ---- CopyHelpChooser.
+
+namespace {
+
+// Holds the chooser's try-lock for a scope, if it was free.
+class TryLock {
+ public:
+  explicit TryLock(std::atomic<bool>& busy) : busy_(busy) {
+    held_ = !busy_.exchange(true, std::memory_order_acquire);
+  }
+  ~TryLock() {
+    if (held_) busy_.store(false, std::memory_order_release);
+  }
+  bool held() const { return held_; }
+
+ private:
+  std::atomic<bool>& busy_;
+  bool held_;
+};
+
+using Mode = CopyHelpChooser::Mode;
+
+Mode Other(Mode m) { return m == Mode::kAlone ? Mode::kHelped : Mode::kAlone; }
+int Index(Mode m) { return m == Mode::kAlone ? 0 : 1; }
+
+}  // namespace
+
+CopyHelpChooser& CopyHelpChooser::Process() {
+  static CopyHelpChooser* const chooser = [] {
+    auto* fresh = new CopyHelpChooser;  // Never freed.
+    // A forked child measures afresh (and may have forked while another
+    // thread held the try-lock).
+    pthread_atfork(nullptr, nullptr, [] { Process().Reset(); });
+    return fresh;
+  }();
+  return *chooser;
+}
+
+void CopyHelpChooser::Reset() {
+  busy_.store(false, std::memory_order_relaxed);
+  favoured_ = Mode::kAlone;
+  last_ns_per_byte_[0] = last_ns_per_byte_[1] = 0;
+  trial_active_ = false;
+  trials_until_explore_ = 0;
+  explore_every_ = kMinExploreEvery;
+}
+
+void CopyHelpChooser::StartTrial() {
+  ++trial_;
+  trial_active_ = true;
+  trial_choices_ = 0;
+  trial_samples_ = 0;
+  trial_explores_ = false;
+  if (last_ns_per_byte_[Index(Mode::kAlone)] == 0) {
+    trial_mode_ = Mode::kAlone;
+  } else if (last_ns_per_byte_[Index(Mode::kHelped)] == 0) {
+    trial_mode_ = Mode::kHelped;
+  } else if (trials_until_explore_ <= 0) {
+    trial_mode_ = Other(favoured_);
+    trial_explores_ = true;
+    trials_until_explore_ = explore_every_;
+  } else {
+    trial_mode_ = favoured_;
+    --trials_until_explore_;
+  }
+}
+
+void CopyHelpChooser::FinishTrial() {
+  trial_active_ = false;
+  if (trial_samples_ == 0) return;
+  std::sort(samples_, samples_ + trial_samples_);
+  const double median = samples_[trial_samples_ / 2];
+  const Mode mode = trial_mode_;
+  last_ns_per_byte_[Index(mode)] = median;
+  const double other = last_ns_per_byte_[Index(Other(mode))];
+  if (other == 0) return;  // The other mode's trial comes next.
+  if (mode != favoured_) {
+    if (median < other * kSwitchMargin) {
+      favoured_ = mode;  // It won: the process goes over to it.
+      explore_every_ = kMinExploreEvery;
+    } else if (trial_explores_) {
+      explore_every_ = std::min(kMaxExploreEvery, explore_every_ * 2);
+    }
+    trials_until_explore_ = explore_every_;
+  } else if (other < median * kSwitchMargin) {
+    // The favoured mode got slower than the other was: over at once.
+    favoured_ = Other(mode);
+    explore_every_ = kMinExploreEvery;
+    trials_until_explore_ = explore_every_;
+  }
+}
+
+CopyHelpChooser::Choice CopyHelpChooser::Choose() {
+  TryLock lock(busy_);
+  if (!lock.held()) return Choice{favoured_, 0, false};
+  // A trial whose samples have not all come within four trials' worth of
+  // copies (another thread's copies took the helper) ends with what it has.
+  if (trial_active_ && trial_choices_ >= 4 * kTrialCopies) FinishTrial();
+  if (!trial_active_) StartTrial();
+  Choice choice{trial_mode_, trial_, trial_choices_ > 0};
+  ++trial_choices_;
+  return choice;
+}
+
+void CopyHelpChooser::Record(const Choice& choice, size_t bytes,
+                             uint64_t nanos) {
+  if (!choice.counted || bytes == 0) return;
+  TryLock lock(busy_);
+  if (!lock.held() || !trial_active_ || choice.trial != trial_) return;
+  samples_[trial_samples_++] =
+      static_cast<double>(nanos) / static_cast<double>(bytes);
+  if (trial_samples_ == kTrialCopies - 1) FinishTrial();
+}
+
+CopyHelpChooser::Mode CopyHelpChooser::Favoured() const {
+  for (;;) {
+    TryLock lock(busy_);
+    if (lock.held()) return favoured_;
+  }
+}
+
+int CopyHelpChooser::ExploreEvery() const {
+  for (;;) {
+    TryLock lock(busy_);
+    if (lock.held()) return explore_every_;
+  }
 }
 
 }  // namespace strata::kvstore

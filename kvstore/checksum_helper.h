@@ -15,6 +15,10 @@
 // Between blocks the helper spins briefly, then sleeps on a futex until the
 // next Start. After a fork the child starts a helper of its own on first
 // use (the parent's thread does not exist there).
+//
+// Whether a copy is helped at all is measured (CopyHelpChooser, below):
+// where the copier and the helper do not share a cache, helping is 3-5x
+// slower than hashing alone, and a process falls back to that by itself.
 #ifndef STRATA_KVSTORE_CHECKSUM_HELPER_H_
 #define STRATA_KVSTORE_CHECKSUM_HELPER_H_
 
@@ -28,19 +32,28 @@ namespace strata::kvstore {
 // thread that acquired the helper, in the order Start, Advance..., Finish.
 class ChecksumHelper {
  public:
+  // Whether large copies (CopyHelp::kHelperForLargeBlocks) use the helper.
+  enum class Policy {
+    kOff,       // Never: the caller hashes.
+    kMeasured,  // As CopyHelpChooser measures, helped or alone per copy.
+    kAlways,    // Whenever it is free (tests, and measuring the helper).
+  };
+  // The process's policy: SetPolicy's, else the environment's
+  // STRATA_CHECKSUM_HELPER ("0": kOff, "always": kAlways, anything else or
+  // unset: kMeasured, the default), read once.
+  static Policy CurrentPolicy();
+  // Overrides the environment for the rest of the process (tests,
+  // benchmarks). Any thread; copies already under way keep their choice.
+  static void SetPolicy(Policy policy);
+
   // The process's helper, now lent to the caller; nullptr when another
-  // caller has it, or when !Enabled() (on one CPU a helper would only take
-  // turns with the copier). The caller must call Start
-  // and then Finish, which gives the helper back.
+  // caller has it, or when !Enabled(). The caller must call Start and then
+  // Finish, which gives the helper back.
   static ChecksumHelper* TryAcquire();
 
-  // Whether TryAcquire can lend a helper here: the environment says
-  // STRATA_CHECKSUM_HELPER=1, and the process may run on more than one CPU.
-  // Off by default: on the 2-vCPU dev VM, helped copies ran 3-5x slower
-  // than unhelped ones for whole processes at a time (2 MiB p50 ~870 us
-  // against ~170; the unhelped copy in the same process unaffected; ~10%
-  // of benchmark processes in some phases, all of them in others), for a
-  // reason not yet found (bench/results/kvstore.md, session 12).
+  // Whether TryAcquire can lend a helper here: the policy is not kOff, and
+  // the process may run on more than one CPU (on one CPU a helper would
+  // only take turns with the copier).
   static bool Enabled();
   // How many blocks' hashes a helper took over in this process so far
   // (inherited by a forked child): for tests and measurements.
@@ -71,7 +84,88 @@ class ChecksumHelper {
 
   Shared* const shared_;  // Owned by the process (never destroyed).
   static std::atomic<Shared*> process_helper_;  // Created on first use.
+  static std::atomic<int> policy_;              // Policy; -1: not read yet.
   static std::atomic<uint64_t> taken_over_;
+};
+
+// Chooses, for each large copy-and-hash, between the helper and the calling
+// thread alone, by what each took in this process lately: the helper gains
+// 1.35-1.45x when the copier and the helper share a cache, and loses 3-5x
+// when they do not (bench/results/kvstore.md, session 13: on the dev VM the
+// two vCPUs sometimes sit on different dies, and the copier's stores then
+// wait for the lines the helper read to be taken back from the other die).
+// Which holds can change while a process runs, so the choice is measured
+// all along.
+//
+// Copies are chosen in trials of kTrialCopies consecutive copies in one
+// mode; a trial's first copy is not counted (it pays for the mode before
+// it), the rest give the trial's median time per byte. The process runs
+// the faster mode's trials, and tries the other every `explore_every`
+// trials (kMinExploreEvery at first; doubled, up to kMaxExploreEvery, each
+// time the other loses; back to kMinExploreEvery when it wins, by at least
+// kSwitchMargin). A trial of the current mode that comes out that much
+// slower than the other mode's last switches at once. Until both modes are
+// measured, the trials alternate, alone first.
+//
+// Thread-safety: Choose and Record from any thread. A call that finds the
+// chooser busy with another thread's does not wait: Choose then answers the
+// current mode uncounted, Record drops its sample.
+class CopyHelpChooser {
+ public:
+  enum class Mode { kAlone, kHelped };
+  struct Choice {
+    Mode mode = Mode::kAlone;
+    uint64_t trial = 0;    // Which trial the copy belongs to.
+    bool counted = false;  // Whether Record will use its time.
+  };
+  static constexpr int kTrialCopies = 8;
+  static constexpr int kMinExploreEvery = 4;   // Trials.
+  static constexpr int kMaxExploreEvery = 64;  // Trials.
+  static constexpr double kSwitchMargin = 0.95;
+  // With one copier at a time (no sample is then dropped), the most copies
+  // that pass between the starts of two trials of a mode, whatever was
+  // measured.
+  static constexpr int kMaxCopiesBetweenTrials =
+      (kMaxExploreEvery + 1) * kTrialCopies;
+
+  // The process's chooser (reset in a forked child).
+  static CopyHelpChooser& Process();
+
+  CopyHelpChooser() = default;
+  CopyHelpChooser(const CopyHelpChooser&) = delete;
+  CopyHelpChooser& operator=(const CopyHelpChooser&) = delete;
+
+  // The mode for the next copy.
+  Choice Choose();
+  // The chosen copy of `bytes` bytes took `nanos`. Only for a copy that ran
+  // in its chosen mode (not one that wanted the helper and found it lent).
+  void Record(const Choice& choice, size_t bytes, uint64_t nanos);
+
+  // The mode the measurements favour now, and the trials between two tries
+  // of the other: for tests and measurements.
+  Mode Favoured() const;
+  int ExploreEvery() const;
+
+ private:
+  void Reset();  // In a forked child.
+  void StartTrial();
+  void FinishTrial();
+
+  // A try-lock (never waited on, so it may be left held across fork only
+  // by a thread that is gone: Reset clears it in the child).
+  mutable std::atomic<bool> busy_{false};
+  // Guarded by busy_.
+  Mode favoured_ = Mode::kAlone;
+  double last_ns_per_byte_[2] = {0, 0};  // 0: not measured yet.
+  uint64_t trial_ = 0;
+  bool trial_active_ = false;
+  Mode trial_mode_ = Mode::kAlone;
+  bool trial_explores_ = false;
+  int trial_choices_ = 0;
+  int trial_samples_ = 0;
+  double samples_[kTrialCopies] = {};
+  int trials_until_explore_ = 0;
+  int explore_every_ = kMinExploreEvery;
 };
 
 }  // namespace strata::kvstore

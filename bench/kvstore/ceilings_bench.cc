@@ -1,9 +1,10 @@
 // kvstore benchmark: the ceilings the store is judged against: single-thread memcpy, XXH3-64,
 // and the block parse / fused copy+verify primitives without the store.
-#include <xxhash.h>
 #include <xxh_x86dispatch.h>
+#include <xxhash.h>
 
 #include "bench/kvstore/kvstore_bench_support.h"
+#include "kvstore/checksum_helper.h"
 
 namespace strata::bench {
 namespace {
@@ -150,15 +151,23 @@ void BM_CopyVerifiedBlock(benchmark::State& state) {
   CopyVerifiedBlockLoop(state, kv::CopyHelp::kCallerOnly);
 }
 
-// The helper is opt-in (STRATA_CHECKSUM_HELPER=1): on in this binary, for
-// BM_CopyVerifiedBlockHelped (the only benchmark asking for it).
-[[maybe_unused]] const bool kHelperTurnedOn = setenv("STRATA_CHECKSUM_HELPER", "1", 1) == 0;
-
 // The process's checksum helper thread takes the hash over while the
-// caller copies (CopyHelp::kHelperForLargeBlocks): blocks below
-// kHelpedCopyMinBytes take the caller-only path, so that row is the control.
+// caller copies, whenever it is free (policy kAlways; blocks below
+// kHelpedCopyMinBytes take the caller-only path, so that row is the
+// control).
 void BM_CopyVerifiedBlockHelped(benchmark::State& state) {
+  kv::ChecksumHelper::SetPolicy(kv::ChecksumHelper::Policy::kAlways);
   CopyVerifiedBlockLoop(state, kv::CopyHelp::kHelperForLargeBlocks);
+  kv::ChecksumHelper::SetPolicy(kv::ChecksumHelper::Policy::kOff);
+}
+
+// Helped or alone as the process's CopyHelpChooser measures (policy
+// kMeasured, STRATA_CHECKSUM_HELPER=1): what a client with the helper
+// turned on gets.
+void BM_CopyVerifiedBlockMeasured(benchmark::State& state) {
+  kv::ChecksumHelper::SetPolicy(kv::ChecksumHelper::Policy::kMeasured);
+  CopyVerifiedBlockLoop(state, kv::CopyHelp::kHelperForLargeBlocks);
+  kv::ChecksumHelper::SetPolicy(kv::ChecksumHelper::Policy::kOff);
 }
 
 BENCHMARK(BM_Memcpy)->Apply(Sizes);
@@ -171,15 +180,18 @@ BENCHMARK(BM_Xxh3)
 BENCHMARK(BM_Xxh3Hot)->Arg(kChunkBytes)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_ParseBlock)->Apply(Sizes);
 BENCHMARK(BM_CopyVerifiedBlock)->Apply(Sizes);
-BENCHMARK(BM_CopyVerifiedBlockHelped)
-    ->ArgName("bytes")
-    ->Arg(1 * kMiB)
-    ->Arg(2 * kMiB)
-    ->Arg(4 * kMiB)
-    ->Arg(8 * kMiB)
-    ->Arg(32 * kMiB)
-    ->Unit(benchmark::kMicrosecond)
-    ->UseRealTime();
+void HelpedSizes(benchmark::internal::Benchmark* b) {
+  b->ArgName("bytes")
+      ->Arg(1 * kMiB)
+      ->Arg(2 * kMiB)
+      ->Arg(4 * kMiB)
+      ->Arg(8 * kMiB)
+      ->Arg(32 * kMiB)
+      ->Unit(benchmark::kMicrosecond)
+      ->UseRealTime();
+}
+BENCHMARK(BM_CopyVerifiedBlockHelped)->Apply(HelpedSizes);
+BENCHMARK(BM_CopyVerifiedBlockMeasured)->Apply(HelpedSizes);
 BENCHMARK(BM_CopyVerifiedBlock)
     ->ArgName("bytes")
     ->Arg(1 * kMiB)

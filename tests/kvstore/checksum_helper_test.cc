@@ -25,9 +25,13 @@ namespace {
 using ::strata::kvstore::testing::MakeBlock;
 using ::strata::kvstore::testing::TestSeed;
 
-// The helper is opt-in: on for this test binary (before anything asks).
-[[maybe_unused]] const bool kHelperTurnedOn =
-    setenv("STRATA_CHECKSUM_HELPER", "1", 1) == 0;
+// The helper is opt-in: on for this test binary, whenever it is free, so
+// every large copy below is helped whatever the process measures
+// (CopyHelpChooser has tests of its own below).
+[[maybe_unused]] const bool kHelperTurnedOn = [] {
+  ChecksumHelper::SetPolicy(ChecksumHelper::Policy::kAlways);
+  return true;
+}();
 
 constexpr CopyDestination kEveryUse[] = {CopyDestination::kReadSoon,
                                          CopyDestination::kStored,

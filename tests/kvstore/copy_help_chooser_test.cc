@@ -1,0 +1,189 @@
+// CopyHelpChooser: large copies go helped or alone by what each mode took
+// lately in this process (kvstore/checksum_helper.h). Fed made-up times, it
+// must measure both modes, go over to the faster, try the other ever less
+// often while that keeps losing, and leave a mode that slowed down at once.
+#include <atomic>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kvstore/checksum_helper.h"
+#include "tests/kvstore/test_blocks.h"
+
+namespace strata::kvstore {
+namespace {
+
+using Mode = CopyHelpChooser::Mode;
+using ::strata::kvstore::testing::TestSeed;
+
+constexpr size_t kBytes = size_t{4} << 20;
+
+// One whole trial as CopyVerifiedBlock runs it: its first copy is not
+// timed, the others are recorded with `nanos` for the trial's mode.
+Mode RunTrial(CopyHelpChooser& chooser, uint64_t alone_nanos,
+              uint64_t helped_nanos) {
+  const CopyHelpChooser::Choice first = chooser.Choose();
+  EXPECT_FALSE(first.counted) << "a trial's first copy pays for the mode "
+                                 "before it and is not counted";
+  for (int i = 1; i < CopyHelpChooser::kTrialCopies; ++i) {
+    const CopyHelpChooser::Choice choice = chooser.Choose();
+    EXPECT_EQ(choice.trial, first.trial);
+    EXPECT_EQ(choice.mode, first.mode);
+    EXPECT_TRUE(choice.counted);
+    chooser.Record(choice, kBytes,
+                   choice.mode == Mode::kAlone ? alone_nanos : helped_nanos);
+  }
+  return first.mode;
+}
+
+// The number of favoured trials between consecutive trials of the other
+// mode, over `trials` trials.
+std::vector<int> RunsBetweenTries(CopyHelpChooser& chooser, Mode favoured,
+                                  int trials, uint64_t alone_nanos,
+                                  uint64_t helped_nanos) {
+  std::vector<int> runs;
+  int run = 0;
+  for (int t = 0; t < trials; ++t) {
+    if (RunTrial(chooser, alone_nanos, helped_nanos) == favoured) {
+      ++run;
+    } else {
+      runs.push_back(run);
+      run = 0;
+    }
+  }
+  return runs;
+}
+
+TEST(CopyHelpChooser, MeasuresAloneThenHelpedBeforeChoosing) {
+  CopyHelpChooser chooser;
+  EXPECT_EQ(RunTrial(chooser, 300'000, 200'000), Mode::kAlone);
+  EXPECT_EQ(chooser.Favoured(), Mode::kAlone);
+  EXPECT_EQ(RunTrial(chooser, 300'000, 200'000), Mode::kHelped);
+  EXPECT_EQ(chooser.Favoured(), Mode::kHelped);
+}
+
+TEST(CopyHelpChooser, TriesTheLosingModeEverLessOften) {
+  CopyHelpChooser chooser;
+  RunTrial(chooser, 300'000, 200'000);
+  RunTrial(chooser, 300'000, 200'000);
+  ASSERT_EQ(chooser.Favoured(), Mode::kHelped);
+  // Helped keeps winning: alone is tried after 4, 8, ... favoured trials,
+  // never more rarely than every kMaxExploreEvery.
+  const std::vector<int> runs =
+      RunsBetweenTries(chooser, Mode::kHelped, 400, 300'000, 200'000);
+  const std::vector<int> expected = {4, 8, 16, 32, 64, 64};
+  ASSERT_GE(runs.size(), expected.size());
+  for (size_t i = 0; i < expected.size(); ++i) {
+    EXPECT_EQ(runs[i], expected[i]) << "gap " << i;
+  }
+  EXPECT_EQ(chooser.ExploreEvery(), CopyHelpChooser::kMaxExploreEvery);
+  EXPECT_EQ(chooser.Favoured(), Mode::kHelped);
+}
+
+TEST(CopyHelpChooser, LeavesAFavouredModeThatSlowedDownAtOnce) {
+  CopyHelpChooser chooser;
+  RunTrial(chooser, 300'000, 200'000);
+  RunTrial(chooser, 300'000, 200'000);
+  ASSERT_EQ(chooser.Favoured(), Mode::kHelped);
+  // The helper's CPU moved away (the VM's slow phase): one trial of it is
+  // enough to go back to hashing alone.
+  EXPECT_EQ(RunTrial(chooser, 300'000, 1'500'000), Mode::kHelped);
+  EXPECT_EQ(chooser.Favoured(), Mode::kAlone);
+  EXPECT_EQ(chooser.ExploreEvery(), CopyHelpChooser::kMinExploreEvery);
+  // Then the helper is tried again after kMinExploreEvery trials alone;
+  // once it is fast again, it wins back.
+  const std::vector<int> runs =
+      RunsBetweenTries(chooser, Mode::kAlone, 5, 300'000, 200'000);
+  ASSERT_EQ(runs.size(), 1u);
+  EXPECT_EQ(runs[0], CopyHelpChooser::kMinExploreEvery);
+  EXPECT_EQ(chooser.Favoured(), Mode::kHelped);
+}
+
+TEST(CopyHelpChooser, SwitchesOnlyForAClearGain) {
+  CopyHelpChooser chooser;
+  RunTrial(chooser, 300'000, 290'000);  // Within kSwitchMargin.
+  RunTrial(chooser, 300'000, 290'000);
+  EXPECT_EQ(chooser.Favoured(), Mode::kAlone);
+  RunsBetweenTries(chooser, Mode::kAlone, 100, 300'000, 290'000);
+  EXPECT_EQ(chooser.Favoured(), Mode::kAlone);
+}
+
+TEST(CopyHelpChooser, TheTrialsMedianIgnoresOneSlowCopy) {
+  CopyHelpChooser chooser;
+  RunTrial(chooser, 300'000, 200'000);
+  // Helped's trial with one copy preempted for 50 ms.
+  const CopyHelpChooser::Choice first = chooser.Choose();
+  ASSERT_EQ(first.mode, Mode::kHelped);
+  for (int i = 1; i < CopyHelpChooser::kTrialCopies; ++i) {
+    const CopyHelpChooser::Choice choice = chooser.Choose();
+    chooser.Record(choice, kBytes, i == 3 ? 50'000'000 : 200'000);
+  }
+  EXPECT_EQ(chooser.Favoured(), Mode::kHelped);
+}
+
+TEST(CopyHelpChooser, IgnoresStaleAndUncountedRecords) {
+  CopyHelpChooser chooser;
+  const CopyHelpChooser::Choice uncounted = chooser.Choose();
+  ASSERT_FALSE(uncounted.counted);
+  const CopyHelpChooser::Choice first_alone = chooser.Choose();
+  // An uncounted copy's time would make alone look fast; it is not used.
+  for (int i = 0; i < 20; ++i) chooser.Record(uncounted, kBytes, 1);
+  for (int i = 2; i < CopyHelpChooser::kTrialCopies; ++i) {
+    chooser.Record(chooser.Choose(), kBytes, 300'000);
+  }
+  chooser.Record(first_alone, kBytes, 300'000);  // Completes alone's trial.
+  // Helped's trial, with a late record of alone's trial arriving amid it.
+  const CopyHelpChooser::Choice helped_first = chooser.Choose();
+  ASSERT_EQ(helped_first.mode, Mode::kHelped);
+  ASSERT_NE(helped_first.trial, first_alone.trial);
+  for (int i = 1; i < CopyHelpChooser::kTrialCopies; ++i) {
+    chooser.Record(first_alone, kBytes, 1);  // Stale: alone's trial ended.
+    chooser.Record(chooser.Choose(), kBytes, 200'000);
+  }
+  EXPECT_EQ(chooser.Favoured(), Mode::kHelped);
+}
+
+TEST(CopyHelpChooser, ATrialWhoseTimesNeverComeIsGivenUp) {
+  CopyHelpChooser chooser;
+  const CopyHelpChooser::Choice first = chooser.Choose();
+  // Every copy of this trial found the helper lent (none recorded).
+  CopyHelpChooser::Choice next = first;
+  int choices = 1;
+  while (next.trial == first.trial && choices < 1000) {
+    next = chooser.Choose();
+    ++choices;
+  }
+  EXPECT_NE(next.trial, first.trial);
+  EXPECT_LE(choices, 4 * CopyHelpChooser::kTrialCopies + 1);
+  // Nothing was measured: the next trial measures alone again.
+  EXPECT_EQ(next.mode, Mode::kAlone);
+  EXPECT_FALSE(next.counted);
+}
+
+TEST(CopyHelpChooser, CopiersOnManyThreadsNeverWaitAndGetAMode) {
+  const uint64_t seed = TestSeed();
+  CopyHelpChooser chooser;
+  std::atomic<int> bad{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937_64 rng(seed + t);
+      for (int i = 0; i < 20'000; ++i) {
+        const CopyHelpChooser::Choice choice = chooser.Choose();
+        if (choice.mode != Mode::kAlone && choice.mode != Mode::kHelped) {
+          bad.fetch_add(1);
+        }
+        chooser.Record(choice, kBytes, 100'000 + rng() % 300'000);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(bad.load(), 0);
+  const int every = chooser.ExploreEvery();
+  EXPECT_GE(every, CopyHelpChooser::kMinExploreEvery);
+  EXPECT_LE(every, CopyHelpChooser::kMaxExploreEvery);
+}
+
+}  // namespace
+}  // namespace strata::kvstore
