@@ -307,6 +307,10 @@ absl::StatusOr<BlockView> ParseBlock(absl::Span<const uint8_t> bytes) {
   return BlockView{header, payload};
 }
 
+// One chooser per use (CopyHelpChooser::Process).
+static_assert(static_cast<int>(CopyDestination::kStoredHashSource) <
+              CopyHelpChooser::kKinds);
+
 absl::StatusOr<BlockView> CopyVerifiedBlock(absl::Span<const uint8_t> src,
                                             absl::Span<uint8_t> dst,
                                             CopyDestination use,
@@ -329,15 +333,18 @@ absl::StatusOr<BlockView> CopyVerifiedBlock(absl::Span<const uint8_t> src,
   // caller gets, even if src changes underneath (but kStoredHashSource).
   const bool hash_source = use == CopyDestination::kStoredHashSource;
   const uint8_t* hashed = (hash_source ? src.data() : dst.data());
-  // Large copies go helped or alone as this process's measurements say
-  // (CopyHelpChooser); each timed copy adds to them.
+  // Large copies go helped or alone as this process's measurements of
+  // copies for the same use say (CopyHelpChooser); each timed copy adds to
+  // them.
   const bool large = help == CopyHelp::kHelperForLargeBlocks &&
                      src.size() >= kHelpedCopyMinBytes &&
                      ChecksumHelper::Enabled();
   const bool choose = large && ChecksumHelper::CurrentPolicy() ==
                                    ChecksumHelper::Policy::kMeasured;
   CopyHelpChooser::Choice choice;
-  if (choose) choice = CopyHelpChooser::Process().Choose();
+  CopyHelpChooser* const chooser =
+      choose ? &CopyHelpChooser::Process(static_cast<int>(use)) : nullptr;
+  if (choose) choice = chooser->Choose();
   ChecksumHelper* helper =
       large && (!choose || choice.mode == CopyHelpChooser::Mode::kHelped)
           ? ChecksumHelper::TryAcquire()
@@ -377,12 +384,11 @@ absl::StatusOr<BlockView> CopyVerifiedBlock(absl::Span<const uint8_t> src,
   const uint64_t computed =
       helper != nullptr ? helper->Finish() : XXH3_64bits_digest(&state);
   if (timed) {
-    CopyHelpChooser::Process().Record(
-        choice, src.size(),
-        static_cast<uint64_t>(
-            std::chrono::duration_cast<std::chrono::nanoseconds>(
-                std::chrono::steady_clock::now() - started)
-                .count()));
+    chooser->Record(choice, src.size(),
+                    static_cast<uint64_t>(
+                        std::chrono::duration_cast<std::chrono::nanoseconds>(
+                            std::chrono::steady_clock::now() - started)
+                            .count()));
   }
   if (computed != header.checksum) {
     return ChecksumMismatch(header.checksum, computed);

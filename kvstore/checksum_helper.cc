@@ -299,15 +299,18 @@ int Index(Mode m) { return m == Mode::kAlone ? 0 : 1; }
 
 }  // namespace
 
-CopyHelpChooser& CopyHelpChooser::Process() {
-  static CopyHelpChooser* const chooser = [] {
-    auto* fresh = new CopyHelpChooser;  // Never freed.
+CopyHelpChooser& CopyHelpChooser::Process(int kind) {
+  static CopyHelpChooser* const choosers = [] {
+    auto* fresh = new CopyHelpChooser[kKinds];  // Never freed.
     // A forked child measures afresh (and may have forked while another
-    // thread held the try-lock).
-    pthread_atfork(nullptr, nullptr, [] { Process().Reset(); });
+    // thread held a try-lock).
+    pthread_atfork(nullptr, nullptr, [] {
+      for (int k = 0; k < kKinds; ++k) Process(k).Reset();
+    });
     return fresh;
   }();
-  return *chooser;
+  assert(kind >= 0 && kind < kKinds);
+  return choosers[kind];
 }
 
 void CopyHelpChooser::Reset() {

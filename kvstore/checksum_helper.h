@@ -128,8 +128,12 @@ class CopyHelpChooser {
   static constexpr int kMaxCopiesBetweenTrials =
       (kMaxExploreEvery + 1) * kTrialCopies;
 
-  // The process's chooser (reset in a forked child).
-  static CopyHelpChooser& Process();
+  // The process's chooser for copies of one kind (0 <= kind < kKinds; each
+  // kind is measured apart, since helping pays differently for, say, a
+  // copy whose helper hashes the source and one whose helper hashes what
+  // landed). Reset in a forked child.
+  static constexpr int kKinds = 4;
+  static CopyHelpChooser& Process(int kind);
 
   CopyHelpChooser() = default;
   CopyHelpChooser(const CopyHelpChooser&) = delete;
