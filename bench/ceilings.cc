@@ -14,13 +14,24 @@
 // the service benchmark's clients (and redis-benchmark's) do; plain sockets,
 // no copy or hash beyond the kernel's. It prints
 // "loopback_tcp_request_reply_<S>x<C> <GB/s>".
+//
+//   ceilings --cpu_probe
+// prints "cross_cpu_round_trip_ns <ns>": a cache line passed back and forth
+// between threads pinned to the process's first two CPUs. It tells the
+// machine's phase: on the dev VM 55-90 ns while its two vCPUs share
+// caches, 250-500 ns while they sit on different dies, when every
+// transfer between two processes (loopback TCP, shared memory) is slower
+// (bench/results/kvstore.md, session 13).
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -186,6 +197,46 @@ double MemcpyGBps(size_t size, int reps) {
   return static_cast<double>(size) * reps / Seconds(start, Clock::now()) / 1e9;
 }
 
+// The round trip of one cache line between threads pinned to the first two
+// CPUs the process may use, in ns; negative when it has only one.
+double CrossCpuRoundTripNs() {
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) return -1;
+  int cpus[2];
+  int found = 0;
+  for (int c = 0; c < CPU_SETSIZE && found < 2; ++c) {
+    if (CPU_ISSET(c, &allowed)) cpus[found++] = c;
+  }
+  if (found < 2) return -1;
+  auto pin = [](int cpu) {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    pthread_setaffinity_np(pthread_self(), sizeof(one), &one);
+  };
+  constexpr int kRounds = 20000;
+  alignas(64) std::atomic<int> line{0};
+  std::thread echo([&] {
+    pin(cpus[1]);
+    for (int i = 0; i < kRounds; ++i) {
+      while (line.load(std::memory_order_acquire) != 2 * i + 1) {
+      }
+      line.store(2 * i + 2, std::memory_order_release);
+    }
+  });
+  pin(cpus[0]);
+  const auto start = Clock::now();
+  for (int i = 0; i < kRounds; ++i) {
+    line.store(2 * i + 1, std::memory_order_release);
+    while (line.load(std::memory_order_acquire) != 2 * i + 2) {
+    }
+  }
+  const double secs = Seconds(start, Clock::now());
+  echo.join();
+  return secs * 1e9 / kRounds;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -206,6 +257,10 @@ int main(int argc, char** argv) {
     if (a.rfind("--clients=", 0) == 0) clients = std::atoi(a.c_str() + 10);
     if (a.rfind("--total_bytes=", 0) == 0) {
       total_bytes = std::strtoull(a.c_str() + 14, nullptr, 10);
+    }
+    if (a == "--cpu_probe") {
+      std::printf("cross_cpu_round_trip_ns %.0f\n", CrossCpuRoundTripNs());
+      return 0;
     }
   }
   if (request_bytes > 0) {

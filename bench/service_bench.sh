@@ -123,12 +123,16 @@ done
 # --- the rows: per size and clients, REPEAT rounds of (closed-loop
 # ceiling, redis, each stratad transport); the best round of each is kept.
 declare -A closed_loop
+declare -A phase   # key "size clients" -> the rounds' cross-CPU round trips
 declare -A result   # key "transport op size clients" -> "gbps p50_us p99_us"
 for size in $SIZES; do
   for c in $CLIENTS; do
     n=$(( BYTES_PER_RUN / size )); [ "$n" -lt $((8 * c)) ] && n=$((8 * c))
     ops=$(( BYTES_PER_RUN / size / c )); [ "$ops" -lt 8 ] && ops=8
     for _ in $(seq "$REPEAT"); do
+      # The machine's phase as the round starts (bench/ceilings --cpu_probe).
+      read -r _ t < <("$BUILD_DIR/bench/ceilings" --cpu_probe)
+      phase["$size $c"]="${phase["$size $c"]:+${phase["$size $c"]},}$t"
       # The closed-loop ceiling: plain sockets, one SIZE-byte request and a
       # 16-byte answer at a time per client, as the clients below work.
       read -r _ t < <("$BUILD_DIR/bench/ceilings" --request_bytes="$size" --clients="$c" --total_bytes="$BYTES_PER_RUN")
@@ -166,6 +170,12 @@ done
   echo "Closed loop (plain sockets, one request in flight per client, 16-byte answers), GB/s:"
   for size in $SIZES; do
     for c in $CLIENTS; do echo -n " $((size >> 10)) KiB x$c ${closed_loop["$size $c"]};"; done
+  done
+  echo
+  echo
+  echo "Cross-CPU round trip at the start of each round, ns (bench/ceilings --cpu_probe; on the dev VM 55-90 while its vCPUs share caches, 250-500 while they sit on different dies, when every transfer between processes is slower):"
+  for size in $SIZES; do
+    for c in $CLIENTS; do echo -n " $((size >> 10)) KiB x$c ${phase["$size $c"]};"; done
   done
   echo
   echo
