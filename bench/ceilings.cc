@@ -15,6 +15,16 @@
 // no copy or hash beyond the kernel's. It prints
 // "loopback_tcp_request_reply_<S>x<C> <GB/s>".
 //
+//   ceilings --store_stream=put|get --request_bytes=S [--clients=C]
+//            [--total_bytes=256MiB]
+// is the stream ceiling at a value's size, with memory where a store has
+// it: C plain streams of S-byte values, no answers, where one end of each
+// stream works in 256 MiB / C of memory (far beyond the caches) taken S
+// bytes at a time in turn, as the daemon's arena is, and the other in one
+// S-byte buffer, as a client's block is (put: received into the large
+// memory; get: sent from it). It prints
+// "loopback_tcp_store_stream_<put|get>_<S>x<C> <GB/s>".
+//
 //   ceilings --cpu_probe
 // prints "cross_cpu_round_trip_ns <ns>": a cache line passed back and forth
 // between threads pinned to the process's first two CPUs. It tells the
@@ -197,6 +207,50 @@ double MemcpyGBps(size_t size, int reps) {
   return static_cast<double>(size) * reps / Seconds(start, Clock::now()) / 1e9;
 }
 
+// C streams of `values` S-byte values each, with the large-memory end
+// receiving (`into_store`, a put) or sending (a get); see the file comment.
+double StoreStreamsGBps(int streams, size_t value_bytes, uint64_t values,
+                        bool into_store) {
+  sockaddr_in addr{};
+  const int listener = ListenLoopback(streams, &addr);
+  const size_t region_bytes = std::max<size_t>(
+      value_bytes, ((size_t{256} << 20) / streams) / value_bytes * value_bytes);
+  // Every end's memory is touched first (the arena is populated at start).
+  std::vector<std::vector<char>> regions(streams), buffers(streams);
+  for (int s = 0; s < streams; ++s) {
+    regions[s].assign(region_bytes, 'r');
+    buffers[s].assign(value_bytes, 'b');
+  }
+  auto slot = [&](int s, uint64_t i) {
+    const size_t slots = region_bytes / value_bytes;
+    return regions[s].data() + (i % slots) * value_bytes;
+  };
+  std::vector<std::thread> threads;
+  const auto start = Clock::now();
+  for (int s = 0; s < streams; ++s) {
+    threads.emplace_back([&, s] {
+      const int fd = accept(listener, nullptr, nullptr);
+      for (uint64_t i = 0; i < values; ++i) {
+        char* dst = into_store ? slot(s, i) : buffers[s].data();
+        if (!ReadFull(fd, dst, value_bytes)) break;
+      }
+      close(fd);
+    });
+    threads.emplace_back([&, s] {
+      const int fd = ConnectLoopback(addr);
+      for (uint64_t i = 0; i < values; ++i) {
+        const char* src = into_store ? buffers[s].data() : slot(s, i);
+        if (!WriteFull(fd, src, value_bytes)) break;
+      }
+      close(fd);
+    });
+  }
+  for (auto& t : threads) t.join();
+  const double secs = Seconds(start, Clock::now());
+  close(listener);
+  return static_cast<double>(value_bytes) * values * streams / secs / 1e9;
+}
+
 // The round trip of one cache line between threads pinned to the first two
 // CPUs the process may use, in ns; negative when it has only one.
 double CrossCpuRoundTripNs() {
@@ -245,6 +299,7 @@ int main(int argc, char** argv) {
   uint64_t request_bytes = 0;
   int clients = 1;
   uint64_t total_bytes = uint64_t{256} << 20;
+  std::string store_stream;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a.rfind("--streams=", 0) == 0) streams = std::atoi(a.c_str() + 10);
@@ -258,10 +313,28 @@ int main(int argc, char** argv) {
     if (a.rfind("--total_bytes=", 0) == 0) {
       total_bytes = std::strtoull(a.c_str() + 14, nullptr, 10);
     }
+    if (a.rfind("--store_stream=", 0) == 0) store_stream = a.substr(15);
     if (a == "--cpu_probe") {
       std::printf("cross_cpu_round_trip_ns %.0f\n", CrossCpuRoundTripNs());
       return 0;
     }
+  }
+  if (!store_stream.empty()) {
+    if ((store_stream != "put" && store_stream != "get") ||
+        request_bytes == 0) {
+      std::fprintf(stderr,
+                   "--store_stream=put|get needs --request_bytes=S > 0\n");
+      return 2;
+    }
+    clients = std::max(clients, 1);
+    const uint64_t values = std::max<uint64_t>(
+        8, total_bytes / request_bytes / static_cast<uint64_t>(clients));
+    std::printf("loopback_tcp_store_stream_%s_%llux%d %.2f\n",
+                store_stream.c_str(),
+                static_cast<unsigned long long>(request_bytes), clients,
+                StoreStreamsGBps(clients, request_bytes, values,
+                                 store_stream == "put"));
+    return 0;
   }
   if (request_bytes > 0) {
     clients = std::max(clients, 1);

@@ -4,8 +4,10 @@
 # TCP, UCX over shared memory) vs redis-server, put and
 # get of 256 KiB, 1 MiB, 8 MiB and 32 MiB values with 1 and 4 concurrent
 # clients, next to the raw ceilings measured in the same run (a plain TCP
-# stream over loopback, single-thread memcpy, and the closed-loop ceiling:
-# plain sockets with one request in flight per client). Writes a markdown table to
+# stream over loopback, single-thread memcpy, the closed-loop ceiling:
+# plain sockets with one request in flight per client, and the stream at
+# each value's size with the store's end in memory beyond the caches).
+# Writes a markdown table to
 # stdout (and to $OUT if set).
 #
 #   bench/service_bench.sh                  # all transports
@@ -123,6 +125,7 @@ done
 # --- the rows: per size and clients, REPEAT rounds of (closed-loop
 # ceiling, redis, each stratad transport); the best round of each is kept.
 declare -A closed_loop
+declare -A store_stream  # key "op size clients" -> GB/s
 declare -A phase   # key "size clients" -> the rounds' cross-CPU round trips
 declare -A result   # key "transport op size clients" -> "gbps p50_us p99_us"
 for size in $SIZES; do
@@ -137,6 +140,12 @@ for size in $SIZES; do
       # 16-byte answer at a time per client, as the clients below work.
       read -r _ t < <("$BUILD_DIR/bench/ceilings" --request_bytes="$size" --clients="$c" --total_bytes="$BYTES_PER_RUN")
       closed_loop["$size $c"]=$(max_of "${closed_loop["$size $c"]:-0}" "$t")
+      # The stream ceiling at this size, with the store's end in memory far
+      # beyond the caches (bench/ceilings --store_stream).
+      for op in put get; do
+        read -r _ t < <("$BUILD_DIR/bench/ceilings" --store_stream="$op" --request_bytes="$size" --clients="$c" --total_bytes="$BYTES_PER_RUN")
+        store_stream["$op $size $c"]=$(max_of "${store_stream["$op $size $c"]:-0}" "$t")
+      done
       while IFS=, read -r test rps avg min p50 p95 p99 max; do
         test=${test//\"/}; rps=${rps//\"/}; p50=${p50//\"/}; p99=${p99//\"/}
         op=$([ "$test" = SET ] && echo put || echo get)
@@ -179,23 +188,31 @@ done
   done
   echo
   echo
-  echo "vs ceiling: TCP rows against the stream ceiling (1 or 4 streams), local and ucx-shm against memcpy. vs closed loop: TCP rows against the closed-loop ceiling of their size and clients."
+  echo "Stream at the value's size into (put) or out of (get) 256 MiB of store memory (bench/ceilings --store_stream), GB/s:"
+  for size in $SIZES; do
+    for c in $CLIENTS; do echo -n " $((size >> 10)) KiB x$c put ${store_stream["put $size $c"]} get ${store_stream["get $size $c"]};"; done
+  done
   echo
-  echo "| value | clients | op | system | GB/s | p50 µs | p99 µs | vs Redis | vs ceiling | vs closed loop |"
-  echo "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|"
+  echo
+  echo "vs ceiling: TCP rows against the stream ceiling (1 or 4 streams), local and ucx-shm against memcpy. vs closed loop: TCP rows against the closed-loop ceiling of their size and clients. vs store stream: TCP rows against the stream of their size, op and clients with the store's end in memory beyond the caches."
+  echo
+  echo "| value | clients | op | system | GB/s | p50 µs | p99 µs | vs Redis | vs ceiling | vs closed loop | vs store stream |"
+  echo "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"
   for size in $SIZES; do
     for c in $CLIENTS; do
       ceiling_tcp=$([ "$c" = 1 ] && echo "$tcp1" || echo "$tcp4")
       loop=${closed_loop["$size $c"]}
       for op in put get; do
+        stream=${store_stream["$op $size $c"]}
         read -r rg rp50 rp99 <<< "${result["redis $op $size $c"]:-0 - -}"
-        echo "| $((size >> 10)) KiB | $c | $op | redis | $rg | $rp50 | $rp99 | 1.00 | $(python3 -c "print(f'{$rg/$ceiling_tcp:.2f}')") | $(python3 -c "print(f'{$rg/$loop:.2f}')") |"
+        echo "| $((size >> 10)) KiB | $c | $op | redis | $rg | $rp50 | $rp99 | 1.00 | $(python3 -c "print(f'{$rg/$ceiling_tcp:.2f}')") | $(python3 -c "print(f'{$rg/$loop:.2f}')") | $(python3 -c "print(f'{$rg/$stream:.2f}')") |"
         for transport in $TRANSPORTS; do
           read -r g p50 p99 <<< "${result["$transport $op $size $c"]:-0 - -}"
           shm=$([ "$transport" = ucx-shm ] || [ "$transport" = local ] && echo 1 || echo 0)
           ceiling=$([ "$shm" = 1 ] && echo "$memcpy" || echo "$ceiling_tcp")
           vs_loop=$([ "$shm" = 1 ] && echo "-" || python3 -c "print(f'{$g/$loop:.2f}')")
-          echo "| $((size >> 10)) KiB | $c | $op | stratad $transport | $g | $p50 | $p99 | $(python3 -c "print(f'{$g/$rg:.2f}')") | $(python3 -c "print(f'{$g/$ceiling:.2f}')") | $vs_loop |"
+          vs_stream=$([ "$shm" = 1 ] && echo "-" || python3 -c "print(f'{$g/$stream:.2f}')")
+          echo "| $((size >> 10)) KiB | $c | $op | stratad $transport | $g | $p50 | $p99 | $(python3 -c "print(f'{$g/$rg:.2f}')") | $(python3 -c "print(f'{$g/$ceiling:.2f}')") | $vs_loop | $vs_stream |"
         done
       done
     done
