@@ -318,7 +318,7 @@ void CopyHelpChooser::Reset() {
   favoured_ = Mode::kAlone;
   last_ns_per_byte_[0] = last_ns_per_byte_[1] = 0;
   trial_active_ = false;
-  trials_until_explore_ = 0;
+  trials_until_explore_ = kMinExploreEvery;
   explore_every_ = kMinExploreEvery;
 }
 
@@ -328,10 +328,10 @@ void CopyHelpChooser::StartTrial() {
   trial_choices_ = 0;
   trial_samples_ = 0;
   trial_explores_ = false;
-  if (last_ns_per_byte_[Index(Mode::kAlone)] == 0) {
-    trial_mode_ = Mode::kAlone;
-  } else if (last_ns_per_byte_[Index(Mode::kHelped)] == 0) {
+  if (last_ns_per_byte_[Index(Mode::kHelped)] == 0) {
     trial_mode_ = Mode::kHelped;
+  } else if (last_ns_per_byte_[Index(Mode::kAlone)] == 0) {
+    trial_mode_ = Mode::kAlone;
   } else if (trials_until_explore_ <= 0) {
     trial_mode_ = Other(favoured_);
     trial_explores_ = true;

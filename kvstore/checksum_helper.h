@@ -105,7 +105,10 @@ class ChecksumHelper {
 // time the other loses; back to kMinExploreEvery when it wins, by at least
 // kSwitchMargin). A trial of the current mode that comes out that much
 // slower than the other mode's last switches at once. Until both modes are
-// measured, the trials alternate, alone first.
+// measured, the trials alternate, helped first: short trials and the
+// helped start make a process that copies only a few large blocks (a
+// client's first few gets) helped where that pays, and cost one trial of
+// slow copies where it does not.
 //
 // Thread-safety: Choose and Record from any thread. A call that finds the
 // chooser busy with another thread's does not wait: Choose then answers the
@@ -118,7 +121,7 @@ class CopyHelpChooser {
     uint64_t trial = 0;    // Which trial the copy belongs to.
     bool counted = false;  // Whether Record will use its time.
   };
-  static constexpr int kTrialCopies = 8;
+  static constexpr int kTrialCopies = 4;
   static constexpr int kMinExploreEvery = 4;   // Trials.
   static constexpr int kMaxExploreEvery = 64;  // Trials.
   static constexpr double kSwitchMargin = 0.95;
@@ -168,7 +171,7 @@ class CopyHelpChooser {
   int trial_choices_ = 0;
   int trial_samples_ = 0;
   double samples_[kTrialCopies] = {};
-  int trials_until_explore_ = 0;
+  int trials_until_explore_ = kMinExploreEvery;
   int explore_every_ = kMinExploreEvery;
 };
 

@@ -55,12 +55,22 @@ std::vector<int> RunsBetweenTries(CopyHelpChooser& chooser, Mode favoured,
   return runs;
 }
 
-TEST(CopyHelpChooser, MeasuresAloneThenHelpedBeforeChoosing) {
+TEST(CopyHelpChooser, MeasuresHelpedThenAloneBeforeChoosing) {
   CopyHelpChooser chooser;
-  EXPECT_EQ(RunTrial(chooser, 300'000, 200'000), Mode::kAlone);
-  EXPECT_EQ(chooser.Favoured(), Mode::kAlone);
   EXPECT_EQ(RunTrial(chooser, 300'000, 200'000), Mode::kHelped);
+  EXPECT_EQ(RunTrial(chooser, 300'000, 200'000), Mode::kAlone);
   EXPECT_EQ(chooser.Favoured(), Mode::kHelped);
+}
+
+TEST(CopyHelpChooser, AHelperThatLosesFromTheStartIsTriedOnlyLater) {
+  CopyHelpChooser chooser;
+  EXPECT_EQ(RunTrial(chooser, 300'000, 1'500'000), Mode::kHelped);
+  EXPECT_EQ(RunTrial(chooser, 300'000, 1'500'000), Mode::kAlone);
+  EXPECT_EQ(chooser.Favoured(), Mode::kAlone);
+  const std::vector<int> runs =
+      RunsBetweenTries(chooser, Mode::kAlone, 20, 300'000, 1'500'000);
+  ASSERT_GE(runs.size(), 1u);
+  EXPECT_EQ(runs[0], CopyHelpChooser::kMinExploreEvery);
 }
 
 TEST(CopyHelpChooser, TriesTheLosingModeEverLessOften) {
@@ -111,37 +121,39 @@ TEST(CopyHelpChooser, SwitchesOnlyForAClearGain) {
 
 TEST(CopyHelpChooser, TheTrialsMedianIgnoresOneSlowCopy) {
   CopyHelpChooser chooser;
-  RunTrial(chooser, 300'000, 200'000);
   // Helped's trial with one copy preempted for 50 ms.
   const CopyHelpChooser::Choice first = chooser.Choose();
   ASSERT_EQ(first.mode, Mode::kHelped);
   for (int i = 1; i < CopyHelpChooser::kTrialCopies; ++i) {
     const CopyHelpChooser::Choice choice = chooser.Choose();
-    chooser.Record(choice, kBytes, i == 3 ? 50'000'000 : 200'000);
+    chooser.Record(choice, kBytes, i == 2 ? 50'000'000 : 200'000);
   }
+  EXPECT_EQ(RunTrial(chooser, 300'000, 200'000), Mode::kAlone);
   EXPECT_EQ(chooser.Favoured(), Mode::kHelped);
 }
 
 TEST(CopyHelpChooser, IgnoresStaleAndUncountedRecords) {
   CopyHelpChooser chooser;
+  // Helped's trial, 300 us a copy; its uncounted first copy claims 1 ns.
   const CopyHelpChooser::Choice uncounted = chooser.Choose();
+  ASSERT_EQ(uncounted.mode, Mode::kHelped);
   ASSERT_FALSE(uncounted.counted);
-  const CopyHelpChooser::Choice first_alone = chooser.Choose();
-  // An uncounted copy's time would make alone look fast; it is not used.
+  const CopyHelpChooser::Choice helped = chooser.Choose();
   for (int i = 0; i < 20; ++i) chooser.Record(uncounted, kBytes, 1);
   for (int i = 2; i < CopyHelpChooser::kTrialCopies; ++i) {
     chooser.Record(chooser.Choose(), kBytes, 300'000);
   }
-  chooser.Record(first_alone, kBytes, 300'000);  // Completes alone's trial.
-  // Helped's trial, with a late record of alone's trial arriving amid it.
-  const CopyHelpChooser::Choice helped_first = chooser.Choose();
-  ASSERT_EQ(helped_first.mode, Mode::kHelped);
-  ASSERT_NE(helped_first.trial, first_alone.trial);
+  chooser.Record(helped, kBytes, 300'000);  // Completes helped's trial.
+  // Alone's trial, 200 us a copy, with late records of helped's trial
+  // claiming 1 s amid it.
+  const CopyHelpChooser::Choice alone = chooser.Choose();
+  ASSERT_EQ(alone.mode, Mode::kAlone);
+  ASSERT_NE(alone.trial, helped.trial);
   for (int i = 1; i < CopyHelpChooser::kTrialCopies; ++i) {
-    chooser.Record(first_alone, kBytes, 1);  // Stale: alone's trial ended.
+    chooser.Record(helped, kBytes, 1'000'000'000);
     chooser.Record(chooser.Choose(), kBytes, 200'000);
   }
-  EXPECT_EQ(chooser.Favoured(), Mode::kHelped);
+  EXPECT_EQ(chooser.Favoured(), Mode::kAlone);
 }
 
 TEST(CopyHelpChooser, ATrialWhoseTimesNeverComeIsGivenUp) {
@@ -156,8 +168,8 @@ TEST(CopyHelpChooser, ATrialWhoseTimesNeverComeIsGivenUp) {
   }
   EXPECT_NE(next.trial, first.trial);
   EXPECT_LE(choices, 4 * CopyHelpChooser::kTrialCopies + 1);
-  // Nothing was measured: the next trial measures alone again.
-  EXPECT_EQ(next.mode, Mode::kAlone);
+  // Nothing was measured: the next trial measures helped again.
+  EXPECT_EQ(next.mode, Mode::kHelped);
   EXPECT_FALSE(next.counted);
 }
 
