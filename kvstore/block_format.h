@@ -165,10 +165,10 @@ enum class CopyHelp {
   // caller's copy piece by piece, when the process's measurements favour it
   // (CopyHelpChooser; ChecksumHelper::Policy), it is free and the machine
   // has more than one CPU; otherwise the caller. The same bytes are hashed
-  // either
-  // way (what landed in `dst`, or `src` for kStoredHashSource), so results
-  // and errors do not change. For callers that wait on the copy (a client's
-  // GET or PUT of a large block), not for a daemon serving many at once.
+  // either way (what landed in `dst`, or `src` for kStoredHashSource), so
+  // results and errors do not change. For callers that wait on the copy
+  // (a client's GET or PUT of a large block), not for a daemon serving many
+  // at once.
   kHelperForLargeBlocks,
 };
 // Below this a helper's wake-up costs more than its hashing saves

@@ -1,5 +1,6 @@
-// kvstore benchmark: the ceilings the store is judged against: single-thread memcpy, XXH3-64,
-// and the block parse / fused copy+verify primitives without the store.
+// kvstore benchmark: the ceilings the store is judged against: single-thread
+// memcpy, XXH3-64, and the block parse / fused copy+verify primitives without
+// the store.
 #include <xxh_x86dispatch.h>
 #include <xxhash.h>
 
@@ -156,18 +157,19 @@ void BM_CopyVerifiedBlock(benchmark::State& state) {
 // kHelpedCopyMinBytes take the caller-only path, so that row is the
 // control).
 void BM_CopyVerifiedBlockHelped(benchmark::State& state) {
+  const auto before = kv::ChecksumHelper::CurrentPolicy();
   kv::ChecksumHelper::SetPolicy(kv::ChecksumHelper::Policy::kAlways);
   CopyVerifiedBlockLoop(state, kv::CopyHelp::kHelperForLargeBlocks);
-  kv::ChecksumHelper::SetPolicy(kv::ChecksumHelper::Policy::kOff);
+  kv::ChecksumHelper::SetPolicy(before);
 }
 
 // Helped or alone as the process's CopyHelpChooser measures (policy
-// kMeasured, STRATA_CHECKSUM_HELPER=1): what a client with the helper
-// turned on gets.
+// kMeasured, the default): what a client gets.
 void BM_CopyVerifiedBlockMeasured(benchmark::State& state) {
+  const auto before = kv::ChecksumHelper::CurrentPolicy();
   kv::ChecksumHelper::SetPolicy(kv::ChecksumHelper::Policy::kMeasured);
   CopyVerifiedBlockLoop(state, kv::CopyHelp::kHelperForLargeBlocks);
-  kv::ChecksumHelper::SetPolicy(kv::ChecksumHelper::Policy::kOff);
+  kv::ChecksumHelper::SetPolicy(before);
 }
 
 BENCHMARK(BM_Memcpy)->Apply(Sizes);

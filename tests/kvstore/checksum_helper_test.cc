@@ -25,9 +25,9 @@ namespace {
 using ::strata::kvstore::testing::MakeBlock;
 using ::strata::kvstore::testing::TestSeed;
 
-// The helper is opt-in: on for this test binary, whenever it is free, so
-// every large copy below is helped whatever the process measures
-// (CopyHelpChooser has tests of its own below).
+// Helped whenever the helper is free, for this test binary: every large
+// copy below is helped whatever the process measures (CopyHelpChooser has
+// tests of its own in copy_help_chooser_test.cc).
 [[maybe_unused]] const bool kHelperTurnedOn = [] {
   ChecksumHelper::SetPolicy(ChecksumHelper::Policy::kAlways);
   return true;
