@@ -172,6 +172,39 @@ void BM_CopyVerifiedBlockMeasured(benchmark::State& state) {
   kv::ChecksumHelper::SetPolicy(before);
 }
 
+// A local PUT's client copy as it runs with several clients: each thread
+// copies its own hot block into the next slot of its share of a 1 GiB
+// region (as puts fill the shared arena), hashing the source
+// (kStoredHashSource, the caller alone). With Threads(2) on the 2-vCPU dev
+// VM this is the ceiling of 256 KiB local puts with 4 clients, were the
+// daemon and every hand-off free (bench/results/service.md, session 14).
+void BM_CopyVerifiedBlockIntoArena(benchmark::State& state) {
+  static Buffer* const region = new Buffer(size_t{1} << 30);  // Never freed.
+  const uint64_t payload_bytes = state.range(0);
+  const size_t n = kv::EncodedBlockSize(payload_bytes);
+  std::vector<uint8_t> payload(payload_bytes), src(n);
+  FillRandom(absl::MakeSpan(payload), 7919 + state.thread_index());
+  const absl::Status encoded =
+      kv::EncodeBlockInto(ShapeForPayload(payload_bytes), kv::CodecId::kRaw,
+                          {}, payload, absl::MakeSpan(src));
+  BENCH_CHECK(encoded.ok(), "EncodeBlockInto: %s", encoded.ToString().c_str());
+  const size_t stride = (n + 4095) / 4096 * 4096;
+  const size_t share = region->size() / state.threads();
+  uint8_t* const base = region->data() + state.thread_index() * share;
+  const size_t slots = share / stride;
+  size_t i = 0;
+  for (auto _ : state) {
+    auto view = kv::CopyVerifiedBlock(
+        src, absl::MakeSpan(base + (i++ % slots) * stride, n),
+        kv::CopyDestination::kStoredHashSource, kv::CopyHelp::kCallerOnly);
+    if (!view.ok()) {
+      state.SkipWithError(view.status().ToString().c_str());
+      break;
+    }
+  }
+  state.SetBytesProcessed(state.iterations() * n);
+}
+
 BENCHMARK(BM_Memcpy)->Apply(Sizes);
 BENCHMARK(BM_MemcpyChunked)->Apply(Sizes);
 BENCHMARK(BM_MemcpyHot)->Arg(kChunkBytes)->Unit(benchmark::kMicrosecond);
@@ -192,6 +225,14 @@ void HelpedSizes(benchmark::internal::Benchmark* b) {
       ->Unit(benchmark::kMicrosecond)
       ->UseRealTime();
 }
+BENCHMARK(BM_CopyVerifiedBlockIntoArena)
+    ->ArgName("bytes")
+    ->Arg(256 * kKiB)
+    ->Arg(1 * kMiB)
+    ->Threads(1)
+    ->Threads(2)
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
 BENCHMARK(BM_CopyVerifiedBlockHelped)->Apply(HelpedSizes);
 BENCHMARK(BM_CopyVerifiedBlockMeasured)->Apply(HelpedSizes);
 BENCHMARK(BM_CopyVerifiedBlock)
