@@ -185,8 +185,8 @@ void BM_CopyVerifiedBlockIntoArena(benchmark::State& state) {
   std::vector<uint8_t> payload(payload_bytes), src(n);
   FillRandom(absl::MakeSpan(payload), 7919 + state.thread_index());
   const absl::Status encoded =
-      kv::EncodeBlockInto(ShapeForPayload(payload_bytes), kv::CodecId::kRaw,
-                          {}, payload, absl::MakeSpan(src));
+      kv::EncodeBlockInto(ShapeForPayload(payload_bytes), kv::CodecId::kRaw, {},
+                          payload, absl::MakeSpan(src));
   BENCH_CHECK(encoded.ok(), "EncodeBlockInto: %s", encoded.ToString().c_str());
   const size_t stride = (n + 4095) / 4096 * 4096;
   const size_t share = region->size() / state.threads();
