@@ -180,27 +180,25 @@ for size in $SIZES; do
 done
 
 # --- table
+# A title line, then " <size> KiB x<clients> <value>;" for every size and
+# client count, the value printed by the function named $2 (size, clients).
+per_size_line() {
+  echo "$1"
+  for size in $SIZES; do
+    for c in $CLIENTS; do echo -n " $((size >> 10)) KiB x$c $("$2" "$size" "$c");"; done
+  done
+  echo
+  echo
+}
+closed_loop_of() { echo "${closed_loop["$1 $2"]}"; }
+phase_of() { echo "${phase["$1 $2"]}"; }
+store_stream_of() { echo "put ${store_stream["put $1 $2"]} get ${store_stream["get $1 $2"]}"; }
 {
   echo "Ceilings: loopback TCP 1 stream ${tcp1} GB/s, 4 streams ${tcp4} GB/s; memcpy (1 thread, 32 MiB) ${memcpy} GB/s."
   echo
-  echo "Closed loop (plain sockets, one request in flight per client, 16-byte answers), GB/s:"
-  for size in $SIZES; do
-    for c in $CLIENTS; do echo -n " $((size >> 10)) KiB x$c ${closed_loop["$size $c"]};"; done
-  done
-  echo
-  echo
-  echo "Cross-CPU round trip at the start of each round, ns (bench/ceilings --cpu_probe; on the dev VM 55-90 while its vCPUs share caches, 250-500 while they sit on different dies, when every transfer between processes is slower):"
-  for size in $SIZES; do
-    for c in $CLIENTS; do echo -n " $((size >> 10)) KiB x$c ${phase["$size $c"]};"; done
-  done
-  echo
-  echo
-  echo "Stream at the value's size into (put) or out of (get) 256 MiB of store memory (bench/ceilings --store_stream), GB/s:"
-  for size in $SIZES; do
-    for c in $CLIENTS; do echo -n " $((size >> 10)) KiB x$c put ${store_stream["put $size $c"]} get ${store_stream["get $size $c"]};"; done
-  done
-  echo
-  echo
+  per_size_line "Closed loop (plain sockets, one request in flight per client, 16-byte answers), GB/s:" closed_loop_of
+  per_size_line "Cross-CPU round trip at the start of each round, ns (bench/ceilings --cpu_probe; on the dev VM 55-90 while its vCPUs share caches, 250-500 while they sit on different dies, when every transfer between processes is slower):" phase_of
+  per_size_line "Stream at the value's size into (put) or out of (get) 256 MiB of store memory (bench/ceilings --store_stream), GB/s:" store_stream_of
   echo "vs ceiling: TCP rows against the stream ceiling (1 or 4 streams), local and ucx-shm against memcpy. vs closed loop: TCP rows against the closed-loop ceiling of their size and clients. vs store stream: TCP rows against the stream of their size, op and clients with the store's end in memory beyond the caches."
   echo
   echo "| value | clients | op | system | GB/s | p50 µs | p99 µs | vs Redis | vs ceiling | vs closed loop | vs store stream |"
