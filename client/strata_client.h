@@ -35,6 +35,15 @@
 //
 // Thread safety: a Client is thread-safe; share one per process. It must
 // outlive every future it returned.
+//
+// Threads and CPU in the caller's process: over a local connection
+// (data_plane "local"), a call waits for the daemon by polling shared
+// memory for a short while, yielding its core between polls, before it
+// sleeps (docs/protocol.md, "The message channel"). For blocks of 2 MiB and
+// more, the process may also start one helper thread, "strata-hash", that
+// hashes a block while the calling thread copies it, when the process's own
+// timings say that is faster (kvstore/checksum_helper.h);
+// STRATA_CHECKSUM_HELPER=0 in the environment keeps it off.
 #ifndef STRATA_CLIENT_STRATA_CLIENT_H_
 #define STRATA_CLIENT_STRATA_CLIENT_H_
 
