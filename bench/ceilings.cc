@@ -230,6 +230,10 @@ double StoreStreamsGBps(int streams, size_t value_bytes, uint64_t values,
   for (int s = 0; s < streams; ++s) {
     threads.emplace_back([&, s] {
       const int fd = accept(listener, nullptr, nullptr);
+      if (fd < 0) {
+        std::perror("accept");
+        std::exit(1);  // The writer would wait for a reader forever.
+      }
       for (uint64_t i = 0; i < values; ++i) {
         char* dst = into_store ? slot(s, i) : buffers[s].data();
         if (!ReadFull(fd, dst, value_bytes)) break;
@@ -267,27 +271,33 @@ double CrossCpuRoundTripNs() {
     cpu_set_t one;
     CPU_ZERO(&one);
     CPU_SET(cpu, &one);
-    pthread_setaffinity_np(pthread_self(), sizeof(one), &one);
+    return pthread_setaffinity_np(pthread_self(), sizeof(one), &one) == 0;
   };
+  // The first kWarmup rounds (the echo thread starting, both moving to
+  // their CPUs) are not timed.
+  constexpr int kWarmup = 1000;
   constexpr int kRounds = 20000;
   alignas(64) std::atomic<int> line{0};
+  std::atomic<bool> pinned{true};
   std::thread echo([&] {
-    pin(cpus[1]);
-    for (int i = 0; i < kRounds; ++i) {
+    if (!pin(cpus[1])) pinned = false;
+    for (int i = 0; i < kWarmup + kRounds; ++i) {
       while (line.load(std::memory_order_acquire) != 2 * i + 1) {
       }
       line.store(2 * i + 2, std::memory_order_release);
     }
   });
-  pin(cpus[0]);
-  const auto start = Clock::now();
-  for (int i = 0; i < kRounds; ++i) {
+  if (!pin(cpus[0])) pinned = false;
+  auto start = Clock::now();
+  for (int i = 0; i < kWarmup + kRounds; ++i) {
+    if (i == kWarmup) start = Clock::now();
     line.store(2 * i + 1, std::memory_order_release);
     while (line.load(std::memory_order_acquire) != 2 * i + 2) {
     }
   }
   const double secs = Seconds(start, Clock::now());
   echo.join();
+  if (!pinned) return -1;  // Not between two CPUs: no reading.
   return secs * 1e9 / kRounds;
 }
 

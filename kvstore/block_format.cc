@@ -307,9 +307,25 @@ absl::StatusOr<BlockView> ParseBlock(absl::Span<const uint8_t> bytes) {
   return BlockView{header, payload};
 }
 
-// One chooser per use (CopyHelpChooser::Process).
-static_assert(static_cast<int>(CopyDestination::kStoredHashSource) <
+namespace {
+
+// Which of the process's CopyHelpChooser measures copies for `use` (each use
+// apart). A new CopyDestination must be given one here (-Wswitch).
+constexpr int ChooserKind(CopyDestination use) {
+  switch (use) {
+    case CopyDestination::kReadSoon:
+      return 0;
+    case CopyDestination::kStored:
+      return 1;
+    case CopyDestination::kStoredHashSource:
+      return 2;
+  }
+  return CopyHelpChooser::kKinds - 1;
+}
+static_assert(ChooserKind(CopyDestination::kStoredHashSource) <
               CopyHelpChooser::kKinds);
+
+}  // namespace
 
 absl::StatusOr<BlockView> CopyVerifiedBlock(absl::Span<const uint8_t> src,
                                             absl::Span<uint8_t> dst,
@@ -343,15 +359,17 @@ absl::StatusOr<BlockView> CopyVerifiedBlock(absl::Span<const uint8_t> src,
                                    ChecksumHelper::Policy::kMeasured;
   CopyHelpChooser::Choice choice;
   CopyHelpChooser* const chooser =
-      choose ? &CopyHelpChooser::Process(static_cast<int>(use)) : nullptr;
+      choose ? &CopyHelpChooser::Process(ChooserKind(use)) : nullptr;
   if (choose) choice = chooser->Choose();
   ChecksumHelper* helper =
       large && (!choose || choice.mode == CopyHelpChooser::Mode::kHelped)
           ? ChecksumHelper::TryAcquire()
           : nullptr;
-  const bool timed =
-      choose && choice.counted &&
+  // A helped choice that found the helper lent runs alone, untimed.
+  const bool ran_as_chosen =
       (helper != nullptr) == (choice.mode == CopyHelpChooser::Mode::kHelped);
+  if (choose && !ran_as_chosen) chooser->Unused(choice);
+  const bool timed = choose && choice.counted && ran_as_chosen;
   const auto started = timed ? std::chrono::steady_clock::now()
                              : std::chrono::steady_clock::time_point();
   XXH3_state_t state;

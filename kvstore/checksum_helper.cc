@@ -147,17 +147,22 @@ std::atomic<int> ChecksumHelper::policy_{-1};
 ChecksumHelper::Policy ChecksumHelper::CurrentPolicy() {
   int p = policy_.load(std::memory_order_acquire);
   if (p < 0) {
-    const char* env = std::getenv("STRATA_CHECKSUM_HELPER");
-    const std::string_view value = env == nullptr ? "" : env;
-    const Policy read = value == "0"        ? Policy::kOff
-                        : value == "always" ? Policy::kAlways
-                                            : Policy::kMeasured;
+    const Policy read =
+        PolicyFromEnvironment(std::getenv("STRATA_CHECKSUM_HELPER"));
     // A SetPolicy that came meanwhile wins.
     policy_.compare_exchange_strong(p, static_cast<int>(read),
                                     std::memory_order_acq_rel);
     p = policy_.load(std::memory_order_acquire);
   }
   return static_cast<Policy>(p);
+}
+
+ChecksumHelper::Policy ChecksumHelper::PolicyFromEnvironment(
+    const char* value) {
+  const std::string_view v = value == nullptr ? "" : value;
+  if (v == "0") return Policy::kOff;
+  if (v == "always") return Policy::kAlways;
+  return Policy::kMeasured;
 }
 
 void ChecksumHelper::SetPolicy(Policy policy) {
@@ -297,63 +302,89 @@ using Mode = CopyHelpChooser::Mode;
 Mode Other(Mode m) { return m == Mode::kAlone ? Mode::kHelped : Mode::kAlone; }
 int Index(Mode m) { return m == Mode::kAlone ? 0 : 1; }
 
+// The process's choosers: constant-initialized, so no thread can be inside
+// a first-use guard when another forks.
+constinit CopyHelpChooser process_choosers[CopyHelpChooser::kKinds];
+
 }  // namespace
 
+// A forked child measures afresh (and may have forked while another thread
+// held a try-lock). Registered at start-up, before any thread forks.
+[[maybe_unused]] static const bool kChooserForkHandlerRegistered =
+    pthread_atfork(nullptr, nullptr, &CopyHelpChooser::ResetAllInChild) == 0;
+
 CopyHelpChooser& CopyHelpChooser::Process(int kind) {
-  static CopyHelpChooser* const choosers = [] {
-    auto* fresh = new CopyHelpChooser[kKinds];  // Never freed.
-    // A forked child measures afresh (and may have forked while another
-    // thread held a try-lock).
-    pthread_atfork(nullptr, nullptr, [] {
-      for (int k = 0; k < kKinds; ++k) Process(k).Reset();
-    });
-    return fresh;
-  }();
   assert(kind >= 0 && kind < kKinds);
-  return choosers[kind];
+  return process_choosers[kind];
+}
+
+void CopyHelpChooser::ResetAllInChild() {
+  for (CopyHelpChooser& chooser : process_choosers) chooser.Reset();
 }
 
 void CopyHelpChooser::Reset() {
   busy_.store(false, std::memory_order_relaxed);
-  favoured_ = Mode::kAlone;
+  favoured_.store(Mode::kAlone, std::memory_order_relaxed);
   last_ns_per_byte_[0] = last_ns_per_byte_[1] = 0;
   trial_active_ = false;
   trials_until_explore_ = kMinExploreEvery;
   explore_every_ = kMinExploreEvery;
+  skip_unmeasured_ = false;
 }
 
 void CopyHelpChooser::StartTrial() {
   ++trial_;
   trial_active_ = true;
   trial_choices_ = 0;
+  trial_all_choices_ = 0;
   trial_samples_ = 0;
   trial_explores_ = false;
-  if (last_ns_per_byte_[Index(Mode::kHelped)] == 0) {
+  const Mode favoured = favoured_.load(std::memory_order_relaxed);
+  const bool helped_unmeasured = last_ns_per_byte_[Index(Mode::kHelped)] == 0;
+  const bool alone_unmeasured = last_ns_per_byte_[Index(Mode::kAlone)] == 0;
+  // An unmeasured mode goes first (helped before alone), unless its last
+  // trial measured nothing: then the other unmeasured one.
+  const bool skip = skip_unmeasured_;
+  skip_unmeasured_ = false;
+  if (helped_unmeasured &&
+      !(skip && skipped_mode_ == Mode::kHelped && alone_unmeasured)) {
     trial_mode_ = Mode::kHelped;
-  } else if (last_ns_per_byte_[Index(Mode::kAlone)] == 0) {
+  } else if (alone_unmeasured) {
     trial_mode_ = Mode::kAlone;
+  } else if (helped_unmeasured) {
+    trial_mode_ = Mode::kHelped;
   } else if (trials_until_explore_ <= 0) {
-    trial_mode_ = Other(favoured_);
+    trial_mode_ = Other(favoured);
     trial_explores_ = true;
     trials_until_explore_ = explore_every_;
   } else {
-    trial_mode_ = favoured_;
+    trial_mode_ = favoured;
     --trials_until_explore_;
   }
 }
 
 void CopyHelpChooser::FinishTrial() {
   trial_active_ = false;
-  if (trial_samples_ == 0) return;
-  std::sort(samples_, samples_ + trial_samples_);
-  const double median = samples_[trial_samples_ / 2];
   const Mode mode = trial_mode_;
+  if (trial_samples_ < 2) {  // One copy's time decides nothing.
+    if (last_ns_per_byte_[Index(mode)] == 0) {
+      skip_unmeasured_ = true;
+      skipped_mode_ = mode;
+    }
+    return;
+  }
+  std::sort(samples_, samples_ + trial_samples_);
+  const int mid = trial_samples_ / 2;
+  const double median = trial_samples_ % 2 == 1
+                            ? samples_[mid]
+                            : (samples_[mid - 1] + samples_[mid]) / 2;
   last_ns_per_byte_[Index(mode)] = median;
   const double other = last_ns_per_byte_[Index(Other(mode))];
   if (other == 0) return;  // The other mode's trial comes next.
-  if (mode != favoured_) {
+  if (mode != favoured_.load(std::memory_order_relaxed)) {
     if (median < other * kSwitchMargin) {
-      favoured_ = mode;  // It won: the process goes over to it.
+      // It won: the process goes over to it.
+      favoured_.store(mode, std::memory_order_relaxed);
       explore_every_ = kMinExploreEvery;
     } else if (trial_explores_) {
       explore_every_ = std::min(kMaxExploreEvery, explore_every_ * 2);
@@ -361,7 +392,7 @@ void CopyHelpChooser::FinishTrial() {
     trials_until_explore_ = explore_every_;
   } else if (other < median * kSwitchMargin) {
     // The favoured mode got slower than the other was: over at once.
-    favoured_ = Other(mode);
+    favoured_.store(Other(mode), std::memory_order_relaxed);
     explore_every_ = kMinExploreEvery;
     trials_until_explore_ = explore_every_;
   }
@@ -369,13 +400,21 @@ void CopyHelpChooser::FinishTrial() {
 
 CopyHelpChooser::Choice CopyHelpChooser::Choose() {
   TryLock lock(busy_);
-  if (!lock.held()) return Choice{favoured_, 0, false};
+  if (!lock.held()) {
+    return Choice{favoured_.load(std::memory_order_relaxed), 0, false};
+  }
   // A trial whose samples have not all come within four trials' worth of
-  // copies (another thread's copies took the helper) ends with what it has.
-  if (trial_active_ && trial_choices_ >= 4 * kTrialCopies) FinishTrial();
+  // copies that ran in its mode (their times were dropped: the chooser was
+  // busy), or within sixteen of any (the helper was lent elsewhere all
+  // along), ends with what it has.
+  if (trial_active_ && (trial_choices_ >= 4 * kTrialCopies ||
+                        trial_all_choices_ >= 16 * kTrialCopies)) {
+    FinishTrial();
+  }
   if (!trial_active_) StartTrial();
   Choice choice{trial_mode_, trial_, trial_choices_ > 0};
   ++trial_choices_;
+  ++trial_all_choices_;
   return choice;
 }
 
@@ -389,10 +428,20 @@ void CopyHelpChooser::Record(const Choice& choice, size_t bytes,
   if (trial_samples_ == kTrialCopies - 1) FinishTrial();
 }
 
+void CopyHelpChooser::Unused(const Choice& choice) {
+  TryLock lock(busy_);
+  if (!lock.held() || !trial_active_ || choice.trial != trial_ ||
+      trial_choices_ == 0) {
+    return;
+  }
+  --trial_choices_;
+}
+
 CopyHelpChooser::Mode CopyHelpChooser::Favoured() const {
   for (;;) {
     TryLock lock(busy_);
-    if (lock.held()) return favoured_;
+    if (lock.held()) return favoured_.load(std::memory_order_relaxed);
+    sched_yield();
   }
 }
 
@@ -400,6 +449,7 @@ int CopyHelpChooser::ExploreEvery() const {
   for (;;) {
     TryLock lock(busy_);
     if (lock.held()) return explore_every_;
+    sched_yield();
   }
 }
 

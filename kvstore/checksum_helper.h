@@ -38,10 +38,12 @@ class ChecksumHelper {
     kMeasured,  // As CopyHelpChooser measures, helped or alone per copy.
     kAlways,    // Whenever it is free (tests, and measuring the helper).
   };
-  // The process's policy: SetPolicy's, else the environment's
-  // STRATA_CHECKSUM_HELPER ("0": kOff, "always": kAlways, anything else or
-  // unset: kMeasured, the default), read once.
+  // The process's policy: SetPolicy's, else PolicyFromEnvironment of the
+  // environment's STRATA_CHECKSUM_HELPER, read once.
   static Policy CurrentPolicy();
+  // "0": kOff; "always": kAlways; unset (nullptr), "1" (which meant "on"
+  // while the helper was opt-in) or anything else: kMeasured, the default.
+  static Policy PolicyFromEnvironment(const char* value);
   // Overrides the environment for the rest of the process (tests,
   // benchmarks). Any thread; copies already under way keep their choice.
   static void SetPolicy(Policy policy);
@@ -104,15 +106,20 @@ class ChecksumHelper {
 // trials (kMinExploreEvery at first; doubled, up to kMaxExploreEvery, each
 // time the other loses; back to kMinExploreEvery when it wins, by at least
 // kSwitchMargin). A trial of the current mode that comes out that much
-// slower than the other mode's last switches at once. Until both modes are
-// measured, the trials alternate, helped first: short trials and the
-// helped start make a process that copies only a few large blocks (a
-// client's first few gets) helped where that pays, and cost one trial of
-// slow copies where it does not.
+// slower than the other mode's last switches at once. The first trial is
+// helped and the second alone: short trials and the helped start make a
+// process that copies only a few large blocks (a client's first few gets)
+// helped where that pays, and cost one trial of slow copies where it does
+// not. A trial whose times do not come ends after 4 * kTrialCopies choices
+// whose copies ran in its mode (their times were dropped), or after 16 *
+// kTrialCopies choices of any kind (its helped copies found the helper lent
+// to other threads); with fewer than two times it measures nothing, and a
+// mode not yet measured that way gives its turn to the other.
 //
-// Thread-safety: Choose and Record from any thread. A call that finds the
-// chooser busy with another thread's does not wait: Choose then answers the
-// current mode uncounted, Record drops its sample.
+// Thread-safety: Choose, Unused and Record from any thread. A call that
+// finds the chooser busy with another thread's does not wait: Choose then
+// answers the favoured mode uncounted, Unused and Record drop what they
+// carry.
 class CopyHelpChooser {
  public:
   enum class Mode { kAlone, kHelped };
@@ -134,45 +141,60 @@ class CopyHelpChooser {
   // The process's chooser for copies of one kind (0 <= kind < kKinds; each
   // kind is measured apart, since helping pays differently for, say, a
   // copy whose helper hashes the source and one whose helper hashes what
-  // landed). Reset in a forked child.
+  // landed). Constant-initialized (no first-use guard a fork could leave
+  // held); reset in a forked child.
   static constexpr int kKinds = 4;
   static CopyHelpChooser& Process(int kind);
 
-  CopyHelpChooser() = default;
+  constexpr CopyHelpChooser() = default;
   CopyHelpChooser(const CopyHelpChooser&) = delete;
   CopyHelpChooser& operator=(const CopyHelpChooser&) = delete;
 
   // The mode for the next copy.
   Choice Choose();
   // The chosen copy of `bytes` bytes took `nanos`. Only for a copy that ran
-  // in its chosen mode (not one that wanted the helper and found it lent).
+  // in its chosen mode.
   void Record(const Choice& choice, size_t bytes, uint64_t nanos);
+  // The chosen copy did not run in its mode (it wanted the helper and found
+  // it lent): it does not count toward its trial's copies.
+  void Unused(const Choice& choice);
 
   // The mode the measurements favour now, and the trials between two tries
-  // of the other: for tests and measurements.
+  // of the other: for tests and measurements (they wait for the lock).
   Mode Favoured() const;
   int ExploreEvery() const;
+
+  // Resets every chooser of the process: the pthread_atfork child handler
+  // (registered at start-up), not for other use.
+  static void ResetAllInChild();
 
  private:
   void Reset();  // In a forked child.
   void StartTrial();
   void FinishTrial();
 
-  // A try-lock (never waited on, so it may be left held across fork only
-  // by a thread that is gone: Reset clears it in the child).
+  // A try-lock (waited on only by the test accessors, so it may be left
+  // held across fork only by a thread that is gone: Reset clears it in the
+  // child).
   mutable std::atomic<bool> busy_{false};
+  // Written under busy_; read without it by a Choose that finds it busy.
+  std::atomic<Mode> favoured_{Mode::kAlone};
   // Guarded by busy_.
-  Mode favoured_ = Mode::kAlone;
   double last_ns_per_byte_[2] = {0, 0};  // 0: not measured yet.
   uint64_t trial_ = 0;
   bool trial_active_ = false;
   Mode trial_mode_ = Mode::kAlone;
   bool trial_explores_ = false;
-  int trial_choices_ = 0;
+  int trial_choices_ = 0;      // Less those Unused.
+  int trial_all_choices_ = 0;  // All.
   int trial_samples_ = 0;
   double samples_[kTrialCopies] = {};
   int trials_until_explore_ = kMinExploreEvery;
   int explore_every_ = kMinExploreEvery;
+  // The unmeasured mode whose last trial measured nothing: the other goes
+  // first next (or none).
+  bool skip_unmeasured_ = false;
+  Mode skipped_mode_ = Mode::kAlone;
 };
 
 }  // namespace strata::kvstore

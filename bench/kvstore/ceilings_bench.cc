@@ -192,6 +192,8 @@ void BM_CopyVerifiedBlockIntoArena(benchmark::State& state) {
   const size_t share = region->size() / state.threads();
   uint8_t* const base = region->data() + state.thread_index() * share;
   const size_t slots = share / stride;
+  BENCH_CHECK(slots > 0, "a block of %zu bytes is more than a thread's %zu", n,
+              share);
   size_t i = 0;
   for (auto _ : state) {
     auto view = kv::CopyVerifiedBlock(

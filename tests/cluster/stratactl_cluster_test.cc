@@ -54,11 +54,6 @@ std::vector<long long> JsonInts(const std::string& json,
   }
   return out;
 }
-long long Sum(const std::vector<long long>& v) {
-  long long s = 0;
-  for (long long x : v) s += x;
-  return s;
-}
 std::vector<std::string> JsonStrings(const std::string& json,
                                      const std::string& name) {
   std::vector<std::string> out;

@@ -161,6 +161,40 @@ TEST(ChecksumHelper, HelpedCopiesCatchADamagedByteWherever) {
   }
 }
 
+// The default policy: each copy goes helped or alone as the process's
+// chooser says. Over enough copies for both modes' trials, good blocks
+// arrive exact and damaged ones are refused, whichever mode each ran in.
+TEST(ChecksumHelper, MeasuredCopiesAreExactOrRefusedInEitherMode) {
+  const uint64_t seed = TestSeed();
+  std::mt19937_64 rng(seed);
+  ChecksumHelper::SetPolicy(ChecksumHelper::Policy::kMeasured);
+  const std::vector<uint8_t> good =
+      MakeBlock(BlockShape{DType::kFloat16, 1, 1024, 8, 128}, seed);
+  for (CopyDestination use : kEveryUse) {
+    // Trials of 4: helped (the helper is free: this thread lends it, and
+    // hashes itself until the helper claims the job), alone, then the
+    // favoured one with the other retried; 48 copies cover several trials
+    // of each mode.
+    for (int i = 0; i < 48; ++i) {
+      std::vector<uint8_t> block = good;
+      const bool damage = i % 3 == 2;
+      if (damage) {
+        block[kBlockHeaderSize + rng() % (good.size() - kBlockHeaderSize)] ^=
+            0x01;
+      }
+      std::vector<uint8_t> dst(block.size());
+      absl::Status s = HelpedCopy(block, dst, use);
+      if (damage) {
+        EXPECT_TRUE(absl::IsDataLoss(s)) << "copy " << i << ": " << s;
+      } else {
+        EXPECT_TRUE(s.ok()) << "copy " << i << ": " << s;
+        EXPECT_TRUE(dst == good) << "copy " << i;
+      }
+    }
+  }
+  ChecksumHelper::SetPolicy(ChecksumHelper::Policy::kAlways);
+}
+
 TEST(ChecksumHelper, CopiersRacingForTheHelperAllGetTheRightAnswer) {
   const uint64_t seed = TestSeed();
   const std::vector<uint8_t> good =

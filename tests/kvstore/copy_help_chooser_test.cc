@@ -2,6 +2,9 @@
 // lately in this process (kvstore/checksum_helper.h). Fed made-up times, it
 // must measure both modes, go over to the faster, try the other ever less
 // often while that keeps losing, and leave a mode that slowed down at once.
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <random>
 #include <thread>
 #include <vector>
@@ -118,6 +121,16 @@ TEST(CopyHelpChooser, SwitchesOnlyForAClearGain) {
   EXPECT_EQ(chooser.Favoured(), Mode::kAlone);
 }
 
+TEST(CopyHelpChooser, KeepsTheHelperForAGainWithinTheMargin) {
+  CopyHelpChooser chooser;
+  RunTrial(chooser, 300'000, 200'000);
+  RunTrial(chooser, 300'000, 200'000);
+  ASSERT_EQ(chooser.Favoured(), Mode::kHelped);
+  // Alone becomes 3% faster than helped: not enough to switch.
+  RunsBetweenTries(chooser, Mode::kHelped, 100, 194'000, 200'000);
+  EXPECT_EQ(chooser.Favoured(), Mode::kHelped);
+}
+
 TEST(CopyHelpChooser, TheTrialsMedianIgnoresOneSlowCopy) {
   CopyHelpChooser chooser;
   // Helped's trial with one copy preempted for 50 ms.
@@ -167,9 +180,84 @@ TEST(CopyHelpChooser, ATrialWhoseTimesNeverComeIsGivenUp) {
   }
   EXPECT_NE(next.trial, first.trial);
   EXPECT_LE(choices, 4 * CopyHelpChooser::kTrialCopies + 1);
-  // Nothing was measured: the next trial measures helped again.
-  EXPECT_EQ(next.mode, Mode::kHelped);
+  // Helped measured nothing: alone, also unmeasured, goes next.
+  EXPECT_EQ(next.mode, Mode::kAlone);
   EXPECT_FALSE(next.counted);
+}
+
+TEST(CopyHelpChooser, ASlowHelperThatIsOftenLentStillLoses) {
+  // Other threads hold the helper three times in four: those copies run
+  // alone untimed (Unused). Helped is 5x slower here; the chooser must
+  // still measure both modes and go with alone.
+  CopyHelpChooser chooser;
+  int helped_choices = 0;
+  for (int i = 0; i < 4 * CopyHelpChooser::kMaxCopiesBetweenTrials; ++i) {
+    const CopyHelpChooser::Choice choice = chooser.Choose();
+    if (choice.mode == Mode::kHelped && helped_choices++ % 4 != 0) {
+      chooser.Unused(choice);
+      continue;
+    }
+    chooser.Record(choice, kBytes,
+                   choice.mode == Mode::kAlone ? 300'000 : 1'500'000);
+  }
+  EXPECT_EQ(chooser.Favoured(), Mode::kAlone);
+  // And the helped trials stay rare: a few per exploration.
+  EXPECT_LT(helped_choices, 4 * CopyHelpChooser::kMaxCopiesBetweenTrials / 4);
+}
+
+TEST(CopyHelpChooser, HelpedCopiesThatRarelyGetTheHelperAreStillMeasured) {
+  // The helper is lent elsewhere fifteen times in sixteen; when a copy gets
+  // it, helping is faster. Those rare copies must still make up helped's
+  // trials (the lent ones are Unused, not counted), so helped wins.
+  CopyHelpChooser chooser;
+  int helped_choices = 0;
+  for (int i = 0; i < 4 * CopyHelpChooser::kMaxCopiesBetweenTrials; ++i) {
+    const CopyHelpChooser::Choice choice = chooser.Choose();
+    if (choice.mode == Mode::kHelped && helped_choices++ % 16 != 0) {
+      chooser.Unused(choice);
+      continue;
+    }
+    chooser.Record(choice, kBytes,
+                   choice.mode == Mode::kAlone ? 300'000 : 200'000);
+  }
+  EXPECT_EQ(chooser.Favoured(), Mode::kHelped);
+}
+
+TEST(CopyHelpChooser, AHelperLentElsewhereAllAlongGivesAloneItsTurn) {
+  CopyHelpChooser chooser;
+  const CopyHelpChooser::Choice first = chooser.Choose();
+  ASSERT_EQ(first.mode, Mode::kHelped);
+  chooser.Unused(first);
+  CopyHelpChooser::Choice next = first;
+  int choices = 1;
+  while (next.trial == first.trial && choices < 1000) {
+    next = chooser.Choose();
+    ++choices;
+    if (next.trial == first.trial) chooser.Unused(next);
+  }
+  EXPECT_NE(next.trial, first.trial);
+  EXPECT_LE(choices, 16 * CopyHelpChooser::kTrialCopies + 1);
+  EXPECT_EQ(next.mode, Mode::kAlone);
+}
+
+TEST(CopyHelpChooser, OneCopysTimeDecidesNothing) {
+  CopyHelpChooser chooser;
+  // Helped's trial: one time comes (1 ns a byte, absurdly fast), the rest
+  // are dropped; the trial is given up.
+  const CopyHelpChooser::Choice first = chooser.Choose();
+  ASSERT_EQ(first.mode, Mode::kHelped);
+  chooser.Record(chooser.Choose(), kBytes, 1);
+  CopyHelpChooser::Choice next = chooser.Choose();
+  while (next.trial == first.trial) next = chooser.Choose();
+  // Alone's trial; helped, still unmeasured, comes next and loses.
+  ASSERT_EQ(next.mode, Mode::kAlone);
+  for (int i = 1; i < CopyHelpChooser::kTrialCopies; ++i) {
+    chooser.Record(chooser.Choose(), kBytes, 300'000);
+  }
+  EXPECT_EQ(chooser.Favoured(), Mode::kAlone)
+      << "the one fast helped time must not have counted";
+  EXPECT_EQ(RunTrial(chooser, 300'000, 1'500'000), Mode::kHelped);
+  EXPECT_EQ(chooser.Favoured(), Mode::kAlone);
 }
 
 TEST(CopyHelpChooser, CopiersOnManyThreadsAtOnceLeaveAWorkingChooser) {
@@ -197,6 +285,41 @@ TEST(CopyHelpChooser, CopiersOnManyThreadsAtOnceLeaveAWorkingChooser) {
                    choice.mode == Mode::kAlone ? 300'000 : 200'000);
   }
   EXPECT_EQ(chooser.Favoured(), Mode::kHelped);
+}
+
+TEST(CopyHelpChooser, AForkedChildMeasuresAfresh) {
+  // The process's chooser of an unused kind, brought to favour helped.
+  CopyHelpChooser& chooser =
+      CopyHelpChooser::Process(CopyHelpChooser::kKinds - 1);
+  RunTrial(chooser, 300'000, 200'000);
+  RunTrial(chooser, 300'000, 200'000);
+  ASSERT_EQ(chooser.Favoured(), Mode::kHelped);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // In the child: nothing measured, so helped's trial comes first and
+    // alone is favoured meanwhile. Exit codes say which check failed.
+    if (chooser.Favoured() != Mode::kAlone) _exit(1);
+    const CopyHelpChooser::Choice first = chooser.Choose();
+    if (first.mode != Mode::kHelped || first.counted) _exit(2);
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0)
+      << "1: the child kept the parent's favoured mode; 2: its first trial "
+         "was not a fresh helped one";
+  EXPECT_EQ(chooser.Favoured(), Mode::kHelped) << "the parent's is kept";
+}
+
+TEST(ChecksumHelperPolicy, ReadFromTheEnvironmentValue) {
+  using Policy = ChecksumHelper::Policy;
+  EXPECT_EQ(ChecksumHelper::PolicyFromEnvironment(nullptr), Policy::kMeasured);
+  EXPECT_EQ(ChecksumHelper::PolicyFromEnvironment(""), Policy::kMeasured);
+  EXPECT_EQ(ChecksumHelper::PolicyFromEnvironment("1"), Policy::kMeasured);
+  EXPECT_EQ(ChecksumHelper::PolicyFromEnvironment("0"), Policy::kOff);
+  EXPECT_EQ(ChecksumHelper::PolicyFromEnvironment("always"), Policy::kAlways);
 }
 
 }  // namespace

@@ -425,7 +425,9 @@ TEST(TieredStore, BatchGetIntoAnswersEachKeyInOrderOnSeveralThreads) {
   for (size_t i = 0; i < kBlocks; ++i) {
     keys.push_back(KeyFor(i));
     blocks.push_back(MakeBlock(k1M, i));
-    if (i != 5) ASSERT_TRUE(store->Put(keys[i], blocks[i]).ok());
+    if (i != 5) {
+      ASSERT_TRUE(store->Put(keys[i], blocks[i]).ok());
+    }
     dst_bytes.emplace_back(i == 9 ? 100 : blocks[i].size());
   }
   std::vector<absl::Span<uint8_t>> dsts;
