@@ -169,9 +169,14 @@ void ChecksumHelper::SetPolicy(Policy policy) {
   policy_.store(static_cast<int>(policy), std::memory_order_release);
 }
 
+const bool ChecksumHelper::more_than_one_cpu_ = MoreThanOneCpu();
+// A forked child starts a helper of its own (the parent's thread is not
+// there).
+const bool ChecksumHelper::fork_handler_registered_ =
+    pthread_atfork(nullptr, nullptr, ForgetInForkedChild) == 0;
+
 bool ChecksumHelper::Enabled() {
-  static const bool more_than_one_cpu = MoreThanOneCpu();
-  return more_than_one_cpu && CurrentPolicy() != Policy::kOff;
+  return more_than_one_cpu_ && CurrentPolicy() != Policy::kOff;
 }
 
 uint64_t ChecksumHelper::TakenOver() {
@@ -184,9 +189,6 @@ void ChecksumHelper::ForgetInForkedChild() {
 
 ChecksumHelper* ChecksumHelper::TryAcquire() {
   if (!Enabled()) return nullptr;
-  static const int fork_handler =
-      pthread_atfork(nullptr, nullptr, ForgetInForkedChild);
-  (void)fork_handler;
   Shared* shared = process_helper_.load(std::memory_order_acquire);
   if (shared == nullptr) {
     auto* fresh = new Shared;

@@ -88,6 +88,10 @@ class ChecksumHelper {
   static std::atomic<Shared*> process_helper_;  // Created on first use.
   static std::atomic<int> policy_;              // Policy; -1: not read yet.
   static std::atomic<uint64_t> taken_over_;
+  // Set at start-up (namespace-scope initializers: no first-use guard that
+  // a fork from another thread could leave held in the child).
+  static const bool more_than_one_cpu_;
+  static const bool fork_handler_registered_;
 };
 
 // Chooses, for each large copy-and-hash, between the helper and the calling
