@@ -180,7 +180,16 @@ TEST_P(ClientVerify, ADamagedOnlyCopyIsDataLossOnSyncAndAsyncGets) {
   EXPECT_EQ(got.status().code(), absl::StatusCode::kDataLoss) << got.status();
   EXPECT_TRUE(absl::StrContains(got.status().message(), "checksum"))
       << got.status();
-  EXPECT_EQ(d.StoreGets() - gets, 2u);  // Unverified read, then verified.
+  // Unverified read, then verified. Over UCX a sync Get is verified on the
+  // caller's thread only when that thread drives the UCX loop itself (the
+  // loop thread asleep); one handed to a busy loop thread goes out verified
+  // by the daemon at once: one read (seen under CI load).
+  const uint64_t sync_gets = d.StoreGets() - gets;
+  if (::strata::testing::ClientVerifiesEveryGet(GetParam())) {
+    EXPECT_EQ(sync_gets, 2u);
+  } else {
+    EXPECT_TRUE(sync_gets == 1u || sync_gets == 2u) << sync_gets;
+  }
   gets = d.StoreGets();
   // Over UCX verified by the daemon; the socket plane's async threads verify
   // where the block lands, as a sync Get does.
