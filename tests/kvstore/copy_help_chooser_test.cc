@@ -57,6 +57,13 @@ std::vector<int> RunsBetweenTries(CopyHelpChooser& chooser, Mode favoured,
   return runs;
 }
 
+// A fresh chooser's first two trials, helped faster: it favours helped.
+void FavourHelped(CopyHelpChooser& chooser) {
+  RunTrial(chooser, 300'000, 200'000);
+  RunTrial(chooser, 300'000, 200'000);
+  ASSERT_EQ(chooser.Favoured(), Mode::kHelped);
+}
+
 TEST(CopyHelpChooser, MeasuresHelpedThenAloneBeforeChoosing) {
   CopyHelpChooser chooser;
   EXPECT_EQ(RunTrial(chooser, 300'000, 200'000), Mode::kHelped);
@@ -77,9 +84,7 @@ TEST(CopyHelpChooser, AHelperThatLosesFromTheStartIsTriedOnlyLater) {
 
 TEST(CopyHelpChooser, TriesTheLosingModeEverLessOften) {
   CopyHelpChooser chooser;
-  RunTrial(chooser, 300'000, 200'000);
-  RunTrial(chooser, 300'000, 200'000);
-  ASSERT_EQ(chooser.Favoured(), Mode::kHelped);
+  ASSERT_NO_FATAL_FAILURE(FavourHelped(chooser));
   // Helped keeps winning: alone is tried after 4, 8, ... favoured trials,
   // never more rarely than every kMaxExploreEvery.
   const std::vector<int> runs =
@@ -95,9 +100,7 @@ TEST(CopyHelpChooser, TriesTheLosingModeEverLessOften) {
 
 TEST(CopyHelpChooser, LeavesAFavouredModeThatSlowedDownAtOnce) {
   CopyHelpChooser chooser;
-  RunTrial(chooser, 300'000, 200'000);
-  RunTrial(chooser, 300'000, 200'000);
-  ASSERT_EQ(chooser.Favoured(), Mode::kHelped);
+  ASSERT_NO_FATAL_FAILURE(FavourHelped(chooser));
   // The helper's CPU moved away (the VM's slow phase): one trial of it is
   // enough to go back to hashing alone.
   EXPECT_EQ(RunTrial(chooser, 300'000, 1'500'000), Mode::kHelped);
@@ -123,9 +126,7 @@ TEST(CopyHelpChooser, SwitchesOnlyForAClearGain) {
 
 TEST(CopyHelpChooser, KeepsTheHelperForAGainWithinTheMargin) {
   CopyHelpChooser chooser;
-  RunTrial(chooser, 300'000, 200'000);
-  RunTrial(chooser, 300'000, 200'000);
-  ASSERT_EQ(chooser.Favoured(), Mode::kHelped);
+  ASSERT_NO_FATAL_FAILURE(FavourHelped(chooser));
   // Alone becomes 3% faster than helped: not enough to switch.
   RunsBetweenTries(chooser, Mode::kHelped, 100, 194'000, 200'000);
   EXPECT_EQ(chooser.Favoured(), Mode::kHelped);
@@ -204,24 +205,35 @@ TEST(CopyHelpChooser, ATrialWhoseTimesNeverComeIsGivenUp) {
   EXPECT_FALSE(next.counted);
 }
 
-TEST(CopyHelpChooser, ASlowHelperThatIsOftenLentStillLoses) {
-  // Other threads hold the helper three times in four: those copies run
-  // alone untimed (Unused). Helped is 5x slower here; the chooser must
-  // still measure both modes and go with alone.
-  CopyHelpChooser chooser;
+// Runs `copies` copies in which a helped choice gets the helper only once
+// in `lent_every` (the others find it lent elsewhere: they run alone,
+// untimed, and are Unused); returns how many helped choices there were.
+int RunWithTheHelperMostlyLent(CopyHelpChooser& chooser, int copies,
+                               int lent_every, uint64_t alone_nanos,
+                               uint64_t helped_nanos) {
   int helped_choices = 0;
-  for (int i = 0; i < 4 * CopyHelpChooser::kMaxCopiesBetweenTrials; ++i) {
+  for (int i = 0; i < copies; ++i) {
     const CopyHelpChooser::Choice choice = chooser.Choose();
-    if (choice.mode == Mode::kHelped && helped_choices++ % 4 != 0) {
+    if (choice.mode == Mode::kHelped && helped_choices++ % lent_every != 0) {
       chooser.Unused(choice);
       continue;
     }
     chooser.Record(choice, kBytes,
-                   choice.mode == Mode::kAlone ? 300'000 : 1'500'000);
+                   choice.mode == Mode::kAlone ? alone_nanos : helped_nanos);
   }
+  return helped_choices;
+}
+
+TEST(CopyHelpChooser, ASlowHelperThatIsOftenLentStillLoses) {
+  // The helper is lent elsewhere three times in four, and 5x slower when a
+  // copy gets it: the chooser must still measure both modes, go with
+  // alone, and keep helped's trials rare (a few per exploration).
+  CopyHelpChooser chooser;
+  const int copies = 4 * CopyHelpChooser::kMaxCopiesBetweenTrials;
+  const int helped_choices =
+      RunWithTheHelperMostlyLent(chooser, copies, 4, 300'000, 1'500'000);
   EXPECT_EQ(chooser.Favoured(), Mode::kAlone);
-  // And the helped trials stay rare: a few per exploration.
-  EXPECT_LT(helped_choices, 4 * CopyHelpChooser::kMaxCopiesBetweenTrials / 4);
+  EXPECT_LT(helped_choices, copies / 4);
 }
 
 TEST(CopyHelpChooser, HelpedCopiesThatRarelyGetTheHelperAreStillMeasured) {
@@ -229,16 +241,9 @@ TEST(CopyHelpChooser, HelpedCopiesThatRarelyGetTheHelperAreStillMeasured) {
   // it, helping is faster. Those rare copies must still make up helped's
   // trials (the lent ones are Unused, not counted), so helped wins.
   CopyHelpChooser chooser;
-  int helped_choices = 0;
-  for (int i = 0; i < 4 * CopyHelpChooser::kMaxCopiesBetweenTrials; ++i) {
-    const CopyHelpChooser::Choice choice = chooser.Choose();
-    if (choice.mode == Mode::kHelped && helped_choices++ % 16 != 0) {
-      chooser.Unused(choice);
-      continue;
-    }
-    chooser.Record(choice, kBytes,
-                   choice.mode == Mode::kAlone ? 300'000 : 200'000);
-  }
+  RunWithTheHelperMostlyLent(chooser,
+                             4 * CopyHelpChooser::kMaxCopiesBetweenTrials, 16,
+                             300'000, 200'000);
   EXPECT_EQ(chooser.Favoured(), Mode::kHelped);
 }
 
@@ -312,9 +317,7 @@ TEST(CopyHelpChooser, AForkedChildMeasuresAfresh) {
   // The process's chooser of an unused kind, brought to favour helped.
   CopyHelpChooser& chooser =
       CopyHelpChooser::Process(CopyHelpChooser::kKinds - 1);
-  RunTrial(chooser, 300'000, 200'000);
-  RunTrial(chooser, 300'000, 200'000);
-  ASSERT_EQ(chooser.Favoured(), Mode::kHelped);
+  ASSERT_NO_FATAL_FAILURE(FavourHelped(chooser));
   const pid_t child = fork();
   ASSERT_GE(child, 0);
   if (child == 0) {
