@@ -361,15 +361,15 @@ absl::StatusOr<BlockView> CopyVerifiedBlock(absl::Span<const uint8_t> src,
   CopyHelpChooser* const chooser =
       choose ? &CopyHelpChooser::Process(ChooserKind(use)) : nullptr;
   if (choose) choice = chooser->Choose();
+  const bool wants_helper =
+      large && (!choose || choice.mode == CopyHelpChooser::Mode::kHelped);
   ChecksumHelper* helper =
-      large && (!choose || choice.mode == CopyHelpChooser::Mode::kHelped)
-          ? ChecksumHelper::TryAcquire()
-          : nullptr;
-  // A helped choice that found the helper lent runs alone, untimed.
-  const bool ran_as_chosen =
-      (helper != nullptr) == (choice.mode == CopyHelpChooser::Mode::kHelped);
-  if (choose && !ran_as_chosen) chooser->Unused(choice);
-  const bool timed = choose && choice.counted && ran_as_chosen;
+      wants_helper ? ChecksumHelper::TryAcquire() : nullptr;
+  // A helped choice that found the helper lent runs alone: untimed, and not
+  // one of its trial's copies.
+  const bool lent = choose && wants_helper && helper == nullptr;
+  if (lent) chooser->Unused(choice);
+  const bool timed = choose && choice.counted && !lent;
   const auto started = timed ? std::chrono::steady_clock::now()
                              : std::chrono::steady_clock::time_point();
   XXH3_state_t state;

@@ -331,7 +331,7 @@ void CopyHelpChooser::Reset() {
   trial_active_ = false;
   trials_until_explore_ = kMinExploreEvery;
   explore_every_ = kMinExploreEvery;
-  skip_unmeasured_ = false;
+  last_trial_empty_ = false;
 }
 
 void CopyHelpChooser::StartTrial() {
@@ -345,11 +345,12 @@ void CopyHelpChooser::StartTrial() {
   const bool helped_unmeasured = last_ns_per_byte_[Index(Mode::kHelped)] == 0;
   const bool alone_unmeasured = last_ns_per_byte_[Index(Mode::kAlone)] == 0;
   // An unmeasured mode goes first (helped before alone), unless its last
-  // trial measured nothing: then the other unmeasured one.
-  const bool skip = skip_unmeasured_;
-  skip_unmeasured_ = false;
-  if (helped_unmeasured &&
-      !(skip && skipped_mode_ == Mode::kHelped && alone_unmeasured)) {
+  // trial (trial_mode_ still names it) measured nothing: then the other
+  // unmeasured one.
+  const bool helped_came_empty =
+      last_trial_empty_ && trial_mode_ == Mode::kHelped;
+  last_trial_empty_ = false;
+  if (helped_unmeasured && !(helped_came_empty && alone_unmeasured)) {
     trial_mode_ = Mode::kHelped;
   } else if (alone_unmeasured) {
     trial_mode_ = Mode::kAlone;
@@ -369,10 +370,7 @@ void CopyHelpChooser::FinishTrial() {
   trial_active_ = false;
   const Mode mode = trial_mode_;
   if (trial_samples_ < 2) {  // One copy's time decides nothing.
-    if (last_ns_per_byte_[Index(mode)] == 0) {
-      skip_unmeasured_ = true;
-      skipped_mode_ = mode;
-    }
+    last_trial_empty_ = last_ns_per_byte_[Index(mode)] == 0;
     return;
   }
   std::sort(samples_, samples_ + trial_samples_);
@@ -439,20 +437,22 @@ void CopyHelpChooser::Unused(const Choice& choice) {
   --trial_choices_;
 }
 
-CopyHelpChooser::Mode CopyHelpChooser::Favoured() const {
+template <typename Read>
+auto CopyHelpChooser::ReadLocked(Read read) const {
   for (;;) {
     TryLock lock(busy_);
-    if (lock.held()) return favoured_.load(std::memory_order_relaxed);
+    if (lock.held()) return read();
     sched_yield();
   }
 }
 
+CopyHelpChooser::Mode CopyHelpChooser::Favoured() const {
+  return ReadLocked(
+      [this] { return favoured_.load(std::memory_order_relaxed); });
+}
+
 int CopyHelpChooser::ExploreEvery() const {
-  for (;;) {
-    TryLock lock(busy_);
-    if (lock.held()) return explore_every_;
-    sched_yield();
-  }
+  return ReadLocked([this] { return explore_every_; });
 }
 
 }  // namespace strata::kvstore

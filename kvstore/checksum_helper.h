@@ -176,6 +176,9 @@ class CopyHelpChooser {
   void Reset();  // In a forked child.
   void StartTrial();
   void FinishTrial();
+  // Waits for the try-lock (test accessors only) and returns read().
+  template <typename Read>
+  auto ReadLocked(Read read) const;
 
   // A try-lock (waited on only by the test accessors, so it may be left
   // held across fork only by a thread that is gone: Reset clears it in the
@@ -195,10 +198,9 @@ class CopyHelpChooser {
   double samples_[kTrialCopies] = {};
   int trials_until_explore_ = kMinExploreEvery;
   int explore_every_ = kMinExploreEvery;
-  // The unmeasured mode whose last trial measured nothing: the other goes
-  // first next (or none).
-  bool skip_unmeasured_ = false;
-  Mode skipped_mode_ = Mode::kAlone;
+  // The last trial (of trial_mode_) measured nothing, its mode being
+  // unmeasured: the other unmeasured mode goes first next.
+  bool last_trial_empty_ = false;
 };
 
 }  // namespace strata::kvstore
