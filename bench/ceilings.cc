@@ -91,50 +91,6 @@ int ConnectLoopback(const sockaddr_in& addr) {
   return fd;
 }
 
-// One sender thread and one receiver thread per stream, all concurrently;
-// with `hash`, each receiver hashes every piece it read.
-double LoopbackStreamsGBps(int streams, uint64_t bytes_per_stream,
-                           bool hash = false) {
-  sockaddr_in addr{};
-  const int listener = ListenLoopback(streams, &addr);
-  constexpr size_t kChunk = 1 << 20;
-  std::vector<std::thread> threads;
-  const auto start = Clock::now();
-  for (int s = 0; s < streams; ++s) {
-    threads.emplace_back([&] {
-      int fd = accept(listener, nullptr, nullptr);
-      std::vector<char> buf(kChunk);
-      uint64_t got = 0;
-      XXH3_state_t state;
-      XXH3_64bits_reset(&state);
-      while (got < bytes_per_stream) {
-        ssize_t n = read(fd, buf.data(), buf.size());
-        if (n <= 0) break;
-        if (hash) XXH3_64bits_update(&state, buf.data(), n);
-        got += n;
-      }
-      const uint64_t digest = XXH3_64bits_digest(&state);
-      asm volatile("" : : "r"(digest) : "memory");
-      close(fd);
-    });
-    threads.emplace_back([&] {
-      const int fd = ConnectLoopback(addr);
-      std::vector<char> buf(kChunk, 'x');
-      uint64_t sent = 0;
-      while (sent < bytes_per_stream) {
-        ssize_t n = write(fd, buf.data(), buf.size());
-        if (n <= 0) break;
-        sent += n;
-      }
-      close(fd);
-    });
-  }
-  for (auto& t : threads) t.join();
-  const double secs = Seconds(start, Clock::now());
-  close(listener);
-  return static_cast<double>(bytes_per_stream) * streams / secs / 1e9;
-}
-
 bool ReadFull(int fd, char* p, size_t n) {
   while (n > 0) {
     const ssize_t r = read(fd, p, n);
@@ -155,44 +111,98 @@ bool WriteFull(int fd, const char* p, size_t n) {
   return true;
 }
 
-// C client threads, each with its server thread: `requests` rounds of an
-// S-byte request and a 16-byte answer.
-double RequestReplyGBps(int clients, size_t request_bytes, uint64_t requests) {
+// Runs `pairs` loopback connections at once: serve(fd, i) on the accepted
+// end of connection i and drive(fd, i) on its connecting end, each on a
+// thread of its own (the function closes neither fd). Returns the seconds
+// from the start of the first thread to the end of the last.
+template <typename Serve, typename Drive>
+double TimeLoopbackPairs(int pairs, Serve serve, Drive drive) {
   sockaddr_in addr{};
-  const int listener = ListenLoopback(clients, &addr);
+  const int listener = ListenLoopback(pairs, &addr);
   std::vector<std::thread> threads;
   const auto start = Clock::now();
-  for (int c = 0; c < clients; ++c) {
-    threads.emplace_back([&] {
-      int fd = accept(listener, nullptr, nullptr);
-      int one = 1;
-      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-      std::vector<char> buf(request_bytes);
-      char answer[16] = {};
-      for (uint64_t i = 0; i < requests; ++i) {
-        if (!ReadFull(fd, buf.data(), buf.size()) ||
-            !WriteFull(fd, answer, sizeof(answer))) {
-          break;
-        }
+  for (int i = 0; i < pairs; ++i) {
+    threads.emplace_back([&, i] {
+      const int fd = accept(listener, nullptr, nullptr);
+      if (fd < 0) {
+        std::perror("accept");
+        std::exit(1);  // The driving end would wait for it forever.
       }
+      serve(fd, i);
       close(fd);
     });
-    threads.emplace_back([&] {
+    threads.emplace_back([&, i] {
       const int fd = ConnectLoopback(addr);
-      std::vector<char> buf(request_bytes, 'x');
-      char answer[16];
-      for (uint64_t i = 0; i < requests; ++i) {
-        if (!WriteFull(fd, buf.data(), buf.size()) ||
-            !ReadFull(fd, answer, sizeof(answer))) {
-          break;
-        }
-      }
+      drive(fd, i);
       close(fd);
     });
   }
   for (auto& t : threads) t.join();
   const double secs = Seconds(start, Clock::now());
   close(listener);
+  return secs;
+}
+
+// One sender and one receiver per stream, all concurrently; with `hash`,
+// each receiver hashes every piece it read.
+double LoopbackStreamsGBps(int streams, uint64_t bytes_per_stream,
+                           bool hash = false) {
+  constexpr size_t kChunk = 1 << 20;
+  const double secs = TimeLoopbackPairs(
+      streams,
+      [&](int fd, int) {
+        std::vector<char> buf(kChunk);
+        uint64_t got = 0;
+        XXH3_state_t state;
+        XXH3_64bits_reset(&state);
+        while (got < bytes_per_stream) {
+          ssize_t n = read(fd, buf.data(), buf.size());
+          if (n <= 0) break;
+          if (hash) XXH3_64bits_update(&state, buf.data(), n);
+          got += n;
+        }
+        const uint64_t digest = XXH3_64bits_digest(&state);
+        asm volatile("" : : "r"(digest) : "memory");
+      },
+      [&](int fd, int) {
+        std::vector<char> buf(kChunk, 'x');
+        uint64_t sent = 0;
+        while (sent < bytes_per_stream) {
+          ssize_t n = write(fd, buf.data(), buf.size());
+          if (n <= 0) break;
+          sent += n;
+        }
+      });
+  return static_cast<double>(bytes_per_stream) * streams / secs / 1e9;
+}
+
+// C client threads, each with its server thread: `requests` rounds of an
+// S-byte request and a 16-byte answer.
+double RequestReplyGBps(int clients, size_t request_bytes, uint64_t requests) {
+  const double secs = TimeLoopbackPairs(
+      clients,
+      [&](int fd, int) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        std::vector<char> buf(request_bytes);
+        char answer[16] = {};
+        for (uint64_t i = 0; i < requests; ++i) {
+          if (!ReadFull(fd, buf.data(), buf.size()) ||
+              !WriteFull(fd, answer, sizeof(answer))) {
+            break;
+          }
+        }
+      },
+      [&](int fd, int) {
+        std::vector<char> buf(request_bytes, 'x');
+        char answer[16];
+        for (uint64_t i = 0; i < requests; ++i) {
+          if (!WriteFull(fd, buf.data(), buf.size()) ||
+              !ReadFull(fd, answer, sizeof(answer))) {
+            break;
+          }
+        }
+      });
   return static_cast<double>(request_bytes) * requests * clients / secs / 1e9;
 }
 
@@ -211,8 +221,6 @@ double MemcpyGBps(size_t size, int reps) {
 // receiving (`into_store`, a put) or sending (a get); see the file comment.
 double StoreStreamsGBps(int streams, size_t value_bytes, uint64_t values,
                         bool into_store) {
-  sockaddr_in addr{};
-  const int listener = ListenLoopback(streams, &addr);
   const size_t region_bytes = std::max<size_t>(
       value_bytes, ((size_t{256} << 20) / streams) / value_bytes * value_bytes);
   // Every end's memory is touched first (the arena is populated at start).
@@ -225,33 +233,20 @@ double StoreStreamsGBps(int streams, size_t value_bytes, uint64_t values,
     const size_t slots = region_bytes / value_bytes;
     return regions[s].data() + (i % slots) * value_bytes;
   };
-  std::vector<std::thread> threads;
-  const auto start = Clock::now();
-  for (int s = 0; s < streams; ++s) {
-    threads.emplace_back([&, s] {
-      const int fd = accept(listener, nullptr, nullptr);
-      if (fd < 0) {
-        std::perror("accept");
-        std::exit(1);  // The writer would wait for a reader forever.
-      }
-      for (uint64_t i = 0; i < values; ++i) {
-        char* dst = into_store ? slot(s, i) : buffers[s].data();
-        if (!ReadFull(fd, dst, value_bytes)) break;
-      }
-      close(fd);
-    });
-    threads.emplace_back([&, s] {
-      const int fd = ConnectLoopback(addr);
-      for (uint64_t i = 0; i < values; ++i) {
-        const char* src = into_store ? buffers[s].data() : slot(s, i);
-        if (!WriteFull(fd, src, value_bytes)) break;
-      }
-      close(fd);
-    });
-  }
-  for (auto& t : threads) t.join();
-  const double secs = Seconds(start, Clock::now());
-  close(listener);
+  const double secs = TimeLoopbackPairs(
+      streams,
+      [&](int fd, int s) {
+        for (uint64_t i = 0; i < values; ++i) {
+          char* dst = into_store ? slot(s, i) : buffers[s].data();
+          if (!ReadFull(fd, dst, value_bytes)) break;
+        }
+      },
+      [&](int fd, int s) {
+        for (uint64_t i = 0; i < values; ++i) {
+          const char* src = into_store ? buffers[s].data() : slot(s, i);
+          if (!WriteFull(fd, src, value_bytes)) break;
+        }
+      });
   return static_cast<double>(value_bytes) * values * streams / secs / 1e9;
 }
 

@@ -152,24 +152,28 @@ void BM_CopyVerifiedBlock(benchmark::State& state) {
   CopyVerifiedBlockLoop(state, kv::CopyHelp::kCallerOnly);
 }
 
+// CopyVerifiedBlockLoop with the helper offered (kHelperForLargeBlocks)
+// under `policy`, restoring the process's policy after.
+void HelpedLoopUnder(benchmark::State& state,
+                     kv::ChecksumHelper::Policy policy) {
+  const auto before = kv::ChecksumHelper::CurrentPolicy();
+  kv::ChecksumHelper::SetPolicy(policy);
+  CopyVerifiedBlockLoop(state, kv::CopyHelp::kHelperForLargeBlocks);
+  kv::ChecksumHelper::SetPolicy(before);
+}
+
 // The process's checksum helper thread takes the hash over while the
 // caller copies, whenever it is free (policy kAlways; blocks below
 // kHelpedCopyMinBytes take the caller-only path, so that row is the
 // control).
 void BM_CopyVerifiedBlockHelped(benchmark::State& state) {
-  const auto before = kv::ChecksumHelper::CurrentPolicy();
-  kv::ChecksumHelper::SetPolicy(kv::ChecksumHelper::Policy::kAlways);
-  CopyVerifiedBlockLoop(state, kv::CopyHelp::kHelperForLargeBlocks);
-  kv::ChecksumHelper::SetPolicy(before);
+  HelpedLoopUnder(state, kv::ChecksumHelper::Policy::kAlways);
 }
 
 // Helped or alone as the process's CopyHelpChooser measures (policy
 // kMeasured, the default): what a client gets.
 void BM_CopyVerifiedBlockMeasured(benchmark::State& state) {
-  const auto before = kv::ChecksumHelper::CurrentPolicy();
-  kv::ChecksumHelper::SetPolicy(kv::ChecksumHelper::Policy::kMeasured);
-  CopyVerifiedBlockLoop(state, kv::CopyHelp::kHelperForLargeBlocks);
-  kv::ChecksumHelper::SetPolicy(before);
+  HelpedLoopUnder(state, kv::ChecksumHelper::Policy::kMeasured);
 }
 
 // A local PUT's client copy as it runs with several clients: each thread
