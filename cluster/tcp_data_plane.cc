@@ -146,6 +146,11 @@ void TcpDataPlane::Stop() {
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
+  }
+  // Finishes the request it serves, if any, and takes no more.
+  StopChannelPoller();
+  {
+    absl::MutexLock lock(&mu_);
     // Idle connections end now; busy ones finish their request first.
     for (int fd : conns_) {
       if (!busy_.contains(fd)) shutdown(fd, SHUT_RDWR);
@@ -221,7 +226,8 @@ void TcpDataPlane::AcceptOne(int listen_fd, bool local) {
     }
     return;  // Otherwise the client gave up first.
   }
-  Connection c;
+  auto conn = std::make_shared<Connection>();
+  Connection& c = *conn;
   c.fd = fd;
   c.local = local;
   const int one = 1;
@@ -250,8 +256,8 @@ void TcpDataPlane::AcceptOne(int listen_fd, bool local) {
   }
   const uint64_t id = next_id_++;
   try {
-    threads_.emplace(id, std::thread([this, id, c = std::move(c)]() mutable {
-                       Serve(id, std::move(c));
+    threads_.emplace(id, std::thread([this, id, conn]() mutable {
+                       Serve(id, std::move(conn));
                      }));
   } catch (const std::system_error& e) {
     LogWarning("tcp_data_plane_thread_failed", {{"error", e.what()}});
@@ -277,76 +283,99 @@ void TcpDataPlane::PollForRequest(int fd) {
   polling_.store(0, std::memory_order_release);
 }
 
-void TcpDataPlane::Serve(uint64_t id, Connection c) {
+void TcpDataPlane::Serve(uint64_t id, std::shared_ptr<Connection> conn) {
+  Connection& c = *conn;
   const int fd = c.fd;
   sockio::SetIoTimeout(fd, options_.stall_timeout);
   std::vector<uint8_t> header;
   for (;;) {
+    // Once MAP_CHANNEL gave the connection a channel, it is served with the
+    // channel poller (tcp_data_plane_channel.cc).
+    if (c.channel != nullptr) {
+      if (!ServeChannelConnection(c)) break;
+      continue;
+    }
     // Between messages a connection may stay idle for as long as it likes.
     // So may a local one holding a reservation: its client may still be
     // writing the block into the arena range, which therefore stays the
     // reservation's until the client commits or its connection closes (a
     // client stopped mid-put holds its key: other writers of the key wait
     // kInFlightWriteWait, then ABORTED naming "key").
+    PollForRequest(fd);
     tcp::TcpFrame frame{};
-    c.from_channel = false;
-    if (c.channel != nullptr && AwaitChannelRequest(c)) {
-      if (!TakeChannelRequest(c, &frame, &header)) break;
-    } else {
-      if (c.channel == nullptr) PollForRequest(fd);
-      size_t got = 0;
-      Io r = sockio::RecvAll(fd, &frame, sizeof(frame), &got);
-      while (r == Io::kTimedOut && got == 0) {
-        r = sockio::RecvAll(fd, &frame, sizeof(frame), &got);
-      }
-      if (c.channel != nullptr) {
-        c.channel->request.reader_asleep.store(0, std::memory_order_relaxed);
-      }
-      if (r != Io::kOk) break;
-      // A doorbell: the next request is in the channel (or was, and this
-      // doorbell came late).
-      if (c.channel != nullptr && tcp::IsDoorbell(frame)) continue;
+    size_t got = 0;
+    Io r = sockio::RecvAll(fd, &frame, sizeof(frame), &got);
+    while (r == Io::kTimedOut && got == 0) {
+      r = sockio::RecvAll(fd, &frame, sizeof(frame), &got);
     }
-    c.lease.reset();  // An in-arena GET's lease lasts until this message.
-    c.lease_seq = 0;
-    {
-      absl::MutexLock lock(&mu_);
-      if (stopping_) break;
-      busy_.insert(fd);
-      busy_count_.fetch_add(1, std::memory_order_acq_rel);
-    }
-    const absl::Time start = SteadyNow();
-    bool keep = false;
-    DataRequest req;
-    if (c.from_channel) {
-      const absl::Status header_status = ParseDataRequest(header, &req);
-      keep = HandleRequest(c, req, header_status, frame.data_length, start);
-    } else if (frame.magic == tcp::kFrameMagic &&
-               frame.header_length >= kMinAnswerableHeaderBytes &&
-               frame.header_length <= tcp::kMaxHeaderBytes) {
-      header.resize(frame.header_length);
-      if (sockio::RecvAll(fd, header.data(), header.size()) == Io::kOk) {
-        const absl::Status header_status = ParseDataRequest(header, &req);
-        keep = HandleRequest(c, req, header_status, frame.data_length, start);
-      }
-    }
-    // else: a stream that is not ours, or lost its framing: nothing in it
-    // can be trusted or answered.
-    absl::MutexLock lock(&mu_);
-    busy_.erase(fd);
-    busy_count_.fetch_sub(1, std::memory_order_acq_rel);
-    if (!keep || stopping_) break;
+    if (r != Io::kOk) break;
+    // Held from here: a MAP_CHANNEL shares the connection with the poller
+    // before this request is done.
+    absl::MutexLock lock(&c.serve_mu);
+    if (!ServeSocketRequest(c, frame, header)) break;
   }
-  DropReservation(c);  // Aborts: nothing partial is stored.
-  c.lease.reset();
-  DropSpare(c);
-  if (c.channel != nullptr) munmap(c.channel, local::kChannelBytes);
+  if (c.channel != nullptr) RemoveChannel(&c);  // The poller lets go of it.
+  {
+    absl::MutexLock lock(&c.serve_mu);
+    c.closed = true;
+    DropReservation(c);  // Aborts: nothing partial is stored.
+    c.lease.reset();
+    DropSpare(c);
+    if (c.channel != nullptr) munmap(c.channel, local::kChannelBytes);
+    c.channel = nullptr;
+    if (c.handback_fd >= 0) close(c.handback_fd);
+    c.handback_fd = -1;
+  }
   absl::MutexLock lock(&mu_);
   conns_.erase(fd);
   busy_.erase(fd);
   close(fd);
   finished_.push_back(id);
   ctx_->metrics->AddSocketConnections(-1);
+}
+
+bool TcpDataPlane::BeginRequest(int fd) {
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return false;
+  busy_.insert(fd);
+  busy_count_.fetch_add(1, std::memory_order_acq_rel);
+  return true;
+}
+
+void TcpDataPlane::EndRequest(int fd) {
+  absl::MutexLock lock(&mu_);
+  busy_.erase(fd);
+  busy_count_.fetch_sub(1, std::memory_order_acq_rel);
+}
+
+bool TcpDataPlane::ServeSocketRequest(Connection& c, const tcp::TcpFrame& frame,
+                                      std::vector<uint8_t>& header) {
+  // A doorbell: the next request is in the channel (or was, and this
+  // doorbell came late).
+  if (c.channel != nullptr && tcp::IsDoorbell(frame)) {
+    ServeChannelRequest(c, /*on_poller=*/false);
+    return !c.broken;
+  }
+  c.from_channel = false;
+  c.lease.reset();  // An in-arena GET's lease lasts until this message.
+  c.lease_seq = 0;
+  if (!BeginRequest(c.fd)) return false;
+  const absl::Time start = SteadyNow();
+  bool keep = false;
+  DataRequest req;
+  if (frame.magic == tcp::kFrameMagic &&
+      frame.header_length >= kMinAnswerableHeaderBytes &&
+      frame.header_length <= tcp::kMaxHeaderBytes) {
+    header.resize(frame.header_length);
+    if (sockio::RecvAll(c.fd, header.data(), header.size()) == Io::kOk) {
+      const absl::Status header_status = ParseDataRequest(header, &req);
+      keep = HandleRequest(c, req, header_status, frame.data_length, start);
+    }
+  }
+  // else: a stream that is not ours, or lost its framing: nothing in it
+  // can be trusted or answered.
+  EndRequest(c.fd);
+  return keep && !Stopping();
 }
 
 bool TcpDataPlane::HandleRequest(Connection& c, const DataRequest& req,

@@ -49,13 +49,26 @@
 // range), one spare and one lease; all go when it closes. A local
 // connection may also get a message channel (MAP_CHANNEL; common/
 // local_channel.h): shared memory through which those small messages and
-// their replies go instead of the socket, polled after each request for
-// channel_spin, with doorbells on the socket to
-// wake a thread that went to sleep.
+// their replies go instead of the socket, with doorbells on the socket to
+// wake an end that went to sleep.
+//
+// The channel poller: one thread of the plane polls every connection's
+// channel and serves what it finds there, so a request in a channel waits
+// for that one thread rather than for its own connection's thread to get a
+// core (with 4 local clients on 2 vCPUs, eight pollers yielding to each
+// other cost more than the requests; bench/results/service.md, session 15).
+// It never blocks: what would (another write of the key in flight, room
+// only by evicting, a durable commit, a block not in the arena, a long
+// checksum pass, a doorbell the socket cannot take now) it hands back to
+// the connection's own thread, which serves it as before; eviction past the
+// watermark after a commit goes there too. After channel_spin without a
+// request it marks every channel asleep and sleeps; a client then rings,
+// the connection's thread serves that request and wakes the poller.
 //
 // Threading: Start/Stop/address are for the owning thread. Connection
-// threads share only the ServiceContext (thread-safe) and the connection
-// set (mu_).
+// threads share only the ServiceContext (thread-safe), the connection
+// set (mu_) and, once a connection has a channel, that connection with the
+// poller (its serve_mu; channels_mu_ for the poller's list).
 #ifndef STRATA_CLUSTER_TCP_DATA_PLANE_H_
 #define STRATA_CLUSTER_TCP_DATA_PLANE_H_
 
@@ -110,16 +123,18 @@ struct TcpDataPlaneOptions {
   // within it costs no wake-up. 0: never poll. STRATA_TCP_SERVE_SPIN_US
   // overrides it (measurements; bench/results/service.md, session 9).
   absl::Duration serve_spin = absl::Microseconds(100);
-  // The same for a local connection's message channel, polled (a word in
-  // shared memory, no syscall) by at most local::ChannelPollers() threads.
-  // Longer than serve_spin: the next request of a client that copies the
-  // block it just put or got comes after that copy (~80-100 us for 1 MiB
-  // on the dev VM); if the thread slept by then, it must be rung awake.
-  // 250 against 100 us, one daemon each, alternated: 1 MiB gets with one
-  // client faster in 12 of 14 rounds (medians 10.1 against 8.6 GB/s), 256
-  // KiB puts with 4 clients median 6.9 against 5.8 GB/s, 256 KiB gets with
-  // 4 clients and 1 MiB puts within noise (bench/results/service.md,
-  // session 12). 0: never poll. STRATA_CHANNEL_SPIN_US overrides it.
+  // How long the channel poller polls the message channels (a word in
+  // shared memory each, no syscall) after the last request it found, before
+  // it sleeps. Longer than serve_spin: the next request of a client that
+  // copies the block it just put or got comes after that copy (~80-100 us
+  // for 1 MiB on the dev VM); if the poller slept by then, the client must
+  // ring. 250 against 100 us (then per connection thread), one daemon
+  // each, alternated: 1 MiB gets with one client faster in 12 of 14 rounds
+  // (medians 10.1 against 8.6 GB/s), 256 KiB puts with 4 clients median
+  // 6.9 against 5.8 GB/s, 256 KiB gets with 4 clients and 1 MiB puts
+  // within noise (bench/results/service.md, session 12). 0: the poller
+  // never polls (every channel request is rung and served by its
+  // connection's thread). STRATA_CHANNEL_SPIN_US overrides it.
   absl::Duration channel_spin = absl::Microseconds(250);
 };
 
@@ -149,8 +164,10 @@ class TcpDataPlane {
  private:
   TcpDataPlane(ServiceContext* ctx, const TcpDataPlaneOptions& options)
       : ctx_(ctx), options_(options) {}
-  // One connection's state, owned by its thread.
-  struct Connection {
+  // One connection's state, owned by its thread until it has a message
+  // channel; from then on the channel poller serves it too, and whoever
+  // serves it (or touches any field) holds serve_mu.
+  struct Connection : std::enable_shared_from_this<Connection> {
     int fd = -1;
     bool local = false;        // Accepted on the Unix socket.
     bool same_user = false;    // Local, and its peer runs as our user.
@@ -176,22 +193,81 @@ class TcpDataPlane {
     bool from_channel = false;
     std::vector<uint8_t> channel_message;    // The request, copied out.
     absl::Span<const uint8_t> channel_data;  // Its data, in channel_message.
+    std::vector<uint8_t> channel_header;     // Its header (and reused).
+
+    // ---- Shared with the channel poller once the channel is mapped.
+    absl::Mutex serve_mu;
+    bool closed = false;  // Its thread ended it: the poller skips it.
+    // The poller gave up on it (the channel broke or a reply failed); the
+    // poller shut the socket, so its thread closes it.
+    bool broken = false;
+    // Set while the poller serves it: nothing may block; what would calls
+    // HandBack instead.
+    bool on_poller = false;
+    // eventfd through which the poller wakes the connection's thread for
+    // the work below.
+    int handback_fd = -1;
+    // The request the poller took is to be served again by the thread,
+    // which may block: its parsed header, header status, data and start.
+    bool handed_back = false;
+    DataRequest handed_request;
+    absl::Status handed_header_status;
+    uint64_t handed_data_length = 0;
+    absl::Time handed_start;
+    bool evict_after = false;  // A commit took the DRAM tier past its mark.
+    size_t ring_left = 0;      // Doorbell bytes the socket could not take.
+    // The poller set the channel's request.reader_asleep (it sleeps).
+    bool marked_asleep = false;
   };
   // Binds options.local_path (Start).
   absl::Status ListenLocal();
   void AcceptLoop();
   // Accepts one connection on `listen_fd` and starts its thread.
   void AcceptOne(int listen_fd, bool local);
-  void Serve(uint64_t id, Connection c);
+  void Serve(uint64_t id, std::shared_ptr<Connection> conn);
+  // Reads the rest of a request whose frame came on the socket and serves
+  // it; false when the connection must close.
+  bool ServeSocketRequest(Connection& c, const tcp::TcpFrame& frame,
+                          std::vector<uint8_t>& header);
+  // Marks the connection mid-request (Stop lets it finish); false while
+  // stopping (the request is not served).
+  bool BeginRequest(int fd);
+  void EndRequest(int fd);
   // Before a connection's thread sleeps for its next request: polls for it
   // (serve_spin).
   void PollForRequest(int fd);
-  // Connections with a message channel: true when a request waits there
-  // (polled for channel_spin, by at most local::ChannelPollers() threads);
-  // false when the socket is to be read next (something came there, or
-  // the thread is to sleep on it: then the channel's reader_asleep is set,
-  // and the caller clears it once the socket delivered).
-  bool AwaitChannelRequest(Connection& c);
+  // ---- Connections with a message channel (tcp_data_plane_channel.cc).
+  // One wait of the connection's thread, for its socket or the poller's
+  // hand-back, and what came; false when the connection must close.
+  bool ServeChannelConnection(Connection& c);
+  // Serves the request waiting in c's channel, if one does (on the poller:
+  // never blocking). Requires c.serve_mu. Sets c.broken (and shuts the
+  // socket) when the connection must close.
+  void ServeChannelRequest(Connection& c, bool on_poller);
+  // The work the poller handed back; false when the connection must close.
+  bool DoHandedBack(Connection& c);
+  // For HandleRequest's handlers on the poller, at what would block: leaves
+  // the request to the connection's thread. Returns true (it stays open).
+  static bool HandBack(Connection& c);
+  // The channel poller's thread.
+  void ChannelPollerLoop();
+  // Polls every channel once; true when it served a request.
+  bool PollChannelsOnce(const std::vector<std::shared_ptr<Connection>>& all);
+  // Marks every channel asleep (their clients ring from then on). False
+  // when a request came meanwhile; `*all_marked` false when a channel could
+  // not be marked (its thread holds it): the poller then naps, not sleeps.
+  bool MarkChannelsAsleep(const std::vector<std::shared_ptr<Connection>>& all,
+                          bool* all_marked);
+  // Wakes the poller if it sleeps (a connection's thread served a rung
+  // request, or a channel was added).
+  void WakeChannelPoller();
+  void StopChannelPoller();
+  // Adds c (its channel mapped) to the poller's list / removes it.
+  void AddChannel(std::shared_ptr<Connection> c);
+  void RemoveChannel(const Connection* c);
+  // Rings the client of c's reply slot if it sleeps; on the poller without
+  // blocking (what the socket cannot take now is left to the thread).
+  bool RingClient(Connection& c);
   // Drops c.lease when the channel's release word names its GET.
   static void DropReleasedLease(Connection& c);
   // Copies the channel's request out and splits it into frame, header and
@@ -261,8 +337,15 @@ class TcpDataPlane {
   absl::Status ArenaAccess(const Connection& c) const;
   // Commits a block written in place (COMMIT, PUT_SPARE): the daemon's
   // checksum pass unless the client did it (kRequestVerifiedInPlace).
-  absl::Status CommitInPlace(kvstore::BlockReservation reservation,
+  // On the poller (c.on_poller) the commit does not evict: c.evict_after
+  // tells the connection's thread to.
+  absl::Status CommitInPlace(Connection& c,
+                             kvstore::BlockReservation reservation,
                              uint32_t request_flags);
+  // On the poller: whether committing a block of `size` bytes for `req`
+  // could block (a durable write, or the daemon's own checksum pass over a
+  // large block); such requests are handed back.
+  bool CommitMayBlock(const DataRequest& req, uint64_t size) const;
   // Sends a reply without data; false when the connection broke.
   bool SendReply(int fd, const DataRequest& req, const absl::Status& status,
                  uint32_t flags);
@@ -283,8 +366,6 @@ class TcpDataPlane {
   std::thread acceptor_;
   bool stopped_ = false;  // Owning thread.
   std::atomic<int> polling_{0};  // 1 while a connection's thread polls.
-  // Connection threads polling their message channels.
-  std::atomic<int> channel_pollers_{0};
   std::atomic<uint64_t> spare_bytes_{0};  // Held by all connections' spares.
   std::atomic<int> busy_count_{0};  // busy_.size(), read without mu_.
 
@@ -302,6 +383,20 @@ class TcpDataPlane {
   std::vector<kvstore::ArenaSpace> retired_spares_ ABSL_GUARDED_BY(mu_);
   std::vector<kvstore::BlockReservation> retired_reservations_
       ABSL_GUARDED_BY(mu_);
+
+  // The channel poller, started with the first channel. Lock order: a
+  // connection's serve_mu, then channels_mu_ or mu_. The poller only
+  // TryLocks serve_mu, and holds no other lock while it serves.
+  absl::Mutex channels_mu_;
+  std::thread channel_poller_ ABSL_GUARDED_BY(channels_mu_);
+  std::vector<std::shared_ptr<Connection>> channels_
+      ABSL_GUARDED_BY(channels_mu_);
+  uint64_t channels_version_ ABSL_GUARDED_BY(channels_mu_) = 0;
+  bool poller_wake_ ABSL_GUARDED_BY(channels_mu_) = false;
+  bool poller_stop_ ABSL_GUARDED_BY(channels_mu_) = false;
+  // True while the poller sleeps (or does not run): a thread that served a
+  // rung request wakes it.
+  std::atomic<bool> poller_asleep_{true};
 };
 
 }  // namespace strata::cluster

@@ -187,7 +187,8 @@ absl::Status TcpDataPlane::ArenaAccess(const Connection& c) const {
   return absl::OkStatus();
 }
 
-absl::Status TcpDataPlane::CommitInPlace(kvstore::BlockReservation reservation,
+absl::Status TcpDataPlane::CommitInPlace(Connection& c,
+                                         kvstore::BlockReservation reservation,
                                          uint32_t request_flags) {
   // Commit hashes what landed, unless the client checked the checksum as it
   // wrote: a block written wrong is refused (and nothing of it stored).
@@ -195,7 +196,22 @@ absl::Status TcpDataPlane::CommitInPlace(kvstore::BlockReservation reservation,
     reservation.AcceptWritersChecksum();
   }
   STRATA_RETURN_IF_ERROR(CheckAcceptingBlocks(ctx_));
-  return ctx_->store->Commit(std::move(reservation));
+  if (!c.on_poller) return ctx_->store->Commit(std::move(reservation));
+  // Eviction may write the SSD tier: the connection's thread runs it.
+  absl::Status status = ctx_->store->Commit(
+      std::move(reservation), kvstore::CommitOptions{.evict = false});
+  if (ctx_->store->NeedsEviction()) c.evict_after = true;
+  return status;
+}
+
+bool TcpDataPlane::CommitMayBlock(const DataRequest& req, uint64_t size) const {
+  // The daemon's own checksum pass over more than this stays off the poller
+  // (about 40 us at the dev VM's 25 GB/s of hashing).
+  constexpr uint64_t kPollerHashMaxBytes = uint64_t{1} << 20;
+  const bool durable = (req.flags & ucx::kRequestDurable) != 0 ||
+                       ctx_->store->options().write_through;
+  return durable || ((req.flags & ucx::kRequestVerifiedInPlace) == 0 &&
+                     size > kPollerHashMaxBytes);
 }
 
 bool TcpDataPlane::SendArena(Connection& c, const DataRequest& req) {
@@ -232,10 +248,19 @@ bool TcpDataPlane::HandleReserve(Connection& c, const DataRequest& req,
   }
   // The client took its record of a spare of another size: free it.
   if (c.spare.active() && c.spare.data().size() != block_length) DropSpare(c);
-  absl::StatusOr<kvstore::BlockReservation> reservation = ctx_->store->Reserve(
-      req.key, block_length, PutOptionsFor(req, kInFlightWriteWait));
+  // On the poller: no waiting for another write of the key, no eviction
+  // (either hands the request back to the connection's thread).
+  absl::StatusOr<kvstore::BlockReservation> reservation =
+      ctx_->store->Reserve(req.key, block_length,
+                           PutOptionsFor(req, c.on_poller ? absl::ZeroDuration()
+                                                          : kInFlightWriteWait),
+                           kvstore::ReserveOptions{.may_evict = !c.on_poller});
   if (absl::IsAlreadyExists(reservation.status())) {
     return answer(absl::OkStatus(), ucx::kReplyAlreadyPresent);
+  }
+  if (c.on_poller && (absl::IsAborted(reservation.status()) ||
+                      absl::IsResourceExhausted(reservation.status()))) {
+    return HandBack(c);
   }
   // RESOURCE_EXHAUSTED (the arena cannot hold it now): the client sends the
   // block with a plain PUT, which may place it in a lower tier.
@@ -261,8 +286,11 @@ bool TcpDataPlane::HandleCommit(Connection& c, const DataRequest& req,
         "op: COMMIT must follow a RESERVE of its key on the same connection");
     c.reservation.reset();
   } else {
+    if (c.on_poller && CommitMayBlock(req, c.reservation_bytes)) {
+      return HandBack(c);
+    }
     bytes_in = c.reservation_bytes;
-    status = CommitInPlace(*std::move(c.reservation), req.flags);
+    status = CommitInPlace(c, *std::move(c.reservation), req.flags);
     c.reservation.reset();
   }
   ctx_->metrics->RecordRpc(Rpc::kPut, status.code(), SteadyNow() - start,
@@ -296,16 +324,23 @@ bool TcpDataPlane::HandlePutSpare(Connection& c, const DataRequest& req,
   if (absl::Status s = CheckPutAdmissible(ctx_, block_length); !s.ok()) {
     return answer(s, 0, 0);
   }
+  if (c.on_poller && CommitMayBlock(req, block_length)) return HandBack(c);
   // The spare becomes the key's reservation (or stays the connection's when
-  // the key cannot be claimed).
+  // the key cannot be claimed). On the poller, a key with another write in
+  // flight is handed back rather than waited for.
   absl::StatusOr<kvstore::BlockReservation> reservation =
-      ctx_->store->ReserveInto(req.key, c.spare,
-                               PutOptionsFor(req, kInFlightWriteWait));
+      ctx_->store->ReserveInto(
+          req.key, c.spare,
+          PutOptionsFor(
+              req, c.on_poller ? absl::ZeroDuration() : kInFlightWriteWait));
   if (absl::IsAlreadyExists(reservation.status())) {
     return answer(absl::OkStatus(), ucx::kReplyAlreadyPresent, 0);
   }
+  if (c.on_poller && absl::IsAborted(reservation.status())) {
+    return HandBack(c);
+  }
   if (!reservation.ok()) return answer(reservation.status(), 0, 0);
-  return answer(CommitInPlace(*std::move(reservation), req.flags), 0,
+  return answer(CommitInPlace(c, *std::move(reservation), req.flags), 0,
                 block_length);
 }
 
@@ -367,8 +402,19 @@ bool TcpDataPlane::HandleGetInArena(Connection& c, const DataRequest& req,
   if (!c.local || !ArenaAccess(c).ok()) return HandleGet(c.fd, req, start);
   const kvstore::TieredStore::SharedArena arena =
       ctx_->store->SharedDramArena();
+  kvstore::GetOptions options = GetOptionsFor(req.flags);
+  if (c.on_poller) {
+    // Only a DRAM copy (no SSD read, no reply on the socket), and no long
+    // checksum pass: else FAILED_PRECONDITION, and the connection's thread
+    // serves it.
+    options.fast_path_max_bytes =
+        options.verify_first_tier ? uint64_t{1} << 20 : ~uint64_t{0};
+  }
   absl::StatusOr<kvstore::BlockLease> lease =
-      ctx_->store->Get(req.key, GetOptionsFor(req.flags));
+      ctx_->store->Get(req.key, options);
+  if (c.on_poller && absl::IsFailedPrecondition(lease.status())) {
+    return HandBack(c);
+  }
   if (!lease.ok()) {
     Record(req, lease.status(), start, 0, 0);
     return AnswerStatus(c, req, lease.status(), 0);
@@ -394,156 +440,6 @@ bool TcpDataPlane::HandleGetInArena(Connection& c, const DataRequest& req,
                 ReplyHeaderBytes(req.op, req.request_id, absl::OkStatus(),
                                  flags | ucx::kReplyInArena),
                 U64s({offset, block.size(), ctx_->instance_token}));
-}
-
-// ---- The message channel (common/local_channel.h).
-
-bool TcpDataPlane::SendChannel(Connection& c, const DataRequest& req) {
-  if (absl::Status s = ArenaAccess(c); !s.ok()) {
-    return AnswerStatus(c, req, s, 0);
-  }
-  if (c.channel != nullptr) {
-    return AnswerStatus(c, req,
-                        absl::FailedPreconditionError(
-                            "op: this connection has its message channel"),
-                        0);
-  }
-  // Sealed at its size: the client cannot shrink it under this thread.
-  const int fd = SealedMemfd("strata-channel", local::kChannelBytes);
-  void* mapped = MAP_FAILED;
-  if (fd >= 0) {
-    mapped = mmap(nullptr, local::kChannelBytes, PROT_READ | PROT_WRITE,
-                  MAP_SHARED, fd, 0);
-  }
-  if (mapped == MAP_FAILED) {
-    const int error = errno;
-    if (fd >= 0) close(fd);
-    return AnswerStatus(c, req,
-                        absl::ResourceExhaustedError(absl::StrCat(
-                            "channel: cannot create the message channel: ",
-                            std::strerror(error))),
-                        0);
-  }
-  // A fresh memfd reads as zeros: no message in either slot.
-  c.channel = new (mapped) local::LocalChannel();
-  c.channel->magic = local::kChannelMagic;
-  c.channel->version = local::kChannelVersion;
-  c.channel_seq = 0;
-  const bool sent = SendFramed(
-      c.fd, ReplyHeaderBytes(req.op, req.request_id, absl::OkStatus(), 0), {},
-      fd);
-  close(fd);  // The mapping stays until the connection closes.
-  return sent;
-}
-
-void TcpDataPlane::DropReleasedLease(Connection& c) {
-  if (c.lease.has_value() && c.lease_seq != 0 &&
-      c.channel->release.load(std::memory_order_seq_cst) == c.lease_seq) {
-    c.lease.reset();
-    c.lease_seq = 0;
-  }
-}
-
-bool TcpDataPlane::AwaitChannelRequest(Connection& c) {
-  local::ChannelSlot& slot = c.channel->request;
-  auto fresh = [&] {
-    DropReleasedLease(c);
-    return slot.seq.load(std::memory_order_acquire) != c.channel_seq;
-  };
-  if (fresh()) return true;
-  // Polled for channel_spin (by at most local::ChannelPollers() threads at
-  // once); the socket is looked at every few rounds, for the messages that
-  // do not go in the channel.
-  if (options_.channel_spin > absl::ZeroDuration()) {
-    local::ChannelPollerSlot slot_taken(channel_pollers_);
-    if (slot_taken.admitted()) {
-      const absl::Time until = SteadyNow() + options_.channel_spin;
-      pollfd p{c.fd, POLLIN, 0};
-      for (unsigned round = 1; !fresh() && SteadyNow() < until; ++round) {
-        // Something on the socket: a request in the channel goes first.
-        if (round % 16 == 0 && poll(&p, 1, 0) > 0) return fresh();
-        sched_yield();
-      }
-      if (fresh()) return true;
-    }
-  }
-  // To sleep on the socket: a client that posts from now on rings.
-  slot.reader_asleep.store(1, std::memory_order_seq_cst);
-  if (slot.seq.load(std::memory_order_seq_cst) != c.channel_seq) {
-    slot.reader_asleep.store(0, std::memory_order_relaxed);
-    return true;
-  }
-  // A release stored before reader_asleep was is seen here; one after it
-  // rings.
-  DropReleasedLease(c);
-  return false;
-}
-
-bool TcpDataPlane::TakeChannelRequest(Connection& c, tcp::TcpFrame* frame,
-                                      std::vector<uint8_t>* header) {
-  local::ChannelSlot& slot = c.channel->request;
-  c.channel_seq = slot.seq.load(std::memory_order_acquire);
-  // Copied out before anything is looked at: the client may write the page
-  // at any time.
-  const uint32_t length = slot.length.load(std::memory_order_relaxed);
-  if (length < sizeof(*frame) || length > local::kChannelMessageBytes) {
-    return false;
-  }
-  c.channel_message.assign(slot.bytes, slot.bytes + length);
-  // The client may write the slot again (its next request after a RELEASE).
-  slot.taken.store(c.channel_seq, std::memory_order_release);
-  std::memcpy(frame, c.channel_message.data(), sizeof(*frame));
-  if (frame->magic != tcp::kFrameMagic ||
-      frame->header_length < kMinAnswerableHeaderBytes ||
-      frame->header_length > length - sizeof(*frame) ||
-      frame->data_length != length - sizeof(*frame) - frame->header_length) {
-    return false;  // Framing lost: nothing in it can be answered.
-  }
-  const uint8_t* at = c.channel_message.data() + sizeof(*frame);
-  header->assign(at, at + frame->header_length);
-  c.channel_data =
-      absl::MakeConstSpan(at + frame->header_length, frame->data_length);
-  c.from_channel = true;
-  return true;
-}
-
-bool TcpDataPlane::AnswerOnSocket(Connection& c,
-                                  const std::vector<uint8_t>& header,
-                                  absl::Span<const uint8_t> data, int pass_fd) {
-  if (c.from_channel) {
-    // Told first, so a client polling the channel goes to the socket while
-    // a large reply is still being sent (no doorbell: a client asleep on
-    // the socket reads the reply there).
-    local::ChannelSlot& slot = c.channel->reply;
-    slot.length.store(local::kReplyOnSocket, std::memory_order_relaxed);
-    slot.seq.store(c.channel_seq, std::memory_order_seq_cst);
-  }
-  return SendFramed(c.fd, header, data, pass_fd);
-}
-
-bool TcpDataPlane::Answer(Connection& c, const std::vector<uint8_t>& header,
-                          absl::Span<const uint8_t> data, int pass_fd) {
-  const size_t length = sizeof(tcp::TcpFrame) + header.size() + data.size();
-  if (!c.from_channel || pass_fd >= 0 || length > local::kChannelMessageBytes) {
-    return AnswerOnSocket(c, header, data, pass_fd);
-  }
-  local::ChannelSlot& slot = c.channel->reply;
-  const tcp::TcpFrame frame{tcp::kFrameMagic,
-                            static_cast<uint32_t>(header.size()), data.size()};
-  std::memcpy(slot.bytes, &frame, sizeof(frame));
-  std::memcpy(slot.bytes + sizeof(frame), header.data(), header.size());
-  if (!data.empty()) {
-    std::memcpy(slot.bytes + sizeof(frame) + header.size(), data.data(),
-                data.size());
-  }
-  slot.length.store(static_cast<uint32_t>(length), std::memory_order_relaxed);
-  slot.seq.store(c.channel_seq, std::memory_order_seq_cst);
-  return local::RingIfAsleep(c.fd, slot) == Io::kOk;
-}
-
-bool TcpDataPlane::AnswerStatus(Connection& c, const DataRequest& req,
-                                const absl::Status& status, uint32_t flags) {
-  return Answer(c, ReplyHeaderBytes(req.op, req.request_id, status, flags), {});
 }
 
 }  // namespace strata::cluster

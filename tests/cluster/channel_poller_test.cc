@@ -1,0 +1,234 @@
+// The channel poller of the socket plane's local connections
+// (cluster/tcp_data_plane.h, "The channel poller"): one thread serves every
+// connection's message channel and never blocks; what would block goes back
+// to the connection's own thread. These tests drive channels at the byte
+// level (RawChannel) and check that a request that must wait holds up no
+// other connection, that puts needing eviction or a durable write are
+// still served (and evict), and that many channels are served at once.
+#include <sched.h>
+
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/local_channel.h"
+#include "common/ucx_protocol.h"
+#include "gtest/gtest.h"
+#include "tests/cluster/local_data_plane_fixture.h"
+
+namespace strata::testing {
+namespace {
+
+using ::strata::kvstore::testing::KeyFor;
+using ::strata::kvstore::testing::MakeBlock;
+using ::strata::kvstore::testing::ShapeForBytes;
+
+// A connection with its arena and channel mapped.
+struct ChannelClient {
+  std::unique_ptr<RawConnection> conn;
+  std::unique_ptr<RawChannel> channel;
+};
+
+class ChannelPollerTest : public LocalDataPlaneTest {
+ protected:
+  // Waits until the poller polls `ch` (it clears the channel's asleep mark,
+  // set from its creation): then requests posted there go to the poller,
+  // unrung, for as long as it keeps polling (channel_spin_).
+  static void AwaitPoller(RawChannel& ch) {
+    while (ch.page()->request.reader_asleep.load(std::memory_order_seq_cst) !=
+           0) {
+      sched_yield();
+    }
+  }
+
+  ChannelClient Connect() {
+    ChannelClient client;
+    client.conn = std::make_unique<RawConnection>(sock_);
+    EXPECT_TRUE(client.conn->connected());
+    MapArena(*client.conn);
+    client.channel = MapChannel(*client.conn);
+    EXPECT_NE(client.channel, nullptr);
+    return client;
+  }
+
+  // RESERVE, the block written into the arena, COMMIT, all through `ch`;
+  // the COMMIT's reply.
+  std::optional<Reply> PutThroughChannel(RawChannel& ch, uint64_t k,
+                                         const std::vector<uint8_t>& block,
+                                         uint32_t commit_flags = 0) {
+    EXPECT_TRUE(ch.Post(ucx::Op::kReserve, 2, KeyFor(k), U64(block.size())));
+    auto reserved = ch.Await();
+    if (!reserved.has_value()) return std::nullopt;
+    EXPECT_EQ(reserved->code(), absl::StatusCode::kOk) << reserved->message;
+    if (reserved->code() != absl::StatusCode::kOk) return reserved;
+    std::memcpy(arena_ + Word(*reserved, 0), block.data(), block.size());
+    EXPECT_TRUE(ch.Post(ucx::Op::kCommit, 3, KeyFor(k), {}, commit_flags));
+    return ch.Await();
+  }
+};
+
+// Connection A holds key 7's reservation (its client still "writing").
+// B's RESERVE of key 7, taken by the poller, must wait for A's outcome, up
+// to 10 s: the poller hands it to B's thread rather than wait itself, so
+// C's puts and pings through its own channel are answered meanwhile. B is
+// answered only after A commits: ALREADY_PRESENT, the first write having won.
+TEST_F(ChannelPollerTest, ARequestThatMustWaitHoldsUpNoOtherChannel) {
+  channel_spin_ = absl::Seconds(60);  // The poller never sleeps here.
+  Start();
+  ChannelClient a = Connect(), b = Connect(), c = Connect();
+  AwaitPoller(*b.channel);
+  AwaitPoller(*c.channel);
+  const auto block = MakeBlock(ShapeForBytes(256 << 10), 7);
+  ASSERT_TRUE(
+      a.channel->Post(ucx::Op::kReserve, 2, KeyFor(7), U64(block.size())));
+  auto reserved = a.channel->Await();
+  ASSERT_TRUE(reserved.has_value());
+  ASSERT_EQ(reserved->code(), absl::StatusCode::kOk) << reserved->message;
+
+  ASSERT_TRUE(
+      b.channel->Post(ucx::Op::kReserve, 2, KeyFor(7), U64(block.size())));
+  const uint32_t b_number = b.channel->next_number() - 1;
+  // B's request was taken (by the poller, which handed it back) before C
+  // goes on, so C's requests really come while B's waits.
+  while (b.channel->page()->request.taken.load(std::memory_order_acquire) !=
+         b_number) {
+    sched_yield();
+  }
+  for (uint64_t k = 20; k < 24; ++k) {
+    auto put = PutThroughChannel(*c.channel, k,
+                                 MakeBlock(ShapeForBytes(256 << 10), k));
+    ASSERT_TRUE(put.has_value());
+    EXPECT_EQ(put->code(), absl::StatusCode::kOk) << put->message;
+  }
+  ASSERT_TRUE(c.channel->Post(ucx::Op::kPing, 9, KeyFor(0), {}));
+  ASSERT_TRUE(c.channel->Await().has_value());
+  // B is still waiting for key 7's first write.
+  EXPECT_NE(b.channel->page()->reply.seq.load(std::memory_order_acquire),
+            b_number);
+
+  std::memcpy(arena_ + Word(*reserved, 0), block.data(), block.size());
+  ASSERT_TRUE(a.channel->Post(ucx::Op::kCommit, 3, KeyFor(7), {}));
+  auto committed = a.channel->Await();
+  ASSERT_TRUE(committed.has_value());
+  EXPECT_EQ(committed->code(), absl::StatusCode::kOk) << committed->message;
+  auto b_reply = b.channel->Await();
+  ASSERT_TRUE(b_reply.has_value());
+  EXPECT_EQ(b_reply->code(), absl::StatusCode::kOk) << b_reply->message;
+  EXPECT_NE(b_reply->header.flags & ucx::kReplyAlreadyPresent, 0u);
+  // B's connection goes on through its channel.
+  ASSERT_TRUE(b.channel->Post(ucx::Op::kPing, 4, KeyFor(0), {}));
+  auto ping = b.channel->Await();
+  ASSERT_TRUE(ping.has_value());
+  EXPECT_EQ(ping->header.request_id, 4u);
+}
+
+// The DRAM tier (64 MiB, no SSD) filled to just under its high watermark,
+// so no eviction has run, and fewer free bytes than the next block needs.
+class ChannelPollerFullTierTest : public ChannelPollerTest {
+ protected:
+  void FillBelowHighWatermark() {
+    const uint64_t block_bytes = MakeBlock(ShapeForBytes(1 << 20), 0).size();
+    for (uint64_t k = 1000; Stats().used_bytes + 2 * block_bytes < High();
+         ++k) {
+      ASSERT_TRUE(
+          store_->Put(KeyFor(k), MakeBlock(ShapeForBytes(1 << 20), k)).ok());
+    }
+    ASSERT_EQ(Stats().evictions, 0u);
+  }
+  kvstore::TierStats Stats() { return store_->Stats().tiers[0]; }
+  uint64_t High() {
+    return static_cast<uint64_t>(store_->options().high_watermark *
+                                 store_->options().dram_capacity_bytes);
+  }
+  // Puts `block` as key `k` through `ch` and reads it back in the arena.
+  void PutAndReadBack(RawChannel& ch, uint64_t k,
+                      const std::vector<uint8_t>& block,
+                      uint32_t commit_flags = 0) {
+    auto put = PutThroughChannel(ch, k, block, commit_flags);
+    ASSERT_TRUE(put.has_value());
+    ASSERT_EQ(put->code(), absl::StatusCode::kOk) << put->message;
+    ASSERT_TRUE(ch.Post(ucx::Op::kGet, 5, KeyFor(k), {},
+                        ucx::kRequestInArena | ucx::kRequestClientVerifies));
+    auto got = ch.Await();
+    ASSERT_TRUE(got.has_value());
+    ASSERT_EQ(got->code(), absl::StatusCode::kOk) << got->message;
+    ASSERT_EQ(Word(*got, 1), block.size());
+    EXPECT_EQ(std::memcmp(arena_ + Word(*got, 0), block.data(), block.size()),
+              0);
+  }
+};
+
+// An 8 MiB RESERVE finds no free range without evicting, which the poller
+// does not do: it hands the request to the connection's thread, whose
+// RESERVE evicts (the client is not told RESOURCE_EXHAUSTED, which would
+// send it to a plain PUT).
+TEST_F(ChannelPollerFullTierTest, AReserveThatNeedsEvictionIsStillServed) {
+  channel_spin_ = absl::Seconds(60);  // The poller never sleeps here.
+  Start();
+  FillBelowHighWatermark();
+  ChannelClient client = Connect();
+  AwaitPoller(*client.channel);
+  PutAndReadBack(*client.channel, 7, MakeBlock(ShapeForBytes(8 << 20), 7));
+  EXPECT_GT(Stats().evictions, 0u);
+}
+
+// A 3 MiB commit takes the tier past its high watermark. On the poller the
+// commit does not evict; the connection's thread does, after the reply, so
+// usage comes back under the mark.
+TEST_F(ChannelPollerFullTierTest, ACommitPastTheHighWatermarkStillEvicts) {
+  channel_spin_ = absl::Seconds(60);
+  Start();
+  FillBelowHighWatermark();
+  ChannelClient client = Connect();
+  AwaitPoller(*client.channel);
+  // Fits in the free range, and takes usage past the mark.
+  const auto block = MakeBlock(ShapeForBytes(3 << 20), 7);
+  ASSERT_LE(Stats().used_bytes + block.size(),
+            store_->options().dram_capacity_bytes);
+  ASSERT_GT(Stats().used_bytes + block.size(), High());
+  // Checked as written (the block is right), so the poller commits it
+  // itself rather than hand a 3 MiB checksum pass back.
+  PutAndReadBack(*client.channel, 7, block, ucx::kRequestVerifiedInPlace);
+  // The eviction runs after the reply: wait for it.
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (Stats().evictions == 0 && absl::Now() < give_up) sched_yield();
+  EXPECT_GT(Stats().evictions, 0u);
+  EXPECT_LE(Stats().used_bytes, High());
+}
+
+// A write-through store (an SSD tier under DRAM): every commit writes the
+// SSD first, which the poller leaves to the connection's thread. The whole
+// channel round (reserve, commit, spare put, in-arena gets, releases) works,
+// and the blocks are on the SSD tier.
+TEST_F(ChannelPollerTest, DurableCommitsThroughTheChannelReachTheSsd) {
+  with_ssd_ = true;
+  Start();
+  PutAndGetThroughTheChannel();
+  EXPECT_EQ(store_->Stats().tiers[1].blocks, 2u);
+}
+
+// Eight channels with a request each in flight at once, rounds over: every
+// request is answered once, with its own request id, whoever serves it.
+TEST_F(ChannelPollerTest, ManyChannelsAreServedAtOnce) {
+  Start();
+  constexpr int kClients = 8;
+  std::vector<ChannelClient> clients;
+  for (int i = 0; i < kClients; ++i) clients.push_back(Connect());
+  for (uint64_t round = 1; round <= 50; ++round) {
+    for (int i = 0; i < kClients; ++i) {
+      ASSERT_TRUE(clients[i].channel->Post(ucx::Op::kPing, round * 100 + i,
+                                           KeyFor(0), {}));
+    }
+    for (int i = 0; i < kClients; ++i) {
+      auto reply = clients[i].channel->Await();
+      ASSERT_TRUE(reply.has_value()) << "client " << i << " round " << round;
+      EXPECT_EQ(reply->header.request_id, round * 100 + i);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace strata::testing
