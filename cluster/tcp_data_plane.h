@@ -244,7 +244,9 @@ class TcpDataPlane {
   // never blocking). Requires c.serve_mu. Sets c.broken (and shuts the
   // socket) when the connection must close.
   void ServeChannelRequest(Connection& c, bool on_poller);
-  // The work the poller handed back; false when the connection must close.
+  // The request the poller handed back and the rest of a doorbell it could
+  // not send (ServeChannelConnection runs the eviction itself, without
+  // serve_mu); false when the connection must close.
   bool DoHandedBack(Connection& c);
   // For HandleRequest's handlers on the poller, at what would block: leaves
   // the request to the connection's thread. Returns true (it stays open).

@@ -27,6 +27,7 @@
 #include <memory>
 #include <new>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -187,15 +188,20 @@ bool TcpDataPlane::AnswerStatus(Connection& c, const DataRequest& req,
 bool TcpDataPlane::ServeChannelConnection(Connection& c) {
   pollfd waits[2] = {{c.fd, POLLIN, 0}, {c.handback_fd, POLLIN, 0}};
   if (poll(waits, 2, -1) < 0) return errno == EINTR;
-  bool rung = false;
+  bool rung = false, evict = false;
   {
     absl::MutexLock lock(&c.serve_mu);
     if (c.broken) return false;
     if (waits[1].revents != 0) {
       uint64_t count = 0;
       (void)!read(c.handback_fd, &count, sizeof(count));
+    }
+    // By the state, not the eventfd, which may ring after poll returned:
+    // the rest of a doorbell must go before anything else on the socket.
+    if (c.ring_left > 0 || c.handed_back) {
       if (!DoHandedBack(c)) return false;
     }
+    evict = std::exchange(c.evict_after, false);
     if (waits[0].revents != 0) {
       tcp::TcpFrame frame{};
       size_t got = 0;
@@ -208,6 +214,8 @@ bool TcpDataPlane::ServeChannelConnection(Connection& c) {
   }
   // A client rang: the poller slept (or is about to). It polls again.
   if (rung) WakeChannelPoller();
+  // Not holding the connection: its next request may come meanwhile.
+  if (evict) ctx_->store->EvictToWatermarks();
   return true;
 }
 
@@ -228,10 +236,6 @@ bool TcpDataPlane::DoHandedBack(Connection& c) {
                                     c.handed_data_length, c.handed_start);
     EndRequest(c.fd);
     if (!keep) return false;
-  }
-  if (c.evict_after) {
-    c.evict_after = false;
-    ctx_->store->EvictToWatermarks();
   }
   return true;
 }

@@ -121,9 +121,11 @@ static_assert(offsetof(LocalChannel, request) == 64);
 static_assert(offsetof(LocalChannel, reply) == 64 + 4096);
 static_assert(kChannelBytes == 8256);
 
-// How many threads of one process may poll channels at once (each waiting
-// end polls its own channel, yielding the core between rounds; the others
-// sleep on their sockets until rung): twice the machine's cores. Polling a
+// How many client threads of one process may poll channels at once (each
+// waiting call polls its own channel, yielding the core between rounds; the
+// others sleep on their sockets until rung): twice the machine's cores.
+// (The daemon's end is polled by one thread for every channel: the channel
+// poller of cluster/tcp_data_plane.h.) Polling a
 // word costs no syscall and a poller gives its core away every round, so
 // unlike polling sockets it pays with several calls in flight: 256 KiB
 // with 4 clients on the 2-vCPU VM (7 alternated rounds), puts median 11.6
