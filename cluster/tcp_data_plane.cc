@@ -315,9 +315,11 @@ void TcpDataPlane::Serve(uint64_t id, std::shared_ptr<Connection> conn) {
     if (!ServeSocketRequest(c, frame, header)) break;
   }
   if (c.channel != nullptr) RemoveChannel(&c);  // The poller lets go of it.
+  bool evict = false;
   {
     absl::MutexLock lock(&c.serve_mu);
     c.closed = true;
+    evict = c.evict_after;  // A commit's eviction not run yet.
     DropReservation(c);  // Aborts: nothing partial is stored.
     c.lease.reset();
     DropSpare(c);
@@ -326,9 +328,13 @@ void TcpDataPlane::Serve(uint64_t id, std::shared_ptr<Connection> conn) {
     if (c.handback_fd >= 0) close(c.handback_fd);
     c.handback_fd = -1;
   }
+  if (evict) ctx_->store->EvictToWatermarks();
   absl::MutexLock lock(&mu_);
   conns_.erase(fd);
-  busy_.erase(fd);
+  // A request handed back but never served (the connection broke first).
+  if (busy_.erase(fd) != 0) {
+    busy_count_.fetch_sub(1, std::memory_order_acq_rel);
+  }
   close(fd);
   finished_.push_back(id);
   ctx_->metrics->AddSocketConnections(-1);

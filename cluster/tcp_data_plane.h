@@ -344,10 +344,12 @@ class TcpDataPlane {
   absl::Status CommitInPlace(Connection& c,
                              kvstore::BlockReservation reservation,
                              uint32_t request_flags);
-  // On the poller: whether committing a block of `size` bytes for `req`
-  // could block (a durable write, or the daemon's own checksum pass over a
-  // large block); such requests are handed back.
-  bool CommitMayBlock(const DataRequest& req, uint64_t size) const;
+  // On the poller: whether committing a block of `size` bytes could block
+  // (a durable write, or the daemon's own checksum pass over a large block,
+  // which a writer that checked it as it wrote, kRequestVerifiedInPlace in
+  // `request_flags`, spares); such requests are handed back.
+  static bool CommitMayBlock(bool durable, uint32_t request_flags,
+                             uint64_t size);
   // Sends a reply without data; false when the connection broke.
   bool SendReply(int fd, const DataRequest& req, const absl::Status& status,
                  uint32_t flags);

@@ -216,7 +216,10 @@ bool TcpDataPlane::ServeChannelConnection(Connection& c) {
   if (rung) WakeChannelPoller();
   // Not holding the connection: its next request may come meanwhile.
   if (evict) ctx_->store->EvictToWatermarks();
-  return true;
+  // Stopping: the poller is gone and will not serve this channel again; a
+  // request posted unrung would wait for Stop's grace. The connection ends
+  // after the request it served, as on the socket.
+  return !Stopping();
 }
 
 bool TcpDataPlane::DoHandedBack(Connection& c) {
@@ -229,8 +232,8 @@ bool TcpDataPlane::DoHandedBack(Connection& c) {
     if (sockio::SendAll(c.fd, &rest, 1) != Io::kOk) return false;
   }
   if (c.handed_back) {
+    // Busy since the poller took it (ServeChannelRequest).
     c.handed_back = false;
-    if (!BeginRequest(c.fd)) return false;
     c.from_channel = true;  // Its data is still in channel_message.
     const bool keep = HandleRequest(c, c.handed_request, c.handed_header_status,
                                     c.handed_data_length, c.handed_start);
@@ -256,11 +259,17 @@ void TcpDataPlane::ServeChannelRequest(Connection& c, bool on_poller) {
     c.broken = true;
     shutdown(c.fd, SHUT_RDWR);
   };
+  // Busy before the request is taken (Stop does not end a connection mid
+  // request), and until it is answered: through a hand-back too.
+  if (!BeginRequest(c.fd)) return give_up();  // Stopping: not taken.
   tcp::TcpFrame frame{};
   const bool took = TakeChannelRequest(c, &frame, &c.channel_header);
   c.lease.reset();  // An in-arena GET's lease lasts until this message.
   c.lease_seq = 0;
-  if (!took || !BeginRequest(c.fd)) return give_up();
+  if (!took) {
+    EndRequest(c.fd);
+    return give_up();
+  }
   const absl::Time start = SteadyNow();
   DataRequest req;
   const absl::Status header_status = ParseDataRequest(c.channel_header, &req);
@@ -268,8 +277,8 @@ void TcpDataPlane::ServeChannelRequest(Connection& c, bool on_poller) {
   const bool keep =
       HandleRequest(c, req, header_status, frame.data_length, start);
   c.on_poller = false;
-  EndRequest(c.fd);
-  if (!keep) return give_up();
+  if (!c.handed_back) EndRequest(c.fd);
+  if (!keep) return give_up();  // (Never with a hand-back: HandBack keeps.)
   if (c.handed_back) {
     c.handed_request = std::move(req);
     c.handed_header_status = header_status;

@@ -204,13 +204,12 @@ absl::Status TcpDataPlane::CommitInPlace(Connection& c,
   return status;
 }
 
-bool TcpDataPlane::CommitMayBlock(const DataRequest& req, uint64_t size) const {
+bool TcpDataPlane::CommitMayBlock(bool durable, uint32_t request_flags,
+                                  uint64_t size) {
   // The daemon's own checksum pass over more than this stays off the poller
   // (about 40 us at the dev VM's 25 GB/s of hashing).
   constexpr uint64_t kPollerHashMaxBytes = uint64_t{1} << 20;
-  const bool durable = (req.flags & ucx::kRequestDurable) != 0 ||
-                       ctx_->store->options().write_through;
-  return durable || ((req.flags & ucx::kRequestVerifiedInPlace) == 0 &&
+  return durable || ((request_flags & ucx::kRequestVerifiedInPlace) == 0 &&
                      size > kPollerHashMaxBytes);
 }
 
@@ -286,7 +285,9 @@ bool TcpDataPlane::HandleCommit(Connection& c, const DataRequest& req,
         "op: COMMIT must follow a RESERVE of its key on the same connection");
     c.reservation.reset();
   } else {
-    if (c.on_poller && CommitMayBlock(req, c.reservation_bytes)) {
+    // Durability was fixed by the RESERVE (the COMMIT carries no such flag).
+    if (c.on_poller && CommitMayBlock(c.reservation->durable(), req.flags,
+                                      c.reservation_bytes)) {
       return HandBack(c);
     }
     bytes_in = c.reservation_bytes;
@@ -324,7 +325,13 @@ bool TcpDataPlane::HandlePutSpare(Connection& c, const DataRequest& req,
   if (absl::Status s = CheckPutAdmissible(ctx_, block_length); !s.ok()) {
     return answer(s, 0, 0);
   }
-  if (c.on_poller && CommitMayBlock(req, block_length)) return HandBack(c);
+  // The PUT_SPARE makes its own reservation: durable as PutOptionsFor
+  // makes it, by the request's flag or the store's write-through.
+  const bool durable = (req.flags & ucx::kRequestDurable) != 0 ||
+                       ctx_->store->options().write_through;
+  if (c.on_poller && CommitMayBlock(durable, req.flags, block_length)) {
+    return HandBack(c);
+  }
   // The spare becomes the key's reservation (or stays the connection's when
   // the key cannot be claimed). On the poller, a key with another write in
   // flight is handed back rather than waited for.
@@ -399,7 +406,12 @@ void TcpDataPlane::DropReservation(Connection& c) {
 
 bool TcpDataPlane::HandleGetInArena(Connection& c, const DataRequest& req,
                                     absl::Time start) {
-  if (!c.local || !ArenaAccess(c).ok()) return HandleGet(c.fd, req, start);
+  if (!c.local || !ArenaAccess(c).ok()) {
+    // (Not from a channel, which needs the arena; the poller never sends
+    // a block on the socket.)
+    if (c.on_poller) return HandBack(c);
+    return HandleGet(c.fd, req, start);
+  }
   const kvstore::TieredStore::SharedArena arena =
       ctx_->store->SharedDramArena();
   kvstore::GetOptions options = GetOptionsFor(req.flags);

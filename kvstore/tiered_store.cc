@@ -137,8 +137,14 @@ absl::Status TieredStore::AwaitClaimable(const BlockKey& key,
       continue;
     }
     // An erase, or a failed write's roll-back, is in flight (the entry goes
-    // once it ends): local and short. Wait for the entry to go, or for a
-    // write that got in first.
+    // once it ends): local and short, but it may be an SSD write. A caller
+    // that must not block (zero write_wait) is told ABORTED, as for a write
+    // in flight; others wait for the entry to go, or for a write that got
+    // in first.
+    if (write_wait <= absl::ZeroDuration()) {
+      return absl::AbortedError(absl::StrCat(
+          "key: ", key.ToHex(), " is being erased; try again"));
+    }
     auto gone = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       auto i = index_.find(key);
       return i == index_.end() || (i->second.resident | i->second.incoming);

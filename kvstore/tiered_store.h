@@ -250,6 +250,9 @@ class BlockReservation {
   void AcceptWritersChecksum() { checksum_verified_ = true; }
   // Neither committed nor aborted.
   bool active() const { return store_ != nullptr; }
+  // Whether Commit writes the persistent tier first (a durable put, or a
+  // write-through store): fixed when the reservation was made.
+  bool durable() const { return durable_; }
   // Frees the range and releases the key. No-op when not active.
   void Abort();
 

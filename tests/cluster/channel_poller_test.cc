@@ -125,6 +125,40 @@ TEST_F(ChannelPollerTest, ARequestThatMustWaitHoldsUpNoOtherChannel) {
   EXPECT_EQ(ping->header.request_id, 4u);
 }
 
+// B's RESERVE of a key A holds was taken by the poller and handed back
+// when Stop begins: B is busy from the take, so Stop lets it finish. Stop
+// ends idle A (its reservation aborts, freeing the key), B's request is
+// answered (OK, the key claimed; or UNAVAILABLE, shutting down, had its
+// thread not reached the store yet), and B's connection then ends too,
+// instead of idling until the grace runs out (60 s here, against the test's
+// 120 s limit) with nobody polling its channel.
+TEST_F(ChannelPollerTest, AConnectionBusyWhenStopBeganEndsAfterItsRequest) {
+  channel_spin_ = absl::Seconds(60);
+  stop_grace_ = absl::Seconds(60);
+  Start();
+  ChannelClient a = Connect(), b = Connect();
+  AwaitPoller(*b.channel);
+  const uint64_t size = 256 << 10;
+  ASSERT_TRUE(a.channel->Post(ucx::Op::kReserve, 2, KeyFor(7), U64(size)));
+  auto reserved = a.channel->Await();
+  ASSERT_TRUE(reserved.has_value());
+  ASSERT_EQ(reserved->code(), absl::StatusCode::kOk) << reserved->message;
+  ASSERT_TRUE(b.channel->Post(ucx::Op::kReserve, 2, KeyFor(7), U64(size)));
+  const uint32_t b_number = b.channel->next_number() - 1;
+  while (b.channel->page()->request.taken.load(std::memory_order_acquire) !=
+         b_number) {
+    sched_yield();
+  }
+  const absl::Time start = absl::Now();
+  plane_->Stop();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(30));
+  auto b_reply = b.channel->Await();
+  ASSERT_TRUE(b_reply.has_value());
+  EXPECT_TRUE(b_reply->code() == absl::StatusCode::kOk ||
+              b_reply->code() == absl::StatusCode::kUnavailable)
+      << b_reply->message;
+}
+
 // The DRAM tier (64 MiB, no SSD) filled to just under its high watermark,
 // so no eviction has run, and fewer free bytes than the next block needs.
 class ChannelPollerFullTierTest : public ChannelPollerTest {
@@ -208,6 +242,31 @@ TEST_F(ChannelPollerTest, DurableCommitsThroughTheChannelReachTheSsd) {
   Start();
   PutAndGetThroughTheChannel();
   EXPECT_EQ(store_->Stats().tiers[1].blocks, 2u);
+}
+
+// A durable put (kRequestDurable on its RESERVE; the store is not
+// write-through): its COMMIT, which carries no durable flag, writes the SSD
+// first, so the poller hands it back; the block reaches the SSD tier.
+TEST_F(ChannelPollerTest, ADurableReserveMakesItsCommitReachTheSsd) {
+  with_ssd_ = true;
+  write_through_ = false;
+  channel_spin_ = absl::Seconds(60);  // The poller never sleeps here.
+  Start();
+  ChannelClient client = Connect();
+  AwaitPoller(*client.channel);
+  const auto block = MakeBlock(ShapeForBytes(256 << 10), 8);
+  ASSERT_TRUE(client.channel->Post(ucx::Op::kReserve, 2, KeyFor(8),
+                                   U64(block.size()), ucx::kRequestDurable));
+  auto reserved = client.channel->Await();
+  ASSERT_TRUE(reserved.has_value());
+  ASSERT_EQ(reserved->code(), absl::StatusCode::kOk) << reserved->message;
+  std::memcpy(arena_ + Word(*reserved, 0), block.data(), block.size());
+  ASSERT_TRUE(client.channel->Post(ucx::Op::kCommit, 3, KeyFor(8), {},
+                                   ucx::kRequestVerifiedInPlace));
+  auto committed = client.channel->Await();
+  ASSERT_TRUE(committed.has_value());
+  EXPECT_EQ(committed->code(), absl::StatusCode::kOk) << committed->message;
+  EXPECT_EQ(store_->Stats().tiers[1].blocks, 1u);
 }
 
 // Eight channels with a request each in flight at once, rounds over: every

@@ -181,7 +181,7 @@ class LocalDataPlaneTest : public ::testing::Test {
     o.dram_shared = shared;
     if (with_ssd_) {
       o.ssd_path = dir_.Sub("ssd");
-      o.write_through = true;
+      o.write_through = write_through_;
       o.promote_on_read = false;
     }
     auto store = kvstore::TieredStore::Open(o);
@@ -194,6 +194,7 @@ class LocalDataPlaneTest : public ::testing::Test {
     options.local_path = sock_;
     options.serve_spin = serve_spin_;
     options.channel_spin = channel_spin_;
+    options.stop_grace = stop_grace_;
     auto plane = cluster::TcpDataPlane::Start(&ctx_, options);
     ASSERT_TRUE(plane.ok()) << plane.status();
     plane_ = *std::move(plane);
@@ -327,11 +328,14 @@ class LocalDataPlaneTest : public ::testing::Test {
     return std::make_unique<RawChannel>(c);
   }
 
-  // Set before Start(): the plane's serve_spin and channel_spin, and an SSD
-  // tier under the DRAM one (write-through, no promotion on read).
+  // Set before Start(): the plane's serve_spin, channel_spin and
+  // stop_grace, and an SSD tier under the DRAM one (write-through unless
+  // write_through_ is false; no promotion on read).
   absl::Duration serve_spin_ = cluster::TcpDataPlaneOptions().serve_spin;
   absl::Duration channel_spin_ = cluster::TcpDataPlaneOptions().channel_spin;
+  absl::Duration stop_grace_ = cluster::TcpDataPlaneOptions().stop_grace;
   bool with_ssd_ = false;
+  bool write_through_ = true;  // With with_ssd_.
   ScratchDir dir_;
   std::string sock_ = dir_.SocketPath("stratad.sock");
   std::unique_ptr<kvstore::TieredStore> store_;
