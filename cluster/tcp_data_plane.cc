@@ -17,6 +17,7 @@
 #include <cstring>
 #include <optional>
 #include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -96,6 +97,16 @@ absl::StatusOr<std::unique_ptr<TcpDataPlane>> TcpDataPlane::Start(
   if (const char* env = std::getenv("STRATA_CHANNEL_SPIN_US")) {
     plane->options_.channel_spin = absl::Microseconds(std::atoi(env));
   }
+  if (const char* env = std::getenv("STRATA_CHANNEL_POLLER_THREADS")) {
+    plane->options_.channel_pollers = std::atoi(env);
+  }
+  if (plane->options_.channel_pollers <= 0) {
+    plane->options_.channel_pollers = std::max(
+        1, static_cast<int>(std::thread::hardware_concurrency()) / 8);
+  }
+  for (int i = 0; i < plane->options_.channel_pollers; ++i) {
+    plane->pollers_.push_back(std::make_unique<ChannelPoller>());
+  }
   int fd = socket(found->ai_family, found->ai_socktype | SOCK_CLOEXEC, 0);
   const int one = 1;
   if (fd < 0 ||
@@ -148,7 +159,7 @@ void TcpDataPlane::Stop() {
     stopping_ = true;
   }
   // Finishes the request it serves, if any, and takes no more.
-  StopChannelPoller();
+  StopChannelPollers();
   {
     absl::MutexLock lock(&mu_);
     // Idle connections end now; busy ones finish their request first.

@@ -52,11 +52,13 @@
 // their replies go instead of the socket, with doorbells on the socket to
 // wake an end that went to sleep.
 //
-// The channel poller: one thread of the plane polls every connection's
-// channel and serves what it finds there, so a request in a channel waits
-// for that one thread rather than for its own connection's thread to get a
-// core (with 4 local clients on 2 vCPUs, eight pollers yielding to each
-// other cost more than the requests; bench/results/service.md, session 15).
+// The channel pollers: a few threads of the plane (channel_pollers; one on
+// up to 8 cores) each poll their share of the connections' channels and
+// serve what they find there, so a request in a channel waits for one
+// poller rather than for its own connection's thread to get a core (with 4
+// local clients on 2 vCPUs, eight pollers yielding to each other cost more
+// than the requests; bench/results/service.md, session 15). A new channel
+// goes to the poller with the fewest.
 // It never blocks: what would (another write of the key in flight, room
 // only by evicting, a durable commit, a block not in the arena, a long
 // checksum pass, a doorbell the socket cannot take now) it hands back to
@@ -67,8 +69,8 @@
 //
 // Threading: Start/Stop/address are for the owning thread. Connection
 // threads share only the ServiceContext (thread-safe), the connection
-// set (mu_) and, once a connection has a channel, that connection with the
-// poller (its serve_mu; channels_mu_ for the poller's list).
+// set (mu_) and, once a connection has a channel, that connection with its
+// poller (the connection's serve_mu; the poller's mu for its list).
 #ifndef STRATA_CLUSTER_TCP_DATA_PLANE_H_
 #define STRATA_CLUSTER_TCP_DATA_PLANE_H_
 
@@ -136,6 +138,13 @@ struct TcpDataPlaneOptions {
   // never polls (every channel request is rung and served by its
   // connection's thread). STRATA_CHANNEL_SPIN_US overrides it.
   absl::Duration channel_spin = absl::Microseconds(250);
+  // Channel poller threads; 0: one per 8 hardware threads, at least one. A
+  // single poller served 16 local clients on a 16-core host with a quarter
+  // of the CPU the per-connection pollers used, but shares the cores with
+  // the clients' own polling threads, so many clients starve it
+  // (bench/results/service.md, session 15). STRATA_CHANNEL_POLLER_THREADS
+  // overrides it.
+  int channel_pollers = 0;
 };
 
 class TcpDataPlane {
@@ -164,6 +173,7 @@ class TcpDataPlane {
  private:
   TcpDataPlane(ServiceContext* ctx, const TcpDataPlaneOptions& options)
       : ctx_(ctx), options_(options) {}
+  struct ChannelPoller;
   // One connection's state, owned by its thread until it has a message
   // channel; from then on the channel poller serves it too, and whoever
   // serves it (or touches any field) holds serve_mu.
@@ -218,6 +228,19 @@ class TcpDataPlane {
     size_t ring_left = 0;      // Doorbell bytes the socket could not take.
     // The poller set the channel's request.reader_asleep (it sleeps).
     bool marked_asleep = false;
+    ChannelPoller* poller = nullptr;  // Its poller, from AddChannel.
+  };
+  // One channel poller thread and the channels it serves.
+  struct ChannelPoller {
+    absl::Mutex mu;
+    std::thread thread ABSL_GUARDED_BY(mu);  // Started with its first channel.
+    std::vector<std::shared_ptr<Connection>> channels ABSL_GUARDED_BY(mu);
+    uint64_t version ABSL_GUARDED_BY(mu) = 0;  // Of `channels`.
+    bool wake ABSL_GUARDED_BY(mu) = false;
+    bool stop ABSL_GUARDED_BY(mu) = false;
+    // True while it sleeps (or does not run): a thread that served a rung
+    // request wakes it.
+    std::atomic<bool> asleep{true};
   };
   // Binds options.local_path (Start).
   absl::Status ListenLocal();
@@ -251,8 +274,8 @@ class TcpDataPlane {
   // For HandleRequest's handlers on the poller, at what would block: leaves
   // the request to the connection's thread. Returns true (it stays open).
   static bool HandBack(Connection& c);
-  // The channel poller's thread.
-  void ChannelPollerLoop();
+  // A channel poller's thread.
+  void ChannelPollerLoop(ChannelPoller& poller);
   // Polls every channel once; true when it served a request.
   bool PollChannelsOnce(const std::vector<std::shared_ptr<Connection>>& all);
   // Marks every channel asleep (their clients ring from then on). False
@@ -261,10 +284,10 @@ class TcpDataPlane {
   bool MarkChannelsAsleep(const std::vector<std::shared_ptr<Connection>>& all,
                           bool* all_marked);
   // Wakes the poller if it sleeps (a connection's thread served a rung
-  // request, or a channel was added).
-  void WakeChannelPoller();
-  void StopChannelPoller();
-  // Adds c (its channel mapped) to the poller's list / removes it.
+  // request).
+  void WakeChannelPoller(ChannelPoller& poller);
+  void StopChannelPollers();
+  // Adds c (its channel mapped) to a poller's list / removes it.
   void AddChannel(std::shared_ptr<Connection> c);
   void RemoveChannel(const Connection* c);
   // Rings the client of c's reply slot if it sleeps; on the poller without
@@ -388,19 +411,11 @@ class TcpDataPlane {
   std::vector<kvstore::BlockReservation> retired_reservations_
       ABSL_GUARDED_BY(mu_);
 
-  // The channel poller, started with the first channel. Lock order: a
-  // connection's serve_mu, then channels_mu_ or mu_. The poller only
-  // TryLocks serve_mu, and holds no other lock while it serves.
-  absl::Mutex channels_mu_;
-  std::thread channel_poller_ ABSL_GUARDED_BY(channels_mu_);
-  std::vector<std::shared_ptr<Connection>> channels_
-      ABSL_GUARDED_BY(channels_mu_);
-  uint64_t channels_version_ ABSL_GUARDED_BY(channels_mu_) = 0;
-  bool poller_wake_ ABSL_GUARDED_BY(channels_mu_) = false;
-  bool poller_stop_ ABSL_GUARDED_BY(channels_mu_) = false;
-  // True while the poller sleeps (or does not run): a thread that served a
-  // rung request wakes it.
-  std::atomic<bool> poller_asleep_{true};
+  // The channel pollers (options_.channel_pollers of them, made by Start;
+  // the list is fixed from then on). Lock order: a connection's serve_mu,
+  // then a poller's mu or mu_. A poller only TryLocks serve_mu, and holds
+  // no other lock while it serves.
+  std::vector<std::unique_ptr<ChannelPoller>> pollers_;
 };
 
 }  // namespace strata::cluster

@@ -213,7 +213,7 @@ bool TcpDataPlane::ServeChannelConnection(Connection& c) {
     }
   }
   // A client rang: the poller slept (or is about to). It polls again.
-  if (rung) WakeChannelPoller();
+  if (rung) WakeChannelPoller(*c.poller);
   // Not holding the connection: its next request may come meanwhile.
   if (evict) ctx_->store->EvictToWatermarks();
   // Stopping: the poller is gone and will not serve this channel again; a
@@ -311,13 +311,24 @@ bool TcpDataPlane::RingClient(Connection& c) {
 // ---- The channel poller.
 
 void TcpDataPlane::AddChannel(std::shared_ptr<Connection> c) {
-  absl::MutexLock lock(&channels_mu_);
-  channels_.push_back(std::move(c));
-  ++channels_version_;
-  poller_wake_ = true;
-  if (channel_poller_.joinable() || poller_stop_) return;
+  // The poller with the fewest channels (the list is fixed after Start).
+  ChannelPoller* poller = nullptr;
+  size_t fewest = SIZE_MAX;
+  for (const std::unique_ptr<ChannelPoller>& p : pollers_) {
+    absl::MutexLock lock(&p->mu);
+    if (p->channels.size() < fewest) {
+      fewest = p->channels.size();
+      poller = p.get();
+    }
+  }
+  c->poller = poller;
+  absl::MutexLock lock(&poller->mu);
+  poller->channels.push_back(std::move(c));
+  ++poller->version;
+  poller->wake = true;
+  if (poller->thread.joinable() || poller->stop) return;
   try {
-    channel_poller_ = std::thread([this] { ChannelPollerLoop(); });
+    poller->thread = std::thread([this, poller] { ChannelPollerLoop(*poller); });
   } catch (const std::system_error& e) {
     // Channels still work without it: their clients ring (reader_asleep
     // stays set), and the connections' threads serve.
@@ -326,28 +337,31 @@ void TcpDataPlane::AddChannel(std::shared_ptr<Connection> c) {
 }
 
 void TcpDataPlane::RemoveChannel(const Connection* c) {
-  absl::MutexLock lock(&channels_mu_);
-  auto it = std::find_if(channels_.begin(), channels_.end(),
+  ChannelPoller& poller = *c->poller;
+  absl::MutexLock lock(&poller.mu);
+  auto it = std::find_if(poller.channels.begin(), poller.channels.end(),
                          [c](const auto& p) { return p.get() == c; });
-  if (it == channels_.end()) return;
-  channels_.erase(it);
-  ++channels_version_;
+  if (it == poller.channels.end()) return;
+  poller.channels.erase(it);
+  ++poller.version;
 }
 
-void TcpDataPlane::WakeChannelPoller() {
-  if (!poller_asleep_.load(std::memory_order_acquire)) return;
-  absl::MutexLock lock(&channels_mu_);
-  poller_wake_ = true;
+void TcpDataPlane::WakeChannelPoller(ChannelPoller& poller) {
+  if (!poller.asleep.load(std::memory_order_acquire)) return;
+  absl::MutexLock lock(&poller.mu);
+  poller.wake = true;
 }
 
-void TcpDataPlane::StopChannelPoller() {
-  std::thread poller;
-  {
-    absl::MutexLock lock(&channels_mu_);
-    poller_stop_ = true;
-    poller = std::move(channel_poller_);
+void TcpDataPlane::StopChannelPollers() {
+  for (const std::unique_ptr<ChannelPoller>& p : pollers_) {
+    std::thread thread;
+    {
+      absl::MutexLock lock(&p->mu);
+      p->stop = true;
+      thread = std::move(p->thread);
+    }
+    if (thread.joinable()) thread.join();
   }
-  if (poller.joinable()) poller.join();
 }
 
 bool TcpDataPlane::PollChannelsOnce(
@@ -402,18 +416,18 @@ bool TcpDataPlane::MarkChannelsAsleep(
   return true;
 }
 
-void TcpDataPlane::ChannelPollerLoop() {
+void TcpDataPlane::ChannelPollerLoop(ChannelPoller& poller) {
   std::vector<std::shared_ptr<Connection>> all;
   uint64_t version = 0;
   bool have = false;
   absl::Time last_request = SteadyNow();
   for (;;) {
     {
-      absl::MutexLock lock(&channels_mu_);
-      if (poller_stop_) break;
-      if (!have || version != channels_version_) {
-        all = channels_;
-        version = channels_version_;
+      absl::MutexLock lock(&poller.mu);
+      if (poller.stop) break;
+      if (!have || version != poller.version) {
+        all = poller.channels;
+        version = poller.version;
         have = true;
       }
     }
@@ -426,35 +440,35 @@ void TcpDataPlane::ChannelPollerLoop() {
       continue;
     }
     // Idle for channel_spin: to sleep. Clients ring from here on.
-    poller_asleep_.store(true, std::memory_order_seq_cst);
+    poller.asleep.store(true, std::memory_order_seq_cst);
     bool all_marked = true;
     if (!MarkChannelsAsleep(all, &all_marked)) {
-      poller_asleep_.store(false, std::memory_order_release);
+      poller.asleep.store(false, std::memory_order_release);
       last_request = SteadyNow();
       continue;
     }
     bool woken = false;
     {
-      absl::MutexLock lock(&channels_mu_);
-      auto wake = [this]() ABSL_SHARED_LOCKS_REQUIRED(channels_mu_) {
-        return poller_wake_ || poller_stop_;
+      absl::MutexLock lock(&poller.mu);
+      auto wake = [&poller]() ABSL_SHARED_LOCKS_REQUIRED(poller.mu) {
+        return poller.wake || poller.stop;
       };
       if (all_marked) {
-        channels_mu_.Await(absl::Condition(&wake));
+        poller.mu.Await(absl::Condition(&wake));
         woken = true;
       } else {
         // A channel stayed unmarked (its thread held it): its client does
         // not ring, so look again soon.
-        woken = channels_mu_.AwaitWithTimeout(absl::Condition(&wake), kNapTime);
+        woken = poller.mu.AwaitWithTimeout(absl::Condition(&wake), kNapTime);
       }
-      poller_wake_ = false;
+      poller.wake = false;
     }
-    poller_asleep_.store(false, std::memory_order_release);
+    poller.asleep.store(false, std::memory_order_release);
     // Woken by a request: poll for the next ones for channel_spin. After a
     // nap, try to sleep again at once.
     if (woken) last_request = SteadyNow();
   }
-  poller_asleep_.store(true, std::memory_order_release);
+  poller.asleep.store(true, std::memory_order_release);
 }
 
 }  // namespace strata::cluster

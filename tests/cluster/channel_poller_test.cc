@@ -272,11 +272,39 @@ TEST_F(ChannelPollerTest, ADurableReserveMakesItsCommitReachTheSsd) {
 // Eight channels with a request each in flight at once, rounds over: every
 // request is answered once, with its own request id, whoever serves it.
 TEST_F(ChannelPollerTest, ManyChannelsAreServedAtOnce) {
+  channel_pollers_ = 1;
   Start();
   constexpr int kClients = 8;
   std::vector<ChannelClient> clients;
   for (int i = 0; i < kClients; ++i) clients.push_back(Connect());
   for (uint64_t round = 1; round <= 50; ++round) {
+    for (int i = 0; i < kClients; ++i) {
+      ASSERT_TRUE(clients[i].channel->Post(ucx::Op::kPing, round * 100 + i,
+                                           KeyFor(0), {}));
+    }
+    for (int i = 0; i < kClients; ++i) {
+      auto reply = clients[i].channel->Await();
+      ASSERT_TRUE(reply.has_value()) << "client " << i << " round " << round;
+      EXPECT_EQ(reply->header.request_id, round * 100 + i);
+    }
+  }
+}
+
+// The same with three pollers, the channels shared out among them (and
+// some channels leaving and coming back between rounds).
+TEST_F(ChannelPollerTest, ChannelsSharedAmongSeveralPollersAreAllServed) {
+  channel_pollers_ = 3;
+  Start();
+  constexpr int kClients = 8;
+  std::vector<ChannelClient> clients;
+  for (int i = 0; i < kClients; ++i) clients.push_back(Connect());
+  for (uint64_t round = 1; round <= 50; ++round) {
+    if (round % 10 == 0) {
+      // Two connections close; two new ones go to the emptiest pollers.
+      clients.erase(clients.begin(), clients.begin() + 2);
+      clients.push_back(Connect());
+      clients.push_back(Connect());
+    }
     for (int i = 0; i < kClients; ++i) {
       ASSERT_TRUE(clients[i].channel->Post(ucx::Op::kPing, round * 100 + i,
                                            KeyFor(0), {}));

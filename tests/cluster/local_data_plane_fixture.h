@@ -195,6 +195,7 @@ class LocalDataPlaneTest : public ::testing::Test {
     options.serve_spin = serve_spin_;
     options.channel_spin = channel_spin_;
     options.stop_grace = stop_grace_;
+    options.channel_pollers = channel_pollers_;
     auto plane = cluster::TcpDataPlane::Start(&ctx_, options);
     ASSERT_TRUE(plane.ok()) << plane.status();
     plane_ = *std::move(plane);
@@ -328,12 +329,13 @@ class LocalDataPlaneTest : public ::testing::Test {
     return std::make_unique<RawChannel>(c);
   }
 
-  // Set before Start(): the plane's serve_spin, channel_spin and
-  // stop_grace, and an SSD tier under the DRAM one (write-through unless
+  // Set before Start(): the plane's serve_spin, channel_spin, stop_grace
+  // and channel_pollers, and an SSD tier under the DRAM one (write-through unless
   // write_through_ is false; no promotion on read).
   absl::Duration serve_spin_ = cluster::TcpDataPlaneOptions().serve_spin;
   absl::Duration channel_spin_ = cluster::TcpDataPlaneOptions().channel_spin;
   absl::Duration stop_grace_ = cluster::TcpDataPlaneOptions().stop_grace;
+  int channel_pollers_ = cluster::TcpDataPlaneOptions().channel_pollers;
   bool with_ssd_ = false;
   bool write_through_ = true;  // With with_ssd_.
   ScratchDir dir_;
