@@ -58,14 +58,16 @@
 // poller rather than for its own connection's thread to get a core (with 4
 // local clients on 2 vCPUs, eight pollers yielding to each other cost more
 // than the requests; bench/results/service.md, session 15). A new channel
-// goes to the poller with the fewest.
-// It never blocks: what would (another write of the key in flight, room
-// only by evicting, a durable commit, a block not in the arena, a long
-// checksum pass, a doorbell the socket cannot take now) it hands back to
-// the connection's own thread, which serves it as before; eviction past the
-// watermark after a commit goes there too. After channel_spin without a
-// request it marks every channel asleep and sleeps; a client then rings,
-// the connection's thread serves that request and wakes the poller.
+// goes to the poller with the fewest. A poller never blocks: what would
+// (another write of the key in flight, room only by evicting, a durable
+// commit, a block not in the arena, a long checksum pass, a doorbell the
+// socket cannot take now) it hands back to the connection's own thread,
+// which serves it as before; eviction past the watermark after a commit
+// goes there too. A request a poller took keeps its connection busy (Stop
+// lets it finish) until it is answered, through any hand-back. After
+// channel_spin without a request a poller marks its channels asleep and
+// sleeps; a client then rings, the connection's thread serves that request
+// and wakes the poller.
 //
 // Threading: Start/Stop/address are for the owning thread. Connection
 // threads share only the ServiceContext (thread-safe), the connection
