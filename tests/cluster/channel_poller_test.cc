@@ -68,6 +68,32 @@ class ChannelPollerTest : public LocalDataPlaneTest {
     EXPECT_TRUE(ch.Post(ucx::Op::kCommit, 3, KeyFor(k), {}, commit_flags));
     return ch.Await();
   }
+
+  // Eight channels with a request each in flight at once, rounds over: every
+  // request is answered once, with its own request id, whoever serves it.
+  // Every `churn_every` rounds (0: never) two connections close and two new
+  // ones take their place.
+  void PingEightChannels(int churn_every) {
+    constexpr int kClients = 8;
+    std::vector<ChannelClient> clients;
+    for (int i = 0; i < kClients; ++i) clients.push_back(Connect());
+    for (uint64_t round = 1; round <= 50; ++round) {
+      if (churn_every != 0 && round % churn_every == 0) {
+        clients.erase(clients.begin(), clients.begin() + 2);
+        clients.push_back(Connect());
+        clients.push_back(Connect());
+      }
+      for (int i = 0; i < kClients; ++i) {
+        ASSERT_TRUE(clients[i].channel->Post(ucx::Op::kPing, round * 100 + i,
+                                             KeyFor(0), {}));
+      }
+      for (int i = 0; i < kClients; ++i) {
+        auto reply = clients[i].channel->Await();
+        ASSERT_TRUE(reply.has_value()) << "client " << i << " round " << round;
+        EXPECT_EQ(reply->header.request_id, round * 100 + i);
+      }
+    }
+  }
 };
 
 // Connection A holds key 7's reservation (its client still "writing").
@@ -270,52 +296,18 @@ TEST_F(ChannelPollerTest, ADurableReserveMakesItsCommitReachTheSsd) {
   EXPECT_EQ(store_->Stats().tiers[1].blocks, 1u);
 }
 
-// Eight channels with a request each in flight at once, rounds over: every
-// request is answered once, with its own request id, whoever serves it.
 TEST_F(ChannelPollerTest, ManyChannelsAreServedAtOnce) {
   channel_pollers_ = 1;
   Start();
-  constexpr int kClients = 8;
-  std::vector<ChannelClient> clients;
-  for (int i = 0; i < kClients; ++i) clients.push_back(Connect());
-  for (uint64_t round = 1; round <= 50; ++round) {
-    for (int i = 0; i < kClients; ++i) {
-      ASSERT_TRUE(clients[i].channel->Post(ucx::Op::kPing, round * 100 + i,
-                                           KeyFor(0), {}));
-    }
-    for (int i = 0; i < kClients; ++i) {
-      auto reply = clients[i].channel->Await();
-      ASSERT_TRUE(reply.has_value()) << "client " << i << " round " << round;
-      EXPECT_EQ(reply->header.request_id, round * 100 + i);
-    }
-  }
+  PingEightChannels(/*churn_every=*/0);
 }
 
-// The same with three pollers, the channels shared out among them (and
-// some channels leaving and coming back between rounds).
+// Three pollers, the channels shared out among them, some leaving and new
+// ones going to the emptiest pollers.
 TEST_F(ChannelPollerTest, ChannelsSharedAmongSeveralPollersAreAllServed) {
   channel_pollers_ = 3;
   Start();
-  constexpr int kClients = 8;
-  std::vector<ChannelClient> clients;
-  for (int i = 0; i < kClients; ++i) clients.push_back(Connect());
-  for (uint64_t round = 1; round <= 50; ++round) {
-    if (round % 10 == 0) {
-      // Two connections close; two new ones go to the emptiest pollers.
-      clients.erase(clients.begin(), clients.begin() + 2);
-      clients.push_back(Connect());
-      clients.push_back(Connect());
-    }
-    for (int i = 0; i < kClients; ++i) {
-      ASSERT_TRUE(clients[i].channel->Post(ucx::Op::kPing, round * 100 + i,
-                                           KeyFor(0), {}));
-    }
-    for (int i = 0; i < kClients; ++i) {
-      auto reply = clients[i].channel->Await();
-      ASSERT_TRUE(reply.has_value()) << "client " << i << " round " << round;
-      EXPECT_EQ(reply->header.request_id, round * 100 + i);
-    }
-  }
+  PingEightChannels(/*churn_every=*/10);
 }
 
 }  // namespace
