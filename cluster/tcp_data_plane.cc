@@ -100,10 +100,14 @@ absl::StatusOr<std::unique_ptr<TcpDataPlane>> TcpDataPlane::Start(
   if (const char* env = std::getenv("STRATA_CHANNEL_POLLER_THREADS")) {
     plane->options_.channel_pollers = std::atoi(env);
   }
+  const int threads =
+      std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   if (plane->options_.channel_pollers <= 0) {
-    plane->options_.channel_pollers = std::max(
-        1, static_cast<int>(std::thread::hardware_concurrency()) / 8);
+    plane->options_.channel_pollers = std::max(1, threads / 8);
   }
+  // More pollers than hardware threads only take cores from the clients.
+  plane->options_.channel_pollers =
+      std::min(plane->options_.channel_pollers, threads);
   for (int i = 0; i < plane->options_.channel_pollers; ++i) {
     plane->pollers_.push_back(std::make_unique<ChannelPoller>());
   }

@@ -140,12 +140,12 @@ struct TcpDataPlaneOptions {
   // never polls (every channel request is rung and served by its
   // connection's thread). STRATA_CHANNEL_SPIN_US overrides it.
   absl::Duration channel_spin = absl::Microseconds(250);
-  // Channel poller threads; 0: one per 8 hardware threads, at least one. A
-  // single poller served 16 local clients on a 16-core host with a quarter
-  // of the CPU the per-connection pollers used, but shares the cores with
-  // the clients' own polling threads, so many clients starve it
-  // (bench/results/service.md, session 15). STRATA_CHANNEL_POLLER_THREADS
-  // overrides it.
+  // Channel poller threads; 0: one per 8 hardware threads, at least one;
+  // at most one per hardware thread. On a 16-core host one poller served 16
+  // local clients with 2.3-9x less CPU than per-connection polling, but it
+  // shares the cores with the clients' own polling threads, so many clients
+  // starve a single one (bench/results/service.md, session 15).
+  // STRATA_CHANNEL_POLLER_THREADS overrides it.
   int channel_pollers = 0;
 };
 
@@ -230,7 +230,9 @@ class TcpDataPlane {
     size_t ring_left = 0;      // Doorbell bytes the socket could not take.
     // The poller set the channel's request.reader_asleep (it sleeps).
     bool marked_asleep = false;
-    ChannelPoller* poller = nullptr;  // Its poller, from AddChannel.
+    // Its poller: set by AddChannel on the connection's own thread before
+    // the channel is published, read only by that thread (not serve_mu's).
+    ChannelPoller* poller = nullptr;
   };
   // One channel poller thread and the channels it serves.
   struct ChannelPoller {

@@ -216,10 +216,14 @@ bool TcpDataPlane::ServeChannelConnection(Connection& c) {
   if (rung) WakeChannelPoller(*c.poller);
   // Not holding the connection: its next request may come meanwhile.
   if (evict) ctx_->store->EvictToWatermarks();
-  // Stopping: the poller is gone and will not serve this channel again; a
-  // request posted unrung would wait for Stop's grace. The connection ends
-  // after the request it served, as on the socket.
-  return !Stopping();
+  // Stopping: the pollers are gone and will not serve this channel again;
+  // a request posted unrung would wait for Stop's grace. The connection
+  // ends after the request it served, as on the socket, unless a poller
+  // handed it one more while this thread ran unlocked (it took the request
+  // before Stop began: it is answered first, by the next turn).
+  if (!Stopping()) return true;
+  absl::MutexLock lock(&c.serve_mu);
+  return c.handed_back || c.ring_left > 0;
 }
 
 bool TcpDataPlane::DoHandedBack(Connection& c) {
