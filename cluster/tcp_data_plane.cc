@@ -335,7 +335,7 @@ void TcpDataPlane::Serve(uint64_t id, std::shared_ptr<Connection> conn) {
     absl::MutexLock lock(&c.serve_mu);
     c.closed = true;
     evict = c.evict_after;  // A commit's eviction not run yet.
-    DropReservation(c);  // Aborts: nothing partial is stored.
+    DropReservation(c);     // Aborts: nothing partial is stored.
     c.lease.reset();
     DropSpare(c);
     if (c.channel != nullptr) munmap(c.channel, local::kChannelBytes);

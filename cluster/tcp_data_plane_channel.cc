@@ -332,7 +332,8 @@ void TcpDataPlane::AddChannel(std::shared_ptr<Connection> c) {
   poller->wake = true;
   if (poller->thread.joinable() || poller->stop) return;
   try {
-    poller->thread = std::thread([this, poller] { ChannelPollerLoop(*poller); });
+    poller->thread =
+        std::thread([this, poller] { ChannelPollerLoop(*poller); });
   } catch (const std::system_error& e) {
     // Channels still work without it: their clients ring (reader_asleep
     // stays set), and the connections' threads serve.

@@ -142,8 +142,8 @@ absl::Status TieredStore::AwaitClaimable(const BlockKey& key,
     // in flight; others wait for the entry to go, or for a write that got
     // in first.
     if (write_wait <= absl::ZeroDuration()) {
-      return absl::AbortedError(absl::StrCat(
-          "key: ", key.ToHex(), " is being erased; try again"));
+      return absl::AbortedError(
+          absl::StrCat("key: ", key.ToHex(), " is being erased; try again"));
     }
     auto gone = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       auto i = index_.find(key);

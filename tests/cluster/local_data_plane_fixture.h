@@ -330,8 +330,8 @@ class LocalDataPlaneTest : public ::testing::Test {
   }
 
   // Set before Start(): the plane's serve_spin, channel_spin, stop_grace
-  // and channel_pollers, and an SSD tier under the DRAM one (write-through unless
-  // write_through_ is false; no promotion on read).
+  // and channel_pollers, and an SSD tier under the DRAM one (write-through
+  // unless write_through_ is false; no promotion on read).
   absl::Duration serve_spin_ = cluster::TcpDataPlaneOptions().serve_spin;
   absl::Duration channel_spin_ = cluster::TcpDataPlaneOptions().channel_spin;
   absl::Duration stop_grace_ = cluster::TcpDataPlaneOptions().stop_grace;
