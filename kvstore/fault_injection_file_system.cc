@@ -120,6 +120,14 @@ void FaultInjectionFileSystem::SetReadErrors(bool enabled, std::string suffix) {
   absl::MutexLock lock(&mu_);
   read_error_ = Fault{enabled, std::move(suffix)};
 }
+void FaultInjectionFileSystem::SetHoldWrites(bool enabled, std::string suffix) {
+  absl::MutexLock lock(&mu_);
+  hold_writes_ = Fault{enabled, std::move(suffix)};
+}
+int FaultInjectionFileSystem::writes_held() const {
+  absl::ReaderMutexLock lock(&mu_);
+  return writes_held_;
+}
 void FaultInjectionFileSystem::SetReadCorruption(bool enabled,
                                                  std::string suffix) {
   absl::MutexLock lock(&mu_);
@@ -132,7 +140,13 @@ bool FaultInjectionFileSystem::Matches(const Fault& fault,
 }
 
 bool FaultInjectionFileSystem::ShouldFailWrite(const std::string& fname) {
-  absl::ReaderMutexLock lock(&mu_);
+  absl::MutexLock lock(&mu_);
+  if (Matches(hold_writes_, fname)) {
+    ++writes_held_;
+    mu_.Await(absl::Condition(
+        +[](Fault* hold) { return !hold->enabled; }, &hold_writes_));
+    --writes_held_;
+  }
   if (!Matches(no_space_, fname)) return false;
   write_faults_.fetch_add(1);
   return true;

@@ -33,6 +33,11 @@ class FaultInjectionFileSystem : public rocksdb::FileSystemWrapper {
   void SetNoSpace(bool enabled, std::string suffix = "");
   // Reads of matching files fail with an I/O error while enabled.
   void SetReadErrors(bool enabled, std::string suffix = "");
+  // While enabled, appends, syncs and new-file creation of matching files
+  // wait (the thread blocks) until it is disabled: holds a write in flight
+  // so a test can act meanwhile. writes_held() counts the waiting ones.
+  void SetHoldWrites(bool enabled, std::string suffix = "");
+  int writes_held() const;
   // Reads of matching files return data with one byte flipped (the middle
   // byte of each read of at least 64 bytes) while enabled.
   void SetReadCorruption(bool enabled, std::string suffix = "");
@@ -72,6 +77,8 @@ class FaultInjectionFileSystem : public rocksdb::FileSystemWrapper {
   Fault no_space_ ABSL_GUARDED_BY(mu_);
   Fault read_error_ ABSL_GUARDED_BY(mu_);
   Fault corrupt_ ABSL_GUARDED_BY(mu_);
+  Fault hold_writes_ ABSL_GUARDED_BY(mu_);
+  int writes_held_ ABSL_GUARDED_BY(mu_) = 0;
   std::atomic<uint64_t> write_faults_{0};
   std::atomic<uint64_t> read_faults_{0};
   std::atomic<uint64_t> corruptions_{0};

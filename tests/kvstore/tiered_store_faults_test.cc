@@ -3,7 +3,9 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <thread>
 
+#include "absl/strings/match.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kvstore/block_format.h"
@@ -322,6 +324,36 @@ TEST(TieredStoreFaults, CorruptPutIsDataLossOnEveryWritePath) {
   }
   EXPECT_EQ(store->Stats().tiers[1].used_bytes, 0u);
   EXPECT_EQ(store->Stats().tiers[1].write_failures, 0u);
+}
+
+// A Remove whose SSD erase is held in flight (its WAL append waits): a
+// write of the key that must not wait (zero in_flight_write_wait: the
+// daemon's progress and poller threads) is ABORTED naming the key at once,
+// and stores nothing; once the erase ends, the same write goes through.
+TEST(TieredStoreFaults, AZeroWaitWriteBehindAnEraseInFlightIsAbortedNamingKey) {
+  ScratchDir dir;
+  FaultyStore s(dir.Sub("ssd"));
+  const auto block = MakeBlock(k64K, 7);
+  ASSERT_TRUE(s.store->Put(KeyFor(7), block).ok());
+  s.fs->SetHoldWrites(true, ".log");
+  std::thread remover([&] { EXPECT_TRUE(s.store->Remove(KeyFor(7)).ok()); });
+  while (s.fs->writes_held() == 0) std::this_thread::yield();
+  PutOptions no_wait;
+  no_wait.in_flight_write_wait = absl::ZeroDuration();
+  absl::StatusOr<BlockReservation> r =
+      s.store->Reserve(KeyFor(7), block.size(), no_wait);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kAborted) << r.status();
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "key: ")) << r.status();
+  absl::StatusOr<PutOutcome> put = s.store->Put(KeyFor(7), block, no_wait);
+  EXPECT_EQ(put.status().code(), absl::StatusCode::kAborted) << put.status();
+  EXPECT_FALSE(s.store->Exists(KeyFor(7)));
+  s.fs->SetHoldWrites(false);
+  remover.join();
+  put = s.store->Put(KeyFor(7), block, no_wait);
+  ASSERT_TRUE(put.ok()) << put.status();
+  auto got = s.store->Get(KeyFor(7));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(std::ranges::equal(got->bytes(), block));
 }
 
 }  // namespace
