@@ -151,6 +151,56 @@ TEST_F(ChannelPollerTest, ARequestThatMustWaitHoldsUpNoOtherChannel) {
   EXPECT_EQ(ping->header.request_id, 4u);
 }
 
+// The same for a PUT_SPARE: B writes key 7 into the spare range its last
+// COMMIT left it and stores it in one step, but A holds key 7's
+// reservation. The poller hands the PUT_SPARE back rather than wait; C is
+// served meanwhile; after A's commit B is told the block is present.
+TEST_F(ChannelPollerTest, APutSpareThatMustWaitHoldsUpNoOtherChannel) {
+  channel_spin_ = absl::Seconds(60);  // The poller never sleeps here.
+  Start();
+  ChannelClient a = Connect(), b = Connect(), c = Connect();
+  AwaitPoller(*b.channel);
+  AwaitPoller(*c.channel);
+  const auto block = MakeBlock(ShapeForBytes(256 << 10), 7);
+  // B's spare: a COMMIT of key 30 with kRequestSpareNext.
+  auto first = PutThroughChannel(*b.channel, 30,
+                                 MakeBlock(ShapeForBytes(256 << 10), 30),
+                                 ucx::kRequestSpareNext);
+  ASSERT_TRUE(first.has_value());
+  ASSERT_EQ(first->code(), absl::StatusCode::kOk) << first->message;
+  ASSERT_NE(first->header.flags & ucx::kReplySpare, 0u);
+  ASSERT_TRUE(
+      a.channel->Post(ucx::Op::kReserve, 2, KeyFor(7), U64(block.size())));
+  auto reserved = a.channel->Await();
+  ASSERT_TRUE(reserved.has_value());
+  ASSERT_EQ(reserved->code(), absl::StatusCode::kOk) << reserved->message;
+
+  std::memcpy(arena_ + Word(*first, 0), block.data(), block.size());
+  ASSERT_TRUE(
+      b.channel->Post(ucx::Op::kPutSpare, 4, KeyFor(7), U64(block.size())));
+  const uint32_t b_number = b.channel->next_number() - 1;
+  while (b.channel->page()->request.taken.load(std::memory_order_acquire) !=
+         b_number) {
+    sched_yield();
+  }
+  auto put = PutThroughChannel(*c.channel, 20,
+                               MakeBlock(ShapeForBytes(256 << 10), 20));
+  ASSERT_TRUE(put.has_value());
+  EXPECT_EQ(put->code(), absl::StatusCode::kOk) << put->message;
+  EXPECT_NE(b.channel->page()->reply.seq.load(std::memory_order_acquire),
+            b_number);
+
+  std::memcpy(arena_ + Word(*reserved, 0), block.data(), block.size());
+  ASSERT_TRUE(a.channel->Post(ucx::Op::kCommit, 3, KeyFor(7), {}));
+  auto committed = a.channel->Await();
+  ASSERT_TRUE(committed.has_value());
+  EXPECT_EQ(committed->code(), absl::StatusCode::kOk) << committed->message;
+  auto b_reply = b.channel->Await();
+  ASSERT_TRUE(b_reply.has_value());
+  EXPECT_EQ(b_reply->code(), absl::StatusCode::kOk) << b_reply->message;
+  EXPECT_NE(b_reply->header.flags & ucx::kReplyAlreadyPresent, 0u);
+}
+
 // B's RESERVE of a key A holds was taken by the poller and handed back
 // when Stop begins: B is busy from the take, so Stop lets it finish. Stop
 // ends idle A, whose reservation it keeps until every connection is gone,
