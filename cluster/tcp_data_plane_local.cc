@@ -325,21 +325,19 @@ bool TcpDataPlane::HandlePutSpare(Connection& c, const DataRequest& req,
   if (absl::Status s = CheckPutAdmissible(ctx_, block_length); !s.ok()) {
     return answer(s, 0, 0);
   }
-  // The PUT_SPARE makes its own reservation: durable as PutOptionsFor
-  // makes it, by the request's flag or the store's write-through.
-  const bool durable = (req.flags & ucx::kRequestDurable) != 0 ||
-                       ctx_->store->options().write_through;
-  if (c.on_poller && CommitMayBlock(durable, req.flags, block_length)) {
+  // The PUT_SPARE makes its own reservation, durable as the store will
+  // make it.
+  const kvstore::PutOptions put_options = PutOptionsFor(
+      req, c.on_poller ? absl::ZeroDuration() : kInFlightWriteWait);
+  if (c.on_poller && CommitMayBlock(ctx_->store->Durable(put_options),
+                                    req.flags, block_length)) {
     return HandBack(c);
   }
   // The spare becomes the key's reservation (or stays the connection's when
   // the key cannot be claimed). On the poller, a key with another write in
   // flight is handed back rather than waited for.
   absl::StatusOr<kvstore::BlockReservation> reservation =
-      ctx_->store->ReserveInto(
-          req.key, c.spare,
-          PutOptionsFor(
-              req, c.on_poller ? absl::ZeroDuration() : kInFlightWriteWait));
+      ctx_->store->ReserveInto(req.key, c.spare, put_options);
   if (absl::IsAlreadyExists(reservation.status())) {
     return answer(absl::OkStatus(), ucx::kReplyAlreadyPresent, 0);
   }

@@ -528,9 +528,8 @@ bool UcxDataPlane::TryInlineGet(const Request& req) {
 
 void UcxDataPlane::CommitOrSubmit(Request req,
                                   kvstore::BlockReservation reservation) {
-  const bool durable = (req.flags & ucx::kRequestDurable) != 0 ||
-                       ctx_->store->options().write_through;
-  if (durable || reservation.data().size() > options_.inline_store_max_bytes) {
+  if (reservation.durable() ||
+      reservation.data().size() > options_.inline_store_max_bytes) {
     SubmitCommit(std::move(req), std::move(reservation));
     return;
   }

@@ -398,7 +398,7 @@ absl::StatusOr<PutOutcome> TieredStore::Put(const BlockKey& key,
   const BlockMeta meta{options.tenant, options.model,
                        absl::ToUnixMillis(clock_->Now())};
 
-  const bool durable = options.durable.value_or(options_.write_through);
+  const bool durable = Durable(options);
   if (durable && persistent_tier_ == SIZE_MAX) {
     return reject(absl::FailedPreconditionError(
         "durable: no persistent tier is configured (set ssd_path)"));

@@ -476,6 +476,11 @@ class TieredStore {
 
   StoreStats Stats() const;
   const TieredStoreOptions& options() const { return options_; }
+  // Whether a Put or Reserve with `options` writes the persistent tier
+  // before it answers: options.durable, else the store's write_through.
+  bool Durable(const PutOptions& options) const {
+    return options.durable.value_or(options_.write_through);
+  }
 
   // The DRAM tier's arena when it is shared (options.dram_shared): its memfd
   // (owned by the store), where it is mapped here, and its size. Every DRAM

@@ -147,7 +147,7 @@ absl::StatusOr<BlockReservation> TieredStore::ClaimAndReserve(
         options.tenant.size() > kMaxLabelBytes ? "tenant" : "model",
         ": label longer than ", kMaxLabelBytes, " bytes")));
   }
-  const bool durable = options.durable.value_or(options_.write_through);
+  const bool durable = Durable(options);
   if (durable && persistent_tier_ == SIZE_MAX) {
     return reject(absl::FailedPreconditionError(
         "durable: no persistent tier is configured (set ssd_path)"));
