@@ -10,6 +10,8 @@
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/time/clock.h"
@@ -42,6 +44,43 @@ class ChannelPollerTest : public LocalDataPlaneTest {
            0) {
       sched_yield();
     }
+  }
+
+  // Waits until the daemon took the last request posted to `ch`.
+  static void AwaitTaken(RawChannel& ch) {
+    const uint32_t number = ch.next_number() - 1;
+    while (ch.page()->request.taken.load(std::memory_order_acquire) != number) {
+      sched_yield();
+    }
+  }
+
+  // A writes `block` into the range its RESERVE of key `k` answered and
+  // commits it; then B's request for the same key, which was waiting, is
+  // answered OK with "already present" (the first write won).
+  void CommitThenExpectPresent(ChannelClient& a, const Reply& reserved,
+                               uint64_t k, const std::vector<uint8_t>& block,
+                               ChannelClient& b) {
+    std::memcpy(arena_ + Word(reserved, 0), block.data(), block.size());
+    ASSERT_TRUE(a.channel->Post(ucx::Op::kCommit, 3, KeyFor(k), {}));
+    auto committed = a.channel->Await();
+    ASSERT_TRUE(committed.has_value());
+    EXPECT_EQ(committed->code(), absl::StatusCode::kOk) << committed->message;
+    auto b_reply = b.channel->Await();
+    ASSERT_TRUE(b_reply.has_value());
+    EXPECT_EQ(b_reply->code(), absl::StatusCode::kOk) << b_reply->message;
+    EXPECT_NE(b_reply->header.flags & ucx::kReplyAlreadyPresent, 0u);
+  }
+
+  // Starts the plane with pollers that never sleep here, and connects A, B
+  // and C, B's and C's channels already polled.
+  std::tuple<ChannelClient, ChannelClient, ChannelClient>
+  StartWithThreeClients() {
+    channel_spin_ = absl::Seconds(60);
+    Start();
+    ChannelClient a = Connect(), b = Connect(), c = Connect();
+    AwaitPoller(*b.channel);
+    AwaitPoller(*c.channel);
+    return {std::move(a), std::move(b), std::move(c)};
   }
 
   ChannelClient Connect() {
@@ -102,11 +141,7 @@ class ChannelPollerTest : public LocalDataPlaneTest {
 // C's puts and pings through its own channel are answered meanwhile. B is
 // answered only after A commits: ALREADY_PRESENT, the first write having won.
 TEST_F(ChannelPollerTest, ARequestThatMustWaitHoldsUpNoOtherChannel) {
-  channel_spin_ = absl::Seconds(60);  // The poller never sleeps here.
-  Start();
-  ChannelClient a = Connect(), b = Connect(), c = Connect();
-  AwaitPoller(*b.channel);
-  AwaitPoller(*c.channel);
+  auto [a, b, c] = StartWithThreeClients();
   const auto block = MakeBlock(ShapeForBytes(256 << 10), 7);
   ASSERT_TRUE(
       a.channel->Post(ucx::Op::kReserve, 2, KeyFor(7), U64(block.size())));
@@ -119,10 +154,7 @@ TEST_F(ChannelPollerTest, ARequestThatMustWaitHoldsUpNoOtherChannel) {
   const uint32_t b_number = b.channel->next_number() - 1;
   // B's request was taken (by the poller, which handed it back) before C
   // goes on, so C's requests really come while B's waits.
-  while (b.channel->page()->request.taken.load(std::memory_order_acquire) !=
-         b_number) {
-    sched_yield();
-  }
+  AwaitTaken(*b.channel);
   for (uint64_t k = 20; k < 24; ++k) {
     auto put = PutThroughChannel(*c.channel, k,
                                  MakeBlock(ShapeForBytes(256 << 10), k));
@@ -135,15 +167,7 @@ TEST_F(ChannelPollerTest, ARequestThatMustWaitHoldsUpNoOtherChannel) {
   EXPECT_NE(b.channel->page()->reply.seq.load(std::memory_order_acquire),
             b_number);
 
-  std::memcpy(arena_ + Word(*reserved, 0), block.data(), block.size());
-  ASSERT_TRUE(a.channel->Post(ucx::Op::kCommit, 3, KeyFor(7), {}));
-  auto committed = a.channel->Await();
-  ASSERT_TRUE(committed.has_value());
-  EXPECT_EQ(committed->code(), absl::StatusCode::kOk) << committed->message;
-  auto b_reply = b.channel->Await();
-  ASSERT_TRUE(b_reply.has_value());
-  EXPECT_EQ(b_reply->code(), absl::StatusCode::kOk) << b_reply->message;
-  EXPECT_NE(b_reply->header.flags & ucx::kReplyAlreadyPresent, 0u);
+  CommitThenExpectPresent(a, *reserved, 7, block, b);
   // B's connection goes on through its channel.
   ASSERT_TRUE(b.channel->Post(ucx::Op::kPing, 4, KeyFor(0), {}));
   auto ping = b.channel->Await();
@@ -156,16 +180,12 @@ TEST_F(ChannelPollerTest, ARequestThatMustWaitHoldsUpNoOtherChannel) {
 // reservation. The poller hands the PUT_SPARE back rather than wait; C is
 // served meanwhile; after A's commit B is told the block is present.
 TEST_F(ChannelPollerTest, APutSpareThatMustWaitHoldsUpNoOtherChannel) {
-  channel_spin_ = absl::Seconds(60);  // The poller never sleeps here.
-  Start();
-  ChannelClient a = Connect(), b = Connect(), c = Connect();
-  AwaitPoller(*b.channel);
-  AwaitPoller(*c.channel);
+  auto [a, b, c] = StartWithThreeClients();
   const auto block = MakeBlock(ShapeForBytes(256 << 10), 7);
   // B's spare: a COMMIT of key 30 with kRequestSpareNext.
-  auto first = PutThroughChannel(*b.channel, 30,
-                                 MakeBlock(ShapeForBytes(256 << 10), 30),
-                                 ucx::kRequestSpareNext);
+  auto first =
+      PutThroughChannel(*b.channel, 30, MakeBlock(ShapeForBytes(256 << 10), 30),
+                        ucx::kRequestSpareNext);
   ASSERT_TRUE(first.has_value());
   ASSERT_EQ(first->code(), absl::StatusCode::kOk) << first->message;
   ASSERT_NE(first->header.flags & ucx::kReplySpare, 0u);
@@ -179,10 +199,7 @@ TEST_F(ChannelPollerTest, APutSpareThatMustWaitHoldsUpNoOtherChannel) {
   ASSERT_TRUE(
       b.channel->Post(ucx::Op::kPutSpare, 4, KeyFor(7), U64(block.size())));
   const uint32_t b_number = b.channel->next_number() - 1;
-  while (b.channel->page()->request.taken.load(std::memory_order_acquire) !=
-         b_number) {
-    sched_yield();
-  }
+  AwaitTaken(*b.channel);
   auto put = PutThroughChannel(*c.channel, 20,
                                MakeBlock(ShapeForBytes(256 << 10), 20));
   ASSERT_TRUE(put.has_value());
@@ -190,15 +207,7 @@ TEST_F(ChannelPollerTest, APutSpareThatMustWaitHoldsUpNoOtherChannel) {
   EXPECT_NE(b.channel->page()->reply.seq.load(std::memory_order_acquire),
             b_number);
 
-  std::memcpy(arena_ + Word(*reserved, 0), block.data(), block.size());
-  ASSERT_TRUE(a.channel->Post(ucx::Op::kCommit, 3, KeyFor(7), {}));
-  auto committed = a.channel->Await();
-  ASSERT_TRUE(committed.has_value());
-  EXPECT_EQ(committed->code(), absl::StatusCode::kOk) << committed->message;
-  auto b_reply = b.channel->Await();
-  ASSERT_TRUE(b_reply.has_value());
-  EXPECT_EQ(b_reply->code(), absl::StatusCode::kOk) << b_reply->message;
-  EXPECT_NE(b_reply->header.flags & ucx::kReplyAlreadyPresent, 0u);
+  CommitThenExpectPresent(a, *reserved, 7, block, b);
 }
 
 // B's RESERVE of a key A holds was taken by the poller and handed back
@@ -221,11 +230,7 @@ TEST_F(ChannelPollerTest, AConnectionBusyWhenStopBeganEndsAfterItsRequest) {
   ASSERT_TRUE(reserved.has_value());
   ASSERT_EQ(reserved->code(), absl::StatusCode::kOk) << reserved->message;
   ASSERT_TRUE(b.channel->Post(ucx::Op::kReserve, 2, KeyFor(7), U64(size)));
-  const uint32_t b_number = b.channel->next_number() - 1;
-  while (b.channel->page()->request.taken.load(std::memory_order_acquire) !=
-         b_number) {
-    sched_yield();
-  }
+  AwaitTaken(*b.channel);
   const absl::Time start = absl::Now();
   plane_->Stop();
   EXPECT_LT(absl::Now() - start, absl::Seconds(30));
