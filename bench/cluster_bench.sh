@@ -59,7 +59,7 @@ start_cluster() {  # start_cluster N
   for i in $(seq 1 "$n"); do
     "$STRATAD" --listen=127.0.0.1:0 --metrics_listen= --data_plane_listen= \
       --data_dir="$dir/n$i" --dram_capacity=1GiB --ssd_capacity=0 \
-      --log_format=text --cluster_etcd="$ETCD" --cluster_node_id="n$i" \
+      --local_data_plane_path= --log_format=text --cluster_etcd="$ETCD" --cluster_node_id="n$i" \
       --cluster_lease_ttl_s=10 >"$dir/n$i.out" 2>"$dir/n$i.log" &
     PIDS+=($!)
   done

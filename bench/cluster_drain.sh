@@ -24,6 +24,7 @@ for i in 0 1 2; do
   mkfifo "$W/ready$i"
   "$B/cluster/stratad" --listen=127.0.0.1:0 --metrics_listen= --data_plane_listen= \
     --data_dir="$W/n$i" --dram_capacity=512MiB --ssd_capacity=0 --log_format=text \
+    --local_data_plane_path= \
     --cluster_etcd=127.0.0.1:$PORT --cluster_node_id=n$i --cluster_capacity=512MiB \
     --cluster_lease_ttl_s=5 --rebalance_bytes_per_s="$RB" --rebalance_blocks_per_s="$RK" \
     --rebalance_settle_ms=200 >"$W/ready$i" 2>"$W/n$i.log" &

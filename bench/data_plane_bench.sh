@@ -43,7 +43,7 @@ for transport in $TRANSPORTS; do
   env "${env_vars[@]}" "$stratad" --listen=127.0.0.1:0 --metrics_listen= \
     --data_plane_listen=127.0.0.1:0 --ssd_capacity=0 --dram_capacity=3GiB \
     --data_dir="$work/data.$transport" --log_format=text \
-    > "$work/ready.$transport" 2> "$work/stratad.$transport.log" &
+    --local_data_plane_path= > "$work/ready.$transport" 2> "$work/stratad.$transport.log" &
   pid=$!
   read -r line < "$work/ready.$transport"
   addr=$(sed -E 's/.*grpc=([^ ]+).*/\1/' <<< "$line")

@@ -83,7 +83,10 @@ until redis-cli -p "$rport" ping > /dev/null 2>&1; do :; done  # startup poll
 declare -A addr_of env_of plane_of
 for transport in $TRANSPORTS; do
   env_vars=()
-  flags=()
+  # Local connections only where measured: a loopback daemon turns them on
+  # by default, and their shared arena would change the other rows (a
+  # remote client meets a daemon without them; docs/stratad.md).
+  flags=(--local_data_plane_path=)
   plane=grpc
   case "$transport" in
     # The socket data plane (cluster/tcp_data_plane.h): plain TCP, no UCX.

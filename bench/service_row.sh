@@ -30,7 +30,8 @@ mkfifo "$work/ready"
 env UCX_NET_DEVICES=lo $tls ${DAEMON_ENV:-} "$build/cluster/stratad" \
   --listen=127.0.0.1:0 --metrics_listen= --data_plane_listen=127.0.0.1:0 \
   --ssd_capacity=0 --dram_capacity=3GiB --data_dir="$work/data" \
-  --log_format=text ${DAEMON_FLAGS:-} > "$work/ready" 2> "$work/log" &
+  --log_format=text --local_data_plane_path= ${DAEMON_FLAGS:-} \
+  > "$work/ready" 2> "$work/log" &
 pid=$!
 read -r line < "$work/ready"
 addr=$(sed -E 's/.*grpc=([^ ]+).*/\1/' <<< "$line")

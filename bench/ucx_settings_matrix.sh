@@ -71,7 +71,7 @@ while read -r label variant transport envs; do
   env $base $envs $LOADER "$BIN_DIR/stratad.$variant" --listen=127.0.0.1:0 \
     --metrics_listen= --data_plane_listen=127.0.0.1:0 --ssd_capacity=0 \
     --dram_capacity=6GiB --data_dir="$work/data.$label" --log_format=text \
-    > "$work/ready" 2> "$work/stratad.$label.log" &
+    --local_data_plane_path= > "$work/ready" 2> "$work/stratad.$label.log" &
   dpid=$!
   exec 3< "$work/ready"; read -r line <&3
   addr=$(sed -E 's/.*grpc=([^ ]+).*/\1/' <<< "$line")

@@ -151,6 +151,7 @@ absl::Status GrpcClient::StartLocal(const v1::HelloResponse& hello,
   TcpTransportOptions options;
   options.local_path = hello.local_path();
   options.retry = policy_;
+  options.populate_arena_max_bytes = options_.populate_arena_max_bytes;
   auto transport = TcpTransport::Create(options);
   if (!transport.ok()) {
     return absl::UnavailableError(absl::StrCat(

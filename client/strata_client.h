@@ -90,6 +90,12 @@ struct ClientOptions {
   // below 64 KiB it is within noise of gRPC for one client and ahead with
   // four (even for TCP at 64 KiB). No size favoured gRPC.
   uint64_t ucx_min_bytes = 0;
+  // Local connections: a daemon's shared arena of up to this many bytes is
+  // mapped in at Connect (about 0.25 s per GiB with 4 KiB pages), so no
+  // copy pays page faults; a larger one is mapped in 2 MiB at a time as
+  // copies first touch it (each first touch then costs about 0.5 ms), which
+  // keeps Connect short and page tables to what this process uses.
+  uint64_t populate_arena_max_bytes = uint64_t{4} << 30;
 };
 
 struct CallOptions {

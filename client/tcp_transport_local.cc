@@ -28,6 +28,10 @@
 #include "common/ucx_protocol.h"
 #include "kvstore/block_format.h"
 
+#ifndef MADV_POPULATE_WRITE  // Headers older than Linux 5.14's.
+#define MADV_POPULATE_WRITE 23
+#endif
+
 namespace strata::client::internal {
 namespace {
 
@@ -105,6 +109,7 @@ bool TcpTransport::CopyIntoArena(absl::Span<const uint8_t> block,
   // arena's copy; 256 KiB within noise: bench/results/service.md, session 10.)
   // A large block's hash is taken over by the checksum helper thread while
   // this one copies (kvstore/checksum_helper.h).
+  PopulateArena(offset, block.size());
   absl::StatusOr<kvstore::BlockView> copied = kvstore::CopyVerifiedBlock(
       block, absl::MakeSpan(arena_base_ + offset, block.size()),
       kvstore::CopyDestination::kStoredHashSource,
@@ -158,6 +163,7 @@ absl::Status TcpTransport::GetInArena(int fd, Exchange& x, bool* broken) {
         absl::StrCat("data_plane: ", Peer(), " answered [", offset, ", +",
                      length, ") outside its ", arena_bytes_, "-byte arena"));
   }
+  PopulateArena(offset, length);
   const absl::Span<const uint8_t> src(arena_base_ + offset, length);
   if (x.dst != nullptr && length > x.capacity) {
     s = absl::OutOfRangeError(absl::StrCat("capacity: block is ", length,
@@ -258,6 +264,22 @@ bool TcpTransport::InArena(uint64_t offset, uint64_t length) const {
   return offset <= arena_bytes_ && length <= arena_bytes_ - offset;
 }
 
+void TcpTransport::PopulateArena(uint64_t offset, uint64_t length) {
+  if (length == 0) return;
+  const uint64_t first = offset / kArenaPopulateChunk;
+  const uint64_t last = (offset + length - 1) / kArenaPopulateChunk;
+  for (uint64_t chunk = first; chunk <= last; ++chunk) {
+    std::atomic<uint64_t>& word = arena_populated_[chunk / 64];
+    const uint64_t bit = uint64_t{1} << (chunk % 64);
+    if ((word.load(std::memory_order_relaxed) & bit) != 0) continue;
+    const uint64_t at = chunk * kArenaPopulateChunk;
+    // Before Linux 5.14 (EINVAL) the copy faults the pages in instead.
+    madvise(arena_base_ + at, std::min(kArenaPopulateChunk, arena_bytes_ - at),
+            MADV_POPULATE_WRITE);
+    word.fetch_or(bit, std::memory_order_relaxed);
+  }
+}
+
 absl::Status TcpTransport::StaleArena() {
   // The daemon on the socket is not the one whose arena is mapped here (it
   // restarted): from now on blocks go through the socket. The old mapping
@@ -314,12 +336,15 @@ absl::Status TcpTransport::MapSharedArena(uint64_t token, absl::Time deadline) {
         "data_plane: ", Peer(), " answered MAP_ARENA without a usable arena"));
   }
   const size_t bytes = static_cast<size_t>(st.st_size);
-  // Mapped in now: a page first touched by a copy costs a fault in the
-  // copy, every put into a part of the arena this process has not written
-  // yet. Populating is 0.3-0.6 s for 3 GiB on the dev VM (4 KiB pages; far
-  // less where shared memory gets transparent huge pages).
-  void* base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
-                    MAP_SHARED | MAP_POPULATE, x.passed_fd, 0);
+  // Mapped in now, up to populate_arena_max_bytes: a page first touched by
+  // a copy costs a fault in the copy (fresh 256 KiB puts ran at 3.2-3.4
+  // GB/s populating 2 MiB at a time, against 11-20 with the arena mapped
+  // in). Populating is 0.3-0.6 s per 3 GiB on the dev VM (4 KiB pages), so
+  // a larger arena is left to PopulateArena, chunk by chunk.
+  const bool populate = bytes <= options_.populate_arena_max_bytes;
+  void* base =
+      mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+           MAP_SHARED | (populate ? MAP_POPULATE : 0), x.passed_fd, 0);
   if (base == MAP_FAILED) {
     return absl::ResourceExhaustedError(
         absl::StrCat("data_plane: mapping the daemon's ", bytes,
@@ -327,6 +352,13 @@ absl::Status TcpTransport::MapSharedArena(uint64_t token, absl::Time deadline) {
   }
   arena_base_ = static_cast<uint8_t*>(base);
   arena_bytes_ = bytes;
+  const size_t chunks = (bytes + kArenaPopulateChunk - 1) / kArenaPopulateChunk;
+  const size_t words = (chunks + 63) / 64;
+  arena_populated_ = std::make_unique<std::atomic<uint64_t>[]>(words);
+  for (size_t i = 0; i < words; ++i) {
+    arena_populated_[i].store(populate ? ~uint64_t{0} : 0,
+                              std::memory_order_relaxed);
+  }
   arena_token_ = token;
   return absl::OkStatus();
 }

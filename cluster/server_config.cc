@@ -18,6 +18,9 @@ namespace {
 
 using strata::v1::StratadConfig;
 
+// sockaddr_un's sun_path holds 107 bytes and a terminator.
+constexpr size_t kMaxSocketPathBytes = 107;
+
 // Collects text-format parse errors with their positions.
 class ErrorCollector : public google::protobuf::io::ErrorCollector {
  public:
@@ -29,6 +32,48 @@ class ErrorCollector : public google::protobuf::io::ErrorCollector {
   }
   std::string first;
 };
+
+// Whether a validated "host:port" (or "[host]:port") binds loopback only.
+bool IsLoopbackListen(const std::string& host_port) {
+  std::string host = host_port.substr(0, host_port.rfind(':'));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+// The embedded default of local_data_plane_path: DATA_DIR/local.sock when
+// the socket plane runs and every listener a client reaches data through
+// (gRPC, UCX, the socket plane) is on loopback, so that every client is on
+// this host. Otherwise "" (off), with the reason in `why_off`: a shared
+// arena makes large socket-plane GETs slower (its memfd gets 4 KiB pages;
+// bench/results/service.md), a cost remote clients would pay for nothing.
+std::string DefaultLocalPath(const StratadConfig& c, std::string* why_off) {
+  if (c.tcp_data_plane_listen().empty()) {
+    *why_off = "tcp_data_plane_listen is off";
+    return "";
+  }
+  for (const auto& [field, value] :
+       {std::pair<const char*, const std::string*>{"listen", &c.listen()},
+        {"data_plane_listen", &c.data_plane_listen()},
+        {"tcp_data_plane_listen", &c.tcp_data_plane_listen()}}) {
+    if (!value->empty() && !IsLoopbackListen(*value)) {
+      *why_off = absl::StrCat(field, " \"", *value,
+                              "\" is not loopback: clients may be remote");
+      return "";
+    }
+  }
+  std::error_code error;
+  const std::filesystem::path path =
+      (std::filesystem::absolute(c.data_dir(), error) / "local.sock")
+          .lexically_normal();
+  if (error || path.native().size() > kMaxSocketPathBytes) {
+    *why_off = absl::StrCat("\"", path.native(), "\" is longer than ",
+                            kMaxSocketPathBytes, " bytes");
+    return "";
+  }
+  return path.native();
+}
 
 }  // namespace
 
@@ -117,7 +162,6 @@ absl::StatusOr<ServerConfig> ResolveConfig(StratadConfig c) {
   if (!c.has_tcp_data_plane_max_connections()) {
     c.set_tcp_data_plane_max_connections(256);
   }
-  if (!c.has_local_data_plane_path()) c.set_local_data_plane_path("");
   if (!c.has_grpc_threads()) {
     c.set_grpc_threads(std::max(4u, std::thread::hardware_concurrency()));
   }
@@ -173,6 +217,11 @@ absl::StatusOr<ServerConfig> ResolveConfig(StratadConfig c) {
   out.data_plane_peer_errors = c.data_plane_error_mode() == "peer";
   out.tcp_data_plane_listen = c.tcp_data_plane_listen();
   out.tcp_data_plane_max_connections = c.tcp_data_plane_max_connections();
+  if (!c.has_local_data_plane_path()) {
+    c.set_local_data_plane_path(
+        DefaultLocalPath(c, &out.local_data_plane_default_off));
+    out.local_data_plane_by_default = !c.local_data_plane_path().empty();
+  }
   if (!c.local_data_plane_path().empty()) {
     if (c.tcp_data_plane_listen().empty()) {
       return absl::InvalidArgumentError(
@@ -182,8 +231,7 @@ absl::StatusOr<ServerConfig> ResolveConfig(StratadConfig c) {
     std::error_code error;
     const std::filesystem::path path =
         std::filesystem::absolute(c.local_data_plane_path(), error);
-    // sockaddr_un's sun_path holds 107 bytes and a terminator.
-    if (error || path.native().size() > 107) {
+    if (error || path.native().size() > kMaxSocketPathBytes) {
       return absl::InvalidArgumentError(absl::StrCat(
           "local_data_plane_path: \"", c.local_data_plane_path(),
           "\" is not a usable socket path (at most 107 bytes absolute)"));

@@ -24,8 +24,16 @@ struct ServerConfig {
   std::string tcp_data_plane_listen;  // Socket data plane; empty = off.
   uint32_t tcp_data_plane_max_connections = 0;
   // Its local connections' Unix socket, absolute; empty = off. When set,
-  // store.dram_shared is true.
+  // store.dram_shared is true. Unset in the config, it defaults to
+  // DATA_DIR/local.sock when every listener a client reaches data through
+  // (listen, data_plane_listen, tcp_data_plane_listen) is on loopback.
   std::string local_data_plane_path;
+  // The path came from that default, not the config: stratad creates its
+  // directory, and starts without local connections (logging why) where it
+  // cannot listen there.
+  bool local_data_plane_by_default = false;
+  // Why the default left local connections off; "" when it did not apply.
+  std::string local_data_plane_default_off;
   std::string data_dir;
   std::string log_format;      // "json" or "text".
   uint32_t grpc_threads = 0;

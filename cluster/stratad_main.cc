@@ -34,6 +34,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <thread>
@@ -242,7 +243,24 @@ int Run(int argc, char** argv) {
     tcp_options.max_connections =
         static_cast<int>(resolved->tcp_data_plane_max_connections);
     tcp_options.local_path = resolved->local_data_plane_path;
+    if (resolved->local_data_plane_by_default) {
+      // The default socket lies in the data directory, which a daemon
+      // without an SSD tier has not made yet.
+      std::error_code error;
+      std::filesystem::create_directories(
+          std::filesystem::path(tcp_options.local_path).parent_path(), error);
+    }
     auto started = TcpDataPlane::Start(&ctx, tcp_options);
+    if (!started.ok() && resolved->local_data_plane_by_default) {
+      // Only the default asked for local connections: serve without them
+      // (e.g. another daemon already listens on this data directory's
+      // socket). The arena stays shared memory.
+      LogWarning("local_data_plane_default_unavailable",
+                 {{"local_data_plane_path", tcp_options.local_path},
+                  {"error", std::string(started.status().message())}});
+      tcp_options.local_path.clear();
+      started = TcpDataPlane::Start(&ctx, tcp_options);
+    }
     if (!started.ok()) {
       LogError("tcp_data_plane_listen_failed",
                {{"tcp_data_plane_listen", resolved->tcp_data_plane_listen},
@@ -256,6 +274,10 @@ int Run(int argc, char** argv) {
       local_path = tcp_plane->local_path();
       ctx.local_path = local_path;
     }
+  }
+  if (!resolved->local_data_plane_default_off.empty()) {
+    LogInfo("local_data_plane_off",
+            {{"reason", resolved->local_data_plane_default_off}});
   }
 #ifdef STRATA_WITH_CLUSTER
   // Set once the node starts (after the gRPC port is known); read by the

@@ -1,9 +1,11 @@
 // stratad's configuration resolution (cluster/server_config.h): the socket
-// data plane's settings (its local connections too) get their embedded
-// defaults, and bad values are INVALID_ARGUMENT naming the field.
+// data plane's settings (its local connections too, on by default only
+// where every data listener is loopback) get their embedded defaults, and
+// bad values are INVALID_ARGUMENT naming the field.
 #include "cluster/server_config.h"
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
 namespace strata::cluster {
@@ -47,16 +49,89 @@ TEST(ServerConfig, BadSocketDataPlaneSettingsNameTheirField) {
   EXPECT_EQ(resolved->tcp_data_plane_listen, "");
 }
 
-TEST(ServerConfig, LocalConnectionsAreOffByDefaultAndShareTheArenaWhenOn) {
-  auto resolved = ResolveConfig(strata::v1::StratadConfig());
+TEST(ServerConfig, LocalConnectionsDefaultToTheDataDirWhenEveryListenerIsLoopback) {
+  strata::v1::StratadConfig config;
+  config.set_data_dir("/var/tmp/strata-test/./data");
+  auto resolved = ResolveConfig(config);
+  ASSERT_TRUE(resolved.ok()) << resolved.status();
+  EXPECT_EQ(resolved->local_data_plane_path,
+            "/var/tmp/strata-test/data/local.sock");
+  EXPECT_TRUE(resolved->local_data_plane_by_default);
+  EXPECT_EQ(resolved->local_data_plane_default_off, "");
+  EXPECT_TRUE(resolved->store.dram_shared);
+  // The config view shows the path the default chose.
+  EXPECT_TRUE(absl::StrContains(ConfigText(resolved->effective),
+                                "/var/tmp/strata-test/data/local.sock"));
+  // Other loopback spellings count as loopback too.
+  config.set_listen("localhost:7070");
+  config.set_data_plane_listen("[::1]:7071");
+  config.set_tcp_data_plane_listen("127.0.0.2:0");
+  resolved = ResolveConfig(config);
+  ASSERT_TRUE(resolved.ok()) << resolved.status();
+  EXPECT_TRUE(resolved->local_data_plane_by_default);
+}
+
+TEST(ServerConfig, LocalConnectionsDefaultToOffWhenAnyDataListenerIsNotLoopback) {
+  for (const char* field :
+       {"listen", "data_plane_listen", "tcp_data_plane_listen"}) {
+    strata::v1::StratadConfig config;
+    if (std::string(field) == "listen") config.set_listen("0.0.0.0:7070");
+    if (std::string(field) == "data_plane_listen") {
+      config.set_data_plane_listen("10.0.0.5:7071");
+    }
+    if (std::string(field) == "tcp_data_plane_listen") {
+      config.set_tcp_data_plane_listen("[::]:0");
+    }
+    auto resolved = ResolveConfig(config);
+    ASSERT_TRUE(resolved.ok()) << field << ": " << resolved.status();
+    EXPECT_EQ(resolved->local_data_plane_path, "") << field;
+    EXPECT_FALSE(resolved->local_data_plane_by_default) << field;
+    EXPECT_FALSE(resolved->store.dram_shared) << field;
+    EXPECT_TRUE(absl::StartsWith(resolved->local_data_plane_default_off,
+                                 absl::StrCat(field, " ")))
+        << field << ": " << resolved->local_data_plane_default_off;
+  }
+  // The metrics endpoint moves no blocks: it does not count.
+  strata::v1::StratadConfig metrics_public;
+  metrics_public.set_metrics_listen("0.0.0.0:9464");
+  auto resolved = ResolveConfig(metrics_public);
+  ASSERT_TRUE(resolved.ok()) << resolved.status();
+  EXPECT_TRUE(resolved->local_data_plane_by_default);
+  // Without the socket plane, or with a data_dir too long for a socket
+  // path, the default is off (not an error: nobody asked for it).
+  strata::v1::StratadConfig no_socket_plane;
+  no_socket_plane.set_tcp_data_plane_listen("");
+  resolved = ResolveConfig(no_socket_plane);
   ASSERT_TRUE(resolved.ok()) << resolved.status();
   EXPECT_EQ(resolved->local_data_plane_path, "");
+  EXPECT_EQ(resolved->local_data_plane_default_off,
+            "tcp_data_plane_listen is off");
+  strata::v1::StratadConfig long_dir;
+  long_dir.set_data_dir("/tmp/" + std::string(110, 'd'));
+  resolved = ResolveConfig(long_dir);
+  ASSERT_TRUE(resolved.ok()) << resolved.status();
+  EXPECT_EQ(resolved->local_data_plane_path, "");
+  EXPECT_TRUE(absl::StrContains(resolved->local_data_plane_default_off,
+                                "longer than 107 bytes"))
+      << resolved->local_data_plane_default_off;
+}
+
+TEST(ServerConfig, AnExplicitLocalPathWinsOverTheDefault) {
+  strata::v1::StratadConfig off;
+  off.set_local_data_plane_path("");  // "" turns local connections off.
+  auto resolved = ResolveConfig(off);
+  ASSERT_TRUE(resolved.ok()) << resolved.status();
+  EXPECT_EQ(resolved->local_data_plane_path, "");
+  EXPECT_FALSE(resolved->local_data_plane_by_default);
+  EXPECT_EQ(resolved->local_data_plane_default_off, "");
   EXPECT_FALSE(resolved->store.dram_shared);
   strata::v1::StratadConfig on;
   on.set_local_data_plane_path("run/stratad.sock");  // Relative.
+  on.set_listen("0.0.0.0:7070");  // Set explicitly, it is on regardless.
   resolved = ResolveConfig(on);
   ASSERT_TRUE(resolved.ok()) << resolved.status();
   EXPECT_TRUE(resolved->store.dram_shared);
+  EXPECT_FALSE(resolved->local_data_plane_by_default);
   EXPECT_EQ(resolved->local_data_plane_path.front(), '/');
   EXPECT_TRUE(absl::EndsWith(resolved->local_data_plane_path,
                              "/run/stratad.sock"));

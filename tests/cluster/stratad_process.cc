@@ -98,6 +98,7 @@ absl::Status StratadProcess::Start() {
     }
     if (absl::ConsumePrefix(&field, "ucx=")) ucx_address_ = std::string(field);
     if (absl::ConsumePrefix(&field, "tcp=")) tcp_address_ = std::string(field);
+    if (absl::ConsumePrefix(&field, "local=")) local_path_ = std::string(field);
   }
   return absl::OkStatus();
 }

@@ -43,6 +43,8 @@ class StratadProcess {
   const std::string& ucx_address() const { return ucx_address_; }
   // The socket data plane's address ("off" when disabled).
   const std::string& tcp_address() const { return tcp_address_; }
+  // The ready line's local connections socket ("off" when none).
+  const std::string& local_path() const { return local_path_; }
   pid_t pid() const { return pid_; }
 
  private:
@@ -56,6 +58,7 @@ class StratadProcess {
   std::string metrics_address_;
   std::string ucx_address_;
   std::string tcp_address_;
+  std::string local_path_;
 };
 
 // Runs a command to completion and returns its exit status and stdout.

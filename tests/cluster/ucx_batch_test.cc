@@ -145,7 +145,7 @@ class CAbiDataPlane : public UcxTest {
   }
 };
 
-TEST_F(CAbiDataPlane, OpenWithDataPlaneChoosesUcxTcpOrGrpcAndRefusesOthers) {
+TEST_F(CAbiDataPlane, OpenWithDataPlaneChoosesThePlaneAndAutoTakesLocalOnLoopback) {
   EXPECT_EQ(strata_abi_version(), STRATA_C_ABI_VERSION);
   EXPECT_EQ(strata_abi_minor_version(), 1);
   ScratchDir dir;
@@ -205,12 +205,16 @@ TEST_F(CAbiDataPlane, OpenWithDataPlaneChoosesUcxTcpOrGrpcAndRefusesOthers) {
   EXPECT_TRUE(std::equal(block.begin(), block.end(), dst.begin()));
   strata_client_close(sockets);
 
-  // NULL is "auto": the socket plane here, since UCX would run over TCP.
+  // NULL is "auto": local connections here, which a daemon listening on
+  // loopback only serves by default.
   strata_client_t* automatic = nullptr;
   ASSERT_EQ(strata_client_open_with_data_plane(addr.c_str(), 10000, nullptr,
                                                &automatic),
             0);
-  EXPECT_EQ(PlaneOf(automatic), "tcp");
+  EXPECT_EQ(PlaneOf(automatic), "local");
+  std::fill(dst.begin(), dst.end(), 0);
+  ASSERT_EQ(strata_get_into(automatic, key, dst.data(), dst.size(), &n), 0);
+  EXPECT_TRUE(std::equal(block.begin(), block.end(), dst.begin()));
   strata_client_close(automatic);
   EXPECT_TRUE(d.Stop().ok());
 }

@@ -524,7 +524,9 @@ TEST_F(StratadDataPlane, AutoPrefersTheSocketPlaneToUcxOverTcpAndFallsBackToGrpc
     ASSERT_TRUE((*c)->Put(KeyFor(8), block).ok());
     EXPECT_TRUE((*c)->Get(KeyFor(8))->block == block);
   }
-  StratadProcess d(dir.Sub("both"), {}, Env());
+  // Both TCP planes, no local connections (they would come first: the
+  // loopback default turns them on; see the test below).
+  StratadProcess d(dir.Sub("both"), {"--local_data_plane_path="}, Env());
   ASSERT_TRUE(d.Start().ok());
   auto c = Connect(d, "auto");
   ASSERT_TRUE(c.ok()) << c.status();
@@ -556,7 +558,7 @@ TEST_F(StratadDataPlane, SocketPlaneRequiredFailsConnectWhenTheDaemonHasNone) {
 
 TEST_F(StratadDataPlane, LocalRequiredFailsConnectWhenTheDaemonHasNone) {
   ScratchDir dir;
-  StratadProcess d(dir.Sub("data"), {}, Env());
+  StratadProcess d(dir.Sub("data"), {"--local_data_plane_path="}, Env());
   ASSERT_TRUE(d.Start().ok());
   auto c = Connect(d, "local");
   ASSERT_FALSE(c.ok());
@@ -648,7 +650,8 @@ class StratadDataPlaneShm : public StratadDataPlane {
 
 TEST_F(StratadDataPlaneShm, AutoKeepsUcxWhenItMovesTheBytesThroughSharedMemory) {
   ScratchDir dir;
-  StratadProcess d(dir.Sub("data"), {}, Env());
+  // No local connections: "auto" would take them first.
+  StratadProcess d(dir.Sub("data"), {"--local_data_plane_path="}, Env());
   ASSERT_TRUE(d.Start().ok());
   auto c = Connect(d, "auto");
   ASSERT_TRUE(c.ok()) << c.status();
@@ -681,6 +684,37 @@ TEST_F(StratadDataPlaneShm, AutoTakesLocalConnectionsWhenTheDaemonOffersThem) {
   ASSERT_TRUE(u.ok()) << u.status();
   EXPECT_THAT((*u)->DataPlane(), StartsWith("ucx:"));
   EXPECT_TRUE((*u)->Get(KeyFor(9))->block == block);
+}
+
+// The embedded default on loopback: local connections on the data
+// directory's socket, which "auto" takes. A second daemon on the same data
+// directory (no SSD tier, so no RocksDB lock between them) cannot have that
+// socket and starts without local connections instead of failing.
+TEST_F(StratadDataPlane, TheLoopbackDefaultServesLocalConnectionsFromTheDataDir) {
+  ScratchDir dir;
+  const std::vector<std::string> flags = {"--ssd_capacity=0",
+                                          "--dram_capacity=64MiB"};
+  StratadProcess first(dir.Sub("data"), flags, Env());
+  ASSERT_TRUE(first.Start().ok());
+  EXPECT_EQ(first.local_path(), dir.Sub("data") + "/local.sock");
+  auto c = Connect(first, "auto");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ((*c)->DataPlane(), "local");
+  const auto block = MakeBlock(ShapeForBytes(256 << 10), 21);
+  ASSERT_TRUE((*c)->Put(KeyFor(21), block).ok());
+  EXPECT_TRUE((*c)->Get(KeyFor(21))->block == block);
+
+  StratadProcess second(dir.Sub("data"), flags, Env());
+  ASSERT_TRUE(second.Start().ok());
+  EXPECT_EQ(second.local_path(), "off");
+  auto s = Connect(second, "auto");
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_NE((*s)->DataPlane(), "local");
+  EXPECT_FALSE((*s)->Get(KeyFor(21)).ok());  // Its own (empty) store.
+  // The first daemon still owns its socket and serves through it.
+  auto again = Connect(first, "local");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE((*again)->Get(KeyFor(21))->block == block);
 }
 
 TEST_F(StratadDataPlane, PeerErrorHandlingIsNegotiatedThroughHello) {

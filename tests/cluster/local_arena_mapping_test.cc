@@ -1,0 +1,125 @@
+// How a client maps a daemon's shared arena (ClientOptions::
+// populate_arena_max_bytes, client/tcp_transport_local.cc): an arena within
+// the limit is mapped in at Connect; a larger one chunk by chunk as copies
+// first touch it, and blocks still round-trip byte-exact across chunk
+// boundaries, in both directions and between clients. Real stratad
+// processes on loopback, whose embedded default serves local connections.
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "client/strata_client.h"
+#include "gtest/gtest.h"
+#include "tests/cluster/stratad_process.h"
+#include "tests/kvstore/test_blocks.h"
+
+namespace strata {
+namespace {
+
+using ::strata::kvstore::testing::KeyFor;
+using ::strata::kvstore::testing::MakeBlock;
+using ::strata::kvstore::testing::ScratchDir;
+using ::strata::kvstore::testing::ShapeForBytes;
+using ::strata::testing::StratadProcess;
+
+constexpr uint64_t kArenaBytes = uint64_t{256} << 20;
+
+// Resident bytes of this process's mappings of daemon arenas (the memfd
+// "strata-dram-arena"), from /proc/self/smaps.
+uint64_t ArenaResidentBytes() {
+  std::ifstream smaps("/proc/self/smaps");
+  std::string line;
+  bool in_arena = false;
+  uint64_t total_kib = 0;
+  while (std::getline(smaps, line)) {
+    // A mapping's header starts with its address range ("7f..-7f.. rw-s").
+    const std::vector<std::string> fields =
+        absl::StrSplit(line, ' ', absl::SkipEmpty());
+    if (!fields.empty() && absl::StrContains(fields[0], '-') &&
+        !absl::EndsWith(fields[0], ":")) {
+      in_arena = absl::StrContains(line, "strata-dram-arena");
+      continue;
+    }
+    uint64_t kib = 0;
+    if (in_arena && fields.size() >= 2 && fields[0] == "Rss:" &&
+        absl::SimpleAtoi(fields[1], &kib)) {
+      total_kib += kib;
+    }
+  }
+  return total_kib << 10;
+}
+
+class LocalArenaMapping : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    daemon_ = std::make_unique<StratadProcess>(
+        dir_.Sub("data"), std::vector<std::string>{
+                              "--ssd_capacity=0", "--dram_capacity=256MiB"});
+    ASSERT_TRUE(daemon_->Start().ok());
+    ASSERT_NE(daemon_->local_path(), "off");
+  }
+
+  std::unique_ptr<client::Client> Connect(uint64_t populate_max_bytes) {
+    client::ClientOptions o;
+    o.address = daemon_->grpc_address();
+    o.data_plane = "local";
+    o.populate_arena_max_bytes = populate_max_bytes;
+    auto c = client::Client::Connect(o);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? *std::move(c) : nullptr;
+  }
+
+  ScratchDir dir_;
+  std::unique_ptr<StratadProcess> daemon_;
+};
+
+TEST_F(LocalArenaMapping, AnArenaWithinTheLimitIsMappedInAtConnect) {
+  const uint64_t before = ArenaResidentBytes();
+  auto c = Connect(kArenaBytes);
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(ArenaResidentBytes() - before, kArenaBytes);
+}
+
+TEST_F(LocalArenaMapping, ALargerArenaIsMappedInOnlyWhereCopiesTouchIt) {
+  ASSERT_EQ(ArenaResidentBytes(), 0u);
+  auto writer = Connect(kArenaBytes - 1);
+  ASSERT_NE(writer, nullptr);
+  EXPECT_EQ(ArenaResidentBytes(), 0u);  // Connect mapped nothing in.
+  // Sizes that straddle 2 MiB chunks wherever the daemon places them.
+  const std::vector<uint64_t> sizes = {1 << 10, 256 << 10, 1 << 20,
+                                       (2 << 20) + 4096, 5 << 20};
+  uint64_t stored = 0;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    const auto block = MakeBlock(ShapeForBytes(sizes[i]), 100 + i);
+    ASSERT_TRUE(writer->Put(KeyFor(100 + i), block).ok());
+    auto got = writer->Get(KeyFor(100 + i));
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_TRUE(got->block == block) << sizes[i];
+    stored += block.size();
+  }
+  const uint64_t written = ArenaResidentBytes();
+  EXPECT_GE(written, stored);
+  // Each block maps in at most the chunks it overlaps (plus the spare
+  // range the daemon sets aside for the connection's next put).
+  EXPECT_LE(written, stored + 2 * sizes.size() * (uint64_t{4} << 20));
+  EXPECT_LT(written, kArenaBytes / 4);
+
+  // Another client reads what the first wrote, through chunks it maps in
+  // only now.
+  auto reader = Connect(0);
+  ASSERT_NE(reader, nullptr);
+  EXPECT_EQ(ArenaResidentBytes(), written);
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    auto got = reader->Get(KeyFor(100 + i));
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_TRUE(got->block == MakeBlock(ShapeForBytes(sizes[i]), 100 + i))
+        << sizes[i];
+  }
+  EXPECT_GT(ArenaResidentBytes(), written);
+}
+
+}  // namespace
+}  // namespace strata
