@@ -3,8 +3,9 @@
 // connection's message channel and never blocks; what would block goes back
 // to the connection's own thread. These tests drive channels at the byte
 // level (RawChannel) and check that a request that must wait holds up no
-// other connection, that puts needing eviction or a durable write are
-// still served (and evict), and that many channels are served at once.
+// other connection (nor does a durable commit waiting on the SSD), that
+// puts needing eviction or a durable write are still served (and evict),
+// and that many channels are served at once.
 #include <sched.h>
 
 #include <cstring>
@@ -346,6 +347,57 @@ TEST_F(ChannelPollerTest, ADurableReserveMakesItsCommitReachTheSsd) {
   ASSERT_TRUE(client.channel->Post(ucx::Op::kCommit, 3, KeyFor(8), {},
                                    ucx::kRequestVerifiedInPlace));
   auto committed = client.channel->Await();
+  ASSERT_TRUE(committed.has_value());
+  EXPECT_EQ(committed->code(), absl::StatusCode::kOk) << committed->message;
+  EXPECT_EQ(store_->Stats().tiers[1].blocks, 1u);
+}
+
+// A durable commit whose SSD write is held in flight (the WAL append
+// waits) is on A's own thread, not the poller: B's requests through its
+// channel are answered meanwhile, and A is answered once the write goes.
+TEST_F(ChannelPollerTest, ADurableCommitWaitingOnTheSsdHoldsUpNoOtherChannel) {
+  with_ssd_ = true;
+  write_through_ = false;
+  channel_pollers_ = 1;
+  channel_spin_ = absl::Seconds(60);  // The poller never sleeps here.
+  Start();
+  ChannelClient a = Connect(), b = Connect();
+  AwaitPoller(*a.channel);
+  AwaitPoller(*b.channel);
+  const auto block = MakeBlock(ShapeForBytes(256 << 10), 8);
+  ASSERT_TRUE(a.channel->Post(ucx::Op::kReserve, 2, KeyFor(8),
+                              U64(block.size()), ucx::kRequestDurable));
+  auto reserved = a.channel->Await();
+  ASSERT_TRUE(reserved.has_value());
+  ASSERT_EQ(reserved->code(), absl::StatusCode::kOk) << reserved->message;
+  std::memcpy(arena_ + Word(*reserved, 0), block.data(), block.size());
+  ssd_faults_->SetHoldWrites(true, ".log");
+  ASSERT_TRUE(a.channel->Post(ucx::Op::kCommit, 3, KeyFor(8), {},
+                              ucx::kRequestVerifiedInPlace));
+  const uint32_t a_number = a.channel->next_number() - 1;
+  while (ssd_faults_->writes_held() == 0) sched_yield();
+
+  // B's ping, posted to the channel the (only) poller polls: answered
+  // while A's write is held, or the poller is the one waiting on the SSD.
+  ASSERT_TRUE(b.channel->Post(ucx::Op::kPing, 5, KeyFor(0), {}));
+  const uint32_t b_number = b.channel->next_number() - 1;
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (b.channel->page()->reply.seq.load(std::memory_order_acquire) !=
+             b_number &&
+         absl::Now() < give_up) {
+    sched_yield();
+  }
+  const bool b_answered =
+      b.channel->page()->reply.seq.load(std::memory_order_acquire) == b_number;
+  const bool a_answered_early =
+      a.channel->page()->reply.seq.load(std::memory_order_acquire) == a_number;
+  ssd_faults_->SetHoldWrites(false);  // Before asserting: A must finish.
+  EXPECT_TRUE(b_answered) << "B's ping waited for A's SSD write";
+  EXPECT_FALSE(a_answered_early) << "A was answered before its write went";
+  auto ping = b.channel->Await();
+  ASSERT_TRUE(ping.has_value());
+  EXPECT_EQ(ping->header.request_id, 5u);
+  auto committed = a.channel->Await();
   ASSERT_TRUE(committed.has_value());
   EXPECT_EQ(committed->code(), absl::StatusCode::kOk) << committed->message;
   EXPECT_EQ(store_->Stats().tiers[1].blocks, 1u);

@@ -34,6 +34,7 @@
 #include "common/ucx_protocol.h"
 #include "gtest/gtest.h"
 #include "kvstore/dram_arena.h"
+#include "kvstore/fault_injection_file_system.h"
 #include "kvstore/tiered_store.h"
 #include "tests/cluster/raw_data_plane_connection.h"
 #include "tests/kvstore/test_blocks.h"
@@ -183,6 +184,7 @@ class LocalDataPlaneTest : public ::testing::Test {
       o.ssd_path = dir_.Sub("ssd");
       o.write_through = write_through_;
       o.promote_on_read = false;
+      o.ssd_file_system = ssd_faults_;
     }
     auto store = kvstore::TieredStore::Open(o);
     ASSERT_TRUE(store.ok()) << store.status();
@@ -338,6 +340,10 @@ class LocalDataPlaneTest : public ::testing::Test {
   int channel_pollers_ = cluster::TcpDataPlaneOptions().channel_pollers;
   bool with_ssd_ = false;
   bool write_through_ = true;  // With with_ssd_.
+  // With with_ssd_: the SSD tier's file system, through which a test can
+  // hold its writes in flight.
+  std::shared_ptr<kvstore::FaultInjectionFileSystem> ssd_faults_ =
+      std::make_shared<kvstore::FaultInjectionFileSystem>();
   ScratchDir dir_;
   std::string sock_ = dir_.SocketPath("stratad.sock");
   std::unique_ptr<kvstore::TieredStore> store_;
