@@ -54,7 +54,10 @@ def start_stratad(binary, data_dir):
     proc = subprocess.Popen(
         [binary, "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
          "--data_plane_listen=127.0.0.1:0", f"--data_dir={data_dir}",
-         "--log_format=text", "--dram_capacity=1GiB"],
+         "--log_format=text", "--dram_capacity=1GiB",
+         # No local connections: the rows measure gRPC and UCX, which a
+         # shared arena (on by default on loopback) would change.
+         "--local_data_plane_path="],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     line = proc.stdout.readline().decode()
     if not line.startswith("stratad ready "):

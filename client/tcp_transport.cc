@@ -285,7 +285,9 @@ TcpTransport::~TcpTransport() {
     }
   }
   channels_.clear();
-  if (arena_base_ != nullptr) munmap(arena_base_, arena_bytes_);
+  if (arena_base_ != nullptr && !arena_unmapped_.load()) {
+    munmap(arena_base_, arena_bytes_);
+  }
 }
 
 const std::string& TcpTransport::Peer() const {
@@ -380,8 +382,15 @@ absl::Status TcpTransport::Attempt(Exchange& x) {
   const int fd = *taken;
   bool broken = false;
   absl::Status s;
+  // A user of the arena from before it looks at arena_stale_ until the end
+  // of the call (the order LeaveArena's unmapping relies on).
+  const bool mapped = arena_base_ != nullptr;
+  if (mapped) arena_users_.fetch_add(1, std::memory_order_seq_cst);
+  absl::Cleanup leave_arena = [this, mapped] {
+    if (mapped) LeaveArena();
+  };
   const bool in_arena =
-      arena_base_ != nullptr && !arena_stale_.load(std::memory_order_acquire);
+      mapped && !arena_stale_.load(std::memory_order_seq_cst);
   x.flags &= ~ucx::kRequestInArena;  // Only GetInArena asks for it.
   if (in_arena && x.op == ucx::Op::kPut) {
     s = PutInArena(fd, x, &broken);

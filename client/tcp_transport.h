@@ -173,6 +173,9 @@ class TcpTransport final : public BulkTransport {
   // A reply named another arena than the mapped one: marks it stale, and
   // answers UNAVAILABLE (the retry goes through the socket).
   absl::Status StaleArena();
+  // Ends a call's use of the arena (Attempt); the last user of a stale
+  // arena unmaps it, so a restarted daemon's old arena is not kept alive.
+  void LeaveArena();
   // An idle connection, or a new one (connected before `deadline`, on the
   // SteadyNow() clock, as every deadline below).
   absl::StatusOr<int> TakeConnection(absl::Time deadline);
@@ -201,8 +204,13 @@ class TcpTransport final : public BulkTransport {
   // has mapped that chunk's pages in (PopulateArena). Sized at the mapping.
   std::unique_ptr<std::atomic<uint64_t>[]> arena_populated_;
   uint64_t arena_token_ = 0;  // Of the daemon whose arena is mapped.
-  // Set once a reply names another arena (the daemon restarted).
+  // Set once a reply names another arena (the daemon restarted); then the
+  // mapping goes once no call uses it (LeaveArena).
   std::atomic<bool> arena_stale_{false};
+  // Calls that may touch the mapped arena: counted (seq_cst) before they
+  // read arena_stale_, so whoever leaves a stale arena last unmaps it.
+  std::atomic<int> arena_users_{0};
+  std::atomic<bool> arena_unmapped_{false};
 
   absl::Mutex mu_;
   std::vector<int> idle_ ABSL_GUARDED_BY(mu_);

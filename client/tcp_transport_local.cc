@@ -283,12 +283,22 @@ void TcpTransport::PopulateArena(uint64_t offset, uint64_t length) {
 absl::Status TcpTransport::StaleArena() {
   // The daemon on the socket is not the one whose arena is mapped here (it
   // restarted): from now on blocks go through the socket. The old mapping
-  // stays until the transport is destroyed (a call may be copying).
-  arena_stale_.store(true, std::memory_order_release);
+  // goes once no call uses it (another may still be copying): LeaveArena.
+  arena_stale_.store(true, std::memory_order_seq_cst);
   return absl::UnavailableError(absl::StrCat(
       "data_plane: the daemon at ", Peer(),
       " is not the one whose arena this client mapped (it restarted); "
       "blocks go through the socket until the client reconnects"));
+}
+
+void TcpTransport::LeaveArena() {
+  // Only a user sets arena_stale_, so the last user to leave after that
+  // sees it; arena_unmapped_ makes the unmapping happen once.
+  if (arena_users_.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
+      arena_stale_.load(std::memory_order_seq_cst) &&
+      !arena_unmapped_.exchange(true, std::memory_order_acq_rel)) {
+    munmap(arena_base_, arena_bytes_);
+  }
 }
 
 absl::Status TcpTransport::MapSharedArena(uint64_t token, absl::Time deadline) {

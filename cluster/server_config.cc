@@ -44,8 +44,8 @@ bool IsLoopbackListen(const std::string& host_port) {
 
 // The embedded default of local_data_plane_path: DATA_DIR/local.sock when
 // the socket plane runs and every listener a client reaches data through
-// (gRPC, UCX, the socket plane) is on loopback, so that every client is on
-// this host. Otherwise "" (off), with the reason in `why_off`: a shared
+// (gRPC, UCX, the socket plane), and the address a cluster advertises if
+// set, is on loopback, so that every client is on this host. Otherwise "" (off), with the reason in `why_off`: a shared
 // arena makes large socket-plane GETs slower (its memfd gets 4 KiB pages;
 // bench/results/service.md), a cost remote clients would pay for nothing.
 std::string DefaultLocalPath(const StratadConfig& c, std::string* why_off) {
@@ -56,7 +56,8 @@ std::string DefaultLocalPath(const StratadConfig& c, std::string* why_off) {
   for (const auto& [field, value] :
        {std::pair<const char*, const std::string*>{"listen", &c.listen()},
         {"data_plane_listen", &c.data_plane_listen()},
-        {"tcp_data_plane_listen", &c.tcp_data_plane_listen()}}) {
+        {"tcp_data_plane_listen", &c.tcp_data_plane_listen()},
+        {"cluster_advertise", &c.cluster_advertise()}}) {
     if (!value->empty() && !IsLoopbackListen(*value)) {
       *why_off = absl::StrCat(field, " \"", *value,
                               "\" is not loopback: clients may be remote");

@@ -26,7 +26,8 @@ struct ServerConfig {
   // Its local connections' Unix socket, absolute; empty = off. When set,
   // store.dram_shared is true. Unset in the config, it defaults to
   // DATA_DIR/local.sock when every listener a client reaches data through
-  // (listen, data_plane_listen, tcp_data_plane_listen) is on loopback.
+  // (listen, data_plane_listen, tcp_data_plane_listen) and any
+  // cluster_advertise are on loopback.
   std::string local_data_plane_path;
   // The path came from that default, not the config: stratad creates its
   // directory, and starts without local connections (logging why) where it

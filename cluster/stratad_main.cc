@@ -251,7 +251,9 @@ int Run(int argc, char** argv) {
           std::filesystem::path(tcp_options.local_path).parent_path(), error);
     }
     auto started = TcpDataPlane::Start(&ctx, tcp_options);
-    if (!started.ok() && resolved->local_data_plane_by_default) {
+    if (!started.ok() && resolved->local_data_plane_by_default &&
+        absl::StartsWith(started.status().message(),
+                         "local_data_plane_path:")) {
       // Only the default asked for local connections: serve without them
       // (e.g. another daemon already listens on this data directory's
       // socket). The arena stays shared memory.
@@ -260,6 +262,8 @@ int Run(int argc, char** argv) {
                   {"error", std::string(started.status().message())}});
       tcp_options.local_path.clear();
       started = TcpDataPlane::Start(&ctx, tcp_options);
+      resolved->effective.set_local_data_plane_path("");
+      ctx.config_text = ConfigText(resolved->effective);
     }
     if (!started.ok()) {
       LogError("tcp_data_plane_listen_failed",

@@ -4,15 +4,13 @@
 // first touch it, and blocks still round-trip byte-exact across chunk
 // boundaries, in both directions and between clients. Real stratad
 // processes on loopback, whose embedded default serves local connections.
-#include <fstream>
+#include <filesystem>
 #include <string>
 #include <vector>
 
-#include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_split.h"
 #include "client/strata_client.h"
 #include "gtest/gtest.h"
+#include "tests/cluster/arena_mappings.h"
 #include "tests/cluster/stratad_process.h"
 #include "tests/kvstore/test_blocks.h"
 
@@ -27,37 +25,20 @@ using ::strata::testing::StratadProcess;
 
 constexpr uint64_t kArenaBytes = uint64_t{256} << 20;
 
-// Resident bytes of this process's mappings of daemon arenas (the memfd
-// "strata-dram-arena"), from /proc/self/smaps.
 uint64_t ArenaResidentBytes() {
-  std::ifstream smaps("/proc/self/smaps");
-  std::string line;
-  bool in_arena = false;
-  uint64_t total_kib = 0;
-  while (std::getline(smaps, line)) {
-    // A mapping's header starts with its address range ("7f..-7f.. rw-s").
-    const std::vector<std::string> fields =
-        absl::StrSplit(line, ' ', absl::SkipEmpty());
-    if (!fields.empty() && absl::StrContains(fields[0], '-') &&
-        !absl::EndsWith(fields[0], ":")) {
-      in_arena = absl::StrContains(line, "strata-dram-arena");
-      continue;
-    }
-    uint64_t kib = 0;
-    if (in_arena && fields.size() >= 2 && fields[0] == "Rss:" &&
-        absl::SimpleAtoi(fields[1], &kib)) {
-      total_kib += kib;
-    }
-  }
-  return total_kib << 10;
+  return testing::ReadArenaMappings().resident_bytes;
 }
 
 class LocalArenaMapping : public ::testing::Test {
  protected:
   void SetUp() override {
+    // A data directory whose socket path fits (a deep build tree's would
+    // not, and the default would then be off); stratad makes it.
+    const std::string data_dir =
+        std::filesystem::path(dir_.SocketPath("data/local.sock")).parent_path();
     daemon_ = std::make_unique<StratadProcess>(
-        dir_.Sub("data"), std::vector<std::string>{
-                              "--ssd_capacity=0", "--dram_capacity=256MiB"});
+        data_dir, std::vector<std::string>{"--ssd_capacity=0",
+                                           "--dram_capacity=256MiB"});
     ASSERT_TRUE(daemon_->Start().ok());
     ASSERT_NE(daemon_->local_path(), "off");
   }

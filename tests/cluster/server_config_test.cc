@@ -72,8 +72,8 @@ TEST(ServerConfig, LocalConnectionsDefaultToTheDataDirWhenEveryListenerIsLoopbac
 }
 
 TEST(ServerConfig, LocalConnectionsDefaultToOffWhenAnyDataListenerIsNotLoopback) {
-  for (const char* field :
-       {"listen", "data_plane_listen", "tcp_data_plane_listen"}) {
+  for (const char* field : {"listen", "data_plane_listen",
+                            "tcp_data_plane_listen", "cluster_advertise"}) {
     strata::v1::StratadConfig config;
     if (std::string(field) == "listen") config.set_listen("0.0.0.0:7070");
     if (std::string(field) == "data_plane_listen") {
@@ -81,6 +81,10 @@ TEST(ServerConfig, LocalConnectionsDefaultToOffWhenAnyDataListenerIsNotLoopback)
     }
     if (std::string(field) == "tcp_data_plane_listen") {
       config.set_tcp_data_plane_listen("[::]:0");
+    }
+    // A loopback listener behind a forwarder that clients elsewhere reach.
+    if (std::string(field) == "cluster_advertise") {
+      config.set_cluster_advertise("10.0.1.7:7070");
     }
     auto resolved = ResolveConfig(config);
     ASSERT_TRUE(resolved.ok()) << field << ": " << resolved.status();

@@ -6,6 +6,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <thread>
@@ -17,6 +18,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kvstore/block_format.h"
+#include "tests/cluster/arena_mappings.h"
 #include "tests/cluster/stratad_process.h"
 #include "tests/cluster/ucx_test_env.h"
 #include "tests/kvstore/test_blocks.h"
@@ -30,6 +32,7 @@ using ::strata::kvstore::testing::MakeBlock;
 using ::strata::kvstore::testing::ScratchDir;
 using ::strata::kvstore::testing::ShapeForBytes;
 using ::strata::testing::MetricsText;
+using ::strata::testing::ReadArenaMappings;
 using ::strata::testing::StratadProcess;
 using ::strata::testing::UcxRoundTripShapes;
 using ::strata::testing::UcxTest;
@@ -568,9 +571,9 @@ TEST_F(StratadDataPlane, LocalRequiredFailsConnectWhenTheDaemonHasNone) {
 }
 
 // The daemon restarts on the same socket path (a new arena): a client that
-// mapped the old one never reads or writes it again; its calls go through
-// the socket and return the stored bytes. A kill -9 leaves the socket file
-// behind, which the new daemon replaces.
+// mapped the old one never reads or writes it again, and unmaps it; its
+// calls go through the socket and return the stored bytes. A kill -9
+// leaves the socket file behind, which the new daemon replaces.
 TEST_F(StratadDataPlane, ALocalClientOfARestartedDaemonNeverUsesTheOldArena) {
   ScratchDir dir;
   const std::vector<std::string> flags = {
@@ -595,10 +598,13 @@ TEST_F(StratadDataPlane, ALocalClientOfARestartedDaemonNeverUsesTheOldArena) {
   const auto third = MakeBlock(ShapeForBytes(256 << 10), 33);
   auto fresh = Connect(*d, "local");
   ASSERT_TRUE(fresh.ok()) << fresh.status();
+  EXPECT_EQ(ReadArenaMappings().count, 2);  // The old arena and the new.
   ASSERT_TRUE((*fresh)->Put(KeyFor(33), third).ok());
   auto got = (*c)->Get(KeyFor(33));
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_TRUE(got->block == third);
+  // The first client found its arena stale and let it go.
+  EXPECT_EQ(ReadArenaMappings().count, 1);
   got = (*c)->Get(KeyFor(31));  // From the SSD tier.
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_TRUE(got->block == first);
@@ -692,11 +698,15 @@ TEST_F(StratadDataPlaneShm, AutoTakesLocalConnectionsWhenTheDaemonOffersThem) {
 // socket and starts without local connections instead of failing.
 TEST_F(StratadDataPlane, TheLoopbackDefaultServesLocalConnectionsFromTheDataDir) {
   ScratchDir dir;
+  // A data directory whose socket path fits (a deep build tree's would not,
+  // and the default would then be off); stratad makes it.
+  const std::string data_dir =
+      std::filesystem::path(dir.SocketPath("data/local.sock")).parent_path();
   const std::vector<std::string> flags = {"--ssd_capacity=0",
                                           "--dram_capacity=64MiB"};
-  StratadProcess first(dir.Sub("data"), flags, Env());
+  StratadProcess first(data_dir, flags, Env());
   ASSERT_TRUE(first.Start().ok());
-  EXPECT_EQ(first.local_path(), dir.Sub("data") + "/local.sock");
+  EXPECT_EQ(first.local_path(), data_dir + "/local.sock");
   auto c = Connect(first, "auto");
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ((*c)->DataPlane(), "local");
@@ -704,7 +714,7 @@ TEST_F(StratadDataPlane, TheLoopbackDefaultServesLocalConnectionsFromTheDataDir)
   ASSERT_TRUE((*c)->Put(KeyFor(21), block).ok());
   EXPECT_TRUE((*c)->Get(KeyFor(21))->block == block);
 
-  StratadProcess second(dir.Sub("data"), flags, Env());
+  StratadProcess second(data_dir, flags, Env());
   ASSERT_TRUE(second.Start().ok());
   EXPECT_EQ(second.local_path(), "off");
   auto s = Connect(second, "auto");

@@ -55,11 +55,13 @@ inline bool ClientVerifiesEveryGet(const UcxTransport& t) {
   return IsSocketPlane(t) || IsLocalPlane(t);
 }
 // The daemon flags `t` needs: for the local plane a Unix socket of `dir`
-// (ScratchDir::SocketPath), named by `name`.
+// (ScratchDir::SocketPath), named by `name`; for the others no local
+// connections, so they run over a private arena as a remote client's
+// daemon does (a loopback daemon would otherwise share it by default).
 inline std::vector<std::string> LocalPlaneFlags(
     const UcxTransport& t, kvstore::testing::ScratchDir& dir,
     const std::string& name) {
-  if (!IsLocalPlane(t)) return {};
+  if (!IsLocalPlane(t)) return {"--local_data_plane_path="};
   return {"--local_data_plane_path=" + dir.SocketPath(name + ".sock")};
 }
 

@@ -13,10 +13,11 @@ from stratad_process import Stratad
 
 @pytest.fixture(params=["grpc", "ucx", "tcp", "local"])
 def store(request, stratad_binary, scratch_dir):
-    flags = []
+    # The other planes over a private arena, as a remote client's daemon.
+    flags = ["--local_data_plane_path="]
     with tempfile.TemporaryDirectory(prefix="strata-sock-") as sock_dir:
         if request.param == "local":  # A short path: sockaddr_un holds 107.
-            flags.append(f"--local_data_plane_path={sock_dir}/stratad.sock")
+            flags = [f"--local_data_plane_path={sock_dir}/stratad.sock"]
         daemon = Stratad(stratad_binary, scratch_dir / "stratad", flags).start()
         try:
             s = strata.RemoteStore(daemon.grpc_address, deadline_ms=10000,
