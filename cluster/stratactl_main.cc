@@ -20,7 +20,8 @@
 //         [--etcd=HOST:PORT] [--prefix=/strata/v1/] [--json]  the whole
 //         cluster, found in etcd (stratactl_cluster.cc)
 //   bench [--op=put|get|mixed] [--size=1MiB] [--clients=4] [--ops=200]
-//         [--warmup=0] [--durable]  GB/s and p50/p99 latency
+//         [--warmup=0] [--durable] [--keep]  GB/s and p50/p99 latency;
+//         afterwards (untimed) removes the blocks it stored unless --keep
 // Every command: --data-plane=grpc|ucx|tcp|local|auto (default grpc; ClientOptions::
 //   data_plane) and --ucx-min-bytes=SIZE (ClientOptions::ucx_min_bytes).
 // Namespace flags: --model=ID --dtype=bf16 --layers=N --kv-heads=N
@@ -355,6 +356,30 @@ int Bench(const client::ClientOptions& base, const Args& a) {
       op.c_str(), (unsigned long long)block.size(), *clients, all.size(),
       conns[0]->DataPlane().c_str(), bytes / secs / 1e9, all.size() / secs,
       Percentile(sorted, 0.50) * 1e6, Percentile(sorted, 0.99) * 1e6);
+  std::fflush(stdout);
+  // Untimed: remove what the run stored, so back-to-back runs against one
+  // daemon each start from the same store (a load generator's blocks would
+  // otherwise fill the cache and make later runs measure eviction; Redis,
+  // which the benchmark compares against, overwrites one key).
+  if (!a.Bool("keep")) {
+    std::vector<std::thread> removers;
+    for (uint32_t c = 0; c < *clients; ++c) {
+      removers.emplace_back([&, c] {
+        std::vector<BlockKey> keys;
+        for (uint32_t i = 0; i < preload; ++i) keys.push_back(key_of(c, i));
+        for (uint32_t i = 0; i < *warmup && op == "put"; ++i) {
+          keys.push_back(key_of(c, 0x80000000u + i));
+        }
+        for (uint32_t i = 0; i < *ops; ++i) {
+          if (op == "put" || (op == "mixed" && i % 2 == 0)) {
+            keys.push_back(key_of(c, preload + i));
+          }
+        }
+        for (const BlockKey& key : keys) (void)conns[c]->Remove(key);
+      });
+    }
+    for (auto& t : removers) t.join();
+  }
   return 0;
 }
 

@@ -42,7 +42,7 @@ start_stratad 1
 step "Daemon status" "$CTL" status
 step "Store prompt A's KV (7 full chunks)" "$CTL" fill-prompt --tokens-file="$work/prompt_a.txt" "${NS[@]}"
 step "Prompt B shares 1,300 tokens: how much can it reuse?" "$CTL" lookup --tokens-file="$work/prompt_b.txt" "${NS[@]}"
-step "Pressure: 40 x 4 MiB puts into a 64 MiB DRAM tier" "$CTL" bench --op=put --size=4MiB --clients=2 --ops=20 --data-plane=auto
+step "Pressure: 40 x 4 MiB puts into a 64 MiB DRAM tier" "$CTL" bench --op=put --size=4MiB --clients=2 --ops=20 --data-plane=auto --keep
 step "Eviction demoted blocks to the SSD tier" "$CTL" stats
 printf '\n== Prometheus metrics (GET /metrics on 127.0.0.1:9464), a selection\n'
 exec 4<>/dev/tcp/127.0.0.1/9464

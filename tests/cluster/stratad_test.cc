@@ -32,7 +32,9 @@ using ::strata::kvstore::testing::ScratchDir;
 using ::strata::kvstore::testing::ShapeForBytes;
 using ::strata::testing::RunCommand;
 using ::strata::testing::StratadProcess;
+using ::testing::ContainsRegex;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::StartsWith;
 
 
@@ -384,6 +386,18 @@ TEST(Stratad, StratactlOperatesTheDaemon) {
   r = ctl({"bench", "--op=mixed", "--size=64KiB", "--clients=2", "--ops=20"});
   ASSERT_EQ(r.exit_code, 0) << r.out;
   EXPECT_THAT(r.out, HasSubstr("GB/s"));
+  // The bench removed what it stored (the store held nothing before it);
+  // with --keep it leaves its blocks.
+  r = ctl({"stats", "--json"});
+  EXPECT_THAT(r.out, ContainsRegex("\"tier\":\"dram\"[^}]*\"blocks\":0,"))
+      << r.out;
+  EXPECT_THAT(r.out, Not(HasSubstr("\"removes\":0,"))) << r.out;
+  r = ctl({"bench", "--op=put", "--size=64KiB", "--clients=1", "--ops=3",
+           "--keep"});
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  r = ctl({"stats", "--json"});
+  EXPECT_THAT(r.out, ContainsRegex("\"tier\":\"dram\"[^}]*\"blocks\":3,"))
+      << r.out;
   r = ctl({"pin", "nothex", "1s"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(ctl({"drain"}).exit_code, 0);
