@@ -28,6 +28,7 @@
 //   --head-dim=N --chunk=256 --tenant-salt=S
 // Exit status: 0 on success, 1 when the daemon answered an error, 2 on usage.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -254,6 +255,10 @@ int Bench(const client::ClientOptions& base, const Args& a) {
   if (!size.ok()) return Fail(size.status());
   if (!clients.ok() || *clients == 0) return UsageError("clients: want >= 1");
   if (!ops.ok()) return Fail(ops.status());
+  // Put keys are indexed by call below 2^31 (warm-up keys above).
+  if (uint64_t{*ops} * *clients > (uint64_t{1} << 30)) {
+    return UsageError("ops: ops x clients must be at most 2^30");
+  }
   const kvstore::BlockShape shape = ShapeForBytes(*size);
   const std::vector<uint8_t> block = RandomBlock(shape, 1);
   const uint64_t run = std::random_device{}();
@@ -303,9 +308,21 @@ int Bench(const client::ClientOptions& base, const Args& a) {
       if (!s.ok()) return Fail(s);
     }
   }
-  std::vector<std::vector<double>> lat(*clients);
-  for (auto& v : lat) v.reserve(*ops);
   std::vector<absl::Status> errors(*clients);
+  // The run is ops x clients calls that the clients take one at a time, as
+  // redis-benchmark's clients do, so all of them stay busy to the end (with
+  // a fixed share each, the first to finish would leave the others a tail
+  // run with fewer clients, which lowers short runs' GB/s). Put keys are
+  // indexed by the call, unique across clients; each client notes its own
+  // for the removal after the run.
+  const uint64_t total_calls = uint64_t{*ops} * *clients;
+  std::atomic<uint64_t> next_call{0};
+  std::vector<std::vector<double>> lat(*clients);
+  std::vector<std::vector<uint32_t>> put_calls(*clients);
+  for (uint32_t c = 0; c < *clients; ++c) {
+    lat[c].reserve(total_calls);  // No reallocation in the timed loop.
+    if (op != "get") put_calls[c].reserve(total_calls);
+  }
   // The clock starts once every client thread is up and waiting, and the
   // threads go only after it started.
   std::latch arrived(*clients);
@@ -315,12 +332,16 @@ int Bench(const client::ClientOptions& base, const Args& a) {
     threads.emplace_back([&, c] {
       arrived.count_down();
       go.wait();
-      for (uint32_t i = 0; i < *ops && errors[c].ok(); ++i) {
+      while (errors[c].ok()) {
+        const uint64_t call = next_call.fetch_add(1, std::memory_order_relaxed);
+        if (call >= total_calls) break;
+        const auto i = static_cast<uint32_t>(call);
         const bool do_put = op == "put" || (op == "mixed" && i % 2 == 0);
         const auto t0 = std::chrono::steady_clock::now();
         absl::Status s;
         if (do_put) {
           s = conns[c]->Put(key_of(c, preload + i), block, put).status();
+          put_calls[c].push_back(i);
         } else {
           s = conns[c]
                   ->GetInto(key_of(c, i % std::max<uint32_t>(preload, 1)),
@@ -370,11 +391,7 @@ int Bench(const client::ClientOptions& base, const Args& a) {
         for (uint32_t i = 0; i < *warmup && op == "put"; ++i) {
           keys.push_back(key_of(c, 0x80000000u + i));
         }
-        for (uint32_t i = 0; i < *ops; ++i) {
-          if (op == "put" || (op == "mixed" && i % 2 == 0)) {
-            keys.push_back(key_of(c, preload + i));
-          }
-        }
+        for (uint32_t i : put_calls[c]) keys.push_back(key_of(c, preload + i));
         for (const BlockKey& key : keys) (void)conns[c]->Remove(key);
       });
     }
