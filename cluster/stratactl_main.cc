@@ -20,7 +20,8 @@
 //         [--etcd=HOST:PORT] [--prefix=/strata/v1/] [--json]  the whole
 //         cluster, found in etcd (stratactl_cluster.cc)
 //   bench [--op=put|get|mixed] [--size=1MiB] [--clients=4] [--ops=200]
-//         [--warmup=0] [--durable] [--keep]  GB/s and p50/p99 latency;
+//         [--warmup=0] [--durable] [--keep] [--latency-file=PATH]  GB/s and
+//         latency percentiles (every call's to PATH: client, microseconds);
 //         afterwards (untimed) removes the blocks it stored unless --keep
 // Every command: --data-plane=grpc|ucx|tcp|local|auto (default grpc; ClientOptions::
 //   data_plane) and --ucx-min-bytes=SIZE (ClientOptions::ucx_min_bytes).
@@ -35,6 +36,7 @@
 #include <iterator>
 #include <latch>
 #include <map>
+#include <numeric>
 #include <random>
 #include <sstream>
 #include <string>
@@ -240,8 +242,8 @@ double Percentile(std::vector<double>& v, double p) {
   return v[i];
 }
 
-// Closed-loop load: `clients` threads, each with its own connection, each
-// issuing `ops` operations back to back.
+// Closed-loop load: `clients` threads, each with its own connection, taking
+// the run's `ops` x `clients` operations one at a time, back to back.
 int Bench(const client::ClientOptions& base, const Args& a) {
   const std::string op = a.Flag("op", "mixed");
   if (op != "put" && op != "get" && op != "mixed") {
@@ -371,12 +373,29 @@ int Bench(const client::ClientOptions& base, const Args& a) {
   for (auto& v : lat) all.insert(all.end(), v.begin(), v.end());
   const double bytes = static_cast<double>(all.size()) * block.size();
   std::vector<double> sorted = all;
+  const double mean =
+      all.empty() ? 0 : std::accumulate(all.begin(), all.end(), 0.0) / all.size();
   std::printf(
       "op=%s size=%llu clients=%u ops=%zu data_plane=%s  %.3f GB/s  "
-      "%.0f ops/s  p50=%.1f us  p99=%.1f us\n",
+      "%.0f ops/s  p50=%.1f us  p99=%.1f us  mean=%.1f us  p90=%.1f us  "
+      "max=%.1f us\n",
       op.c_str(), (unsigned long long)block.size(), *clients, all.size(),
       conns[0]->DataPlane().c_str(), bytes / secs / 1e9, all.size() / secs,
-      Percentile(sorted, 0.50) * 1e6, Percentile(sorted, 0.99) * 1e6);
+      Percentile(sorted, 0.50) * 1e6, Percentile(sorted, 0.99) * 1e6,
+      mean * 1e6, Percentile(sorted, 0.90) * 1e6,
+      Percentile(sorted, 1.0) * 1e6);
+  // Every call's latency, in the order each client made them (client by
+  // client), for a distribution the summary hides.
+  if (const std::string path = a.Flag("latency-file"); !path.empty()) {
+    if (std::FILE* f = std::fopen(path.c_str(), "w")) {
+      for (uint32_t c = 0; c < *clients; ++c) {
+        for (double l : lat[c]) std::fprintf(f, "%u %.1f\n", c, l * 1e6);
+      }
+      std::fclose(f);
+    } else {
+      std::fprintf(stderr, "latency-file: cannot write %s\n", path.c_str());
+    }
+  }
   std::fflush(stdout);
   // Untimed: remove what the run stored, so back-to-back runs against one
   // daemon each start from the same store (a load generator's blocks would
