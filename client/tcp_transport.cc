@@ -285,7 +285,7 @@ TcpTransport::~TcpTransport() {
     }
   }
   channels_.clear();
-  if (arena_base_ != nullptr && !arena_unmapped_.load()) {
+  if (arena_base_ != nullptr && !arena_unmapped_.exchange(true)) {
     munmap(arena_base_, arena_bytes_);
   }
 }

@@ -99,7 +99,6 @@ class TcpTransport final : public BulkTransport {
   // in-arena messages then go (none from a daemon without channels, or
   // with STRATA_LOCAL_CHANNEL=0 in the environment).
   absl::Status MapSharedArena(uint64_t token, absl::Time deadline);
-  bool arena_mapped() const { return arena_base_ != nullptr; }
 
   void Put(const BlockKey& key, absl::Span<const uint8_t> block,
            bool caller_waits, const PutOptions& put, absl::Time deadline,

@@ -43,6 +43,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -257,9 +258,12 @@ int Bench(const client::ClientOptions& base, const Args& a) {
   if (!size.ok()) return Fail(size.status());
   if (!clients.ok() || *clients == 0) return UsageError("clients: want >= 1");
   if (!ops.ok()) return Fail(ops.status());
-  // Put keys are indexed by call below 2^31 (warm-up keys above).
+  // Put keys are indexed by call below 2^31, warm-up keys from 2^31 up.
   if (uint64_t{*ops} * *clients > (uint64_t{1} << 30)) {
     return UsageError("ops: ops x clients must be at most 2^30");
+  }
+  if (*warmup > (uint32_t{1} << 30)) {
+    return UsageError("warmup: must be at most 2^30");
   }
   const kvstore::BlockShape shape = ShapeForBytes(*size);
   const std::vector<uint8_t> block = RandomBlock(shape, 1);
@@ -280,7 +284,46 @@ int Bench(const client::ClientOptions& base, const Args& a) {
     if (!conn.ok()) return Fail(conn.status());
     conns.push_back(*std::move(conn));
   }
+  // The run is ops x clients calls that the clients take one at a time, as
+  // redis-benchmark's clients do, so all of them stay busy to the end (with
+  // a fixed share each, the first to finish would leave the others a tail
+  // run with fewer clients, which lowers short runs' GB/s). A put's key is
+  // indexed by its call, unique across clients. Per call: who took it and
+  // its latency (each written by that client only, read after the join).
+  constexpr uint32_t kNoClient = UINT32_MAX;
+  const uint64_t total_calls = uint64_t{*ops} * *clients;
+  std::vector<uint32_t> taken_by(total_calls, kNoClient);
+  std::vector<double> latency(total_calls, 0);
   const uint32_t preload = op == "put" ? 0 : std::min<uint32_t>(*ops, 64);
+  auto is_put = [&](uint64_t call) {
+    return op == "put" || (op == "mixed" && call % 2 == 0);
+  };
+  // Untimed, however the run ends: remove what it may have stored, so
+  // back-to-back runs against one daemon each start from the same store (a
+  // load generator's blocks would otherwise fill the cache and make later
+  // runs measure eviction; Redis, which the benchmark compares against,
+  // overwrites one key).
+  absl::Cleanup remove_stored = [&] {
+    if (a.Bool("keep")) return;
+    std::fflush(stdout);
+    std::vector<std::thread> removers;
+    for (uint32_t c = 0; c < *clients; ++c) {
+      removers.emplace_back([&, c] {
+        std::vector<BlockKey> keys;
+        for (uint32_t i = 0; i < preload; ++i) keys.push_back(key_of(c, i));
+        for (uint32_t i = 0; i < *warmup && op != "get"; ++i) {
+          keys.push_back(key_of(c, 0x80000000u + i));
+        }
+        for (uint64_t call = 0; call < total_calls; ++call) {
+          if (taken_by[call] == c && is_put(call)) {
+            keys.push_back(key_of(c, preload + static_cast<uint32_t>(call)));
+          }
+        }
+        for (const BlockKey& key : keys) (void)conns[c]->Remove(key);
+      });
+    }
+    for (auto& t : removers) t.join();
+  };
   for (uint32_t c = 0; c < *clients; ++c) {
     for (uint32_t i = 0; i < preload; ++i) {
       auto r = conns[c]->Put(key_of(c, i), block, put);
@@ -311,20 +354,7 @@ int Bench(const client::ClientOptions& base, const Args& a) {
     }
   }
   std::vector<absl::Status> errors(*clients);
-  // The run is ops x clients calls that the clients take one at a time, as
-  // redis-benchmark's clients do, so all of them stay busy to the end (with
-  // a fixed share each, the first to finish would leave the others a tail
-  // run with fewer clients, which lowers short runs' GB/s). Put keys are
-  // indexed by the call, unique across clients; each client notes its own
-  // for the removal after the run.
-  const uint64_t total_calls = uint64_t{*ops} * *clients;
   std::atomic<uint64_t> next_call{0};
-  std::vector<std::vector<double>> lat(*clients);
-  std::vector<std::vector<uint32_t>> put_calls(*clients);
-  for (uint32_t c = 0; c < *clients; ++c) {
-    lat[c].reserve(total_calls);  // No reallocation in the timed loop.
-    if (op != "get") put_calls[c].reserve(total_calls);
-  }
   // The clock starts once every client thread is up and waiting, and the
   // threads go only after it started.
   std::latch arrived(*clients);
@@ -338,20 +368,20 @@ int Bench(const client::ClientOptions& base, const Args& a) {
         const uint64_t call = next_call.fetch_add(1, std::memory_order_relaxed);
         if (call >= total_calls) break;
         const auto i = static_cast<uint32_t>(call);
-        const bool do_put = op == "put" || (op == "mixed" && i % 2 == 0);
+        taken_by[call] = c;
         const auto t0 = std::chrono::steady_clock::now();
         absl::Status s;
-        if (do_put) {
+        if (is_put(call)) {
           s = conns[c]->Put(key_of(c, preload + i), block, put).status();
-          put_calls[c].push_back(i);
         } else {
           s = conns[c]
                   ->GetInto(key_of(c, i % std::max<uint32_t>(preload, 1)),
                             handles[c], 0, block.size())
                   .status();
         }
-        lat[c].push_back(std::chrono::duration<double>(
-                             std::chrono::steady_clock::now() - t0).count());
+        latency[call] = std::chrono::duration<double>(
+                            std::chrono::steady_clock::now() - t0)
+                            .count();
         if (!s.ok()) errors[c] = s;
       }
     });
@@ -369,52 +399,32 @@ int Bench(const client::ClientOptions& base, const Args& a) {
   for (const auto& e : errors) {
     if (!e.ok()) return Fail(e);
   }
-  std::vector<double> all;
-  for (auto& v : lat) all.insert(all.end(), v.begin(), v.end());
-  const double bytes = static_cast<double>(all.size()) * block.size();
-  std::vector<double> sorted = all;
+  std::vector<double> sorted = latency;  // Every call was made.
+  const double bytes = static_cast<double>(total_calls) * block.size();
   const double mean =
-      all.empty() ? 0 : std::accumulate(all.begin(), all.end(), 0.0) / all.size();
+      total_calls == 0
+          ? 0
+          : std::accumulate(latency.begin(), latency.end(), 0.0) / total_calls;
   std::printf(
-      "op=%s size=%llu clients=%u ops=%zu data_plane=%s  %.3f GB/s  "
+      "op=%s size=%llu clients=%u ops=%llu data_plane=%s  %.3f GB/s  "
       "%.0f ops/s  p50=%.1f us  p99=%.1f us  mean=%.1f us  p90=%.1f us  "
       "max=%.1f us\n",
-      op.c_str(), (unsigned long long)block.size(), *clients, all.size(),
-      conns[0]->DataPlane().c_str(), bytes / secs / 1e9, all.size() / secs,
-      Percentile(sorted, 0.50) * 1e6, Percentile(sorted, 0.99) * 1e6,
-      mean * 1e6, Percentile(sorted, 0.90) * 1e6,
-      Percentile(sorted, 1.0) * 1e6);
-  // Every call's latency, in the order each client made them (client by
-  // client), for a distribution the summary hides.
+      op.c_str(), (unsigned long long)block.size(), *clients,
+      (unsigned long long)total_calls, conns[0]->DataPlane().c_str(),
+      bytes / secs / 1e9, total_calls / secs, Percentile(sorted, 0.50) * 1e6,
+      Percentile(sorted, 0.99) * 1e6, mean * 1e6,
+      Percentile(sorted, 0.90) * 1e6, Percentile(sorted, 1.0) * 1e6);
+  // Every call's latency in call order, with the client that made it, for a
+  // distribution the summary hides.
   if (const std::string path = a.Flag("latency-file"); !path.empty()) {
     if (std::FILE* f = std::fopen(path.c_str(), "w")) {
-      for (uint32_t c = 0; c < *clients; ++c) {
-        for (double l : lat[c]) std::fprintf(f, "%u %.1f\n", c, l * 1e6);
+      for (uint64_t call = 0; call < total_calls; ++call) {
+        std::fprintf(f, "%u %.1f\n", taken_by[call], latency[call] * 1e6);
       }
       std::fclose(f);
     } else {
       std::fprintf(stderr, "latency-file: cannot write %s\n", path.c_str());
     }
-  }
-  std::fflush(stdout);
-  // Untimed: remove what the run stored, so back-to-back runs against one
-  // daemon each start from the same store (a load generator's blocks would
-  // otherwise fill the cache and make later runs measure eviction; Redis,
-  // which the benchmark compares against, overwrites one key).
-  if (!a.Bool("keep")) {
-    std::vector<std::thread> removers;
-    for (uint32_t c = 0; c < *clients; ++c) {
-      removers.emplace_back([&, c] {
-        std::vector<BlockKey> keys;
-        for (uint32_t i = 0; i < preload; ++i) keys.push_back(key_of(c, i));
-        for (uint32_t i = 0; i < *warmup && op == "put"; ++i) {
-          keys.push_back(key_of(c, 0x80000000u + i));
-        }
-        for (uint32_t i : put_calls[c]) keys.push_back(key_of(c, preload + i));
-        for (const BlockKey& key : keys) (void)conns[c]->Remove(key);
-      });
-    }
-    for (auto& t : removers) t.join();
   }
   return 0;
 }

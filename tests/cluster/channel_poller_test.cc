@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/local_channel.h"
@@ -372,10 +373,16 @@ TEST_F(ChannelPollerTest, ADurableCommitWaitingOnTheSsdHoldsUpNoOtherChannel) {
   ASSERT_EQ(reserved->code(), absl::StatusCode::kOk) << reserved->message;
   std::memcpy(arena_ + Word(*reserved, 0), block.data(), block.size());
   ssd_faults_->SetHoldWrites(true, ".log");
+  // Released on every way out, or A's thread would hold up TearDown.
+  absl::Cleanup release = [&] { ssd_faults_->SetHoldWrites(false); };
   ASSERT_TRUE(a.channel->Post(ucx::Op::kCommit, 3, KeyFor(8), {},
                               ucx::kRequestVerifiedInPlace));
   const uint32_t a_number = a.channel->next_number() - 1;
-  while (ssd_faults_->writes_held() == 0) sched_yield();
+  const absl::Time held_by = absl::Now() + absl::Seconds(10);
+  while (ssd_faults_->writes_held() == 0 && absl::Now() < held_by) {
+    sched_yield();
+  }
+  ASSERT_GT(ssd_faults_->writes_held(), 0) << "A's commit wrote no WAL";
 
   // B's ping, posted to the channel the (only) poller polls: answered
   // while A's write is held, or the poller is the one waiting on the SSD.

@@ -383,7 +383,8 @@ TEST(Stratad, StratactlOperatesTheDaemon) {
   EXPECT_THAT(r.out, HasSubstr("SERVING"));
   r = ctl({"config"});
   EXPECT_THAT(r.out, HasSubstr("dram_capacity: \"1GiB\""));
-  r = ctl({"bench", "--op=mixed", "--size=64KiB", "--clients=2", "--ops=20"});
+  r = ctl({"bench", "--op=mixed", "--size=64KiB", "--clients=2", "--ops=20",
+           "--warmup=2"});
   ASSERT_EQ(r.exit_code, 0) << r.out;
   EXPECT_THAT(r.out, HasSubstr("GB/s"));
   // The bench removed what it stored (the store held nothing before it);
