@@ -389,8 +389,7 @@ absl::Status TcpTransport::Attempt(Exchange& x) {
   absl::Cleanup leave_arena = [this, mapped] {
     if (mapped) LeaveArena();
   };
-  const bool in_arena =
-      mapped && !arena_stale_.load(std::memory_order_seq_cst);
+  const bool in_arena = mapped && !arena_stale_.load(std::memory_order_seq_cst);
   x.flags &= ~ucx::kRequestInArena;  // Only GetInArena asks for it.
   if (in_arena && x.op == ucx::Op::kPut) {
     s = PutInArena(fd, x, &broken);

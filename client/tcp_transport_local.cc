@@ -352,9 +352,8 @@ absl::Status TcpTransport::MapSharedArena(uint64_t token, absl::Time deadline) {
   // in). Populating is 0.3-0.6 s per 3 GiB on the dev VM (4 KiB pages), so
   // a larger arena is left to PopulateArena, chunk by chunk.
   const bool populate = bytes <= options_.populate_arena_max_bytes;
-  void* base =
-      mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
-           MAP_SHARED | (populate ? MAP_POPULATE : 0), x.passed_fd, 0);
+  void* base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                    MAP_SHARED | (populate ? MAP_POPULATE : 0), x.passed_fd, 0);
   if (base == MAP_FAILED) {
     return absl::ResourceExhaustedError(
         absl::StrCat("data_plane: mapping the daemon's ", bytes,

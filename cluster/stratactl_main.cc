@@ -23,8 +23,9 @@
 //         [--warmup=0] [--durable] [--keep] [--latency-file=PATH]  GB/s and
 //         latency percentiles (every call's to PATH: client, microseconds);
 //         afterwards (untimed) removes the blocks it stored unless --keep
-// Every command: --data-plane=grpc|ucx|tcp|local|auto (default grpc; ClientOptions::
-//   data_plane) and --ucx-min-bytes=SIZE (ClientOptions::ucx_min_bytes).
+// Every command: --data-plane=grpc|ucx|tcp|local|auto (default grpc;
+//   ClientOptions::data_plane) and --ucx-min-bytes=SIZE
+//   (ClientOptions::ucx_min_bytes).
 // Namespace flags: --model=ID --dtype=bf16 --layers=N --kv-heads=N
 //   --head-dim=N --chunk=256 --tenant-salt=S
 // Exit status: 0 on success, 1 when the daemon answered an error, 2 on usage.
@@ -379,9 +380,9 @@ int Bench(const client::ClientOptions& base, const Args& a) {
                             handles[c], 0, block.size())
                   .status();
         }
-        latency[call] = std::chrono::duration<double>(
-                            std::chrono::steady_clock::now() - t0)
-                            .count();
+        latency[call] =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+                .count();
         if (!s.ok()) errors[c] = s;
       }
     });

@@ -37,8 +37,8 @@ class LocalArenaMapping : public ::testing::Test {
     const std::string data_dir =
         std::filesystem::path(dir_.SocketPath("data/local.sock")).parent_path();
     daemon_ = std::make_unique<StratadProcess>(
-        data_dir, std::vector<std::string>{"--ssd_capacity=0",
-                                           "--dram_capacity=256MiB"});
+        data_dir,
+        std::vector<std::string>{"--ssd_capacity=0", "--dram_capacity=256MiB"});
     ASSERT_TRUE(daemon_->Start().ok());
     ASSERT_NE(daemon_->local_path(), "off");
   }

@@ -49,7 +49,8 @@ TEST(ServerConfig, BadSocketDataPlaneSettingsNameTheirField) {
   EXPECT_EQ(resolved->tcp_data_plane_listen, "");
 }
 
-TEST(ServerConfig, LocalConnectionsDefaultToTheDataDirWhenEveryListenerIsLoopback) {
+TEST(ServerConfig,
+     LocalConnectionsDefaultToTheDataDirWhenEveryListenerIsLoopback) {
   strata::v1::StratadConfig config;
   config.set_data_dir("/var/tmp/strata-test/./data");
   auto resolved = ResolveConfig(config);
@@ -71,7 +72,8 @@ TEST(ServerConfig, LocalConnectionsDefaultToTheDataDirWhenEveryListenerIsLoopbac
   EXPECT_TRUE(resolved->local_data_plane_by_default);
 }
 
-TEST(ServerConfig, LocalConnectionsDefaultToOffWhenAnyDataListenerIsNotLoopback) {
+TEST(ServerConfig,
+     LocalConnectionsDefaultToOffWhenAnyDataListenerIsNotLoopback) {
   for (const char* field : {"listen", "data_plane_listen",
                             "tcp_data_plane_listen", "cluster_advertise"}) {
     strata::v1::StratadConfig config;

@@ -145,7 +145,8 @@ class CAbiDataPlane : public UcxTest {
   }
 };
 
-TEST_F(CAbiDataPlane, OpenWithDataPlaneChoosesThePlaneAndAutoTakesLocalOnLoopback) {
+TEST_F(CAbiDataPlane,
+       OpenWithDataPlaneChoosesThePlaneAndAutoTakesLocalOnLoopback) {
   EXPECT_EQ(strata_abi_version(), STRATA_C_ABI_VERSION);
   EXPECT_EQ(strata_abi_minor_version(), 1);
   ScratchDir dir;

@@ -31,16 +31,16 @@ using ::strata::kvstore::testing::KeyFor;
 using ::strata::kvstore::testing::MakeBlock;
 using ::strata::kvstore::testing::ScratchDir;
 using ::strata::kvstore::testing::ShapeForBytes;
+using ::strata::testing::IsLocalPlane;
+using ::strata::testing::IsSocketPlane;
+using ::strata::testing::kLocalPlane;
+using ::strata::testing::kSocketPlane;
+using ::strata::testing::LocalPlaneFlags;
 using ::strata::testing::MetricsText;
 using ::strata::testing::ReadArenaMappings;
 using ::strata::testing::StratadProcess;
 using ::strata::testing::UcxRoundTripShapes;
 using ::strata::testing::UcxTest;
-using ::strata::testing::IsLocalPlane;
-using ::strata::testing::IsSocketPlane;
-using ::strata::testing::LocalPlaneFlags;
-using ::strata::testing::kLocalPlane;
-using ::strata::testing::kSocketPlane;
 using ::strata::testing::UcxTransport;
 using ::strata::testing::UcxTransportName;
 using ::strata::testing::UcxTransportTest;
@@ -696,7 +696,8 @@ TEST_F(StratadDataPlaneShm, AutoTakesLocalConnectionsWhenTheDaemonOffersThem) {
 // directory's socket, which "auto" takes. A second daemon on the same data
 // directory (no SSD tier, so no RocksDB lock between them) cannot have that
 // socket and starts without local connections instead of failing.
-TEST_F(StratadDataPlane, TheLoopbackDefaultServesLocalConnectionsFromTheDataDir) {
+TEST_F(StratadDataPlane,
+       TheLoopbackDefaultServesLocalConnectionsFromTheDataDir) {
   ScratchDir dir;
   // A data directory whose socket path fits (a deep build tree's would not,
   // and the default would then be off); stratad makes it.
