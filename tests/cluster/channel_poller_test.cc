@@ -95,6 +95,18 @@ class ChannelPollerTest : public LocalDataPlaneTest {
     return client;
   }
 
+  // A durable RESERVE of key `k` through `ch` (kRequestDurable), and
+  // `block` written into the range it answered; the COMMIT is the caller's.
+  void ReserveDurableAndWrite(RawChannel& ch, uint64_t k,
+                              const std::vector<uint8_t>& block) {
+    ASSERT_TRUE(ch.Post(ucx::Op::kReserve, 2, KeyFor(k), U64(block.size()),
+                        ucx::kRequestDurable));
+    auto reserved = ch.Await();
+    ASSERT_TRUE(reserved.has_value());
+    ASSERT_EQ(reserved->code(), absl::StatusCode::kOk) << reserved->message;
+    std::memcpy(arena_ + Word(*reserved, 0), block.data(), block.size());
+  }
+
   // RESERVE, the block written into the arena, COMMIT, all through `ch`;
   // the COMMIT's reply.
   std::optional<Reply> PutThroughChannel(RawChannel& ch, uint64_t k,
@@ -339,12 +351,7 @@ TEST_F(ChannelPollerTest, ADurableReserveMakesItsCommitReachTheSsd) {
   ChannelClient client = Connect();
   AwaitPoller(*client.channel);
   const auto block = MakeBlock(ShapeForBytes(256 << 10), 8);
-  ASSERT_TRUE(client.channel->Post(ucx::Op::kReserve, 2, KeyFor(8),
-                                   U64(block.size()), ucx::kRequestDurable));
-  auto reserved = client.channel->Await();
-  ASSERT_TRUE(reserved.has_value());
-  ASSERT_EQ(reserved->code(), absl::StatusCode::kOk) << reserved->message;
-  std::memcpy(arena_ + Word(*reserved, 0), block.data(), block.size());
+  ASSERT_NO_FATAL_FAILURE(ReserveDurableAndWrite(*client.channel, 8, block));
   ASSERT_TRUE(client.channel->Post(ucx::Op::kCommit, 3, KeyFor(8), {},
                                    ucx::kRequestVerifiedInPlace));
   auto committed = client.channel->Await();
@@ -366,12 +373,7 @@ TEST_F(ChannelPollerTest, ADurableCommitWaitingOnTheSsdHoldsUpNoOtherChannel) {
   AwaitPoller(*a.channel);
   AwaitPoller(*b.channel);
   const auto block = MakeBlock(ShapeForBytes(256 << 10), 8);
-  ASSERT_TRUE(a.channel->Post(ucx::Op::kReserve, 2, KeyFor(8),
-                              U64(block.size()), ucx::kRequestDurable));
-  auto reserved = a.channel->Await();
-  ASSERT_TRUE(reserved.has_value());
-  ASSERT_EQ(reserved->code(), absl::StatusCode::kOk) << reserved->message;
-  std::memcpy(arena_ + Word(*reserved, 0), block.data(), block.size());
+  ASSERT_NO_FATAL_FAILURE(ReserveDurableAndWrite(*a.channel, 8, block));
   ssd_faults_->SetHoldWrites(true, ".log");
   // Released on every way out, or A's thread would hold up TearDown.
   absl::Cleanup release = [&] { ssd_faults_->SetHoldWrites(false); };
