@@ -70,12 +70,12 @@ void ServiceMetrics::RecordRpc(Rpc rpc, absl::StatusCode code,
   r.latency.Observe(latency);
 }
 
-void ServiceMetrics::AddSocketConnections(int delta) {
-  socket_connections_.fetch_add(delta, kRelaxed);
+void ServiceMetrics::AddSocketConnections(int delta, bool local) {
+  socket_connections_[local ? 1 : 0].fetch_add(delta, kRelaxed);
 }
 
-void ServiceMetrics::RecordRefusedSocketConnection() {
-  socket_connections_refused_.fetch_add(1, kRelaxed);
+void ServiceMetrics::RecordRefusedSocketConnection(bool local) {
+  socket_connections_refused_[local ? 1 : 0].fetch_add(1, kRelaxed);
 }
 
 void ServiceMetrics::RecordLookup(uint64_t keys, uint64_t hits,
@@ -124,15 +124,21 @@ std::string ServiceMetrics::Render(const kvstore::StoreStats& store,
     Header(&out, name, "gauge", help);
     Sample(&out, name, "", v);
   };
+  static constexpr const char* kSocketPlanes[] = {"plane=\"tcp\"",
+                                                   "plane=\"local\""};
   Header(&out, "strata:data_plane_connections", "gauge",
          "Open connections of a bulk data plane.");
-  Sample(&out, "strata:data_plane_connections", "plane=\"tcp\"",
-         static_cast<double>(socket_connections_.load(kRelaxed)));
+  for (int i = 0; i < 2; ++i) {
+    Sample(&out, "strata:data_plane_connections", kSocketPlanes[i],
+           static_cast<double>(socket_connections_[i].load(kRelaxed)));
+  }
   Header(&out, "strata:data_plane_refused_connections_total", "counter",
          "Connections closed at accept (over the plane's connection limit).");
-  Sample(&out, "strata:data_plane_refused_connections_total",
-         "plane=\"tcp\"",
-         static_cast<double>(socket_connections_refused_.load(kRelaxed)));
+  for (int i = 0; i < 2; ++i) {
+    Sample(&out, "strata:data_plane_refused_connections_total",
+           kSocketPlanes[i],
+           static_cast<double>(socket_connections_refused_[i].load(kRelaxed)));
+  }
   counter("strata:lookup_requests_total", "Leading-hits and prefix lookups.",
           lookup_requests_.load(kRelaxed));
   counter("strata:lookup_keys_total", "Keys asked about by lookups.",

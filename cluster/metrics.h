@@ -54,9 +54,11 @@ class ServiceMetrics {
   // A leading-hits / prefix lookup over `keys` keys that found `hits`.
   void RecordLookup(uint64_t keys, uint64_t hits, uint64_t hit_tokens);
   // The socket data plane: a connection opened (+1) or closed (-1); one
-  // refused at accept (over its connection limit).
-  void AddSocketConnections(int delta);
-  void RecordRefusedSocketConnection();
+  // refused at accept (over its connection limit). `local`: one of its
+  // local connections (Unix socket), else TCP; exported as plane="local"
+  // or plane="tcp".
+  void AddSocketConnections(int delta, bool local);
+  void RecordRefusedSocketConnection(bool local);
 
   // The whole exposition: service metrics plus the store's statistics.
   std::string Render(const kvstore::StoreStats& store, bool draining,
@@ -75,8 +77,9 @@ class ServiceMetrics {
   std::atomic<uint64_t> lookup_keys_{0};
   std::atomic<uint64_t> lookup_hit_keys_{0};
   std::atomic<uint64_t> lookup_hit_tokens_{0};
-  std::atomic<int64_t> socket_connections_{0};
-  std::atomic<uint64_t> socket_connections_refused_{0};
+  // By plane: [0] TCP, [1] local connections.
+  std::array<std::atomic<int64_t>, 2> socket_connections_{};
+  std::array<std::atomic<uint64_t>, 2> socket_connections_refused_{};
 };
 
 }  // namespace strata::cluster

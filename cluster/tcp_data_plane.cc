@@ -265,7 +265,7 @@ void TcpDataPlane::AcceptOne(int listen_fd, bool local) {
   absl::MutexLock lock(&mu_);
   if (stopping_ ||
       conns_.size() >= static_cast<size_t>(options_.max_connections)) {
-    if (!stopping_) ctx_->metrics->RecordRefusedSocketConnection();
+    if (!stopping_) ctx_->metrics->RecordRefusedSocketConnection(local);
     close(fd);
     return;
   }
@@ -280,7 +280,7 @@ void TcpDataPlane::AcceptOne(int listen_fd, bool local) {
     return;
   }
   conns_.insert(fd);
-  ctx_->metrics->AddSocketConnections(1);
+  ctx_->metrics->AddSocketConnections(1, local);
 }
 
 void TcpDataPlane::PollForRequest(int fd) {
@@ -352,7 +352,7 @@ void TcpDataPlane::Serve(uint64_t id, std::shared_ptr<Connection> conn) {
   }
   close(fd);
   finished_.push_back(id);
-  ctx_->metrics->AddSocketConnections(-1);
+  ctx_->metrics->AddSocketConnections(-1, c.local);
 }
 
 bool TcpDataPlane::BeginRequest(int fd) {

@@ -379,7 +379,7 @@ TEST_F(LocalDataPlaneTest, StopFreesTheRangesOfClosedConnectionsOnlyAtTheEnd) {
   auto connections = [&] {
     const std::string text =
         metrics_.Render(store_->Stats(), false, absl::ZeroDuration());
-    const std::string name = "strata:data_plane_connections{plane=\"tcp\"} ";
+    const std::string name = "strata:data_plane_connections{plane=\"local\"} ";
     const size_t at = text.find(name);
     return at == std::string::npos ? -1.0
                                    : std::stod(text.substr(at + name.size()));

@@ -249,6 +249,10 @@ TEST_F(TcpDataPlaneTest, ConnectionsBeyondTheLimitAreClosedAtAccept) {
   EXPECT_TRUE(absl::StrContains(
       metrics, "strata:data_plane_refused_connections_total{plane=\"tcp\"} 1"))
       << metrics;
+  // TCP connections, none of them local.
+  EXPECT_TRUE(absl::StrContains(
+      metrics, "strata:data_plane_connections{plane=\"local\"} 0"))
+      << metrics;
   // The two admitted ones still answer.
   ASSERT_TRUE(a.SendRequest(ucx::Op::kPing, 2, KeyFor(1), {}));
   EXPECT_TRUE(a.ReadReply().has_value());
