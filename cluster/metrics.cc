@@ -125,7 +125,7 @@ std::string ServiceMetrics::Render(const kvstore::StoreStats& store,
     Sample(&out, name, "", v);
   };
   static constexpr const char* kSocketPlanes[] = {"plane=\"tcp\"",
-                                                   "plane=\"local\""};
+                                                  "plane=\"local\""};
   Header(&out, "strata:data_plane_connections", "gauge",
          "Open connections of a bulk data plane.");
   for (int i = 0; i < 2; ++i) {
