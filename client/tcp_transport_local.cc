@@ -19,6 +19,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "client/local_socket_trust.h"
 #include "client/tcp_exchange.h"
 #include "client/tcp_transport.h"
 #include "common/local_channel.h"
@@ -312,15 +313,21 @@ absl::Status TcpTransport::MapSharedArena(uint64_t token, absl::Time deadline) {
   x.request_id = 1;
   absl::StatusOr<int> taken = TakeConnection(x.deadline);
   if (!taken.ok()) return taken.status();
-  // Blocks go only into an arena of a daemon of our own user.
+  // Blocks go only into an arena of a daemon of our own user, or of one
+  // that shared its local connections with our group on purpose.
   ucred peer{};
   socklen_t peer_len = sizeof(peer);
-  if (getsockopt(*taken, SOL_SOCKET, SO_PEERCRED, &peer, &peer_len) != 0 ||
-      peer.uid != geteuid()) {
+  if (getsockopt(*taken, SOL_SOCKET, SO_PEERCRED, &peer, &peer_len) != 0) {
     CloseConnection(*taken);
-    return absl::FailedPreconditionError(
-        absl::StrCat("local_path: ", options_.local_path,
-                     " is served by a process of another user"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "local_path: ", options_.local_path, ": cannot tell who serves it"));
+  }
+  if (peer.uid != geteuid()) {
+    if (absl::Status s = CheckSocketSharedWithUs(options_.local_path, peer.uid);
+        !s.ok()) {
+      CloseConnection(*taken);
+      return s;
+    }
   }
   bool broken = false;
   absl::Status s = RoundTrip(*taken, x, &broken);

@@ -1,10 +1,13 @@
 #include "cluster/server_config.h"
 
+#include <grp.h>
+
 #include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -240,6 +243,28 @@ absl::StatusOr<ServerConfig> ResolveConfig(StratadConfig c) {
     }
     out.local_data_plane_path = path.native();
     out.store.dram_shared = true;
+  }
+  if (!c.local_data_plane_group().empty()) {
+    if (out.local_data_plane_path.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "local_data_plane_group: \"", c.local_data_plane_group(),
+          "\" needs local connections (local_data_plane_path is off",
+          out.local_data_plane_default_off.empty()
+              ? ""
+              : absl::StrCat(": ", out.local_data_plane_default_off),
+          ")"));
+    }
+    group buffer_group{};
+    group* found = nullptr;
+    std::vector<char> buffer(16384);
+    if (getgrnam_r(c.local_data_plane_group().c_str(), &buffer_group,
+                   buffer.data(), buffer.size(), &found) != 0 ||
+        found == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("local_data_plane_group: no group named \"",
+                       c.local_data_plane_group(), "\""));
+    }
+    out.local_data_plane_gid = found->gr_gid;
   }
   out.data_dir = c.data_dir();
   out.log_format = c.log_format();

@@ -35,6 +35,8 @@ struct ServerConfig {
   bool local_data_plane_by_default = false;
   // Why the default left local connections off; "" when it did not apply.
   std::string local_data_plane_default_off;
+  // local_data_plane_group's id; -1 when unset.
+  int64_t local_data_plane_gid = -1;
   std::string data_dir;
   std::string log_format;      // "json" or "text".
   uint32_t grpc_threads = 0;

@@ -247,10 +247,7 @@ void TcpDataPlane::AcceptOne(int listen_fd, bool local) {
   c.local = local;
   const int one = 1;
   if (local) {
-    ucred peer{};
-    socklen_t len = sizeof(peer);
-    c.same_user = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &len) == 0 &&
-                  peer.uid == geteuid();
+    c.may_map_arena = PeerMayMapArena(fd);
   } else {
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     // A peer that vanished without closing (host down, partition) is found

@@ -109,6 +109,11 @@ struct TcpDataPlaneOptions {
   // "local_data_plane_path") and removed at destruction if it is still the
   // file this plane made.
   std::string local_path;
+  // A group id whose processes may use the local connections' shared arena
+  // too (their primary or a supplementary group; SO_PEERCRED and
+  // SO_PEERGROUPS): the socket file gets that group and mode 0660. -1: only
+  // the daemon's user (mode 0600).
+  int64_t local_group = -1;
   int max_connections = 256;
   // A message that makes no progress for this long ends its connection.
   absl::Duration stall_timeout = absl::Seconds(30);
@@ -182,7 +187,9 @@ class TcpDataPlane {
   struct Connection : std::enable_shared_from_this<Connection> {
     int fd = -1;
     bool local = false;        // Accepted on the Unix socket.
-    bool same_user = false;    // Local, and its peer runs as our user.
+    // Local, and its peer runs as our user or in options.local_group: it
+    // may map the shared arena.
+    bool may_map_arena = false;
     // RESERVE's reservation until its COMMIT (or any other message).
     std::optional<kvstore::BlockReservation> reservation;
     uint64_t reservation_bytes = 0;
@@ -251,6 +258,9 @@ class TcpDataPlane {
   void AcceptLoop();
   // Accepts one connection on `listen_fd` and starts its thread.
   void AcceptOne(int listen_fd, bool local);
+  // Whether the peer of local connection `fd` may map the shared arena: it
+  // runs as our user, or in options_.local_group.
+  bool PeerMayMapArena(int fd) const;
   void Serve(uint64_t id, std::shared_ptr<Connection> conn);
   // Reads the rest of a request whose frame came on the socket and serves
   // it; false when the connection must close.

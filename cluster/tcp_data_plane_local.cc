@@ -10,6 +10,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <initializer_list>
@@ -105,9 +106,12 @@ absl::Status TcpDataPlane::ListenLocal() {
     if (fd >= 0) close(fd);
     return LocalPathError(path, std::strerror(error));
   }
-  // The arena goes only to clients of our user (SO_PEERCRED); the mode
-  // keeps other users off the socket altogether.
-  if (chmod(path.c_str(), 0600) != 0 || listen(fd, 128) != 0) {
+  // The arena goes only to clients of our user, or of local_group
+  // (PeerMayMapArena); the mode keeps everyone else off the socket.
+  const bool group = options_.local_group >= 0;
+  if ((group && chown(path.c_str(), static_cast<uid_t>(-1),
+                      static_cast<gid_t>(options_.local_group)) != 0) ||
+      chmod(path.c_str(), group ? 0660 : 0600) != 0 || listen(fd, 128) != 0) {
     const int error = errno;
     close(fd);
     unlink(path.c_str());
@@ -173,16 +177,39 @@ bool TcpDataPlane::HandleLocalOp(Connection& c, const DataRequest& req,
   }
 }
 
+bool TcpDataPlane::PeerMayMapArena(int fd) const {
+  ucred peer{};
+  socklen_t len = sizeof(peer);
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &len) != 0) return false;
+  if (peer.uid == geteuid()) return true;
+  if (options_.local_group < 0) return false;
+  const auto group = static_cast<gid_t>(options_.local_group);
+  if (peer.gid == group) return true;
+  // The peer's supplementary groups, as they were at connect.
+  std::vector<gid_t> groups(64);
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    socklen_t bytes = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &bytes) == 0) {
+      groups.resize(bytes / sizeof(gid_t));
+      return std::find(groups.begin(), groups.end(), group) != groups.end();
+    }
+    if (errno != ERANGE) return false;
+    groups.resize(bytes / sizeof(gid_t));  // The size it needs.
+  }
+  return false;
+}
+
 absl::Status TcpDataPlane::ArenaAccess(const Connection& c) const {
   if (ctx_->store->SharedDramArena().fd < 0) {
     return absl::FailedPreconditionError(
         "dram_shared: this daemon's DRAM arena is private");
   }
-  if (!c.same_user) {
+  if (!c.may_map_arena) {
     return absl::PermissionDeniedError(absl::StrCat(
         kLocalPathField,
         ": the shared arena goes only to clients running as the daemon's "
-        "user"));
+        "user",
+        options_.local_group >= 0 ? " or in its local_data_plane_group" : ""));
   }
   return absl::OkStatus();
 }

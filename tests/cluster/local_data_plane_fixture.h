@@ -198,6 +198,7 @@ class LocalDataPlaneTest : public ::testing::Test {
     options.channel_spin = channel_spin_;
     options.stop_grace = stop_grace_;
     options.channel_pollers = channel_pollers_;
+    options.local_group = local_group_;
     auto plane = cluster::TcpDataPlane::Start(&ctx_, options);
     ASSERT_TRUE(plane.ok()) << plane.status();
     plane_ = *std::move(plane);
@@ -338,6 +339,7 @@ class LocalDataPlaneTest : public ::testing::Test {
   absl::Duration channel_spin_ = cluster::TcpDataPlaneOptions().channel_spin;
   absl::Duration stop_grace_ = cluster::TcpDataPlaneOptions().stop_grace;
   int channel_pollers_ = cluster::TcpDataPlaneOptions().channel_pollers;
+  int64_t local_group_ = -1;  // TcpDataPlaneOptions::local_group.
   bool with_ssd_ = false;
   bool write_through_ = true;  // With with_ssd_.
   // With with_ssd_: the SSD tier's file system, through which a test can

@@ -6,6 +6,7 @@
 // local_channel_test.cc; the client library over local connections is
 // tested end to end in ucx_data_plane_test, ucx_batch_test and
 // ucx_client_verify_test (the "local" parameter).
+#include <grp.h>
 #include <sched.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -306,6 +307,53 @@ TEST_F(LocalDataPlaneTest, APeerOfAnotherUserGetsNoArena) {
   rmdir(open_dir);
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
+// With local_group set, a process of another user in that group (as its
+// primary group, or a supplementary one) gets the arena; the socket file
+// carries the group, mode 0660. Children run as nobody (uid 65534).
+TEST_F(LocalDataPlaneTest, APeerInTheLocalGroupGetsTheArena) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to run a child as nobody";
+  char open_dir[] = "/tmp/strata-group-XXXXXX";
+  ASSERT_NE(mkdtemp(open_dir), nullptr);
+  ASSERT_EQ(chmod(open_dir, 0711), 0);
+  sock_ = std::string(open_dir) + "/stratad.sock";
+  constexpr gid_t kGroup = 4242;  // Needs no name: the plane takes an id.
+  local_group_ = kGroup;
+  Start();
+  struct stat st {};
+  ASSERT_EQ(lstat(sock_.c_str(), &st), 0);
+  EXPECT_EQ(st.st_gid, kGroup);
+  EXPECT_EQ(st.st_mode & 0777, 0660u);
+  // Exit codes: 0 the arena came; 1-5 what went wrong.
+  auto map_arena_as_nobody = [&](gid_t primary, std::vector<gid_t> extra) {
+    const pid_t child = fork();
+    if (child == 0) {
+      if (setgroups(extra.size(), extra.data()) != 0 || setgid(primary) != 0 ||
+          setuid(65534) != 0) {
+        _exit(1);
+      }
+      RawConnection c(sock_);
+      if (!c.connected()) _exit(2);
+      if (!c.SendRequest(ucx::Op::kMapArena, 1, KeyFor(0), {})) _exit(3);
+      std::optional<Reply> r = c.ReadReply();
+      if (!r.has_value() || r->code() != absl::StatusCode::kOk) _exit(4);
+      if (c.passed_fd() < 0) _exit(5);
+      _exit(0);
+    }
+    int status = 0;
+    if (child < 0 || waitpid(child, &status, 0) != child) return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  };
+  EXPECT_EQ(map_arena_as_nobody(kGroup, {}), 0) << "primary group";
+  EXPECT_EQ(map_arena_as_nobody(65534, {kGroup}), 0) << "supplementary group";
+  // In neither: the socket's mode keeps it out (connect fails).
+  EXPECT_EQ(map_arena_as_nobody(65534, {}), 2) << "no group";
+  // Let it reach the socket: the daemon still refuses it the arena.
+  ASSERT_EQ(chmod(sock_.c_str(), 0666), 0);
+  EXPECT_EQ(map_arena_as_nobody(65534, {}), 4) << "no group, socket open";
+  plane_.reset();
+  rmdir(open_dir);
 }
 
 TEST_F(LocalDataPlaneTest, APrivateArenaIsRefusedNamingDramShared) {

@@ -143,6 +143,32 @@ TEST(ServerConfig, AnExplicitLocalPathWinsOverTheDefault) {
                              "/run/stratad.sock"));
 }
 
+TEST(ServerConfig, ALocalGroupIsResolvedByNameAndNeedsLocalConnections) {
+  strata::v1::StratadConfig config;
+  config.set_local_data_plane_group("root");  // gid 0 on every Linux.
+  auto resolved = ResolveConfig(config);
+  ASSERT_TRUE(resolved.ok()) << resolved.status();
+  EXPECT_EQ(resolved->local_data_plane_gid, 0);
+  EXPECT_EQ(ResolveConfig(strata::v1::StratadConfig())->local_data_plane_gid,
+            -1);
+  config.set_local_data_plane_group("no-such-group-strata");
+  resolved = ResolveConfig(config);
+  EXPECT_EQ(resolved.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(
+      absl::StartsWith(resolved.status().message(), "local_data_plane_group:"))
+      << resolved.status();
+  // Local connections off (here: a remote listener turns the default off).
+  config.set_local_data_plane_group("root");
+  config.set_listen("0.0.0.0:7070");
+  resolved = ResolveConfig(config);
+  EXPECT_EQ(resolved.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(
+      absl::StartsWith(resolved.status().message(), "local_data_plane_group:"))
+      << resolved.status();
+  EXPECT_TRUE(absl::StrContains(resolved.status().message(), "not loopback"))
+      << resolved.status();
+}
+
 TEST(ServerConfig, BadLocalConnectionSettingsNameTheirField) {
   strata::v1::StratadConfig no_socket_plane;
   no_socket_plane.set_local_data_plane_path("/tmp/stratad.sock");
