@@ -260,17 +260,23 @@ TEST_F(LocalDataPlaneTest, LocalOpsOnATcpConnectionAreRefusedNamingOp) {
   EXPECT_EQ(got->data, block);
 }
 
+// A new directory whose sockets other users can reach: under /tmp (the
+// build tree's directories may be closed to them), opened for traversal;
+// "" if it could not be made.
+std::string DirOthersCanReach() {
+  char dir[] = "/tmp/strata-peer-XXXXXX";
+  if (mkdtemp(dir) == nullptr || chmod(dir, 0711) != 0) return "";
+  return dir;
+}
+
 // A process of another user gets no arena: PERMISSION_DENIED naming the
 // field, no descriptor. (The socket's mode keeps such processes out; the
 // test opens it up to reach the check behind it.) Needs root to switch user.
 TEST_F(LocalDataPlaneTest, APeerOfAnotherUserGetsNoArena) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to run a child as nobody";
-  // A socket nobody can reach: under /tmp (the build tree's directories may
-  // be closed to other users), in a directory opened for traversal.
-  char open_dir[] = "/tmp/strata-peer-XXXXXX";
-  ASSERT_NE(mkdtemp(open_dir), nullptr);
-  ASSERT_EQ(chmod(open_dir, 0711), 0);
-  sock_ = std::string(open_dir) + "/stratad.sock";
+  const std::string open_dir = DirOthersCanReach();
+  ASSERT_FALSE(open_dir.empty());
+  sock_ = open_dir + "/stratad.sock";
   Start();
   ASSERT_EQ(chmod(sock_.c_str(), 0666), 0);
   const pid_t child = fork();
@@ -304,7 +310,7 @@ TEST_F(LocalDataPlaneTest, APeerOfAnotherUserGetsNoArena) {
   int status = 0;
   ASSERT_EQ(waitpid(child, &status, 0), child);
   plane_.reset();  // Removes the socket file.
-  rmdir(open_dir);
+  rmdir(open_dir.c_str());
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0);
 }
@@ -314,10 +320,9 @@ TEST_F(LocalDataPlaneTest, APeerOfAnotherUserGetsNoArena) {
 // carries the group, mode 0660. Children run as nobody (uid 65534).
 TEST_F(LocalDataPlaneTest, APeerInTheLocalGroupGetsTheArena) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to run a child as nobody";
-  char open_dir[] = "/tmp/strata-group-XXXXXX";
-  ASSERT_NE(mkdtemp(open_dir), nullptr);
-  ASSERT_EQ(chmod(open_dir, 0711), 0);
-  sock_ = std::string(open_dir) + "/stratad.sock";
+  const std::string open_dir = DirOthersCanReach();
+  ASSERT_FALSE(open_dir.empty());
+  sock_ = open_dir + "/stratad.sock";
   constexpr gid_t kGroup = 4242;  // Needs no name: the plane takes an id.
   local_group_ = kGroup;
   Start();
@@ -353,7 +358,7 @@ TEST_F(LocalDataPlaneTest, APeerInTheLocalGroupGetsTheArena) {
   ASSERT_EQ(chmod(sock_.c_str(), 0666), 0);
   EXPECT_EQ(map_arena_as_nobody(65534, {}), 4) << "no group, socket open";
   plane_.reset();
-  rmdir(open_dir);
+  rmdir(open_dir.c_str());
 }
 
 TEST_F(LocalDataPlaneTest, APrivateArenaIsRefusedNamingDramShared) {

@@ -11,6 +11,14 @@
 namespace strata::cluster {
 namespace {
 
+// INVALID_ARGUMENT with a message that starts with `field`.
+void ExpectInvalidNaming(const absl::StatusOr<ServerConfig>& resolved,
+                         const char* field) {
+  EXPECT_EQ(resolved.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StartsWith(resolved.status().message(), field))
+      << resolved.status();
+}
+
 TEST(ServerConfig, TheSocketDataPlaneDefaultsToAFreeLoopbackPortAnd256Connections) {
   auto resolved = ResolveConfig(strata::v1::StratadConfig());
   ASSERT_TRUE(resolved.ok()) << resolved.status();
@@ -153,18 +161,12 @@ TEST(ServerConfig, ALocalGroupIsResolvedByNameAndNeedsLocalConnections) {
             -1);
   config.set_local_data_plane_group("no-such-group-strata");
   resolved = ResolveConfig(config);
-  EXPECT_EQ(resolved.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_TRUE(
-      absl::StartsWith(resolved.status().message(), "local_data_plane_group:"))
-      << resolved.status();
+  ExpectInvalidNaming(resolved, "local_data_plane_group:");
   // Local connections off (here: a remote listener turns the default off).
   config.set_local_data_plane_group("root");
   config.set_listen("0.0.0.0:7070");
   resolved = ResolveConfig(config);
-  EXPECT_EQ(resolved.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_TRUE(
-      absl::StartsWith(resolved.status().message(), "local_data_plane_group:"))
-      << resolved.status();
+  ExpectInvalidNaming(resolved, "local_data_plane_group:");
   EXPECT_TRUE(absl::StrContains(resolved.status().message(), "not loopback"))
       << resolved.status();
 }
