@@ -44,15 +44,30 @@ absl::Status CheckSocketSharedWithUs(const std::string& path,
     return refuse(absl::StrCat("this process is not in the socket's group ",
                                sock.st_gid));
   }
-  const std::string dir = std::filesystem::path(path).parent_path().native();
-  struct stat parent {};
-  if (stat(dir.empty() ? "." : dir.c_str(), &parent) != 0 ||
-      (parent.st_uid != daemon_uid && parent.st_uid != 0) ||
-      (parent.st_mode & 0022) != 0) {
-    return refuse(absl::StrCat(
-        "its directory ", dir,
-        " is not the daemon's or root's alone (others could replace the "
-        "socket)"));
+  // Every directory on the way, as given and as resolved (symlinks): the
+  // daemon's or root's, and writable by nobody else, so nobody else could
+  // have put a socket there or swapped a directory under it.
+  std::error_code error;
+  const std::filesystem::path dir =
+      std::filesystem::absolute(path, error).parent_path();
+  const std::filesystem::path real = std::filesystem::canonical(dir, error);
+  if (error)
+    return refuse(
+        absl::StrCat("its directory ", dir.native(), " cannot be resolved"));
+  for (const std::filesystem::path* walk : {&dir, &real}) {
+    std::filesystem::path prefix;
+    for (const std::filesystem::path& part : *walk) {
+      prefix /= part;
+      struct stat st {};
+      if (stat(prefix.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) ||
+          (st.st_uid != daemon_uid && st.st_uid != 0) ||
+          (st.st_mode & 0022) != 0) {
+        return refuse(absl::StrCat(
+            "the directory ", prefix.native(),
+            " is not the daemon's or root's alone (others could replace "
+            "the socket)"));
+      }
+    }
   }
   return absl::OkStatus();
 }

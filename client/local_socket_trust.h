@@ -21,9 +21,12 @@ namespace strata::client::internal {
 //   - is a socket owned by `daemon_uid`,
 //   - grants its group read and write (mode 0060),
 //   - has a group this process is in (effective or supplementary), and
-//   - lies in a directory owned by `daemon_uid` or root that nobody else
-//     may write (no group or other write bit), so only the daemon or root
-//     could have made it.
+//   - lies in a directory whose every ancestor, as given and with symlinks
+//     resolved, is owned by `daemon_uid` or root and writable by nobody
+//     else (no group or other write bit, sticky or not), so only the daemon
+//     or root could have put it there.
+// The file checked is the one at `path` now; the caller's connection was
+// made to `path` just before, and nobody else can change what `path` names.
 // Otherwise FAILED_PRECONDITION naming "local_path" and the first rule the
 // socket breaks.
 absl::Status CheckSocketSharedWithUs(const std::string& path, uid_t daemon_uid);

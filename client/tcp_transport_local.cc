@@ -23,6 +23,7 @@
 #include "client/tcp_exchange.h"
 #include "client/tcp_transport.h"
 #include "common/local_channel.h"
+#include "common/sealed_memfd.h"
 #include "common/socket_io.h"
 #include "common/steady_time.h"
 #include "common/tcp_protocol.h"
@@ -241,7 +242,8 @@ absl::StatusOr<TcpTransport::Channel*> TcpTransport::ChannelOf(
     // asked again on this connection.
     struct stat st {};
     if (s.ok() && map.passed_fd >= 0 && fstat(map.passed_fd, &st) == 0 &&
-        static_cast<size_t>(st.st_size) >= local::kChannelBytes) {
+        static_cast<size_t>(st.st_size) >= local::kChannelBytes &&
+        SizeCannotShrink(map.passed_fd)) {
       void* mapped = mmap(nullptr, local::kChannelBytes, PROT_READ | PROT_WRITE,
                           MAP_SHARED, map.passed_fd, 0);
       if (mapped != MAP_FAILED) {
@@ -348,9 +350,12 @@ absl::Status TcpTransport::MapSharedArena(uint64_t token, absl::Time deadline) {
         " is served by another daemon than the one Hello reached"));
   }
   struct stat st {};
-  if (x.passed_fd < 0 || fstat(x.passed_fd, &st) != 0 || st.st_size <= 0) {
+  if (x.passed_fd < 0 || fstat(x.passed_fd, &st) != 0 || st.st_size <= 0 ||
+      !SizeCannotShrink(x.passed_fd)) {
     return absl::InternalError(absl::StrCat(
-        "data_plane: ", Peer(), " answered MAP_ARENA without a usable arena"));
+        "data_plane: ", Peer(),
+        " answered MAP_ARENA without a usable arena (a memfd sealed at "
+        "its size)"));
   }
   const size_t bytes = static_cast<size_t>(st.st_size);
   // Mapped in now, up to populate_arena_max_bytes: a page first touched by

@@ -1,8 +1,11 @@
 #include "cluster/server_config.h"
 
 #include <grp.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -35,6 +38,17 @@ class ErrorCollector : public google::protobuf::io::ErrorCollector {
   }
   std::string first;
 };
+
+// Whether this process is in group `gid` (effective or supplementary).
+bool InGroup(gid_t gid) {
+  if (getegid() == gid) return true;
+  const int count = getgroups(0, nullptr);
+  if (count <= 0) return false;
+  std::vector<gid_t> groups(static_cast<size_t>(count));
+  const int got = getgroups(count, groups.data());
+  return got > 0 && std::find(groups.begin(), groups.begin() + got, gid) !=
+                        groups.begin() + got;
+}
 
 // Whether a validated "host:port" (or "[host]:port") binds loopback only.
 bool IsLoopbackListen(const std::string& host_port) {
@@ -254,15 +268,36 @@ absl::StatusOr<ServerConfig> ResolveConfig(StratadConfig c) {
               : absl::StrCat(": ", out.local_data_plane_default_off),
           ")"));
     }
-    group buffer_group{};
+    group entry{};
     group* found = nullptr;
     std::vector<char> buffer(16384);
-    if (getgrnam_r(c.local_data_plane_group().c_str(), &buffer_group,
-                   buffer.data(), buffer.size(), &found) != 0 ||
-        found == nullptr) {
+    int rc;
+    // A group with many members needs a larger buffer (ERANGE).
+    while ((rc = getgrnam_r(c.local_data_plane_group().c_str(), &entry,
+                            buffer.data(), buffer.size(), &found)) == ERANGE &&
+           buffer.size() < (size_t{1} << 24)) {
+      buffer.resize(buffer.size() * 2);
+    }
+    const std::string field = absl::StrCat("local_data_plane_group: \"",
+                                           c.local_data_plane_group(), "\"");
+    if (rc != 0) {
       return absl::InvalidArgumentError(
-          absl::StrCat("local_data_plane_group: no group named \"",
-                       c.local_data_plane_group(), "\""));
+          absl::StrCat(field, ": cannot look it up: ", std::strerror(rc)));
+    }
+    if (found == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ": no such group"));
+    }
+    // In a user namespace every unmapped group shows as the overflow gid.
+    if (found->gr_gid == 65534) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field,
+                       " is gid 65534, which every unmapped group shows as "
+                       "in a user namespace; use a group of its own"));
+    }
+    // The socket file is given the group: the daemon must be in it.
+    if (geteuid() != 0 && !InGroup(found->gr_gid)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": the daemon's user is not in it"));
     }
     out.local_data_plane_gid = found->gr_gid;
   }

@@ -2,6 +2,7 @@
 // the shared DRAM arena (MAP_ARENA, RESERVE/COMMIT, in-arena GETs). The
 // contract is in tcp_data_plane.h; the wire in docs/protocol.md, "Local
 // connections".
+#include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -13,6 +14,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <initializer_list>
 #include <new>
 #include <vector>
@@ -107,10 +109,26 @@ absl::Status TcpDataPlane::ListenLocal() {
     return LocalPathError(path, std::strerror(error));
   }
   // The arena goes only to clients of our user, or of local_group
-  // (PeerMayMapArena); the mode keeps everyone else off the socket.
+  // (PeerMayMapArena); the mode keeps everyone else off the socket. Opening
+  // it to a group is done only in a directory nobody else may write, so the
+  // file changed is the socket just bound (not one swapped in for it). The
+  // mode is set before listen(): until then every connect is refused.
   const bool group = options_.local_group >= 0;
-  if ((group && chown(path.c_str(), static_cast<uid_t>(-1),
-                      static_cast<gid_t>(options_.local_group)) != 0) ||
+  if (group) {
+    const std::string dir = std::filesystem::path(path).parent_path().native();
+    struct stat parent {};
+    if (stat(dir.empty() ? "." : dir.c_str(), &parent) != 0 ||
+        (parent.st_mode & 0022) != 0) {
+      close(fd);
+      unlink(path.c_str());
+      return LocalPathError(
+          path, absl::StrCat("its directory may be written by others, so it "
+                             "is not shared with local_data_plane_group"));
+    }
+  }
+  if ((group && fchownat(AT_FDCWD, path.c_str(), static_cast<uid_t>(-1),
+                         static_cast<gid_t>(options_.local_group),
+                         AT_SYMLINK_NOFOLLOW) != 0) ||
       chmod(path.c_str(), group ? 0660 : 0600) != 0 || listen(fd, 128) != 0) {
     const int error = errno;
     close(fd);

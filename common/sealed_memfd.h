@@ -34,6 +34,13 @@ inline int SealedMemfd(const char* name, size_t bytes) {
   return fd;
 }
 
+// Whether memfd `fd` (one passed to us) cannot shrink under us: a mapping of
+// one that can would end this process with SIGBUS on the lost pages.
+inline bool SizeCannotShrink(int fd) {
+  const int seals = fcntl(fd, F_GET_SEALS);
+  return seals >= 0 && (seals & F_SEAL_SHRINK) != 0;
+}
+
 }  // namespace strata
 
 #endif  // STRATA_COMMON_SEALED_MEMFD_H_

@@ -1,7 +1,7 @@
 // CheckSocketSharedWithUs (client/local_socket_trust.h): when a client may
 // use the shared arena of a daemon of another user. Real socket files in a
-// scratch directory, their owner, group and mode set as each case needs
-// (chown: root only).
+// directory under /run, their owner, group and mode and those of their
+// directories set as each case needs (chown: root only).
 #include "client/local_socket_trust.h"
 
 #include <sys/socket.h>
@@ -15,12 +15,9 @@
 
 #include "absl/strings/match.h"
 #include "gtest/gtest.h"
-#include "tests/kvstore/test_blocks.h"
 
 namespace strata::client::internal {
 namespace {
-
-using ::strata::kvstore::testing::ScratchDir;
 
 constexpr uid_t kDaemon = 65534;  // The daemon's user in these cases.
 
@@ -28,9 +25,13 @@ class LocalSocketTrust : public ::testing::Test {
  protected:
   void SetUp() override {
     if (geteuid() != 0) GTEST_SKIP() << "needs root to own files as others";
-    dir_ = std::string(
-        std::filesystem::path(scratch_.SocketPath("d/x")).parent_path());
-    std::filesystem::create_directories(dir_);
+    // Every ancestor must be root's and closed to others: /run is, where
+    // /tmp (sticky, world-writable) and a build tree under it are not.
+    char dir[] = "/run/strata-trust-XXXXXX";
+    if (mkdtemp(dir) == nullptr) GTEST_SKIP() << "no /run to work in";
+    top_ = dir;
+    dir_ = top_ + "/d";
+    ASSERT_EQ(mkdir(dir_.c_str(), 0755), 0);
     path_ = dir_ + "/stratad.sock";
     fd_ = socket(AF_UNIX, SOCK_STREAM, 0);
     sockaddr_un addr{};
@@ -46,6 +47,8 @@ class LocalSocketTrust : public ::testing::Test {
   }
   void TearDown() override {
     if (fd_ >= 0) close(fd_);
+    std::error_code error;
+    if (!top_.empty()) std::filesystem::remove_all(top_, error);
   }
   void ExpectRefused(const std::string& why) {
     absl::Status s = CheckSocketSharedWithUs(path_, kDaemon);
@@ -53,8 +56,7 @@ class LocalSocketTrust : public ::testing::Test {
     EXPECT_TRUE(absl::StartsWith(s.message(), "local_path:")) << s;
   }
 
-  ScratchDir scratch_;
-  std::string dir_, path_;
+  std::string top_, dir_, path_;
   int fd_ = -1;
 };
 
@@ -82,6 +84,19 @@ TEST_F(LocalSocketTrust, EachBrokenRuleIsRefusedNamingLocalPath) {
   ASSERT_EQ(chown(dir_.c_str(), 4244, 0), 0);
   ExpectRefused("a directory of a third user");
   ASSERT_EQ(chown(dir_.c_str(), kDaemon, 0), 0);
+  ASSERT_EQ(chmod(top_.c_str(), 0777), 0);
+  ExpectRefused("an ancestor directory others may write");
+  ASSERT_EQ(chmod(top_.c_str(), 0700), 0);
+  // Through a symlink whose target lies under a directory others may write.
+  const std::string open_dir = top_ + "/open";
+  ASSERT_EQ(mkdir(open_dir.c_str(), 0777), 0);
+  ASSERT_EQ(chmod(open_dir.c_str(), 0777), 0);
+  ASSERT_EQ(rename(dir_.c_str(), (open_dir + "/d").c_str()), 0);
+  ASSERT_EQ(symlink((open_dir + "/d").c_str(), dir_.c_str()), 0);
+  ExpectRefused("a symlinked directory under one others may write");
+  ASSERT_EQ(unlink(dir_.c_str()), 0);
+  ASSERT_EQ(rename((open_dir + "/d").c_str(), dir_.c_str()), 0);
+  ASSERT_TRUE(CheckSocketSharedWithUs(path_, kDaemon).ok());
   ASSERT_EQ(unlink(path_.c_str()), 0);
   ExpectRefused("no socket there");
 }

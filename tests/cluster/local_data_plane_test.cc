@@ -14,6 +14,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
@@ -359,6 +360,34 @@ TEST_F(LocalDataPlaneTest, APeerInTheLocalGroupGetsTheArena) {
   EXPECT_EQ(map_arena_as_nobody(65534, {}), 4) << "no group, socket open";
   plane_.reset();
   rmdir(open_dir.c_str());
+}
+
+// A socket in a directory others may write is not opened to a group (one
+// of them could swap the file being chown'ed): the plane does not start,
+// naming the field.
+TEST_F(LocalDataPlaneTest, AGroupSocketInADirectoryOthersMayWriteIsRefused) {
+  const std::string dir = dir_.Sub("open");
+  ASSERT_EQ(mkdir(dir.c_str(), 0777), 0);
+  ASSERT_EQ(chmod(dir.c_str(), 0777), 0);
+  kvstore::TieredStoreOptions o;
+  o.dram_capacity_bytes = 16 << 20;
+  o.dram_shared = true;
+  auto store = kvstore::TieredStore::Open(o);
+  ASSERT_TRUE(store.ok()) << store.status();
+  ctx_.store = store->get();
+  ctx_.metrics = &metrics_;
+  cluster::TcpDataPlaneOptions options;
+  options.local_path = dir + "/s.sock";
+  options.local_group = getegid();
+  if (options.local_path.size() > 107) GTEST_SKIP() << "build tree too deep";
+  auto plane = cluster::TcpDataPlane::Start(&ctx_, options);
+  ASSERT_FALSE(plane.ok());
+  EXPECT_EQ(plane.status().code(), absl::StatusCode::kUnavailable)
+      << plane.status();
+  EXPECT_TRUE(
+      absl::StartsWith(plane.status().message(), "local_data_plane_path:"))
+      << plane.status();
+  EXPECT_FALSE(std::filesystem::exists(options.local_path));
 }
 
 TEST_F(LocalDataPlaneTest, APrivateArenaIsRefusedNamingDramShared) {

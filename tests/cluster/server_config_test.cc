@@ -4,6 +4,8 @@
 // bad values are INVALID_ARGUMENT naming the field.
 #include "cluster/server_config.h"
 
+#include <grp.h>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
@@ -162,6 +164,11 @@ TEST(ServerConfig, ALocalGroupIsResolvedByNameAndNeedsLocalConnections) {
   config.set_local_data_plane_group("no-such-group-strata");
   resolved = ResolveConfig(config);
   ExpectInvalidNaming(resolved, "local_data_plane_group:");
+  // The overflow gid, which unmapped groups show as in a user namespace.
+  if (getgrgid(65534) != nullptr) {
+    config.set_local_data_plane_group(getgrgid(65534)->gr_name);
+    ExpectInvalidNaming(ResolveConfig(config), "local_data_plane_group:");
+  }
   // Local connections off (here: a remote listener turns the default off).
   config.set_local_data_plane_group("root");
   config.set_listen("0.0.0.0:7070");
