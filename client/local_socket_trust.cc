@@ -3,28 +3,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <filesystem>
-#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/process_groups.h"
 
 namespace strata::client::internal {
-namespace {
-
-bool InOurGroups(gid_t gid) {
-  if (gid == getegid()) return true;
-  const int count = getgroups(0, nullptr);
-  if (count <= 0) return false;
-  std::vector<gid_t> groups(static_cast<size_t>(count));
-  const int got = getgroups(count, groups.data());
-  if (got < 0) return false;
-  groups.resize(static_cast<size_t>(got));
-  return std::find(groups.begin(), groups.end(), gid) != groups.end();
-}
-
-}  // namespace
-
 absl::Status CheckSocketSharedWithUs(const std::string& path,
                                      uid_t daemon_uid) {
   auto refuse = [&](const std::string& why) {
@@ -40,7 +24,7 @@ absl::Status CheckSocketSharedWithUs(const std::string& path,
   if ((sock.st_mode & 0060) != 0060) {
     return refuse("the socket is not shared with its group (mode 0660)");
   }
-  if (!InOurGroups(sock.st_gid)) {
+  if (!ProcessInGroup(sock.st_gid)) {
     return refuse(absl::StrCat("this process is not in the socket's group ",
                                sock.st_gid));
   }

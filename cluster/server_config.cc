@@ -15,6 +15,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/process_groups.h"
 #include "common/status_macros.h"
 #include "google/protobuf/io/tokenizer.h"
 #include "google/protobuf/text_format.h"
@@ -38,17 +39,6 @@ class ErrorCollector : public google::protobuf::io::ErrorCollector {
   }
   std::string first;
 };
-
-// Whether this process is in group `gid` (effective or supplementary).
-bool InGroup(gid_t gid) {
-  if (getegid() == gid) return true;
-  const int count = getgroups(0, nullptr);
-  if (count <= 0) return false;
-  std::vector<gid_t> groups(static_cast<size_t>(count));
-  const int got = getgroups(count, groups.data());
-  return got > 0 && std::find(groups.begin(), groups.begin() + got, gid) !=
-                        groups.begin() + got;
-}
 
 // Whether a validated "host:port" (or "[host]:port") binds loopback only.
 bool IsLoopbackListen(const std::string& host_port) {
@@ -295,7 +285,7 @@ absl::StatusOr<ServerConfig> ResolveConfig(StratadConfig c) {
                        "in a user namespace; use a group of its own"));
     }
     // The socket file is given the group: the daemon must be in it.
-    if (geteuid() != 0 && !InGroup(found->gr_gid)) {
+    if (geteuid() != 0 && !ProcessInGroup(found->gr_gid)) {
       return absl::InvalidArgumentError(
           absl::StrCat(field, ": the daemon's user is not in it"));
     }
