@@ -200,7 +200,8 @@ class TcpTransport final : public BulkTransport {
   size_t arena_bytes_ = 0;
   static constexpr uint64_t kArenaPopulateChunk = uint64_t{2} << 20;
   // One bit per kArenaPopulateChunk of the arena: set once this process
-  // has mapped that chunk's pages in (PopulateArena). Sized at the mapping.
+  // has mapped that chunk's pages in (PopulateArena). Made at the mapping,
+  // only for an arena not mapped in at once (null: every chunk is).
   std::unique_ptr<std::atomic<uint64_t>[]> arena_populated_;
   uint64_t arena_token_ = 0;  // Of the daemon whose arena is mapped.
   // Set once a reply names another arena (the daemon restarted); then the

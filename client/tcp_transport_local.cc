@@ -268,7 +268,7 @@ bool TcpTransport::InArena(uint64_t offset, uint64_t length) const {
 }
 
 void TcpTransport::PopulateArena(uint64_t offset, uint64_t length) {
-  if (length == 0) return;
+  if (arena_populated_ == nullptr || length == 0) return;  // All mapped in.
   const uint64_t first = offset / kArenaPopulateChunk;
   const uint64_t last = (offset + length - 1) / kArenaPopulateChunk;
   for (uint64_t chunk = first; chunk <= last; ++chunk) {
@@ -373,12 +373,11 @@ absl::Status TcpTransport::MapSharedArena(uint64_t token, absl::Time deadline) {
   }
   arena_base_ = static_cast<uint8_t*>(base);
   arena_bytes_ = bytes;
-  const size_t chunks = (bytes + kArenaPopulateChunk - 1) / kArenaPopulateChunk;
-  const size_t words = (chunks + 63) / 64;
-  arena_populated_ = std::make_unique<std::atomic<uint64_t>[]>(words);
-  for (size_t i = 0; i < words; ++i) {
-    arena_populated_[i].store(populate ? ~uint64_t{0} : 0,
-                              std::memory_order_relaxed);
+  if (!populate) {
+    const size_t chunks =
+        (bytes + kArenaPopulateChunk - 1) / kArenaPopulateChunk;
+    // Value-initialized: no chunk mapped in yet.
+    arena_populated_ = std::make_unique<std::atomic<uint64_t>[]>((chunks + 63) / 64);
   }
   arena_token_ = token;
   return absl::OkStatus();
