@@ -79,6 +79,20 @@ absl::Status TcpDataPlane::ListenLocal() {
   }
   std::memcpy(addr.sun_path, path.data(), path.size());
   const auto* sa = reinterpret_cast<const sockaddr*>(&addr);
+  // Opening the socket to a group is done only in a directory nobody else
+  // may write, so the file chown'ed below is the socket this plane bound
+  // (not one swapped in for it). Checked before anything there is touched.
+  const bool group = options_.local_group >= 0;
+  if (group) {
+    const std::string dir = std::filesystem::path(path).parent_path().native();
+    struct stat parent {};
+    if (stat(dir.empty() ? "." : dir.c_str(), &parent) != 0 ||
+        (parent.st_mode & 0022) != 0) {
+      return LocalPathError(
+          path, "its directory may be written by others, so it is not "
+                "shared with local_data_plane_group");
+    }
+  }
   struct stat st{};
   if (lstat(path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) {
@@ -109,23 +123,8 @@ absl::Status TcpDataPlane::ListenLocal() {
     return LocalPathError(path, std::strerror(error));
   }
   // The arena goes only to clients of our user, or of local_group
-  // (PeerMayMapArena); the mode keeps everyone else off the socket. Opening
-  // it to a group is done only in a directory nobody else may write, so the
-  // file changed is the socket just bound (not one swapped in for it). The
+  // (PeerMayMapArena); the mode keeps everyone else off the socket. The
   // mode is set before listen(): until then every connect is refused.
-  const bool group = options_.local_group >= 0;
-  if (group) {
-    const std::string dir = std::filesystem::path(path).parent_path().native();
-    struct stat parent {};
-    if (stat(dir.empty() ? "." : dir.c_str(), &parent) != 0 ||
-        (parent.st_mode & 0022) != 0) {
-      close(fd);
-      unlink(path.c_str());
-      return LocalPathError(
-          path, absl::StrCat("its directory may be written by others, so it "
-                             "is not shared with local_data_plane_group"));
-    }
-  }
   if ((group && fchownat(AT_FDCWD, path.c_str(), static_cast<uid_t>(-1),
                          static_cast<gid_t>(options_.local_group),
                          AT_SYMLINK_NOFOLLOW) != 0) ||
