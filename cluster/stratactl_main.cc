@@ -31,8 +31,10 @@
 // Exit status: 0 on success, 1 when the daemon answered an error, 2 on usage.
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <latch>
@@ -45,6 +47,7 @@
 #include <vector>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -266,6 +269,19 @@ int Bench(const client::ClientOptions& base, const Args& a) {
   if (*warmup > (uint32_t{1} << 30)) {
     return UsageError("warmup: must be at most 2^30");
   }
+  // Opened before the run: a path that cannot be written fails at once,
+  // not after the load ran.
+  std::FILE* latency_file = nullptr;
+  if (const std::string path = a.Flag("latency-file"); !path.empty()) {
+    latency_file = std::fopen(path.c_str(), "w");
+    if (latency_file == nullptr) {
+      return UsageError(absl::StrCat("latency-file: cannot write ", path, ": ",
+                                     std::strerror(errno)));
+    }
+  }
+  absl::Cleanup close_latency_file = [latency_file] {
+    if (latency_file != nullptr) std::fclose(latency_file);
+  };
   const kvstore::BlockShape shape = ShapeForBytes(*size);
   const std::vector<uint8_t> block = RandomBlock(shape, 1);
   const uint64_t run = std::random_device{}();
@@ -307,6 +323,7 @@ int Bench(const client::ClientOptions& base, const Args& a) {
   absl::Cleanup remove_stored = [&] {
     if (a.Bool("keep")) return;
     std::fflush(stdout);
+    std::atomic<uint64_t> not_removed{0};
     std::vector<std::thread> removers;
     for (uint32_t c = 0; c < *clients; ++c) {
       removers.emplace_back([&, c] {
@@ -320,10 +337,19 @@ int Bench(const client::ClientOptions& base, const Args& a) {
             keys.push_back(key_of(c, preload + static_cast<uint32_t>(call)));
           }
         }
-        for (const BlockKey& key : keys) (void)conns[c]->Remove(key);
+        for (const BlockKey& key : keys) {
+          const absl::Status s = conns[c]->Remove(key);
+          if (!s.ok() && !absl::IsNotFound(s)) not_removed.fetch_add(1);
+        }
       });
     }
     for (auto& t : removers) t.join();
+    if (not_removed.load() != 0) {
+      std::fprintf(stderr,
+                   "bench: %llu of the run's blocks could not be removed "
+                   "(they stay in the daemon)\n",
+                   static_cast<unsigned long long>(not_removed.load()));
+    }
   };
   for (uint32_t c = 0; c < *clients; ++c) {
     for (uint32_t i = 0; i < preload; ++i) {
@@ -417,15 +443,10 @@ int Bench(const client::ClientOptions& base, const Args& a) {
       Percentile(sorted, 0.90) * 1e6, Percentile(sorted, 1.0) * 1e6);
   // Every call's latency in call order, with the client that made it, for a
   // distribution the summary hides.
-  if (const std::string path = a.Flag("latency-file"); !path.empty()) {
-    if (std::FILE* f = std::fopen(path.c_str(), "w")) {
-      for (uint64_t call = 0; call < total_calls; ++call) {
-        std::fprintf(f, "%u %.1f\n", taken_by[call], latency[call] * 1e6);
-      }
-      std::fclose(f);
-    } else {
-      std::fprintf(stderr, "latency-file: cannot write %s\n", path.c_str());
-    }
+  for (uint64_t call = 0; call < total_calls && latency_file != nullptr;
+       ++call) {
+    std::fprintf(latency_file, "%u %.1f\n", taken_by[call],
+                 latency[call] * 1e6);
   }
   return 0;
 }

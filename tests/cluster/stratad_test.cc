@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -393,9 +394,26 @@ TEST(Stratad, StratactlOperatesTheDaemon) {
   EXPECT_THAT(r.out, ContainsRegex("\"tier\":\"dram\"[^}]*\"blocks\":0,"))
       << r.out;
   EXPECT_THAT(r.out, Not(HasSubstr("\"removes\":0,"))) << r.out;
+  const std::string latencies = dir.Sub("latencies.txt");
   r = ctl({"bench", "--op=put", "--size=64KiB", "--clients=1", "--ops=3",
-           "--keep"});
+           "--keep", "--latency-file=" + latencies});
   ASSERT_EQ(r.exit_code, 0) << r.out;
+  // One "client microseconds" line per call.
+  std::ifstream lines(latencies);
+  int calls = 0;
+  for (std::string line; std::getline(lines, line); ++calls) {
+    EXPECT_THAT(line, ContainsRegex("^0 [0-9]+\\.[0-9]$")) << line;
+  }
+  EXPECT_EQ(calls, 3);
+  // A latency file that cannot be written is a usage error before any load.
+  // (Through a shell, for the message on stderr.)
+  r = RunCommand({"/bin/sh", "-c",
+                  std::string(STRATACTL_PATH) + " " + addr +
+                      " bench --op=put --size=64KiB --clients=1 --ops=3"
+                      " --latency-file=" +
+                      dir.Sub("no/such/dir/l.txt") + " 2>&1"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.out, HasSubstr("latency-file: cannot write")) << r.out;
   r = ctl({"stats", "--json"});
   EXPECT_THAT(r.out, ContainsRegex("\"tier\":\"dram\"[^}]*\"blocks\":3,"))
       << r.out;
