@@ -251,18 +251,13 @@ int Run(int argc, char** argv) {
       std::filesystem::create_directories(
           std::filesystem::path(tcp_options.local_path).parent_path(), error);
     }
+    // Only the default asked for local connections: where its socket cannot
+    // be made (another daemon serves this data directory's), the plane
+    // serves without them. The arena stays shared memory.
+    tcp_options.local_path_optional = resolved->local_data_plane_by_default;
     auto started = TcpDataPlane::Start(&ctx, tcp_options);
-    if (!started.ok() && resolved->local_data_plane_by_default &&
-        absl::StartsWith(started.status().message(),
-                         "local_data_plane_path:")) {
-      // Only the default asked for local connections: serve without them
-      // (e.g. another daemon already listens on this data directory's
-      // socket). The arena stays shared memory.
-      LogWarning("local_data_plane_default_unavailable",
-                 {{"local_data_plane_path", tcp_options.local_path},
-                  {"error", std::string(started.status().message())}});
-      tcp_options.local_path.clear();
-      started = TcpDataPlane::Start(&ctx, tcp_options);
+    if (started.ok() && resolved->local_data_plane_by_default &&
+        (*started)->local_path().empty()) {
       resolved->effective.set_local_data_plane_path("");
       ctx.config_text = ConfigText(resolved->effective);
     }

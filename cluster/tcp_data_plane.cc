@@ -137,7 +137,13 @@ absl::StatusOr<std::unique_ptr<TcpDataPlane>> TcpDataPlane::Start(
     return ListenError(options.listen, std::strerror(errno));
   }
   if (!options.local_path.empty()) {
-    if (absl::Status s = plane->ListenLocal(); !s.ok()) return s;
+    if (absl::Status s = plane->ListenLocal(); !s.ok()) {
+      if (!options.local_path_optional) return s;
+      // Only a default asked for local connections: serve without them.
+      LogWarning("local_data_plane_default_unavailable",
+                 {{"local_data_plane_path", options.local_path},
+                  {"error", std::string(s.message())}});
+    }
   }
   plane->acceptor_ = std::thread([p = plane.get()] { p->AcceptLoop(); });
   return plane;

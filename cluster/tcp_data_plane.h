@@ -114,6 +114,11 @@ struct TcpDataPlaneOptions {
   // SO_PEERGROUPS): the socket file gets that group and mode 0660. -1: only
   // the daemon's user (mode 0600).
   int64_t local_group = -1;
+  // A local_path that cannot be listened on (another daemon serves it, say)
+  // leaves local connections off, logged as a warning, instead of failing
+  // Start; local_path() is then empty. For a path no one asked for
+  // explicitly (stratad's loopback default).
+  bool local_path_optional = false;
   int max_connections = 256;
   // A message that makes no progress for this long ends its connection.
   absl::Duration stall_timeout = absl::Seconds(30);

@@ -433,6 +433,15 @@ TEST_F(LocalDataPlaneTest, AStaleSocketIsReplacedAndALiveOrForeignOneRefused) {
                                "local_data_plane_path:"))
       << refused.status();
   EXPECT_TRUE(RawConnection(sock_).connected());
+  // The same socket, optional (stratad's loopback default): the plane starts
+  // without local connections and leaves the live socket alone.
+  second.local_path_optional = true;
+  auto without_local = cluster::TcpDataPlane::Start(&ctx_, second);
+  ASSERT_TRUE(without_local.ok()) << without_local.status();
+  EXPECT_EQ((*without_local)->local_path(), "");
+  without_local->reset();
+  EXPECT_TRUE(RawConnection(sock_).connected());
+  second.local_path_optional = false;
   // A file that is not a socket is left alone.
   const std::string file = dir_.path() + "/not-a-socket";
   std::ofstream(file) << "data";
