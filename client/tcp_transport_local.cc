@@ -377,7 +377,8 @@ absl::Status TcpTransport::MapSharedArena(uint64_t token, absl::Time deadline) {
     const size_t chunks =
         (bytes + kArenaPopulateChunk - 1) / kArenaPopulateChunk;
     // Value-initialized: no chunk mapped in yet.
-    arena_populated_ = std::make_unique<std::atomic<uint64_t>[]>((chunks + 63) / 64);
+    arena_populated_ =
+        std::make_unique<std::atomic<uint64_t>[]>((chunks + 63) / 64);
   }
   arena_token_ = token;
   return absl::OkStatus();

@@ -89,8 +89,9 @@ absl::Status TcpDataPlane::ListenLocal() {
     if (stat(dir.empty() ? "." : dir.c_str(), &parent) != 0 ||
         (parent.st_mode & 0022) != 0) {
       return LocalPathError(
-          path, "its directory may be written by others, so it is not "
-                "shared with local_data_plane_group");
+          path,
+          "its directory may be written by others, so it is not "
+          "shared with local_data_plane_group");
     }
   }
   struct stat st{};

@@ -1,6 +1,7 @@
 // stratad end to end: real daemon processes on 127.0.0.1, driven through the
 // client library, raw gRPC stubs (for requests the client refuses to send),
 // HTTP /metrics and the stratactl binary.
+#include <grpcpp/grpcpp.h>
 #include <signal.h>
 
 #include <atomic>
@@ -9,8 +10,6 @@
 #include <map>
 #include <mutex>
 #include <thread>
-
-#include <grpcpp/grpcpp.h>
 
 #include "client/strata_client.h"
 #include "gmock/gmock.h"
