@@ -8,8 +8,12 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
+
+#include <algorithm>
 
 #include <atomic>
 #include <chrono>
@@ -23,6 +27,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/sealed_memfd.h"
+#include "common/socket_io.h"
 #include "common/tcp_protocol.h"
 #include "common/ucx_protocol.h"
 #include "gtest/gtest.h"
@@ -39,23 +45,38 @@ bool ReadFull(int fd, void* p, size_t n) {
   return n == 0 || recv(fd, p, n, MSG_WAITALL) == static_cast<ssize_t>(n);
 }
 
-// A listening socket on a free loopback port; each accepted connection is
-// handed to `serve` on a thread of its own. The destructor stops accepting
-// and joins.
+// A listening socket on a free loopback port, or at Unix socket path
+// `unix_path` when one is given (a daemon's local connections); each
+// accepted connection is handed to `serve` on a thread of its own. The
+// destructor stops accepting and joins.
 class FakeDaemon {
  public:
-  explicit FakeDaemon(std::function<void(int fd)> serve)
+  explicit FakeDaemon(std::function<void(int fd)> serve,
+                      const std::string& unix_path = "")
       : serve_(std::move(serve)) {
-    listener_ = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    EXPECT_EQ(bind(listener_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)),
-              0);
+    if (unix_path.empty()) {
+      listener_ = socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in addr{};
+      addr.sin_family = AF_INET;
+      addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      EXPECT_EQ(
+          bind(listener_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+      socklen_t len = sizeof(addr);
+      getsockname(listener_, reinterpret_cast<sockaddr*>(&addr), &len);
+      address_ = absl::StrCat("127.0.0.1:", ntohs(addr.sin_port));
+    } else {
+      listener_ = socket(AF_UNIX, SOCK_STREAM, 0);
+      sockaddr_un addr{};
+      addr.sun_family = AF_UNIX;
+      EXPECT_LT(unix_path.size(), sizeof(addr.sun_path)) << unix_path;
+      std::memcpy(addr.sun_path, unix_path.data(),
+                  std::min(unix_path.size(), sizeof(addr.sun_path) - 1));
+      EXPECT_EQ(
+          bind(listener_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0)
+          << std::strerror(errno);
+      address_ = "127.0.0.1:1";  // Unused: calls go to the Unix socket.
+    }
     EXPECT_EQ(listen(listener_, 8), 0);
-    socklen_t len = sizeof(addr);
-    getsockname(listener_, reinterpret_cast<sockaddr*>(&addr), &len);
-    address_ = absl::StrCat("127.0.0.1:", ntohs(addr.sin_port));
     acceptor_ = std::thread([this] {
       for (;;) {
         const int fd = accept(listener_, nullptr, nullptr);
@@ -273,6 +294,82 @@ TEST(TcpTransport, AnAddressThatIsNotHostPortIsInvalidArgument) {
   EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(absl::StartsWith(t.status().message(), "address"))
       << t.status();
+}
+
+// A fake daemon's local connections that answer MAP_ARENA with `token` and
+// memfd `arena` (the descriptor rides on the reply, as stratad's does).
+struct ArenaPeer {
+  ArenaPeer(uint64_t token, int arena)
+      : path(absl::StrCat(::testing::TempDir(), "/arena-peer-", getpid(),
+                          ".sock")),
+        daemon([token, arena](int fd) {
+                 tcp::TcpFrame frame{};
+                 ucx::RequestHeader req{};
+                 if (!ReadRequest(fd, &frame, &req)) return;
+                 ucx::ReplyHeader r{};
+                 r.version = ucx::kProtocolVersion;
+                 r.op = req.op;
+                 r.request_id = req.request_id;
+                 tcp::TcpFrame reply{tcp::kFrameMagic, sizeof(r),
+                                     sizeof(token)};
+                 uint64_t word = token;
+                 iovec iov[3] = {{&reply, sizeof(reply)},
+                                 {&r, sizeof(r)},
+                                 {&word, sizeof(word)}};
+                 sockio::SendAll(fd, iov, 3, absl::InfiniteFuture(), arena);
+                 char end;
+                 recv(fd, &end, 1, 0);  // Until the client closes.
+               },
+               Unlinked(path)) {}
+  ~ArenaPeer() { unlink(path.c_str()); }
+
+  static const std::string& Unlinked(const std::string& p) {
+    unlink(p.c_str());
+    return p;
+  }
+
+  std::string path;
+  FakeDaemon daemon;
+};
+
+std::unique_ptr<TcpTransport> ConnectLocal(const std::string& path) {
+  TcpTransportOptions o;
+  o.address = "127.0.0.1:1";
+  o.local_path = path;
+  auto t = TcpTransport::Create(o);
+  EXPECT_TRUE(t.ok()) << t.status();
+  return t.ok() ? *std::move(t) : nullptr;
+}
+
+// A daemon could shrink an arena that is not sealed at its size after the
+// client mapped it, and the client's next copy into the lost pages would end
+// the engine with SIGBUS: such an arena is refused before it is mapped.
+TEST(TcpTransport, AnArenaThatCouldShrinkIsRefused) {
+  const int unsealed = memfd_create("unsealed-arena", MFD_CLOEXEC);
+  ASSERT_GE(unsealed, 0);
+  ASSERT_EQ(ftruncate(unsealed, 4 << 20), 0);
+  ArenaPeer peer(/*token=*/42, unsealed);
+  auto t = ConnectLocal(peer.path);
+  ASSERT_NE(t, nullptr);
+  const absl::Status s =
+      t->MapSharedArena(/*token=*/42, absl::Now() + absl::Seconds(10));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "sealed")) << s;
+  close(unsealed);
+}
+
+// The same answer with the arena sealed at its size is mapped: the refusal
+// above is the seal's, not the fake daemon's.
+TEST(TcpTransport, AnArenaSealedAtItsSizeIsMapped) {
+  const int sealed = SealedMemfd("sealed-arena", 4 << 20);
+  ASSERT_GE(sealed, 0);
+  ArenaPeer peer(/*token=*/42, sealed);
+  auto t = ConnectLocal(peer.path);
+  ASSERT_NE(t, nullptr);
+  const absl::Status s =
+      t->MapSharedArena(/*token=*/42, absl::Now() + absl::Seconds(10));
+  EXPECT_TRUE(s.ok()) << s;
+  close(sealed);
 }
 
 }  // namespace
