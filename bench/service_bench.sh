@@ -16,6 +16,8 @@
 #   REPEAT=3 bench/service_bench.sh          # best of 3 per row (shared box)
 #   BUILD=0 BUILD_DIR=build-x bench/service_bench.sh   # use built binaries
 #   DATA_PLANE_ENV="UCX_RNDV_THRESH=1M" bench/service_bench.sh  # UCX settings, both ends
+#   INSTALL_DEPS=0 ...   # skip tools/install-deps.sh (binaries brought in:
+#                        # tools/pack_service_bench.sh)
 #
 # REPEAT runs every measurement (ceilings, each redis-benchmark and each
 # stratactl bench) that many times and keeps the run with the highest GB/s,
@@ -46,7 +48,9 @@ best_of() {
 }
 max_of() { python3 -c "import sys; print(max(sys.argv[1:], key=float))" "$@"; }
 
-tools/install-deps.sh > /dev/null
+if [ "${INSTALL_DEPS:-1}" = 1 ]; then
+  tools/install-deps.sh > /dev/null
+fi
 if ! command -v redis-server > /dev/null || ! command -v redis-benchmark > /dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get install -y -q --no-install-recommends redis-server redis-tools > /dev/null

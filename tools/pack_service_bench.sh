@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Packs the service benchmark (bench/service_bench.sh) for a machine that
+# cannot build it or install packages, e.g. the 16-core GPU machine reached
+# through the device tool, to ask whether a result is this 2-vCPU VM's or the
+# software's.
+#
+#   tools/pack_service_bench.sh [BUILD_DIR]      (default: build)
+#
+# bundle-svc/ (git-ignored) receives, from BUILD_DIR and this machine:
+#   cluster/stratad, cluster/stratactl, bench/ceilings   (stripped)
+#   bin/redis-server, bin/redis-benchmark, bin/redis-cli (Debian's)
+#   lib/       every shared library they need but glibc, libstdc++ and
+#              libgcc (the other machine's own), plus UCX's transport modules
+#              (lib/ucx, loaded at run time, so not in ldd's list)
+#   run.sh     runs bench/service_bench.sh against these, with BUILD=0 and
+#              INSTALL_DEPS=0, and copies the table to $OUT when set
+#
+# Then, from the repository root through the device tool:
+#   run(command="bash bundle-svc/run.sh", carry=["bundle-svc"])
+# Environment of run.sh: whatever service_bench.sh reads (REPEAT,
+# BYTES_PER_RUN, TRANSPORTS, SIZES, CLIENTS).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD=${1:-$ROOT/build}
+BUNDLE=$ROOT/bundle-svc
+SYSTEM_LIBS='^(linux-vdso|ld-linux|libc|libm|libpthread|libdl|librt|libutil|libresolv|libstdc\+\+|libgcc_s)[.-]'
+UCX_MODULES=/usr/lib/x86_64-linux-gnu/ucx
+
+rm -rf "$BUNDLE"
+mkdir -p "$BUNDLE/cluster" "$BUNDLE/bench" "$BUNDLE/bin" "$BUNDLE/lib/ucx"
+binaries=()
+for name in cluster/stratad cluster/stratactl bench/ceilings; do
+  [[ -x "$BUILD/$name" ]] || { echo "missing $BUILD/$name (build it first)" >&2; exit 1; }
+  cp "$BUILD/$name" "$BUNDLE/$name"
+  binaries+=("$BUNDLE/$name")
+done
+for name in redis-server redis-benchmark redis-cli; do
+  path=$(command -v "$name") || { echo "missing $name (apt-get install redis-server redis-tools)" >&2; exit 1; }
+  cp "$path" "$BUNDLE/bin/$name"
+  binaries+=("$BUNDLE/bin/$name")
+done
+cp "$UCX_MODULES"/*.so.0 "$BUNDLE/lib/ucx/"
+for b in "${binaries[@]}" "$BUNDLE"/lib/ucx/*.so.0; do
+  strip --strip-unneeded "$b" 2> /dev/null || true
+  while read -r lib path; do
+    [[ "$lib" =~ $SYSTEM_LIBS || -z "$path" || -e "$BUNDLE/lib/$lib" ]] && continue
+    cp -L "$path" "$BUNDLE/lib/$lib"
+  done < <(ldd "$b" | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}')
+done
+strip --strip-unneeded "$BUNDLE"/lib/*.so* 2> /dev/null || true
+
+cat > "$BUNDLE/run.sh" << 'EOF'
+#!/usr/bin/env bash
+# Runs bench/service_bench.sh against the binaries beside this script
+# (tools/pack_service_bench.sh made them). From the repository root.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+export LD_LIBRARY_PATH="$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export UCX_MODULE_DIR="$here/lib/ucx"
+export PATH="$here/bin:$PATH"
+echo "host: $(nproc) CPUs, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+echo "load before: $(cat /proc/loadavg)"
+BUILD=0 INSTALL_DEPS=0 BUILD_DIR="$here" OUT="${OUT:+$OUT/service_bench.md}" \
+  bash bench/service_bench.sh
+echo "load after: $(cat /proc/loadavg)"
+EOF
+chmod +x "$BUNDLE/run.sh"
+size=$(du -sm "$BUNDLE" | cut -f1)
+echo "bundle: $BUNDLE (${size} MiB, $(ls "$BUNDLE/lib" | wc -l) libraries)"
+if [[ "$size" -gt 60 ]]; then
+  echo "bundle is over 60 MiB: the working tree that travels is limited to 64 MiB" >&2
+  exit 1
+fi
+echo 'next: run(command="bash bundle-svc/run.sh", carry=["bundle-svc"])  (device tool, repository root)'
