@@ -6,7 +6,10 @@
 #
 #   tools/pack_service_bench.sh [BUILD_DIR]      (default: build)
 #
-# bundle-svc/ (git-ignored) receives, from BUILD_DIR and this machine:
+# bundle-svc/ (git-ignored) receives payload.tar.xz (the binaries and
+# libraries are about 48 MiB, the fixture that always travels 15 MiB, and
+# the device tool carries 64 MiB in all) and run.sh, which unpacks it under
+# /tmp. The payload holds, from BUILD_DIR and this machine:
 #   cluster/stratad, cluster/stratactl, bench/ceilings   (stripped)
 #   bin/redis-server, bin/redis-benchmark, bin/redis-cli (Debian's)
 #   lib/       every shared library they need but glibc, libstdc++ and
@@ -23,38 +26,43 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD=${1:-$ROOT/build}
 BUNDLE=$ROOT/bundle-svc
+STAGE=$(mktemp -d)
+trap 'rm -rf "$STAGE"' EXIT
 SYSTEM_LIBS='^(linux-vdso|ld-linux|libc|libm|libpthread|libdl|librt|libutil|libresolv|libstdc\+\+|libgcc_s)[.-]'
 UCX_MODULES=/usr/lib/x86_64-linux-gnu/ucx
 
 rm -rf "$BUNDLE"
-mkdir -p "$BUNDLE/cluster" "$BUNDLE/bench" "$BUNDLE/bin" "$BUNDLE/lib/ucx"
+mkdir -p "$BUNDLE" "$STAGE/cluster" "$STAGE/bench" "$STAGE/bin" "$STAGE/lib/ucx"
 binaries=()
 for name in cluster/stratad cluster/stratactl bench/ceilings; do
   [[ -x "$BUILD/$name" ]] || { echo "missing $BUILD/$name (build it first)" >&2; exit 1; }
-  cp "$BUILD/$name" "$BUNDLE/$name"
-  binaries+=("$BUNDLE/$name")
+  cp "$BUILD/$name" "$STAGE/$name"
+  binaries+=("$STAGE/$name")
 done
 for name in redis-server redis-benchmark redis-cli; do
   path=$(command -v "$name") || { echo "missing $name (apt-get install redis-server redis-tools)" >&2; exit 1; }
-  cp "$path" "$BUNDLE/bin/$name"
-  binaries+=("$BUNDLE/bin/$name")
+  cp "$path" "$STAGE/bin/$name"
+  binaries+=("$STAGE/bin/$name")
 done
-cp "$UCX_MODULES"/*.so.0 "$BUNDLE/lib/ucx/"
-for b in "${binaries[@]}" "$BUNDLE"/lib/ucx/*.so.0; do
+cp "$UCX_MODULES"/*.so.0 "$STAGE/lib/ucx/"
+for b in "${binaries[@]}" "$STAGE"/lib/ucx/*.so.0; do
   strip --strip-unneeded "$b" 2> /dev/null || true
   while read -r lib path; do
-    [[ "$lib" =~ $SYSTEM_LIBS || -z "$path" || -e "$BUNDLE/lib/$lib" ]] && continue
-    cp -L "$path" "$BUNDLE/lib/$lib"
+    [[ "$lib" =~ $SYSTEM_LIBS || -z "$path" || -e "$STAGE/lib/$lib" ]] && continue
+    cp -L "$path" "$STAGE/lib/$lib"
   done < <(ldd "$b" | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}')
 done
-strip --strip-unneeded "$BUNDLE"/lib/*.so* 2> /dev/null || true
+echo "payload: $(du -sm "$STAGE" | cut -f1) MiB, $(ls "$STAGE/lib" | wc -l) libraries"
+tar -C "$STAGE" -cJf "$BUNDLE/payload.tar.xz" .
 
 cat > "$BUNDLE/run.sh" << 'EOF'
 #!/usr/bin/env bash
 # Runs bench/service_bench.sh against the binaries beside this script
 # (tools/pack_service_bench.sh made them). From the repository root.
 set -euo pipefail
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+here=$(mktemp -d /tmp/bundle-svc.XXXX)
+trap 'rm -rf "$here"' EXIT
+tar -C "$here" -xJf "$(dirname "${BASH_SOURCE[0]}")/payload.tar.xz"
 export LD_LIBRARY_PATH="$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export UCX_MODULE_DIR="$here/lib/ucx"
 export PATH="$here/bin:$PATH"
@@ -66,7 +74,7 @@ echo "load after: $(cat /proc/loadavg)"
 EOF
 chmod +x "$BUNDLE/run.sh"
 size=$(du -sm "$BUNDLE" | cut -f1)
-echo "bundle: $BUNDLE (${size} MiB, $(ls "$BUNDLE/lib" | wc -l) libraries)"
+echo "bundle: $BUNDLE (${size} MiB)"
 if [[ "$size" -gt 60 ]]; then
   echo "bundle is over 60 MiB: the working tree that travels is limited to 64 MiB" >&2
   exit 1
