@@ -28,6 +28,10 @@ using strata::v1::StratadConfig;
 // sockaddr_un's sun_path holds 107 bytes and a terminator.
 constexpr size_t kMaxSocketPathBytes = 107;
 
+// tcp_data_plane_verify_piece's range (0 aside).
+constexpr uint64_t kMinVerifyPiece = uint64_t{4} << 10;
+constexpr uint64_t kMaxVerifyPiece = uint64_t{64} << 20;
+
 // Collects text-format parse errors with their positions.
 class ErrorCollector : public google::protobuf::io::ErrorCollector {
  public:
@@ -85,6 +89,13 @@ std::string DefaultLocalPath(const StratadConfig& c, std::string* why_off) {
 }
 
 }  // namespace
+
+uint64_t AutoVerifyPieceBytes(unsigned hardware_threads) {
+  // Measured on a 2-vCPU VM (64 KiB best; pieces of 128 KiB and more put
+  // 256 KiB requests at 80-90 us instead of 35) and a 16-core host (128 KiB
+  // 10-25% above 64 KiB from 1 MiB): bench/results/service.md, session 17.
+  return hardware_threads >= 8 ? uint64_t{128} << 10 : uint64_t{64} << 10;
+}
 
 absl::StatusOr<uint64_t> ParseByteSize(const std::string& field,
                                        const std::string& text) {
@@ -174,6 +185,12 @@ absl::StatusOr<ServerConfig> ResolveConfig(StratadConfig c) {
   if (!c.has_grpc_threads()) {
     c.set_grpc_threads(std::max(4u, std::thread::hardware_concurrency()));
   }
+  if (!c.has_tcp_data_plane_verify_piece() ||
+      c.tcp_data_plane_verify_piece() == "auto") {
+    c.set_tcp_data_plane_verify_piece(absl::StrCat(
+        AutoVerifyPieceBytes(std::thread::hardware_concurrency()) >> 10,
+        "KiB"));
+  }
 
   ServerConfig out;
   if (c.listen().empty() || c.listen().find(':') == std::string::npos) {
@@ -219,6 +236,17 @@ absl::StatusOr<ServerConfig> ResolveConfig(StratadConfig c) {
     return absl::InvalidArgumentError(absl::StrCat(
         "tcp_data_plane_max_connections: ", c.tcp_data_plane_max_connections(),
         " (want 1..65536; each connection has a thread)"));
+  }
+  {
+    absl::StatusOr<uint64_t> piece = ParseByteSize(
+        "tcp_data_plane_verify_piece", c.tcp_data_plane_verify_piece());
+    if (!piece.ok()) return piece.status();
+    if (*piece != 0 && (*piece < kMinVerifyPiece || *piece > kMaxVerifyPiece)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tcp_data_plane_verify_piece: ", *piece,
+          " bytes (want 0, \"auto\" or 4KiB..64MiB)"));
+    }
+    out.tcp_data_plane_verify_piece_bytes = *piece;
   }
   out.listen = c.listen();
   out.metrics_listen = c.metrics_listen();

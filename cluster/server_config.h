@@ -23,6 +23,8 @@ struct ServerConfig {
   bool data_plane_peer_errors = false;  // data_plane_error_mode == "peer".
   std::string tcp_data_plane_listen;  // Socket data plane; empty = off.
   uint32_t tcp_data_plane_max_connections = 0;
+  // tcp_data_plane_verify_piece in bytes ("auto" resolved); 0: one receive.
+  uint64_t tcp_data_plane_verify_piece_bytes = 0;
   // Its local connections' Unix socket, absolute; empty = off. When set,
   // store.dram_shared is true. Unset in the config, it defaults to
   // DATA_DIR/local.sock when every listener a client reaches data through
@@ -50,6 +52,10 @@ struct ServerConfig {
 // `field` otherwise.
 absl::StatusOr<uint64_t> ParseByteSize(const std::string& field,
                                        const std::string& text);
+
+// tcp_data_plane_verify_piece's "auto" on a host with `hardware_threads`:
+// 64 KiB below 8, 128 KiB from 8.
+uint64_t AutoVerifyPieceBytes(unsigned hardware_threads);
 
 // Reads a config file in text format. INVALID_ARGUMENT naming the file and
 // the parse error (line and column); NOT_FOUND when the file is missing.

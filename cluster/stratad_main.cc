@@ -243,6 +243,8 @@ int Run(int argc, char** argv) {
     tcp_options.max_connections =
         static_cast<int>(resolved->tcp_data_plane_max_connections);
     tcp_options.local_path = resolved->local_data_plane_path;
+    tcp_options.verify_chunk_bytes =
+        resolved->tcp_data_plane_verify_piece_bytes;
     tcp_options.local_group = resolved->local_data_plane_gid;
     if (resolved->local_data_plane_by_default) {
       // The default socket lies in the data directory, which a daemon

@@ -126,10 +126,11 @@ struct TcpDataPlaneOptions {
   absl::Duration stop_grace = absl::Seconds(2);
   // A PUT's block is received this many bytes at a time, each piece hashed
   // as it lands (the sender meanwhile sends the next); 0: one receive, then
-  // Commit's checksum pass. The environment variable
-  // STRATA_TCP_VERIFY_CHUNK_BYTES overrides it (measurements).
-  // 64 KiB measured best for 256 KiB - 8 MiB puts (bench/results/service.md,
-  // session 9: the hash of the last piece is on the critical path).
+  // Commit's checksum pass. stratad sets it from tcp_data_plane_verify_piece
+  // (64 KiB below 8 hardware threads, 128 KiB from 8: bench/results/
+  // service.md, sessions 9 and 17: the hash of the last piece is on the
+  // critical path, and each piece costs a wake-up). The environment
+  // variable STRATA_TCP_VERIFY_CHUNK_BYTES overrides it (measurements).
   uint64_t verify_chunk_bytes = 64 << 10;
   // After answering, a connection's thread polls for the next request for
   // this long (yielding the core between polls) before it sleeps in recv,

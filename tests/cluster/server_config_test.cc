@@ -6,6 +6,8 @@
 
 #include <grp.h>
 
+#include <thread>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
@@ -30,13 +32,45 @@ TEST(ServerConfig, TheSocketDataPlaneDefaultsToAFreeLoopbackPortAnd256Connection
                                 "tcp_data_plane_listen"));
 }
 
+// Where the client and the daemon share the cores, small pieces keep both
+// moving; with cores to spare, fewer wake-ups matter more.
+TEST(ServerConfig, TheVerifyPieceIsPickedByTheHostsHardwareThreadsUnlessSet) {
+  EXPECT_EQ(AutoVerifyPieceBytes(1), 64u << 10);
+  EXPECT_EQ(AutoVerifyPieceBytes(2), 64u << 10);
+  EXPECT_EQ(AutoVerifyPieceBytes(7), 64u << 10);
+  EXPECT_EQ(AutoVerifyPieceBytes(8), 128u << 10);
+  EXPECT_EQ(AutoVerifyPieceBytes(128), 128u << 10);
+  const uint64_t here = AutoVerifyPieceBytes(std::thread::hardware_concurrency());
+  for (const char* unset_or_auto : {"", "auto"}) {
+    strata::v1::StratadConfig config;
+    if (*unset_or_auto != '\0') config.set_tcp_data_plane_verify_piece("auto");
+    auto resolved = ResolveConfig(config);
+    ASSERT_TRUE(resolved.ok()) << resolved.status();
+    EXPECT_EQ(resolved->tcp_data_plane_verify_piece_bytes, here);
+    // The config view shows what "auto" became.
+    EXPECT_EQ(resolved->effective.tcp_data_plane_verify_piece(),
+              absl::StrCat(here >> 10, "KiB"));
+  }
+  for (const auto& [text, bytes] :
+       {std::pair<const char*, uint64_t>{"256KiB", 256 << 10},
+        {"4KiB", 4 << 10},
+        {"64MiB", 64 << 20},
+        {"0", 0}}) {
+    strata::v1::StratadConfig config;
+    config.set_tcp_data_plane_verify_piece(text);
+    auto resolved = ResolveConfig(config);
+    ASSERT_TRUE(resolved.ok()) << text << ": " << resolved.status();
+    EXPECT_EQ(resolved->tcp_data_plane_verify_piece_bytes, bytes) << text;
+  }
+}
+
 TEST(ServerConfig, BadSocketDataPlaneSettingsNameTheirField) {
   struct Case {
     const char* what;
     strata::v1::StratadConfig config;
     const char* field;
   };
-  std::vector<Case> cases(4);
+  std::vector<Case> cases(7);
   cases[0] = {"no port", {}, "tcp_data_plane_listen:"};
   cases[0].config.set_tcp_data_plane_listen("nohost");
   cases[1] = {"port out of range", {}, "tcp_data_plane_listen:"};
@@ -45,6 +79,12 @@ TEST(ServerConfig, BadSocketDataPlaneSettingsNameTheirField) {
   cases[2].config.set_tcp_data_plane_max_connections(0);
   cases[3] = {"too many connections", {}, "tcp_data_plane_max_connections:"};
   cases[3].config.set_tcp_data_plane_max_connections(70000);
+  cases[4] = {"piece below 4KiB", {}, "tcp_data_plane_verify_piece:"};
+  cases[4].config.set_tcp_data_plane_verify_piece("1KiB");
+  cases[5] = {"piece above 64MiB", {}, "tcp_data_plane_verify_piece:"};
+  cases[5].config.set_tcp_data_plane_verify_piece("65MiB");
+  cases[6] = {"piece not a size", {}, "tcp_data_plane_verify_piece"};
+  cases[6].config.set_tcp_data_plane_verify_piece("big");
   for (const Case& c : cases) {
     auto resolved = ResolveConfig(c.config);
     EXPECT_EQ(resolved.status().code(), absl::StatusCode::kInvalidArgument)

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "cluster/block_service.h"
 #include "cluster/metrics.h"
@@ -23,6 +24,7 @@
 #include "common/tcp_protocol.h"
 #include "common/ucx_protocol.h"
 #include "gtest/gtest.h"
+#include "kvstore/block_format.h"
 #include "kvstore/tiered_store.h"
 #include "tests/cluster/raw_data_plane_connection.h"
 #include "tests/kvstore/test_blocks.h"
@@ -102,6 +104,50 @@ TEST_F(TcpDataPlaneTest, PutThenGetReturnsTheBlockWithTheRequestsId) {
   ASSERT_TRUE(got.has_value());
   EXPECT_EQ(got->code(), absl::StatusCode::kNotFound);
   EXPECT_TRUE(got->data.empty());
+}
+
+// Whatever piece a PUT is received and hashed in (tcp_data_plane_verify_
+// piece): 0 (one receive, then the commit's checksum pass), pieces that do
+// not divide the block, the host default, one larger than the block. Each
+// stores intact blocks byte-exact and refuses a block damaged in its first,
+// a middle or its last piece.
+TEST_F(TcpDataPlaneTest, EveryVerifyPieceStoresIntactBlocksAndRefusesDamagedOnes) {
+  for (const uint64_t piece :
+       {uint64_t{0}, uint64_t{4} << 10, uint64_t{64} << 10,
+        uint64_t{128} << 10, uint64_t{3} << 20}) {
+    SCOPED_TRACE(absl::StrCat("piece ", piece));
+    plane_.reset();
+    store_.reset();
+    cluster::TcpDataPlaneOptions options;
+    options.verify_chunk_bytes = piece;
+    Start(options);
+    RawConnection c(plane_->address());
+    uint64_t id = 0;
+    uint64_t k = 0;
+    for (const uint64_t size : {uint64_t{4} << 10, uint64_t{1} << 20}) {
+      const auto intact = MakeBlock(ShapeForBytes(size), 3);
+      for (const size_t at : {size_t{kvstore::kBlockHeaderSize + 1},
+                              intact.size() / 2, intact.size() - 1}) {
+        auto damaged = intact;
+        damaged[at] ^= 0x10;
+        ASSERT_TRUE(c.SendRequest(ucx::Op::kPut, ++id, KeyFor(++k), damaged));
+        auto put = c.ReadReply();
+        ASSERT_TRUE(put.has_value());
+        EXPECT_EQ(put->code(), absl::StatusCode::kDataLoss)
+            << "size " << size << " at " << at << ": " << put->message;
+        EXPECT_TRUE(absl::StartsWith(put->message, "checksum:")) << put->message;
+      }
+      ASSERT_TRUE(c.SendRequest(ucx::Op::kPut, ++id, KeyFor(++k), intact));
+      auto put = c.ReadReply();
+      ASSERT_TRUE(put.has_value());
+      EXPECT_EQ(put->code(), absl::StatusCode::kOk) << put->message;
+      ASSERT_TRUE(c.SendRequest(ucx::Op::kGet, ++id, KeyFor(k), {}));
+      auto got = c.ReadReply();
+      ASSERT_TRUE(got.has_value());
+      EXPECT_TRUE(got->data == intact) << "size " << size;
+    }
+    EXPECT_EQ(store_->Stats().puts, 2u);
+  }
 }
 
 TEST_F(TcpDataPlaneTest, RefusedRequestsAreAnsweredAndTheConnectionStaysFramed) {
