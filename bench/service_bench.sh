@@ -52,6 +52,10 @@ if [ "${INSTALL_DEPS:-1}" = 1 ]; then
   tools/install-deps.sh > /dev/null
 fi
 if ! command -v redis-server > /dev/null || ! command -v redis-benchmark > /dev/null; then
+  if [ "${INSTALL_DEPS:-1}" != 1 ]; then
+    echo "redis-server and redis-benchmark must be on PATH (INSTALL_DEPS=0)" >&2
+    exit 1
+  fi
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get install -y -q --no-install-recommends redis-server redis-tools > /dev/null
 fi

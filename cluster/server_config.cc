@@ -1,6 +1,7 @@
 #include "cluster/server_config.h"
 
 #include <grp.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -91,10 +92,21 @@ std::string DefaultLocalPath(const StratadConfig& c, std::string* why_off) {
 }  // namespace
 
 uint64_t AutoVerifyPieceBytes(unsigned hardware_threads) {
-  // Measured on a 2-vCPU VM (64 KiB best; pieces of 128 KiB and more put
-  // 256 KiB requests at 80-90 us instead of 35) and a 16-core host (128 KiB
-  // 10-25% above 64 KiB from 1 MiB): bench/results/service.md, session 17.
+  // Measured on a 2-vCPU VM (64 KiB best: 128 KiB pieces put 256 KiB
+  // requests at 79-82 us instead of 35 in 2 of 3 runs, one receive of the
+  // whole block at 84-207 us) and a 16-vCPU host (128 KiB 7-27% above
+  // 64 KiB for 1-32 MiB blocks): bench/results/service.md, session 17.
   return hardware_threads >= 8 ? uint64_t{128} << 10 : uint64_t{64} << 10;
+}
+
+unsigned UsableHardwareThreads() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    const int n = CPU_COUNT(&set);
+    if (n > 0) return static_cast<unsigned>(n);
+  }
+  return std::thread::hardware_concurrency();
 }
 
 absl::StatusOr<uint64_t> ParseByteSize(const std::string& field,
@@ -188,8 +200,7 @@ absl::StatusOr<ServerConfig> ResolveConfig(StratadConfig c) {
   if (!c.has_tcp_data_plane_verify_piece() ||
       c.tcp_data_plane_verify_piece() == "auto") {
     c.set_tcp_data_plane_verify_piece(absl::StrCat(
-        AutoVerifyPieceBytes(std::thread::hardware_concurrency()) >> 10,
-        "KiB"));
+        AutoVerifyPieceBytes(UsableHardwareThreads()) >> 10, "KiB"));
   }
 
   ServerConfig out;
@@ -240,11 +251,11 @@ absl::StatusOr<ServerConfig> ResolveConfig(StratadConfig c) {
   {
     absl::StatusOr<uint64_t> piece = ParseByteSize(
         "tcp_data_plane_verify_piece", c.tcp_data_plane_verify_piece());
-    if (!piece.ok()) return piece.status();
-    if (*piece != 0 && (*piece < kMinVerifyPiece || *piece > kMaxVerifyPiece)) {
+    if (!piece.ok() || (*piece != 0 && (*piece < kMinVerifyPiece ||
+                                        *piece > kMaxVerifyPiece))) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "tcp_data_plane_verify_piece: ", *piece,
-          " bytes (want 0, \"auto\" or 4KiB..64MiB)"));
+          "tcp_data_plane_verify_piece: \"", c.tcp_data_plane_verify_piece(),
+          "\" (want \"auto\", \"0\" or a size from 4KiB to 64MiB)"));
     }
     out.tcp_data_plane_verify_piece_bytes = *piece;
   }

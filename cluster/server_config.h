@@ -53,9 +53,13 @@ struct ServerConfig {
 absl::StatusOr<uint64_t> ParseByteSize(const std::string& field,
                                        const std::string& text);
 
-// tcp_data_plane_verify_piece's "auto" on a host with `hardware_threads`:
-// 64 KiB below 8, 128 KiB from 8.
+// tcp_data_plane_verify_piece's "auto" for a daemon that may run on
+// `hardware_threads`: 64 KiB below 8, 128 KiB from 8.
 uint64_t AutoVerifyPieceBytes(unsigned hardware_threads);
+
+// The hardware threads this process may run on (its affinity mask; the
+// host's count where that cannot be read).
+unsigned UsableHardwareThreads();
 
 // Reads a config file in text format. INVALID_ARGUMENT naming the file and
 // the parse error (line and column); NOT_FOUND when the file is missing.

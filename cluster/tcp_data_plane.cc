@@ -88,9 +88,6 @@ absl::StatusOr<std::unique_ptr<TcpDataPlane>> TcpDataPlane::Start(
         kListenField, ": \"", options.listen, "\": ", gai_strerror(rc)));
   }
   std::unique_ptr<TcpDataPlane> plane(new TcpDataPlane(ctx, options));
-  if (const char* env = std::getenv("STRATA_TCP_VERIFY_CHUNK_BYTES")) {
-    plane->options_.verify_chunk_bytes = std::strtoull(env, nullptr, 10);
-  }
   if (const char* env = std::getenv("STRATA_TCP_SERVE_SPIN_US")) {
     plane->options_.serve_spin = absl::Microseconds(std::atoi(env));
   }

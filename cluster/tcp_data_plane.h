@@ -129,8 +129,8 @@ struct TcpDataPlaneOptions {
   // Commit's checksum pass. stratad sets it from tcp_data_plane_verify_piece
   // (64 KiB below 8 hardware threads, 128 KiB from 8: bench/results/
   // service.md, sessions 9 and 17: the hash of the last piece is on the
-  // critical path, and each piece costs a wake-up). The environment
-  // variable STRATA_TCP_VERIFY_CHUNK_BYTES overrides it (measurements).
+  // critical path, and each piece costs a wake-up). Measure others with
+  // stratad's --tcp_data_plane_verify_piece.
   uint64_t verify_chunk_bytes = 64 << 10;
   // After answering, a connection's thread polls for the next request for
   // this long (yielding the core between polls) before it sleeps in recv,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Packs the service benchmark (bench/service_bench.sh) for a machine that
-# cannot build it or install packages, e.g. the 16-core GPU machine reached
+# cannot build it or install packages, e.g. the 16-vCPU GPU machine reached
 # through the device tool, to ask whether a result is this 2-vCPU VM's or the
 # software's.
 #
@@ -13,8 +13,10 @@
 #   cluster/stratad, cluster/stratactl, bench/ceilings   (stripped)
 #   bin/redis-server, bin/redis-benchmark, bin/redis-cli (Debian's)
 #   lib/       every shared library they need but glibc, libstdc++ and
-#              libgcc (the other machine's own), plus UCX's transport modules
-#              (lib/ucx, loaded at run time, so not in ldd's list)
+#              libgcc, plus UCX's transport modules (lib/ucx, loaded at run
+#              time, so not in ldd's list). The other machine's own glibc
+#              and libstdc++ must be at least as new as this machine's
+#              (Debian 12 here; the GPU machine has Ubuntu 24.04's).
 #   run.sh     runs bench/service_bench.sh against these, with BUILD=0 and
 #              INSTALL_DEPS=0, and copies the table to $OUT when set
 #
@@ -26,33 +28,53 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD=${1:-$ROOT/build}
 BUNDLE=$ROOT/bundle-svc
-STAGE=$(mktemp -d)
-trap 'rm -rf "$STAGE"' EXIT
 SYSTEM_LIBS='^(linux-vdso|ld-linux|libc|libm|libpthread|libdl|librt|libutil|libresolv|libstdc\+\+|libgcc_s)[.-]'
 UCX_MODULES=/usr/lib/x86_64-linux-gnu/ucx
+# The device tool carries the working tree (tracked files and what `carry`
+# names) up to 64 MiB in all.
+CARRY_LIMIT_MIB=64
 
-rm -rf "$BUNDLE"
-mkdir -p "$BUNDLE" "$STAGE/cluster" "$STAGE/bench" "$STAGE/bin" "$STAGE/lib/ucx"
-binaries=()
+# Everything is checked before the old bundle goes.
 for name in cluster/stratad cluster/stratactl bench/ceilings; do
   [[ -x "$BUILD/$name" ]] || { echo "missing $BUILD/$name (build it first)" >&2; exit 1; }
+done
+redis=()
+for name in redis-server redis-benchmark redis-cli; do
+  path=$(command -v "$name") || { echo "missing $name (apt-get install redis-server redis-tools)" >&2; exit 1; }
+  redis+=("$path")
+done
+[[ -d "$UCX_MODULES" ]] || { echo "missing UCX's transport modules in $UCX_MODULES (tools/install-deps.sh)" >&2; exit 1; }
+
+STAGE=$(mktemp -d)
+trap 'rm -rf "$STAGE"' EXIT
+mkdir -p "$STAGE/cluster" "$STAGE/bench" "$STAGE/bin" "$STAGE/lib/ucx"
+binaries=()
+for name in cluster/stratad cluster/stratactl bench/ceilings; do
   cp "$BUILD/$name" "$STAGE/$name"
   binaries+=("$STAGE/$name")
 done
-for name in redis-server redis-benchmark redis-cli; do
-  path=$(command -v "$name") || { echo "missing $name (apt-get install redis-server redis-tools)" >&2; exit 1; }
-  cp "$path" "$STAGE/bin/$name"
-  binaries+=("$STAGE/bin/$name")
+for path in "${redis[@]}"; do
+  cp "$path" "$STAGE/bin/"
+  binaries+=("$STAGE/bin/$(basename "$path")")
 done
 cp "$UCX_MODULES"/*.so.0 "$STAGE/lib/ucx/"
 for b in "${binaries[@]}" "$STAGE"/lib/ucx/*.so.0; do
   strip --strip-unneeded "$b" 2> /dev/null || true
+  deps=$(ldd "$b") || { echo "ldd $b failed" >&2; exit 1; }
+  if grep -q "not found" <<< "$deps"; then
+    echo "$b needs libraries this machine lacks:" >&2
+    grep "not found" <<< "$deps" >&2
+    exit 1
+  fi
   while read -r lib path; do
-    [[ "$lib" =~ $SYSTEM_LIBS || -z "$path" || -e "$STAGE/lib/$lib" ]] && continue
+    [[ "$lib" =~ $SYSTEM_LIBS || -e "$STAGE/lib/$lib" ]] && continue
     cp -L "$path" "$STAGE/lib/$lib"
-  done < <(ldd "$b" | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}')
+  done < <(awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' <<< "$deps")
 done
-echo "payload: $(du -sm "$STAGE" | cut -f1) MiB, $(ls "$STAGE/lib" | wc -l) libraries"
+echo "payload: $(du -sm "$STAGE" | cut -f1) MiB," \
+  "$(find "$STAGE/lib" -maxdepth 1 -type f | wc -l) libraries"
+rm -rf "$BUNDLE"
+mkdir -p "$BUNDLE"
 tar -C "$STAGE" -cJf "$BUNDLE/payload.tar.xz" .
 
 cat > "$BUNDLE/run.sh" << 'EOF'
@@ -73,10 +95,11 @@ BUILD=0 INSTALL_DEPS=0 BUILD_DIR="$here" OUT="${OUT:+$OUT/service_bench.md}" \
 echo "load after: $(cat /proc/loadavg)"
 EOF
 chmod +x "$BUNDLE/run.sh"
-size=$(du -sm "$BUNDLE" | cut -f1)
-echo "bundle: $BUNDLE (${size} MiB)"
-if [[ "$size" -gt 60 ]]; then
-  echo "bundle is over 60 MiB: the working tree that travels is limited to 64 MiB" >&2
+bundle_bytes=$(du -sb "$BUNDLE" | cut -f1)
+tracked_bytes=$(git -C "$ROOT" ls-files -z | (cd "$ROOT" && du -cb --files0-from=- 2> /dev/null) | tail -n1 | cut -f1)
+echo "bundle: $BUNDLE ($((bundle_bytes >> 20)) MiB; with the tracked files $(((bundle_bytes + tracked_bytes) >> 20)) MiB of the ${CARRY_LIMIT_MIB} MiB the device tool carries)"
+if (( bundle_bytes + tracked_bytes > (CARRY_LIMIT_MIB << 20) )); then
+  echo "too large to travel: leave something out of the payload" >&2
   exit 1
 fi
 echo 'next: run(command="bash bundle-svc/run.sh", carry=["bundle-svc"])  (device tool, repository root)'

@@ -6,6 +6,7 @@
 // tests/cluster/tcp_data_plane_test.
 #include "client/tcp_transport.h"
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/mman.h>
@@ -14,7 +15,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -24,6 +24,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -68,6 +69,7 @@ class FakeDaemon {
       listener_ = socket(AF_UNIX, SOCK_STREAM, 0);
       sockaddr_un addr{};
       addr.sun_family = AF_UNIX;
+      // Callers pass short paths (ArenaPeer: under /tmp).
       EXPECT_LT(unix_path.size(), sizeof(addr.sun_path)) << unix_path;
       std::memcpy(addr.sun_path, unix_path.data(),
                   std::min(unix_path.size(), sizeof(addr.sun_path) - 1));
@@ -296,38 +298,45 @@ TEST(TcpTransport, AnAddressThatIsNotHostPortIsInvalidArgument) {
       << t.status();
 }
 
+// A directory of its own under /tmp (a Unix socket path must stay under
+// 108 bytes, which TEST_TMPDIR may not), removed with the object.
+struct ShortTempDir {
+  ShortTempDir() {
+    char name[] = "/tmp/strata-test-XXXXXX";
+    EXPECT_NE(mkdtemp(name), nullptr) << std::strerror(errno);
+    path = name;
+  }
+  ~ShortTempDir() { rmdir(path.c_str()); }
+  std::string path;
+};
+
 // A fake daemon's local connections that answer MAP_ARENA with `token` and
 // memfd `arena` (the descriptor rides on the reply, as stratad's does).
 struct ArenaPeer {
   ArenaPeer(uint64_t token, int arena)
-      : path(absl::StrCat(::testing::TempDir(), "/arena-peer-", getpid(),
-                          ".sock")),
-        daemon([token, arena](int fd) {
-                 tcp::TcpFrame frame{};
-                 ucx::RequestHeader req{};
-                 if (!ReadRequest(fd, &frame, &req)) return;
-                 ucx::ReplyHeader r{};
-                 r.version = ucx::kProtocolVersion;
-                 r.op = req.op;
-                 r.request_id = req.request_id;
-                 tcp::TcpFrame reply{tcp::kFrameMagic, sizeof(r),
-                                     sizeof(token)};
-                 uint64_t word = token;
-                 iovec iov[3] = {{&reply, sizeof(reply)},
-                                 {&r, sizeof(r)},
-                                 {&word, sizeof(word)}};
-                 sockio::SendAll(fd, iov, 3, absl::InfiniteFuture(), arena);
-                 char end;
-                 recv(fd, &end, 1, 0);  // Until the client closes.
-               },
-               Unlinked(path)) {}
-  ~ArenaPeer() { unlink(path.c_str()); }
+      : path(dir.path + "/local.sock"),
+        daemon(
+            [token, arena](int fd) {
+              tcp::TcpFrame frame{};
+              ucx::RequestHeader req{};
+              if (!ReadRequest(fd, &frame, &req)) return;
+              ucx::ReplyHeader r{};
+              r.version = ucx::kProtocolVersion;
+              r.op = req.op;
+              r.request_id = req.request_id;
+              tcp::TcpFrame reply{tcp::kFrameMagic, sizeof(r), sizeof(token)};
+              uint64_t word = token;
+              iovec iov[3] = {{&reply, sizeof(reply)},
+                              {&r, sizeof(r)},
+                              {&word, sizeof(word)}};
+              sockio::SendAll(fd, iov, 3, absl::InfiniteFuture(), arena);
+              char end;
+              recv(fd, &end, 1, 0);  // Until the client closes.
+            },
+            path) {}
+  ~ArenaPeer() { unlink(path.c_str()); }  // Before `dir` goes.
 
-  static const std::string& Unlinked(const std::string& p) {
-    unlink(p.c_str());
-    return p;
-  }
-
+  ShortTempDir dir;
   std::string path;
   FakeDaemon daemon;
 };
@@ -341,21 +350,31 @@ std::unique_ptr<TcpTransport> ConnectLocal(const std::string& path) {
   return t.ok() ? *std::move(t) : nullptr;
 }
 
-// A daemon could shrink an arena that is not sealed at its size after the
-// client mapped it, and the client's next copy into the lost pages would end
-// the engine with SIGBUS: such an arena is refused before it is mapped.
+// A daemon could shrink an arena that is not sealed against shrinking after
+// the client mapped it, and the client's next copy into the lost pages
+// would end the engine with SIGBUS: such an arena is refused before it is
+// mapped, whatever other seals it has.
 TEST(TcpTransport, AnArenaThatCouldShrinkIsRefused) {
   const int unsealed = memfd_create("unsealed-arena", MFD_CLOEXEC);
   ASSERT_GE(unsealed, 0);
+  absl::Cleanup close_unsealed = [unsealed] { close(unsealed); };
   ASSERT_EQ(ftruncate(unsealed, 4 << 20), 0);
-  ArenaPeer peer(/*token=*/42, unsealed);
-  auto t = ConnectLocal(peer.path);
-  ASSERT_NE(t, nullptr);
-  const absl::Status s =
-      t->MapSharedArena(/*token=*/42, absl::Now() + absl::Seconds(10));
-  EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
-  EXPECT_TRUE(absl::StrContains(s.message(), "sealed")) << s;
-  close(unsealed);
+  // Sealed, but not against shrinking.
+  const int grow_sealed =
+      memfd_create("grow-sealed-arena", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  ASSERT_GE(grow_sealed, 0);
+  absl::Cleanup close_grow_sealed = [grow_sealed] { close(grow_sealed); };
+  ASSERT_EQ(ftruncate(grow_sealed, 4 << 20), 0);
+  ASSERT_EQ(fcntl(grow_sealed, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SEAL), 0);
+  for (const int arena : {unsealed, grow_sealed}) {
+    ArenaPeer peer(/*token=*/42, arena);
+    auto t = ConnectLocal(peer.path);
+    ASSERT_NE(t, nullptr);
+    const absl::Status s =
+        t->MapSharedArena(/*token=*/42, absl::Now() + absl::Seconds(10));
+    EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
+    EXPECT_TRUE(absl::StrContains(s.message(), "sealed")) << s;
+  }
 }
 
 // The same answer with the arena sealed at its size is mapped: the refusal
@@ -363,13 +382,13 @@ TEST(TcpTransport, AnArenaThatCouldShrinkIsRefused) {
 TEST(TcpTransport, AnArenaSealedAtItsSizeIsMapped) {
   const int sealed = SealedMemfd("sealed-arena", 4 << 20);
   ASSERT_GE(sealed, 0);
+  absl::Cleanup close_sealed = [sealed] { close(sealed); };
   ArenaPeer peer(/*token=*/42, sealed);
   auto t = ConnectLocal(peer.path);
   ASSERT_NE(t, nullptr);
   const absl::Status s =
       t->MapSharedArena(/*token=*/42, absl::Now() + absl::Seconds(10));
   EXPECT_TRUE(s.ok()) << s;
-  close(sealed);
 }
 
 }  // namespace

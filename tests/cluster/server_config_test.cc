@@ -35,12 +35,16 @@ TEST(ServerConfig, TheSocketDataPlaneDefaultsToAFreeLoopbackPortAnd256Connection
 // Where the client and the daemon share the cores, small pieces keep both
 // moving; with cores to spare, fewer wake-ups matter more.
 TEST(ServerConfig, TheVerifyPieceIsPickedByTheHostsHardwareThreadsUnlessSet) {
+  EXPECT_EQ(AutoVerifyPieceBytes(0), 64u << 10);  // Unknown.
   EXPECT_EQ(AutoVerifyPieceBytes(1), 64u << 10);
   EXPECT_EQ(AutoVerifyPieceBytes(2), 64u << 10);
   EXPECT_EQ(AutoVerifyPieceBytes(7), 64u << 10);
   EXPECT_EQ(AutoVerifyPieceBytes(8), 128u << 10);
   EXPECT_EQ(AutoVerifyPieceBytes(128), 128u << 10);
-  const uint64_t here = AutoVerifyPieceBytes(std::thread::hardware_concurrency());
+  // By the CPUs this process may use, not the host's.
+  EXPECT_LE(UsableHardwareThreads(), std::thread::hardware_concurrency());
+  EXPECT_GE(UsableHardwareThreads(), 1u);
+  const uint64_t here = AutoVerifyPieceBytes(UsableHardwareThreads());
   for (const char* unset_or_auto : {"", "auto"}) {
     strata::v1::StratadConfig config;
     if (*unset_or_auto != '\0') config.set_tcp_data_plane_verify_piece("auto");
@@ -70,7 +74,7 @@ TEST(ServerConfig, BadSocketDataPlaneSettingsNameTheirField) {
     strata::v1::StratadConfig config;
     const char* field;
   };
-  std::vector<Case> cases(7);
+  std::vector<Case> cases(8);
   cases[0] = {"no port", {}, "tcp_data_plane_listen:"};
   cases[0].config.set_tcp_data_plane_listen("nohost");
   cases[1] = {"port out of range", {}, "tcp_data_plane_listen:"};
@@ -83,8 +87,10 @@ TEST(ServerConfig, BadSocketDataPlaneSettingsNameTheirField) {
   cases[4].config.set_tcp_data_plane_verify_piece("1KiB");
   cases[5] = {"piece above 64MiB", {}, "tcp_data_plane_verify_piece:"};
   cases[5].config.set_tcp_data_plane_verify_piece("65MiB");
-  cases[6] = {"piece not a size", {}, "tcp_data_plane_verify_piece"};
+  cases[6] = {"piece not a size", {}, "tcp_data_plane_verify_piece:"};
   cases[6].config.set_tcp_data_plane_verify_piece("big");
+  cases[7] = {"auto misspelt", {}, "tcp_data_plane_verify_piece:"};
+  cases[7].config.set_tcp_data_plane_verify_piece("Auto");
   for (const Case& c : cases) {
     auto resolved = ResolveConfig(c.config);
     EXPECT_EQ(resolved.status().code(), absl::StatusCode::kInvalidArgument)

@@ -5,6 +5,8 @@
 // that the daemon answers or closes as docs/protocol.md says and keeps
 // serving. The client library over the same plane is tested end to end in
 // ucx_data_plane_test (the "socket" parameter).
+#include "cluster/tcp_data_plane.h"
+
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -20,7 +22,6 @@
 #include "absl/time/clock.h"
 #include "cluster/block_service.h"
 #include "cluster/metrics.h"
-#include "cluster/tcp_data_plane.h"
 #include "common/tcp_protocol.h"
 #include "common/ucx_protocol.h"
 #include "gtest/gtest.h"
@@ -111,10 +112,11 @@ TEST_F(TcpDataPlaneTest, PutThenGetReturnsTheBlockWithTheRequestsId) {
 // not divide the block, the host default, one larger than the block. Each
 // stores intact blocks byte-exact and refuses a block damaged in its first,
 // a middle or its last piece.
-TEST_F(TcpDataPlaneTest, EveryVerifyPieceStoresIntactBlocksAndRefusesDamagedOnes) {
+TEST_F(TcpDataPlaneTest,
+       EveryVerifyPieceStoresIntactBlocksAndRefusesDamagedOnes) {
   for (const uint64_t piece :
-       {uint64_t{0}, uint64_t{4} << 10, uint64_t{64} << 10,
-        uint64_t{128} << 10, uint64_t{3} << 20}) {
+       {uint64_t{0}, uint64_t{4} << 10, uint64_t{64} << 10, uint64_t{128} << 10,
+        uint64_t{3} << 20}) {
     SCOPED_TRACE(absl::StrCat("piece ", piece));
     plane_.reset();
     store_.reset();
@@ -123,7 +125,7 @@ TEST_F(TcpDataPlaneTest, EveryVerifyPieceStoresIntactBlocksAndRefusesDamagedOnes
     Start(options);
     RawConnection c(plane_->address());
     uint64_t id = 0;
-    uint64_t k = 0;
+    uint64_t k = piece + 1;  // Keys of their own: the SSD tier is reopened.
     for (const uint64_t size : {uint64_t{4} << 10, uint64_t{1} << 20}) {
       const auto intact = MakeBlock(ShapeForBytes(size), 3);
       for (const size_t at : {size_t{kvstore::kBlockHeaderSize + 1},
@@ -135,7 +137,8 @@ TEST_F(TcpDataPlaneTest, EveryVerifyPieceStoresIntactBlocksAndRefusesDamagedOnes
         ASSERT_TRUE(put.has_value());
         EXPECT_EQ(put->code(), absl::StatusCode::kDataLoss)
             << "size " << size << " at " << at << ": " << put->message;
-        EXPECT_TRUE(absl::StartsWith(put->message, "checksum:")) << put->message;
+        EXPECT_TRUE(absl::StartsWith(put->message, "checksum:"))
+            << put->message;
       }
       ASSERT_TRUE(c.SendRequest(ucx::Op::kPut, ++id, KeyFor(++k), intact));
       auto put = c.ReadReply();
