@@ -152,6 +152,7 @@ absl::Status GrpcClient::StartLocal(const v1::HelloResponse& hello,
   options.local_path = hello.local_path();
   options.retry = policy_;
   options.populate_arena_max_bytes = options_.populate_arena_max_bytes;
+  options.local_daemon_uid = options_.local_daemon_uid;
   auto transport = TcpTransport::Create(options);
   if (!transport.ok()) {
     return absl::UnavailableError(absl::StrCat(

@@ -47,6 +47,8 @@
 #ifndef STRATA_CLIENT_STRATA_CLIENT_H_
 #define STRATA_CLIENT_STRATA_CLIENT_H_
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <future>
 #include <memory>
@@ -96,6 +98,15 @@ struct ClientOptions {
   // copies first touch it (each first touch then costs about 0.5 ms), which
   // keeps Connect short and page tables to what this process uses.
   uint64_t populate_arena_max_bytes = uint64_t{4} << 30;
+  // Local connections: the user id the daemon must run as. Unset, the
+  // client uses the arena of a daemon of its own user, or of another user
+  // that shared its local connections with one of the client's groups
+  // (docs/protocol.md, "Trust"). Set (e.g. to the uid of the service user
+  // stratad runs as), the daemon serving the local socket (SO_PEERCRED)
+  // must also run as exactly this user: another daemon is refused with
+  // FAILED_PRECONDITION naming "local_daemon_uid" ("local" fails Connect;
+  // "auto" takes the next plane).
+  std::optional<uid_t> local_daemon_uid;
 };
 
 struct CallOptions {

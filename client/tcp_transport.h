@@ -32,6 +32,7 @@
 #define STRATA_CLIENT_TCP_TRANSPORT_H_
 
 #include <sys/socket.h>
+#include <sys/types.h>
 
 #include <atomic>
 #include <cstdint>
@@ -69,6 +70,8 @@ struct TcpTransportOptions {
   size_t max_idle_connections = 16;
   // ClientOptions::populate_arena_max_bytes.
   uint64_t populate_arena_max_bytes = uint64_t{4} << 30;
+  // ClientOptions::local_daemon_uid.
+  std::optional<uid_t> local_daemon_uid;
 };
 
 class TcpTransport final : public BulkTransport {

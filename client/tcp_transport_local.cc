@@ -324,6 +324,13 @@ absl::Status TcpTransport::MapSharedArena(uint64_t token, absl::Time deadline) {
     return absl::FailedPreconditionError(absl::StrCat(
         "local_path: ", options_.local_path, ": cannot tell who serves it"));
   }
+  if (options_.local_daemon_uid.has_value() &&
+      peer.uid != *options_.local_daemon_uid) {
+    CloseConnection(*taken);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "local_daemon_uid: ", options_.local_path, " is served by uid ",
+        peer.uid, ", not ", *options_.local_daemon_uid));
+  }
   if (peer.uid != geteuid()) {
     if (absl::Status s = CheckSocketSharedWithUs(options_.local_path, peer.uid);
         !s.ok()) {

@@ -2,12 +2,17 @@
 // populate_arena_max_bytes, client/tcp_transport_local.cc): an arena within
 // the limit is mapped in at Connect; a larger one chunk by chunk as copies
 // first touch it, and blocks still round-trip byte-exact across chunk
-// boundaries, in both directions and between clients. Real stratad
-// processes on loopback, whose embedded default serves local connections.
+// boundaries, in both directions and between clients; with
+// ClientOptions::local_daemon_uid, only a daemon of that user's. Real
+// stratad processes on loopback, whose embedded default serves local
+// connections.
+#include <unistd.h>
+
 #include <filesystem>
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "client/strata_client.h"
 #include "gtest/gtest.h"
 #include "tests/cluster/arena_mappings.h"
@@ -100,6 +105,36 @@ TEST_F(LocalArenaMapping, ALargerArenaIsMappedInOnlyWhereCopiesTouchIt) {
         << sizes[i];
   }
   EXPECT_GT(ArenaResidentBytes(), written);
+}
+
+// A client that names the user its daemon must run as maps no arena of a
+// daemon of another: "local" fails Connect naming the option, "auto" takes
+// the next plane. Named right, the arena is mapped as before.
+TEST_F(LocalArenaMapping, ADaemonOfAnotherUserThanTheNamedOneIsRefused) {
+  client::ClientOptions o;
+  o.address = daemon_->grpc_address();
+  o.data_plane = "local";
+  o.local_daemon_uid = geteuid() + 1;
+  auto refused = client::Client::Connect(o);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable)
+      << refused.status();
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "local_daemon_uid"))
+      << refused.status();
+  o.data_plane = "auto";
+  auto fallback = client::Client::Connect(o);
+  ASSERT_TRUE(fallback.ok()) << fallback.status();
+  EXPECT_NE((*fallback)->DataPlane(), "local");
+  const auto block = MakeBlock(ShapeForBytes(1 << 20), 9);
+  ASSERT_TRUE((*fallback)->Put(KeyFor(9), block).ok());
+  o.data_plane = "local";
+  o.local_daemon_uid = geteuid();
+  auto named = client::Client::Connect(o);
+  ASSERT_TRUE(named.ok()) << named.status();
+  EXPECT_EQ((*named)->DataPlane(), "local");
+  auto got = (*named)->Get(KeyFor(9));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(got->block == block);
 }
 
 }  // namespace
