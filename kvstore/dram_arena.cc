@@ -293,8 +293,9 @@ constexpr size_t kPageBytes = 4096;
 size_t RoundUp(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
 // Maps `capacity` bytes starting at a 2 MiB boundary, asks for transparent
-// huge pages (honoured when the kernel's THP mode is "madvise" or "always",
-// for a shared arena when its shmem_enabled mode is "advise", "always" or
+// huge pages (honoured when the kernel's THP mode is "madvise" or "always";
+// a shared arena's pages are allocated by fallocate, before any mapping
+// asks, so they are huge only when its shmem_enabled mode is "always" or
 // "within_size"; 4 KiB pages otherwise) and pre-faults all of it. Huge pages
 // make the pre-fault several times cheaper and spare block copies into and
 // out of the arena most of their TLB misses.
