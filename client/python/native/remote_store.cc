@@ -209,6 +209,9 @@ absl::StatusOr<std::shared_ptr<StoreBackend>> ConnectRemoteStore(
   options.data_plane = args.data_plane;
   options.max_attempts = args.max_attempts;
   options.ucx_min_bytes = args.ucx_min_bytes;
+  if (args.local_daemon_uid.has_value()) {
+    options.local_daemon_uid = static_cast<uid_t>(*args.local_daemon_uid);
+  }
   STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Client> c, Client::Connect(options));
   return std::shared_ptr<StoreBackend>(
       std::make_shared<RemoteBackend>(std::shared_ptr<Client>(std::move(c))));

@@ -391,9 +391,10 @@ void RegisterStores(py::module_& m) {
   py::class_<PyRemoteStore, PyStore>(m, "RemoteStore", "A stratad, through client::Client.")
       .def(py::init([](const std::string& address, int64_t deadline_ms,
                        const std::string& data_plane, int max_attempts,
-                       uint64_t ucx_min_bytes) {
-             RemoteStoreArgs a{address, deadline_ms, data_plane, max_attempts,
-                               ucx_min_bytes};
+                       uint64_t ucx_min_bytes,
+                       std::optional<uint32_t> local_daemon_uid) {
+             RemoteStoreArgs a{address,       deadline_ms,   data_plane,
+                               max_attempts,  ucx_min_bytes, local_daemon_uid};
              absl::StatusOr<std::shared_ptr<StoreBackend>> b;
              {
                py::gil_scoped_release release;
@@ -403,7 +404,8 @@ void RegisterStores(py::module_& m) {
            }),
            py::arg("address"), py::arg("deadline_ms") = 5000,
            py::arg("data_plane") = "auto", py::kw_only(),
-           py::arg("max_attempts") = 4, py::arg("ucx_min_bytes") = 0);
+           py::arg("max_attempts") = 4, py::arg("ucx_min_bytes") = 0,
+           py::arg("local_daemon_uid") = py::none());
 }
 
 }  // namespace strata::python

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -125,6 +126,7 @@ struct RemoteStoreArgs {
   std::string data_plane = "auto";
   int max_attempts = 4;
   uint64_t ucx_min_bytes = 0;
+  std::optional<uint32_t> local_daemon_uid;  // ClientOptions'.
 };
 absl::StatusOr<std::shared_ptr<StoreBackend>> ConnectRemoteStore(
     const RemoteStoreArgs& args);

@@ -1,6 +1,7 @@
 """RemoteStore against a real stratad started by the test (conftest.Stratad):
 the same contract as LocalStore, over gRPC, the UCX data plane, the socket
 data plane and its local connections with the shared arena."""
+import os
 import tempfile
 
 import numpy as np
@@ -32,6 +33,28 @@ def store(request, stratad_binary, scratch_dir):
 @pytest.mark.parametrize("case", store_cases.ALL_CASES, ids=lambda c: c.__name__)
 def test_store_contract(store, case):
     case(store)
+
+
+def test_local_daemon_uid_refuses_another_users_daemon(stratad_binary,
+                                                      scratch_dir):
+    # local_daemon_uid names the user the daemon must run as: another's
+    # arena is refused ("local" raises naming the option, "auto" takes the
+    # next plane); the right one is used.
+    with tempfile.TemporaryDirectory(prefix="strata-sock-") as sock_dir:
+        flags = [f"--local_data_plane_path={sock_dir}/stratad.sock"]
+        daemon = Stratad(stratad_binary, scratch_dir / "uid", flags).start()
+        try:
+            with pytest.raises(strata.Unavailable, match="local_daemon_uid"):
+                strata.RemoteStore(daemon.grpc_address, data_plane="local",
+                                   local_daemon_uid=os.geteuid() + 1)
+            with strata.RemoteStore(daemon.grpc_address,
+                                    local_daemon_uid=os.geteuid() + 1) as s:
+                assert not s.data_plane.startswith("local")
+            with strata.RemoteStore(daemon.grpc_address, data_plane="local",
+                                    local_daemon_uid=os.geteuid()) as s:
+                assert s.data_plane == "local"
+        finally:
+            daemon.kill()
 
 
 def test_large_blocks_land_in_numpy_arrays(store):
