@@ -388,13 +388,14 @@ void RegisterStores(py::module_& m) {
            py::arg("ssd_sync_writes") = false, py::arg("dram_policy") = "lru",
            py::arg("ssd_policy") = "lru");
 
-  py::class_<PyRemoteStore, PyStore>(m, "RemoteStore", "A stratad, through client::Client.")
+  py::class_<PyRemoteStore, PyStore>(m, "RemoteStore",
+                                     "A stratad, through client::Client.")
       .def(py::init([](const std::string& address, int64_t deadline_ms,
                        const std::string& data_plane, int max_attempts,
                        uint64_t ucx_min_bytes,
                        std::optional<uint32_t> local_daemon_uid) {
-             RemoteStoreArgs a{address,       deadline_ms,   data_plane,
-                               max_attempts,  ucx_min_bytes, local_daemon_uid};
+             RemoteStoreArgs a{address,      deadline_ms,   data_plane,
+                               max_attempts, ucx_min_bytes, local_daemon_uid};
              absl::StatusOr<std::shared_ptr<StoreBackend>> b;
              {
                py::gil_scoped_release release;
