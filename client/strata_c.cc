@@ -1,6 +1,7 @@
 // The C ABI (strata_c.h) over strata::client::Client.
 #include "client/strata_c.h"
 
+#include <algorithm>
 #include <cstring>
 #include <exception>
 #include <memory>
@@ -88,24 +89,57 @@ int strata_client_open_with_data_plane(const char* address,
                                        int64_t deadline_ms,
                                        const char* data_plane,
                                        strata_client_t** out) {
+  strata_client_options_t options{};
+  options.struct_size = sizeof(options);
+  options.deadline_ms = deadline_ms;
+  options.data_plane = data_plane;
+  return strata_client_open_with_options(address, &options, out);
+}
+
+int strata_client_open_with_options(const char* address,
+                                    const strata_client_options_t* options,
+                                    strata_client_t** out) {
   if (out == nullptr) return InvalidArgument("out: null");
   *out = nullptr;
   if (address == nullptr) return InvalidArgument("address: null");
-  const std::string plane = data_plane == nullptr ? "auto" : data_plane;
+  // The caller's struct, as much of it as it and this library both know;
+  // the rest zero (defaults).
+  strata_client_options_t o{};
+  if (options != nullptr) {
+    const size_t size = options->struct_size;
+    if (size < sizeof(size_t)) {
+      return Report(absl::InvalidArgumentError(
+          absl::StrCat("struct_size: ", size, " (want sizeof(strata_client_",
+                       "options_t), ", sizeof(o), " for this library)")));
+    }
+    const auto* bytes = reinterpret_cast<const uint8_t*>(options);
+    for (size_t i = sizeof(o); i < size; ++i) {
+      if (bytes[i] != 0) {
+        return Report(absl::InvalidArgumentError(absl::StrCat(
+            "struct_size: ", size, " bytes with options past the ", sizeof(o),
+            " this library knows (ABI 1.", STRATA_C_ABI_MINOR_VERSION, ")")));
+      }
+    }
+    std::memcpy(&o, options, std::min(size, sizeof(o)));
+  }
+  const std::string plane = o.data_plane == nullptr ? "auto" : o.data_plane;
   if (plane != "auto" && plane != "ucx" && plane != "tcp" &&
       plane != "local" && plane != "grpc") {
     return Report(absl::InvalidArgumentError(absl::StrCat(
         "data_plane: \"", plane, "\" is not auto, ucx, tcp, local or grpc")));
   }
   return Guard([&]() -> absl::Status {
-    strata::client::ClientOptions options;
-    options.address = address;
-    options.data_plane = plane;
-    if (deadline_ms > 0) {
-      options.default_deadline = absl::Milliseconds(deadline_ms);
+    strata::client::ClientOptions client_options;
+    client_options.address = address;
+    client_options.data_plane = plane;
+    if (o.deadline_ms > 0) {
+      client_options.default_deadline = absl::Milliseconds(o.deadline_ms);
+    }
+    if (o.has_local_daemon_uid != 0) {
+      client_options.local_daemon_uid = static_cast<uid_t>(o.local_daemon_uid);
     }
     absl::StatusOr<std::unique_ptr<strata::client::Client>> client =
-        strata::client::Client::Connect(options);
+        strata::client::Client::Connect(client_options);
     if (!client.ok()) return client.status();
     *out = new strata_client{std::move(*client)};
     return absl::OkStatus();

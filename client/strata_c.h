@@ -40,9 +40,11 @@
  * MAJOR.MINOR.0 with soname libstrata_c.so.MAJOR.
  *   1.0  the first release.
  *   1.1  strata_abi_minor_version, strata_client_open_with_data_plane,
- *        strata_client_data_plane. */
+ *        strata_client_data_plane.
+ *   1.2  data_plane "local"; strata_client_options_t,
+ *        strata_client_open_with_options. */
 #define STRATA_C_ABI_VERSION 1
-#define STRATA_C_ABI_MINOR_VERSION 1
+#define STRATA_C_ABI_MINOR_VERSION 2
 
 #if defined(STRATA_C_BUILDING_SHARED)
 #define STRATA_C_API __attribute__((visibility("default")))
@@ -101,6 +103,34 @@ STRATA_C_API int strata_client_open_with_data_plane(const char* address,
                                                     int64_t deadline_ms,
                                                     const char* data_plane,
                                                     strata_client_t** out);
+
+/* Options of strata_client_open_with_options (since 1.2). Zero it, set
+ * struct_size to sizeof(strata_client_options_t), then the fields wanted; a
+ * field left zero takes its default. Fields are only ever added at the end:
+ * a library reads the first struct_size bytes, takes defaults for fields past
+ * them (a program built against an older header), and refuses a larger
+ * struct whose bytes past the fields it knows are not all zero (a program
+ * built against a newer header asking for something this library cannot
+ * do) with 3 (INVALID_ARGUMENT naming "struct_size"). */
+typedef struct strata_client_options {
+  size_t struct_size;
+  /* The deadline of every call; <= 0: the default (10 s). */
+  int64_t deadline_ms;
+  /* As strata_client_open_with_data_plane's; NULL: "auto". */
+  const char* data_plane;
+  /* Non-zero: the daemon serving the local connections must run as user
+   * local_daemon_uid, or their shared arena is not used (ClientOptions::
+   * local_daemon_uid: "local" fails with 14 naming "local_daemon_uid",
+   * "auto" takes the next plane). */
+  int32_t has_local_daemon_uid;
+  uint32_t local_daemon_uid;
+} strata_client_options_t;
+
+/* Opens a client to `address` with `options` (NULL: every default, as
+ * strata_client_open). Since 1.2. */
+STRATA_C_API int strata_client_open_with_options(
+    const char* address, const strata_client_options_t* options,
+    strata_client_t** out);
 
 /* Writes the data path chosen at open as a NUL-terminated string into
  * out[0, capacity): "grpc", "tcp" (the socket data plane), "local" (its

@@ -2,6 +2,9 @@
 // to end against real stratad processes (UCX over TCP and over shared
 // memory; UCX_TLS is set for the daemon through StratadProcess and for this
 // process with setenv before any client exists).
+#include <unistd.h>
+
+#include <cstddef>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -135,7 +138,7 @@ INSTANTIATE_TEST_SUITE_P(Transports, UcxBatch,
                                            kSocketPlane, kLocalPlane),
                          UcxTransportName);
 
-// The C ABI (1.1) opens clients on a chosen data plane.
+// The C ABI (1.1, 1.2) opens clients on a chosen data plane.
 class CAbiDataPlane : public UcxTest {
  protected:
   static std::string PlaneOf(strata_client_t* c) {
@@ -148,7 +151,7 @@ class CAbiDataPlane : public UcxTest {
 TEST_F(CAbiDataPlane,
        OpenWithDataPlaneChoosesThePlaneAndAutoTakesLocalOnLoopback) {
   EXPECT_EQ(strata_abi_version(), STRATA_C_ABI_VERSION);
-  EXPECT_EQ(strata_abi_minor_version(), 1);
+  EXPECT_EQ(strata_abi_minor_version(), 2);
   ScratchDir dir;
   StratadProcess d(dir.Sub("data"), {}, Env());
   ASSERT_TRUE(d.Start().ok());
@@ -217,6 +220,70 @@ TEST_F(CAbiDataPlane,
   ASSERT_EQ(strata_get_into(automatic, key, dst.data(), dst.size(), &n), 0);
   EXPECT_TRUE(std::equal(block.begin(), block.end(), dst.begin()));
   strata_client_close(automatic);
+  EXPECT_TRUE(d.Stop().ok());
+}
+
+// 1.2: options in a struct that grows at its end. local_daemon_uid keeps a
+// client off the arena of a daemon of another user; a struct from an older
+// header (smaller) takes defaults for what it lacks; one from a newer header
+// asking for more than this library knows is refused.
+TEST_F(CAbiDataPlane, OpenWithOptionsPinsTheLocalDaemonsUserAndChecksTheSize) {
+  ScratchDir dir;
+  StratadProcess d(dir.Sub("data"), {}, Env());
+  ASSERT_TRUE(d.Start().ok());
+  ASSERT_NE(d.local_path(), "off");
+  const std::string addr = d.grpc_address();
+
+  strata_client_options_t o{};
+  o.struct_size = sizeof(o);
+  o.deadline_ms = 10000;
+  o.data_plane = "local";
+  o.has_local_daemon_uid = 1;
+  o.local_daemon_uid = geteuid() + 1;
+  strata_client_t* c = nullptr;
+  EXPECT_EQ(strata_client_open_with_options(addr.c_str(), &o, &c), 14);
+  EXPECT_THAT(strata_last_error(), HasSubstr("local_daemon_uid"));
+  EXPECT_EQ(c, nullptr);
+  o.data_plane = nullptr;  // auto: the next plane.
+  ASSERT_EQ(strata_client_open_with_options(addr.c_str(), &o, &c), 0)
+      << strata_last_error();
+  EXPECT_NE(PlaneOf(c), "local");
+  strata_client_close(c);
+  o.data_plane = "local";
+  o.local_daemon_uid = geteuid();
+  ASSERT_EQ(strata_client_open_with_options(addr.c_str(), &o, &c), 0)
+      << strata_last_error();
+  EXPECT_EQ(PlaneOf(c), "local");
+  strata_client_close(c);
+
+  // An older header's struct: only struct_size, deadline_ms and data_plane.
+  o.struct_size = offsetof(strata_client_options_t, has_local_daemon_uid);
+  o.local_daemon_uid = geteuid() + 1;  // Past struct_size: not read.
+  ASSERT_EQ(strata_client_open_with_options(addr.c_str(), &o, &c), 0)
+      << strata_last_error();
+  EXPECT_EQ(PlaneOf(c), "local");
+  strata_client_close(c);
+  // A newer header's: zeros past what this library knows are fine, an
+  // option there is not.
+  struct {
+    strata_client_options_t known;
+    uint64_t newer_option;
+  } newer{};
+  newer.known.struct_size = sizeof(newer);
+  newer.known.data_plane = "grpc";
+  ASSERT_EQ(strata_client_open_with_options(addr.c_str(), &newer.known, &c), 0)
+      << strata_last_error();
+  strata_client_close(c);
+  newer.newer_option = 1;
+  EXPECT_EQ(strata_client_open_with_options(addr.c_str(), &newer.known, &c), 3);
+  EXPECT_THAT(strata_last_error(), StartsWith("struct_size:"));
+  o.struct_size = 0;
+  EXPECT_EQ(strata_client_open_with_options(addr.c_str(), &o, &c), 3);
+  EXPECT_THAT(strata_last_error(), StartsWith("struct_size:"));
+  // NULL options: every default (auto).
+  ASSERT_EQ(strata_client_open_with_options(addr.c_str(), nullptr, &c), 0);
+  EXPECT_EQ(PlaneOf(c), "local");
+  strata_client_close(c);
   EXPECT_TRUE(d.Stop().ok());
 }
 
