@@ -30,6 +30,11 @@ absl::Status ValidateOptions(const ClientOptions& o) {
         absl::StrCat("default_deadline: must be positive and finite, got ",
                      absl::FormatDuration(o.default_deadline)));
   }
+  if (o.local_daemon_uid.has_value() &&
+      *o.local_daemon_uid == static_cast<uid_t>(-1)) {
+    return absl::InvalidArgumentError(
+        "local_daemon_uid: (uid_t)-1 names no user (no daemon runs as it)");
+  }
   if (o.max_attempts < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "max_attempts: must be at least 1, got ", o.max_attempts));

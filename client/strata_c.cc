@@ -1,6 +1,8 @@
 // The C ABI (strata_c.h) over strata::client::Client.
 #include "client/strata_c.h"
 
+#include <sys/types.h>
+
 #include <algorithm>
 #include <cstring>
 #include <exception>
@@ -69,6 +71,13 @@ std::vector<BlockKey> KeysFrom(const uint8_t* keys, size_t n) {
   return out;
 }
 
+// strata_client_options_t's struct_size beyond which a caller surely
+// passed garbage (the struct is 32 bytes in ABI 1.2).
+constexpr size_t kMaxOptionsBytes = 4096;
+
+static_assert(sizeof(uid_t) == sizeof(uint32_t),
+              "strata_client_options_t carries a uid in a uint32_t");
+
 }  // namespace
 
 extern "C" {
@@ -106,11 +115,14 @@ int strata_client_open_with_options(const char* address,
   // the rest zero (defaults).
   strata_client_options_t o{};
   if (options != nullptr) {
+    // Every header that had the struct (1.2 on) made it at least this
+    // big; a smaller size ends inside a field.
     const size_t size = options->struct_size;
-    if (size < sizeof(size_t)) {
-      return Report(absl::InvalidArgumentError(
-          absl::StrCat("struct_size: ", size, " (want sizeof(strata_client_",
-                       "options_t), ", sizeof(o), " for this library)")));
+    if (size < sizeof(o) || size > kMaxOptionsBytes) {
+      return Report(absl::InvalidArgumentError(absl::StrCat(
+          "struct_size: ", size, " (want sizeof(strata_client_options_t): ",
+          sizeof(o), " for this library's ABI 1.", STRATA_C_ABI_MINOR_VERSION,
+          ", at most ", kMaxOptionsBytes, " for later ones)")));
     }
     const auto* bytes = reinterpret_cast<const uint8_t*>(options);
     for (size_t i = sizeof(o); i < size; ++i) {
@@ -120,7 +132,7 @@ int strata_client_open_with_options(const char* address,
             " this library knows (ABI 1.", STRATA_C_ABI_MINOR_VERSION, ")")));
       }
     }
-    std::memcpy(&o, options, std::min(size, sizeof(o)));
+    std::memcpy(&o, options, sizeof(o));
   }
   const std::string plane = o.data_plane == nullptr ? "auto" : o.data_plane;
   if (plane != "auto" && plane != "ucx" && plane != "tcp" &&
@@ -136,7 +148,7 @@ int strata_client_open_with_options(const char* address,
       client_options.default_deadline = absl::Milliseconds(o.deadline_ms);
     }
     if (o.has_local_daemon_uid != 0) {
-      client_options.local_daemon_uid = static_cast<uid_t>(o.local_daemon_uid);
+      client_options.local_daemon_uid = o.local_daemon_uid;
     }
     absl::StatusOr<std::unique_ptr<strata::client::Client>> client =
         strata::client::Client::Connect(client_options);

@@ -104,14 +104,17 @@ STRATA_C_API int strata_client_open_with_data_plane(const char* address,
                                                     const char* data_plane,
                                                     strata_client_t** out);
 
-/* Options of strata_client_open_with_options (since 1.2). Zero it, set
- * struct_size to sizeof(strata_client_options_t), then the fields wanted; a
- * field left zero takes its default. Fields are only ever added at the end:
- * a library reads the first struct_size bytes, takes defaults for fields past
- * them (a program built against an older header), and refuses a larger
- * struct whose bytes past the fields it knows are not all zero (a program
- * built against a newer header asking for something this library cannot
- * do) with 3 (INVALID_ARGUMENT naming "struct_size"). */
+/* Options of strata_client_open_with_options (since 1.2). memset it to 0,
+ * set struct_size to sizeof(strata_client_options_t), then the fields
+ * wanted; a field left zero takes its default. The library reads
+ * struct_size bytes at the pointer, so it must not exceed the caller's
+ * object. Fields are only ever added at the end, in groups of 8 bytes (no
+ * tail padding): a library takes defaults for fields past a caller's
+ * struct_size (a program built against an older header), and refuses with 3
+ * (INVALID_ARGUMENT naming "struct_size") a size no header made (below
+ * 1.2's, or above 4096) and a larger struct whose bytes past the fields it
+ * knows are not all zero (a program built against a newer header asking for
+ * something this library cannot do). */
 typedef struct strata_client_options {
   size_t struct_size;
   /* The deadline of every call; <= 0: the default (10 s). */
@@ -121,13 +124,16 @@ typedef struct strata_client_options {
   /* Non-zero: the daemon serving the local connections must run as user
    * local_daemon_uid, or their shared arena is not used (ClientOptions::
    * local_daemon_uid: "local" fails with 14 naming "local_daemon_uid",
-   * "auto" takes the next plane). */
+   * "auto" takes the next plane, where UCX over shared memory is not
+   * checked for the daemon's user). */
   int32_t has_local_daemon_uid;
   uint32_t local_daemon_uid;
 } strata_client_options_t;
 
 /* Opens a client to `address` with `options` (NULL: every default, as
- * strata_client_open). Since 1.2. */
+ * strata_client_open). Since 1.2: a program that may load an older library
+ * checks strata_abi_minor_version() >= 2 first. local_daemon_uid
+ * 4294967295 ((uid_t)-1) is 3 (INVALID_ARGUMENT). */
 STRATA_C_API int strata_client_open_with_options(
     const char* address, const strata_client_options_t* options,
     strata_client_t** out);

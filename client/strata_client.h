@@ -103,9 +103,10 @@ struct ClientOptions {
   // that shared its local connections with one of the client's groups
   // (docs/protocol.md, "Trust"). Set (e.g. to the uid of the service user
   // stratad runs as), the daemon serving the local socket (SO_PEERCRED)
-  // must also run as exactly this user: another daemon is refused with
-  // FAILED_PRECONDITION naming "local_daemon_uid" ("local" fails Connect;
-  // "auto" takes the next plane).
+  // must also run as exactly this user, or its arena is not used: "local"
+  // fails Connect with UNAVAILABLE, its message naming "local_daemon_uid";
+  // "auto" takes the next plane (which for UCX over shared memory is not
+  // checked for the daemon's user). (uid_t)-1 is INVALID_ARGUMENT.
   std::optional<uid_t> local_daemon_uid;
 };
 

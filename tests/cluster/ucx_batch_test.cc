@@ -224,9 +224,9 @@ TEST_F(CAbiDataPlane,
 }
 
 // 1.2: options in a struct that grows at its end. local_daemon_uid keeps a
-// client off the arena of a daemon of another user; a struct from an older
-// header (smaller) takes defaults for what it lacks; one from a newer header
-// asking for more than this library knows is refused.
+// client off the arena of a daemon of another user; a size no header made
+// (ending inside a field, or absurd) is refused, as is a struct from a newer
+// header asking for more than this library knows.
 TEST_F(CAbiDataPlane, OpenWithOptionsPinsTheLocalDaemonsUserAndChecksTheSize) {
   ScratchDir dir;
   StratadProcess d(dir.Sub("data"), {}, Env());
@@ -256,13 +256,21 @@ TEST_F(CAbiDataPlane, OpenWithOptionsPinsTheLocalDaemonsUserAndChecksTheSize) {
   EXPECT_EQ(PlaneOf(c), "local");
   strata_client_close(c);
 
-  // An older header's struct: only struct_size, deadline_ms and data_plane.
-  o.struct_size = offsetof(strata_client_options_t, has_local_daemon_uid);
-  o.local_daemon_uid = geteuid() + 1;  // Past struct_size: not read.
-  ASSERT_EQ(strata_client_open_with_options(addr.c_str(), &o, &c), 0)
-      << strata_last_error();
-  EXPECT_EQ(PlaneOf(c), "local");
-  strata_client_close(c);
+  // Sizes no header made: ending inside data_plane, before the uid pair,
+  // inside it, and garbage.
+  for (const size_t size :
+       {size_t{20}, offsetof(strata_client_options_t, has_local_daemon_uid),
+        offsetof(strata_client_options_t, local_daemon_uid),
+        sizeof(strata_client_options_t) - 1, size_t{1} << 20}) {
+    o.struct_size = size;
+    EXPECT_EQ(strata_client_open_with_options(addr.c_str(), &o, &c), 3) << size;
+    EXPECT_THAT(strata_last_error(), StartsWith("struct_size:")) << size;
+    EXPECT_EQ(c, nullptr);
+  }
+  o.struct_size = sizeof(o);
+  o.local_daemon_uid = static_cast<uint32_t>(-1);  // Names no user.
+  EXPECT_EQ(strata_client_open_with_options(addr.c_str(), &o, &c), 3);
+  EXPECT_THAT(strata_last_error(), StartsWith("local_daemon_uid:"));
   // A newer header's: zeros past what this library knows are fine, an
   // option there is not.
   struct {

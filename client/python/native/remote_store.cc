@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "client/python/native/stores.h"
 #include "client/strata_client.h"
 #include "common/status_macros.h"
@@ -210,7 +211,12 @@ absl::StatusOr<std::shared_ptr<StoreBackend>> ConnectRemoteStore(
   options.max_attempts = args.max_attempts;
   options.ucx_min_bytes = args.ucx_min_bytes;
   if (args.local_daemon_uid.has_value()) {
-    options.local_daemon_uid = static_cast<uid_t>(*args.local_daemon_uid);
+    const int64_t uid = *args.local_daemon_uid;
+    if (uid < 0 || uid >= int64_t{0xFFFFFFFF}) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "local_daemon_uid: ", uid, " is not a user id (0..4294967294)"));
+    }
+    options.local_daemon_uid = static_cast<uid_t>(uid);
   }
   STRATA_ASSIGN_OR_RETURN(std::unique_ptr<Client> c, Client::Connect(options));
   return std::shared_ptr<StoreBackend>(

@@ -393,7 +393,7 @@ void RegisterStores(py::module_& m) {
       .def(py::init([](const std::string& address, int64_t deadline_ms,
                        const std::string& data_plane, int max_attempts,
                        uint64_t ucx_min_bytes,
-                       std::optional<uint32_t> local_daemon_uid) {
+                       std::optional<int64_t> local_daemon_uid) {
              RemoteStoreArgs a{address,      deadline_ms,   data_plane,
                                max_attempts, ucx_min_bytes, local_daemon_uid};
              absl::StatusOr<std::shared_ptr<StoreBackend>> b;

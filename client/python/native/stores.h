@@ -126,7 +126,8 @@ struct RemoteStoreArgs {
   std::string data_plane = "auto";
   int max_attempts = 4;
   uint64_t ucx_min_bytes = 0;
-  std::optional<uint32_t> local_daemon_uid;  // ClientOptions'.
+  // ClientOptions'; Python passes any int, checked by ConnectRemoteStore.
+  std::optional<int64_t> local_daemon_uid;
 };
 absl::StatusOr<std::shared_ptr<StoreBackend>> ConnectRemoteStore(
     const RemoteStoreArgs& args);

@@ -53,6 +53,11 @@ def test_local_daemon_uid_refuses_another_users_daemon(stratad_binary,
             with strata.RemoteStore(daemon.grpc_address, data_plane="local",
                                     local_daemon_uid=os.geteuid()) as s:
                 assert s.data_plane == "local"
+            for not_a_uid in (-1, 2**32 - 1, 2**40):
+                with pytest.raises(strata.InvalidArgument,
+                                   match="local_daemon_uid"):
+                    strata.RemoteStore(daemon.grpc_address,
+                                       local_daemon_uid=not_a_uid)
         finally:
             daemon.kill()
 
