@@ -24,8 +24,9 @@
 //         latency percentiles (every call's to PATH: client, microseconds);
 //         afterwards (untimed) removes the blocks it stored unless --keep
 // Every command: --data-plane=grpc|ucx|tcp|local|auto (default grpc;
-//   ClientOptions::data_plane) and --ucx-min-bytes=SIZE
-//   (ClientOptions::ucx_min_bytes).
+//   ClientOptions::data_plane), --ucx-min-bytes=SIZE
+//   (ClientOptions::ucx_min_bytes) and --local-daemon-uid=UID
+//   (ClientOptions::local_daemon_uid).
 // Namespace flags: --model=ID --dtype=bf16 --layers=N --kv-heads=N
 //   --head-dim=N --chunk=256 --tenant-salt=S
 // Exit status: 0 on success, 1 when the daemon answered an error, 2 on usage.
@@ -484,6 +485,16 @@ int Main(int argc, char** argv) {
     auto min = ParseByteSize("ucx-min-bytes", a.Flag("ucx-min-bytes"));
     if (!min.ok()) return Fail(min.status());
     options.ucx_min_bytes = *min;
+  }
+  if (a.flags.contains("local-daemon-uid")) {
+    uint32_t uid = 0;
+    if (!absl::SimpleAtoi(a.Flag("local-daemon-uid"), &uid) ||
+        uid == UINT32_MAX) {
+      return UsageError(absl::StrCat("local-daemon-uid: \"",
+                                     a.Flag("local-daemon-uid"),
+                                     "\" is not a user id (0..4294967294)"));
+    }
+    options.local_daemon_uid = uid;
   }
 
   if (cmd == "cluster") {

@@ -3,6 +3,7 @@
 // HTTP /metrics and the stratactl binary.
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -413,6 +414,15 @@ TEST(Stratad, StratactlOperatesTheDaemon) {
                       dir.Sub("no/such/dir/l.txt") + " 2>&1"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.out, HasSubstr("latency-file: cannot write")) << r.out;
+  // --local-daemon-uid takes a user id (the pin itself: tests/cluster/
+  // local_arena_mapping_test); over gRPC it changes nothing.
+  r = RunCommand({"/bin/sh", "-c",
+                  std::string(STRATACTL_PATH) + " " + addr +
+                      " --local-daemon-uid=strata status 2>&1"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.out, HasSubstr("local-daemon-uid:")) << r.out;
+  r = ctl({"status", "--local-daemon-uid=" + std::to_string(geteuid())});
+  EXPECT_EQ(r.exit_code, 0) << r.out;
   r = ctl({"stats", "--json"});
   EXPECT_THAT(r.out, ContainsRegex("\"tier\":\"dram\"[^}]*\"blocks\":3,"))
       << r.out;
