@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -153,7 +154,11 @@ TEST_F(CAbiDataPlane,
   EXPECT_EQ(strata_abi_version(), STRATA_C_ABI_VERSION);
   EXPECT_EQ(strata_abi_minor_version(), 2);
   ScratchDir dir;
-  StratadProcess d(dir.Sub("data"), {}, Env());
+  // A data directory whose default socket path fits (a deep build tree's
+  // would not, and local connections would then be off).
+  StratadProcess d(
+      std::filesystem::path(dir.SocketPath("data/local.sock")).parent_path(),
+      {}, Env());
   ASSERT_TRUE(d.Start().ok());
   const std::string addr = d.grpc_address();
   const auto block = MakeBlock(ShapeForBytes(1 << 20), 21);
@@ -229,7 +234,11 @@ TEST_F(CAbiDataPlane,
 // header asking for more than this library knows.
 TEST_F(CAbiDataPlane, OpenWithOptionsPinsTheLocalDaemonsUserAndChecksTheSize) {
   ScratchDir dir;
-  StratadProcess d(dir.Sub("data"), {}, Env());
+  // A data directory whose default socket path fits (a deep build tree's
+  // would not, and local connections would then be off).
+  StratadProcess d(
+      std::filesystem::path(dir.SocketPath("data/local.sock")).parent_path(),
+      {}, Env());
   ASSERT_TRUE(d.Start().ok());
   ASSERT_NE(d.local_path(), "off");
   const std::string addr = d.grpc_address();
