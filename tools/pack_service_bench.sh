@@ -60,17 +60,11 @@ done
 cp "$UCX_MODULES"/*.so.0 "$STAGE/lib/ucx/"
 for b in "${binaries[@]}" "$STAGE"/lib/ucx/*.so.0; do
   strip --strip-unneeded "$b" 2> /dev/null || true
-  deps=$(ldd "$b") || { echo "ldd $b failed" >&2; exit 1; }
-  if grep -q "not found" <<< "$deps"; then
-    echo "$b needs libraries this machine lacks:" >&2
-    grep "not found" <<< "$deps" >&2
-    exit 1
-  fi
-  while read -r lib path; do
-    [[ "$lib" =~ $SYSTEM_LIBS || -e "$STAGE/lib/$lib" ]] && continue
-    cp -L "$path" "$STAGE/lib/$lib"
-  done < <(awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' <<< "$deps")
 done
+# shellcheck source=tools/bundle_libs.sh
+source "$ROOT/tools/bundle_libs.sh"
+bundle_shared_libs "$STAGE/lib" "$SYSTEM_LIBS" "${binaries[@]}" \
+  "$STAGE"/lib/ucx/*.so.0
 echo "payload: $(du -sm "$STAGE" | cut -f1) MiB," \
   "$(find "$STAGE/lib" -maxdepth 1 -type f | wc -l) libraries"
 rm -rf "$BUNDLE"

@@ -46,22 +46,16 @@ fi
 
 rm -rf "$BUNDLE"
 mkdir -p "$BUNDLE/bin" "$BUNDLE/lib"
-declare -A seen=()
+# shellcheck source=tools/bundle_libs.sh
+source "$ROOT/tools/bundle_libs.sh"
 for name in "${BINARIES[@]}"; do
   bin=$(find "$BUILD" -type f -name "$name" -perm -u+x | head -n1)
   [[ -n "$bin" ]] || { echo "missing $name under $BUILD" >&2; exit 1; }
   cp "$bin" "$BUNDLE/bin/$name"
   strip --strip-unneeded "$BUNDLE/bin/$name"
-  while read -r lib path; do
-    [[ "$lib" =~ $SYSTEM_LIBS ]] && continue
-    [[ "$lib" =~ $DEVICE_LIBS ]] && continue
-    [[ -n "${seen[$lib]:-}" ]] && continue
-    seen[$lib]=1
-    cp -L "$path" "$BUNDLE/lib/$lib"
-    chmod u+w "$BUNDLE/lib/$lib"
-    strip --strip-unneeded "$BUNDLE/lib/$lib"
-  done < <(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}')
 done
+bundle_shared_libs "$BUNDLE/lib" "($SYSTEM_LIBS)|($DEVICE_LIBS)" \
+  "${BINARIES[@]/#/$BUNDLE/bin/}"
 
 # The RPATH must be there (set at link time); patchelf can add it otherwise,
 # and run.sh also sets LD_LIBRARY_PATH.
