@@ -487,12 +487,12 @@ int Main(int argc, char** argv) {
     options.ucx_min_bytes = *min;
   }
   if (a.flags.contains("local-daemon-uid")) {
+    // Which ids name a user is ClientOptions' rule (Connect checks it).
     uint32_t uid = 0;
-    if (!absl::SimpleAtoi(a.Flag("local-daemon-uid"), &uid) ||
-        uid == UINT32_MAX) {
+    if (!absl::SimpleAtoi(a.Flag("local-daemon-uid"), &uid)) {
       return UsageError(absl::StrCat("local-daemon-uid: \"",
                                      a.Flag("local-daemon-uid"),
-                                     "\" is not a user id (0..4294967294)"));
+                                     "\" is not a number from 0 to 2^32-1"));
     }
     options.local_daemon_uid = uid;
   }

@@ -2,6 +2,7 @@
 // a stratad. GetInto registers the caller's memory for the one call (a map
 // entry in the client; the UCX data plane then lands the block in it
 // directly). Prefetch is the client's BatchGetAsync.
+#include <cstdint>
 #include <future>
 #include <memory>
 #include <string>
@@ -211,10 +212,12 @@ absl::StatusOr<std::shared_ptr<StoreBackend>> ConnectRemoteStore(
   options.max_attempts = args.max_attempts;
   options.ucx_min_bytes = args.ucx_min_bytes;
   if (args.local_daemon_uid.has_value()) {
+    // Only what uid_t cannot hold is refused here; which ids name a user is
+    // ClientOptions' rule (Connect checks it).
     const int64_t uid = *args.local_daemon_uid;
-    if (uid < 0 || uid >= int64_t{0xFFFFFFFF}) {
+    if (uid < 0 || uid > int64_t{UINT32_MAX}) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "local_daemon_uid: ", uid, " is not a user id (0..4294967294)"));
+          "local_daemon_uid: ", uid, " is not a number from 0 to 2^32-1"));
     }
     options.local_daemon_uid = static_cast<uid_t>(uid);
   }
