@@ -58,9 +58,10 @@ bool IsLoopbackListen(const std::string& host_port) {
 // the socket plane runs and every listener a client reaches data through
 // (gRPC, UCX, the socket plane), and the address a cluster advertises if
 // set, is on loopback, so that every client is on this host. Otherwise ""
-// (off), with the reason in `why_off`: a shared arena makes large socket-plane
-// GETs slower (its memfd gets 4 KiB pages; bench/results/service.md), a cost
-// remote clients would pay for nothing.
+// (off), with the reason in `why_off`: remote clients cannot use a shared
+// arena, and its memfd gets 4 KiB pages where a private arena has huge pages
+// (large socket-plane GETs measured a fifth slower from it in session 16,
+// within the VM's noise in session 17: bench/results/service.md).
 std::string DefaultLocalPath(const StratadConfig& c, std::string* why_off) {
   if (c.tcp_data_plane_listen().empty()) {
     *why_off = "tcp_data_plane_listen is off";
