@@ -12,6 +12,7 @@
 #   DAEMON_FLAGS="--data_plane_error_mode=peer" bench/service_row.sh put 1048576 1
 #   PLANE=local DAEMON_FLAGS="--local_data_plane_path=/tmp/l.sock" \
 #     bench/service_row.sh put 262144 1
+#   BYTES=$((512<<20)) bench/service_row.sh put 8388608 4   # bytes per run
 #
 # TLS: tcp (default) or shm (UCX_TLS=posix,cma,tcp). Alternate the builds
 # (A B A B ...) and compare like with like; bench/results/service.md has
@@ -42,7 +43,8 @@ if [ "${PLANE:-ucx}" = local ]; then
     sleep 0.2
   done
 fi
-ops=$(( (256 << 20) / size / clients ))
+ops=$(( ${BYTES:-$((256 << 20))} / size / clients ))
+[ "$ops" -lt 8 ] && ops=8
 # From here on: the start-up (the DRAM arena's pre-fault) is not counted.
 ticks_at_start=$(awk '{print $14 + $15}' "/proc/$pid/stat")
 for _ in $(seq "$repeat"); do
