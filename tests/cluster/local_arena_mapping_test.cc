@@ -8,7 +8,6 @@
 // connections.
 #include <unistd.h>
 
-#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -26,6 +25,7 @@ using ::strata::kvstore::testing::KeyFor;
 using ::strata::kvstore::testing::MakeBlock;
 using ::strata::kvstore::testing::ScratchDir;
 using ::strata::kvstore::testing::ShapeForBytes;
+using ::strata::testing::DataDirForLocalSocket;
 using ::strata::testing::StratadProcess;
 
 constexpr uint64_t kArenaBytes = uint64_t{256} << 20;
@@ -37,12 +37,8 @@ uint64_t ArenaResidentBytes() {
 class LocalArenaMapping : public ::testing::Test {
  protected:
   void SetUp() override {
-    // A data directory whose socket path fits (a deep build tree's would
-    // not, and the default would then be off); stratad makes it.
-    const std::string data_dir =
-        std::filesystem::path(dir_.SocketPath("data/local.sock")).parent_path();
     daemon_ = std::make_unique<StratadProcess>(
-        data_dir,
+        DataDirForLocalSocket(dir_),
         std::vector<std::string>{"--ssd_capacity=0", "--dram_capacity=256MiB"});
     ASSERT_TRUE(daemon_->Start().ok());
     ASSERT_NE(daemon_->local_path(), "off");

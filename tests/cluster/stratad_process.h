@@ -7,11 +7,13 @@
 
 #include <sys/types.h>
 
+#include <filesystem>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "tests/kvstore/test_blocks.h"
 
 namespace strata::testing {
 
@@ -67,6 +69,15 @@ struct CommandResult {
   std::string out;
 };
 CommandResult RunCommand(const std::vector<std::string>& argv);
+
+// A data directory in `dir` whose default local socket (DATA_DIR/local.sock)
+// fits in sockaddr_un, so a stratad started on it serves local connections
+// by default also in a deep build tree (stratad makes the directory).
+inline std::string DataDirForLocalSocket(kvstore::testing::ScratchDir& dir) {
+  return std::filesystem::path(dir.SocketPath("data/local.sock"))
+      .parent_path()
+      .native();
+}
 
 }  // namespace strata::testing
 

@@ -6,7 +6,6 @@
 
 #include <cstddef>
 #include <cstring>
-#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -29,15 +28,16 @@ using ::strata::kvstore::testing::KeyFor;
 using ::strata::kvstore::testing::MakeBlock;
 using ::strata::kvstore::testing::ScratchDir;
 using ::strata::kvstore::testing::ShapeForBytes;
+using ::strata::testing::DataDirForLocalSocket;
+using ::strata::testing::IsLocalPlane;
+using ::strata::testing::IsSocketPlane;
+using ::strata::testing::kLocalPlane;
+using ::strata::testing::kSocketPlane;
+using ::strata::testing::LocalPlaneFlags;
 using ::strata::testing::MetricsText;
 using ::strata::testing::StratadProcess;
 using ::strata::testing::UcxRoundTripShapes;
 using ::strata::testing::UcxTest;
-using ::strata::testing::IsLocalPlane;
-using ::strata::testing::IsSocketPlane;
-using ::strata::testing::LocalPlaneFlags;
-using ::strata::testing::kLocalPlane;
-using ::strata::testing::kSocketPlane;
 using ::strata::testing::UcxTransport;
 using ::strata::testing::UcxTransportName;
 using ::strata::testing::UcxTransportTest;
@@ -154,11 +154,7 @@ TEST_F(CAbiDataPlane,
   EXPECT_EQ(strata_abi_version(), STRATA_C_ABI_VERSION);
   EXPECT_EQ(strata_abi_minor_version(), 2);
   ScratchDir dir;
-  // A data directory whose default socket path fits (a deep build tree's
-  // would not, and local connections would then be off).
-  StratadProcess d(
-      std::filesystem::path(dir.SocketPath("data/local.sock")).parent_path(),
-      {}, Env());
+  StratadProcess d(DataDirForLocalSocket(dir), {}, Env());
   ASSERT_TRUE(d.Start().ok());
   const std::string addr = d.grpc_address();
   const auto block = MakeBlock(ShapeForBytes(1 << 20), 21);
@@ -234,11 +230,7 @@ TEST_F(CAbiDataPlane,
 // header asking for more than this library knows.
 TEST_F(CAbiDataPlane, OpenWithOptionsPinsTheLocalDaemonsUserAndChecksTheSize) {
   ScratchDir dir;
-  // A data directory whose default socket path fits (a deep build tree's
-  // would not, and local connections would then be off).
-  StratadProcess d(
-      std::filesystem::path(dir.SocketPath("data/local.sock")).parent_path(),
-      {}, Env());
+  StratadProcess d(DataDirForLocalSocket(dir), {}, Env());
   ASSERT_TRUE(d.Start().ok());
   ASSERT_NE(d.local_path(), "off");
   const std::string addr = d.grpc_address();

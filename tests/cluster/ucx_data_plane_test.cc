@@ -6,7 +6,6 @@
 #include <signal.h>
 
 #include <algorithm>
-#include <filesystem>
 #include <memory>
 #include <string>
 #include <thread>
@@ -31,6 +30,7 @@ using ::strata::kvstore::testing::KeyFor;
 using ::strata::kvstore::testing::MakeBlock;
 using ::strata::kvstore::testing::ScratchDir;
 using ::strata::kvstore::testing::ShapeForBytes;
+using ::strata::testing::DataDirForLocalSocket;
 using ::strata::testing::IsLocalPlane;
 using ::strata::testing::IsSocketPlane;
 using ::strata::testing::kLocalPlane;
@@ -699,10 +699,7 @@ TEST_F(StratadDataPlaneShm, AutoTakesLocalConnectionsWhenTheDaemonOffersThem) {
 TEST_F(StratadDataPlane,
        TheLoopbackDefaultServesLocalConnectionsFromTheDataDir) {
   ScratchDir dir;
-  // A data directory whose socket path fits (a deep build tree's would not,
-  // and the default would then be off); stratad makes it.
-  const std::string data_dir =
-      std::filesystem::path(dir.SocketPath("data/local.sock")).parent_path();
+  const std::string data_dir = DataDirForLocalSocket(dir);
   const std::vector<std::string> flags = {"--ssd_capacity=0",
                                           "--dram_capacity=64MiB"};
   StratadProcess first(data_dir, flags, Env());
